@@ -1,0 +1,1 @@
+"""Coding over networks: COIN and its baselines, decoding, normalized decoding accuracy."""
