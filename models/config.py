@@ -1,0 +1,191 @@
+"""Validated description of a model zoo: one base model and N experts fine-tuned from it.
+
+Everything that can be checked without touching data is checked here, so a bad file fails before any work.
+The same table appears as `[models]` inside scenario files; a bare zoo file is accepted too.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from models.data import DATASETS, TORCHVISION
+from models.networks import NetworkSpec
+
+NUM_CLASSES = {"mnist5k": 10, "digits": 10, "mnist": 10, "fashionmnist": 10, "cifar10": 10}
+
+
+class ConfigError(ValueError):
+    """A zoo/scenario file that cannot be used; the message is one line meant for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TrainSpec(_Strict):
+    """Optimiser knobs (AdamW, as in the paper's appendix)."""
+
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(3, ge=1)
+    freeze_bn: bool = Field(True, description="keep BatchNorm running statistics fixed (fine-tuning only)")
+
+
+def _canonical_dataset(name: str) -> str:
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in DATASETS:
+        raise ValueError(f"unknown data set '{name}' (known: {', '.join(DATASETS)})")
+    return key
+
+
+class BaseSpec(_Strict):
+    """The shared starting point: trained on a seeded share of the train splits, never on test data."""
+
+    datasets: list[str] | None = Field(None, description="defaults to every data set the experts use")
+    fraction: float = Field(0.5, gt=0, le=1, description="share of each train split the base sees")
+    train: TrainSpec = TrainSpec(lr=1e-3, batch_size=64, weight_decay=0.0, epochs=6, freeze_bn=False)
+
+    @field_validator("datasets")
+    @classmethod
+    def _canonical(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [_canonical_dataset(n) for n in value]
+
+
+class ExpertSpec(_Strict):
+    """One expert: a data set and the labels of its partition (all labels when omitted)."""
+
+    name: str = Field(min_length=1)
+    dataset: str
+    labels: list[int] | None = None
+
+    @field_validator("dataset")
+    @classmethod
+    def _canonical(cls, value: str) -> str:
+        return _canonical_dataset(value)
+
+    @model_validator(mode="after")
+    def _labels_exist(self) -> ExpertSpec:
+        if self.labels is not None:
+            k = NUM_CLASSES[self.dataset]
+            bad = [label for label in self.labels if not 0 <= label < k]
+            if bad:
+                raise ValueError(f"expert '{self.name}': labels {bad} do not exist in {self.dataset} (0..{k - 1})")
+            if not self.labels or len(set(self.labels)) != len(self.labels):
+                raise ValueError(f"expert '{self.name}': labels must be a non-empty list without repeats")
+        return self
+
+    def partition(self) -> str:
+        """Human label of the partition, e.g. 'mnist5k[0-4]'."""
+        if self.labels is None:
+            return f"{self.dataset}[all]"
+        ls = sorted(self.labels)
+        if ls == list(range(ls[0], ls[-1] + 1)) and len(ls) > 2:
+            return f"{self.dataset}[{ls[0]}-{ls[-1]}]"
+        return f"{self.dataset}[{','.join(map(str, ls))}]"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("COINSIM_CACHE", Path.home() / ".cache" / "coinsim"))
+
+
+class ZooConfig(_Strict):
+    """Base + experts: data, network, training, seed and where trained weights are cached."""
+
+    name: str = "custom"
+    seed: int = Field(0, ge=0)
+    data_root: Path | None = None
+    download: bool = False
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="test share of embedded data sets")
+    network: NetworkSpec = NetworkSpec()
+    base: BaseSpec = BaseSpec()
+    experts: list[ExpertSpec] = Field(min_length=2)
+    finetune: TrainSpec = TrainSpec(lr=5e-4, batch_size=64, weight_decay=0.01, epochs=5, freeze_bn=True)
+    cache_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ZooConfig:
+        names = [e.name for e in self.experts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"expert names must be unique, got {names}")
+        for expert in self.experts:
+            if NUM_CLASSES[expert.dataset] > self.network.num_classes:
+                raise ValueError(
+                    f"expert '{expert.name}': {expert.dataset} has {NUM_CLASSES[expert.dataset]} classes but the "
+                    f"network outputs {self.network.num_classes}"
+                )
+        needs_root = sorted({d for d in self.datasets() if d in TORCHVISION})
+        if needs_root:
+            if self.data_root is None:
+                raise ValueError(f"data sets {needs_root} need data_root (a folder holding them)")
+            if not Path(self.data_root).expanduser().is_dir() and not self.download:
+                raise ValueError(f"data_root {self.data_root} does not exist (create it, or set download = true)")
+        return self
+
+    def datasets(self) -> list[str]:
+        """Every data set the zoo touches, in first-use order."""
+        seen = [e.dataset for e in self.experts] + list(self.base.datasets or [])
+        return list(dict.fromkeys(seen))
+
+    def base_datasets(self) -> list[str]:
+        return self.base.datasets or list(dict.fromkeys(e.dataset for e in self.experts))
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+
+
+def _format_validation(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "top level"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{source}: {where}: {message}"
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("scenarios") / "builtin"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_toml(name_or_path: str | Path) -> tuple[dict, str]:
+    """TOML table from a file path or a built-in scenario name; (data, source label)."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file")
+        text, source = path.read_text(encoding="utf-8"), str(path)
+    else:
+        resource = resources.files("scenarios") / "builtin" / f"{name_or_path}.toml"
+        if not resource.is_file():
+            raise ConfigError(f"unknown scenario '{name_or_path}' (built-in: {', '.join(builtin_names())})")
+        text, source = resource.read_text(encoding="utf-8"), f"scenario '{name_or_path}'"
+    try:
+        return tomllib.loads(text), source
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{source}: malformed TOML: {error}") from None
+
+
+def zoo_config_from_dict(data: dict, source: str = "config", overrides: dict | None = None) -> ZooConfig:
+    """Validate a zoo table (or a scenario holding one under [models])."""
+    table = dict(data.get("models", data))
+    if "seed" not in table and "seed" in data:
+        table["seed"] = data["seed"]
+    if "name" not in table:
+        table["name"] = data.get("name", Path(source).stem if source.endswith(".toml") else source)
+    table.update(overrides or {})
+    try:
+        return ZooConfig.model_validate(table)
+    except ValidationError as error:
+        raise ConfigError(_format_validation(error, source)) from None
+
+
+def load_zoo_config(name_or_path: str | Path = "quickstart", **overrides) -> ZooConfig:
+    """ZooConfig from a built-in scenario name or a TOML file; keyword overrides win (e.g. seed=1)."""
+    data, source = read_toml(name_or_path)
+    if isinstance(name_or_path, str) and source.startswith("scenario"):
+        data.setdefault("name", name_or_path)
+    return zoo_config_from_dict(data, source, {k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,165 @@
+"""Build (or fetch from the cache) a base model and the experts fine-tuned from it.
+
+The base sees a seeded share of each data set's *train* split with all labels; every expert starts from the
+base's weights and is fine-tuned on its own partition (a label group and/or a data set) of the train split.
+Test splits are touched only for evaluation, so every expert's test partition is disjoint from all training.
+Experts keep the full K-way head, as the paper does.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models.cache import ModelCache, Status, config_key
+from models.config import ExpertSpec, ZooConfig
+from models.data import ImageData, adapt_images, load_dataset, select_labels
+from models.networks import build_network, pick_device
+from models.training import accuracy, train
+
+
+def derive_seed(seed: int, *tags: str) -> int:
+    """Independent, reproducible sub-seed for one named random stream."""
+    digest = hashlib.sha256(":".join([str(seed), *tags]).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**63)
+
+
+@dataclass
+class Expert:
+    """A fine-tuned expert with its own train and test partitions (already adapted to the network)."""
+
+    spec: ExpertSpec
+    model: nn.Module
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    accuracy: float
+    cache_path: Path
+    status: Status
+    train_seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def partition(self) -> str:
+        return self.spec.partition()
+
+
+@dataclass
+class Zoo:
+    config: ZooConfig
+    device: torch.device
+    base: nn.Module
+    base_accuracy: float
+    base_cache_path: Path
+    base_status: Status
+    base_train_seconds: float
+    experts: list[Expert] = field(default_factory=list)
+
+    @property
+    def models(self) -> list[nn.Module]:
+        return [e.model for e in self.experts]
+
+
+def _load_adapted(config: ZooConfig) -> dict[str, ImageData]:
+    net = config.network
+    out = {}
+    for name in config.datasets():
+        data = load_dataset(name, config.data_root, config.download, config.test_fraction, config.seed)
+        out[name] = ImageData(
+            name=data.name,
+            train_x=adapt_images(data.train_x, net.in_channels, net.image_size),
+            train_y=data.train_y,
+            test_x=adapt_images(data.test_x, net.in_channels, net.image_size),
+            test_y=data.test_y,
+            num_classes=data.num_classes,
+            fingerprint=data.fingerprint,
+        )
+    return out
+
+
+def _base_split(config: ZooConfig, data: dict[str, ImageData]):
+    """Seeded share of every base data set's train split, plus the matching test union for reporting."""
+    xs, ys, tx, ty = [], [], [], []
+    for name in config.base_datasets():
+        d = data[name]
+        g = torch.Generator().manual_seed(derive_seed(config.seed, "base-share", name))
+        keep = torch.randperm(len(d.train_x), generator=g)[: max(1, int(round(config.base.fraction * len(d.train_x))))]
+        xs.append(d.train_x[keep.sort().values])
+        ys.append(d.train_y[keep.sort().values])
+        tx.append(d.test_x)
+        ty.append(d.test_y)
+    return torch.cat(xs), torch.cat(ys), torch.cat(tx), torch.cat(ty)
+
+
+def _say(message: str, progress: bool) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def build_zoo(config: ZooConfig, device: str | torch.device = "auto", progress: bool = True) -> Zoo:
+    """Base + experts for `config`, reusing cached weights whose recorded provenance matches exactly."""
+    device = device if isinstance(device, torch.device) else pick_device(device)
+    cache = ModelCache(config.resolved_cache_dir())
+    data = _load_adapted(config)
+    fingerprints = {name: d.fingerprint for name, d in data.items()}
+    network = config.network.model_dump(mode="json")
+
+    base_x, base_y, base_tx, base_ty = _base_split(config, data)
+    base_key = config_key({
+        "role": "base", "network": network, "train": config.base.train.model_dump(),
+        "datasets": config.base_datasets(), "fraction": config.base.fraction,
+        "data": {n: fingerprints[n] for n in config.base_datasets()}, "seed": config.seed,
+    })
+    torch.manual_seed(derive_seed(config.seed, "base-init"))
+    base = build_network(config.network)
+    status, meta = cache.load("base", base_key, base)
+    if meta is None:
+        _say(f"training base model on {len(base_x)} images ({', '.join(config.base_datasets())})", progress)
+        result = train(base, base_x, base_y, config.base.train, derive_seed(config.seed, "base-train"), device,
+                       label="base", progress=progress)
+        base_acc = accuracy(base, base_tx, base_ty, device)
+        meta = {"accuracy": base_acc, "train_seconds": result.seconds, "final_loss": result.final_loss,
+                "config": {"network": network, "train": config.base.train.model_dump()},
+                "data_fingerprint": fingerprints, "partition": "+".join(config.base_datasets()),
+                "name": "base", "zoo": config.name}
+        cache.save("base", base_key, base, meta)
+    base.to(device).eval()
+    zoo = Zoo(config, device, base, meta["accuracy"], cache.entry("base", base_key), status, meta["train_seconds"])
+
+    for spec in config.experts:
+        d = data[spec.dataset]
+        train_x, train_y = select_labels(d.train_x, d.train_y, spec.labels)
+        test_x, test_y = select_labels(d.test_x, d.test_y, spec.labels)
+        key = config_key({
+            "role": "expert", "base": base_key, "spec": spec.model_dump(), "train": config.finetune.model_dump(),
+            "data": fingerprints[spec.dataset], "seed": config.seed,
+        })
+        model = copy.deepcopy(base)
+        status, meta = cache.load("expert", key, model)
+        if meta is None:
+            _say(f"fine-tuning expert '{spec.name}' on {spec.partition()} ({len(train_x)} images)", progress)
+            started = time.perf_counter()
+            model.load_state_dict(base.state_dict())
+            result = train(model, train_x, train_y, config.finetune, derive_seed(config.seed, "expert", spec.name),
+                           device, label=spec.name, progress=progress, freeze_bn=config.finetune.freeze_bn)
+            acc = accuracy(model, test_x, test_y, device)
+            meta = {"accuracy": acc, "train_seconds": time.perf_counter() - started, "final_loss": result.final_loss,
+                    "config": {"spec": spec.model_dump(), "train": config.finetune.model_dump()},
+                    "data_fingerprint": fingerprints[spec.dataset], "partition": spec.partition(),
+                    "name": spec.name, "zoo": config.name, "base_key": base_key}
+            cache.save("expert", key, model, meta)
+        model.to(device).eval()
+        zoo.experts.append(Expert(spec, model, train_x, train_y, test_x, test_y, meta["accuracy"],
+                                  cache.entry("expert", key), status, meta["train_seconds"]))
+    return zoo

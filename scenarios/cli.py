@@ -1,0 +1,122 @@
+"""The `coinsim` command line.
+
+User mistakes (bad files, unknown names, missing data) end as one line on stderr and exit code 2, before any
+work is done; `--verbose` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import click
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean 'the user asked for something impossible', not 'coinsim has a bug'."""
+    from models.config import ConfigError
+    from models.data import DataError
+
+    found: list[type[BaseException]] = [ConfigError, DataError, FileNotFoundError]
+    for module, name in (("coin", "CodingError"), ("sim", "SimConfigError"), ("scenarios.schema", "ScenarioError")):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+class _Cli(click.Group):
+    """Group that turns user errors raised anywhere below into a one-line message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except user_errors() as error:
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            click.echo(f"error: {message}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version("coinsim"), prog_name="coinsim")
+@click.option("--verbose", is_flag=True, help="Show tracebacks and debug logging.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
+    """Erasure-coded neural-network inference: train experts, code them, simulate serving, report."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(verbose=verbose, quiet=quiet)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@cli.group()
+def models() -> None:
+    """Train and inspect the base model and experts."""
+
+
+def _progress(ctx: click.Context) -> bool:
+    return not ctx.obj.get("quiet") and sys.stderr.isatty()
+
+
+@models.command("train")
+@click.option("--config", "config", default="quickstart", show_default=True,
+              help="Built-in scenario name or a TOML file (zoo table, or a scenario with [models]).")
+@click.option("--seed", type=int, default=None, help="Override the seed.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Checkpoint cache folder.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.pass_context
+def models_train(ctx: click.Context, config: str, seed: int | None, cache_dir: Path | None, device: str) -> None:
+    """Train (or fetch from the cache) the base model and every expert, then print a table."""
+    import time
+
+    from models.config import load_zoo_config
+    from models.zoo import build_zoo
+
+    zoo_config = load_zoo_config(config, seed=seed, cache_dir=cache_dir)
+    started = time.perf_counter()
+    zoo = build_zoo(zoo_config, device=device, progress=not ctx.obj.get("quiet"))
+    rows = [("base", zoo.base_status, "+".join(zoo_config.base_datasets()), zoo.base_accuracy,
+             zoo.base_train_seconds, zoo.base_cache_path)]
+    rows += [(e.name, e.status, e.partition, e.accuracy, e.train_seconds, e.cache_path) for e in zoo.experts]
+    _print_table(["model", "cache", "partition", "test acc %", "train s", "cache path"],
+                 [(m, s, p, f"{a:.2f}", f"{t:.1f}", str(c)) for m, s, p, a, t, c in rows])
+    click.echo(f"{len(zoo.experts)} experts ready on {zoo.device} in {time.perf_counter() - started:.1f} s "
+               f"(zoo '{zoo_config.name}', seed {zoo_config.seed})")
+
+
+@models.command("list")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Checkpoint cache folder.")
+def models_list(cache_dir: Path | None) -> None:
+    """List cached base models and experts."""
+    from models.cache import ModelCache
+    from models.config import default_cache_dir
+
+    root = cache_dir or default_cache_dir()
+    entries = ModelCache(root).entries()
+    if not entries:
+        click.echo(f"no cached models in {root}")
+        return
+    _print_table(["zoo", "role", "model", "partition", "test acc %", "path"],
+                 [(m.get("zoo", "?"), m.get("role", "?"), m.get("name", "?"), m.get("partition", "?"),
+                   f"{m.get('accuracy', float('nan')):.2f}", m["path"]) for m in entries])
+
+
+def _print_table(header: list[str], rows: list[tuple]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for line in [header, ["-" * w for w in widths], *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
+
+
+def main() -> None:
+    cli(obj={})
+
+
+if __name__ == "__main__":
+    main()
