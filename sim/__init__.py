@@ -1,4 +1,68 @@
 """Discrete-event simulation of inference servers, stragglers, traffic and serving policies.
 
-Knows nothing of torch: service times come in as distributions or arrays of measured times.
+Knows nothing of torch: service times come in as distributions or arrays of measured times. Times are
+milliseconds (`*_ms`), rates are queries per millisecond.
+
+Public API
+----------
+- ``simulate(config, seed=0, *, policies=None, engine="fast") -> SimResult``: every policy of the config on
+  the same random numbers (same arrivals, same per-(query, server) service and straggler draws).
+  ``SimResult.records`` is one row per (policy, query): policy, query_id, kind (routed | ensemble), model
+  (-1 = ensemble), model_name, sample_id, arrival_ms, finish_ms, latency_ms, answered_by (direct | replica |
+  hedge | decoded), servers_used ("0,2"), answer_mask, n_tasks, server_ms (cancelled and lost work
+  included), warmup. ``SimResult.summary[policy]`` holds mean/p50/p95/p99/p999 ``*_ms`` with batch-means
+  CIs (``*_ms_lo``, ``*_ms_hi``), utilization, server_ms_per_query, extra_load_vs_uncoded, answered_by
+  fractions. ``SimResult.servers`` is one row per (policy, server).
+- ``replicate(config, seed, n_replications)``: CIs from independent replications.
+- ``SimConfig`` (pydantic v2) / ``parse_config(mapping)`` / ``load_config(toml_path)``; bad input raises
+  ``SimConfigError`` (a ValueError with a one-line message) before anything is simulated.
+- ``draw(config, seed) -> Draws``: the common random numbers, exposed for tests and the runner.
+
+Servers 0..N-1 host experts 0..N-1; servers N..N+r-1 are the policy's extra resources (idle spares for
+uncoded, replicas, or coded servers), so every policy uses the same N + r servers.
 """
+
+from sim.api import SimResult, replicate, simulate
+from sim.config import (
+    Deterministic,
+    Empirical,
+    Episodes,
+    Exponential,
+    Failures,
+    LogNormal,
+    Pareto,
+    PolicySpec,
+    Service,
+    ShiftedExponential,
+    SimConfig,
+    Stragglers,
+    Traffic,
+    load_config,
+    parse_config,
+)
+from sim.draws import Draws, draw
+from sim.errors import SimConfigError
+
+__all__ = [
+    "Deterministic",
+    "Draws",
+    "Empirical",
+    "Episodes",
+    "Exponential",
+    "Failures",
+    "LogNormal",
+    "Pareto",
+    "PolicySpec",
+    "Service",
+    "ShiftedExponential",
+    "SimConfig",
+    "SimConfigError",
+    "SimResult",
+    "Stragglers",
+    "Traffic",
+    "draw",
+    "load_config",
+    "parse_config",
+    "replicate",
+    "simulate",
+]

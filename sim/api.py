@@ -1,0 +1,171 @@
+"""Public entry points: simulate one config under every policy on common random numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from sim.config import SimConfig, parse_config
+from sim.draws import Draws, draw
+from sim.engine import FastEngine, RunOutput
+from sim.errors import SimConfigError
+from sim.layout import CODED, SPARE
+from sim.plan import HOW, HOW_DECODED, Plan, make_plan
+from sim.stats import across_replications, latency_summary
+
+Engine = Literal["fast", "reference"]
+
+
+@dataclass
+class SimResult:
+    """records: one row per (policy, query); summary: per policy metrics; servers: per (policy, server)."""
+
+    config: SimConfig
+    seed: int
+    records: pd.DataFrame
+    summary: dict[str, dict[str, Any]]
+    servers: pd.DataFrame
+    draws: Draws = field(repr=False)
+
+
+def run_plan(plan: Plan, draws: Draws, engine: Engine = "fast") -> RunOutput:
+    """Run one policy plan with the chosen engine (the reference engine exists for cross-checks)."""
+    if engine == "fast":
+        return FastEngine(plan, draws).run()
+    if engine == "reference":
+        from sim.reference import ReferenceEngine
+
+        return ReferenceEngine(plan, draws).run()
+    raise SimConfigError(f"sim config: unknown engine {engine!r} (choose fast or reference)")
+
+
+def _mask_strings(mask: np.ndarray) -> np.ndarray:
+    uniq, inv = np.unique(mask, return_inverse=True)
+    names = np.array([",".join(str(b) for b in range(63) if (int(m) >> b) & 1) for m in uniq], dtype=object)
+    return names[inv]
+
+
+def _records(cfg: SimConfig, plan: Plan, draws: Draws, out: RunOutput) -> pd.DataFrame:
+    n = draws.n
+    n_warm = int(cfg.warmup_fraction * n)
+    model = draws.model
+    names = list(cfg.model_names) if cfg.model_names else [str(i) for i in range(cfg.n_experts)]
+    return pd.DataFrame(
+        {
+            "policy": pd.Categorical([plan.name] * n),
+            "query_id": np.arange(n, dtype=np.int64),
+            "kind": pd.Categorical(np.where(model < 0, "ensemble", "routed"), categories=["routed", "ensemble"]),
+            "model": model,
+            "model_name": pd.Categorical(np.where(model < 0, "ensemble", np.array(names + [""])[model])),
+            "sample_id": draws.sample_id,
+            "arrival_ms": draws.arrival_ms,
+            "finish_ms": out.finish_ms,
+            "latency_ms": out.finish_ms - draws.arrival_ms,
+            "answered_by": pd.Categorical.from_codes(out.how.astype(np.int64), categories=list(HOW)),
+            "servers_used": _mask_strings(out.mask),
+            "answer_mask": out.mask,
+            "n_tasks": out.n_tasks,
+            "server_ms": out.server_ms,
+            "warmup": np.arange(n) < n_warm,
+        }
+    )
+
+
+def _summary(cfg: SimConfig, plan: Plan, rec: pd.DataFrame, out: RunOutput) -> dict[str, Any]:
+    meas = rec[~rec["warmup"].to_numpy()]
+    lat = meas["latency_ms"].to_numpy()
+    s: dict[str, Any] = {"policy": plan.name, "kind": plan.kind, "dispatch": plan.dispatch}
+    s["n_queries"] = len(rec)
+    s["n_measured"] = len(meas)
+    s.update(latency_summary(lat, cfg.batches, cfg.confidence))
+    util = out.busy_ms / out.end_ms if out.end_ms > 0 else np.zeros_like(out.busy_ms)
+    s["utilization"] = float(np.mean(util))
+    s["utilization_per_server"] = [float(u) for u in util]
+    s["spare_servers"] = [k for k, h in enumerate(plan.hosts) if h == SPARE]
+    s["coded_servers"] = [k for k, h in enumerate(plan.hosts) if h == CODED]
+    s["server_ms_per_query"] = float(meas["server_ms"].mean()) if len(meas) else float("nan")
+    s["cancelled_ms"] = float(out.cancelled_ms.sum())
+    s["lost_ms"] = float(out.lost_ms.sum())
+    s["end_ms"] = out.end_ms
+    counts = meas["answered_by"].value_counts(normalize=True)
+    for h in HOW:
+        s[f"frac_{h}"] = float(counts.get(h, 0.0))
+    s["decoded_fraction"] = s[f"frac_{HOW[HOW_DECODED]}"]
+    return s
+
+
+def simulate(
+    config: SimConfig | Mapping[str, Any],
+    seed: int = 0,
+    *,
+    policies: Sequence[str] | None = None,
+    engine: Engine = "fast",
+) -> SimResult:
+    """Simulate every policy of `config` (or the named subset) on the same random numbers from `seed`.
+
+    Raises SimConfigError (a ValueError, one line) for bad input before simulating anything.
+    """
+    cfg = parse_config(config)
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise SimConfigError(f"sim config: seed must be an integer >= 0 (got {seed!r})")
+    seed = int(seed)
+    specs = [cfg.policy(p) for p in policies] if policies is not None else list(cfg.policies)
+    draws = draw(cfg, seed)
+    frames, summary, servers = [], {}, []
+    for spec in specs:
+        plan = make_plan(cfg, spec, draws)
+        out = run_plan(plan, draws, engine)
+        rec = _records(cfg, plan, draws, out)
+        frames.append(rec)
+        summary[plan.name] = _summary(cfg, plan, rec, out)
+        servers.append(
+            pd.DataFrame(
+                {
+                    "policy": plan.name,
+                    "server": np.arange(plan.n_servers),
+                    "hosts": [("coded" if h == CODED else "spare" if h == SPARE else str(h)) for h in plan.hosts],
+                    "busy_ms": out.busy_ms,
+                    "utilization": out.busy_ms / out.end_ms,
+                    "cancelled_ms": out.cancelled_ms,
+                    "lost_ms": out.lost_ms,
+                }
+            )
+        )
+    base = next((summary[s.name] for s in specs if s.kind == "uncoded"), None)
+    for s in summary.values():
+        s["extra_load_vs_uncoded"] = (
+            s["server_ms_per_query"] / base["server_ms_per_query"] - 1.0 if base is not None else None
+        )
+    records = pd.concat(frames, ignore_index=True)
+    records["policy"] = pd.Categorical(records["policy"], categories=[s.name for s in specs])
+    return SimResult(cfg, seed, records, summary, pd.concat(servers, ignore_index=True), draws)
+
+
+def replication_seeds(seed: int, n: int) -> list[int]:
+    """Independent seeds for n replications, derived from one seed."""
+    ss = np.random.SeedSequence(seed, spawn_key=(1_000,))
+    return [int(x) for x in ss.generate_state(n, dtype=np.uint32)]
+
+
+def replicate(
+    config: SimConfig | Mapping[str, Any], seed: int = 0, n_replications: int = 10, **kw: Any
+) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Independent replications: per policy and metric, (mean, lo, hi) across replications.
+
+    Warm-up is discarded in each replication; the CI is valid whatever the autocorrelation inside a run.
+    """
+    cfg = parse_config(config)
+    if n_replications < 2:
+        raise SimConfigError("sim config: n_replications must be >= 2")
+    keys = ["mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms", "utilization", "server_ms_per_query"]
+    vals: dict[str, dict[str, list[float]]] = {}
+    for sd in replication_seeds(seed, n_replications):
+        res = simulate(cfg, sd, **kw)
+        for pol, s in res.summary.items():
+            for k in keys:
+                vals.setdefault(pol, {}).setdefault(k, []).append(s[k])
+    return {pol: {k: across_replications(v, cfg.confidence) for k, v in d.items()} for pol, d in vals.items()}

@@ -1,0 +1,452 @@
+"""Validated, TOML-friendly simulation config (pydantic v2).
+
+Every check runs at construction, so a bad scenario fails with one `SimConfigError` line before any event is
+simulated. Times are milliseconds, rates are queries per millisecond.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from scipy.special import ndtri
+
+from sim.errors import SimConfigError
+
+POLICY_KINDS = ("uncoded", "replication", "hedged", "coded")
+DISPATCH = {
+    "uncoded": ("direct",),
+    "replication": ("redundant", "jsq", "pool"),
+    "hedged": ("hedged",),
+    "coded": ("redundant", "hedged", "sed"),
+}
+DEFAULT_N_QUERIES = 100_000
+DEFAULT_SAMPLE_POOL = 1_000_000_000
+
+
+def _one_line(err: ValidationError) -> str:
+    """First pydantic error as `where: what (got x)`; the rest counted, so the CLI prints one line."""
+    errs = err.errors()
+    e = errs[0]
+    loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("function-after",))
+    msg = e.get("msg", "invalid value")
+    msg = msg.removeprefix("Value error, ")
+    got = e.get("input")
+    tail = ""
+    if e.get("type") not in ("value_error", "assertion_error") and not isinstance(got, Mapping | list):
+        tail = f" (got {got!r})"
+    more = f" [+{len(errs) - 1} more]" if len(errs) > 1 else ""
+    where = f"{loc}: " if loc else ""
+    return f"sim config: {where}{msg}{tail}{more}"
+
+
+class _Model(BaseModel):
+    """Base: forbid unknown keys (typos in TOML must not pass silently) and raise SimConfigError."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise SimConfigError(_one_line(e)) from None
+
+
+# ----------------------------------------------------------------------------------------- service times
+class Deterministic(_Model):
+    kind: Literal["deterministic"] = "deterministic"
+    value_ms: float = Field(gt=0)
+
+    def mean(self) -> float:
+        return self.value_ms
+
+    def second_moment(self) -> float:
+        return self.value_ms**2
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        return np.full(np.shape(u), self.value_ms)
+
+
+class Exponential(_Model):
+    kind: Literal["exponential"] = "exponential"
+    mean_ms: float = Field(gt=0)
+
+    def mean(self) -> float:
+        return self.mean_ms
+
+    def second_moment(self) -> float:
+        return 2 * self.mean_ms**2
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        return -self.mean_ms * np.log1p(-np.asarray(u))
+
+
+class ShiftedExponential(_Model):
+    """shift_ms + Exp(mean_ms): the usual model of a forward pass (fixed compute + random interference)."""
+
+    kind: Literal["shifted_exponential"] = "shifted_exponential"
+    shift_ms: float = Field(ge=0)
+    mean_ms: float = Field(gt=0, description="mean of the exponential part")
+
+    def mean(self) -> float:
+        return self.shift_ms + self.mean_ms
+
+    def second_moment(self) -> float:
+        return self.mean_ms**2 + self.mean() ** 2
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        return self.shift_ms - self.mean_ms * np.log1p(-np.asarray(u))
+
+
+class LogNormal(_Model):
+    """Lognormal given by its mean (ms) and the sigma of log-time, so the mean stays interpretable."""
+
+    kind: Literal["lognormal"] = "lognormal"
+    mean_ms: float = Field(gt=0)
+    sigma: float = Field(ge=0)
+
+    def _mu(self) -> float:
+        return math.log(self.mean_ms) - self.sigma**2 / 2
+
+    def mean(self) -> float:
+        return self.mean_ms
+
+    def second_moment(self) -> float:
+        return math.exp(2 * self._mu() + 2 * self.sigma**2)
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        return np.exp(self._mu() + self.sigma * ndtri(np.asarray(u)))
+
+
+class Empirical(_Model):
+    """Resampling of measured times (e.g. a forward-pass latency profile supplied by the runner)."""
+
+    kind: Literal["empirical"] = "empirical"
+    samples_ms: tuple[float, ...]
+
+    @field_validator("samples_ms", mode="before")
+    @classmethod
+    def _as_tuple(cls, v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            v = v.ravel().tolist()
+        if isinstance(v, Sequence) and not isinstance(v, str):
+            if len(v) == 0:
+                raise ValueError("samples_ms must not be empty")
+            vals = [float(x) for x in v]
+            if not all(math.isfinite(x) and x > 0 for x in vals):
+                raise ValueError("samples_ms must be finite and > 0")
+            return tuple(sorted(vals))
+        return v
+
+    def mean(self) -> float:
+        return float(np.mean(self.samples_ms))
+
+    def second_moment(self) -> float:
+        return float(np.mean(np.square(self.samples_ms)))
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        arr = np.asarray(self.samples_ms)
+        idx = np.minimum((np.asarray(u) * len(arr)).astype(np.int64), len(arr) - 1)
+        return arr[idx]
+
+
+ServiceDist = Annotated[
+    Deterministic | Exponential | ShiftedExponential | LogNormal | Empirical, Field(discriminator="kind")
+]
+
+
+class Service(_Model):
+    """Service time of a task = dist.ppf(u) * scale[server] * (per-task slowdown) * (episode slowdown)."""
+
+    expert: ServiceDist = Field(default_factory=lambda: Exponential(mean_ms=1.0))
+    experts: tuple[ServiceDist, ...] | None = Field(default=None, description="per-expert override (len N)")
+    coded: ServiceDist | None = Field(default=None, description="coded/parity servers; default = expert 0")
+    scale: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
+        default=None, description="per-server multiplier, len N + r"
+    )
+
+    def expert_dist(self, i: int) -> Any:
+        return self.experts[i] if self.experts is not None else self.expert
+
+    def coded_dist(self) -> Any:
+        return self.coded if self.coded is not None else self.expert_dist(0)
+
+
+# ------------------------------------------------------------------------------------------- stragglers
+class Pareto(_Model):
+    """Slowdown factor ~ Pareto(alpha) with minimum `scale` (heavy-tailed stragglers)."""
+
+    kind: Literal["pareto"] = "pareto"
+    alpha: float = Field(gt=0)
+    scale: float = Field(default=1.0, ge=1)
+
+    def mean(self) -> float:
+        return math.inf if self.alpha <= 1 else self.alpha * self.scale / (self.alpha - 1)
+
+    def second_moment(self) -> float:
+        return math.inf if self.alpha <= 2 else self.alpha * self.scale**2 / (self.alpha - 2)
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        return self.scale * np.power(1.0 - np.asarray(u), -1.0 / self.alpha)
+
+
+class Episodes(_Model):
+    """Per-server two-state Markov slow episodes; a task started in a slow episode is slowed down."""
+
+    mean_normal_ms: float = Field(gt=0)
+    mean_slow_ms: float = Field(gt=0)
+    slowdown: float = Field(ge=1)
+
+    def mean_factor(self) -> float:
+        f = self.mean_slow_ms / (self.mean_slow_ms + self.mean_normal_ms)
+        return 1 + f * (self.slowdown - 1)
+
+
+class Failures(_Model):
+    """Per-server up/down periods (exponential); work in service is lost and restarted after repair."""
+
+    mean_up_ms: float = Field(gt=0)
+    mean_down_ms: float = Field(gt=0)
+
+    def availability(self) -> float:
+        return self.mean_up_ms / (self.mean_up_ms + self.mean_down_ms)
+
+
+class Stragglers(_Model):
+    p: float = Field(default=0.0, ge=0, le=1, description="per-task straggler probability (sweep axis)")
+    slowdown: Annotated[float, Field(ge=1)] | Pareto = 5.0
+    episodes: Episodes | None = None
+    failures: Failures | None = None
+    servers: tuple[int, ...] | None = Field(default=None, description="affected servers (default all)")
+
+    def task_factor_mean(self) -> float:
+        s = self.slowdown if isinstance(self.slowdown, float | int) else self.slowdown.mean()
+        return 1 - self.p + self.p * s
+
+    def task_factor_second_moment(self) -> float:
+        s2 = self.slowdown**2 if isinstance(self.slowdown, float | int) else self.slowdown.second_moment()
+        return 1 - self.p + self.p * s2
+
+
+# ---------------------------------------------------------------------------------------------- traffic
+class Traffic(_Model):
+    """Arrivals. Total routed rate is fixed; `kind` decides how it is split across the N models over time.
+
+    poisson: fixed split (`weights` or per-model `rates_per_ms`); markov_hot: a hot model, changing after
+    Exp(mean_dwell_ms), gets share 1/N + strength*(1 - 1/N); smooth: share_i(t) = (1 + strength *
+    cos(2 pi t / period_ms - 2 pi i / N)) / N; trace: replay (timestamp_ms, model) from a CSV or lists.
+    Ensemble queries (needing all N outputs) arrive as a Poisson stream at ensemble_rate_per_ms.
+    """
+
+    kind: Literal["poisson", "markov_hot", "smooth", "trace"] = "poisson"
+    rate_per_ms: float | None = Field(default=None, ge=0, description="total routed rate")
+    rates_per_ms: tuple[Annotated[float, Field(ge=0)], ...] | None = None
+    weights: tuple[Annotated[float, Field(ge=0)], ...] | None = None
+    strength: float = Field(default=0.0, ge=0, le=1)
+    mean_dwell_ms: float = Field(default=1000.0, gt=0)
+    period_ms: float = Field(default=10_000.0, gt=0)
+    ensemble_rate_per_ms: float = Field(default=0.0, ge=0)
+    trace_csv: str | None = None
+    trace_times_ms: tuple[float, ...] | None = None
+    trace_models: tuple[int, ...] | None = Field(default=None, description="-1 = ensemble query")
+    sample_pool: int | tuple[int, ...] = Field(
+        default=DEFAULT_SAMPLE_POOL, description="sample ids are uniform in [0, pool) per model"
+    )
+    ensemble_sample_pool: int = Field(default=DEFAULT_SAMPLE_POOL, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Traffic:
+        if self.kind == "trace":
+            if self.trace_csv is None and self.trace_times_ms is None:
+                raise ValueError("traffic.kind='trace' needs trace_csv or trace_times_ms + trace_models")
+            if self.trace_times_ms is not None:
+                if self.trace_models is None or len(self.trace_models) != len(self.trace_times_ms):
+                    raise ValueError("trace_models must be given with the same length as trace_times_ms")
+                t = np.asarray(self.trace_times_ms)
+                if len(t) and (np.any(~np.isfinite(t)) or np.any(t < 0) or np.any(np.diff(t) < 0)):
+                    raise ValueError("trace_times_ms must be finite, >= 0 and non-decreasing")
+        else:
+            if self.rate_per_ms is None and self.rates_per_ms is None and self.ensemble_rate_per_ms == 0:
+                raise ValueError("traffic needs rate_per_ms (or rates_per_ms, or ensemble_rate_per_ms)")
+            if self.rates_per_ms is not None and (self.kind != "poisson" or self.rate_per_ms is not None):
+                raise ValueError("rates_per_ms is only for kind='poisson' and replaces rate_per_ms")
+            if self.weights is not None and sum(self.weights) <= 0:
+                raise ValueError("weights must have a positive sum")
+        pools = (self.sample_pool,) if isinstance(self.sample_pool, int) else self.sample_pool
+        if any(p < 1 for p in pools):
+            raise ValueError("sample_pool sizes must be >= 1")
+        return self
+
+    def routed_rate(self) -> float:
+        if self.rates_per_ms is not None:
+            return float(sum(self.rates_per_ms))
+        return float(self.rate_per_ms or 0.0)
+
+    def mean_shares(self, n: int) -> np.ndarray:
+        """Time-average share of routed traffic per model (what the stability check uses)."""
+        if self.rates_per_ms is not None:
+            w = np.asarray(self.rates_per_ms, float)
+        elif self.kind == "poisson" and self.weights is not None:
+            w = np.asarray(self.weights, float)
+        else:
+            w = np.ones(n)
+        return w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
+
+
+# --------------------------------------------------------------------------------------------- policies
+class PolicySpec(_Model):
+    """One serving policy. All policies use the same N + r servers and the same random numbers.
+
+    uncoded: N experts, the r extra servers stay idle (spares, reported with 0 utilization).
+    replication: extra server k holds a replica of model replica_of[k] ('spread' = k mod N, 'hot' = all on
+      the model with the highest mean rate); dispatch redundant (copy to every host, first wins), jsq (join
+      the shortest queue among hosts) or pool (hosts of a model share one FIFO queue, i.e. M/M/c).
+    hedged: primary first, a copy to the least-loaded replica after delay_ms if still not answered.
+    coded: extra servers are coded (parity) servers. Routed query for i: expert i, and the decode group =
+      `fanout` coded servers + the other N-1 experts on the same input; decoded once any N of the group are
+      back. dispatch redundant (both at once), hedged (group after delay_ms) or sed (only the path with the
+      shorter expected delay). Ensemble query: all N + r (sed: the N least loaded), done when any N are back.
+    delay_ms: a number, or 'pNN' / 'pNN.N' = that percentile of the primary's drawn service times.
+    cancel: cancel outstanding copies once answered (queued ones are dropped, in-service ones preempted).
+    """
+
+    kind: Literal["uncoded", "replication", "hedged", "coded"]
+    name: str | None = None
+    dispatch: str | None = None
+    delay_ms: float | str | None = None
+    cancel: bool = True
+    replica_of: Literal["spread", "hot"] | tuple[int, ...] = "spread"
+    fanout: int = Field(default=1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_str(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"kind": v}
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> PolicySpec:
+        allowed = DISPATCH[self.kind]
+        d = self.dispatch or allowed[0]
+        if d not in allowed:
+            raise ValueError(f"policy {self.kind!r}: unknown dispatch {d!r} (choose from {', '.join(allowed)})")
+        object.__setattr__(self, "dispatch", d)
+        if self.name is None:
+            object.__setattr__(self, "name", self.kind if d == allowed[0] else f"{self.kind}-{d}")
+        needs_delay = self.kind == "hedged" or (self.kind == "coded" and d == "hedged")
+        if needs_delay:
+            dl = self.delay_ms if self.delay_ms is not None else "p95"
+            if isinstance(dl, str):
+                if not re.fullmatch(r"p\d{1,2}(\.\d+)?", dl):
+                    raise ValueError(f"delay_ms must be a number >= 0 or a percentile like 'p95' (got {dl!r})")
+            elif not (dl >= 0 and math.isfinite(dl)):
+                raise ValueError(f"delay_ms must be >= 0 (got {dl!r})")
+            object.__setattr__(self, "delay_ms", dl)
+        return self
+
+
+def _policy_list(v: Any) -> Any:
+    if isinstance(v, str | Mapping):
+        v = [v]
+    return v
+
+
+# ------------------------------------------------------------------------------------------------- top
+class SimConfig(_Model):
+    """A standalone `sim` scenario: needs no networks (service given as distributions or measured arrays).
+
+    Horizon: `n_queries` arrivals or arrivals in [0, horizon_ms); without either, n_queries defaults to
+    100000 and every policy must be stable (an unstable load needs an explicit horizon).
+    """
+
+    n_experts: int = Field(ge=1, description="N")
+    r: int = Field(default=1, ge=0, description="extra servers: replicas, coded servers or spares")
+    model_names: tuple[str, ...] | None = None
+    traffic: Traffic
+    service: Service = Field(default_factory=Service)
+    stragglers: Stragglers = Field(default_factory=Stragglers)
+    policies: tuple[PolicySpec, ...] = Field(default=("uncoded", "coded"), min_length=1)  # type: ignore[assignment]
+    n_queries: int | None = Field(default=None, ge=1)
+    horizon_ms: float | None = Field(default=None, gt=0)
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
+    batches: int = Field(default=20, ge=2, description="batch means for CIs")
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+
+    _validate_policies = field_validator("policies", mode="before")(classmethod(lambda cls, v: _policy_list(v)))
+
+    @model_validator(mode="after")
+    def _check(self) -> SimConfig:
+        n, s = self.n_experts, self.n_experts + self.r
+        if self.model_names is not None and len(self.model_names) != n:
+            raise ValueError(f"model_names has {len(self.model_names)} names for n_experts={n}")
+        tr = self.traffic
+        for name, seq, want in (
+            ("traffic.rates_per_ms", tr.rates_per_ms, n),
+            ("traffic.weights", tr.weights, n),
+            ("traffic.sample_pool", None if isinstance(tr.sample_pool, int) else tr.sample_pool, n),
+            ("service.experts", self.service.experts, n),
+            ("service.scale", self.service.scale, s),
+        ):
+            if seq is not None and len(seq) != want:
+                raise ValueError(f"{name} has length {len(seq)}, expected {want}")
+        if tr.trace_models is not None and any(m < -1 or m >= n for m in tr.trace_models):
+            raise ValueError(f"trace_models must be -1 (ensemble) or in [0, {n})")
+        if self.stragglers.servers is not None and any(x < 0 or x >= s for x in self.stragglers.servers):
+            raise ValueError(f"stragglers.servers must be in [0, {s})")
+        names = [p.name for p in self.policies]
+        if len(set(names)) != len(names):
+            raise ValueError(f"policy names must be unique (got {names}); set `name` to tell variants apart")
+        for p in self.policies:
+            if p.kind in ("replication", "hedged", "coded") and self.r == 0:
+                raise ValueError(f"policy {p.name!r} needs r >= 1 extra servers")
+            if isinstance(p.replica_of, tuple):
+                if len(p.replica_of) != self.r or any(m < 0 or m >= n for m in p.replica_of):
+                    raise ValueError(f"policy {p.name!r}: replica_of needs r={self.r} model indices in [0, {n})")
+            if p.kind == "coded" and p.fanout > self.r:
+                raise ValueError(f"policy {p.name!r}: fanout {p.fanout} > r={self.r} coded servers")
+        if self.n_queries is not None and self.horizon_ms is not None:
+            raise ValueError("give n_queries or horizon_ms, not both")
+        explicit = self.n_queries is not None or self.horizon_ms is not None
+        if not explicit:
+            if tr.kind != "trace":
+                object.__setattr__(self, "n_queries", DEFAULT_N_QUERIES)
+            from sim.layout import check_stability  # late import: layout imports this module
+
+            problem = check_stability(self)
+            if problem:
+                raise ValueError(f"unstable load: {problem}; set n_queries or horizon_ms to simulate a transient")
+        return self
+
+    def policy(self, name: str) -> PolicySpec:
+        for p in self.policies:
+            if p.name == name:
+                return p
+        raise SimConfigError(f"sim config: no policy named {name!r}")
+
+
+def parse_config(data: Mapping[str, Any] | SimConfig) -> SimConfig:
+    """Build a SimConfig from a mapping (e.g. a TOML table); accepts a top-level [sim] table too."""
+    if isinstance(data, SimConfig):
+        return data
+    if not isinstance(data, Mapping):
+        raise SimConfigError(f"sim config: expected a table, got {type(data).__name__}")
+    if "sim" in data and isinstance(data["sim"], Mapping) and "n_experts" not in data:
+        data = data["sim"]
+    return SimConfig(**dict(data))
+
+
+def load_config(path: str) -> SimConfig:
+    """Read a TOML file (a [sim] table or top-level keys) into a SimConfig."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SimConfigError(f"sim config: cannot read {path}: {e}") from None
+    return parse_config(data)

@@ -1,0 +1,467 @@
+"""The fast engine: SimPy's event loop with long-lived, callback-driven servers and lazy cancellation.
+
+No process per customer: an arrival is one Timeout whose callback dispatches tasks; a server is an object
+whose completion Timeout calls back into it. Cancelling a queued task only flips its `active` flag (it is
+skipped when it reaches the head of the queue); cancelling a task in service makes the server drop its
+pending completion (identity check on the event) and pull the next task at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+from simpy.events import Timeout
+
+from sim.draws import EPISODES, FAILURES, Draws, Timeline, stream
+from sim.layout import CODED
+from sim.plan import (
+    HOW_DECODED,
+    HOW_DIRECT,
+    HOW_HEDGE,
+    HOW_REPLICA,
+    ROLE_DIRECT,
+    ROLE_GROUP,
+    ROLE_HEDGE,
+    Plan,
+)
+
+
+@dataclass
+class RunOutput:
+    """Raw per-query and per-server results of one policy run."""
+
+    finish_ms: np.ndarray
+    how: np.ndarray
+    mask: np.ndarray  # bitmask of the servers whose outputs formed the answer
+    n_tasks: np.ndarray
+    server_ms: np.ndarray  # all work spent for the query, cancelled and lost work included
+    busy_ms: np.ndarray  # per server
+    cancelled_ms: np.ndarray  # per server: work thrown away by cancellation
+    lost_ms: np.ndarray  # per server: work lost to failures
+    end_ms: float
+
+
+class _Query:
+    __slots__ = ("qid", "model", "done", "got", "mask", "cover", "how", "tasks")
+
+    def __init__(self, qid: int, model: int) -> None:
+        self.qid = qid
+        self.model = model
+        self.done = False
+        self.got = 0
+        self.mask = 0
+        self.cover = 0
+        self.how = HOW_DIRECT
+        self.tasks: list[_Task] = []
+
+
+class _Task:
+    __slots__ = ("q", "station", "role", "svc", "active", "server")
+
+    def __init__(self, q: _Query, station: _Station, role: int, svc: float) -> None:
+        self.q = q
+        self.station = station
+        self.role = role
+        self.svc = svc
+        self.active = True
+        self.server: _Server | None = None
+
+
+class _Station:
+    """One FIFO queue served by one server (or by several, for pooled replicas)."""
+
+    __slots__ = ("idx", "queue", "servers", "n_live", "mean_ms")
+
+    def __init__(self, idx: int, mean_ms: float) -> None:
+        self.idx = idx
+        self.queue: deque[_Task] = deque()
+        self.servers: list[_Server] = []
+        self.n_live = 0  # tasks queued or in service and not cancelled (what JSQ/SED look at)
+        self.mean_ms = mean_ms
+
+    def submit(self, task: _Task) -> None:
+        self.n_live += 1
+        for srv in self.servers:
+            if srv.cur is None and srv.up:
+                srv.start(task)
+                return
+        self.queue.append(task)
+
+    def kick(self) -> None:
+        for srv in self.servers:
+            if srv.cur is None and srv.up:
+                srv.pull()
+
+
+class _Server:
+    __slots__ = ("idx", "env", "eng", "station", "cur", "ev", "t0", "up", "slow", "slowdown", "host")
+
+    def __init__(self, idx: int, env: simpy.Environment, eng: FastEngine, station: _Station, host: int) -> None:
+        self.idx = idx
+        self.env = env
+        self.eng = eng
+        self.station = station
+        self.cur: _Task | None = None
+        self.ev: Timeout | None = None
+        self.t0 = 0.0
+        self.up = True
+        self.slow: Timeline | None = None
+        self.slowdown = 1.0
+        self.host = host
+
+    def start(self, task: _Task) -> None:
+        env = self.env
+        now = env._now
+        self.cur = task
+        task.server = self
+        self.t0 = now
+        d = task.svc
+        if self.slow is not None and self.slow.state_at(now):
+            d *= self.slowdown
+        ev = Timeout(env, d)
+        ev.callbacks.append(self.finish)  # type: ignore[union-attr]
+        self.ev = ev
+
+    def pull(self) -> None:
+        q = self.station.queue
+        while q:
+            t = q.popleft()
+            if t.active:
+                self.start(t)
+                return
+
+    def _stop(self) -> float:
+        dt = self.env._now - self.t0
+        self.eng.busy[self.idx] += dt
+        self.eng.ms[self.cur.q.qid] += dt  # type: ignore[union-attr]
+        self.cur = None
+        self.ev = None
+        return dt
+
+    def finish(self, ev: Timeout) -> None:
+        if ev is not self.ev:
+            return  # stale completion of preempted work
+        task = self.cur
+        self._stop()
+        task.active = False  # type: ignore[union-attr]
+        self.station.n_live -= 1
+        eng = self.eng
+        eng.live -= 1
+        eng.complete(task, self)  # type: ignore[arg-type]
+        if self.cur is None and self.up:
+            self.pull()
+        if eng.live == 0 and eng.n_done == eng.n:
+            eng.stop = True
+
+    def preempt(self) -> None:
+        """Cancel the task in service: its work so far is spent, the server moves on."""
+        self.eng.cancelled[self.idx] += self._stop()
+        if self.up:
+            self.pull()
+
+    def fail(self) -> None:
+        self.up = False
+        if self.cur is not None:
+            task = self.cur
+            self.eng.lost[self.idx] += self._stop()
+            self.station.queue.appendleft(task)  # restarted (same draw) when a server of the station is up
+            self.station.kick()
+
+    def recover(self) -> None:
+        self.up = True
+        if self.cur is None:
+            self.pull()
+
+
+class FastEngine:
+    """Runs one Plan over one Draws; `run()` returns a RunOutput."""
+
+    def __init__(self, plan: Plan, draws: Draws) -> None:
+        self.plan = plan
+        self.draws = draws
+        self.env = env = simpy.Environment()
+        self.n = draws.n
+        self.N = plan.n_experts
+        self.kind = plan.kind
+        self.dispatch = plan.dispatch
+        self.cancel_on = plan.cancel
+        self.stations = [_Station(k, 0.0) for k in range(len(plan.stations))]
+        self.servers: list[_Server] = []
+        for s in range(plan.n_servers):
+            st = self.stations[plan.station_of[s]]
+            srv = _Server(s, env, self, st, plan.hosts[s])
+            st.servers.append(srv)
+            self.servers.append(srv)
+        for st in self.stations:
+            st.mean_ms = float(np.mean([plan.mean_ms[s.idx] for s in st.servers])) / len(st.servers)
+        self.hosts_st = [[self.stations[k] for k in plan.host_stations(i)] for i in range(self.N)]
+        self.coded_st = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == CODED]
+        self.expert_st = [self.stations[plan.station_of[i]] for i in range(self.N)]
+        self.svc = plan.service_ms.tolist()
+        self.arr = draws.arrival_ms.tolist()
+        self.models = draws.model.tolist()
+        self.delay = plan.delay_ms
+        n, S = self.n, plan.n_servers
+        self.finish_ms = [0.0] * n
+        self.how = [0] * n
+        self.mask = [0] * n
+        self.ntask = [0] * n
+        self.ms = [0.0] * n
+        self.busy = [0.0] * S
+        self.cancelled = [0.0] * S
+        self.lost = [0.0] * S
+        self.live = 0
+        self.n_done = 0
+        self.stop = False
+        if plan.episodes is not None:
+            m0, m1, f = plan.episodes
+            for s in plan.affected:
+                srv = self.servers[s]
+                srv.slow = Timeline(stream(plan.seed, EPISODES, s), m0, m1)
+                srv.slowdown = f
+        if plan.failures is not None:
+            up, down = plan.failures
+            for s in sorted(plan.affected):
+                tl = Timeline(stream(plan.seed, FAILURES, s), up, down)
+                self._schedule_toggle(self.servers[s], tl, 1)
+
+    # -------------------------------------------------------------------------------------- plumbing
+    def _schedule_toggle(self, srv: _Server, tl: Timeline, k: int) -> None:
+        ev = Timeout(self.env, tl.switch_after(k) - self.env._now)
+
+        def toggle(_ev: Timeout) -> None:
+            if k & 1:
+                srv.fail()
+            else:
+                srv.recover()
+            self._schedule_toggle(srv, tl, k + 1)
+
+        ev.callbacks.append(toggle)  # type: ignore[union-attr]
+
+    def _send(self, q: _Query, st: _Station, role: int, server_for_draw: int) -> None:
+        t = _Task(q, st, role, self.svc[q.qid][server_for_draw])
+        q.tasks.append(t)
+        self.ntask[q.qid] += 1
+        self.live += 1
+        st.submit(t)
+
+    def _send_st(self, q: _Query, st: _Station, role: int) -> None:
+        # the draw belongs to the station's first server; pooled replicas share the model's draw
+        self._send(q, st, role, st.servers[0].idx)
+
+    def _answer(self, q: _Query, how: int, mask: int) -> None:
+        q.done = True
+        qid = q.qid
+        self.finish_ms[qid] = self.env._now
+        self.how[qid] = how
+        self.mask[qid] = mask
+        self.n_done += 1
+        if self.cancel_on:
+            for t in q.tasks:
+                if t.active:
+                    self._cancel(t)
+        q.tasks = []
+
+    def _cancel(self, t: _Task) -> None:
+        t.active = False
+        t.station.n_live -= 1
+        self.live -= 1
+        srv = t.server
+        if srv is not None and srv.cur is t:
+            srv.preempt()
+
+    # ---------------------------------------------------------------------------------------- arrivals
+    def _arrive(self, k: int) -> None:
+        q = _Query(k, self.models[k])
+        if q.model >= 0:
+            self._route(q)
+        else:
+            self._ensemble(q)
+
+    def _route(self, q: _Query) -> None:
+        i, kind, d = q.model, self.kind, self.dispatch
+        if kind == "uncoded":
+            self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+        elif kind == "replication":
+            hs = self.hosts_st[i]
+            if d == "redundant":
+                for st in hs:
+                    self._send_st(q, st, ROLE_DIRECT)
+            else:  # jsq (ties -> expert's own server) or pool (one shared station)
+                best = hs[0]
+                for st in hs:
+                    if st.n_live < best.n_live:
+                        best = st
+                self._send_st(q, best, ROLE_DIRECT)
+        elif kind == "hedged":
+            self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+            if len(self.hosts_st[i]) > 1:
+                Timeout(self.env, self.delay[i], q).callbacks.append(self._hedge)  # type: ignore
+        else:  # coded
+            if d == "redundant":
+                self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+                self._group(q)
+            elif d == "hedged":
+                self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+                Timeout(self.env, self.delay[i], q).callbacks.append(self._hedge)  # type: ignore
+            else:  # sed: only the path with the shorter expected delay
+                own = self.expert_st[i]
+                e_direct = (own.n_live + 1) * own.mean_ms
+                e_group = 0.0
+                for j, st in enumerate(self.expert_st):
+                    if j != i:
+                        e_group = max(e_group, (st.n_live + 1) * st.mean_ms)
+                for st in self._coded_pick():
+                    e_group = max(e_group, (st.n_live + 1) * st.mean_ms)
+                if e_group < e_direct:
+                    self._group(q)
+                else:
+                    self._send(q, own, ROLE_DIRECT, q.model)
+
+    def _coded_pick(self) -> list[_Station]:
+        """The `fanout` least-loaded coded stations (ties -> lower index)."""
+        cs = self.coded_st
+        f = self.plan.fanout
+        if f >= len(cs):
+            return cs
+        return sorted(cs, key=lambda st: (st.n_live, st.idx))[:f]
+
+    def _group(self, q: _Query) -> None:
+        for j, st in enumerate(self.expert_st):
+            if j != q.model:
+                self._send(q, st, ROLE_GROUP, j)
+        for st in self._coded_pick():
+            self._send_st(q, st, ROLE_GROUP)
+
+    def _hedge(self, ev: Timeout) -> None:
+        q: _Query = ev._value  # type: ignore[assignment]
+        if q.done:
+            return
+        if self.kind == "coded":
+            if q.model >= 0:
+                self._group(q)
+            else:
+                for st in self.coded_st:
+                    self._send_st(q, st, ROLE_GROUP)
+            return
+        models = [q.model] if q.model >= 0 else [m for m in range(self.N) if not (q.cover >> m) & 1]
+        for m in models:
+            reps = self.hosts_st[m][1:]
+            if reps:
+                best = reps[0]
+                for st in reps:
+                    if st.n_live < best.n_live:
+                        best = st
+                self._send_st(q, best, ROLE_HEDGE)
+
+    def _ensemble(self, q: _Query) -> None:
+        kind, d = self.kind, self.dispatch
+        if kind == "uncoded":
+            for i in range(self.N):
+                self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+        elif kind == "replication":
+            for i in range(self.N):
+                hs = self.hosts_st[i]
+                if d == "redundant":
+                    for st in hs:
+                        self._send_st(q, st, ROLE_DIRECT)
+                else:
+                    best = hs[0]
+                    for st in hs:
+                        if st.n_live < best.n_live:
+                            best = st
+                    self._send_st(q, best, ROLE_DIRECT)
+        elif kind == "hedged":
+            for i in range(self.N):
+                self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+            Timeout(self.env, max(self.delay), q).callbacks.append(self._hedge)  # type: ignore
+        else:
+            if d == "redundant":
+                for st in self.stations:
+                    self._send_st(q, st, ROLE_GROUP)
+            elif d == "hedged":
+                for i in range(self.N):
+                    self._send(q, self.expert_st[i], ROLE_GROUP, i)
+                Timeout(self.env, max(self.delay), q).callbacks.append(self._hedge)  # type: ignore
+            else:  # sed: the N stations with the shortest expected delay
+                order = sorted(self.stations, key=lambda st: ((st.n_live + 1) * st.mean_ms, st.idx))
+                for st in order[: self.N]:
+                    self._send_st(q, st, ROLE_GROUP)
+
+    # -------------------------------------------------------------------------------------- completion
+    def complete(self, task: _Task, srv: _Server) -> None:
+        q = task.q
+        if q.done:
+            return  # uncancelled leftover copy
+        bit = 1 << srv.idx
+        if q.model >= 0:
+            if self.kind == "coded":
+                if task.role == ROLE_DIRECT:
+                    self._answer(q, HOW_DIRECT, bit)
+                else:
+                    q.got += 1
+                    q.mask |= bit
+                    if q.got >= self.N:
+                        self._answer(q, HOW_DECODED, q.mask)
+            elif task.role == ROLE_HEDGE:
+                self._answer(q, HOW_HEDGE, bit)
+            else:
+                self._answer(q, HOW_DIRECT if srv.idx < self.N else HOW_REPLICA, bit)
+            return
+        # ensemble query
+        if self.kind == "coded":
+            q.got += 1
+            q.mask |= bit
+            if srv.host == CODED:
+                q.how = HOW_DECODED
+            if q.got >= self.N:
+                self._answer(q, q.how, q.mask)
+            return
+        m = srv.host
+        if (q.cover >> m) & 1:
+            return
+        q.cover |= 1 << m
+        q.got += 1
+        q.mask |= bit
+        if task.role == ROLE_HEDGE:
+            q.how = HOW_HEDGE
+        elif srv.idx >= self.N and q.how == HOW_DIRECT:
+            q.how = HOW_REPLICA
+        if q.got == self.N:
+            self._answer(q, q.how, q.mask)
+
+    # ---------------------------------------------------------------------------------------------- run
+    def run(self) -> RunOutput:
+        """Merge the sorted arrival array into SimPy's event loop (arrivals need no events of their own).
+
+        Events due at or before an arrival run first (departures before arrivals on ties, as in Lindley's
+        recursion). The loop stops once every query is answered and no task is left, even though failure
+        and slow-episode timelines would go on forever.
+        """
+        env = self.env
+        if self.n == 0:
+            raise ValueError("no queries to simulate")
+        heap = env._queue
+        step = env.step
+        arrive = self._arrive
+        for k, t in enumerate(self.arr):
+            while heap and heap[0][0] <= t:
+                step()
+            env._now = t  # advance the clock to the arrival (SimPy keeps it in _now)
+            arrive(k)
+        while heap and not self.stop:
+            step()
+        return RunOutput(
+            finish_ms=np.asarray(self.finish_ms),
+            how=np.asarray(self.how, np.int8),
+            mask=np.asarray(self.mask, np.int64),
+            n_tasks=np.asarray(self.ntask, np.int32),
+            server_ms=np.asarray(self.ms),
+            busy_ms=np.asarray(self.busy),
+            cancelled_ms=np.asarray(self.cancelled),
+            lost_ms=np.asarray(self.lost),
+            end_ms=float(env.now),
+        )

@@ -1,0 +1,101 @@
+"""A policy's concrete plan: server roles, queues (stations), per-task service times and hedge delays.
+
+Both engines (the fast callback engine and the idiomatic SimPy reference) run from the same Plan, which is
+what makes their records comparable one to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.config import PolicySpec, SimConfig
+from sim.draws import Draws
+from sim.layout import CODED, SPARE, layout
+
+ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP = 0, 1, 2, 3
+HOW = ("direct", "replica", "hedge", "decoded")
+HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED = range(4)
+
+
+@dataclass
+class Plan:
+    name: str
+    kind: str
+    dispatch: str
+    cancel: bool
+    fanout: int
+    n_experts: int
+    hosts: tuple[int, ...]  # per server: model, CODED or SPARE
+    mean_ms: tuple[float, ...]  # per server, for expected-delay dispatch
+    stations: list[list[int]]  # servers sharing one FIFO queue (one per server unless dispatch='pool')
+    station_of: list[int]  # server -> station
+    service_ms: np.ndarray  # (n, S) task time before slow-episode factor
+    delay_ms: list[float] | None  # per model hedge delay
+    seed: int
+    episodes: tuple[float, float, float] | None  # mean_normal, mean_slow, slowdown
+    failures: tuple[float, float] | None  # mean_up, mean_down
+    affected: frozenset[int]  # servers subject to episodes/failures
+
+    @property
+    def n_servers(self) -> int:
+        return len(self.hosts)
+
+    def host_stations(self, model: int) -> list[int]:
+        """Stations holding `model`, expert's own first."""
+        out: list[int] = []
+        for s, h in enumerate(self.hosts):
+            st = self.station_of[s]
+            if h == model and st not in out:
+                out.append(st)
+        return out
+
+
+def _resolve_delay(spec: PolicySpec, service: np.ndarray, n: int) -> list[float] | None:
+    d = spec.delay_ms
+    if d is None:
+        return None
+    if isinstance(d, str):
+        q = float(d[1:])
+        return [float(np.percentile(service[:, i], q)) for i in range(n)]
+    return [float(d)] * n
+
+
+def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
+    n, s_tot = cfg.n_experts, cfg.n_experts + cfg.r
+    lay = layout(cfg, spec)
+    scale = np.asarray(cfg.service.scale or (1.0,) * s_tot)
+    svc = np.empty_like(draws.service_u)
+    for s, h in enumerate(lay.hosts):
+        dist = cfg.service.coded_dist() if h in (CODED, SPARE) else cfg.service.expert_dist(h)
+        svc[:, s] = dist.ppf(draws.service_u[:, s]) * scale[s] * draws.task_factor[:, s]
+    if spec.kind == "replication" and spec.dispatch == "pool":
+        stations = [[s for s, h in enumerate(lay.hosts) if h == i] for i in range(n)]
+    else:
+        stations = [[s] for s in range(s_tot)]
+    station_of = [0] * s_tot
+    for k, members in enumerate(stations):
+        for s in members:
+            station_of[s] = k
+    st = cfg.stragglers
+    ep = st.episodes
+    fl = st.failures
+    return Plan(
+        name=str(spec.name),
+        kind=spec.kind,
+        dispatch=str(spec.dispatch),
+        cancel=spec.cancel,
+        fanout=spec.fanout,
+        n_experts=n,
+        hosts=lay.hosts,
+        mean_ms=lay.mean_ms,
+        stations=stations,
+        station_of=station_of,
+        service_ms=svc,
+        delay_ms=_resolve_delay(spec, svc, n),
+        seed=draws.seed,
+        episodes=None if ep is None else (ep.mean_normal_ms, ep.mean_slow_ms, ep.slowdown),
+        failures=None if fl is None else (fl.mean_up_ms, fl.mean_down_ms),
+        affected=frozenset(range(s_tot) if st.servers is None else st.servers),
+    )

@@ -1,0 +1,248 @@
+"""Idiomatic SimPy implementation (a process per query and per copy, Resource, AnyOf, Interrupt).
+
+Slow but obviously shaped like the textbook model; it runs from the same Plan and Draws as the fast engine,
+so the tests can demand identical records from both. Server failures are not modelled here.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import simpy
+
+from sim.draws import EPISODES, Draws, Timeline, stream
+from sim.engine import RunOutput
+from sim.layout import CODED
+from sim.plan import HOW_DECODED, HOW_DIRECT, HOW_HEDGE, HOW_REPLICA, ROLE_DIRECT, ROLE_GROUP, ROLE_HEDGE, Plan
+
+
+class _Q:
+    def __init__(self, qid: int, model: int, done: simpy.Event) -> None:
+        self.qid, self.model, self.done = qid, model, done
+        self.got, self.mask, self.cover, self.how = 0, 0, 0, HOW_DIRECT
+        self.copies: list[simpy.Process] = []
+
+
+class ReferenceEngine:
+    def __init__(self, plan: Plan, draws: Draws) -> None:
+        if plan.failures is not None:
+            raise NotImplementedError("the reference engine does not model server failures")
+        self.plan, self.draws = plan, draws
+        self.env = simpy.Environment()
+        self.N = plan.n_experts
+        self.res = [simpy.Resource(self.env, capacity=len(m)) for m in plan.stations]
+        self.free = [sorted(m) for m in plan.stations]
+        self.st_mean = [float(np.mean([plan.mean_ms[s] for s in m])) / len(m) for m in plan.stations]
+        self.coded = [plan.station_of[s] for s, h in enumerate(plan.hosts) if h == CODED]
+        self.hosts = [plan.host_stations(i) for i in range(self.N)]
+        n, S = draws.n, plan.n_servers
+        self.out = {
+            "finish": np.zeros(n),
+            "how": np.zeros(n, np.int8),
+            "mask": np.zeros(n, np.int64),
+            "ntask": np.zeros(n, np.int32),
+            "ms": np.zeros(n),
+        }
+        self.busy, self.cancelled = np.zeros(S), np.zeros(S)
+        self.slow: dict[int, Timeline] = {}
+        if plan.episodes is not None:
+            for s in plan.affected:
+                self.slow[s] = Timeline(stream(plan.seed, EPISODES, s), plan.episodes[0], plan.episodes[1])
+
+    def _load(self, st: int) -> int:
+        r = self.res[st]
+        return len(r.queue) + r.count
+
+    def _ed(self, st: int) -> float:
+        return (self._load(st) + 1) * self.st_mean[st]
+
+    # ---------------------------------------------------------------------------------------- processes
+    def _source(self) -> Generator[Any, Any, None]:
+        arr, models = self.draws.arrival_ms, self.draws.model
+        for k in range(self.draws.n):
+            yield self.env.timeout(float(arr[k]) - self.env.now)
+            self.env.process(self._query(k, int(models[k])))
+
+    def _copy(self, q: _Q, st: int, role: int, svc: float) -> Generator[Any, Any, None]:
+        env = self.env
+        with self.res[st].request() as req:
+            try:
+                yield req
+            except simpy.Interrupt:
+                return  # cancelled while queued
+            srv = self.free[st].pop(0)
+            start = env.now
+            if srv in self.slow and self.slow[srv].state_at(start):
+                svc *= self.plan.episodes[2]  # type: ignore[index]
+            try:
+                yield env.timeout(svc)
+            except simpy.Interrupt:
+                self._spent(q, srv, env.now - start, cancelled=True)
+                bisect.insort(self.free[st], srv)
+                return
+            self._spent(q, srv, env.now - start, cancelled=False)
+            bisect.insort(self.free[st], srv)
+            if not q.done.triggered:
+                self._result(q, srv, role)
+
+    def _spent(self, q: _Q, srv: int, dt: float, cancelled: bool) -> None:
+        self.busy[srv] += dt
+        self.out["ms"][q.qid] += dt
+        if cancelled:
+            self.cancelled[srv] += dt
+
+    def _result(self, q: _Q, srv: int, role: int) -> None:
+        bit, host, N = 1 << srv, self.plan.hosts[srv], self.N
+        if q.model >= 0:
+            if self.plan.kind == "coded":
+                if role == ROLE_DIRECT:
+                    return self._answer(q, HOW_DIRECT, bit)
+                q.got += 1
+                q.mask |= bit
+                if q.got >= N:
+                    self._answer(q, HOW_DECODED, q.mask)
+                return
+            how = HOW_HEDGE if role == ROLE_HEDGE else (HOW_DIRECT if srv < N else HOW_REPLICA)
+            return self._answer(q, how, bit)
+        if self.plan.kind == "coded":
+            q.got += 1
+            q.mask |= bit
+            if host == CODED:
+                q.how = HOW_DECODED
+            if q.got >= N:
+                self._answer(q, q.how, q.mask)
+            return
+        if (q.cover >> host) & 1:
+            return
+        q.cover |= 1 << host
+        q.got += 1
+        q.mask |= bit
+        if role == ROLE_HEDGE:
+            q.how = HOW_HEDGE
+        elif srv >= N and q.how == HOW_DIRECT:
+            q.how = HOW_REPLICA
+        if q.got == N:
+            self._answer(q, q.how, q.mask)
+
+    def _answer(self, q: _Q, how: int, mask: int) -> None:
+        o = self.out
+        o["finish"][q.qid], o["how"][q.qid], o["mask"][q.qid] = self.env.now, how, mask
+        q.done.succeed()
+
+    def _send(self, q: _Q, st: int, role: int) -> None:
+        svc = float(self.plan.service_ms[q.qid, self.plan.stations[st][0]])
+        q.copies.append(self.env.process(self._copy(q, st, role, svc)))
+        self.out["ntask"][q.qid] += 1
+
+    def _jsq(self, stations: list[int]) -> int:
+        return min(stations, key=lambda s: (self._load(s), stations.index(s)))
+
+    def _group(self, q: _Q) -> None:
+        for j in range(self.N):
+            if j != q.model:
+                self._send(q, self.plan.station_of[j], ROLE_GROUP)
+        for st in self._coded_pick():
+            self._send(q, st, ROLE_GROUP)
+
+    def _coded_pick(self) -> list[int]:
+        return sorted(self.coded, key=lambda s: (self._load(s), s))[: self.plan.fanout]
+
+    def _query(self, k: int, model: int) -> Generator[Any, Any, None]:
+        env, plan, N = self.env, self.plan, self.N
+        q = _Q(k, model, env.event())
+        kind, d = plan.kind, plan.dispatch
+        hedge_after: float | None = None
+        if model >= 0:
+            i = model
+            if kind == "uncoded":
+                self._send(q, i, ROLE_DIRECT)
+            elif kind == "replication":
+                if d == "redundant":
+                    for st in self.hosts[i]:
+                        self._send(q, st, ROLE_DIRECT)
+                else:
+                    self._send(q, self._jsq(self.hosts[i]), ROLE_DIRECT)
+            elif kind == "hedged":
+                self._send(q, i, ROLE_DIRECT)
+                if len(self.hosts[i]) > 1:
+                    hedge_after = plan.delay_ms[i]  # type: ignore[index]
+            elif d == "redundant":
+                self._send(q, i, ROLE_DIRECT)
+                self._group(q)
+            elif d == "hedged":
+                self._send(q, i, ROLE_DIRECT)
+                hedge_after = plan.delay_ms[i]  # type: ignore[index]
+            else:
+                e_group = max([self._ed(j) for j in range(N) if j != i] + [self._ed(s) for s in self._coded_pick()])
+                if e_group < self._ed(i):
+                    self._group(q)
+                else:
+                    self._send(q, i, ROLE_DIRECT)
+        else:
+            if kind == "uncoded":
+                for i in range(N):
+                    self._send(q, i, ROLE_DIRECT)
+            elif kind == "replication":
+                for i in range(N):
+                    if d == "redundant":
+                        for st in self.hosts[i]:
+                            self._send(q, st, ROLE_DIRECT)
+                    else:
+                        self._send(q, self._jsq(self.hosts[i]), ROLE_DIRECT)
+            elif kind == "hedged":
+                for i in range(N):
+                    self._send(q, i, ROLE_DIRECT)
+                hedge_after = max(plan.delay_ms)  # type: ignore[arg-type]
+            elif d == "redundant":
+                for st in range(len(plan.stations)):
+                    self._send(q, st, ROLE_GROUP)
+            elif d == "hedged":
+                for i in range(N):
+                    self._send(q, i, ROLE_GROUP)
+                hedge_after = max(plan.delay_ms)  # type: ignore[arg-type]
+            else:
+                order = sorted(range(len(plan.stations)), key=lambda s: (self._ed(s), s))
+                for st in order[:N]:
+                    self._send(q, st, ROLE_GROUP)
+        if hedge_after is not None:
+            yield q.done | env.timeout(hedge_after)
+            if not q.done.triggered:
+                self._hedge(q)
+        yield q.done
+        if plan.cancel:
+            for p in q.copies:
+                if p.is_alive:
+                    p.interrupt()
+
+    def _hedge(self, q: _Q) -> None:
+        if self.plan.kind == "coded":
+            if q.model >= 0:
+                self._group(q)
+            else:
+                for st in self.coded:
+                    self._send(q, st, ROLE_GROUP)
+            return
+        models = [q.model] if q.model >= 0 else [m for m in range(self.N) if not (q.cover >> m) & 1]
+        for m in models:
+            reps = self.hosts[m][1:]
+            if reps:
+                self._send(q, self._jsq(reps), ROLE_HEDGE)
+
+    def run(self) -> RunOutput:
+        self.env.process(self._source())
+        self.env.run()
+        o = self.out
+        return RunOutput(
+            finish_ms=o["finish"],
+            how=o["how"],
+            mask=o["mask"],
+            n_tasks=o["ntask"],
+            server_ms=o["ms"],
+            busy_ms=self.busy,
+            cancelled_ms=self.cancelled,
+            lost_ms=np.zeros_like(self.busy),
+            end_ms=float(self.env.now),
+        )
