@@ -57,9 +57,11 @@ def coin(
     relative: bool = False,
     rule: str = "score",
     chunk_size: int | None = None,
+    return_grid: bool = False,
 ) -> EncodeResult:
     """COIN. With ``lam`` fixed no selection is done; else λ is chosen on the P samples over ``grid``
-    (absolute values as in the paper, or multiples of mean(F) when ``relative``)."""
+    (absolute values as in the paper, or multiples of mean(F) when ``relative``). ``return_grid`` keeps
+    every grid point's coded model in ``info["grid_models"]`` (for generalization studies)."""
     thetas = [params_of(m) for m in task.experts]
     fishers = [output_fisher(m, task.x, chunk_size=chunk_size) for m in task.experts]
     mf = mean_fisher(fishers, task.beta)
@@ -80,4 +82,6 @@ def coin(
     best = pick(rows, rule)
     info = {"lam": rows[best]["lam"], "lam_rel": rows[best]["lam_rel"], "mean_fisher": mf, "grid": rows,
             "rule": rule, "relative": relative}
+    if return_grid:
+        info["grid_models"] = models
     return EncodeResult("coin", models[best], info)

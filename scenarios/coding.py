@@ -1,0 +1,280 @@
+"""`coinsim code`: build a scenario's experts, code them with each method, report NDA per expert.
+
+For every seed (the scenario's seed, +1, +2, ...) the zoo is built (or read from the cache) with that seed,
+P coding samples are drawn P/N from each expert's own training partition, every method encodes, and NDA is
+measured on each expert's own test partition by decoding that expert from the coded model and the others.
+Several P values make the NDA-vs-P sweep (paper Fig. 2b); distillation's per-epoch train/test NDA is kept
+(Fig. 2a); ``--lambda-study`` also measures the test NDA of every λ on COIN's grid.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import click
+import torch
+
+import coin
+
+DEFAULT_METHODS = ("coin", "vanilla", "task_arithmetic", "regmean", "distill", "fisher")
+CSV_FIELDS = ("scenario", "seed", "samples", "method", "expert", "name", "nda", "decoded_acc", "expert_acc", "n",
+              "encode_seconds")
+
+
+def _parse_overrides(items: Sequence[str]) -> dict:
+    """``key.sub=value`` strings → nested dict; values parsed as JSON when possible (numbers, bools)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise click.UsageError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_update(base: dict, upd: dict) -> dict:
+    out = dict(base)
+    for k, v in upd.items():
+        out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(scenario: str, seed: int | None, overrides: dict):
+    """The scenario's zoo config with ``--set`` overrides applied to its [models] table and a seed."""
+    from models.config import read_toml, zoo_config_from_dict
+
+    data, source = read_toml(scenario)
+    if "name" not in data and source.startswith("scenario"):
+        data["name"] = scenario
+    table = dict(data.get("models", data))
+    table.setdefault("seed", data.get("seed", 0))
+    table.setdefault("name", data.get("name", Path(scenario).stem))
+    table = _deep_update(table, overrides)
+    if seed is not None:
+        table["seed"] = seed
+    return zoo_config_from_dict(table, source)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _avg_nda_fn(experts, beta, tests):
+    def fn(model) -> dict:
+        rows = coin.evaluate(model, experts, beta, tests)
+        return {"test_nda": statistics.fmean(r.nda for r in rows)}
+
+    return fn
+
+
+def run_coding(
+    scenario: str = "quickstart",
+    methods: Sequence[str] = DEFAULT_METHODS,
+    samples: Sequence[int] = (200,),
+    seeds: int = 1,
+    beta: Sequence[float] | None = None,
+    overrides: dict | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    lambda_study: bool = False,
+    method_options: dict[str, dict] | None = None,
+) -> dict:
+    """Run every (seed, P, method) and return all records; raises CodingError/ConfigError on bad input
+    before any training."""
+    from models.networks import pick_device
+    from models.zoo import build_zoo
+
+    known = coin.available()
+    bad = [m for m in methods if m not in known]
+    if bad:
+        raise coin.CodingError(f"unknown coding method '{bad[0]}'; choose from {', '.join(known)}")
+    if not methods:
+        raise click.UsageError("--methods is empty")
+    if seeds < 1:
+        raise click.UsageError(f"--seeds must be ≥ 1, got {seeds}")
+    if any(p < 1 for p in samples):
+        raise coin.CodingError(f"P must be ≥ 1, got {min(samples)}")
+    overrides = overrides or {}
+    cfg0 = load_config(scenario, None, overrides)
+    n = len(cfg0.experts)
+    b = coin.check_beta(beta if beta is not None else [1.0 / n] * n, n)
+    dev = pick_device(device)
+    options = method_options or {}
+
+    records, infos = [], []
+    for s in range(seeds):
+        cfg = load_config(scenario, cfg0.seed + s, overrides)
+        zoo = build_zoo(cfg, device=dev, progress=progress)
+        experts = zoo.models
+        names = [e.name for e in zoo.experts]
+        tests = [(e.test_x, e.test_y) for e in zoo.experts]
+        pools = [(e.train_x, e.train_y) for e in zoo.experts]
+        for p in samples:
+            x, y, owner = coin.draw_coding_samples(pools, p, cfg.seed)
+            for method in methods:
+                if progress:
+                    click.echo(f"seed {cfg.seed} P={p}: encoding with {method}", err=True)
+                opts = dict(options.get(method, {}))
+                if method == "distill":
+                    opts.setdefault("eval_fn", _avg_nda_fn(experts, b, tests))
+                if method == "coin" and lambda_study:
+                    opts["return_grid"] = True
+                res = coin.encode(method, experts, b, x, y=y, owner=owner, base=zoo.base, seed=cfg.seed, **opts)
+                rows = coin.evaluate(res.model, experts, b, tests)
+                for r in rows:
+                    records.append({"scenario": cfg.name, "seed": cfg.seed, "samples": p, "method": method,
+                                    "expert": r.expert, "name": names[r.expert], "nda": r.nda,
+                                    "decoded_acc": r.decoded_acc, "expert_acc": r.expert_acc, "n": r.n,
+                                    "encode_seconds": res.seconds})
+                info = {k: v for k, v in res.info.items() if k != "grid_models"}
+                if method == "coin" and lambda_study:
+                    for row, model in zip(info["grid"], res.info["grid_models"], strict=True):
+                        row["test_nda"] = statistics.fmean(r.nda for r in coin.evaluate(model, experts, b, tests))
+                infos.append({"seed": cfg.seed, "samples": p, "method": method, "encode_seconds": res.seconds,
+                              "info": info})
+    return {"scenario": cfg0.name, "methods": list(methods), "samples": list(samples), "seeds": seeds,
+            "beta": b.tolist(), "device": str(dev), "overrides": overrides, "records": records, "runs": infos,
+            "torch": torch.__version__}
+
+
+def summarize(result: dict) -> list[dict]:
+    """One row per (P, method): mean ± std over seeds of each expert's NDA, the average NDA and encode time."""
+    rows = []
+    for p in result["samples"]:
+        for method in result["methods"]:
+            recs = [r for r in result["records"] if r["method"] == method and r["samples"] == p]
+            experts = sorted({(r["expert"], r["name"]) for r in recs})
+            seeds = sorted({r["seed"] for r in recs})
+            row = {"samples": p, "method": method, "experts": {}}
+            for idx, name in experts:
+                row["experts"][name] = _mean_std([r["nda"] for r in recs if r["expert"] == idx])
+            avgs = [statistics.fmean(r["nda"] for r in recs if r["seed"] == s) for s in seeds]
+            row["avg"] = _mean_std(avgs)
+            row["encode_seconds"] = _mean_std([next(r["encode_seconds"] for r in recs if r["seed"] == s)
+                                               for s in seeds])
+            rows.append(row)
+    return rows
+
+
+def format_table(result: dict) -> str:
+    """Plain-text NDA table (mean ± std over seeds)."""
+    summary = summarize(result)
+    names = list(summary[0]["experts"]) if summary else []
+    head = ["P", "method", *names, "avg NDA", "encode s"]
+    lines = []
+    for row in summary:
+        cells = [str(row["samples"]), row["method"]]
+        cells += [f"{m:.2f} ± {s:.2f}" for m, s in (row["experts"][n] for n in names)]
+        cells.append(f"{row['avg'][0]:.2f} ± {row['avg'][1]:.2f}")
+        cells.append(f"{row['encode_seconds'][0]:.3f}")
+        lines.append(cells)
+    widths = [max(len(c) for c in col) for col in zip(head, *lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*c) for c in lines]
+    return "\n".join(out)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(result: dict, out: Path) -> list[Path]:
+    """nda.csv (one row per seed × P × method × expert), coding.json (everything, incl. λ/α grids and
+    distillation histories) and distill_epochs.csv when distillation ran; each written atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in result["records"]:
+        w.writerow({k: r[k] for k in CSV_FIELDS})
+    paths = [out / "nda.csv", out / "coding.json"]
+    _atomic_write(paths[0], buf.getvalue())
+    payload = {**result, "summary": summarize(result)}
+    _atomic_write(paths[1], json.dumps(payload, indent=1, default=float) + "\n")
+    hist = [(run["seed"], run["samples"], h) for run in result["runs"] if run["method"] == "distill"
+            for h in run["info"].get("history", [])]
+    if hist:
+        buf = io.StringIO()
+        fields = ["seed", "samples", *hist[0][2].keys()]
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        for seed, p, h in hist:
+            w.writerow({"seed": seed, "samples": p, **h})
+        paths.append(out / "distill_epochs.csv")
+        _atomic_write(paths[-1], buf.getvalue())
+    return paths
+
+
+def _csv_list(value: str, kind: type, what: str) -> list:
+    try:
+        items = [kind(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.UsageError(f"{what}: cannot parse '{value}'") from None
+    if not items:
+        raise click.UsageError(f"{what} is empty")
+    return items
+
+
+@click.command("code")
+@click.argument("scenario", default="quickstart")
+@click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
+              help="Comma-separated coding methods.")
+@click.option("--samples", "-P", default="200", show_default=True,
+              help="Coding samples P (comma-separated for an NDA-vs-P sweep); drawn P/N per expert.")
+@click.option("--seeds", default=1, show_default=True, type=int, help="Seeds: scenario seed, +1, ...")
+@click.option("--beta", default=None, help="Coding weights β, comma-separated (default uniform).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a [models] entry, e.g. finetune.epochs=10 (repeatable).")
+@click.option("--lambda-study", is_flag=True, help="Also measure test NDA at every λ of COIN's grid.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:i]")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Result folder (default results/<scenario>/code-<timestamp>).")
+@click.pass_context
+def code(ctx: click.Context, scenario: str, methods: str, samples: str, seeds: int, beta: str | None,
+         sets: tuple[str, ...], lambda_study: bool, device: str, out: Path | None) -> None:
+    """Code the SCENARIO's experts with each method and print the NDA table; writes nda.csv + coding.json."""
+    quiet = bool(ctx.obj and ctx.obj.get("quiet"))
+    result = run_coding(
+        scenario,
+        methods=_csv_list(methods, str, "--methods"),
+        samples=_csv_list(samples, int, "--samples"),
+        seeds=seeds,
+        beta=None if beta is None else _csv_list(beta, float, "--beta"),
+        overrides=_parse_overrides(sets),
+        device=device,
+        progress=not quiet and sys.stderr.isatty(),
+        lambda_study=lambda_study,
+    )
+    out = out or Path("results") / result["scenario"] / f"code-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = write_results(result, out)
+    click.echo(format_table(result))
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}")
