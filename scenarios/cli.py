@@ -114,6 +114,15 @@ def _print_table(header: list[str], rows: list[tuple]) -> None:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
 
 
+def _register_commands() -> None:
+    from scenarios.coding import code
+
+    cli.add_command(code)
+
+
+_register_commands()
+
+
 def main() -> None:
     cli(obj={})
 
