@@ -28,20 +28,31 @@ DEFAULT_N_QUERIES = 100_000
 DEFAULT_SAMPLE_POOL = 1_000_000_000
 
 
-def _one_line(err: ValidationError) -> str:
+def _one_line(err: ValidationError) -> tuple[str, str]:
     """First pydantic error as `where: what (got x)`; the rest counted, so the CLI prints one line."""
     errs = err.errors()
     e = errs[0]
-    loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("function-after",))
-    msg = e.get("msg", "invalid value")
-    msg = msg.removeprefix("Value error, ")
+    loc = ".".join(str(p) for p in e.get("loc", ()))
+    msg = e.get("msg", "invalid value").removeprefix("Value error, ")
+    inner = (e.get("ctx") or {}).get("error")
+    if isinstance(inner, SimConfigError) and getattr(inner, "detail", None):
+        # a nested _Model already condensed its own error: splice its location under ours
+        sub_loc, msg = inner.loc, inner.detail  # type: ignore[attr-defined]
+        loc = ".".join(x for x in (loc, sub_loc) if x)
+        more = f" [+{len(errs) - 1} more]" if len(errs) > 1 else ""
+        return loc, msg + more
     got = e.get("input")
     tail = ""
-    if e.get("type") not in ("value_error", "assertion_error") and not isinstance(got, Mapping | list):
+    if e.get("type") not in ("value_error", "assertion_error") and not isinstance(got, Mapping | list | dict):
         tail = f" (got {got!r})"
     more = f" [+{len(errs) - 1} more]" if len(errs) > 1 else ""
-    where = f"{loc}: " if loc else ""
-    return f"sim config: {where}{msg}{tail}{more}"
+    return loc, f"{msg}{tail}{more}"
+
+
+def _error(loc: str, detail: str) -> SimConfigError:
+    err = SimConfigError(f"sim config: {loc + ': ' if loc else ''}{detail}")
+    err.loc, err.detail = loc, detail  # type: ignore[attr-defined]
+    return err
 
 
 class _Model(BaseModel):
@@ -53,7 +64,7 @@ class _Model(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            raise SimConfigError(_one_line(e)) from None
+            raise _error(*_one_line(e)) from None
 
 
 # ----------------------------------------------------------------------------------------- service times
@@ -370,7 +381,7 @@ class SimConfig(_Model):
     traffic: Traffic
     service: Service = Field(default_factory=Service)
     stragglers: Stragglers = Field(default_factory=Stragglers)
-    policies: tuple[PolicySpec, ...] = Field(default=("uncoded", "coded"), min_length=1)  # type: ignore[assignment]
+    policies: tuple[PolicySpec, ...] = Field(default=("uncoded", "coded"), min_length=1, validate_default=True)
     n_queries: int | None = Field(default=None, ge=1)
     horizon_ms: float | None = Field(default=None, gt=0)
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
