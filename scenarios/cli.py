@@ -114,6 +114,75 @@ def _print_table(header: list[str], rows: list[tuple]) -> None:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
 
 
+def _parse_sets(items: tuple[str, ...]) -> dict:
+    """--set a.b=VALUE pairs; VALUE is read as TOML (numbers, strings, lists), else kept as a string."""
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--set expects KEY=VALUE, got '{item}'")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = text
+    return out
+
+
+@cli.command("run")
+@click.argument("scenario", default="quickstart")
+@click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results go to OUT/<scenario>/<timestamp>/.")
+@click.option("--seed", type=int, default=None, help="Override the scenario's seed.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a scenario field, e.g. sim.n_queries=5000")
+@click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)")
+@click.option("--no-report", is_flag=True, help="Skip figures and the HTML report.")
+@click.pass_context
+def run(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
+        device: str | None, no_report: bool) -> None:
+    """Run SCENARIO (a built-in name or a TOML file): experts, coding, simulation, joined per query."""
+    from scenarios.runner import run_scenario
+    from scenarios.schema import load_scenario
+
+    overrides = _parse_sets(sets)
+    if seed is not None:
+        overrides["seed"] = seed
+        overrides["models.seed"] = seed
+    if device is not None:
+        overrides["device"] = device
+    config, raw = load_scenario(scenario, overrides)
+    render = None
+    if not no_report:
+        from reports import render
+    folder = run_scenario(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render)
+    _print_run_summary(folder)
+
+
+def _print_run_summary(folder: Path) -> None:
+    import json
+
+    summary = json.loads((folder / "summary.json").read_text())
+    axis = summary.get("sweep_axis")
+    if summary.get("coding"):
+        rows = [(m, f"{c['nda_avg']:.2f}", *(f"{c['nda'][e['name']]:.2f}" for e in summary["experts"]),
+                 f"{c['encode_seconds']:.2f}") for m, c in summary["coding"].items()]
+        _print_table(["method", "NDA avg", *(e["name"] for e in summary["experts"]), "encode s"], rows)
+        click.echo("")
+    import pandas as pd
+
+    sweep = pd.read_parquet(folder / "sweep.parquet")
+    cols = [c for c in [axis, "policy", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "accuracy", "decoded_fraction",
+                        "extra_load_vs_uncoded"] if c and c in sweep]
+    rows = [tuple(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)
+            for r in sweep[cols].itertuples(index=False)]
+    _print_table(cols, rows)
+    click.echo(f"\nresults: {folder}")
+    if (folder / "report.html").exists():
+        click.echo(f"report:  {folder / 'report.html'}")
+
+
 def _register_commands() -> None:
     from scenarios.coding import code
 

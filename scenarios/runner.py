@@ -1,0 +1,343 @@
+"""`coinsim run`: real networks on one side, the simulator on the other, joined per query.
+
+1. validate the scenario (every sweep point) — nothing runs on a bad file;
+2. models: base + experts from the cache or trained;
+3. coin: the coded model the parity server hosts, and the NDA table of every method asked for;
+4. forward passes: every expert and the coded model on every test input a query may draw, once, batched; the
+   correctness of the direct and of the decoded answer is tabulated per (expert, sample);
+5. a latency profile of each served network on the device becomes its empirical service distribution;
+6. sim: every policy at every sweep point on common random numbers (locally or on a Dask cluster);
+7. join: each simulated query looks up whether the answer it actually got (direct, replica, hedge or decoded)
+   was right; then the result folder is written atomically and the report rendered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tomli_w
+
+from scenarios.schema import Scenario, sim_config_for
+from sim import SimConfig, simulate
+
+LATENCY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms")
+
+
+@dataclass
+class AnswerTables:
+    """Was the answer right? Per expert i and test sample s, for the direct and for the decoded output.
+
+    Ensemble queries draw from the union of all experts' test sets; their answer is the argmax of the summed
+    softmax of the N outputs, with the missing expert's output decoded when it was decoded.
+    """
+
+    direct: list[np.ndarray]
+    decoded: list[np.ndarray]
+    ensemble_full: np.ndarray
+    ensemble_decoded: np.ndarray  # (N, pool): expert j's output decoded
+
+    @property
+    def pools(self) -> list[int]:
+        return [len(a) for a in self.direct]
+
+
+@dataclass
+class NetworkFacts:
+    """Everything the torch side measured; plain numbers and arrays from here on."""
+
+    experts: list[dict[str, Any]]
+    nda: pd.DataFrame
+    answers: AnswerTables
+    profile_ms: dict[str, np.ndarray]
+    device: str
+    coded_name: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _say(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
+    """Steps 2–5: train/fetch the experts, code them, tabulate answers, profile latency."""
+    import torch
+
+    import coin
+    from models.profile import profile_latency
+    from models.zoo import build_zoo
+
+    assert scenario.models is not None
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    zoo = build_zoo(scenario.models, device=scenario.device, progress=not quiet)
+    timings["models_s"] = time.perf_counter() - started
+    n = len(zoo.experts)
+    beta = coin.check_beta(scenario.coding.beta or [1.0 / n] * n, n)
+    pools = [(e.train_x, e.train_y) for e in zoo.experts]
+    x, y, owner = coin.draw_coding_samples(pools, scenario.coding.samples, scenario.seed)
+    tests = [(e.test_x, e.test_y) for e in zoo.experts]
+
+    rows, coded_model = [], None
+    for method in dict.fromkeys([scenario.coding.method, *scenario.coding.compare]):
+        _say(f"coding {n} experts with {method} (P={scenario.coding.samples})", quiet)
+        result = coin.encode(method, zoo.models, beta, x, y=y, owner=owner, base=zoo.base, seed=scenario.seed)
+        for row in coin.evaluate(result.model, zoo.models, beta, tests):
+            rows.append({"method": method, "expert": zoo.experts[row.expert].name, "nda": row.nda,
+                         "decoded_acc": row.decoded_acc, "expert_acc": row.expert_acc,
+                         "encode_seconds": result.seconds})
+        if method == scenario.coding.method:
+            coded_model = result.model
+    timings["coding_s"] = time.perf_counter() - started - timings["models_s"]
+
+    device = zoo.device
+    coded_model = coded_model.to(device).eval()
+    all_x = torch.cat([e.test_x for e in zoo.experts])
+    all_y = torch.cat([e.test_y for e in zoo.experts]).numpy()
+    outs = [coin.outputs(m.to(device), all_x.to(device)).cpu() for m in zoo.models]
+    coded_out = coin.outputs(coded_model, all_x.to(device)).cpu()
+    decoded = [coin.decode(coded_out, outs, beta, missing=i) for i in range(n)]
+    offsets = np.cumsum([0] + [len(e.test_x) for e in zoo.experts])
+    direct_ok, decoded_ok = [], []
+    for i in range(n):
+        part = slice(offsets[i], offsets[i + 1])
+        direct_ok.append(outs[i][part].argmax(1).numpy() == all_y[part])
+        decoded_ok.append(decoded[i][part].argmax(1).numpy() == all_y[part])
+    probs = [o.softmax(1) for o in outs]
+    full = sum(probs).argmax(1).numpy() == all_y
+    ens_dec = np.stack([
+        (sum(p for j, p in enumerate(probs) if j != i) + decoded[i].softmax(1)).argmax(1).numpy() == all_y
+        for i in range(n)
+    ])
+
+    profile: dict[str, np.ndarray] = {}
+    spec = scenario.profile
+    for name, model in [*((e.name, e.model) for e in zoo.experts), ("coded", coded_model)]:
+        profile[name] = profile_latency(model, all_x, device, spec.batch_size, spec.warmup, spec.samples,
+                                        seed=scenario.seed)
+    timings["forward_and_profile_s"] = time.perf_counter() - started - timings["models_s"] - timings["coding_s"]
+    experts = [{"name": e.name, "partition": e.partition, "accuracy": e.accuracy} for e in zoo.experts]
+    return NetworkFacts(experts, pd.DataFrame(rows), AnswerTables(direct_ok, decoded_ok, full, ens_dec),
+                        profile, str(device), scenario.coding.method, timings)
+
+
+def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int) -> np.ndarray:
+    """Per simulated query: was what the system answered right?"""
+    model = records["model"].to_numpy()
+    sample = records["sample_id"].to_numpy()
+    was_decoded = (records["answered_by"] == "decoded").to_numpy()
+    correct = np.zeros(len(records), dtype=bool)
+    for i in range(n_experts):
+        mine = model == i
+        direct = answers.direct[i][sample[mine]]
+        dec = answers.decoded[i][sample[mine]]
+        correct[mine] = np.where(was_decoded[mine], dec, direct)
+    ens = model < 0
+    if ens.any():
+        mask = records["answer_mask"].to_numpy()[ens].astype(np.int64)
+        s = sample[ens]
+        result = answers.ensemble_full[s].copy()
+        for j in range(n_experts):
+            missing_j = ((mask >> j) & 1) == 0
+            result[missing_j] = answers.ensemble_decoded[j][s[missing_j]]
+        correct[ens] = result
+    return correct
+
+
+def _policy_summary(records: pd.DataFrame, sim_summary: dict[str, Any]) -> dict[str, Any]:
+    measured = records[~records["warmup"].to_numpy()]
+    out = {k: v for k, v in sim_summary.items() if isinstance(v, int | float | str | bool) or v is None}
+    out["n_queries"] = int(len(measured))
+    counts = measured["answered_by"].value_counts(normalize=True)
+    for how in ("direct", "replica", "hedge", "decoded"):
+        out[f"{how}_fraction"] = float(counts.get(how, 0.0))
+    if "correct" in measured:
+        out["accuracy"] = float(measured["correct"].mean() * 100)
+    return out
+
+
+def run_point(config: SimConfig, seed: int, answers: AnswerTables | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Simulate every policy of one sweep point and join each query with the correctness of its answer."""
+    result = simulate(config, seed)
+    records = result.records
+    if answers is not None:
+        records["correct"] = join_correctness(records, answers, config.n_experts)
+    summary = {
+        policy: _policy_summary(records[records["policy"] == policy], result.summary[policy])
+        for policy in result.summary
+    }
+    return records, summary
+
+
+def _execute(points: list[tuple[Any, SimConfig]], seed: int, answers: AnswerTables | None, scenario: Scenario,
+             quiet: bool) -> list[tuple[pd.DataFrame, dict]]:
+    """Run the sweep points: in this process, on local worker processes, or on a Dask cluster."""
+    sweep = scenario.sweep
+    if sweep is None or (sweep.executor == "local" and sweep.workers == 1) or len(points) == 1:
+        out = []
+        for value, config in points:
+            if sweep is not None:
+                _say(f"simulating {sweep.axis} = {value}", quiet)
+            out.append(run_point(config, seed, answers))
+        return out
+    if sweep.executor == "local":
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=sweep.workers) as pool:
+            futures = [pool.submit(run_point, config, seed, answers) for _, config in points]
+            return [f.result() for f in futures]
+    from dask.distributed import Client, LocalCluster
+
+    cluster = None
+    if sweep.scheduler:
+        client = Client(sweep.scheduler)
+    else:
+        cluster = LocalCluster(n_workers=sweep.workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        shared = client.scatter(answers, broadcast=True) if answers is not None else None
+        futures = [client.submit(run_point, config, seed, shared, pure=False) for _, config in points]
+        return client.gather(futures)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def build_point_configs(scenario: Scenario, facts: NetworkFacts | None) -> list[tuple[Any, SimConfig]]:
+    """The SimConfig of every sweep point, with measured service times and sample pools filled in."""
+    expert_service = coded_service = pools = None
+    if facts is not None:
+        expert_service = [{"kind": "empirical", "samples_ms": facts.profile_ms[e["name"]].tolist()}
+                          for e in facts.experts]
+        coded_service = {"kind": "empirical", "samples_ms": facts.profile_ms["coded"].tolist()}
+        pools = facts.answers.pools
+    configs = []
+    for value, table in scenario.sweep_points():
+        config = sim_config_for(scenario, table, expert_service, coded_service, pools)
+        if pools is not None:
+            config = config.model_copy(update={"traffic": config.traffic.model_copy(
+                update={"ensemble_sample_pool": int(sum(pools))})})
+        configs.append((value, config))
+    return configs
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("coinsim", "torch", "simpy", "numpy", "pandas"):
+        try:
+            out[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - a missing optional package just isn't listed
+            continue
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _clean_toml(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean_toml(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_clean_toml(v) for v in value if v is not None]
+    return value
+
+
+def run_scenario(
+    scenario: Scenario,
+    raw: dict[str, Any],
+    out_root: Path = Path("results"),
+    quiet: bool = False,
+    render: Callable[[Path], Path] | None = None,
+) -> Path:
+    """Run a validated scenario end to end and return its result folder (written atomically)."""
+    started = time.perf_counter()
+    facts = prepare_networks(scenario, quiet) if scenario.models is not None else None
+    points = build_point_configs(scenario, facts)
+    _say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", quiet)
+    sim_started = time.perf_counter()
+    results = _execute(points, scenario.seed, facts.answers if facts else None, scenario, quiet)
+    sim_seconds = time.perf_counter() - sim_started
+
+    column = scenario.sweep.column if scenario.sweep else None
+    frames, sweep_rows = [], []
+    for index, ((value, _), (records, summary)) in enumerate(zip(points, results, strict=True)):
+        records.insert(0, "point", index)
+        if column:
+            records.insert(1, column, value)
+        frames.append(records)
+        for policy, stats in summary.items():
+            sweep_rows.append({"point": index, **({column: value} if column else {}), "policy": policy, **stats})
+    queries = pd.concat(frames, ignore_index=True)
+    sweep = pd.DataFrame(sweep_rows)
+
+    summary: dict[str, Any] = {
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "seed": scenario.seed,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "device": facts.device if facts else "n/a",
+        "sweep_axis": column,
+        "policies": results[-1][1],
+        "timings": {**(facts.timings if facts else {}), "simulation_s": sim_seconds,
+                    "total_s": time.perf_counter() - started},
+    }
+    if facts is not None:
+        summary["experts"] = facts.experts
+        summary["coded_method"] = facts.coded_name
+        summary["coding"] = {
+            method: {"nda": dict(zip(g["expert"], g["nda"], strict=True)), "nda_avg": float(g["nda"].mean()),
+                     "decoded_acc": dict(zip(g["expert"], g["decoded_acc"], strict=True)),
+                     "expert_acc": dict(zip(g["expert"], g["expert_acc"], strict=True)),
+                     "encode_seconds": float(g["encode_seconds"].iloc[0])}
+            for method, g in facts.nda.groupby("method", sort=False)
+        }
+        summary["profile"] = {
+            name: {"mean_ms": float(t.mean()), "p50_ms": float(np.percentile(t, 50)),
+                   "p99_ms": float(np.percentile(t, 99)), "batch_size": scenario.profile.batch_size,
+                   "device": facts.device, "n_samples": int(len(t))}
+            for name, t in facts.profile_ms.items()
+        }
+
+    final = out_root / scenario.name / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=final.parent))
+    try:
+        resolved = dict(raw, seed=scenario.seed, coinsim_version=summary["versions"].get("coinsim", "?"))
+        (tmp / "scenario.toml").write_text(tomli_w.dumps(_clean_toml(_jsonable(resolved))))
+        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=False))
+        queries.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / "queries.parquet", index=False)
+        sweep.to_parquet(tmp / "sweep.parquet", index=False)
+        if facts is not None:
+            facts.nda.to_csv(tmp / "nda.csv", index=False)
+        if render is not None:
+            render(tmp)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

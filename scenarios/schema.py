@@ -1,0 +1,216 @@
+"""One typed scenario: which experts, how they are coded, how they are served, what is swept.
+
+A scenario file is TOML. `[models]` is a zoo (see models.config); `[coding]`, `[profile]` and `[sweep]` are
+defined here; `[sim]` is the simulator's own table (see sim.SimConfig) minus what the runner fills in from the
+real networks: the number of experts, their names, the sample pools and — unless given — the service-time
+distributions (from the measured latency profile) and the arrival rate (from `traffic.load`).
+
+A scenario without `[models]` is a pure simulation: service must then be given as distributions.
+Everything is validated up front, sweep points included, so a bad file never starts any work.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.config import ConfigError, ZooConfig, read_toml, zoo_config_from_dict
+from sim import SimConfig, SimConfigError, parse_config
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run; one line for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CodingSpec(_Strict):
+    """The coded model that the parity server hosts, plus the methods to compare in the NDA table."""
+
+    method: str = "coin"
+    compare: list[str] = Field(default_factory=list)
+    beta: list[float] | None = None
+    samples: int = Field(200, ge=1, description="P, the inputs the coding method may look at")
+
+
+class ProfileSpec(_Strict):
+    """Latency profile of each served network on the device: warm-up passes, then timed passes."""
+
+    mode: Literal["profiled", "live"] = "profiled"
+    batch_size: int = Field(1, ge=1)
+    warmup: int = Field(10, ge=0)
+    samples: int = Field(200, ge=5)
+    live_check_queries: int = Field(0, ge=0, description="also replay this many queries with live forward passes")
+
+
+class SweepSpec(_Strict):
+    """A one-axis sweep over a field of the [sim] table, e.g. axis = 'stragglers.p'."""
+
+    axis: str
+    values: list[Any] = Field(min_length=1)
+    executor: Literal["local", "dask"] = "local"
+    workers: int = Field(1, ge=1)
+    scheduler: str | None = Field(None, description="address of a running Dask scheduler (else a local cluster)")
+
+    @property
+    def column(self) -> str:
+        """Column name in sweep tables: 'stragglers.p' → 'straggler_p'."""
+        known = {"stragglers.p": "straggler_p", "traffic.load": "load", "traffic.strength": "traffic_strength"}
+        return known.get(self.axis, self.axis.replace(".", "_"))
+
+
+class Scenario(_Strict):
+    name: str = "scenario"
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    models: ZooConfig | None = None
+    coding: CodingSpec = CodingSpec()
+    profile: ProfileSpec = ProfileSpec()
+    sim: dict[str, Any]
+    sweep: SweepSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        if self.models is not None:
+            n = len(self.models.experts)
+            if self.coding.beta is not None and len(self.coding.beta) != n:
+                raise ValueError(f"coding.beta has {len(self.coding.beta)} weights for {n} experts")
+        else:
+            if "n_experts" not in self.sim:
+                raise ValueError("a scenario without [models] needs sim.n_experts and sim.service")
+        return self
+
+    @property
+    def n_experts(self) -> int:
+        return len(self.models.experts) if self.models is not None else int(self.sim["n_experts"])
+
+    def sweep_points(self) -> list[tuple[Any, dict[str, Any]]]:
+        """(axis value, sim table) for every point; one point with value None when there is no sweep."""
+        if self.sweep is None:
+            return [(None, copy.deepcopy(self.sim))]
+        points = []
+        for value in self.sweep.values:
+            table = copy.deepcopy(self.sim)
+            set_path(table, self.sweep.axis, value)
+            points.append((value, table))
+        return points
+
+
+def set_path(table: dict[str, Any], dotted: str, value: Any) -> None:
+    """table['a']['b'] = value for dotted = 'a.b', creating sub-tables as needed."""
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        table = table.setdefault(key, {})
+        if not isinstance(table, dict):
+            raise ScenarioError(f"sweep axis '{dotted}': '{key}' is not a table")
+    table[leaf] = value
+
+
+def sim_config_for(
+    scenario: Scenario,
+    table: dict[str, Any],
+    expert_service: list[Any] | None = None,
+    coded_service: Any | None = None,
+    sample_pools: list[int] | None = None,
+) -> SimConfig:
+    """The simulator config of one point, with the runner's measured facts filled in.
+
+    `traffic.load` (a fraction of the N experts' capacity) becomes a total routed rate using the mean of the
+    expert service distributions, so a scenario means the same thing on a fast GPU and a slow laptop.
+    """
+    table = copy.deepcopy(table)
+    if scenario.models is not None:
+        table["n_experts"] = scenario.n_experts
+        table.setdefault("model_names", [e.name for e in scenario.models.experts])
+        service = table.setdefault("service", {})
+        if expert_service is not None and "expert" not in service and "experts" not in service:
+            service["experts"] = expert_service
+        if coded_service is not None and "coded" not in service:
+            service["coded"] = coded_service
+    traffic = table.setdefault("traffic", {})
+    if sample_pools is not None:
+        traffic["sample_pool"] = sample_pools
+        traffic.setdefault("ensemble_sample_pool", min(sample_pools))
+    load = traffic.pop("load", None)
+    if load is not None:
+        if not isinstance(load, int | float) or load <= 0:
+            raise ScenarioError(f"sim.traffic.load must be a positive fraction of expert capacity, got {load!r}")
+        partial = parse_config({**table, "traffic": {**traffic, "rate_per_ms": 1.0}, "n_queries": 1})
+        means = [partial.service.expert_dist(i).mean() for i in range(partial.n_experts)]
+        capacity_per_ms = sum(1.0 / m for m in means)
+        if traffic.get("ensemble_rate_per_ms"):
+            traffic["ensemble_rate_per_ms"] = load / max(means)
+        else:
+            traffic["rate_per_ms"] = load * capacity_per_ms
+    return parse_config(table)
+
+
+_PLACEHOLDER_SERVICE = {"kind": "exponential", "mean_ms": 1.0}
+
+
+def validate_scenario_sims(scenario: Scenario) -> None:
+    """Build every sweep point's SimConfig with stand-in service times, so sim errors surface before work."""
+    n = scenario.n_experts
+    for value, table in scenario.sweep_points():
+        try:
+            sim_config_for(
+                scenario,
+                table,
+                expert_service=[_PLACEHOLDER_SERVICE] * n if scenario.models is not None else None,
+                coded_service=_PLACEHOLDER_SERVICE if scenario.models is not None else None,
+                sample_pools=[1] * n if scenario.models is not None else None,
+            )
+        except (SimConfigError, ScenarioError) as error:
+            where = f" (sweep {scenario.sweep.axis} = {value!r})" if scenario.sweep else ""
+            raise ScenarioError(f"{str(error).splitlines()[0]}{where}") from None
+
+
+def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenario:
+    """Validate a whole scenario table; every error becomes a one-line ScenarioError."""
+    data = copy.deepcopy(data)
+    if "models" in data:
+        try:
+            data["models"] = zoo_config_from_dict(data, source)
+        except ConfigError as error:
+            raise ScenarioError(str(error)) from None
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        raise ScenarioError(f"{source}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+    if scenario.models is not None:
+        import coin
+
+        known = coin.available()
+        for method in [scenario.coding.method, *scenario.coding.compare]:
+            if method not in known:
+                raise ScenarioError(f"{source}: coding: unknown method '{method}' (known: {', '.join(known)})")
+    try:
+        validate_scenario_sims(scenario)
+    except ScenarioError as error:
+        raise ScenarioError(f"{source}: {error}") from None
+    return scenario
+
+
+def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Scenario, dict]:
+    """(validated scenario, the raw table it came from) from a built-in name or a TOML path."""
+    try:
+        data, source = read_toml(name_or_path)
+    except ConfigError as error:
+        raise ScenarioError(str(error)) from None
+    if isinstance(name_or_path, str) and source.startswith("scenario"):
+        data.setdefault("name", name_or_path)
+    elif "name" not in data:
+        data["name"] = Path(name_or_path).stem
+    for dotted, value in (overrides or {}).items():
+        set_path(data, dotted, value)
+    if "models" in data and "seed" in data:
+        data["models"].setdefault("seed", data["seed"])
+    return scenario_from_dict(data, source), data
