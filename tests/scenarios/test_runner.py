@@ -1,0 +1,180 @@
+"""The joint run: validated up front, joined per query, written atomically, same numbers locally and on Dask."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from scenarios.cli import cli
+from scenarios.runner import AnswerTables, join_correctness, run_scenario
+from scenarios.schema import ScenarioError, load_scenario, scenario_from_dict
+
+SIM_ONLY = {
+    "name": "simonly",
+    "seed": 3,
+    "sim": {
+        "n_experts": 2,
+        "r": 1,
+        "n_queries": 3000,
+        "policies": ["uncoded", {"kind": "coded", "dispatch": "hedged", "delay_ms": "p95"}],
+        "traffic": {"kind": "poisson", "load": 0.4},
+        "service": {"expert": {"kind": "exponential", "mean_ms": 2.0}},
+        "stragglers": {"p": 0.0, "slowdown": 8.0},
+    },
+    "sweep": {"axis": "stragglers.p", "values": [0.0, 0.05, 0.1]},
+}
+
+
+def _tiny_networks(cache_dir):
+    return {
+        "name": "tinyrun",
+        "seed": 0,
+        "device": "cpu",
+        "models": {
+            "network": {"width": 8},
+            "base": {"fraction": 0.3, "train": {"epochs": 2, "lr": 3e-3}},
+            "finetune": {"epochs": 2, "lr": 2e-3},
+            "experts": [
+                {"name": "low", "dataset": "mnist5k", "labels": [0, 1, 2, 3, 4]},
+                {"name": "high", "dataset": "mnist5k", "labels": [5, 6, 7, 8, 9]},
+            ],
+            "cache_dir": str(cache_dir),
+        },
+        "coding": {"method": "coin", "compare": ["vanilla"], "samples": 50},
+        "profile": {"warmup": 2, "samples": 30},
+        "sim": {
+            "r": 1,
+            "n_queries": 2000,
+            "policies": ["uncoded", "replication", {"kind": "coded", "dispatch": "redundant"}],
+            "traffic": {"kind": "poisson", "load": 0.3, "ensemble_rate_per_ms": 0.0},
+            "stragglers": {"p": 0.1, "slowdown": 10.0},
+        },
+    }
+
+
+def test_join_uses_the_decoded_table_only_for_decoded_answers():
+    answers = AnswerTables(
+        direct=[np.array([True, False]), np.array([True, True, False])],
+        decoded=[np.array([False, True]), np.array([False, False, True])],
+        ensemble_full=np.array([True, False, True, True, False]),
+        ensemble_decoded=np.array([[False] * 5, [True] * 5]),
+    )
+    records = pd.DataFrame({
+        "model": [0, 0, 1, 1, -1, -1],
+        "sample_id": [1, 0, 2, 0, 1, 1],
+        "answered_by": ["direct", "decoded", "replica", "decoded", "direct", "decoded"],
+        "answer_mask": [1, 6, 2, 5, 3, 5],  # the last ensemble query lost expert 1 (bit 1)
+    })
+    assert join_correctness(records, answers, 2).tolist() == [False, False, False, False, False, True]
+
+
+def test_sim_only_run_writes_a_complete_folder(tmp_path):
+    scenario = scenario_from_dict(SIM_ONLY)
+    folder = run_scenario(scenario, SIM_ONLY, tmp_path, quiet=True)
+    assert {p.name for p in folder.iterdir()} >= {"scenario.toml", "summary.json", "queries.parquet", "sweep.parquet"}
+    sweep = pd.read_parquet(folder / "sweep.parquet")
+    assert sorted(sweep["straggler_p"].unique()) == [0.0, 0.05, 0.1]
+    assert set(sweep["policy"]) == {"uncoded", "coded-hedged"}
+    # more stragglers never make the uncoded tail shorter (monotone coupling of straggler draws)
+    tail = sweep[sweep.policy == "uncoded"].sort_values("straggler_p")["p99_ms"].to_numpy()
+    assert np.all(np.diff(tail) >= 0)
+    # load 0.4 of two exponential(2 ms) experts = 0.4 queries/ms in total
+    queries = pd.read_parquet(folder / "queries.parquet")
+    first = queries[(queries.point == 0) & (queries.policy == "uncoded")]
+    rate = len(first) / first["arrival_ms"].max()
+    assert abs(rate - 0.4) < 4 * np.sqrt(0.4 / first["arrival_ms"].max())
+    assert not [p for p in tmp_path.rglob(".partial-*")]
+
+
+def test_sim_only_same_seed_same_numbers_and_dask_agrees(tmp_path):
+    scenario = scenario_from_dict(SIM_ONLY)
+    a = pd.read_parquet(run_scenario(scenario, SIM_ONLY, tmp_path / "a", quiet=True) / "sweep.parquet")
+    b = pd.read_parquet(run_scenario(scenario, SIM_ONLY, tmp_path / "b", quiet=True) / "sweep.parquet")
+    pd.testing.assert_frame_equal(a, b)
+    on_dask = dict(SIM_ONLY, sweep=dict(SIM_ONLY["sweep"], executor="dask", workers=2))
+    c = pd.read_parquet(run_scenario(scenario_from_dict(on_dask), on_dask, tmp_path / "c", quiet=True)
+                        / "sweep.parquet")
+    pd.testing.assert_frame_equal(a, c)
+    in_processes = dict(SIM_ONLY, sweep=dict(SIM_ONLY["sweep"], executor="local", workers=2))
+    d = pd.read_parquet(run_scenario(scenario_from_dict(in_processes), in_processes, tmp_path / "d", quiet=True)
+                        / "sweep.parquet")
+    pd.testing.assert_frame_equal(a, d)
+
+
+def test_failed_run_leaves_no_result_folder(tmp_path):
+    scenario = scenario_from_dict(SIM_ONLY)
+
+    def broken_render(folder):
+        raise RuntimeError("renderer crashed")
+
+    with pytest.raises(RuntimeError):
+        run_scenario(scenario, SIM_ONLY, tmp_path, quiet=True, render=broken_render)
+    assert not any(p.is_dir() for p in (tmp_path / "simonly").iterdir())
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"sim": dict(SIM_ONLY["sim"], policies=["teleport"])}, "teleport"),
+    ({"sweep": {"axis": "stragglers.p", "values": [0.1, 1.5]}}, "sweep stragglers.p = 1.5"),
+    ({"sim": dict(SIM_ONLY["sim"], traffic={"kind": "poisson", "load": -1})}, "load"),
+    ({"coding": {"method": "magic"}, "models": {"experts": [{"name": "a", "dataset": "mnist5k"},
+                                                            {"name": "b", "dataset": "digits"}]}}, "magic"),
+    ({"unknown_table": {}}, "unknown_table"),
+])
+def test_bad_scenarios_fail_before_any_work(change, message):
+    with pytest.raises(ScenarioError, match=message.replace(".", r"\.")):
+        scenario_from_dict({**SIM_ONLY, **change})
+
+
+def test_cli_bad_scenario_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sim]\nn_experts = 2\ntraffic = { kind = "poisson", rate_per_ms = -3 }\n')
+    result = CliRunner().invoke(cli, ["run", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "rate_per_ms" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_builtin_scenarios_validate():
+    from models.config import builtin_names
+
+    names = builtin_names()
+    wanted = {"quickstart", "negative-correlation", "ensemble", "dataset-pair", "paper-table1", "paper-table2"}
+    assert wanted <= set(names)
+    for name in names:
+        if name.startswith("paper-"):
+            with pytest.raises(ScenarioError, match="data_root"):
+                load_scenario(name)
+        else:
+            scenario, _ = load_scenario(name)
+            assert scenario.sim
+
+
+def test_paper_scenarios_run_validation_when_the_data_root_exists(tmp_path):
+    scenario, _ = load_scenario("paper-table2", {"models.data_root": str(tmp_path)})
+    assert [e.dataset for e in scenario.models.experts] == ["cifar10", "mnist"]
+
+
+def test_networks_run_joins_real_answers(tmp_path):
+    raw = _tiny_networks(tmp_path / "cache")
+    scenario = scenario_from_dict(raw)
+    folder = run_scenario(scenario, raw, tmp_path / "out", quiet=True)
+    summary = json.loads((folder / "summary.json").read_text())
+    queries = pd.read_parquet(folder / "queries.parquet")
+    nda = pd.read_csv(folder / "nda.csv")
+    assert set(nda["method"]) == {"coin", "vanilla"}
+    assert set(summary["profile"]) == {"low", "high", "coded"}
+    measured = queries[~queries["warmup"]]
+    for policy, stats in summary["policies"].items():
+        rows = measured[measured.policy == policy]
+        assert stats["accuracy"] == pytest.approx(rows["correct"].mean() * 100)
+    # the uncoded policy answers every query directly: its accuracy is the experts' accuracy on drawn samples
+    uncoded = measured[measured.policy == "uncoded"]
+    assert set(uncoded["answered_by"]) == {"direct"}
+    expert_acc = {e["name"]: e["accuracy"] for e in summary["experts"]}
+    for name, rows in uncoded.groupby("model_name", observed=True):
+        n = len(rows)
+        assert abs(rows["correct"].mean() * 100 - expert_acc[name]) < 100 * 4 * np.sqrt(0.25 / n)
+    coded = measured[measured.policy == "coded"]
+    assert (coded["answered_by"] == "decoded").mean() > 0.05
