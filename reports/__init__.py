@@ -1,1 +1,51 @@
-"""Figures and the self-contained HTML report, rendered from result files only."""
+"""Figures and the self-contained HTML report, rendered from result files only.
+
+No torch, no simpy and none of the sim/models/coin/scenarios packages are imported here, so any old result
+folder can be re-rendered on a machine with only matplotlib and pandas.
+
+Public API
+----------
+- ``render(result_dir) -> Path``: write ``figures/*.png`` and ``report.html`` into the folder (atomically).
+- ``load_result(result_dir) -> ResultData``: the checked contents of a result folder.
+- ``ReportError``: a ValueError with a one-line message for folders that cannot be rendered.
+- Figure builders (DataFrames/dicts in, ``matplotlib.figure.Figure`` out): ``latency_ccdf``, ``tail_vs_sweep``,
+  ``accuracy_vs_sweep``, ``answer_mix_vs_sweep``, ``answer_mix_bars``, ``extra_load_vs_sweep``,
+  ``traffic_over_time``, ``nda_bars``; helpers ``policy_colors``, ``answer_fractions``, ``nda_table``.
+"""
+
+from reports.figures import (
+    accuracy_vs_sweep,
+    answer_fractions,
+    answer_mix_bars,
+    answer_mix_vs_sweep,
+    extra_load_vs_sweep,
+    latency_ccdf,
+    metric_vs_sweep,
+    nda_bars,
+    nda_table,
+    policy_colors,
+    tail_vs_sweep,
+    traffic_over_time,
+)
+from reports.load import ReportError, ResultData, load_result
+from reports.render import FIGURE_NAMES, render
+
+__all__ = [
+    "FIGURE_NAMES",
+    "ReportError",
+    "ResultData",
+    "accuracy_vs_sweep",
+    "answer_fractions",
+    "answer_mix_bars",
+    "answer_mix_vs_sweep",
+    "extra_load_vs_sweep",
+    "latency_ccdf",
+    "load_result",
+    "metric_vs_sweep",
+    "nda_bars",
+    "nda_table",
+    "policy_colors",
+    "render",
+    "tail_vs_sweep",
+    "traffic_over_time",
+]

@@ -1,0 +1,168 @@
+"""render(result_dir): figures/*.png and report.html from the files of one result folder.
+
+Writes are atomic (temp file + os.replace) and the figures are complete before the HTML is replaced, so a
+crash never leaves a report pointing at half-written output. Output depends only on the folder's files (no
+render timestamp), so rendering twice gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from reports import figures as F
+from reports.html import FigureEntry, build_html
+from reports.load import ResultData, load_result, main_point
+
+FIGURE_NAMES = ("latency_ccdf", "tail_vs_sweep", "accuracy_vs_sweep", "answer_mix", "extra_load_vs_sweep",
+                "traffic_over_time", "nda_bars")
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """PNG without the varying metadata, so identical input gives identical bytes."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _has_values(df: pd.DataFrame | None, column: str) -> bool:
+    return df is not None and column in df.columns and pd.to_numeric(df[column], errors="coerce").notna().any()
+
+
+def _bursty(queries: pd.DataFrame, point: int | None) -> bool:
+    """Traffic worth a time plot: per-model arrival counts far more variable than Poisson (dispersion > 2)."""
+    q = F.measured(queries, point)
+    if not {"arrival_ms", "finish_ms"} <= set(q.columns) or not len(q):
+        return False
+    q = q[q["policy"] == q["policy"].iloc[0]]
+    key = "model_name" if "model_name" in q.columns else "model" if "model" in q.columns else None
+    groups = q.groupby(key, observed=True)["arrival_ms"] if key else [("all", q["arrival_ms"])]
+    edges = np.linspace(q["arrival_ms"].min(), q["arrival_ms"].max() + 1e-9, 41)
+    for _, arr in groups:
+        counts, _ = np.histogram(arr, edges)
+        if counts.mean() >= 2 and counts.var() / counts.mean() > 2.0:
+            return True
+    return False
+
+
+def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str, str]]:
+    """(name, builder, caption, alt) for every figure the folder's files support, in report order."""
+    order = data.policy_order
+    colors = F.policy_colors(order)
+    axis = data.sweep_axis
+    point = main_point(data)
+    sw = data.sweep
+    plans: list[tuple[str, Callable[[], Figure], str, str]] = []
+    q = data.queries
+    where = None
+    if axis is not None and sw is not None and point is not None:
+        rows = sw[sw["point"] == point]
+        where = f"{F.axis_label(axis)} = {rows[axis].iloc[0]}" if len(rows) else None
+    if q is not None and len(q):
+        plans.append(("latency_ccdf", lambda: F.latency_ccdf(q, order, colors, point, where),
+                      "Share of queries slower than x (log scale): the lower and further left a curve ends, the "
+                      "shorter the tail; read p99 and p99.9 where it crosses the dotted lines.",
+                      "Latency CCDF per policy"))
+    if axis is not None and sw is not None:
+        plans.append(("tail_vs_sweep", lambda: F.tail_vs_sweep(sw, axis, order, colors),
+                      f"Tail latency as {F.axis_label(axis)} grows; shaded bands are confidence intervals — "
+                      "look for where the curves separate and whether the bands overlap.",
+                      "p99 and p99.9 latency vs sweep axis"))
+        if _has_values(sw, "accuracy"):
+            plans.append(("accuracy_vs_sweep", lambda: F.accuracy_vs_sweep(sw, axis, order, colors),
+                          "Accuracy of what the system answered: decoded answers cost some accuracy, so a coded "
+                          "policy dips as it decodes more often.", "Accuracy vs sweep axis"))
+    fractions = F.answer_fractions(q, sw)
+    if len(fractions) and axis is not None and sw is not None:
+        plans.append(("answer_mix", lambda: F.answer_mix_vs_sweep(fractions, sw, axis, order, colors),
+                      "How often a query was answered by something other than its own server (decoding, a "
+                      "replica or a hedged copy) — the mechanism behind each tail.",
+                      "Answer mix vs sweep axis"))
+    elif len(fractions) and fractions.drop(columns=["point", "policy"]).to_numpy(dtype=float).sum() > 0:
+        plans.append(("answer_mix", lambda: F.answer_mix_bars(fractions, order),
+                      "How each policy's queries were answered; anything but grey is a query rescued from a "
+                      "slow or failed server.", "Answer mix per policy"))
+    if axis is not None and _has_values(sw, "extra_load_vs_uncoded"):
+        plans.append(("extra_load_vs_sweep", lambda: F.extra_load_vs_sweep(sw, axis, order, colors),
+                      "Server time spent per query relative to uncoded: the price each policy pays for its "
+                      "tail (cancelled and lost work included).", "Extra load vs sweep axis"))
+    if q is not None and len(q) and ("correlat" in data.summary["scenario"].lower() or _bursty(q, point)):
+        plans.append(("traffic_over_time", lambda: F.traffic_over_time(q, point, order, colors),
+                      "Arrivals per model and backlog per policy over simulated time: bursts of a hot model "
+                      "should show up as backlog under replication but not under coding.",
+                      "Traffic and queue length over time"))
+    table = F.nda_table(data.summary.get("coding"), data.nda)
+    if len(table):
+        avg = {m: c.get("nda_avg") for m, c in (data.summary.get("coding") or {}).items()}
+        plans.append(("nda_bars", lambda: F.nda_bars(table, avg),
+                      "Normalized decoding accuracy per expert and method: bars near the dashed line at 1.0 "
+                      "mean a decoded answer is as good as the expert's own.", "NDA per coding method"))
+    return plans
+
+
+def render(result_dir: Path | str) -> Path:
+    """Render figures/*.png and report.html into `result_dir`; return the HTML path.
+
+    Raises ReportError (a ValueError with a one-line message) when the folder cannot be read.
+    """
+    data = load_result(result_dir)
+    path = data.path
+    fig_dir = path / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    entries: list[FigureEntry] = []
+    for name, build, caption, alt in plan_figures(data):
+        try:
+            fig = build()
+        except Exception as exc:  # one odd table must not cost the user the rest of the report
+            data.notes.append(f"figure {name} could not be drawn: {type(exc).__name__}: {exc}")
+            continue
+        png = png_bytes(fig)
+        _atomic_write(fig_dir / f"{name}.png", png)
+        entries.append(FigureEntry(name, png, caption, alt))
+    drawn = {e.name for e in entries}
+    for stale in FIGURE_NAMES:  # a figure from an earlier render that this folder no longer supports
+        if stale not in drawn:
+            (fig_dir / f"{stale}.png").unlink(missing_ok=True)
+    for fname, what in (("queries.parquet", "latency distribution"), ("sweep.parquet", "sweep figures"),
+                        ("scenario.toml", "scenario listing")):
+        if not (path / fname).exists():
+            data.notes.append(f"no {fname} in this folder: {what} skipped.")
+    point = main_point(data)
+    label = None
+    if data.sweep_axis is not None and data.sweep is not None and point is not None:
+        rows = data.sweep[data.sweep["point"] == point]
+        if len(rows):
+            label = f"{data.sweep_axis} = {rows[data.sweep_axis].iloc[0]}"
+    order = data.policy_order
+    html = build_html(data, entries, F.policy_colors(order), F.nda_table(data.summary.get("coding"), data.nda), label)
+    out = path / "report.html"
+    _atomic_write(out, html.encode("utf-8"))
+    return out

@@ -1,0 +1,115 @@
+"""Figure builders on plain tables: they return Figures with the right axes, scales and series."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+from reports_testutil import AXIS, POLICIES, write_result
+
+import reports
+from reports.load import load_result
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder, _ = write_result(tmp_path_factory.mktemp("fig") / "run", n=600)
+    return load_result(folder)
+
+
+def _labels(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+def test_policy_colours_are_stable_and_distinct():
+    a = reports.policy_colors(["coded", "uncoded", "replication", "hedged", "mine", "coded-2"])
+    b = reports.policy_colors(["uncoded", "coded"])
+    assert a["uncoded"] == b["uncoded"] and a["coded"] == b["coded"]  # "uncoded" is not mistaken for coded
+    assert len(set(a.values())) == len(a)
+
+
+def test_ccdf_has_log_y_one_line_per_policy_and_tail_reference_lines(data):
+    fig = reports.latency_ccdf(data.queries, list(POLICIES), point=4)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log"
+    assert _labels(ax) == list(POLICIES)
+    assert "latency (ms)" in ax.get_xlabel()
+    # 540 measured queries per policy: p99 is estimable, p99.9 is not, so only the p99 guide is drawn
+    assert {t.get_text() for t in ax.texts} == {"p99"}
+    many = pd.DataFrame({"policy": "coded", "latency_ms": np.random.default_rng(0).exponential(5.0, 2000)})
+    assert {t.get_text() for t in reports.latency_ccdf(many).axes[0].texts} == {"p99", "p99.9"}
+
+
+def test_ccdf_colours_follow_the_shared_map(data):
+    colors = reports.policy_colors(list(POLICIES))
+    fig = reports.latency_ccdf(data.queries, list(POLICIES), colors, point=4)
+    lines = {ln.get_label(): ln.get_color() for ln in fig.axes[0].get_lines() if not ln.get_label().startswith("_")}
+    assert lines == colors
+
+
+def test_ccdf_survival_ends_at_the_largest_latencies(data):
+    fig = reports.latency_ccdf(data.queries, ["uncoded"], point=4)
+    line = fig.axes[0].get_lines()[0]
+    q = data.queries
+    lat = np.sort(q[(q.policy == "uncoded") & (q.point == 4) & ~q.warmup].latency_ms.to_numpy())
+    assert line.get_xdata()[-1] == pytest.approx(lat[-2])  # last point with P > 0
+    assert line.get_ydata()[-1] == pytest.approx(1 / len(lat))
+
+
+def test_tail_vs_sweep_has_two_panels_with_ci_bands(data):
+    fig = reports.tail_vs_sweep(data.sweep, AXIS, list(POLICIES))
+    assert len(fig.axes) == 2
+    for ax, title in zip(fig.axes, ("p99", "p99.9"), strict=True):
+        assert ax.get_ylabel() == f"{title} latency (ms)"
+        assert len(ax.collections) == len(POLICIES)  # one CI band per policy
+        assert ax.get_xlabel() == "straggler probability"
+    x = fig.axes[0].get_lines()[0].get_xdata()
+    assert list(x) == sorted(data.sweep[AXIS].unique())
+
+
+def test_metric_vs_sweep_handles_categorical_axis(data):
+    sw = data.sweep.copy()
+    sw["variant"] = sw["point"].map(lambda p: f"v{p}")
+    fig = reports.accuracy_vs_sweep(sw, "variant", list(POLICIES))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"v{p}" for p in range(5)]
+    y = ax.get_lines()[0].get_ydata()
+    assert np.nanmax(y) <= 100 and np.nanmin(y) > 50  # accuracy plotted in percent
+
+
+def test_answer_fractions_from_queries_sum_to_one(data):
+    frac = reports.answer_fractions(data.queries, data.sweep)
+    kinds = ["direct", "replica", "hedge", "decoded"]
+    assert np.allclose(frac[kinds].sum(axis=1), 1.0)
+    coded = frac[(frac.policy == "coded") & (frac.point == 4)]["decoded"].iloc[0]
+    assert coded == pytest.approx(data.sweep.query("policy == 'coded' and point == 4")["decoded_fraction"].iloc[0])
+    fig = reports.answer_mix_vs_sweep(frac, data.sweep, AXIS, list(POLICIES))
+    assert [ax.get_title() for ax in fig.axes] == ["Decoded answers", "Replica answers", "Hedge answers"]
+
+
+def test_answer_fractions_fall_back_to_sweep_decoded_fraction(data):
+    frac = reports.answer_fractions(None, data.sweep)
+    assert list(frac.columns) == ["point", "policy", "decoded"]
+    fig = reports.answer_mix_vs_sweep(frac, data.sweep, AXIS)
+    assert len(fig.axes) == 1
+
+
+def test_nda_bars_one_group_per_expert_plus_average():
+    table = pd.DataFrame({"method": ["coin", "coin", "vanilla", "vanilla"], "expert": ["a", "b", "a", "b"],
+                          "nda": [0.9, 0.8, 0.4, 0.5]})
+    fig = reports.nda_bars(table, {"coin": 0.85})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "average"]
+    heights = [round(p.get_height(), 3) for p in ax.patches]
+    assert heights == [0.9, 0.8, 0.85, 0.4, 0.5, 0.45]  # vanilla's average computed from its experts
+
+
+def test_traffic_over_time_counts_queries_in_system(data):
+    q = data.queries[data.queries.point == 0]
+    fig = reports.traffic_over_time(q, policies=["uncoded"])
+    rate_ax, queue_ax = fig.axes
+    assert rate_ax.get_ylabel() == "arrivals (queries/s)"
+    backlog = queue_ax.get_lines()[0].get_ydata()
+    assert backlog.min() >= 0 and backlog[-1] <= 1  # everything has finished by the last edge

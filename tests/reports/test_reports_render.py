@@ -1,0 +1,192 @@
+"""render(): files, embedded figures, numbers from summary.json, missing files, idempotence, bad folders."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from html import escape
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from reports_testutil import POLICIES, write_result
+
+import reports
+from reports.html import fmt_ms, fmt_pct
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEP_FIGURES = {"latency_ccdf", "tail_vs_sweep", "accuracy_vs_sweep", "answer_mix", "extra_load_vs_sweep",
+                 "nda_bars"}
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    folder, summary = write_result(tmp_path_factory.mktemp("full") / "run")
+    html_path = reports.render(folder)
+    pngs = {p.name: p.read_bytes() for p in (folder / "figures").glob("*.png")}
+    return folder, summary, html_path, html_path.read_text(encoding="utf-8"), pngs
+
+
+def _figures(folder: Path) -> set[str]:
+    return {p.stem for p in (folder / "figures").glob("*.png")}
+
+
+def test_full_folder_writes_every_figure_and_the_report(full):
+    folder, _, html_path, html, _ = full
+    assert html_path == folder / "report.html"
+    assert _figures(folder) == SWEEP_FIGURES
+    for png in (folder / "figures").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert html.count("data:image/png;base64,") == len(SWEEP_FIGURES)
+    assert not list(folder.glob(".*.tmp")) and not list((folder / "figures").glob(".*.tmp"))
+
+
+def test_html_is_self_contained(full):
+    html = full[3]
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html, re.I)
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+    assert "<style>" in html
+
+
+def test_html_shows_policies_and_summary_numbers(full):
+    _, summary, _, html, _ = full
+    for name, p in summary["policies"].items():
+        assert f"{escape(name)}</td>" in html
+        for key in ("mean_ms", "p50_ms", "p99_ms", "p999_ms", "p99_ms_lo", "p999_ms_hi"):
+            assert fmt_ms(p[key]) in html, (name, key)
+        assert fmt_pct(p["accuracy"], digits=2) in html
+        assert fmt_pct(p["decoded_fraction"]) in html
+        assert fmt_pct(p["extra_load_vs_uncoded"], signed=True) in html
+    for method, c in summary["coding"].items():
+        assert f"<td>{method}</td>" in html
+        assert f"{c['nda_avg']:.3f}" in html
+        assert f"{c['nda']['low']:.3f}" in html
+    assert fmt_ms(summary["live_check"]["live_p99_ms"]) in html
+    assert fmt_ms(summary["profile"]["coded"]["p99_ms"]) in html
+
+
+def test_best_tail_is_highlighted(full):
+    _, summary, _, html, _ = full
+    best = min(summary["policies"], key=lambda n: summary["policies"][n]["p999_ms"])
+    row = re.search(rf"{best}</td>(.*?)</tr>", html, re.S).group(1)
+    assert f'<td class="best">{fmt_ms(summary["policies"][best]["p999_ms"])}' in row
+    assert html.count('class="best"') == 1
+
+
+def test_scenario_toml_is_escaped_inside_details(full):
+    html = full[3]
+    block = re.search(r"<details>(.*?)</details>", html, re.S).group(1)
+    assert "&lt;angle&gt; &amp; ampersand" in block
+    assert "<angle>" not in html
+
+
+def test_rendering_twice_is_byte_identical(full):
+    folder, _, _, html, pngs = full
+    assert reports.render(folder).read_text(encoding="utf-8") == html
+    assert pngs == {p.name: p.read_bytes() for p in (folder / "figures").glob("*.png")}
+
+
+def test_stale_figures_are_removed_when_a_file_disappears(tmp_path):
+    folder, _ = write_result(tmp_path / "run", points=(0.05,), n=300, files=("queries.parquet",))
+    reports.render(folder)
+    assert _figures(folder) == {"latency_ccdf", "answer_mix", "nda_bars"}
+    (folder / "queries.parquet").unlink()
+    (folder / "figures" / "my_notes.png").write_bytes(b"not ours")
+    html = reports.render(folder).read_text(encoding="utf-8")
+    assert _figures(folder) == {"nda_bars", "my_notes"}  # only files the renderer owns are removed
+    assert "no queries.parquet" in html
+
+
+def test_summary_only_folder_renders(tmp_path):
+    folder, summary = write_result(tmp_path / "run", files=())
+    html = reports.render(folder).read_text(encoding="utf-8")
+    assert _figures(folder) == {"nda_bars"}  # the coding section alone still gives a figure
+    for name in POLICIES:
+        assert fmt_ms(summary["policies"][name]["p99_ms"]) in html
+    assert "<details>" not in html
+    assert "no queries.parquet" in html
+
+
+def test_sim_only_single_point_run(tmp_path):
+    """No nda.csv, no coding, no `correct` column, one sweep point: no sweep figures, answer mix as bars."""
+    folder, summary = write_result(tmp_path / "run", points=(0.05,), with_correct=False,
+                                   files=("queries.parquet", "sweep.parquet"))
+    summary.pop("coding")
+    for p in summary["policies"].values():
+        p["accuracy"] = None
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    html = reports.render(folder).read_text(encoding="utf-8")
+    assert _figures(folder) == {"latency_ccdf", "answer_mix"}
+    assert "<h2>Coding</h2>" not in html
+    assert "Headline" in html
+
+
+def test_coding_only_run_uses_nda_csv(tmp_path):
+    """A `coinsim code`-style nda.csv (per seed, experts as index + name) without a coding section."""
+    folder, summary = write_result(tmp_path / "run", files=())
+    summary.pop("coding")
+    summary["policies"] = {}
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    rows = [{"scenario": "s", "seed": seed, "samples": 100, "method": m, "expert": i, "name": name,
+             "nda": base - 0.01 * i + 0.02 * seed, "decoded_acc": 0.9, "expert_acc": 0.98, "n": 500,
+             "encode_seconds": 0.5}
+            for seed in (0, 1) for m, base in (("coin", 0.9), ("regmean", 0.6)) for i, name in enumerate(("a", "b"))]
+    pd.DataFrame(rows).to_csv(folder / "nda.csv", index=False)
+    html = reports.render(folder).read_text(encoding="utf-8")
+    assert _figures(folder) == {"nda_bars"}
+    assert "<td>regmean</td>" in html and "<th>a</th>" in html
+    assert "0.910" in html  # coin, expert a: mean over seeds of 0.90 and 0.92
+    assert "Headline" not in html
+
+
+def test_nested_latency_summary_is_accepted(tmp_path):
+    """The issue's `policies.<name>.latency_ms.{p99,...}` shape renders like the flat contract."""
+    folder, summary = write_result(tmp_path / "run", n=300, files=())
+    for p in summary["policies"].values():
+        p["latency_ms"] = {"p99": p.pop("p99_ms"), "p999": p.pop("p999_ms")}
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    html = reports.render(folder).read_text(encoding="utf-8")
+    p = summary["policies"]["coded"]
+    assert fmt_ms(p["latency_ms"]["p999"]) in html
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "top level must be a JSON object"),
+        ('{"policies": {}}', "'scenario'"),
+        ('{"scenario": "s", "policies": {"coded": {"p99_ms": "fast"}}}', "policies.coded.p99_ms"),
+        ('{"scenario": "s", "policies": [1]}', "'policies' must be an object"),
+        ('{"scenario": "s", "coding": {"coin": {"nda": {"a": "x"}}}}', "coding.coin.nda"),
+    ],
+)
+def test_malformed_summary_raises_one_line_report_error(tmp_path, content, fragment):
+    (tmp_path / "summary.json").write_text(content, encoding="utf-8")
+    with pytest.raises(reports.ReportError) as info:
+        reports.render(tmp_path)
+    msg = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert fragment in msg and "summary.json" in msg and "\n" not in msg
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_missing_folder_and_unreadable_table_raise_report_error(tmp_path):
+    with pytest.raises(reports.ReportError, match="no such directory"):
+        reports.render(tmp_path / "nope")
+    with pytest.raises(reports.ReportError, match="no summary.json"):
+        reports.render(tmp_path)
+    folder, _ = write_result(tmp_path / "run", n=200, files=())
+    (folder / "sweep.parquet").write_bytes(b"garbage")
+    with pytest.raises(reports.ReportError, match=r"sweep\.parquet: cannot be read") as info:
+        reports.render(folder)
+    assert "\n" not in str(info.value)
+
+
+def test_reports_imports_neither_torch_nor_simpy():
+    code = ("import reports, sys; bad = [m for m in ('torch', 'simpy', 'sim', 'models', 'coin', 'scenarios') "
+            "if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
