@@ -9,11 +9,14 @@ pending completion (identity check on the event) and pull the next task at once.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from heapq import heappop, heappush
+from typing import Any
 
 import numpy as np
 import simpy
-from simpy.events import Timeout
+from simpy.events import NORMAL, Timeout
 
 from sim.draws import EPISODES, FAILURES, Draws, Timeline, stream
 from sim.layout import CODED
@@ -73,7 +76,7 @@ class _Task:
 class _Station:
     """One FIFO queue served by one server (or by several, for pooled replicas)."""
 
-    __slots__ = ("idx", "queue", "servers", "n_live", "mean_ms")
+    __slots__ = ("idx", "queue", "servers", "n_live", "mean_ms", "single")
 
     def __init__(self, idx: int, mean_ms: float) -> None:
         self.idx = idx
@@ -81,9 +84,17 @@ class _Station:
         self.servers: list[_Server] = []
         self.n_live = 0  # tasks queued or in service and not cancelled (what JSQ/SED look at)
         self.mean_ms = mean_ms
+        self.single: _Server | None = None  # set when exactly one server serves this queue
 
     def submit(self, task: _Task) -> None:
         self.n_live += 1
+        if self.single is not None:
+            srv = self.single
+            if srv.cur is None and srv.up:
+                srv.start(task)
+            else:
+                self.queue.append(task)
+            return
         for srv in self.servers:
             if srv.cur is None and srv.up:
                 srv.start(task)
@@ -96,8 +107,33 @@ class _Station:
                 srv.pull()
 
 
+class _Due:
+    """Minimal completion event. SimPy's `Environment.step` only reads `callbacks` and `_ok`, so pushing
+    this onto its queue (as `Environment.schedule` would) skips Timeout's constructor on the hot path."""
+
+    __slots__ = ("callbacks",)
+    _ok = True
+
+    def __init__(self, cb: Callable[[Any], None]) -> None:
+        self.callbacks = [cb]
+
+
 class _Server:
-    __slots__ = ("idx", "env", "eng", "station", "cur", "ev", "t0", "up", "slow", "slowdown", "host")
+    __slots__ = (
+        "idx",
+        "env",
+        "eng",
+        "station",
+        "cur",
+        "ev",
+        "t0",
+        "up",
+        "slow",
+        "slowdown",
+        "host",
+        "heap",
+        "eid",
+    )
 
     def __init__(self, idx: int, env: simpy.Environment, eng: FastEngine, station: _Station, host: int) -> None:
         self.idx = idx
@@ -111,6 +147,8 @@ class _Server:
         self.slow: Timeline | None = None
         self.slowdown = 1.0
         self.host = host
+        self.heap = env._queue
+        self.eid = env._eid
 
     def start(self, task: _Task) -> None:
         env = self.env
@@ -121,9 +159,8 @@ class _Server:
         d = task.svc
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
-        ev = Timeout(env, d)
-        ev.callbacks.append(self.finish)  # type: ignore[union-attr]
-        self.ev = ev
+        ev = self.ev = _Due(self.finish)
+        heappush(self.heap, (now + d, NORMAL, next(self.eid), ev))
 
     def pull(self) -> None:
         q = self.station.queue
@@ -141,18 +178,36 @@ class _Server:
         self.ev = None
         return dt
 
-    def finish(self, ev: Timeout) -> None:
+    def finish(self, ev: _Due) -> None:
         if ev is not self.ev:
             return  # stale completion of preempted work
-        task = self.cur
-        self._stop()
-        task.active = False  # type: ignore[union-attr]
-        self.station.n_live -= 1
+        task: _Task = self.cur  # type: ignore[assignment]
         eng = self.eng
+        dt = self.env._now - self.t0  # _stop(), inlined on the hot path
+        eng.busy[self.idx] += dt
+        eng.ms[task.q.qid] += dt
+        self.cur = None
+        self.ev = None
+        task.active = False
+        self.station.n_live -= 1
         eng.live -= 1
-        eng.complete(task, self)  # type: ignore[arg-type]
+        q = task.q
+        if eng.single_task and q.model >= 0:  # the query's only task: answer inline, nothing to cancel
+            qid = q.qid
+            q.done = True
+            eng.finish_ms[qid] = self.env._now
+            eng.how[qid] = HOW_DIRECT if self.idx < eng.N else HOW_REPLICA
+            eng.mask[qid] = 1 << self.idx
+            eng.n_done += 1
+        else:
+            eng.complete(task, self)
         if self.cur is None and self.up:
-            self.pull()
+            q = self.station.queue  # pull(), inlined
+            while q:
+                t = q.popleft()
+                if t.active:
+                    self.start(t)
+                    break
         if eng.live == 0 and eng.n_done == eng.n:
             eng.stop = True
 
@@ -188,6 +243,9 @@ class FastEngine:
         self.kind = plan.kind
         self.dispatch = plan.dispatch
         self.cancel_on = plan.cancel
+        self.uncoded = plan.kind == "uncoded"
+        # routed queries that only ever get one task (no copies to cancel, any completion answers)
+        self.single_task = self.uncoded or (plan.kind == "replication" and plan.dispatch in ("jsq", "pool"))
         self.stations = [_Station(k, 0.0) for k in range(len(plan.stations))]
         self.servers: list[_Server] = []
         for s in range(plan.n_servers):
@@ -196,11 +254,13 @@ class FastEngine:
             st.servers.append(srv)
             self.servers.append(srv)
         for st in self.stations:
+            st.single = st.servers[0] if len(st.servers) == 1 else None
             st.mean_ms = float(np.mean([plan.mean_ms[s.idx] for s in st.servers])) / len(st.servers)
         self.hosts_st = [[self.stations[k] for k in plan.host_stations(i)] for i in range(self.N)]
         self.coded_st = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == CODED]
         self.expert_st = [self.stations[plan.station_of[i]] for i in range(self.N)]
-        self.svc = plan.service_ms.tolist()
+        self.svc = plan.service_ms.ravel().tolist()  # flat: [qid * S + server]
+        self.S = plan.n_servers
         self.arr = draws.arrival_ms.tolist()
         self.models = draws.model.tolist()
         self.delay = plan.delay_ms
@@ -242,7 +302,7 @@ class FastEngine:
         ev.callbacks.append(toggle)  # type: ignore[union-attr]
 
     def _send(self, q: _Query, st: _Station, role: int, server_for_draw: int) -> None:
-        t = _Task(q, st, role, self.svc[q.qid][server_for_draw])
+        t = _Task(q, st, role, self.svc[q.qid * self.S + server_for_draw])
         q.tasks.append(t)
         self.ntask[q.qid] += 1
         self.live += 1
@@ -275,11 +335,23 @@ class FastEngine:
 
     # ---------------------------------------------------------------------------------------- arrivals
     def _arrive(self, k: int) -> None:
-        q = _Query(k, self.models[k])
-        if q.model >= 0:
-            self._route(q)
-        else:
+        m = self.models[k]
+        q = _Query(k, m)
+        if m < 0:
             self._ensemble(q)
+        elif self.uncoded:  # the hot single-task path: _send() and submit() inlined
+            st = self.expert_st[m]
+            t = _Task(q, st, ROLE_DIRECT, self.svc[k * self.S + m])
+            self.ntask[k] = 1
+            self.live += 1
+            st.n_live += 1
+            srv = st.single
+            if srv.cur is None and srv.up:  # type: ignore[union-attr]
+                srv.start(t)  # type: ignore[union-attr]
+            else:
+                st.queue.append(t)
+        else:
+            self._route(q)
 
     def _route(self, q: _Query) -> None:
         i, kind, d = q.model, self.kind, self.dispatch
@@ -445,13 +517,17 @@ class FastEngine:
         if self.n == 0:
             raise ValueError("no queries to simulate")
         heap = env._queue
-        step = env.step
         arrive = self._arrive
         for k, t in enumerate(self.arr):
             while heap and heap[0][0] <= t:
-                step()
+                # Environment.step() inlined (hot loop); our events never fail, so its failure check is moot
+                env._now, _, _, ev = heappop(heap)
+                cbs, ev.callbacks = ev.callbacks, None
+                for cb in cbs:
+                    cb(ev)
             env._now = t  # advance the clock to the arrival (SimPy keeps it in _now)
             arrive(k)
+        step = env.step
         while heap and not self.stop:
             step()
         return RunOutput(
