@@ -390,6 +390,14 @@ class SimConfig(_Model):
 
     _validate_policies = field_validator("policies", mode="before")(classmethod(lambda cls, v: _policy_list(v)))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_policies(cls, data: Any) -> Any:
+        # with no extra servers, the only meaningful default comparison is uncoded alone
+        if isinstance(data, Mapping) and "policies" not in data and data.get("r", 1) == 0:
+            data = {**data, "policies": ("uncoded",)}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
         n, s = self.n_experts, self.n_experts + self.r
