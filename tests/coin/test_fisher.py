@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from conftest import make_cnn, make_mlp
+from torch import nn
 
 from coin import categorical_fisher, loop_output_fisher, output_fisher
 
@@ -14,17 +16,19 @@ def rel_err(a: dict, b: dict) -> float:
     return num / den
 
 
-def test_output_fisher_matches_per_sample_loop_mlp(x6):
+@pytest.mark.parametrize("method", ["layers", "vmap"])
+def test_output_fisher_matches_per_sample_loop_mlp(x6, method):
     net = make_mlp(3)
-    assert rel_err(output_fisher(net, x6), loop_output_fisher(net, x6)) < 1e-5
+    assert rel_err(output_fisher(net, x6, method=method), loop_output_fisher(net, x6)) < 1e-5
 
 
-def test_output_fisher_matches_per_sample_loop_cnn_with_batchnorm(img):
+@pytest.mark.parametrize("method", ["layers", "vmap"])
+def test_output_fisher_matches_per_sample_loop_cnn_with_batchnorm(img, method):
     net = make_cnn(4)
     ref = loop_output_fisher(net, img)
-    assert rel_err(output_fisher(net, img), ref) < 1e-5
+    assert rel_err(output_fisher(net, img, method=method), ref) < 1e-5
     # chunking does not change the result
-    assert rel_err(output_fisher(net, img, chunk_size=3), ref) < 1e-5
+    assert rel_err(output_fisher(net, img, chunk_size=3, method=method), ref) < 1e-5
     # BatchNorm's affine parameters get a Fisher too
     assert ref["1.weight"].abs().sum() > 0
 
@@ -42,7 +46,17 @@ def test_squaring_a_batch_gradient_is_a_different_quantity(x6):
     assert rel_err(wrong, loop_output_fisher(net, x6)) > 0.1
 
 
-def test_categorical_fisher_matches_explicit_expectation(x6):
+def test_unsupported_modules_fall_back_to_vmap(x6):
+    """A parameterized module the layer-wise path does not know (LayerNorm) → exact vmap path."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5), nn.Tanh(), nn.Linear(5, 3))
+    with pytest.raises(Exception, match="LayerNorm|1"):
+        output_fisher(net, x6, method="layers")
+    assert rel_err(output_fisher(net, x6), loop_output_fisher(net, x6)) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["layers", "vmap"])
+def test_categorical_fisher_matches_explicit_expectation(x6, method):
     net = make_mlp(5)
     params = dict(net.named_parameters())
     ref = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -52,4 +66,4 @@ def test_categorical_fisher_matches_explicit_expectation(x6):
             grads = torch.autograd.grad(logp[k], list(params.values()), retain_graph=True)
             for n, g in zip(params, grads, strict=True):
                 ref[n] += logp[k].exp().detach() * g.pow(2) / x6.shape[0]
-    assert rel_err(categorical_fisher(net, x6), ref) < 1e-5
+    assert rel_err(categorical_fisher(net, x6, method=method), ref) < 1e-5
