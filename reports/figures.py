@@ -19,9 +19,12 @@ from matplotlib.figure import Figure  # noqa: E402
 from reports.load import ANSWER_KINDS  # noqa: E402
 
 # Well-known policy kinds get fixed colours so figures from different runs compare at a glance.
-_PREFERRED = (("uncoded", "#6b6b6b"), ("replic", "#1f77b4"), ("hedg", "#ff7f0e"), ("cod", "#2ca02c"))
+# Order matters for name matching: "uncoded" contains "coded", and "coded-hedged" is a coded policy.
+_PREFERRED = (("uncoded", "#6b6b6b"), ("cod", "#2ca02c"), ("replic", "#1f77b4"), ("hedg", "#ff7f0e"))
 _PALETTE = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#2ca02c", "#1f77b4", "#ff7f0e")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+# Policies can coincide (e.g. hedged == replication at high load); dashes keep both lines visible.
+_DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 AXIS_LABELS = {
     "straggler_p": "straggler probability",
     "stragglers.probability": "straggler probability",
@@ -31,12 +34,15 @@ _METHOD_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#93786
 ANSWER_COLORS = {"direct": "#c7c7c7", "replica": "#1f77b4", "hedge": "#ff7f0e", "decoded": "#2ca02c"}
 
 
-def policy_colors(policies: Sequence[str]) -> dict[str, str]:
-    """One stable colour per policy: known kinds (uncoded/replication/hedged/coded) first, then a palette."""
+def policy_colors(policies: Sequence[str], kinds: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """One stable colour per policy: known kinds (uncoded/replication/hedged/coded) first, then a palette.
+
+    `kinds` (policy -> simulator kind) wins over guessing from the name, so "coded-hedged" stays coded green.
+    """
     out: dict[str, str] = {}
     used: set[str] = set()
     for name in policies:
-        low = name.lower()
+        low = str((kinds or {}).get(name) or name).lower()
         for key, colour in _PREFERRED:
             if key in low and colour not in used:
                 out[name] = colour
@@ -52,6 +58,10 @@ def policy_colors(policies: Sequence[str]) -> dict[str, str]:
 
 def _marker(policies: Sequence[str], name: str) -> str:
     return _MARKERS[list(policies).index(name) % len(_MARKERS)] if name in policies else "o"
+
+
+def _dash(policies: Sequence[str], name: str):
+    return _DASHES[list(policies).index(name) % len(_DASHES)] if name in policies else "-"
 
 
 def axis_label(axis: str) -> str:
@@ -117,7 +127,8 @@ def latency_ccdf(queries: pd.DataFrame, policies: Sequence[str] | None = None,
         n_max = max(n_max, len(lat))
         surv = 1.0 - np.arange(1, len(lat) + 1) / len(lat)
         keep = surv > 0  # the last point has P=0, which a log axis cannot show
-        ax.step(lat[keep], surv[keep], where="post", color=colors.get(name), lw=1.6, label=name)
+        ax.step(lat[keep], surv[keep], where="post", color=colors.get(name), lw=1.6, ls=_dash(order, name),
+                label=name)
     for level, text in ((1e-2, "p99"), (1e-3, "p99.9")):
         if level >= 1.0 / n_max:
             ax.axhline(level, color="0.4", ls=":", lw=0.9)
@@ -137,10 +148,11 @@ def latency_ccdf(queries: pd.DataFrame, policies: Sequence[str] | None = None,
 
 
 def _line_with_band(ax, x: pd.Series, y: pd.Series, lo: pd.Series | None, hi: pd.Series | None,
-                    colour: str | None, marker: str, label: str) -> None:
+                    colour: str | None, policies: Sequence[str], label: str) -> None:
     order = np.argsort(x.to_numpy())
     xs, ys = x.to_numpy()[order], y.to_numpy(dtype=float)[order]
-    ax.plot(xs, ys, color=colour, marker=marker, ms=4, lw=1.6, label=label)
+    ax.plot(xs, ys, color=colour, marker=_marker(policies, label), ls=_dash(policies, label), ms=4, lw=1.6,
+            label=label)
     if lo is not None and hi is not None:
         los, his = lo.to_numpy(dtype=float)[order], hi.to_numpy(dtype=float)[order]
         ok = np.isfinite(los) & np.isfinite(his)
@@ -171,7 +183,7 @@ def tail_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None
             continue
         for name, rows, x in parts:
             lo, hi = rows.get(f"{key}_lo"), rows.get(f"{key}_hi")
-            _line_with_band(ax, x, rows[key], lo, hi, colors.get(name), _marker(order, name), name)
+            _line_with_band(ax, x, rows[key], lo, hi, colors.get(name), order, name)
         vals = sweep[key].to_numpy(dtype=float)
         vals = vals[np.isfinite(vals) & (vals > 0)]
         if len(vals) and vals.max() / vals.min() > 20:
@@ -199,7 +211,7 @@ def metric_vs_sweep(sweep: pd.DataFrame, axis: str, column: str, ylabel: str, ti
         lo = rows.get(f"{column}_lo")
         hi = rows.get(f"{column}_hi")
         _line_with_band(ax, x, y, None if lo is None else lo * scale, None if hi is None else hi * scale,
-                        colors.get(name), _marker(order, name), name)
+                        colors.get(name), order, name)
     if zero_line:
         ax.axhline(0, color="0.4", lw=0.8)
     _finish_sweep_axis(ax, axis, cats)
@@ -258,8 +270,7 @@ def answer_mix_vs_sweep(fractions: pd.DataFrame, sweep: pd.DataFrame, axis: str,
             cats, parts = _per_policy(frame, axis, order)
             for name, rows, x in parts:
                 if rows[kind].fillna(0).gt(0).any():
-                    _line_with_band(ax, x, rows[kind] * 100, None, None, colors.get(name), _marker(order, name),
-                                    name)
+                    _line_with_band(ax, x, rows[kind] * 100, None, None, colors.get(name), order, name)
         _finish_sweep_axis(ax, axis, cats)
         ax.set_ylabel(f"answered by {kind} (%)")
         ax.set_title(f"{kind.capitalize()} answers")
@@ -378,7 +389,7 @@ def traffic_over_time(queries: pd.DataFrame, point: int | None = None, policies:
             arr = np.sort(rows["arrival_ms"].to_numpy(dtype=float))
             fin = np.sort(rows["finish_ms"].to_numpy(dtype=float))
             in_sys = np.searchsorted(arr, grid, side="right") - np.searchsorted(fin, grid, side="right")
-            ax_queue.plot(grid, in_sys, color=colors.get(name), lw=1.3, label=name)
+            ax_queue.plot(grid, in_sys, color=colors.get(name), lw=1.3, ls=_dash(order, name), label=name)
         ax_queue.set_ylabel("queries in system")
         ax_queue.set_title("Backlog per policy")
         ax_queue.legend(frameon=False, fontsize=8, ncols=4)

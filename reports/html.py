@@ -36,6 +36,8 @@ td.best { font-weight: 700; color: var(--accent); }
 .ci { color: var(--muted); font-size: 12px; }
 .sub { display:block; color: var(--muted); font-size: 11.5px; }
 .swatch { display:inline-block; width:11px; height:11px; border-radius:2px; margin-right:7px; vertical-align:-1px; }
+.desc { font-style: italic; margin: 0 0 10px; }
+.takeaway { background: #eef4ff; border-left: 4px solid var(--accent); padding: 8px 12px; margin: 8px 0 10px; }
 .note { color: var(--muted); font-size: 13px; margin: 4px 0 0; }
 figure { margin: 18px 0 26px; }
 figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
@@ -94,24 +96,82 @@ def _with_ci(p: Mapping[str, Any], key: str) -> str:
 
 
 def headline_table(policies: Mapping[str, Mapping[str, Any]], colors: Mapping[str, str]) -> str:
-    """Per policy: latency (with CIs), accuracy of what was answered, decoded share, extra load; best p99.9 bold."""
-    keys = [("mean_ms", "mean"), ("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")]
+    """Per policy: latency (with CIs), accuracy of what was answered, decoded share, extra load; best p99.9 bold.
+
+    Columns no policy has a value for (e.g. accuracy in a simulation-only run) are left out rather than shown
+    as a column of dashes.
+    """
+    latency = [("mean_ms", "mean"), ("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")]
+    extra = [("accuracy", "accuracy", lambda v: fmt_pct(v, digits=2)),
+             ("decoded_fraction", "decoded", fmt_pct),
+             ("extra_load_vs_uncoded", "extra load", lambda v: fmt_pct(v, signed=True)),
+             ("utilization", "utilization", fmt_pct),
+             ("n_measured", "measured queries", lambda v: f"{int(v):,}"),
+             ("n_queries", "queries", lambda v: f"{int(v):,}")]
+    extra = [e for e in extra if any(finite(p.get(e[0])) for p in policies.values())]
+    if any(e[0] == "n_measured" for e in extra):
+        extra = [e for e in extra if e[0] != "n_queries"]
     tails = {n: p.get("p999_ms") for n, p in policies.items() if finite(p.get("p999_ms"))}
     best = min(tails, key=lambda n: tails[n]) if len(tails) > 1 else None
     rows = []
     for name, p in policies.items():
         sw = f'<span class="swatch" style="background:{escape(colors.get(name, "#888"))}"></span>'
         cells = [sw + escape(name)]
-        for key, _ in keys:
+        for key, _ in latency:
             cell = _with_ci(p, key)
             cells.append(f'<td class="best">{cell}</td>' if key == "p999_ms" and name == best else cell)
-        cells += [fmt_pct(p.get("accuracy"), digits=2), fmt_pct(p.get("decoded_fraction")),
-                  fmt_pct(p.get("extra_load_vs_uncoded"), signed=True),
-                  fmt_pct(p.get("utilization")), fmt_num(p.get("n_queries"), 0)]
+        cells += [fmt(p.get(key)) if finite(p.get(key)) else "—" for key, _, fmt in extra]
         rows.append(cells)
-    head = ["policy", *(f"{label} (ms)" for _, label in keys), "accuracy", "decoded", "extra load", "utilization",
-            "queries"]
+    head = ["policy", *(f"{label} (ms)" for _, label in latency), *(label for _, label, _ in extra)]
     return _table(head, rows)
+
+
+def _is_uncoded(name: str, p: Mapping[str, Any]) -> bool:
+    return p.get("kind") == "uncoded" or (p.get("kind") is None and name.lower().startswith("uncoded"))
+
+
+def takeaway(policies: Mapping[str, Mapping[str, Any]]) -> str:
+    """One sentence a reader can quote: who has the shortest p99.9, by how much, and whether the CIs separate."""
+    tails = {n: p for n, p in policies.items() if finite(p.get("p999_ms"))}
+    if len(tails) < 2:
+        return ""
+    ranked = sorted(tails, key=lambda n: tails[n]["p999_ms"])
+    best, second = ranked[0], ranked[1]
+    b = tails[best]
+    text = f"<strong>{escape(best)}</strong> has the shortest p99.9 tail ({fmt_ms(b['p999_ms'])} ms"
+    base = next((n for n in tails if _is_uncoded(n, tails[n]) and n != best), None)
+    if base is not None and tails[base]["p999_ms"]:
+        change = b["p999_ms"] / tails[base]["p999_ms"] - 1.0
+        text += f", {fmt_pct(change, signed=True, digits=0)} vs {escape(base)}"
+    text += ")"
+    s = tails[second]
+    if finite(b.get("p999_ms_hi")) and finite(s.get("p999_ms_lo")):
+        if b["p999_ms_hi"] < s["p999_ms_lo"]:
+            text += f"; its confidence interval is clear of the runner-up, {escape(second)}"
+        else:
+            text += f"; its confidence interval overlaps the runner-up's ({escape(second)}, {fmt_ms(s['p999_ms'])} ms)"
+    if finite(b.get("accuracy")):
+        text += f". It answered with {fmt_pct(b['accuracy'], digits=2)} accuracy"
+        if finite(b.get("decoded_fraction")) and b["decoded_fraction"] > 0:
+            text += f", {fmt_pct(b['decoded_fraction'])} of answers decoded"
+    return f'<p class="takeaway">{text}.</p>'
+
+
+def sweep_table(sweep: pd.DataFrame, axis: str, order: Sequence[str]) -> str:
+    """Every (point, policy) row, for readers who want the numbers behind the sweep figures."""
+    cols = [("p50_ms", "p50 (ms)", fmt_ms), ("p99_ms", "p99 (ms)", fmt_ms), ("p999_ms", "p99.9 (ms)", fmt_ms),
+            ("accuracy", "accuracy", lambda v: fmt_pct(v, digits=2)), ("decoded_fraction", "decoded", fmt_pct),
+            ("extra_load_vs_uncoded", "extra load", lambda v: fmt_pct(v, signed=True))]
+    cols = [c for c in cols if c[0] in sweep.columns and pd.to_numeric(sweep[c[0]], errors="coerce").notna().any()]
+    rank = {p: i for i, p in enumerate(order)}
+    frame = sweep.assign(_r=sweep["policy"].map(rank)).sort_values(["point", "_r"], kind="stable")
+    rows = []
+    for rec in frame.to_dict("records"):
+        v = rec.get(axis)
+        shown = f"{v:g}" if isinstance(v, float) else str(v)
+        rows.append([escape(shown), escape(str(rec["policy"])),
+                     *(fmt(rec.get(k)) if finite(rec.get(k)) else "—" for k, _, fmt in cols)])
+    return _table([axis, "policy", *(label for _, label, _ in cols)], rows)
 
 
 def coding_table(table: pd.DataFrame, coding: Mapping[str, Mapping[str, Any]] | None) -> str:
@@ -175,9 +235,10 @@ def _what_was_run(data: ResultData, point_label: str | None) -> str:
         sentence += f" Swept <code>{escape(ax)}</code> over {len(vals)} values ({shown}{more})."
         if point_label:
             sentence += f" Headline numbers are for the last point ({escape(point_label)})."
-    n = sum(int(p["n_queries"]) for p in data.policies.values() if finite(p.get("n_queries")))
-    if n:
-        sentence += f" {n:,} simulated queries in the headline table."
+    counts = {int(p.get("n_measured", p.get("n_queries"))) for p in data.policies.values()
+              if finite(p.get("n_measured", p.get("n_queries")))}
+    if len(counts) == 1:
+        sentence += f" {counts.pop():,} measured queries per policy (warm-up discarded)."
     methods = list(s.get("coding") or {})
     if methods:
         sentence += f" Coding method{'s' if len(methods) > 1 else ''}: {', '.join(escape(m) for m in methods)}."
@@ -208,16 +269,24 @@ def build_html(data: ResultData, figures: Sequence[FigureEntry], colors: Mapping
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            f"<title>coinsim report: {escape(s['scenario'])}</title><style>{CSS}</style></head><body><main>",
-           f"<h1>coinsim report: {escape(s['scenario'])}</h1>", _meta_line(s), _what_was_run(data, point_label)]
+           f"<h1>coinsim report: {escape(s['scenario'])}</h1>", _meta_line(s)]
+    if isinstance(s.get("description"), str) and s["description"].strip():
+        out.append(f'<p class="desc">{escape(s["description"].strip())}</p>')
+    out.append(_what_was_run(data, point_label))
     if data.policies:
         out.append("<h2>Headline</h2>")
+        out.append(takeaway(data.policies))
         out.append(headline_table(data.policies, colors))
         out.append('<p class="note">Latency in ms with confidence intervals in brackets; warm-up discarded. '
                    "Accuracy is of the answers actually returned (direct, replica, hedge or decoded). Extra load is "
-                   "server time per query relative to the uncoded policy. Bold: lowest p99.9.</p>")
+                   "server time per query relative to the uncoded policy. Highlighted: lowest p99.9.</p>")
     if figures:
         out.append("<h2>Figures</h2>")
         out += [_figure(f) for f in figures]
+    if data.sweep_axis is not None and data.sweep is not None:
+        out.append(f"<details><summary>All sweep points ({data.sweep['point'].nunique()} points × "
+                   f"{data.sweep['policy'].nunique()} policies)</summary>"
+                   f"{sweep_table(data.sweep, data.sweep_axis, data.policy_order)}</details>")
     if len(coding):
         out.append("<h2>Coding</h2>")
         out.append(coding_table(coding, s.get("coding")))

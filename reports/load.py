@@ -50,6 +50,11 @@ class ResultData:
         return names
 
     @property
+    def policy_kinds(self) -> dict[str, str | None]:
+        """Simulator kind per policy (uncoded/replication/hedged/coded) when the summary records it."""
+        return {n: (p.get("kind") if isinstance(p.get("kind"), str) else None) for n, p in self.policies.items()}
+
+    @property
     def sweep_axis(self) -> str | None:
         """The sweep column to plot against, or None when there is no sweep with more than one point."""
         sw = self.sweep

@@ -76,7 +76,7 @@ def _bursty(queries: pd.DataFrame, point: int | None) -> bool:
 def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str, str]]:
     """(name, builder, caption, alt) for every figure the folder's files support, in report order."""
     order = data.policy_order
-    colors = F.policy_colors(order)
+    colors = F.policy_colors(order, data.policy_kinds)
     axis = data.sweep_axis
     point = main_point(data)
     sw = data.sweep
@@ -161,8 +161,8 @@ def render(result_dir: Path | str) -> Path:
         rows = data.sweep[data.sweep["point"] == point]
         if len(rows):
             label = f"{data.sweep_axis} = {rows[data.sweep_axis].iloc[0]}"
-    order = data.policy_order
-    html = build_html(data, entries, F.policy_colors(order), F.nda_table(data.summary.get("coding"), data.nda), label)
+    colors = F.policy_colors(data.policy_order, data.policy_kinds)
+    html = build_html(data, entries, colors, F.nda_table(data.summary.get("coding"), data.nda), label)
     out = path / "report.html"
     _atomic_write(out, html.encode("utf-8"))
     return out

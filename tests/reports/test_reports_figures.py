@@ -27,6 +27,9 @@ def test_policy_colours_are_stable_and_distinct():
     b = reports.policy_colors(["uncoded", "coded"])
     assert a["uncoded"] == b["uncoded"] and a["coded"] == b["coded"]  # "uncoded" is not mistaken for coded
     assert len(set(a.values())) == len(a)
+    by_kind = reports.policy_colors(["hedged", "fast"], {"hedged": "hedged", "fast": "coded"})
+    assert by_kind["fast"] == a["coded"] and by_kind["hedged"] == a["hedged"]
+    assert reports.policy_colors(["hedged", "coded-hedged"])["coded-hedged"] == a["coded"]
 
 
 def test_ccdf_has_log_y_one_line_per_policy_and_tail_reference_lines(data):

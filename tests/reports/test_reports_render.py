@@ -76,9 +76,26 @@ def test_best_tail_is_highlighted(full):
     assert html.count('class="best"') == 1
 
 
+def test_takeaway_names_the_best_tail_and_compares_with_uncoded(full):
+    _, summary, _, html, _ = full
+    pol = summary["policies"]
+    best = min(pol, key=lambda n: pol[n]["p999_ms"])
+    para = re.search(r'<p class="takeaway">(.*?)</p>', html, re.S).group(1)
+    assert para.startswith(f"<strong>{best}</strong> has the shortest p99.9 tail ({fmt_ms(pol[best]['p999_ms'])} ms")
+    change = pol[best]["p999_ms"] / pol["uncoded"]["p999_ms"] - 1
+    assert f"{change * 100:+.0f}% vs uncoded" in para
+
+
+def test_full_sweep_table_lists_every_point_and_policy(full):
+    _, _, _, html, _ = full
+    block = re.search(r"<summary>All sweep points \(5 points × 4 policies\)</summary>(.*?)</details>", html, re.S)
+    assert block is not None
+    assert block.group(1).count("<tr>") == 1 + 5 * 4
+
+
 def test_scenario_toml_is_escaped_inside_details(full):
     html = full[3]
-    block = re.search(r"<details>(.*?)</details>", html, re.S).group(1)
+    block = re.search(r"<summary>scenario.toml \(resolved\)</summary>(.*?)</details>", html, re.S).group(1)
     assert "&lt;angle&gt; &amp; ampersand" in block
     assert "<angle>" not in html
 
@@ -122,6 +139,9 @@ def test_sim_only_single_point_run(tmp_path):
     assert _figures(folder) == {"latency_ccdf", "answer_mix"}
     assert "<h2>Coding</h2>" not in html
     assert "Headline" in html
+    assert "<th>accuracy</th>" not in html  # no policy has one: the column is dropped, not filled with dashes
+    assert "<th>decoded</th>" in html
+    assert "All sweep points" not in html
 
 
 def test_coding_only_run_uses_nda_csv(tmp_path):
