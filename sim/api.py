@@ -82,6 +82,12 @@ def _summary(cfg: SimConfig, plan: Plan, rec: pd.DataFrame, out: RunOutput) -> d
     s["n_queries"] = len(rec)
     s["n_measured"] = len(meas)
     s.update(latency_summary(lat, cfg.batches, cfg.confidence))
+    kinds = meas["kind"].to_numpy()
+    if len(set(kinds)) > 1:  # routed and ensemble queries mixed: report each kind on its own as well
+        s["by_kind"] = {
+            k: latency_summary(lat[kinds == k], cfg.batches, cfg.confidence) | {"n": int((kinds == k).sum())}
+            for k in ("routed", "ensemble")
+        }
     util = out.busy_ms / out.end_ms if out.end_ms > 0 else np.zeros_like(out.busy_ms)
     s["utilization"] = float(np.mean(util))
     s["utilization_per_server"] = [float(u) for u in util]

@@ -47,6 +47,10 @@ def test_summary_fields_and_extra_load():
     }
     res = sim.simulate(cfg, seed=3)
     s = res.summary
+    assert "by_kind" not in s["uncoded"]  # routed queries only
+    mixed = sim.simulate(cfg | {"traffic": {"rate_per_ms": 0.8, "ensemble_rate_per_ms": 0.1}}, seed=3)
+    bk = mixed.summary["coded"]["by_kind"]
+    assert bk["routed"]["n"] + bk["ensemble"]["n"] == 18_000 and bk["ensemble"]["mean_ms"] > bk["routed"]["mean_ms"]
     for pol in s.values():
         for k in ("mean", "p50", "p95", "p99", "p999"):
             assert pol[f"{k}_ms_lo"] <= pol[f"{k}_ms"] <= pol[f"{k}_ms_hi"]
