@@ -10,7 +10,8 @@ Public API
 - ``ReportError``: a ValueError with a one-line message for folders that cannot be rendered.
 - Figure builders (DataFrames/dicts in, ``matplotlib.figure.Figure`` out): ``latency_ccdf``, ``tail_vs_sweep``,
   ``accuracy_vs_sweep``, ``answer_mix_vs_sweep``, ``answer_mix_bars``, ``extra_load_vs_sweep``,
-  ``traffic_over_time``, ``nda_bars``; helpers ``policy_colors``, ``answer_fractions``, ``nda_table``.
+  ``traffic_over_time``, ``nda_bars``; helpers ``policy_colors``, ``answer_fractions``, ``nda_table``,
+  ``time_average_in_system``.
 """
 
 from reports.figures import (
@@ -25,6 +26,7 @@ from reports.figures import (
     nda_table,
     policy_colors,
     tail_vs_sweep,
+    time_average_in_system,
     traffic_over_time,
 )
 from reports.load import ReportError, ResultData, load_result
@@ -47,5 +49,6 @@ __all__ = [
     "policy_colors",
     "render",
     "tail_vs_sweep",
+    "time_average_in_system",
     "traffic_over_time",
 ]

@@ -31,6 +31,7 @@ AXIS_LABELS = {
     "point": "sweep point",
 }
 _METHOD_COLORS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
+_MODEL_COLORS = ("#8172b3", "#c44e52", "#937860", "#17becf", "#da8bc3", "#bcbd22")
 ANSWER_COLORS = {"direct": "#c7c7c7", "replica": "#1f77b4", "hedge": "#ff7f0e", "decoded": "#2ca02c"}
 
 
@@ -283,7 +284,7 @@ def answer_mix_vs_sweep(fractions: pd.DataFrame, sweep: pd.DataFrame, axis: str,
 def answer_mix_bars(fractions: pd.DataFrame, policies: Sequence[str] | None = None) -> Figure:
     """Single-point runs: one stacked bar per policy showing how its queries were answered."""
     order = _ordered(policies, fractions) if len(fractions) else []
-    fig, (ax,) = _new(7.0, 0.6 + 0.45 * max(len(order), 2))
+    fig, (ax,) = _new(7.0, 1.3 + 0.45 * max(len(order), 2))
     left = np.zeros(len(order))
     for kind in ANSWER_KINDS:
         if kind not in fractions.columns:
@@ -298,7 +299,7 @@ def answer_mix_bars(fractions: pd.DataFrame, policies: Sequence[str] | None = No
     ax.set_xlim(0, 100)
     ax.set_xlabel("share of measured queries (%)")
     ax.set_title("How queries were answered")
-    ax.legend(frameon=False, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(order) < 3 else -0.15))
+    fig.legend(frameon=False, ncols=4, loc="outside lower center")
     return fig
 
 
@@ -359,6 +360,19 @@ def nda_bars(table: pd.DataFrame, nda_avg: Mapping[str, float] | None = None) ->
     return fig
 
 
+def time_average_in_system(arrival: np.ndarray, finish: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Mean number of queries in system over each bin [edges[k], edges[k+1]) (exact, not sampled at edges).
+
+    The integral of N(t) up to x is sum over arrived queries of (min(x, finish) - arrival); prefix sums over
+    the sorted arrival and finish times give it for every edge at once.
+    """
+    a, f = np.sort(arrival), np.sort(finish)
+    ca, cf = np.concatenate([[0.0], np.cumsum(a)]), np.concatenate([[0.0], np.cumsum(f)])
+    na, nf = np.searchsorted(a, edges, side="right"), np.searchsorted(f, edges, side="right")
+    integral = (na * edges - ca[na]) - (nf * edges - cf[nf])
+    return np.diff(integral) / np.diff(edges)
+
+
 def traffic_over_time(queries: pd.DataFrame, point: int | None = None, policies: Sequence[str] | None = None,
                       colors: Mapping[str, str] | None = None, bins: int = 60) -> Figure:
     """Arrival rate per model and queries in system per policy over time: shows hot-model bursts and backlogs."""
@@ -377,20 +391,19 @@ def traffic_over_time(queries: pd.DataFrame, point: int | None = None, policies:
     names = first["model_name"].astype(str) if "model_name" in first.columns else first.get("model", 0).astype(str)
     for i, name in enumerate(dict.fromkeys(names)):
         counts, _ = np.histogram(first.loc[names == name, "arrival_ms"], edges)
-        ax_rate.step(edges[:-1], counts / width_s, where="post", lw=1.3, color=_PALETTE[(i + 4) % len(_PALETTE)],
+        ax_rate.step(edges[:-1], counts / width_s, where="post", lw=1.3, color=_MODEL_COLORS[i % len(_MODEL_COLORS)],
                      label=str(name))
     ax_rate.set_ylabel("arrivals (queries/s)")
     ax_rate.set_title("Traffic per model")
     ax_rate.legend(frameon=False, fontsize=8, ncols=4)
     if "finish_ms" in q.columns:
-        grid = edges
         for name in order:
             rows = q[q["policy"] == name]
-            arr = np.sort(rows["arrival_ms"].to_numpy(dtype=float))
-            fin = np.sort(rows["finish_ms"].to_numpy(dtype=float))
-            in_sys = np.searchsorted(arr, grid, side="right") - np.searchsorted(fin, grid, side="right")
-            ax_queue.plot(grid, in_sys, color=colors.get(name), lw=1.3, ls=_dash(order, name), label=name)
-        ax_queue.set_ylabel("queries in system")
+            mean_in_sys = time_average_in_system(rows["arrival_ms"].to_numpy(float), rows["finish_ms"].to_numpy(float),
+                                                 edges)
+            ax_queue.step(edges[:-1], mean_in_sys, where="post", color=colors.get(name), lw=1.3,
+                          ls=_dash(order, name), label=name)
+        ax_queue.set_ylabel("mean queries in system")
         ax_queue.set_title("Backlog per policy")
         ax_queue.legend(frameon=False, fontsize=8, ncols=4)
     ax_queue.set_xlabel("simulated time (ms)")

@@ -115,4 +115,17 @@ def test_traffic_over_time_counts_queries_in_system(data):
     rate_ax, queue_ax = fig.axes
     assert rate_ax.get_ylabel() == "arrivals (queries/s)"
     backlog = queue_ax.get_lines()[0].get_ydata()
-    assert backlog.min() >= 0 and backlog[-1] <= 1  # everything has finished by the last edge
+    assert backlog.min() >= 0
+    # Little's law over the whole window: time-average in system = total time in system / window length.
+    rows = q[q.policy == "uncoded"]
+    edges = np.linspace(q.arrival_ms.min(), q.finish_ms.max(), 61)  # the figure's window spans all policies
+    expected = rows.latency_ms.sum() / (edges[-1] - edges[0])
+    assert backlog.mean() == pytest.approx(expected, rel=1e-9)
+
+
+def test_time_average_in_system_exact_on_a_tiny_trace():
+    # query A in [0, 2), query B in [1, 4): N(t) = 1, 2, 1, 1 on the unit bins
+    got = reports.time_average_in_system(np.array([0.0, 1.0]), np.array([2.0, 4.0]), np.array([0.0, 1, 2, 3, 4]))
+    assert got.tolist() == [1.0, 2.0, 1.0, 1.0]
+    half = reports.time_average_in_system(np.array([0.5]), np.array([1.0]), np.array([0.0, 1.0, 2.0]))
+    assert half.tolist() == [0.5, 0.0]
