@@ -179,6 +179,8 @@ class Service(_Model):
     scale: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
         default=None, description="per-server multiplier, len N + r"
     )
+    max_batch: int = Field(default=1, ge=1, description="dynamic batching: tasks a free server takes at once")
+    batch_cost_per_extra: float = Field(default=0.25, ge=0, description="batch time = max draw * (1 + cost * (b - 1))")
 
     def expert_dist(self, i: int) -> Any:
         return self.experts[i] if self.experts is not None else self.expert

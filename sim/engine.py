@@ -231,6 +231,89 @@ class _Server:
             self.pull()
 
 
+class _BatchServer(_Server):
+    """Dynamic batching: a free server takes up to `max_batch` queued tasks at once (no waiting to fill).
+
+    Batch time = max of the tasks' drawn times * (1 + cost_per_extra * (b - 1)); all finish together and
+    the work is split equally between them. Cancelling one task leaves the batch running (the others
+    still need it); only when every task of the batch is cancelled is the batch preempted.
+    """
+
+    __slots__ = ("batch", "max_batch", "extra")
+
+    def start(self, task: _Task) -> None:
+        self._run([task])
+
+    def _run(self, tasks: list[_Task]) -> None:
+        now = self.env._now
+        self.batch = tasks
+        self.cur = tasks[0]
+        for t in tasks:
+            t.server = self
+        self.t0 = now
+        d = max(t.svc for t in tasks) * (1.0 + self.extra * (len(tasks) - 1))
+        if self.slow is not None and self.slow.state_at(now):
+            d *= self.slowdown
+        ev = self.ev = _Due(self.finish)
+        heappush(self.heap, (now + d, NORMAL, next(self.eid), ev))
+
+    def pull(self) -> None:
+        q = self.station.queue
+        got: list[_Task] = []
+        while q and len(got) < self.max_batch:
+            t = q.popleft()
+            if t.active:
+                got.append(t)
+        if got:
+            self._run(got)
+
+    def _stop(self) -> float:
+        dt = self.env._now - self.t0
+        eng = self.eng
+        eng.busy[self.idx] += dt
+        share = dt / len(self.batch)
+        for t in self.batch:
+            eng.ms[t.q.qid] += share
+        self.cur = None
+        self.ev = None
+        return dt
+
+    def holds(self, task: _Task) -> bool:
+        return self.cur is not None and task in self.batch
+
+    def finish(self, ev: _Due) -> None:
+        if ev is not self.ev:
+            return
+        eng = self.eng
+        batch = self.batch
+        self._stop()
+        for task in batch:
+            if not task.active:
+                continue  # cancelled while the batch ran
+            task.active = False
+            self.station.n_live -= 1
+            eng.live -= 1
+            eng.complete(task, self)
+        self.batch = []
+        if self.cur is None and self.up:
+            self.pull()
+        if eng.live == 0 and eng.n_done == eng.n:
+            eng.stop = True
+
+    def cancel_task(self, task: _Task) -> None:
+        if not any(t.active for t in self.batch):
+            self.preempt()
+
+    def fail(self) -> None:
+        self.up = False
+        if self.cur is not None:
+            batch = [t for t in self.batch if t.active]
+            self.eng.lost[self.idx] += self._stop()
+            self.batch = []
+            self.station.queue.extendleft(reversed(batch))
+            self.station.kick()
+
+
 class FastEngine:
     """Runs one Plan over one Draws; `run()` returns a RunOutput."""
 
@@ -243,14 +326,21 @@ class FastEngine:
         self.kind = plan.kind
         self.dispatch = plan.dispatch
         self.cancel_on = plan.cancel
-        self.uncoded = plan.kind == "uncoded"
+        self.batching = plan.max_batch > 1
+        self.uncoded = plan.kind == "uncoded" and not self.batching
         # routed queries that only ever get one task (no copies to cancel, any completion answers)
-        self.single_task = self.uncoded or (plan.kind == "replication" and plan.dispatch in ("jsq", "pool"))
+        self.single_task = not self.batching and (
+            self.uncoded or (plan.kind == "replication" and plan.dispatch in ("jsq", "pool"))
+        )
         self.stations = [_Station(k, 0.0) for k in range(len(plan.stations))]
         self.servers: list[_Server] = []
         for s in range(plan.n_servers):
             st = self.stations[plan.station_of[s]]
-            srv = _Server(s, env, self, st, plan.hosts[s])
+            if plan.max_batch > 1:
+                srv = _BatchServer(s, env, self, st, plan.hosts[s])
+                srv.batch, srv.max_batch, srv.extra = [], plan.max_batch, plan.batch_cost_per_extra
+            else:
+                srv = _Server(s, env, self, st, plan.hosts[s])
             st.servers.append(srv)
             self.servers.append(srv)
         for st in self.stations:
@@ -330,8 +420,12 @@ class FastEngine:
         t.station.n_live -= 1
         self.live -= 1
         srv = t.server
-        if srv is not None and srv.cur is t:
+        if srv is None:
+            return
+        if srv.cur is t and not self.batching:
             srv.preempt()
+        elif self.batching and srv.holds(t):  # type: ignore[attr-defined]
+            srv.cancel_task(t)  # type: ignore[attr-defined]
 
     # ---------------------------------------------------------------------------------------- arrivals
     def _arrive(self, k: int) -> None:

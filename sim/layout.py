@@ -79,7 +79,11 @@ def check_stability(cfg: SimConfig) -> str | None:
     lam = tr.routed_rate() * tr.mean_shares(n) + tr.ensemble_rate_per_ms
     for spec in cfg.policies:
         lay = layout(cfg, spec)
-        cap = [_availability(cfg, s) / m if np.isfinite(m) and m > 0 else 0.0 for s, m in enumerate(lay.mean_ms)]
+        b, extra = cfg.service.max_batch, cfg.service.batch_cost_per_extra
+        boost = b / (1 + extra * (b - 1))  # upper bound on the batching speed-up (E[max] >= E[S])
+        cap = [
+            boost * _availability(cfg, s) / m if np.isfinite(m) and m > 0 else 0.0 for s, m in enumerate(lay.mean_ms)
+        ]
         if spec.kind == "coded":
             # every routed query needs >= 1 task, every ensemble query >= N tasks of the N + r servers
             work = sum(tr.routed_rate() * tr.mean_shares(n)[i] * lay.mean_ms[i] for i in range(n))

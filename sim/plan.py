@@ -37,6 +37,8 @@ class Plan:
     episodes: tuple[float, float, float] | None  # mean_normal, mean_slow, slowdown
     failures: tuple[float, float] | None  # mean_up, mean_down
     affected: frozenset[int]  # servers subject to episodes/failures
+    max_batch: int = 1
+    batch_cost_per_extra: float = 0.0
 
     @property
     def n_servers(self) -> int:
@@ -98,4 +100,6 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         episodes=None if ep is None else (ep.mean_normal_ms, ep.mean_slow_ms, ep.slowdown),
         failures=None if fl is None else (fl.mean_up_ms, fl.mean_down_ms),
         affected=frozenset(range(s_tot) if st.servers is None else st.servers),
+        max_batch=cfg.service.max_batch,
+        batch_cost_per_extra=cfg.service.batch_cost_per_extra,
     )

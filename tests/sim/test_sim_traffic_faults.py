@@ -169,3 +169,62 @@ def test_slow_episodes_slow_tasks_started_inside_them():
     np.testing.assert_allclose(res.records["latency_ms"].to_numpy(), want, rtol=0, atol=1e-9)
     # time share of slow episodes is 100 / (300 + 100) = 1/4; starts sample it almost uniformly
     assert abs(n_slow / d.n - 0.25) < 0.05
+
+
+def _batch_recursion(arr: np.ndarray, svc: np.ndarray, b: int, extra: float) -> np.ndarray:
+    """Single server with dynamic batching: when it frees, it takes up to b tasks that arrived before."""
+    n, fin, i, waiting, end = len(arr), np.empty(len(arr)), 0, [], -np.inf
+    while i < n or waiting:
+        while i < n and arr[i] < end:
+            waiting.append(i)
+            i += 1
+        if waiting:
+            start, batch, waiting = end, waiting[:b], waiting[b:]
+        else:
+            start, batch = arr[i], [i]
+            i += 1
+        end = start + svc[batch].max() * (1 + extra * (len(batch) - 1))
+        fin[batch] = end
+    return fin
+
+
+def test_dynamic_batching_equals_batch_recursion_and_adds_capacity():
+    b, extra, lam = 4, 0.25, 1.4  # 1.4/ms on a 1 ms server: only batching makes it stable
+    cfg = {
+        "n_experts": 1,
+        "r": 0,
+        "traffic": {"rate_per_ms": lam},
+        "service": {
+            "expert": {"kind": "lognormal", "mean_ms": 1.0, "sigma": 0.3},
+            "max_batch": b,
+            "batch_cost_per_extra": extra,
+        },
+        "n_queries": 20_000,
+    }
+    res = sim.simulate(cfg, seed=4)
+    d = res.draws
+    conf = sim.parse_config(cfg)
+    svc = conf.service.expert.ppf(d.service_u[:, 0])
+    want = _batch_recursion(d.arrival_ms, svc, b, extra)
+    np.testing.assert_allclose(res.records["finish_ms"].to_numpy(), want, rtol=0, atol=1e-9)
+    lat = res.records["latency_ms"].to_numpy()
+    assert lat[-2000:].mean() < 3 * lat[2000:4000].mean() + 1  # stable: no drift
+    assert np.isclose(res.records["server_ms"].sum(), res.servers["busy_ms"].sum())
+
+
+def test_batching_with_coded_cancellation_answers_everything():
+    cfg = {
+        "n_experts": 2,
+        "r": 1,
+        "traffic": {"rate_per_ms": 1.5, "ensemble_rate_per_ms": 0.2},
+        "service": {"max_batch": 3},
+        "stragglers": {"p": 0.05, "failures": {"mean_up_ms": 500.0, "mean_down_ms": 20.0}},
+        "n_queries": 10_000,
+        "policies": ["uncoded", "coded", {"kind": "coded", "dispatch": "sed"}, "hedged"],
+    }
+    res = sim.simulate(cfg, seed=2)
+    rec = res.records
+    assert np.isfinite(rec["latency_ms"]).all() and (rec["latency_ms"] > 0).all()
+    for pol in ("uncoded", "coded", "coded-sed", "hedged"):
+        r, sv = rec[rec["policy"] == pol], res.servers[res.servers["policy"] == pol]
+        assert np.isclose(r["server_ms"].sum(), sv["busy_ms"].sum())
