@@ -20,6 +20,31 @@ Public API
 
 Servers 0..N-1 host experts 0..N-1; servers N..N+r-1 are the policy's extra resources (idle spares for
 uncoded, replicas, or coded servers), so every policy uses the same N + r servers.
+
+Model semantics worth knowing: a task's time is drawn per (query, server) and is the same under every
+policy; a slow episode slows a task that *starts* inside it; a failure loses the work in service and the
+task restarts with the same draw after repair (nothing is dropped); hedge delays given as 'p95' are that
+percentile of the primary's drawn task times; with service.max_batch > 1 a free server takes up to that
+many queued tasks at once (batch time = max draw * (1 + batch_cost_per_extra * (b - 1))).
+
+Minimal scenario (TOML, a [sim] table)::
+
+    [sim]
+    n_experts = 2
+    r = 1
+    n_queries = 100000
+    policies = ["uncoded", {kind = "coded", dispatch = "sed"}, {kind = "hedged", delay_ms = "p95"}]
+    [sim.traffic]
+    kind = "markov_hot"      # poisson | markov_hot | smooth | trace
+    rate_per_ms = 1.5
+    strength = 0.7
+    [sim.service.expert]
+    kind = "shifted_exponential"
+    shift_ms = 0.5
+    mean_ms = 0.5
+    [sim.stragglers]
+    p = 0.05
+    slowdown = 5.0
 """
 
 from sim.api import SimResult, replicate, simulate
