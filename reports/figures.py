@@ -198,8 +198,12 @@ def tail_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None
 
 def metric_vs_sweep(sweep: pd.DataFrame, axis: str, column: str, ylabel: str, title: str,
                     policies: Sequence[str] | None = None, colors: Mapping[str, str] | None = None,
-                    percent: bool = False, zero_line: bool = False) -> Figure:
-    """One metric per policy against the sweep axis (accuracy, extra load, ...)."""
+                    percent: bool = False, zero_line: bool = False, min_span: float = 0.0) -> Figure:
+    """One metric per policy against the sweep axis (accuracy, extra load, ...).
+
+    `min_span` (in plotted units) stops the y axis from zooming into noise: a 0.01-point accuracy wobble
+    should look flat, not like a cliff.
+    """
     order = _ordered(policies, sweep)
     colors = colors or policy_colors(order)
     fig, (ax,) = _new()
@@ -215,6 +219,12 @@ def metric_vs_sweep(sweep: pd.DataFrame, axis: str, column: str, ylabel: str, ti
                         colors.get(name), order, name)
     if zero_line:
         ax.axhline(0, color="0.4", lw=0.8)
+    lo_y, hi_y = ax.get_ylim()
+    if min_span and hi_y - lo_y < min_span:
+        mid = (lo_y + hi_y) / 2
+        top = min(mid + min_span / 2, 100.0) if percent else mid + min_span / 2
+        ax.set_ylim(top - min_span, top)
+    ax.yaxis.get_major_formatter().set_useOffset(False)
     _finish_sweep_axis(ax, axis, cats)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -226,7 +236,7 @@ def accuracy_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | 
                       colors: Mapping[str, str] | None = None) -> Figure:
     """Accuracy of the answers actually returned: decoding trades some accuracy for latency."""
     return metric_vs_sweep(sweep, axis, "accuracy", "accuracy of answered queries (%)",
-                           "Accuracy of what was answered", policies, colors, percent=True)
+                           "Accuracy of what was answered", policies, colors, percent=True, min_span=2.0)
 
 
 def extra_load_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None = None,
@@ -347,7 +357,7 @@ def nda_bars(table: pd.DataFrame, nda_avg: Mapping[str, float] | None = None) ->
         xs = np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width
         bars = ax.bar(xs, vals, width * 0.92, label=method, color=colours[i % len(colours)])
         if len(methods) * len(groups) <= 24:
-            ax.bar_label(bars, fmt="%.2f", fontsize=7.5, padding=2)
+            ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
     ax.axhline(1.0, color="0.3", ls="--", lw=0.9)
     ax.axvline(len(experts) - 0.5, color="0.7", lw=0.8)
     ax.set_xticks(range(len(groups)), groups)

@@ -135,7 +135,8 @@ def takeaway(policies: Mapping[str, Mapping[str, Any]]) -> str:
     tails = {n: p for n, p in policies.items() if finite(p.get("p999_ms"))}
     if len(tails) < 2:
         return ""
-    ranked = sorted(tails, key=lambda n: tails[n]["p999_ms"])
+    # ties (policies that collapse onto the same tail) go to the non-baseline policy: it is the real competitor
+    ranked = sorted(tails, key=lambda n: (tails[n]["p999_ms"], _is_uncoded(n, tails[n])))
     best, second = ranked[0], ranked[1]
     b = tails[best]
     text = f"<strong>{escape(best)}</strong> has the shortest p99.9 tail ({fmt_ms(b['p999_ms'])} ms"

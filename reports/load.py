@@ -167,7 +167,66 @@ def load_result(result_dir: Path | str) -> ResultData:
             q["warmup"] = q["warmup"].astype(bool)
     if data.sweep is not None:
         data.sweep["policy"] = data.sweep["policy"].astype(str)
+    normalize_units(data)
     return data
+
+
+def _max_abs(values) -> float:
+    vals = [abs(float(v)) for v in values if finite(v)]
+    return max(vals) if vals else 0.0
+
+
+def normalize_units(data: ResultData) -> None:
+    """Accuracies and NDA as fractions (0.98), whichever unit the writer used.
+
+    The runner writes them in percent (98.1) while fractions such as decoded_fraction stay in [0, 1]; both
+    shapes exist in old folders, so the unit is detected per family: an accuracy above 1, or an NDA above 2
+    (a ratio can exceed 1 a little, never 2), can only be percent.
+    """
+    s = data.summary
+    pol = s.get("policies") or {}
+    coding = s.get("coding") or {}
+    experts = s.get("experts") or []
+    acc_vals = [p.get("accuracy") for p in pol.values()] + [e.get("accuracy") for e in experts]
+    for c in coding.values():
+        for k in ("decoded_acc", "expert_acc"):
+            acc_vals += list((c.get(k) or {}).values())
+    frames = [(df, c) for df, cols in ((data.sweep, ("accuracy",)), (data.nda, ("decoded_acc", "expert_acc")))
+              if df is not None for c in cols if c in df.columns]
+    for df, c in frames:
+        acc_vals += pd.to_numeric(df[c], errors="coerce").tolist()
+    if _max_abs(acc_vals) > 1.0 + 1e-9:
+        for p in pol.values():
+            if finite(p.get("accuracy")):
+                p["accuracy"] = p["accuracy"] / 100.0
+                for k in ("accuracy_lo", "accuracy_hi"):
+                    if finite(p.get(k)):
+                        p[k] = p[k] / 100.0
+        for e in experts:
+            if finite(e.get("accuracy")):
+                e["accuracy"] = e["accuracy"] / 100.0
+        for c in coding.values():
+            for k in ("decoded_acc", "expert_acc"):
+                if c.get(k):
+                    c[k] = {n: (v / 100.0 if finite(v) else v) for n, v in c[k].items()}
+        for df, col in frames:
+            df[col] = pd.to_numeric(df[col], errors="coerce") / 100.0
+            for k in (f"{col}_lo", f"{col}_hi"):
+                if k in df.columns:
+                    df[k] = pd.to_numeric(df[k], errors="coerce") / 100.0
+    nda_vals = [c.get("nda_avg") for c in coding.values()]
+    for c in coding.values():
+        nda_vals += list((c.get("nda") or {}).values())
+    if data.nda is not None:
+        nda_vals += pd.to_numeric(data.nda["nda"], errors="coerce").tolist()
+    if _max_abs(nda_vals) > 2.0:
+        for c in coding.values():
+            if finite(c.get("nda_avg")):
+                c["nda_avg"] = c["nda_avg"] / 100.0
+            if c.get("nda"):
+                c["nda"] = {n: (v / 100.0 if finite(v) else v) for n, v in c["nda"].items()}
+        if data.nda is not None:
+            data.nda["nda"] = pd.to_numeric(data.nda["nda"], errors="coerce") / 100.0
 
 
 def main_point(data: ResultData) -> int | None:

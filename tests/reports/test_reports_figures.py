@@ -129,3 +129,12 @@ def test_time_average_in_system_exact_on_a_tiny_trace():
     assert got.tolist() == [1.0, 2.0, 1.0, 1.0]
     half = reports.time_average_in_system(np.array([0.5]), np.array([1.0]), np.array([0.0, 1.0, 2.0]))
     assert half.tolist() == [0.5, 0.0]
+
+
+def test_accuracy_axis_does_not_zoom_into_noise(data):
+    sw = data.sweep.copy()
+    sw["accuracy"] = 0.98 + 1e-5 * sw["point"]  # a 0.004-point wobble
+    ax = reports.accuracy_vs_sweep(sw, AXIS).axes[0]
+    lo, hi = ax.get_ylim()
+    assert hi - lo == pytest.approx(2.0) and hi <= 100.0
+    assert lo < 98.0 < hi

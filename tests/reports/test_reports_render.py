@@ -210,3 +210,26 @@ def test_reports_imports_neither_torch_nor_simpy():
     code = ("import reports, sys; bad = [m for m in ('torch', 'simpy', 'sim', 'models', 'coin', 'scenarios') "
             "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_percent_units_are_read_as_fractions(tmp_path):
+    """The runner writes accuracy and NDA in percent; the report must show 98.08%, not 9808%."""
+    folder, summary = write_result(tmp_path / "run", n=300, files=("nda.csv", "sweep.parquet"))
+    for p in summary["policies"].values():
+        p["accuracy"] *= 100
+    for c in summary["coding"].values():
+        c["nda_avg"] *= 100
+        for k in ("nda", "decoded_acc", "expert_acc"):
+            c[k] = {e: v * 100 for e, v in c[k].items()}
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    sweep = pd.read_parquet(folder / "sweep.parquet")
+    sweep["accuracy"] *= 100
+    sweep.to_parquet(folder / "sweep.parquet", index=False)
+    data = reports.load_result(folder)
+    assert 0.5 < data.policies["coded"]["accuracy"] <= 1.0
+    assert data.sweep["accuracy"].max() <= 1.0
+    assert data.summary["coding"]["coin"]["nda"]["low"] == pytest.approx(0.93)
+    html = reports.render(folder).read_text(encoding="utf-8")
+    assert fmt_pct(summary["policies"]["coded"]["accuracy"] / 100, digits=2) in html
+    assert "<strong>0.920</strong>" in html  # coin's average NDA as a ratio
+    assert not re.search(r"\d{4}\.\d+%", html)  # no percent-of-percent such as 9808.33%
