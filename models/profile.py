@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -12,6 +14,20 @@ from torch import nn
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run a block with `n` intra-op threads (a served model usually owns one core), then restore."""
+    if n is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @torch.no_grad()
@@ -33,6 +49,7 @@ def profile_latency(
     warmup: int = 10,
     samples: int = 200,
     seed: int = 0,
+    threads: int | None = 1,
 ) -> np.ndarray:
     """`samples` forward-pass times (ms) at `batch_size`, on inputs drawn from `inputs`, after `warmup` passes.
 
@@ -42,9 +59,10 @@ def profile_latency(
     rng = np.random.default_rng(seed)
     picks = rng.integers(0, len(inputs), size=(warmup + samples, batch_size))
     times = np.empty(samples)
-    for step, rows in enumerate(picks):
-        batch = inputs[torch.from_numpy(rows)].to(device)
-        elapsed = time_forward(model, batch, device)
-        if step >= warmup:
-            times[step - warmup] = elapsed
+    with torch_threads(threads if device.type == "cpu" else None):
+        for step, rows in enumerate(picks):
+            batch = inputs[torch.from_numpy(rows)].to(device)
+            elapsed = time_forward(model, batch, device)
+            if step >= warmup:
+                times[step - warmup] = elapsed
     return times

@@ -66,6 +66,8 @@ class NetworkFacts:
     device: str
     coded_name: str
     timings: dict[str, float] = field(default_factory=dict)
+    served: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> nn.Module, for live mode
+    test_inputs: list[Any] = field(default_factory=list, repr=False)  # per expert, the inputs sample ids index
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -128,11 +130,74 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     spec = scenario.profile
     for name, model in [*((e.name, e.model) for e in zoo.experts), ("coded", coded_model)]:
         profile[name] = profile_latency(model, all_x, device, spec.batch_size, spec.warmup, spec.samples,
-                                        seed=scenario.seed)
+                                        seed=scenario.seed, threads=spec.threads)
     timings["forward_and_profile_s"] = time.perf_counter() - started - timings["models_s"] - timings["coding_s"]
     experts = [{"name": e.name, "partition": e.partition, "accuracy": e.accuracy} for e in zoo.experts]
+    served = {**{e.name: e.model for e in zoo.experts}, "coded": coded_model}
     return NetworkFacts(experts, pd.DataFrame(rows), AnswerTables(direct_ok, decoded_ok, full, ens_dec),
-                        profile, str(device), scenario.coding.method, timings)
+                        profile, str(device), scenario.coding.method, timings, served,
+                        [e.test_x for e in zoo.experts])
+
+
+class LiveForwardTimes:
+    """Service 'distribution' whose every draw is a real forward pass, timed, on that query's own input.
+
+    The simulator maps one uniform per (query, server) through `ppf`; here the uniform is ignored and query k's
+    task costs what running the network on query k's sample took just now. Measured once per network and
+    reused by every policy, so policies still see common service times.
+    """
+
+    def __init__(self, model: Any, inputs: Any, device: Any, mean_ms: float, threads: int = 1):
+        self.model, self.inputs, self.device, self._mean, self.threads = model, inputs, device, mean_ms, threads
+        self._times: np.ndarray | None = None
+
+    def mean(self) -> float:
+        return self._mean
+
+    def ppf(self, u: np.ndarray) -> np.ndarray:
+        from models.profile import time_forward, torch_threads
+
+        if self._times is None or len(self._times) != len(u):
+            with torch_threads(self.threads if self.device.type == "cpu" else None):
+                self._times = np.array([time_forward(self.model, x[None].to(self.device), self.device)
+                                        for x in self.inputs])
+        return self._times
+
+
+def live_config(config: SimConfig, facts: NetworkFacts, seed: int, threads: int = 1) -> SimConfig:
+    """The same point with every service time measured live (see LiveForwardTimes)."""
+    import torch
+
+    from sim import draw
+
+    draws = draw(config, seed)
+    offsets = np.cumsum([0] + [len(x) for x in facts.test_inputs])
+    union = torch.cat(facts.test_inputs)
+    index = np.where(draws.model >= 0, offsets[np.maximum(draws.model, 0)] + draws.sample_id, draws.sample_id)
+    inputs = union[torch.from_numpy(index)]
+    device = torch.device(facts.device)
+    live = {name: LiveForwardTimes(model, inputs, device, float(facts.profile_ms[name].mean()), threads)
+            for name, model in facts.served.items()}
+    service = config.service.model_copy(update={
+        "experts": tuple(live[e["name"]] for e in facts.experts), "expert": live[facts.experts[0]["name"]],
+        "coded": live["coded"]})
+    return config.model_copy(update={"service": service})
+
+
+def live_check(scenario: Scenario, facts: NetworkFacts, config: SimConfig) -> dict[str, Any]:
+    """Replay the first queries of the main point with live forward passes; compare with the profiled run."""
+    n = scenario.profile.live_check_queries
+    short = config.model_copy(update={"n_queries": n})
+    profiled = simulate(short, scenario.seed).summary
+    live = simulate(live_config(short, facts, scenario.seed, scenario.profile.threads), scenario.seed).summary
+    per_policy = {
+        policy: {f"{kind}_{key}": float(source[policy][key]) for kind, source in (("profiled", profiled),
+                                                                                     ("live", live))
+                 for key in ("p50_ms", "p99_ms", "mean_ms")}
+        for policy in profiled
+    }
+    first = next(iter(per_policy.values()))
+    return {"n_queries": n, **first, "per_policy": per_policy}
 
 
 def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int) -> np.ndarray:
@@ -187,7 +252,8 @@ def _execute(points: list[tuple[Any, SimConfig]], seed: int, answers: AnswerTabl
              quiet: bool) -> list[tuple[pd.DataFrame, dict]]:
     """Run the sweep points: in this process, on local worker processes, or on a Dask cluster."""
     sweep = scenario.sweep
-    if sweep is None or (sweep.executor == "local" and sweep.workers == 1) or len(points) == 1:
+    in_process = sweep is None or (sweep.executor == "local" and sweep.workers == 1) or len(points) == 1
+    if in_process or scenario.profile.mode == "live":  # live forward passes need this process's networks
         out = []
         for value, config in points:
             if sweep is not None:
@@ -233,6 +299,8 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None) -> list[
         if pools is not None:
             config = config.model_copy(update={"traffic": config.traffic.model_copy(
                 update={"ensemble_sample_pool": int(sum(pools))})})
+        if facts is not None and scenario.profile.mode == "live":
+            config = live_config(config, facts, scenario.seed, scenario.profile.threads)
         configs.append((value, config))
     return configs
 
@@ -307,6 +375,9 @@ def run_scenario(
         "timings": {**(facts.timings if facts else {}), "simulation_s": sim_seconds,
                     "total_s": time.perf_counter() - started},
     }
+    if facts is not None and scenario.profile.live_check_queries > 0:
+        _say(f"live check: replaying {scenario.profile.live_check_queries} queries with real forward passes", quiet)
+        summary["live_check"] = live_check(scenario, facts, points[-1][1])
     if facts is not None:
         summary["experts"] = facts.experts
         summary["coded_method"] = facts.coded_name

@@ -46,6 +46,7 @@ class ProfileSpec(_Strict):
     warmup: int = Field(10, ge=0)
     samples: int = Field(200, ge=5)
     live_check_queries: int = Field(0, ge=0, description="also replay this many queries with live forward passes")
+    threads: int = Field(1, ge=1, description="CPU threads per served network while timing (one core per server)")
 
 
 class SweepSpec(_Strict):

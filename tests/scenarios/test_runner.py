@@ -43,7 +43,7 @@ def _tiny_networks(cache_dir):
             "cache_dir": str(cache_dir),
         },
         "coding": {"method": "coin", "compare": ["vanilla"], "samples": 50},
-        "profile": {"warmup": 2, "samples": 30},
+        "profile": {"warmup": 2, "samples": 30, "live_check_queries": 300},
         "sim": {
             "r": 1,
             "n_queries": 2000,
@@ -156,8 +156,13 @@ def test_paper_scenarios_run_validation_when_the_data_root_exists(tmp_path):
     assert [e.dataset for e in scenario.models.experts] == ["cifar10", "mnist"]
 
 
-def test_networks_run_joins_real_answers(tmp_path):
-    raw = _tiny_networks(tmp_path / "cache")
+@pytest.fixture(scope="module")
+def zoo_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("runner-zoo")
+
+
+def test_networks_run_joins_real_answers(tmp_path, zoo_cache):
+    raw = _tiny_networks(zoo_cache)
     scenario = scenario_from_dict(raw)
     folder = run_scenario(scenario, raw, tmp_path / "out", quiet=True)
     summary = json.loads((folder / "summary.json").read_text())
@@ -178,3 +183,28 @@ def test_networks_run_joins_real_answers(tmp_path):
         assert abs(rows["correct"].mean() * 100 - expert_acc[name]) < 100 * 4 * np.sqrt(0.25 / n)
     coded = measured[measured.policy == "coded"]
     assert (coded["answered_by"] == "decoded").mean() > 0.05
+    live = summary["live_check"]
+    assert live["n_queries"] == 300 and set(live["per_policy"]) == set(summary["policies"])
+    assert all(v > 0 for stats in live["per_policy"].values() for v in stats.values())
+
+
+def test_live_mode_times_every_task_with_a_real_forward_pass(tmp_path, zoo_cache):
+    raw = _tiny_networks(zoo_cache)
+    raw["profile"] = {"mode": "live", "warmup": 2, "samples": 30}
+    raw["sim"] = dict(raw["sim"], n_queries=400, policies=["uncoded", "coded"])
+    scenario = scenario_from_dict(raw)
+    from scenarios.runner import build_point_configs, prepare_networks
+
+    facts = prepare_networks(scenario, quiet=True)
+    (_, config), = build_point_configs(scenario, facts)
+    from sim import simulate
+
+    result = simulate(config, 0)
+    live = config.service.experts[0]
+    assert live._times is not None and len(live._times) == 400 and np.all(live._times > 0)
+    # with no stragglers and an idle system, an uncoded query's latency is its own measured forward pass
+    calm = config.model_copy(update={"stragglers": config.stragglers.model_copy(update={"p": 0.0})})
+    first = simulate(calm, 0).records.query("policy == 'uncoded'").iloc[0]
+    times = config.service.experts[int(first["model"])]._times
+    assert first["latency_ms"] == pytest.approx(times[0])
+    assert set(result.records["policy"]) == {"uncoded", "coded"}
