@@ -131,10 +131,10 @@ def _read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame | None:
         df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
     except Exception as exc:  # pyarrow/pandas raise many types; the user needs the file name, not the type
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _fail(path.name, f"cannot be read ({first})") from exc
+        raise _fail(str(path), f"cannot be read ({first})") from exc
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise _fail(path.name, f"missing column(s) {', '.join(missing)}")
+        raise _fail(str(path), f"missing column(s) {', '.join(missing)}")
     return df
 
 
@@ -150,8 +150,8 @@ def load_result(result_dir: Path | str) -> ResultData:
         raw = json.loads(spath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise _fail("summary.json", f"not valid JSON ({msg})") from exc
-    data = ResultData(path=path, summary=check_summary(raw))
+        raise _fail(str(spath), f"not valid JSON ({msg})") from exc
+    data = ResultData(path=path, summary=check_summary(raw, str(spath)))
     toml = path / "scenario.toml"
     if toml.is_file():
         data.scenario_toml = toml.read_text(encoding="utf-8", errors="replace")

@@ -233,3 +233,14 @@ def test_percent_units_are_read_as_fractions(tmp_path):
     assert fmt_pct(summary["policies"]["coded"]["accuracy"] / 100, digits=2) in html
     assert "<strong>0.920</strong>" in html  # coin's average NDA as a ratio
     assert not re.search(r"\d{4}\.\d+%", html)  # no percent-of-percent such as 9808.33%
+
+
+def test_names_from_the_folder_are_escaped(tmp_path):
+    folder, summary = write_result(tmp_path / "run", files=())
+    summary["scenario"] = "demo <script>"
+    summary["policies"]["<b>odd</b>"] = summary["policies"].pop("hedged")
+    summary.pop("coding")
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    html = reports.render(folder).read_text(encoding="utf-8")
+    assert "&lt;b&gt;odd&lt;/b&gt;</td>" in html and "<b>odd</b>" not in html
+    assert "<title>coinsim report: demo &lt;script&gt;</title>" in html and "<script" not in html
