@@ -20,7 +20,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from models.data import DataError
 
     found: list[type[BaseException]] = [ConfigError, DataError, FileNotFoundError]
-    for module, name in (("coin", "CodingError"), ("sim", "SimConfigError"), ("scenarios.schema", "ScenarioError")):
+    for module, name in (("coin", "CodingError"), ("sim", "SimConfigError"), ("scenarios.schema", "ScenarioError"),
+                         ("reports", "ReportError")):
         try:
             found.append(getattr(__import__(module, fromlist=[name]), name))
         except (ImportError, AttributeError):
@@ -181,6 +182,17 @@ def _print_run_summary(folder: Path) -> None:
     click.echo(f"\nresults: {folder}")
     if (folder / "report.html").exists():
         click.echo(f"report:  {folder / 'report.html'}")
+
+
+@cli.command("report")
+@click.argument("result_dir", type=click.Path(path_type=Path))
+def report(result_dir: Path) -> None:
+    """(Re-)render figures and report.html of a result folder."""
+    from reports import render
+
+    if not result_dir.is_dir():
+        raise FileNotFoundError(f"result folder {result_dir} does not exist")
+    click.echo(render(result_dir))
 
 
 def _register_commands() -> None:
