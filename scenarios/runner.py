@@ -406,9 +406,12 @@ def run_scenario(
         sweep.to_parquet(tmp / "sweep.parquet", index=False)
         if facts is not None:
             facts.nda.to_csv(tmp / "nda.csv", index=False)
-        if render is not None:
-            render(tmp)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if render is not None:
+        try:
+            render(final)
+        except Exception as error:  # noqa: BLE001 - the results stand without their report
+            print(f"warning: report not rendered ({error}); retry with `coinsim report {final}`", file=sys.stderr)
     return final

@@ -103,15 +103,27 @@ def test_sim_only_same_seed_same_numbers_and_dask_agrees(tmp_path):
     pd.testing.assert_frame_equal(a, d)
 
 
-def test_failed_run_leaves_no_result_folder(tmp_path):
+def test_failed_write_leaves_no_result_folder(tmp_path, monkeypatch):
+    scenario = scenario_from_dict(SIM_ONLY)
+
+    def disk_full(self, *args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    with pytest.raises(OSError):
+        run_scenario(scenario, SIM_ONLY, tmp_path, quiet=True)
+    assert list((tmp_path / "simonly").iterdir()) == []
+
+
+def test_a_failing_renderer_keeps_the_results(tmp_path, capsys):
     scenario = scenario_from_dict(SIM_ONLY)
 
     def broken_render(folder):
         raise RuntimeError("renderer crashed")
 
-    with pytest.raises(RuntimeError):
-        run_scenario(scenario, SIM_ONLY, tmp_path, quiet=True, render=broken_render)
-    assert not any(p.is_dir() for p in (tmp_path / "simonly").iterdir())
+    folder = run_scenario(scenario, SIM_ONLY, tmp_path, quiet=True, render=broken_render)
+    assert (folder / "summary.json").is_file() and not (folder / "report.html").exists()
+    assert "coinsim report" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change,message", [
