@@ -94,40 +94,35 @@ def _layers_sq_diag(model, x, transform, weights, chunk_size, max_bytes) -> Para
         for p in params.values():
             p.requires_grad_(True)
         with torch.no_grad():
-            k_out = model(x[:1]).shape[-1]
-        act = sum(p.numel() for p in params.values()) + sum(
-            o.numel() for v in saved.values() for _, o in v)
+            model(x[:1])
+        per_sample = sum(o.numel() for v in saved.values() for _, o in v) * 3 + sum(
+            m.weight.numel() for m in mods.values() if isinstance(m, nn.Conv2d))
         saved.clear()
         if chunk_size is None:
-            chunk_size = max(1, int(max_bytes // (4 * k_out * max(act, 1) * 3)))
+            chunk_size = max(1, min(512, int(max_bytes // (4 * max(per_sample, 1)))))
         for start in range(0, x.shape[0], chunk_size):
             xb = x[start : start + chunk_size]
-            b = xb.shape[0]
             saved.clear()
             with torch.enable_grad():
-                # K replicas of the chunk (samples are independent in eval mode), replica k seeded with
-                # output direction k: one ordinary backward yields every layer's output gradient for all
-                # (k, sample) pairs. sqrt(w) in the seed makes the squares carry the weights w.
-                out = model(xb.repeat(k_out, *([1] * (xb.dim() - 1))))
+                out = model(xb)
                 if transform is not None:
                     out = transform(out)
-                if out.dim() != 2 or out.shape[1] != k_out or len(saved) != len(mods) or any(
-                        len(v) != 1 for v in saved.values()):
+                if out.dim() != 2 or len(saved) != len(mods) or any(len(v) != 1 for v in saved.values()):
                     raise _Unsupported("module reused or output not (B, K)")
-                dirs = torch.zeros(k_out, b, k_out, dtype=out.dtype, device=out.device)
-                idx = torch.arange(k_out, device=out.device)
-                scale = torch.ones(b, k_out, dtype=out.dtype, device=out.device)
-                if weights is not None:
-                    scale = weights[start : start + chunk_size].to(out.dtype).sqrt()
-                dirs[idx, :, idx] = scale.T
                 names = list(saved)
-                grads = torch.autograd.grad(out, [saved[n][0][1] for n in names],
-                                            grad_outputs=dirs.reshape(k_out * b, k_out), allow_unused=True)
-            for name, g in zip(names, grads, strict=True):
-                if g is None:
-                    continue
-                _accumulate(mods[name], name, saved[name][0][0][:b], g.detach().reshape(k_out, b, *g.shape[1:]),
-                            acc)
+                outs = [saved[n][0][1] for n in names]
+                scale = None if weights is None else weights[start : start + chunk_size].to(out.dtype).sqrt()
+                # One backward per output k over the whole chunk (the forward is shared): seeding with the
+                # k-th unit vector per sample gives every layer's per-sample output gradient for output k;
+                # sqrt(w) in the seed makes the squares carry the weights w.
+                for k in range(out.shape[1]):
+                    seed = torch.zeros_like(out)
+                    seed[:, k] = 1.0 if scale is None else scale[:, k]
+                    grads = torch.autograd.grad(out, outs, grad_outputs=seed, allow_unused=True,
+                                                retain_graph=k + 1 < out.shape[1])
+                    for name, g in zip(names, grads, strict=True):
+                        if g is not None:
+                            _accumulate(mods[name], name, saved[name][0][0], g.detach().unsqueeze(0), acc)
         return {n: a / x.shape[0] for n, a in acc.items()}
     finally:
         for h in handles:
