@@ -39,20 +39,39 @@ LATENCY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms")
 
 @dataclass
 class AnswerTables:
-    """Was the answer right? Per expert i and test sample s, for the direct and for the decoded output.
+    """What every network answered on every test input a query may draw, as plain arrays.
 
-    Ensemble queries draw from the union of all experts' test sets; their answer is the argmax of the summed
-    softmax of the N outputs, with the missing expert's output decoded when it was decoded.
+    Rows are the union of the experts' test partitions (expert i's samples at offsets[i]:offsets[i+1]); a routed
+    query for expert i with sample id s reads row offsets[i] + s, an ensemble query reads row s. Coded model k
+    approximates Σⱼ matrix[k, j] fⱼ; any answer that was decoded is decoded here from exactly the outputs
+    that came back, so its correctness is that of the real decoded output. Ensemble answers are the argmax of
+    the summed softmax of the N outputs.
     """
 
-    direct: list[np.ndarray]
-    decoded: list[np.ndarray]
-    ensemble_full: np.ndarray
-    ensemble_decoded: np.ndarray  # (N, pool): expert j's output decoded
+    labels: np.ndarray  # (S,)
+    offsets: np.ndarray  # (N + 1,)
+    expert_outs: np.ndarray  # (N, S, K)
+    coded_outs: np.ndarray  # (r, S, K)
+    matrix: np.ndarray  # (r, N)
 
     @property
     def pools(self) -> list[int]:
-        return [len(a) for a in self.direct]
+        return np.diff(self.offsets).astype(int).tolist()
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.expert_outs.shape[0])
+
+    def decoded(self, missing: list[int], coded_back: list[int], rows: np.ndarray) -> np.ndarray:
+        """Decoded outputs (|missing|, len(rows), K) of the missing experts on the given rows."""
+        from coin.multicode import decode_missing
+
+        return decode_missing(self.expert_outs[:, rows], self.coded_outs[:, rows], self.matrix, missing, coded_back)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 @dataclass
@@ -68,11 +87,49 @@ class NetworkFacts:
     timings: dict[str, float] = field(default_factory=dict)
     served: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> nn.Module, for live mode
     test_inputs: list[Any] = field(default_factory=list, repr=False)  # per expert, the inputs sample ids index
+    multi_decode: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _say(message: str, quiet: bool) -> None:
     if not quiet:
         print(message, file=sys.stderr, flush=True)
+
+
+def coding_matrix(scenario: Scenario, n: int) -> np.ndarray:
+    """r × N coding weights: the scenario's, else β (r = 1) or a Cauchy construction (r > 1)."""
+    from coin.multicode import cauchy_coding_matrix, check_coding_matrix
+
+    r = coded_servers(scenario)
+    if scenario.coding.betas is not None:
+        return check_coding_matrix(scenario.coding.betas, n)
+    if r == 1 and scenario.coding.beta is not None:
+        return check_coding_matrix([scenario.coding.beta], n)
+    return cauchy_coding_matrix(n, r)
+
+
+def coded_servers(scenario: Scenario) -> int:
+    """How many coded models the scenario serves: the extra servers r (at least one, for the NDA table)."""
+    return max(1, int(scenario.sim.get("r", 1)))
+
+
+def _multi_decode_table(answers: AnswerTables, names: list[str]) -> list[dict[str, Any]]:
+    """Decoded accuracy of every set of up to r missing experts, all r coded outputs back (issue: r > 1)."""
+    from itertools import combinations
+
+    rows = []
+    n, r = answers.matrix.shape[1], answers.matrix.shape[0]
+    for size in range(1, min(r, n) + 1):
+        for missing in combinations(range(n), size):
+            for position, i in enumerate(missing):
+                part = np.arange(answers.offsets[i], answers.offsets[i + 1])
+                dec = answers.decoded(list(missing), list(range(r)), part)[position]
+                labels = answers.labels[part]
+                decoded_acc = float((dec.argmax(-1) == labels).mean() * 100)
+                expert_acc = float((answers.expert_outs[i, part].argmax(-1) == labels).mean() * 100)
+                rows.append({"missing": ",".join(names[m] for m in missing), "expert": names[i],
+                             "decoded_acc": decoded_acc, "expert_acc": expert_acc,
+                             "nda": 100 * decoded_acc / expert_acc if expert_acc else float("nan")})
+    return rows
 
 
 def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
@@ -89,54 +146,79 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     zoo = build_zoo(scenario.models, device=scenario.device, progress=not quiet)
     timings["models_s"] = time.perf_counter() - started
     n = len(zoo.experts)
-    beta = coin.check_beta(scenario.coding.beta or [1.0 / n] * n, n)
+    matrix = coding_matrix(scenario, n)
     pools = [(e.train_x, e.train_y) for e in zoo.experts]
     x, y, owner = coin.draw_coding_samples(pools, scenario.coding.samples, scenario.seed)
     tests = [(e.test_x, e.test_y) for e in zoo.experts]
 
-    rows, coded_model = [], None
+    def encode(method: str, beta: np.ndarray):
+        return coin.encode(method, zoo.models, beta.tolist(), x, y=y, owner=owner, base=zoo.base, seed=scenario.seed)
+
+    rows, coded_models = [], []
     for method in dict.fromkeys([scenario.coding.method, *scenario.coding.compare]):
         _say(f"coding {n} experts with {method} (P={scenario.coding.samples})", quiet)
-        result = coin.encode(method, zoo.models, beta, x, y=y, owner=owner, base=zoo.base, seed=scenario.seed)
-        for row in coin.evaluate(result.model, zoo.models, beta, tests):
+        result = encode(method, matrix[0])
+        for row in coin.evaluate(result.model, zoo.models, torch.tensor(matrix[0]), tests):
             rows.append({"method": method, "expert": zoo.experts[row.expert].name, "nda": row.nda,
                          "decoded_acc": row.decoded_acc, "expert_acc": row.expert_acc,
                          "encode_seconds": result.seconds})
         if method == scenario.coding.method:
-            coded_model = result.model
+            coded_models.append(result.model)
+    for k in range(1, matrix.shape[0]):
+        _say(f"coding coded model {k + 1}/{matrix.shape[0]} with {scenario.coding.method}", quiet)
+        coded_models.append(encode(scenario.coding.method, matrix[k]).model)
     timings["coding_s"] = time.perf_counter() - started - timings["models_s"]
 
     device = zoo.device
-    coded_model = coded_model.to(device).eval()
     all_x = torch.cat([e.test_x for e in zoo.experts])
-    all_y = torch.cat([e.test_y for e in zoo.experts]).numpy()
-    outs = [coin.outputs(m.to(device), all_x.to(device)).cpu() for m in zoo.models]
-    coded_out = coin.outputs(coded_model, all_x.to(device)).cpu()
-    decoded = [coin.decode(coded_out, outs, beta, missing=i) for i in range(n)]
+    labels = torch.cat([e.test_y for e in zoo.experts]).numpy()
+    expert_outs = np.stack([coin.outputs(m.to(device), all_x.to(device)).cpu().numpy() for m in zoo.models])
+    coded_outs = np.stack([coin.outputs(m.to(device).eval(), all_x.to(device)).cpu().numpy()
+                           for m in coded_models])
     offsets = np.cumsum([0] + [len(e.test_x) for e in zoo.experts])
-    direct_ok, decoded_ok = [], []
-    for i in range(n):
-        part = slice(offsets[i], offsets[i + 1])
-        direct_ok.append(outs[i][part].argmax(1).numpy() == all_y[part])
-        decoded_ok.append(decoded[i][part].argmax(1).numpy() == all_y[part])
-    probs = [o.softmax(1) for o in outs]
-    full = sum(probs).argmax(1).numpy() == all_y
-    ens_dec = np.stack([
-        (sum(p for j, p in enumerate(probs) if j != i) + decoded[i].softmax(1)).argmax(1).numpy() == all_y
-        for i in range(n)
-    ])
+    answers = AnswerTables(labels, offsets, expert_outs, coded_outs, matrix)
+    names = [e.name for e in zoo.experts]
 
     profile: dict[str, np.ndarray] = {}
     spec = scenario.profile
-    for name, model in [*((e.name, e.model) for e in zoo.experts), ("coded", coded_model)]:
+    for name, model in [*((e.name, e.model) for e in zoo.experts), ("coded", coded_models[0])]:
         profile[name] = profile_latency(model, all_x, device, spec.batch_size, spec.warmup, spec.samples,
                                         seed=scenario.seed, threads=spec.threads)
     timings["forward_and_profile_s"] = time.perf_counter() - started - timings["models_s"] - timings["coding_s"]
     experts = [{"name": e.name, "partition": e.partition, "accuracy": e.accuracy} for e in zoo.experts]
-    served = {**{e.name: e.model for e in zoo.experts}, "coded": coded_model}
-    return NetworkFacts(experts, pd.DataFrame(rows), AnswerTables(direct_ok, decoded_ok, full, ens_dec),
-                        profile, str(device), scenario.coding.method, timings, served,
-                        [e.test_x for e in zoo.experts])
+    served = {**{e.name: e.model for e in zoo.experts}, "coded": coded_models[0]}
+    return NetworkFacts(experts, pd.DataFrame(rows), answers, profile, str(device), scenario.coding.method,
+                        timings, served, [e.test_x for e in zoo.experts],
+                        _multi_decode_table(answers, names) if matrix.shape[0] > 1 else [])
+
+
+def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int) -> np.ndarray:
+    """Per simulated query: was what the system answered right?"""
+    model = records["model"].to_numpy()
+    sample = records["sample_id"].to_numpy().astype(np.int64)
+    was_decoded = (records["answered_by"] == "decoded").to_numpy()
+    masks = records["answer_mask"].to_numpy().astype(np.int64)
+    rows = np.where(model >= 0, answers.offsets[np.maximum(model, 0)] + sample, sample)
+    labels = answers.labels[rows]
+    correct = np.zeros(len(records), dtype=bool)
+    routed = model >= 0
+    direct_pred = answers.expert_outs[model[routed], rows[routed]].argmax(-1)
+    correct[routed] = direct_pred == labels[routed]
+    decoded_groups = pd.DataFrame({"model": model, "mask": masks})[was_decoded | (model < 0)]
+    for (m, mask), group in decoded_groups.groupby(["model", "mask"]):
+        index = group.index.to_numpy()
+        back = [b for b in range(n_experts + answers.matrix.shape[0]) if (mask >> b) & 1]
+        missing = [j for j in range(n_experts) if j not in back]
+        coded_back = [b - n_experts for b in back if b >= n_experts]
+        if m >= 0:
+            dec = answers.decoded(missing, coded_back, rows[index])
+            correct[index] = dec[missing.index(m)].argmax(-1) == labels[index]
+        else:
+            outs = answers.expert_outs[:, rows[index]].copy()
+            if missing:
+                outs[missing] = answers.decoded(missing, coded_back, rows[index])
+            correct[index] = _softmax(outs).sum(0).argmax(-1) == labels[index]
+    return correct
 
 
 class LiveForwardTimes:
@@ -198,29 +280,6 @@ def live_check(scenario: Scenario, facts: NetworkFacts, config: SimConfig) -> di
     }
     first = next(iter(per_policy.values()))
     return {"n_queries": n, **first, "per_policy": per_policy}
-
-
-def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int) -> np.ndarray:
-    """Per simulated query: was what the system answered right?"""
-    model = records["model"].to_numpy()
-    sample = records["sample_id"].to_numpy()
-    was_decoded = (records["answered_by"] == "decoded").to_numpy()
-    correct = np.zeros(len(records), dtype=bool)
-    for i in range(n_experts):
-        mine = model == i
-        direct = answers.direct[i][sample[mine]]
-        dec = answers.decoded[i][sample[mine]]
-        correct[mine] = np.where(was_decoded[mine], dec, direct)
-    ens = model < 0
-    if ens.any():
-        mask = records["answer_mask"].to_numpy()[ens].astype(np.int64)
-        s = sample[ens]
-        result = answers.ensemble_full[s].copy()
-        for j in range(n_experts):
-            missing_j = ((mask >> j) & 1) == 0
-            result[missing_j] = answers.ensemble_decoded[j][s[missing_j]]
-        correct[ens] = result
-    return correct
 
 
 def _policy_summary(records: pd.DataFrame, sim_summary: dict[str, Any]) -> dict[str, Any]:
@@ -381,6 +440,12 @@ def run_scenario(
     if facts is not None:
         summary["experts"] = facts.experts
         summary["coded_method"] = facts.coded_name
+        summary["coding_matrix"] = facts.answers.matrix.tolist()
+        if facts.multi_decode:
+            from coin.multicode import worst_condition
+
+            summary["multi_decode"] = facts.multi_decode
+            summary["coding_matrix_worst_condition"] = worst_condition(facts.answers.matrix)
         summary["coding"] = {
             method: {"nda": dict(zip(g["expert"], g["nda"], strict=True)), "nda_avg": float(g["nda"].mean()),
                      "decoded_acc": dict(zip(g["expert"], g["decoded_acc"], strict=True)),

@@ -35,6 +35,7 @@ class CodingSpec(_Strict):
     method: str = "coin"
     compare: list[str] = Field(default_factory=list)
     beta: list[float] | None = None
+    betas: list[list[float]] | None = Field(None, description="r coding-weight vectors, one per coded model")
     samples: int = Field(200, ge=1, description="P, the inputs the coding method may look at")
 
 
@@ -82,6 +83,10 @@ class Scenario(_Strict):
             n = len(self.models.experts)
             if self.coding.beta is not None and len(self.coding.beta) != n:
                 raise ValueError(f"coding.beta has {len(self.coding.beta)} weights for {n} experts")
+            r = max(1, int(self.sim.get("r", 1)))
+            if self.coding.betas is not None and (len(self.coding.betas) != r or
+                                                  any(len(b) != n for b in self.coding.betas)):
+                raise ValueError(f"coding.betas must hold r = {r} vectors of {n} weights")
         else:
             if "n_experts" not in self.sim:
                 raise ValueError("a scenario without [models] needs sim.n_experts and sim.service")
@@ -193,6 +198,13 @@ def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenar
         for method in [scenario.coding.method, *scenario.coding.compare]:
             if method not in known:
                 raise ScenarioError(f"{source}: coding: unknown method '{method}' (known: {', '.join(known)})")
+        from coin.multicode import check_coding_matrix
+
+        for weights in [*([scenario.coding.beta] if scenario.coding.beta else []), *(scenario.coding.betas or [])]:
+            try:
+                check_coding_matrix([weights], scenario.n_experts)
+            except coin.CodingError as error:
+                raise ScenarioError(f"{source}: coding: {error}") from None
     try:
         validate_scenario_sims(scenario)
     except ScenarioError as error:

@@ -54,20 +54,46 @@ def _tiny_networks(cache_dir):
     }
 
 
-def test_join_uses_the_decoded_table_only_for_decoded_answers():
-    answers = AnswerTables(
-        direct=[np.array([True, False]), np.array([True, True, False])],
-        decoded=[np.array([False, True]), np.array([False, False, True])],
-        ensemble_full=np.array([True, False, True, True, False]),
-        ensemble_decoded=np.array([[False] * 5, [True] * 5]),
-    )
+def _tables(r: int = 1, corrupt_coded: bool = False) -> AnswerTables:
+    """Three experts, 4 classes; coded outputs are the exact linear combination (or garbage)."""
+    from coin.multicode import cauchy_coding_matrix
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, size=12)
+    outs = rng.normal(size=(3, 12, 4))
+    outs[:, np.arange(12), labels] += 3.0  # every expert is right everywhere ...
+    outs[1, 5] = 0.0
+    outs[1, 5, (labels[5] + 1) % 4] = 5.0  # ... except expert 1 on row 5
+    matrix = cauchy_coding_matrix(3, r)
+    coded = np.einsum("kj,jsc->ksc", matrix, outs)
+    if corrupt_coded:
+        coded = rng.normal(size=coded.shape) * 10
+    return AnswerTables(labels, np.array([0, 4, 8, 12]), outs, coded, matrix)
+
+
+def test_join_decodes_from_exactly_the_outputs_that_came_back():
     records = pd.DataFrame({
-        "model": [0, 0, 1, 1, -1, -1],
-        "sample_id": [1, 0, 2, 0, 1, 1],
-        "answered_by": ["direct", "decoded", "replica", "decoded", "direct", "decoded"],
-        "answer_mask": [1, 6, 2, 5, 3, 5],  # the last ensemble query lost expert 1 (bit 1)
+        "model": [1, 1, 1, -1, -1],
+        "sample_id": [1, 1, 1, 5, 2],
+        # expert 1 direct (bit 1) / decoded from experts 0, 2 + coded server 3 / same, second coded server 4
+        "answered_by": ["direct", "decoded", "decoded", "direct", "decoded"],
+        "answer_mask": [0b00010, 0b01101, 0b10101, 0b00111, 0b01011],
     })
-    assert join_correctness(records, answers, 2).tolist() == [False, False, False, False, False, True]
+    exact = _tables(r=2)
+    # row 5 is expert 1's sample 1; it gets that wrong, so does its exact decode; ensemble queries stay right
+    assert join_correctness(records, exact, 3).tolist() == [False, False, False, True, True]
+    records.loc[:, "sample_id"] = [0, 0, 0, 0, 0]
+    assert join_correctness(records, exact, 3).tolist() == [True] * 5
+    garbage = _tables(r=2, corrupt_coded=True)
+    decoded_ok = join_correctness(records, garbage, 3)
+    assert decoded_ok[0] and decoded_ok[3] and not decoded_ok[1:3].all()
+
+
+def test_two_missing_outputs_are_recovered_with_two_coded_models():
+    exact = _tables(r=2)
+    rows = np.arange(12)
+    both = exact.decoded([0, 2], [0, 1], rows)
+    assert np.allclose(both, exact.expert_outs[[0, 2]])
 
 
 def test_sim_only_run_writes_a_complete_folder(tmp_path):
