@@ -179,17 +179,31 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     answers = AnswerTables(labels, offsets, expert_outs, coded_outs, matrix)
     names = [e.name for e in zoo.experts]
 
-    profile: dict[str, np.ndarray] = {}
     spec = scenario.profile
-    for name, model in [*((e.name, e.model) for e in zoo.experts), ("coded", coded_models[0])]:
-        profile[name] = profile_latency(model, all_x, device, spec.batch_size, spec.warmup, spec.samples,
-                                        seed=scenario.seed, threads=spec.threads)
+    served_models = [*((e.name, e.model) for e in zoo.experts), ("coded", coded_models[0])]
+    if spec.replay is not None:
+        profile = read_profile(Path(spec.replay).expanduser(), [name for name, _ in served_models])
+    else:
+        profile = {name: profile_latency(model, all_x, device, spec.batch_size, spec.warmup, spec.samples,
+                                         seed=scenario.seed, threads=spec.threads)
+                   for name, model in served_models}
     timings["forward_and_profile_s"] = time.perf_counter() - started - timings["models_s"] - timings["coding_s"]
     experts = [{"name": e.name, "partition": e.partition, "accuracy": e.accuracy} for e in zoo.experts]
     served = {**{e.name: e.model for e in zoo.experts}, "coded": coded_models[0]}
     return NetworkFacts(experts, pd.DataFrame(rows), answers, profile, str(device), scenario.coding.method,
                         timings, served, [e.test_x for e in zoo.experts],
                         _multi_decode_table(answers, names) if matrix.shape[0] > 1 else [])
+
+
+def read_profile(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Latency samples saved by an earlier run, so a run can be repeated number for number."""
+    table = pd.read_csv(folder / "profile.csv")
+    missing = [n for n in names if n not in set(table["model"])]
+    if missing:
+        from scenarios.schema import ScenarioError
+
+        raise ScenarioError(f"profile.replay: {folder / 'profile.csv'} has no samples for {', '.join(missing)}")
+    return {n: table.loc[table["model"] == n, "ms"].to_numpy() for n in names}
 
 
 def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int) -> np.ndarray:
@@ -471,6 +485,8 @@ def run_scenario(
         sweep.to_parquet(tmp / "sweep.parquet", index=False)
         if facts is not None:
             facts.nda.to_csv(tmp / "nda.csv", index=False)
+            pd.DataFrame([(name, ms) for name, times in facts.profile_ms.items() for ms in times],
+                         columns=["model", "ms"]).to_csv(tmp / "profile.csv", index=False)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -48,6 +48,15 @@ class ProfileSpec(_Strict):
     samples: int = Field(200, ge=5)
     live_check_queries: int = Field(0, ge=0, description="also replay this many queries with live forward passes")
     threads: int = Field(1, ge=1, description="CPU threads per served network while timing (one core per server)")
+    replay: Path | None = Field(None, description="reuse profile.csv of an earlier result folder instead of timing")
+
+    @model_validator(mode="after")
+    def _replayable(self) -> ProfileSpec:
+        if self.replay is not None and not (Path(self.replay).expanduser() / "profile.csv").is_file():
+            raise ValueError(f"profile.replay: {self.replay} has no profile.csv")
+        if self.replay is not None and self.mode == "live":
+            raise ValueError("profile.replay and mode = 'live' exclude each other")
+        return self
 
 
 class SweepSpec(_Strict):

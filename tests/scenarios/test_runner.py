@@ -225,6 +225,13 @@ def test_networks_run_joins_real_answers(tmp_path, zoo_cache):
     assert live["n_queries"] == 300 and set(live["per_policy"]) == set(summary["policies"])
     assert all(v > 0 for stats in live["per_policy"].values() for v in stats.values())
 
+    # same seed + the same (replayed) latency profile → the same numbers, query for query
+    raw_again = dict(raw, profile={"replay": str(folder)})
+    again = run_scenario(scenario_from_dict(raw_again), raw_again, tmp_path / "again", quiet=True)
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "nda.csv").drop(columns="encode_seconds"),
+                                  pd.read_csv(again / "nda.csv").drop(columns="encode_seconds"))
+    pd.testing.assert_frame_equal(queries, pd.read_parquet(again / "queries.parquet"))
+
 
 def test_live_mode_times_every_task_with_a_real_forward_pass(tmp_path, zoo_cache):
     raw = _tiny_networks(zoo_cache)
