@@ -111,6 +111,7 @@ def _layers_sq_diag(model, x, transform, weights, chunk_size, max_bytes) -> Para
                     raise _Unsupported("module reused or output not (B, K)")
                 names = list(saved)
                 outs = [saved[n][0][1] for n in names]
+                cache: dict[str, Tensor] = {}
                 scale = None if weights is None else weights[start : start + chunk_size].to(out.dtype).sqrt()
                 # One backward per output k over the whole chunk (the forward is shared): seeding with the
                 # k-th unit vector per sample gives every layer's per-sample output gradient for output k;
@@ -122,7 +123,7 @@ def _layers_sq_diag(model, x, transform, weights, chunk_size, max_bytes) -> Para
                                                 retain_graph=k + 1 < out.shape[1])
                     for name, g in zip(names, grads, strict=True):
                         if g is not None:
-                            _accumulate(mods[name], name, saved[name][0][0], g.detach().unsqueeze(0), acc)
+                            _accumulate(mods[name], name, saved[name][0][0], g.detach().unsqueeze(0), acc, cache)
         return {n: a / x.shape[0] for n, a in acc.items()}
     finally:
         for h in handles:
@@ -133,8 +134,9 @@ def _layers_sq_diag(model, x, transform, weights, chunk_size, max_bytes) -> Para
         model.train(was_training)
 
 
-def _accumulate(mod: nn.Module, name: str, inp: Tensor, g: Tensor, acc: ParamDict) -> None:
-    """Add Σ_{k,b} (per-sample gradient)² of ``mod``'s parameters; g is (K, B, *out_shape)."""
+def _accumulate(mod: nn.Module, name: str, inp: Tensor, g: Tensor, acc: ParamDict, cache: dict) -> None:
+    """Add Σ_{k,b} (per-sample gradient)² of ``mod``'s parameters; g is (K, B, *out_shape). ``cache`` keeps
+    the layer's unfolded input / normalized input across the K output directions of one chunk."""
     pre = f"{name}." if name else ""
     if isinstance(mod, nn.Linear):
         if inp.dim() != 2:
@@ -144,7 +146,10 @@ def _accumulate(mod: nn.Module, name: str, inp: Tensor, g: Tensor, acc: ParamDic
         if mod.bias is not None:
             acc[pre + "bias"] += g2.sum(dim=(0, 1))
     elif isinstance(mod, nn.Conv2d):
-        cols = F.unfold(inp, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
+        if name not in cache:
+            cache[name] = F.unfold(inp, mod.kernel_size, dilation=mod.dilation, padding=mod.padding,
+                                   stride=mod.stride)
+        cols = cache[name]
         gf = g.reshape(g.shape[0], g.shape[1], g.shape[2], -1)  # (K, B, out, L)
         per = torch.einsum("kbol,bil->kboi", gf, cols)  # per-sample, per-output weight gradients
         acc[pre + "weight"] += per.pow(2).sum(dim=(0, 1)).reshape(mod.weight.shape)
@@ -152,7 +157,10 @@ def _accumulate(mod: nn.Module, name: str, inp: Tensor, g: Tensor, acc: ParamDic
             acc[pre + "bias"] += gf.sum(-1).pow(2).sum(dim=(0, 1))
     else:  # eval-mode BatchNorm: y = γ x̂ + β per channel
         shape = [1, -1] + [1] * (inp.dim() - 2)
-        xhat = (inp - mod.running_mean.reshape(shape)) / torch.sqrt(mod.running_var.reshape(shape) + mod.eps)
+        if name not in cache:
+            cache[name] = (inp - mod.running_mean.reshape(shape)) / torch.sqrt(
+                mod.running_var.reshape(shape) + mod.eps)
+        xhat = cache[name]
         gf = g.reshape(g.shape[0], g.shape[1], g.shape[2], -1)
         if mod.weight is not None:
             acc[pre + "weight"] += (gf * xhat.reshape(1, xhat.shape[0], xhat.shape[1], -1)).sum(-1).pow(2).sum(
