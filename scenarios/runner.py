@@ -206,8 +206,16 @@ def read_profile(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
     return {n: table.loc[table["model"] == n, "ms"].to_numpy() for n in names}
 
 
-def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int) -> np.ndarray:
-    """Per simulated query: was what the system answered right?"""
+def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
+                     hosts: list[str] | None = None) -> np.ndarray:
+    """Per simulated query: was what the system answered right?
+
+    `hosts[s]` says what server s runs ('0'..'N-1' an expert or its replica, 'coded', 'spare'); the k-th coded
+    server runs coded model k. Only outputs of servers in a query's answer mask are used for decoding.
+    """
+    r = answers.matrix.shape[0]
+    hosts = hosts or [str(i) for i in range(n_experts)] + ["coded"] * r
+    coded_rank = {s: k for k, s in enumerate(s for s, h in enumerate(hosts) if h == "coded")}
     model = records["model"].to_numpy()
     sample = records["sample_id"].to_numpy().astype(np.int64)
     was_decoded = (records["answered_by"] == "decoded").to_numpy()
@@ -221,9 +229,10 @@ def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: in
     decoded_groups = pd.DataFrame({"model": model, "mask": masks})[was_decoded | (model < 0)]
     for (m, mask), group in decoded_groups.groupby(["model", "mask"]):
         index = group.index.to_numpy()
-        back = [b for b in range(n_experts + answers.matrix.shape[0]) if (mask >> b) & 1]
-        missing = [j for j in range(n_experts) if j not in back]
-        coded_back = [b - n_experts for b in back if b >= n_experts]
+        back = [b for b in range(len(hosts)) if (mask >> b) & 1]
+        experts_back = {int(hosts[b]) for b in back if hosts[b].isdigit()}
+        missing = [j for j in range(n_experts) if j not in experts_back]
+        coded_back = [coded_rank[b] for b in back if b in coded_rank]
         if m >= 0:
             dec = answers.decoded(missing, coded_back, rows[index])
             correct[index] = dec[missing.index(m)].argmax(-1) == labels[index]
@@ -313,7 +322,12 @@ def run_point(config: SimConfig, seed: int, answers: AnswerTables | None) -> tup
     result = simulate(config, seed)
     records = result.records
     if answers is not None:
-        records["correct"] = join_correctness(records, answers, config.n_experts)
+        records["correct"] = False
+        for policy, servers in result.servers.groupby("policy", sort=False):
+            mine = (records["policy"] == policy).to_numpy()
+            hosts = [str(h) for h in servers.sort_values("server")["hosts"]]
+            records.loc[mine, "correct"] = join_correctness(records[mine].reset_index(drop=True), answers,
+                                                            config.n_experts, hosts)
     summary = {
         policy: _policy_summary(records[records["policy"] == policy], result.summary[policy])
         for policy in result.summary

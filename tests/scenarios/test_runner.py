@@ -89,6 +89,18 @@ def test_join_decodes_from_exactly_the_outputs_that_came_back():
     assert decoded_ok[0] and decoded_ok[3] and not decoded_ok[1:3].all()
 
 
+def test_replica_outputs_are_their_experts_outputs_not_coded_ones():
+    garbage = _tables(r=2, corrupt_coded=True)
+    records = pd.DataFrame({
+        "model": [-1, -1],
+        "sample_id": [0, 4],
+        "answered_by": ["replica", "replica"],
+        "answer_mask": [0b01110, 0b10101],  # a replica of expert 0 (server 3) / of expert 1 (server 4) answered
+    })
+    hosts = ["0", "1", "2", "0", "1"]
+    assert join_correctness(records, garbage, 3, hosts).tolist() == [True, True]
+
+
 def test_two_missing_outputs_are_recovered_with_two_coded_models():
     exact = _tables(r=2)
     rows = np.arange(12)
