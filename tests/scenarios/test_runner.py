@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from scenarios.cli import cli
 from scenarios.runner import AnswerTables, join_correctness, run_scenario
 from scenarios.schema import ScenarioError, load_scenario, scenario_from_dict
+from tests.conftest import tiny_zoo_table
 
 SIM_ONLY = {
     "name": "simonly",
@@ -32,16 +33,7 @@ def _tiny_networks(cache_dir):
         "name": "tinyrun",
         "seed": 0,
         "device": "cpu",
-        "models": {
-            "network": {"width": 8},
-            "base": {"fraction": 0.3, "train": {"epochs": 2, "lr": 3e-3}},
-            "finetune": {"epochs": 2, "lr": 2e-3},
-            "experts": [
-                {"name": "low", "dataset": "mnist5k", "labels": [0, 1, 2, 3, 4]},
-                {"name": "high", "dataset": "mnist5k", "labels": [5, 6, 7, 8, 9]},
-            ],
-            "cache_dir": str(cache_dir),
-        },
+        "models": tiny_zoo_table(cache_dir),
         "coding": {"method": "coin", "compare": ["vanilla"], "samples": 50},
         "profile": {"warmup": 2, "samples": 30, "live_check_queries": 300},
         "sim": {
@@ -206,9 +198,9 @@ def test_paper_scenarios_run_validation_when_the_data_root_exists(tmp_path):
     assert [e.dataset for e in scenario.models.experts] == ["cifar10", "mnist"]
 
 
-@pytest.fixture(scope="module")
-def zoo_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("runner-zoo")
+@pytest.fixture
+def zoo_cache(tiny_cache):
+    return tiny_cache
 
 
 def test_networks_run_joins_real_answers(tmp_path, zoo_cache):
