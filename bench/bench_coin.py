@@ -94,8 +94,8 @@ def bench_fisher(samples: int, loop_samples: int, repeats: int) -> dict[str, flo
 
 
 def bench_encode(coded_samples: int) -> dict[str, float]:
-    from models.config import load_zoo_config
     from models.zoo import build_zoo
+    from scenarios.schema import load_zoo_config
 
     zoo = build_zoo(load_zoo_config("quickstart"), device="cpu", progress=False)
     beta = [0.5, 0.5]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import tomllib
-from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -146,27 +145,15 @@ def _format_validation(error: ValidationError, source: str) -> str:
     return f"{source}: {where}: {message}"
 
 
-def builtin_names() -> list[str]:
-    folder = resources.files("scenarios") / "builtin"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
-
-
-def read_toml(name_or_path: str | Path) -> tuple[dict, str]:
-    """TOML table from a file path or a built-in scenario name; (data, source label)."""
-    path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such file")
-        text, source = path.read_text(encoding="utf-8"), str(path)
-    else:
-        resource = resources.files("scenarios") / "builtin" / f"{name_or_path}.toml"
-        if not resource.is_file():
-            raise ConfigError(f"unknown scenario '{name_or_path}' (built-in: {', '.join(builtin_names())})")
-        text, source = resource.read_text(encoding="utf-8"), f"scenario '{name_or_path}'"
+def read_zoo_file(path: str | Path) -> tuple[dict, str]:
+    """TOML table of a zoo or scenario file; (data, source label)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file")
     try:
-        return tomllib.loads(text), source
+        return tomllib.loads(path.read_text(encoding="utf-8")), str(path)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{source}: malformed TOML: {error}") from None
+        raise ConfigError(f"{path}: malformed TOML: {error}") from None
 
 
 def zoo_config_from_dict(data: dict, source: str = "config", overrides: dict | None = None) -> ZooConfig:
@@ -183,9 +170,7 @@ def zoo_config_from_dict(data: dict, source: str = "config", overrides: dict | N
         raise ConfigError(_format_validation(error, source)) from None
 
 
-def load_zoo_config(name_or_path: str | Path = "quickstart", **overrides) -> ZooConfig:
-    """ZooConfig from a built-in scenario name or a TOML file; keyword overrides win (e.g. seed=1)."""
-    data, source = read_toml(name_or_path)
-    if isinstance(name_or_path, str) and source.startswith("scenario"):
-        data.setdefault("name", name_or_path)
+def load_zoo_config(path: str | Path, **overrides) -> ZooConfig:
+    """ZooConfig from a TOML file (built-in scenarios are resolved by name in `scenarios`)."""
+    data, source = read_zoo_file(path)
     return zoo_config_from_dict(data, source, {k: v for k, v in overrides.items() if v is not None})

@@ -77,8 +77,8 @@ def models_train(ctx: click.Context, config: str, seed: int | None, cache_dir: P
     """Train (or fetch from the cache) the base model and every expert, then print a table."""
     import time
 
-    from models.config import load_zoo_config
     from models.zoo import build_zoo
+    from scenarios.schema import load_zoo_config
 
     zoo_config = load_zoo_config(config, seed=seed, cache_dir=cache_dir)
     started = time.perf_counter()

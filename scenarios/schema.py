@@ -12,12 +12,14 @@ Everything is validated up front, sweep points included, so a bad file never sta
 from __future__ import annotations
 
 import copy
+import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.config import ConfigError, ZooConfig, read_toml, zoo_config_from_dict
+from models.config import ConfigError, ZooConfig, read_zoo_file, zoo_config_from_dict
 from sim import SimConfig, SimConfigError, parse_config
 
 
@@ -219,6 +221,31 @@ def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenar
     except ScenarioError as error:
         raise ScenarioError(f"{source}: {error}") from None
     return scenario
+
+
+def builtin_names() -> list[str]:
+    """Names of the scenarios shipped inside the package (scenarios/builtin/*.toml)."""
+    folder = resources.files("scenarios") / "builtin"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_toml(name_or_path: str | Path) -> tuple[dict, str]:
+    """TOML table from a file path or a built-in scenario name; (data, source label)."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        return read_zoo_file(path)
+    resource = resources.files("scenarios") / "builtin" / f"{name_or_path}.toml"
+    if not resource.is_file():
+        raise ConfigError(f"unknown scenario '{name_or_path}' (built-in: {', '.join(builtin_names())})")
+    data = tomllib.loads(resource.read_text(encoding="utf-8"))
+    data.setdefault("name", str(name_or_path))
+    return data, f"scenario '{name_or_path}'"
+
+
+def load_zoo_config(name_or_path: str | Path = "quickstart", **overrides) -> ZooConfig:
+    """The [models] table of a built-in scenario or TOML file; keyword overrides win (e.g. seed=1)."""
+    data, source = read_toml(name_or_path)
+    return zoo_config_from_dict(data, source, {k: v for k, v in overrides.items() if v is not None})
 
 
 def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Scenario, dict]:

@@ -89,14 +89,7 @@ def test_same_seed_same_weights_different_seed_different(tmp_path):
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
 
-def test_builtin_scenarios_and_config_errors(tmp_path):
-    quick = load_zoo_config("quickstart")
-    assert [e.labels for e in quick.experts] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
-    assert load_zoo_config("quickstart", seed=4).seed == 4
-    pair = load_zoo_config("dataset-pair")
-    assert [e.dataset for e in pair.experts] == ["mnist5k", "digits"]
-    with pytest.raises(ConfigError, match="unknown scenario"):
-        load_zoo_config("nope")
+def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="at least 2"):
         zoo_config_from_dict({"experts": [{"name": "a", "dataset": "digits"}]})
     with pytest.raises(ConfigError, match="unique"):
@@ -105,3 +98,6 @@ def test_builtin_scenarios_and_config_errors(tmp_path):
     bad.write_text("[models\n")
     with pytest.raises(ConfigError, match="malformed TOML"):
         load_zoo_config(bad)
+    good = tmp_path / "zoo.toml"
+    good.write_text('seed = 3\n[models]\nexperts = [{name="a", dataset="digits"}, {name="b", dataset="mnist5k"}]\n')
+    assert load_zoo_config(good).seed == 3 and load_zoo_config(good, seed=4).seed == 4

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from scenarios.cli import cli
 from scenarios.runner import AnswerTables, join_correctness, run_scenario
-from scenarios.schema import ScenarioError, load_scenario, scenario_from_dict
+from scenarios.schema import ScenarioError, builtin_names, load_scenario, load_zoo_config, scenario_from_dict
 from tests.conftest import tiny_zoo_table
 
 SIM_ONLY = {
@@ -179,8 +179,6 @@ def test_cli_bad_scenario_is_one_line_exit_2_and_writes_nothing(tmp_path):
 
 
 def test_builtin_scenarios_validate():
-    from models.config import builtin_names
-
     names = builtin_names()
     wanted = {"quickstart", "negative-correlation", "ensemble", "dataset-pair", "paper-table1", "paper-table2"}
     assert wanted <= set(names)
@@ -257,3 +255,12 @@ def test_live_mode_times_every_task_with_a_real_forward_pass(tmp_path, zoo_cache
     times = config.service.experts[int(first["model"])]._times
     assert first["latency_ms"] == pytest.approx(times[0])
     assert set(result.records["policy"]) == {"uncoded", "coded"}
+
+
+def test_builtin_zoo_tables():
+    quick = load_zoo_config("quickstart")
+    assert [e.labels for e in quick.experts] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert load_zoo_config("quickstart", seed=4).seed == 4
+    assert [e.dataset for e in load_zoo_config("dataset-pair").experts] == ["mnist5k", "digits"]
+    with pytest.raises(ValueError, match="unknown scenario"):
+        load_zoo_config("nope")
