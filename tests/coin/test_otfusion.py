@@ -291,3 +291,18 @@ def test_bad_input_raises_coding_error() -> None:
 
     with pytest.raises(coin.CodingError, match="weight sharing"):
         plan_alignment(Shared())
+
+
+def test_torchvision_resnet18_alignment_keeps_function() -> None:
+    """In-place residual sums (``out += identity``), ``torch.flatten`` and downsample shortcuts."""
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    a = resnet18(num_classes=5).eval()
+    torch.manual_seed(1)
+    b = resnet18(num_classes=5).eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    al = align(a, b)
+    assert al.is_permutation and al.identity_fraction < 0.1
+    assert torch.allclose(al.model(x), b(x), atol=1e-4)
+    assert len(plan_alignment(a).spaces) == 12  # 4 residual streams + 8 block-internal spaces
