@@ -138,11 +138,15 @@ class ZooConfig(_Strict):
         return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
 
 
-def _format_validation(error: ValidationError, source: str) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "top level"
-    message = first["msg"].removeprefix("Value error, ")
-    return f"{source}: {where}: {message}"
+def validation_problems(error: ValidationError) -> list[str]:
+    """Every problem pydantic found, as 'a.b: message'."""
+    return [f"{'.'.join(str(p) for p in item['loc']) or 'top level'}: {item['msg'].removeprefix('Value error, ')}"
+            for item in error.errors()]
+
+
+def format_validation(error: ValidationError, source: str) -> str:
+    """All problems on one line: 'source: a.b: message; c: message'."""
+    return f"{source}: " + "; ".join(validation_problems(error))
 
 
 def read_zoo_file(path: str | Path) -> tuple[dict, str]:
@@ -167,7 +171,7 @@ def zoo_config_from_dict(data: dict, source: str = "config", overrides: dict | N
     try:
         return ZooConfig.model_validate(table)
     except ValidationError as error:
-        raise ConfigError(_format_validation(error, source)) from None
+        raise ConfigError(format_validation(error, source)) from None
 
 
 def load_zoo_config(path: str | Path, **overrides) -> ZooConfig:

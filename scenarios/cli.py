@@ -131,34 +131,110 @@ def _parse_sets(items: tuple[str, ...]) -> dict:
     return out
 
 
-@cli.command("run")
-@click.argument("scenario", default="quickstart")
-@click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
-              help="Results go to OUT/<scenario>/<timestamp>/.")
-@click.option("--seed", type=int, default=None, help="Override the scenario's seed.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a scenario field, e.g. sim.n_queries=5000")
-@click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)")
-@click.option("--no-report", is_flag=True, help="Skip figures and the HTML report.")
-@click.pass_context
-def run(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
-        device: str | None, no_report: bool) -> None:
-    """Run SCENARIO (a built-in name or a TOML file): experts, coding, simulation, joined per query."""
-    from scenarios.runner import run_scenario
-    from scenarios.schema import load_scenario
+def _run_options(command):
+    """Options shared by `run` and `sweep`."""
+    options = [
+        click.argument("scenario", default="quickstart"),
+        click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"),
+                     show_default=True, help="Results go to OUT/<scenario>/<timestamp>/."),
+        click.option("--seed", type=int, default=None, help="Override the scenario's seed."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override a scenario field, e.g. sim.n_queries=5000"),
+        click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)"),
+        click.option("--no-report", is_flag=True, help="Skip figures and the HTML report."),
+        click.option("--resume", is_flag=True, help="Continue an interrupted run of the same scenario."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
+
+def _overrides(sets: tuple[str, ...], seed: int | None, device: str | None) -> dict:
     overrides = _parse_sets(sets)
     if seed is not None:
         overrides["seed"] = seed
         overrides["models.seed"] = seed
     if device is not None:
         overrides["device"] = device
+    return overrides
+
+
+def _run(ctx: click.Context, scenario: str, overrides: dict, out_root: Path, no_report: bool, resume: bool) -> None:
+    from scenarios.runner import run_scenario
+    from scenarios.schema import load_scenario
+
     config, raw = load_scenario(scenario, overrides)
     render = None
     if not no_report:
         from reports import render
-    folder = run_scenario(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render)
+    folder = run_scenario(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render, resume=resume)
     _print_run_summary(folder)
+
+
+@cli.command("run")
+@_run_options
+@click.pass_context
+def run(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
+        device: str | None, no_report: bool, resume: bool) -> None:
+    """Run SCENARIO (a built-in name or a TOML file): experts, coding, simulation, joined per query."""
+    _run(ctx, scenario, _overrides(sets, seed, device), out_root, no_report, resume)
+
+
+@cli.command("sweep")
+@_run_options
+@click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2,...", required=True,
+              help="A sim field and its values, e.g. stragglers.p=0,0.05,0.1; several --grid make a product.")
+@click.option("--workers", type=int, default=None, help="Worker processes (default: the scenario's, or 1).")
+@click.option("--scheduler", default=None, help="Run the points on the Dask scheduler at this address.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+              help="local process pool, or Dask (a LocalCluster unless --scheduler is given).")
+@click.pass_context
+def sweep(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
+          device: str | None, no_report: bool, resume: bool, grids: tuple[str, ...], workers: int | None,
+          scheduler: str | None, executor: str | None) -> None:
+    """Run SCENARIO at every point of a grid; the experts and coded models are built once for all points."""
+    overrides = _overrides(sets, seed, device)
+    grid = {}
+    for item in grids:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise click.UsageError(f"--grid expects KEY=V1,V2,..., got '{item}'")
+        grid[key.strip()] = [_parse_sets((f"v={v}",))["v"] for v in text.split(",")]
+    overrides["sweep.axis"] = None
+    overrides["sweep.values"] = None
+    overrides["sweep.grid"] = grid
+    if workers is not None:
+        overrides["sweep.workers"] = workers
+    if scheduler is not None:
+        overrides["sweep.scheduler"] = scheduler
+        overrides["sweep.executor"] = "dask"
+    if executor is not None:
+        overrides["sweep.executor"] = executor
+    _run(ctx, scenario, overrides, out_root, no_report, resume)
+
+
+@cli.command("scenarios")
+def scenarios_list() -> None:
+    """List the built-in scenarios."""
+    from scenarios.schema import builtin_names, read_toml
+
+    rows = []
+    for name in builtin_names():
+        data, _ = read_toml(name)
+        rows.append((name, data.get("description", "")))
+    _print_table(["scenario", "description"], rows)
+
+
+@cli.command("validate")
+@click.argument("scenario")
+def validate(scenario: str) -> None:
+    """Check a scenario file (or built-in name) without running anything."""
+    from scenarios.schema import load_scenario
+
+    config, _ = load_scenario(scenario)
+    points = len(config.sweep_points())
+    click.echo(f"{scenario}: ok ({config.n_experts} experts, {points} point(s), "
+               f"{len(config.sim.get('policies', []))} policies)")
 
 
 def _print_run_summary(folder: Path) -> None:

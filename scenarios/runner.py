@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 import tomli_w
 
-from scenarios.schema import Scenario, sim_config_for
+from scenarios.schema import Scenario, axis_column, sim_config_for
 from sim import SimConfig, simulate
 
 LATENCY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms")
@@ -195,6 +195,11 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
                         _multi_decode_table(answers, names) if matrix.shape[0] > 1 else [])
 
 
+def _profile_frame(facts: NetworkFacts) -> pd.DataFrame:
+    return pd.DataFrame([(name, ms) for name, times in facts.profile_ms.items() for ms in times],
+                        columns=["model", "ms"])
+
+
 def read_profile(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
     """Latency samples saved by an earlier run, so a run can be repeated number for number."""
     table = pd.read_csv(folder / "profile.csv")
@@ -335,25 +340,73 @@ def run_point(config: SimConfig, seed: int, answers: AnswerTables | None) -> tup
     return records, summary
 
 
-def _execute(points: list[tuple[Any, SimConfig]], seed: int, answers: AnswerTables | None, scenario: Scenario,
-             quiet: bool) -> list[tuple[pd.DataFrame, dict]]:
-    """Run the sweep points: in this process, on local worker processes, or on a Dask cluster."""
-    sweep = scenario.sweep
-    in_process = sweep is None or (sweep.executor == "local" and sweep.workers == 1) or len(points) == 1
-    if in_process or scenario.profile.mode == "live":  # live forward passes need this process's networks
-        out = []
-        for value, config in points:
-            if sweep is not None:
-                _say(f"simulating {sweep.axis} = {value}", quiet)
-            out.append(run_point(config, seed, answers))
-        return out
-    if sweep.executor == "local":
-        from concurrent.futures import ProcessPoolExecutor
+class PointStore:
+    """Finished sweep points on disk, so an interrupted sweep resumes without redoing them.
 
-        with ProcessPoolExecutor(max_workers=sweep.workers) as pool:
-            futures = [pool.submit(run_point, config, seed, answers) for _, config in points]
-            return [f.result() for f in futures]
-    from dask.distributed import Client, LocalCluster
+    Lives in a hidden work folder next to the results, named by a hash of the resolved scenario; a point counts
+    as finished once its summary JSON exists, which is written (atomically) after its records.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _paths(self, index: int) -> tuple[Path, Path]:
+        return self.folder / f"point-{index:04d}.parquet", self.folder / f"point-{index:04d}.json"
+
+    def done(self, index: int) -> bool:
+        return self._paths(index)[1].is_file()
+
+    def save(self, index: int, records: pd.DataFrame, summary: dict[str, Any]) -> None:
+        table, meta = self._paths(index)
+        _atomic_write(table, lambda path: records.to_parquet(path, index=False))
+        _atomic_write(meta, lambda path: path.write_text(json.dumps(_jsonable(summary))))
+
+    def load(self, index: int) -> tuple[pd.DataFrame, dict[str, Any]]:
+        table, meta = self._paths(index)
+        return pd.read_parquet(table), json.loads(meta.read_text())
+
+
+def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _execute(points: list[tuple[dict[str, Any], SimConfig]], seed: int, answers: AnswerTables | None,
+             scenario: Scenario, store: PointStore, quiet: bool) -> None:
+    """Run every unfinished point — in this process, on local worker processes, or on a Dask cluster — and
+    store each as soon as it is done."""
+    from tqdm import tqdm
+
+    todo = [i for i in range(len(points)) if not store.done(i)]
+    if len(todo) < len(points):
+        _say(f"resuming: {len(points) - len(todo)} of {len(points)} point(s) already done", quiet)
+    bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="sweep", unit="point", file=sys.stderr,
+               disable=quiet or not sys.stderr.isatty() or len(points) == 1)
+    sweep = scenario.sweep
+    in_process = sweep is None or (sweep.executor == "local" and sweep.workers == 1) or len(todo) <= 1
+    try:
+        if in_process or scenario.profile.mode == "live":  # live forward passes need this process's networks
+            for i in todo:
+                store.save(i, *run_point(points[i][1], seed, answers))
+                bar.update(1)
+        elif sweep.executor == "local":
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(max_workers=sweep.workers) as pool:
+                futures = {pool.submit(run_point, points[i][1], seed, answers): i for i in todo}
+                for future in as_completed(futures):
+                    store.save(futures[future], *future.result())
+                    bar.update(1)
+        else:
+            _execute_on_dask(points, todo, seed, answers, sweep, store, bar)
+    finally:
+        bar.close()
+
+
+def _execute_on_dask(points, todo, seed, answers, sweep, store: PointStore, bar) -> None:
+    from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if sweep.scheduler:
@@ -364,8 +417,10 @@ def _execute(points: list[tuple[Any, SimConfig]], seed: int, answers: AnswerTabl
         client = Client(cluster)
     try:
         shared = client.scatter(answers, broadcast=True) if answers is not None else None
-        futures = [client.submit(run_point, config, seed, shared, pure=False) for _, config in points]
-        return client.gather(futures)
+        futures = {client.submit(run_point, points[i][1], seed, shared, pure=False): i for i in todo}
+        for future in as_completed(futures):
+            store.save(futures[future], *future.result())
+            bar.update(1)
     finally:
         client.close()
         if cluster is not None:
@@ -381,14 +436,14 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None) -> list[
         coded_service = {"kind": "empirical", "samples_ms": facts.profile_ms["coded"].tolist()}
         pools = facts.answers.pools
     configs = []
-    for value, table in scenario.sweep_points():
+    for values, table in scenario.sweep_points():
         config = sim_config_for(scenario, table, expert_service, coded_service, pools)
         if pools is not None:
             config = config.model_copy(update={"traffic": config.traffic.model_copy(
                 update={"ensemble_sample_pool": int(sum(pools))})})
         if facts is not None and scenario.profile.mode == "live":
             config = live_config(config, facts, scenario.seed, scenario.profile.threads)
-        configs.append((value, config))
+        configs.append((values, config))
     return configs
 
 
@@ -422,31 +477,55 @@ def _clean_toml(value: Any) -> Any:
     return value
 
 
+def _work_folder(out_root: Path, scenario_name: str, raw: dict[str, Any]) -> Path:
+    """Where an unfinished run keeps its finished points: keyed by the resolved scenario, hidden."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(_jsonable(raw), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return out_root / scenario_name / f".unfinished-{digest}"
+
+
 def run_scenario(
     scenario: Scenario,
     raw: dict[str, Any],
     out_root: Path = Path("results"),
     quiet: bool = False,
     render: Callable[[Path], Path] | None = None,
+    resume: bool = False,
 ) -> Path:
-    """Run a validated scenario end to end and return its result folder (written atomically)."""
+    """Run a validated scenario end to end and return its result folder (written atomically).
+
+    Finished sweep points are kept in a hidden work folder until the whole run is assembled; with `resume`, a
+    run of the same resolved scenario that was interrupted continues where it stopped (with the latency
+    profile it had measured, so old and new points agree).
+    """
     started = time.perf_counter()
+    work = _work_folder(out_root, scenario.name, raw)
+    if not resume:
+        shutil.rmtree(work, ignore_errors=True)
+    store = PointStore(work)
+    if scenario.models is not None and resume and (work / "profile.csv").is_file():
+        scenario = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"replay": work})})
     facts = prepare_networks(scenario, quiet) if scenario.models is not None else None
+    if facts is not None and not (work / "profile.csv").is_file():
+        _atomic_write(work / "profile.csv", lambda path: _profile_frame(facts).to_csv(path, index=False))
     points = build_point_configs(scenario, facts)
     _say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", quiet)
     sim_started = time.perf_counter()
-    results = _execute(points, scenario.seed, facts.answers if facts else None, scenario, quiet)
+    _execute(points, scenario.seed, facts.answers if facts else None, scenario, store, quiet)
     sim_seconds = time.perf_counter() - sim_started
+    results = [store.load(i) for i in range(len(points))]
 
-    column = scenario.sweep.column if scenario.sweep else None
+    columns = scenario.sweep.columns if scenario.sweep else []
     frames, sweep_rows = [], []
-    for index, ((value, _), (records, summary)) in enumerate(zip(points, results, strict=True)):
+    for index, ((values, _), (records, summary)) in enumerate(zip(points, results, strict=True)):
+        coords = {axis_column(axis): value for axis, value in values.items()}
         records.insert(0, "point", index)
-        if column:
-            records.insert(1, column, value)
+        for position, (column, value) in enumerate(coords.items(), start=1):
+            records.insert(position, column, value)
         frames.append(records)
         for policy, stats in summary.items():
-            sweep_rows.append({"point": index, **({column: value} if column else {}), "policy": policy, **stats})
+            sweep_rows.append({"point": index, **coords, "policy": policy, **stats})
     queries = pd.concat(frames, ignore_index=True)
     sweep = pd.DataFrame(sweep_rows)
 
@@ -457,8 +536,11 @@ def run_scenario(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "versions": _versions(),
         "device": facts.device if facts else "n/a",
-        "sweep_axis": column,
-        "policies": results[-1][1],
+        "sweep_axis": columns[0] if columns else None,
+        "sweep_axes": columns,
+        "policies": {policy: {**stats, "latency_ms": {key.removesuffix("_ms"): stats[key] for key in LATENCY_KEYS
+                                                     if key in stats}}
+                     for policy, stats in results[-1][1].items()},
         "timings": {**(facts.timings if facts else {}), "simulation_s": sim_seconds,
                     "total_s": time.perf_counter() - started},
     }
@@ -499,11 +581,11 @@ def run_scenario(
         sweep.to_parquet(tmp / "sweep.parquet", index=False)
         if facts is not None:
             facts.nda.to_csv(tmp / "nda.csv", index=False)
-            pd.DataFrame([(name, ms) for name, times in facts.profile_ms.items() for ms in times],
-                         columns=["model", "ms"]).to_csv(tmp / "profile.csv", index=False)
+            _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     if render is not None:
         try:
             render(final)

@@ -12,6 +12,7 @@ Everything is validated up front, sweep points included, so a bad file never sta
 from __future__ import annotations
 
 import copy
+import itertools
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from models.config import ConfigError, ZooConfig, read_zoo_file, zoo_config_from_dict
+from models.config import ConfigError, ZooConfig, read_zoo_file, validation_problems, zoo_config_from_dict
 from sim import SimConfig, SimConfigError, parse_config
 
 
@@ -61,20 +62,43 @@ class ProfileSpec(_Strict):
         return self
 
 
-class SweepSpec(_Strict):
-    """A one-axis sweep over a field of the [sim] table, e.g. axis = 'stragglers.p'."""
+AXIS_COLUMNS = {"stragglers.p": "straggler_p", "traffic.load": "load", "traffic.strength": "traffic_strength"}
 
-    axis: str
-    values: list[Any] = Field(min_length=1)
+
+def axis_column(axis: str) -> str:
+    """Column name of a sweep axis in result tables: 'stragglers.p' → 'straggler_p'."""
+    return AXIS_COLUMNS.get(axis, axis.replace(".", "_"))
+
+
+class SweepSpec(_Strict):
+    """A grid over fields of the [sim] table: `axis` + `values` for one axis, or `grid` for several
+    (every combination is a point)."""
+
+    axis: str | None = None
+    values: list[Any] | None = None
+    grid: dict[str, list[Any]] | None = None
     executor: Literal["local", "dask"] = "local"
     workers: int = Field(1, ge=1)
     scheduler: str | None = Field(None, description="address of a running Dask scheduler (else a local cluster)")
 
+    @model_validator(mode="after")
+    def _one_form(self) -> SweepSpec:
+        if (self.axis is None) != (self.values is None):
+            raise ValueError("sweep: give axis and values together")
+        if self.axis is not None and self.grid is not None:
+            raise ValueError("sweep: give either axis + values or grid, not both")
+        if self.axis is None and not self.grid:
+            raise ValueError("sweep: needs axis + values or a grid")
+        if any(not v for v in self.axes().values()):
+            raise ValueError("sweep: every axis needs at least one value")
+        return self
+
+    def axes(self) -> dict[str, list[Any]]:
+        return {self.axis: list(self.values or [])} if self.axis is not None else dict(self.grid or {})
+
     @property
-    def column(self) -> str:
-        """Column name in sweep tables: 'stragglers.p' → 'straggler_p'."""
-        known = {"stragglers.p": "straggler_p", "traffic.load": "load", "traffic.strength": "traffic_strength"}
-        return known.get(self.axis, self.axis.replace(".", "_"))
+    def columns(self) -> list[str]:
+        return [axis_column(a) for a in self.axes()]
 
 
 class Scenario(_Strict):
@@ -107,15 +131,17 @@ class Scenario(_Strict):
     def n_experts(self) -> int:
         return len(self.models.experts) if self.models is not None else int(self.sim["n_experts"])
 
-    def sweep_points(self) -> list[tuple[Any, dict[str, Any]]]:
-        """(axis value, sim table) for every point; one point with value None when there is no sweep."""
+    def sweep_points(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """({axis: value}, sim table) for every grid point; one point with no values when not sweeping."""
         if self.sweep is None:
-            return [(None, copy.deepcopy(self.sim))]
+            return [({}, copy.deepcopy(self.sim))]
+        axes = self.sweep.axes()
         points = []
-        for value in self.sweep.values:
+        for combo in itertools.product(*axes.values()):
             table = copy.deepcopy(self.sim)
-            set_path(table, self.sweep.axis, value)
-            points.append((value, table))
+            for axis, value in zip(axes, combo, strict=True):
+                set_path(table, axis, value)
+            points.append((dict(zip(axes, combo, strict=True)), table))
         return points
 
 
@@ -174,7 +200,7 @@ _PLACEHOLDER_SERVICE = {"kind": "exponential", "mean_ms": 1.0}
 def validate_scenario_sims(scenario: Scenario) -> None:
     """Build every sweep point's SimConfig with stand-in service times, so sim errors surface before work."""
     n = scenario.n_experts
-    for value, table in scenario.sweep_points():
+    for values, table in scenario.sweep_points():
         try:
             sim_config_for(
                 scenario,
@@ -184,42 +210,55 @@ def validate_scenario_sims(scenario: Scenario) -> None:
                 sample_pools=[1] * n if scenario.models is not None else None,
             )
         except (SimConfigError, ScenarioError) as error:
-            where = f" (sweep {scenario.sweep.axis} = {value!r})" if scenario.sweep else ""
+            where = "".join(f" (sweep {k} = {v!r})" for k, v in values.items())
             raise ScenarioError(f"{str(error).splitlines()[0]}{where}") from None
 
 
 def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenario:
-    """Validate a whole scenario table; every error becomes a one-line ScenarioError."""
+    """Validate a whole scenario table; every problem found goes into one one-line ScenarioError.
+
+    Checks run in layers — the [models] table, the rest of the file, coding methods and weights, then every
+    sweep point's simulator config — and a layer that needs an earlier one only runs once that one passed.
+    """
     data = copy.deepcopy(data)
+    problems: list[str] = []
+    zoo_ok = True
     if "models" in data:
         try:
             data["models"] = zoo_config_from_dict(data, source)
         except ConfigError as error:
-            raise ScenarioError(str(error)) from None
+            problems.extend(str(error).removeprefix(f"{source}: ").split("; "))
+            zoo_ok = False
+    stand_in = dict(data)
+    if not zoo_ok:
+        stand_in.pop("models")
+        stand_in["sim"] = {"n_experts": 1, **(stand_in.get("sim") or {})}  # only to check the other tables
     try:
-        scenario = Scenario.model_validate(data)
+        scenario = Scenario.model_validate(stand_in)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "top level"
-        raise ScenarioError(f"{source}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
+        problems.extend(validation_problems(error))
+        raise ScenarioError(f"{source}: " + "; ".join(dict.fromkeys(problems))) from None
+    if problems:
+        raise ScenarioError(f"{source}: " + "; ".join(problems))
     if scenario.models is not None:
         import coin
+        from coin.multicode import check_coding_matrix
 
         known = coin.available()
         for method in [scenario.coding.method, *scenario.coding.compare]:
             if method not in known:
-                raise ScenarioError(f"{source}: coding: unknown method '{method}' (known: {', '.join(known)})")
-        from coin.multicode import check_coding_matrix
-
+                problems.append(f"coding: unknown method '{method}' (known: {', '.join(known)})")
         for weights in [*([scenario.coding.beta] if scenario.coding.beta else []), *(scenario.coding.betas or [])]:
             try:
                 check_coding_matrix([weights], scenario.n_experts)
             except coin.CodingError as error:
-                raise ScenarioError(f"{source}: coding: {error}") from None
+                problems.append(f"coding: {error}")
     try:
         validate_scenario_sims(scenario)
     except ScenarioError as error:
-        raise ScenarioError(f"{source}: {error}") from None
+        problems.append(str(error))
+    if problems:
+        raise ScenarioError(f"{source}: " + "; ".join(problems))
     return scenario
 
 

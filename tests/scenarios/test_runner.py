@@ -142,7 +142,31 @@ def test_failed_write_leaves_no_result_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
     with pytest.raises(OSError):
         run_scenario(scenario, SIM_ONLY, tmp_path, quiet=True)
-    assert list((tmp_path / "simonly").iterdir()) == []
+    # no result folder; only the hidden work folder that `--resume` continues from
+    assert [p.name[:12] for p in (tmp_path / "simonly").iterdir()] == [".unfinished-"]
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_points(tmp_path, monkeypatch):
+    import scenarios.runner as runner
+
+    scenario = scenario_from_dict(SIM_ONLY)
+    fresh = pd.read_parquet(run_scenario(scenario, SIM_ONLY, tmp_path / "fresh", quiet=True) / "sweep.parquet")
+    real_run_point, calls = runner.run_point, []
+
+    def interrupted(config, seed, answers):
+        calls.append(config.stragglers.p)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_run_point(config, seed, answers)
+
+    monkeypatch.setattr(runner, "run_point", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_scenario(scenario, SIM_ONLY, tmp_path / "out", quiet=True)
+    calls.clear()
+    folder = run_scenario(scenario, SIM_ONLY, tmp_path / "out", quiet=True, resume=True)
+    assert calls == [0.1], "only the unfinished point is simulated again"
+    pd.testing.assert_frame_equal(fresh, pd.read_parquet(folder / "sweep.parquet"))
+    assert [p.name for p in (tmp_path / "out" / "simonly").iterdir()] == [folder.name]
 
 
 def test_a_failing_renderer_keeps_the_results(tmp_path, capsys):
