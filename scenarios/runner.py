@@ -582,6 +582,9 @@ def run_scenario(
         if facts is not None:
             facts.nda.to_csv(tmp / "nda.csv", index=False)
             _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
+            a = facts.answers
+            np.savez_compressed(tmp / "outputs.npz", labels=a.labels, offsets=a.offsets,
+                                expert_outputs=a.expert_outs, coded_outputs=a.coded_outs, coding_matrix=a.matrix)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -247,6 +247,18 @@ def test_networks_run_joins_real_answers(tmp_path, zoo_cache):
         assert abs(rows["correct"].mean() * 100 - expert_acc[name]) < 100 * 4 * np.sqrt(0.25 / n)
     coded = measured[measured.policy == "coded"]
     assert (coded["answered_by"] == "decoded").mean() > 0.05
+    # recompute every query's correctness from queries.parquet and the saved network outputs alone
+    saved = np.load(folder / "outputs.npz", allow_pickle=False)
+    labels, offsets = saved["labels"], saved["offsets"]
+    experts, coded_out, beta = saved["expert_outputs"], saved["coded_outputs"][0], saved["coding_matrix"][0]
+    for row in queries.itertuples():
+        index = offsets[row.model] + row.sample_id
+        if row.answered_by == "decoded":
+            other = 1 - row.model
+            output = (coded_out[index] - beta[other] * experts[other, index]) / beta[row.model]
+        else:
+            output = experts[row.model, index]
+        assert (output.argmax() == labels[index]) == row.correct, row
     live = summary["live_check"]
     assert live["n_queries"] == 300 and set(live["per_policy"]) == set(summary["policies"])
     assert all(v > 0 for stats in live["per_policy"].values() for v in stats.values())
