@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from scenarios.cli import cli
-from scenarios.runner import AnswerTables, join_correctness, run_scenario
+from scenarios.points import AnswerTables, join_correctness
+from scenarios.runner import run_scenario
 from scenarios.schema import ScenarioError, builtin_names, load_scenario, load_zoo_config, scenario_from_dict
 from tests.conftest import tiny_zoo_table
 
@@ -300,3 +301,11 @@ def test_builtin_zoo_tables():
     assert [e.dataset for e in load_zoo_config("dataset-pair").experts] == ["mnist5k", "digits"]
     with pytest.raises(ValueError, match="unknown scenario"):
         load_zoo_config("nope")
+
+
+def test_sweep_workers_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import scenarios.points, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

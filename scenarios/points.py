@@ -1,0 +1,135 @@
+"""One sweep point: simulate every policy and join each query with the correctness of its answer.
+
+Kept free of torch (numpy, pandas and sim only) so that worker processes and Dask workers start fast; the
+network outputs arrive as plain arrays in `AnswerTables`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sim import SimConfig, simulate
+
+
+def solve_missing(expert_outs: np.ndarray, coded_outs: np.ndarray, matrix: np.ndarray, missing: list[int],
+                  coded_back: list[int]) -> np.ndarray:
+    """Least-squares solve of B[C, M] f_M = f_C − B[C, A] f_A for the missing experts' outputs (|M|, S, K).
+
+    The numpy twin of `coin.multicode.decode_missing`, here so workers need not import torch.
+    """
+    if len(coded_back) < len(missing):
+        raise ValueError(f"{len(missing)} missing outputs but only {len(coded_back)} coded outputs came back")
+    present = [j for j in range(matrix.shape[1]) if j not in missing]
+    rhs = coded_outs[coded_back] - np.einsum("cj,jsk->csk", matrix[np.ix_(coded_back, present)], expert_outs[present])
+    c, s, k = rhs.shape
+    solution, *_ = np.linalg.lstsq(matrix[np.ix_(coded_back, missing)], rhs.reshape(c, s * k), rcond=None)
+    return solution.reshape(len(missing), s, k)
+
+
+@dataclass
+class AnswerTables:
+    """What every network answered on every test input a query may draw, as plain arrays.
+
+    Rows are the union of the experts' test partitions (expert i's samples at offsets[i]:offsets[i+1]); a routed
+    query for expert i with sample id s reads row offsets[i] + s, an ensemble query reads row s. Coded model k
+    approximates Σⱼ matrix[k, j] fⱼ; any answer that was decoded is decoded here from exactly the outputs
+    that came back, so its correctness is that of the real decoded output. Ensemble answers are the argmax of
+    the summed softmax of the N outputs.
+    """
+
+    labels: np.ndarray  # (S,)
+    offsets: np.ndarray  # (N + 1,)
+    expert_outs: np.ndarray  # (N, S, K)
+    coded_outs: np.ndarray  # (r, S, K)
+    matrix: np.ndarray  # (r, N)
+
+    @property
+    def pools(self) -> list[int]:
+        return np.diff(self.offsets).astype(int).tolist()
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.expert_outs.shape[0])
+
+    def decoded(self, missing: list[int], coded_back: list[int], rows: np.ndarray) -> np.ndarray:
+        """Decoded outputs (|missing|, len(rows), K) of the missing experts on the given rows."""
+        return solve_missing(self.expert_outs[:, rows], self.coded_outs[:, rows], self.matrix, missing, coded_back)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
+                     hosts: list[str] | None = None) -> np.ndarray:
+    """Per simulated query: was what the system answered right?
+
+    `hosts[s]` says what server s runs ('0'..'N-1' an expert or its replica, 'coded', 'spare'); the k-th coded
+    server runs coded model k. Only outputs of servers in a query's answer mask are used for decoding.
+    """
+    r = answers.matrix.shape[0]
+    hosts = hosts or [str(i) for i in range(n_experts)] + ["coded"] * r
+    coded_rank = {s: k for k, s in enumerate(s for s, h in enumerate(hosts) if h == "coded")}
+    model = records["model"].to_numpy()
+    sample = records["sample_id"].to_numpy().astype(np.int64)
+    was_decoded = (records["answered_by"] == "decoded").to_numpy()
+    masks = records["answer_mask"].to_numpy().astype(np.int64)
+    rows = np.where(model >= 0, answers.offsets[np.maximum(model, 0)] + sample, sample)
+    labels = answers.labels[rows]
+    correct = np.zeros(len(records), dtype=bool)
+    routed = model >= 0
+    direct_pred = answers.expert_outs[model[routed], rows[routed]].argmax(-1)
+    correct[routed] = direct_pred == labels[routed]
+    decoded_groups = pd.DataFrame({"model": model, "mask": masks})[was_decoded | (model < 0)]
+    for (m, mask), group in decoded_groups.groupby(["model", "mask"]):
+        index = group.index.to_numpy()
+        back = [b for b in range(len(hosts)) if (mask >> b) & 1]
+        experts_back = {int(hosts[b]) for b in back if hosts[b].isdigit()}
+        missing = [j for j in range(n_experts) if j not in experts_back]
+        coded_back = [coded_rank[b] for b in back if b in coded_rank]
+        if m >= 0:
+            dec = answers.decoded(missing, coded_back, rows[index])
+            correct[index] = dec[missing.index(m)].argmax(-1) == labels[index]
+        else:
+            outs = answers.expert_outs[:, rows[index]].copy()
+            if missing:
+                outs[missing] = answers.decoded(missing, coded_back, rows[index])
+            correct[index] = _softmax(outs).sum(0).argmax(-1) == labels[index]
+    return correct
+
+
+def _policy_summary(records: pd.DataFrame, sim_summary: dict[str, Any]) -> dict[str, Any]:
+    measured = records[~records["warmup"].to_numpy()]
+    out = {k: v for k, v in sim_summary.items() if isinstance(v, int | float | str | bool) or v is None}
+    out["n_queries"] = int(len(measured))
+    counts = measured["answered_by"].value_counts(normalize=True)
+    for how in ("direct", "replica", "hedge", "decoded"):
+        out[f"{how}_fraction"] = float(counts.get(how, 0.0))
+    if "correct" in measured:
+        out["accuracy"] = float(measured["correct"].mean() * 100)
+    return out
+
+
+def run_point(config: SimConfig, seed: int, answers: AnswerTables | None) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Simulate every policy of one sweep point and join each query with the correctness of its answer."""
+    result = simulate(config, seed)
+    records = result.records
+    if answers is not None:
+        records["correct"] = False
+        for policy, servers in result.servers.groupby("policy", sort=False):
+            mine = (records["policy"] == policy).to_numpy()
+            hosts = [str(h) for h in servers.sort_values("server")["hosts"]]
+            records.loc[mine, "correct"] = join_correctness(records[mine].reset_index(drop=True), answers,
+                                                            config.n_experts, hosts)
+    summary = {
+        policy: _policy_summary(records[records["policy"] == policy], result.summary[policy])
+        for policy in result.summary
+    }
+    return records, summary
+
+
