@@ -180,17 +180,18 @@ def sim_config_for(
     if sample_pools is not None:
         traffic["sample_pool"] = sample_pools
         traffic.setdefault("ensemble_sample_pool", min(sample_pools))
-    load = traffic.pop("load", None)
-    if load is not None:
-        if not isinstance(load, int | float) or load <= 0:
-            raise ScenarioError(f"sim.traffic.load must be a positive fraction of expert capacity, got {load!r}")
-        partial = parse_config({**table, "traffic": {**traffic, "rate_per_ms": 1.0}, "n_queries": 1})
+    load, ensemble_load = traffic.pop("load", None), traffic.pop("ensemble_load", None)
+    for name, value in (("load", load), ("ensemble_load", ensemble_load)):
+        if value is not None and (not isinstance(value, int | float) or value <= 0):
+            raise ScenarioError(f"sim.traffic.{name} must be a positive fraction of expert capacity, got {value!r}")
+    if load is not None or ensemble_load is not None:
+        stand_in = {"rate_per_ms": 1.0} if traffic.get("kind", "poisson") != "trace" else {}
+        partial = parse_config({**table, "traffic": {**traffic, **stand_in}, "n_queries": 1})
         means = [partial.service.expert_dist(i).mean() for i in range(partial.n_experts)]
-        capacity_per_ms = sum(1.0 / m for m in means)
-        if traffic.get("ensemble_rate_per_ms"):
-            traffic["ensemble_rate_per_ms"] = load / max(means)
-        else:
-            traffic["rate_per_ms"] = load * capacity_per_ms
+        if load is not None:  # routed queries: a fraction of the N experts' combined capacity
+            traffic["rate_per_ms"] = load * sum(1.0 / m for m in means)
+        if ensemble_load is not None:  # ensemble queries occupy every expert: limited by the slowest
+            traffic["ensemble_rate_per_ms"] = ensemble_load / max(means)
     return parse_config(table)
 
 

@@ -309,3 +309,15 @@ def test_sweep_workers_do_not_import_torch():
 
     code = "import scenarios.points, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_load_knobs_turn_into_rates_from_the_service_means():
+    from scenarios.schema import sim_config_for
+
+    table = dict(SIM_ONLY["sim"], service={"experts": [{"kind": "exponential", "mean_ms": 2.0},
+                                                       {"kind": "exponential", "mean_ms": 4.0}]})
+    scenario = scenario_from_dict({k: v for k, v in SIM_ONLY.items() if k != "sweep"})
+    routed = sim_config_for(scenario, dict(table, traffic={"kind": "poisson", "load": 0.5}))
+    assert routed.traffic.rate_per_ms == pytest.approx(0.5 * (1 / 2 + 1 / 4))
+    ensemble = sim_config_for(scenario, dict(table, traffic={"kind": "poisson", "ensemble_load": 0.5}))
+    assert ensemble.traffic.ensemble_rate_per_ms == pytest.approx(0.5 / 4) and not ensemble.traffic.rate_per_ms
