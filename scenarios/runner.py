@@ -221,19 +221,29 @@ def live_config(config: SimConfig, facts: NetworkFacts, seed: int, threads: int 
 
 
 def live_check(scenario: Scenario, facts: NetworkFacts, config: SimConfig) -> dict[str, Any]:
-    """Replay the first queries of the main point with live forward passes; compare with the profiled run."""
+    """Replay the first queries of the main point with live forward passes; compare with the profiled run.
+
+    Also reports each network's mean service time both ways: when the tails disagree, a shift of the machine's
+    speed between profiling and replay (near saturation, a few percent matter) is the first thing to check.
+    """
     n = scenario.profile.live_check_queries
     short = config.model_copy(update={"n_queries": n})
     profiled = simulate(short, scenario.seed).summary
-    live = simulate(live_config(short, facts, scenario.seed, scenario.profile.threads), scenario.seed).summary
+    live_short = live_config(short, facts, scenario.seed, scenario.profile.threads)
+    live = simulate(live_short, scenario.seed).summary
     per_policy = {
         policy: {f"{kind}_{key}": float(source[policy][key]) for kind, source in (("profiled", profiled),
                                                                                      ("live", live))
                  for key in ("p50_ms", "p99_ms", "mean_ms")}
         for policy in profiled
     }
+    service = {name: {"profiled_mean_ms": float(facts.profile_ms[name].mean()),
+                      "live_mean_ms": float(np.mean(dist._times))}
+               for name, dist in zip([e["name"] for e in facts.experts] + ["coded"],
+                                     [*live_short.service.experts, live_short.service.coded], strict=True)
+               if dist._times is not None}
     first = next(iter(per_policy.values()))
-    return {"n_queries": n, **first, "per_policy": per_policy}
+    return {"n_queries": n, **first, "per_policy": per_policy, "service": service}
 
 
 class PointStore:
