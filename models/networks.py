@@ -121,8 +121,22 @@ def build_network(spec: NetworkSpec) -> nn.Module:
     return _torchvision_resnet(spec)
 
 
+class DeviceError(ValueError):
+    """A device that this machine does not have (one line for the user)."""
+
+
 def pick_device(device: str = "auto") -> torch.device:
-    """'auto' → CUDA when present, else CPU."""
+    """'auto' → CUDA when present, else CPU; an explicit device must exist here."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise DeviceError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from None
+    if chosen.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (chosen.index or 0) >= count:
+            raise DeviceError(f"device '{device}' requested but this machine has {count} CUDA device(s)")
+    elif chosen.type != "cpu":
+        raise DeviceError(f"unsupported device '{device}' (use auto, cpu, cuda or cuda:N)")
+    return chosen

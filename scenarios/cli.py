@@ -18,8 +18,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the user asked for something impossible', not 'coinsim has a bug'."""
     from models.config import ConfigError
     from models.data import DataError
+    from models.networks import DeviceError
 
-    found: list[type[BaseException]] = [ConfigError, DataError, FileNotFoundError]
+    found: list[type[BaseException]] = [ConfigError, DataError, DeviceError, FileNotFoundError]
     for module, name in (("coin", "CodingError"), ("sim", "SimConfigError"), ("scenarios.schema", "ScenarioError"),
                          ("reports", "ReportError")):
         try:

@@ -254,6 +254,13 @@ def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenar
                 check_coding_matrix([weights], scenario.n_experts)
             except coin.CodingError as error:
                 problems.append(f"coding: {error}")
+    if scenario.models is not None:
+        from models.networks import DeviceError, pick_device
+
+        try:
+            pick_device(scenario.device)
+        except DeviceError as error:
+            problems.append(f"device: {error}")
     try:
         validate_scenario_sims(scenario)
     except ScenarioError as error:

@@ -45,3 +45,9 @@ def test_device_auto_picks_cuda_only_when_present():
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device("auto").type == expected
     assert pick_device("cpu").type == "cpu"
+    from models.networks import DeviceError
+
+    with pytest.raises(DeviceError, match="CUDA device"):
+        pick_device(f"cuda:{torch.cuda.device_count()}")
+    with pytest.raises(DeviceError, match="unknown device"):
+        pick_device("gpu-please")
