@@ -242,7 +242,7 @@ def _print_run_summary(folder: Path) -> None:
     import json
 
     summary = json.loads((folder / "summary.json").read_text())
-    axis = summary.get("sweep_axis")
+    axes = summary.get("sweep_axes") or ([summary["sweep_axis"]] if summary.get("sweep_axis") else [])
     if summary.get("coding"):
         rows = [(m, f"{c['nda_avg']:.2f}", *(f"{c['nda'][e['name']]:.2f}" for e in summary["experts"]),
                  f"{c['encode_seconds']:.2f}") for m, c in summary["coding"].items()]
@@ -251,7 +251,7 @@ def _print_run_summary(folder: Path) -> None:
     import pandas as pd
 
     sweep = pd.read_parquet(folder / "sweep.parquet")
-    cols = [c for c in [axis, "policy", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "accuracy", "decoded_fraction",
+    cols = [c for c in [*axes, "policy", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "accuracy", "decoded_fraction",
                         "extra_load_vs_uncoded"] if c and c in sweep]
     rows = [tuple(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)
             for r in sweep[cols].itertuples(index=False)]
