@@ -44,6 +44,18 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     assert not cache.exists()
 
 
+def test_threads_option_sets_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert CliRunner().invoke(cli, ["--threads", "1", "scenarios"]).exit_code == 0
+        assert torch.get_num_threads() == 1
+        assert CliRunner().invoke(cli, ["--threads", "0", "scenarios"]).exit_code == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_version():
     result = CliRunner().invoke(cli, ["--version"])
     assert result.exit_code == 0 and "coinsim" in result.output
