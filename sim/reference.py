@@ -150,6 +150,14 @@ class ReferenceEngine:
     def _coded_pick(self) -> list[int]:
         return sorted(self.coded, key=lambda s: (self._load(s), s))[: self.plan.fanout]
 
+    def _replicate(self, q: _Q, i: int) -> None:
+        """Model i's work under replication: a copy to every host (redundant) or to the shortest queue (jsq)."""
+        if self.plan.dispatch == "redundant":
+            for st in self.hosts[i]:
+                self._send(q, st, ROLE_DIRECT)
+        else:
+            self._send(q, self._jsq(self.hosts[i]), ROLE_DIRECT)
+
     def _query(self, k: int, model: int) -> Generator[Any, Any, None]:
         env, plan, N = self.env, self.plan, self.N
         q = _Q(k, model, env.event())
@@ -160,11 +168,7 @@ class ReferenceEngine:
             if kind == "uncoded":
                 self._send(q, i, ROLE_DIRECT)
             elif kind == "replication":
-                if d == "redundant":
-                    for st in self.hosts[i]:
-                        self._send(q, st, ROLE_DIRECT)
-                else:
-                    self._send(q, self._jsq(self.hosts[i]), ROLE_DIRECT)
+                self._replicate(q, i)
             elif kind == "hedged":
                 self._send(q, i, ROLE_DIRECT)
                 if len(self.hosts[i]) > 1:
@@ -187,11 +191,7 @@ class ReferenceEngine:
                     self._send(q, i, ROLE_DIRECT)
             elif kind == "replication":
                 for i in range(N):
-                    if d == "redundant":
-                        for st in self.hosts[i]:
-                            self._send(q, st, ROLE_DIRECT)
-                    else:
-                        self._send(q, self._jsq(self.hosts[i]), ROLE_DIRECT)
+                    self._replicate(q, i)
             elif kind == "hedged":
                 for i in range(N):
                     self._send(q, i, ROLE_DIRECT)
