@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -104,6 +103,3 @@ class ModelCache:
             out.append(meta)
         return out
 
-
-def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
