@@ -272,16 +272,19 @@ def _print_run_summary(folder: Path) -> None:
 def report(result_dir: Path) -> None:
     """(Re-)render figures and report.html of a result folder."""
     from reports import render
+    from reports.testbed import is_testbed_folder, render_testbed
 
     if not result_dir.is_dir():
         raise FileNotFoundError(f"result folder {result_dir} does not exist")
-    click.echo(render(result_dir))
+    click.echo(render_testbed(result_dir) if is_testbed_folder(result_dir) else render(result_dir))
 
 
 def _register_commands() -> None:
     from scenarios.coding import code
+    from scenarios.testbed_run import testbed_command
 
     cli.add_command(code)
+    cli.add_command(testbed_command)
 
 
 _register_commands()

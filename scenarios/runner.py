@@ -52,6 +52,8 @@ class NetworkFacts:
     served: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> nn.Module, for live mode
     test_inputs: list[Any] = field(default_factory=list, repr=False)  # per expert, the inputs sample ids index
     multi_decode: list[dict[str, Any]] = field(default_factory=list)
+    coded_models: list[Any] = field(default_factory=list, repr=False)  # coded model k serves coded server k
+    network_spec: Any = None  # models.NetworkSpec of every served network
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -156,7 +158,8 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     served = {**{e.name: e.model for e in zoo.experts}, "coded": coded_models[0]}
     return NetworkFacts(experts, pd.DataFrame(rows), answers, profile, str(device), scenario.coding.method,
                         timings, served, [e.test_x for e in zoo.experts],
-                        _multi_decode_table(answers, names) if matrix.shape[0] > 1 else [])
+                        _multi_decode_table(answers, names) if matrix.shape[0] > 1 else [], coded_models,
+                        scenario.models.network)
 
 
 def _profile_frame(facts: NetworkFacts) -> pd.DataFrame:

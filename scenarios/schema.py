@@ -62,6 +62,19 @@ class ProfileSpec(_Strict):
         return self
 
 
+class TestbedSpec(_Strict):
+    """How `coinsim testbed` serves the scenario for real (one server process per server, ZeroMQ transport)."""
+
+    repeats: int = Field(3, ge=1, description="identical repeats of every point and policy (run-to-run spread)")
+    straggle: Literal["stall", "compute"] = Field(
+        "stall", description="a straggling task is held idle (stall: network/I-O) or keeps computing (compute)")
+    addresses: list[str] | None = Field(None, description="N + r running servers (tcp://host:port); default: "
+                                                          "start them on this host")
+    pin: bool = Field(False, description="pin server s to CPU core s mod cores where the OS allows")
+    threads: int = Field(1, ge=1, description="torch threads per server process")
+    lead_ms: float = Field(200.0, gt=0, le=60_000, description="pause between runs before the first arrival")
+
+
 AXIS_COLUMNS = {"stragglers.p": "straggler_p", "traffic.load": "load", "traffic.strength": "traffic_strength"}
 
 
@@ -109,6 +122,7 @@ class Scenario(_Strict):
     models: ZooConfig | None = None
     coding: CodingSpec = CodingSpec()
     profile: ProfileSpec = ProfileSpec()
+    testbed: TestbedSpec = TestbedSpec()
     sim: dict[str, Any]
     sweep: SweepSpec | None = None
 
@@ -279,7 +293,7 @@ def builtin_names() -> list[str]:
 def read_toml(name_or_path: str | Path) -> tuple[dict, str]:
     """TOML table from a file path or a built-in scenario name; (data, source label)."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         return read_zoo_file(path)
     resource = resources.files("scenarios") / "builtin" / f"{name_or_path}.toml"
     if not resource.is_file():

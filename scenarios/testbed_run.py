@@ -1,0 +1,366 @@
+"""`coinsim testbed`: serve a scenario's sweep points for real, simulate the same points, compare.
+
+1. the networks are built exactly as `coinsim run` builds them (cache, coding, isolated latency profile);
+2. every expert and coded model is saved (safetensors) and N + r server processes load them (testbed/);
+3. at every point the simulator's own draws (arrivals, models, samples, straggler factors per (query, server))
+   are replayed in wall-clock time under every policy, `repeats` times, policies in a rotating order;
+4. each answer's correctness is computed from the outputs that actually came back (decoded where decoded);
+5. the simulator runs the same points twice: with the isolated profile (what `coinsim run` uses) and with the
+   service times the servers measured in situ, under load, plus the measured transport and dispatch delays
+   where the scenario's `[sim.network]` asks for them;
+6. `fidelity.csv` puts simulated next to measured (median over repeats) for mean, p50, p95, p99 and p99.9, with
+   the repeats' own spread and a two-sample KS test, and the report draws measured-vs-simulated CDFs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import pandas as pd
+
+from scenarios.points import AnswerTables, join_correctness, run_point, solve_missing
+from scenarios.runner import (
+    NetworkFacts,
+    _clean_toml,
+    _jsonable,
+    _profile_frame,
+    _say,
+    _versions,
+    build_point_configs,
+    prepare_networks,
+)
+from scenarios.schema import Scenario, axis_column
+
+METRICS = {"mean": None, "p50": 50.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
+
+
+def latency_metrics(latency_ms: np.ndarray) -> dict[str, float]:
+    """mean and the percentiles fidelity is judged on (numpy's linear interpolation)."""
+    lat = np.asarray(latency_ms, float)
+    return {name: float(lat.mean() if q is None else np.percentile(lat, q)) for name, q in METRICS.items()}
+
+
+def served_networks(facts: NetworkFacts) -> list[tuple[str, Any]]:
+    """(name, module) in task-`net` order: expert i is network i, coded model k is N + k."""
+    coded = facts.coded_models or [facts.served["coded"]]
+    names = ["coded"] + [f"coded-{k + 1}" for k in range(1, len(coded))]
+    return [(e["name"], facts.served[e["name"]]) for e in facts.experts] + list(zip(names, coded, strict=True))
+
+
+def save_networks(facts: NetworkFacts, folder: Path) -> tuple[list[Path], Path]:
+    """Write every served network (network.json + weights.safetensors) and the input rows; return the paths."""
+    import torch
+    from safetensors.torch import save_file
+
+    spec = facts.network_spec.model_copy(update={"weights": None})
+    paths = []
+    for k, (_, model) in enumerate(served_networks(facts)):
+        net = folder / f"net-{k}"
+        net.mkdir(parents=True, exist_ok=True)
+        (net / "network.json").write_text(spec.model_dump_json())
+        save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()},
+                  str(net / "weights.safetensors"))
+        paths.append(net)
+    inputs = folder / "inputs.npy"
+    np.save(inputs, torch.cat(facts.test_inputs).cpu().numpy().astype(np.float32))
+    return paths, inputs
+
+
+def policy_of(plan: Any) -> Any:
+    """The testbed's view of one simulator Plan (same hosts, hedge delays, expected service per server)."""
+    from testbed import Policy
+
+    return Policy(name=plan.name, kind=plan.kind, dispatch=plan.dispatch, hosts=tuple(plan.hosts),
+                  n_experts=plan.n_experts, cancel=plan.cancel, fanout=plan.fanout, mean_ms=tuple(plan.mean_ms),
+                  delay_ms=tuple(plan.delay_ms) if plan.delay_ms is not None else None)
+
+
+def workload_of(draws: Any, offsets: np.ndarray, mode: str) -> Any:
+    """The simulator's draws as a replayable workload (input row = the sample the simulator joins with)."""
+    from testbed import Workload
+
+    model = draws.model
+    row = np.where(model >= 0, offsets[np.maximum(model, 0)] + draws.sample_id, draws.sample_id)
+    return Workload(draws.arrival_ms, model, row, draws.task_factor, mode)
+
+
+def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: AnswerTables,
+                         hosts: tuple[int, ...]) -> np.ndarray:
+    """Was each answer right, judged on the outputs the servers actually sent (decoded where decoded)?"""
+    n_experts = answers.n_experts
+    coded_servers = [s for s, h in enumerate(hosts) if h == -1]
+    model = records["model"].to_numpy()
+    rows = records["row"].to_numpy()
+    labels = answers.labels[rows]
+    masks = records["answer_mask"].to_numpy()
+    decoded = (records["answered_by"] == "decoded").to_numpy()
+    correct = np.zeros(len(records), bool)
+    for (m, mask, dec), group in pd.DataFrame({"m": model, "mask": masks, "dec": decoded}).groupby(["m", "mask",
+                                                                                                     "dec"]):
+        index = group.index.to_numpy()
+        back = [s for s in range(len(hosts)) if (int(mask) >> s) & 1]
+        if m >= 0 and not dec:
+            correct[index] = outputs[index, back[0]].argmax(-1) == labels[index]
+            continue
+        expert_outs = np.zeros((n_experts, len(index), outputs.shape[-1]), np.float64)
+        present = set()
+        for s in back:
+            if hosts[s] >= 0:
+                expert_outs[hosts[s]] = outputs[index, s]
+                present.add(hosts[s])
+        coded_back = [k for k, s in enumerate(coded_servers) if s in back]
+        coded_outs = np.zeros((answers.matrix.shape[0], len(index), outputs.shape[-1]), np.float64)
+        for k, s in enumerate(coded_servers):
+            if s in back:
+                coded_outs[k] = outputs[index, s]
+        missing = [j for j in range(n_experts) if j not in present]
+        if missing:
+            expert_outs[missing] = solve_missing(expert_outs, coded_outs, answers.matrix, missing, coded_back)
+        if m >= 0:
+            correct[index] = expert_outs[m].argmax(-1) == labels[index]
+        else:
+            z = np.exp(expert_outs - expert_outs.max(-1, keepdims=True))
+            correct[index] = (z / z.sum(-1, keepdims=True)).sum(0).argmax(-1) == labels[index]
+    return correct
+
+
+def in_situ_service(tasks: pd.DataFrame, names: list[str], fallback: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per network: how long a server was busy with a task that did not straggle, measured while serving."""
+    done = tasks[(tasks["status"] == "done") & (tasks["factor"] == 1.0)]
+    out = {}
+    for k, name in enumerate(names):
+        ms = (done.loc[done["net"] == k, "compute_ms"] + done.loc[done["net"] == k, "held_ms"]).to_numpy()
+        out[name] = ms if len(ms) >= 20 else fallback[name]
+    return out
+
+
+def fidelity_rows(point: int, coords: dict[str, Any], service: str, simulated: pd.DataFrame,
+                  measured: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per (policy, metric): simulated vs measured (median over repeats), spread, KS test."""
+    from scipy.stats import ks_2samp
+
+    rows = []
+    for policy, sim in simulated.groupby("policy", sort=False, observed=True):
+        real = measured[measured["policy"] == policy]
+        if real.empty:
+            continue
+        sim_lat = sim.loc[~sim["warmup"], "latency_ms"].to_numpy()
+        per_repeat = [latency_metrics(g.loc[~g["warmup"], "latency_ms"].to_numpy())
+                      for _, g in real.groupby("repeat")]
+        pooled = real.loc[~real["warmup"], "latency_ms"].to_numpy()
+        ks = ks_2samp(sim_lat, pooled)
+        sim_m = latency_metrics(sim_lat)
+        for metric in METRICS:
+            values = np.array([r[metric] for r in per_repeat])
+            med = float(np.median(values))
+            rows.append({"point": point, **coords, "service": service, "policy": str(policy), "metric": metric,
+                         "simulated_ms": sim_m[metric], "measured_ms": med,
+                         "rel_error_pct": 100.0 * (sim_m[metric] - med) / med,
+                         "repeat_spread_pct": 100.0 * float(values.max() - values.min()) / med,
+                         "repeat_min_ms": float(values.min()), "repeat_max_ms": float(values.max()),
+                         "repeats": len(values), "ks_stat": float(ks.statistic), "ks_p": float(ks.pvalue)})
+    return rows
+
+
+def _overheads(tasks: pd.DataFrame, records: pd.DataFrame) -> dict[str, float]:
+    lateness = (records["dispatch_ms"] - records["arrival_ms"]).to_numpy()
+    transport = tasks.loc[tasks["status"] == "done", "transport_ms"].to_numpy()
+    return {"dispatch_lateness_ms_median": float(np.nanmedian(lateness)),
+            "dispatch_lateness_ms_p99": float(np.nanpercentile(lateness, 99)),
+            "transport_ms_median": float(np.nanmedian(transport)),
+            "transport_ms_p99": float(np.nanpercentile(transport, 99))}
+
+
+def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: Any, quiet: bool) -> None:
+    """Serve the first queries of the first point once under every policy and throw the records away: the
+    first requests of fresh processes pay one-off costs (sockets, allocator, caches) no later run pays."""
+    from sim import draw
+    from sim.plan import make_plan
+    from testbed import serve
+
+    short = config.model_copy(update={"n_queries": min(300, config.n_queries or 300)})
+    draws = draw(short, seed)
+    workload = workload_of(draws, offsets, spec.straggle)
+    _say("testbed: warm-up run (discarded)", quiet)
+    for p in short.policies:
+        serve(cluster.sockets, policy_of(make_plan(short, p, draws)), workload, spec.lead_ms)
+
+
+def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("results"), quiet: bool = False,
+                render: Any = None) -> Path:
+    """Serve every point for real, simulate it, write the comparison; returns the result folder."""
+    from sim import draw
+    from sim.plan import make_plan
+    from testbed import LocalCluster, ServerSpec, serve
+
+    if scenario.models is None:
+        from scenarios.schema import ScenarioError
+
+        raise ScenarioError("coinsim testbed needs a scenario with [models]: it serves real networks")
+    spec = scenario.testbed
+    started = time.perf_counter()
+    facts = prepare_networks(scenario, quiet)
+    points = build_point_configs(scenario, facts)
+    names = [name for name, _ in served_networks(facts)]
+    n_servers = points[0][1].n_experts + points[0][1].r
+    offsets = facts.answers.offsets
+    work = Path(tempfile.mkdtemp(prefix="coinsim-testbed-"))
+    measured, task_frames, fidelity = [], [], []
+    simulated_frames = []
+    overheads: dict[str, Any] = {}
+    try:
+        folders, inputs = save_networks(facts, work)
+        cores = os.cpu_count() or 1
+        servers = [ServerSpec(tuple(folders), cpu=(s % cores) if spec.pin else None) for s in range(n_servers)]
+        device = "cuda" if facts.device.startswith("cuda") else "cpu"
+        _say(f"testbed: starting {n_servers} server processes", quiet)
+        with LocalCluster(servers, inputs, device=device, threads=spec.threads, addresses=spec.addresses) as cluster:
+            _warm_up(cluster, points[0][1], scenario.seed, offsets, spec, quiet)
+            for index, (values, config) in enumerate(points):
+                coords = {axis_column(a): v for a, v in values.items()}
+                draws = draw(config, scenario.seed)
+                workload = workload_of(draws, offsets, spec.straggle)
+                plans = [make_plan(config, p, draws) for p in config.policies]
+                n_warm = int(config.warmup_fraction * draws.n)
+                point_records, point_tasks = [], []
+                for repeat in range(spec.repeats):
+                    order = plans[repeat % len(plans):] + plans[: repeat % len(plans)]
+                    for plan in order:
+                        policy = policy_of(plan)
+                        _say(f"testbed: point {index + 1}/{len(points)} {coords} repeat {repeat + 1}/"
+                             f"{spec.repeats}: {plan.name} ({draws.n} queries)", quiet)
+                        result = serve(cluster.sockets, policy, workload, spec.lead_ms)
+                        rec = result.records
+                        rec["sample_id"] = draws.sample_id
+                        rec["warmup"] = rec["query_id"] < n_warm
+                        rec["correct"] = correct_from_outputs(rec, result.outputs, facts.answers, policy.hosts)
+                        hosts = [str(h) if h >= 0 else ("coded" if h == -1 else "spare") for h in policy.hosts]
+                        rec["correct_sim_join"] = join_correctness(rec, facts.answers, config.n_experts, hosts)
+                        rec.insert(0, "repeat", repeat)
+                        tasks = result.tasks
+                        tasks["net"] = [policy.network_of(s) for s in tasks["server"]]
+                        tasks.insert(0, "repeat", repeat)
+                        point_records.append(rec)
+                        point_tasks.append(tasks)
+                records = pd.concat(point_records, ignore_index=True)
+                tasks = pd.concat(point_tasks, ignore_index=True)
+                for frame in (records, tasks):
+                    frame.insert(0, "point", index)
+                    for position, (column, value) in enumerate(coords.items(), start=1):
+                        frame.insert(position, column, value)
+                measured.append(records)
+                task_frames.append(tasks)
+                overheads[str(index)] = _overheads(tasks, records)
+                sources = {"isolated": facts, "in_situ": dataclasses.replace(
+                    facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms))}
+                for service, source in sources.items():
+                    config_s = build_point_configs(scenario, source)[index][1]
+                    sim_records, _ = run_point(config_s, scenario.seed, facts.answers)
+                    sim_records.insert(0, "service", service)
+                    sim_records.insert(0, "point", index)
+                    simulated_frames.append(sim_records)
+                    fidelity += fidelity_rows(index, coords, service, sim_records, records)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    measured_all = pd.concat(measured, ignore_index=True)
+    tasks_all = pd.concat(task_frames, ignore_index=True)
+    simulated_all = pd.concat(simulated_frames, ignore_index=True)
+    fidelity_table = pd.DataFrame(fidelity)
+    summary = _testbed_summary(scenario, facts, measured_all, simulated_all, tasks_all, fidelity_table, overheads,
+                               time.perf_counter() - started)
+    final = out_root / scenario.name / ("testbed-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=final.parent))
+    try:
+        import tomli_w
+
+        (tmp / "scenario.toml").write_text(tomli_w.dumps(_clean_toml(_jsonable(dict(raw, seed=scenario.seed)))))
+        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+        measured_all.to_parquet(tmp / "testbed.parquet", index=False)
+        tasks_all.to_parquet(tmp / "testbed_tasks.parquet", index=False)
+        simulated_all.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / "simulated.parquet",
+                                                                                index=False)
+        fidelity_table.to_csv(tmp / "fidelity.csv", index=False, float_format="%.6g")
+        _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if render is not None:
+        try:
+            render(final)
+        except Exception as error:  # noqa: BLE001 - the measurements stand without their report
+            print(f"warning: report not rendered ({error}); retry with `coinsim report {final}`", file=sys.stderr)
+    return final
+
+
+def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataFrame, simulated: pd.DataFrame,
+                     tasks: pd.DataFrame, fidelity: pd.DataFrame, overheads: dict[str, Any],
+                     seconds: float) -> dict[str, Any]:
+    names = [name for name, _ in served_networks(facts)]
+    live = measured[~measured["warmup"]]
+    accuracy = {}
+    for (point, policy), g in live.groupby(["point", "policy"], sort=False, observed=True):
+        accuracy.setdefault(str(point), {})[str(policy)] = {
+            "accuracy_pct": float(g["correct"].mean() * 100),
+            "accuracy_sim_join_pct": float(g["correct_sim_join"].mean() * 100),
+            "answers_agree_pct": float((g["correct"] == g["correct_sim_join"]).mean() * 100)}
+    sim_live = simulated[~simulated["warmup"]]
+    sim_accuracy = {f"{p}/{s}/{pol}": float(g["correct"].mean() * 100)
+                    for (p, s, pol), g in sim_live.groupby(["point", "service", "policy"], observed=True)}
+    done = tasks[(tasks["status"] == "done") & (tasks["factor"] == 1.0)]
+    service = {name: {"isolated_mean_ms": float(facts.profile_ms[name].mean()),
+                      "in_situ_mean_ms": float((done.loc[done["net"] == k, "compute_ms"]
+                                                + done.loc[done["net"] == k, "held_ms"]).mean())}
+               for k, name in enumerate(names) if name in facts.profile_ms}
+    worst = {}
+    if not fidelity.empty:
+        for service_name, g in fidelity.groupby("service"):
+            worst[service_name] = {m: float(g.loc[g["metric"] == m, "rel_error_pct"].abs().max()) for m in METRICS}
+    return {"scenario": scenario.name, "kind": "testbed", "seed": scenario.seed, "versions": _versions(),
+            "device": facts.device, "repeats": scenario.testbed.repeats, "straggle": scenario.testbed.straggle,
+            "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "service_ms": service, "overheads": overheads, "accuracy": accuracy, "simulated_accuracy": sim_accuracy,
+            "worst_abs_rel_error_pct": worst, "seconds": seconds}
+
+
+@click.command("testbed")
+@click.argument("scenario", default="testbed")
+@click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results go to OUT/<scenario>/testbed-<timestamp>/.")
+@click.option("--seed", type=int, default=None, help="Override the scenario's seed.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field.")
+@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Identical repeats (default: scenario's).")
+@click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)")
+@click.option("--no-report", is_flag=True, help="Skip figures and the HTML report.")
+@click.pass_context
+def testbed_command(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
+                    repeats: int | None, device: str | None, no_report: bool) -> None:
+    """Serve SCENARIO's points for real (one process per server) and measure the simulator against it."""
+    from scenarios.cli import _overrides
+    from scenarios.schema import load_scenario
+
+    overrides = _overrides(sets, seed, device)
+    if repeats is not None:
+        overrides["testbed.repeats"] = repeats
+    config, raw = load_scenario(scenario, overrides)
+    render = None
+    if not no_report:
+        from reports.testbed import render_testbed as render
+    folder = run_testbed(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render)
+    table = pd.read_csv(folder / "fidelity.csv")
+    wide = table.pivot_table(index=["point", "service", "policy"], columns="metric", values="rel_error_pct",
+                             sort=False)[list(METRICS)]
+    click.echo("relative error of the simulator, % (simulated − measured) / measured:")
+    click.echo(wide.round(1).to_string())
+    click.echo(f"\nresults: {folder}")

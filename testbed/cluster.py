@@ -1,0 +1,149 @@
+"""Start, reach and stop a set of testbed servers.
+
+`LocalCluster` starts one ``python -m testbed.server`` process per server on this host (each on a free port)
+and waits until every one answers a ping; leaving the `with` block (normally, on an error or on Ctrl-C) stops
+them all — STOP, then SIGTERM, then SIGKILL — so no process outlives the run. Servers on other hosts are given
+by address instead (`addresses=`) and are left running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from testbed import wire
+
+
+class TestbedError(RuntimeError):
+    """A server that could not be started or reached (one line for the user)."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What one server holds: saved network folders (network.json + weights.safetensors), in task-`net` order."""
+
+    networks: tuple[Path, ...]
+    cpu: int | None = None
+
+
+class LocalCluster:
+    """Server processes on this host, or remote addresses; `sockets[s]` is the frontend's line to server s."""
+
+    def __init__(self, servers: list[ServerSpec], inputs: Path, device: str = "cpu", threads: int = 1,
+                 addresses: list[str] | None = None, start_timeout_s: float = 120.0) -> None:
+        self.servers, self.inputs, self.device, self.threads = servers, inputs, device, threads
+        self.addresses = list(addresses) if addresses else []
+        self.start_timeout_s = start_timeout_s
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list[Any] = []
+        self.context: zmq.Context | None = None
+        self.sockets: list[zmq.Socket] = []
+        self.facts: list[dict[str, Any]] = []
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            if not self.addresses:
+                self._start_local()
+            self._connect()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def _start_local(self) -> None:
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        for spec in self.servers:
+            cmd = [sys.executable, "-m", "testbed.server", "--bind", "tcp://127.0.0.1:*", "--inputs",
+                   str(self.inputs), "--device", self.device, "--threads", str(self.threads)]
+            for folder in spec.networks:
+                cmd += ["--network", str(folder)]
+            if spec.cpu is not None:
+                cmd += ["--cpu", str(spec.cpu)]
+            log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server must never block
+            self.logs.append(log)
+            self.processes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, env=env, text=True))
+        deadline = time.monotonic() + self.start_timeout_s
+        for s, proc in enumerate(self.processes):
+            line = _read_line(proc, deadline)
+            if not line.startswith("tcp://"):
+                self.logs[s].seek(0)
+                err = self.logs[s].read()
+                last = (err.strip().splitlines() or ["no output"])[-1]
+                raise TestbedError(f"testbed server {s} did not start: {last}")
+            self.addresses.append(line.strip())
+
+    def _connect(self) -> None:
+        self.context = zmq.Context()
+        deadline = time.monotonic() + self.start_timeout_s
+        for s, address in enumerate(self.addresses):
+            sock = self.context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.connect(address)
+            self.sockets.append(sock)
+            sock.send_multipart([wire.PING])
+            if not wire.wait_readable([sock], max(0.0, deadline - time.monotonic())):
+                raise TestbedError(f"testbed server {s} at {address} did not answer within {self.start_timeout_s:g} s")
+            kind, body = sock.recv_multipart()
+            self.facts.append(json.loads(body) | {"address": address})
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            try:
+                if self.processes:
+                    sock.send_multipart([wire.STOP], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            sock.close(0)
+        self.sockets = []
+        if self.context is not None:
+            self.context.term()
+            self.context = None
+        for proc in self.processes:
+            _stop(proc)
+        self.processes = []
+        for log in self.logs:
+            log.close()
+        self.logs = []
+
+
+def _read_line(proc: subprocess.Popen, deadline: float) -> str:
+    import select
+
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            return proc.stdout.readline()
+        if proc.poll() is not None:
+            return ""
+    return ""
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(timeout=2.0)
+        return
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+    try:
+        proc.wait(timeout=3.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

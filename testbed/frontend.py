@@ -1,0 +1,439 @@
+"""The frontend: replays an arrival stream in wall-clock time and dispatches it to real servers.
+
+Dispatch follows the simulator's policies rule for rule (see sim/engine.py), with the frontend's own view of
+each server's load: a server's count of live tasks is what was sent to it and has neither come back nor been
+cancelled — exactly what join-shortest-queue and shortest-expected-delay look at in the simulator.
+
+- uncoded: the expert's own server.
+- replication: ``redundant`` (every server hosting the expert) or ``jsq`` (the least-loaded one, the expert's
+  own on ties). (``pool``, one queue for several servers, would need a frontend-side queue and is refused.)
+- hedged: the expert's server; after the hedge delay, a copy to its least-loaded replica.
+- coded: ``redundant`` (direct + every other expert + coded servers at once), ``hedged`` (that group after
+  the delay) or ``sed`` (whichever path has the shorter expected delay); answered by the direct output or by
+  decoding once N outputs of the group came back.
+- ensemble queries (model −1) need every expert's answer (or N of the N + r outputs, coded).
+
+When a query is answered its other copies are cancelled (if the policy cancels): a queued copy is dropped by
+its server; a copy in service has its straggle cut (the forward pass itself always completes).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zmq
+
+from testbed import wire
+
+CODED, SPARE = -1, -2
+ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP = 0, 1, 2, 3
+HOW = ("direct", "replica", "hedge", "decoded")
+HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED = range(4)
+STATUS = ("done", "dropped_queued", "dropped_in_service")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One serving policy, in plain values (the simulator's Plan says the same)."""
+
+    name: str
+    kind: str  # uncoded | replication | hedged | coded
+    dispatch: str
+    hosts: tuple[int, ...]  # per server: expert index, CODED or SPARE
+    n_experts: int
+    cancel: bool = True
+    fanout: int = 1
+    mean_ms: tuple[float, ...] = ()  # per server, for shortest-expected-delay
+    delay_ms: tuple[float, ...] | None = None  # per expert, hedge delay
+
+    def network_of(self, server: int) -> int:
+        """The network a server runs under this policy: expert i is network i, coded model k is N + k."""
+        host = self.hosts[server]
+        return host if host >= 0 else self.n_experts + self.hosts[:server].count(CODED)
+
+    def servers_of(self, model: int) -> list[int]:
+        return [s for s, h in enumerate(self.hosts) if h == model]
+
+
+@dataclass
+class Workload:
+    """The queries to replay: arrival time, expert asked for (−1 ensemble), input row, straggle factor per
+    (query, server) — the simulator's own draws, so both serve the same stream."""
+
+    arrival_ms: np.ndarray
+    model: np.ndarray
+    row: np.ndarray
+    factor: np.ndarray  # (n, servers)
+    mode: str = "stall"
+
+    @property
+    def n(self) -> int:
+        return len(self.arrival_ms)
+
+
+@dataclass
+class ServeResult:
+    records: pd.DataFrame  # one row per query
+    tasks: pd.DataFrame  # one row per task sent
+    outputs: np.ndarray  # (n, servers, K) float32, NaN where no output came back before the answer
+    wall_s: float
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+class _Query:
+    __slots__ = ("qid", "model", "done", "got", "mask", "cover", "how", "tasks")
+
+    def __init__(self, qid: int, model: int) -> None:
+        self.qid, self.model = qid, model
+        self.done = False
+        self.got = self.mask = self.cover = 0
+        self.how = HOW_DIRECT
+        self.tasks: list[int] = []
+
+
+class Frontend:
+    """Serves one Workload under one Policy over the given sockets (one per server, index = server)."""
+
+    def __init__(self, sockets: list[zmq.Socket], policy: Policy, work: Workload, lead_ms: float = 200.0,
+                 drain_timeout_s: float = 60.0) -> None:
+        if policy.kind == "replication" and policy.dispatch == "pool":
+            raise ValueError("testbed: replication with dispatch = 'pool' (a shared queue) is not served for real")
+        if len(sockets) != len(policy.hosts) or work.factor.shape[1] != len(policy.hosts):
+            raise ValueError(f"testbed: {len(sockets)} servers, policy has {len(policy.hosts)}, "
+                             f"draws have {work.factor.shape[1]}")
+        self.sockets, self.p, self.w = sockets, policy, work
+        self.lead_ms, self.drain_timeout_s = lead_ms, drain_timeout_s
+        self.N, self.S = policy.n_experts, len(policy.hosts)
+        self.hosts_of = [policy.servers_of(i) for i in range(self.N)]
+        self.coded = [s for s, h in enumerate(policy.hosts) if h == CODED]
+        self.nets = [policy.network_of(s) for s in range(self.S)]
+        self.mode = wire.MODES[work.mode]
+        self.n_live = [0] * self.S
+        n = work.n
+        self.queries = [_Query(k, int(m)) for k, m in enumerate(work.model.tolist())]
+        self.finish = np.full(n, np.nan)
+        self.dispatched = np.full(n, np.nan)
+        self.how = np.zeros(n, np.int8)
+        self.mask = np.zeros(n, np.int64)
+        self.ntask = np.zeros(n, np.int32)
+        self.outputs: np.ndarray | None = None
+        self.timers: list[tuple[float, int, int]] = []
+        self.n_done = 0
+        self.in_flight = 0
+        # per task: query, server, role, sent, back, status, server stamps (s), passes, active
+        self.t_query: list[int] = []
+        self.t_server: list[int] = []
+        self.t_role: list[int] = []
+        self.t_sent: list[float] = []
+        self.t_due: list[float] = []  # when the send was due: the query's arrival, or its hedge timer
+        self._due = 0.0
+        self.t_back: list[float] = []
+        self.t_status: list[int] = []
+        self.t_stamps: list[tuple[float, float, float, float]] = []
+        self.t_passes: list[int] = []
+        self.t_active: list[bool] = []
+        self.zero = 0.0
+        self.base = int.from_bytes(os.urandom(3), "little") << 32  # task ids on the wire: unique per run
+
+    # ------------------------------------------------------------------------------------------------ clock
+    def now(self) -> float:
+        return (time.perf_counter() - self.zero) * 1000.0
+
+    # --------------------------------------------------------------------------------------------- sending
+    def _send(self, q: _Query, s: int, role: int) -> None:
+        tid = len(self.t_query)
+        self.t_query.append(q.qid)
+        self.t_server.append(s)
+        self.t_role.append(role)
+        self.t_back.append(np.nan)
+        self.t_status.append(-1)
+        self.t_stamps.append((np.nan,) * 4)
+        self.t_passes.append(0)
+        self.t_active.append(True)
+        q.tasks.append(tid)
+        self.ntask[q.qid] += 1
+        self.n_live[s] += 1
+        self.in_flight += 1
+        body = wire.TASK_FMT.pack(self.base + tid, self.nets[s], int(self.w.row[q.qid]),
+                                  float(self.w.factor[q.qid, s]), self.mode)
+        self.sockets[s].send_multipart([wire.TASK, body])
+        sent = self.now()
+        self.t_sent.append(sent)
+        self.t_due.append(self._due)
+        if np.isnan(self.dispatched[q.qid]):
+            self.dispatched[q.qid] = sent
+
+    def _least_loaded(self, servers: list[int]) -> int:
+        best = servers[0]
+        for s in servers:
+            if self.n_live[s] < self.n_live[best]:
+                best = s
+        return best
+
+    def _coded_pick(self) -> list[int]:
+        if self.p.fanout >= len(self.coded):
+            return self.coded
+        return sorted(self.coded, key=lambda s: (self.n_live[s], s))[: self.p.fanout]
+
+    def _group(self, q: _Query) -> None:
+        for j in range(self.N):
+            if j != q.model:
+                self._send(q, j, ROLE_GROUP)
+        for s in self._coded_pick():
+            self._send(q, s, ROLE_GROUP)
+
+    def _timer(self, q: _Query, delay: float) -> None:
+        heapq.heappush(self.timers, (self.w.arrival_ms[q.qid] + delay, q.qid, q.qid))
+
+    def _expected(self, s: int) -> float:
+        return (self.n_live[s] + 1) * self.p.mean_ms[s]
+
+    # -------------------------------------------------------------------------------------------- arrivals
+    def _arrive(self, q: _Query) -> None:
+        kind, d, i = self.p.kind, self.p.dispatch, q.model
+        if i < 0:
+            self._ensemble(q)
+        elif kind == "uncoded":
+            self._send(q, i, ROLE_DIRECT)
+        elif kind == "replication":
+            if d == "redundant":
+                for s in self.hosts_of[i]:
+                    self._send(q, s, ROLE_DIRECT)
+            else:
+                self._send(q, self._least_loaded(self.hosts_of[i]), ROLE_DIRECT)
+        elif kind == "hedged":
+            self._send(q, i, ROLE_DIRECT)
+            if len(self.hosts_of[i]) > 1:
+                self._timer(q, self.p.delay_ms[i])
+        elif d == "redundant":
+            self._send(q, i, ROLE_DIRECT)
+            self._group(q)
+        elif d == "hedged":
+            self._send(q, i, ROLE_DIRECT)
+            self._timer(q, self.p.delay_ms[i])
+        else:  # sed
+            e_group = max([self._expected(j) for j in range(self.N) if j != i]
+                          + [self._expected(s) for s in self._coded_pick()], default=0.0)
+            if e_group < self._expected(i):
+                self._group(q)
+            else:
+                self._send(q, i, ROLE_DIRECT)
+
+    def _ensemble(self, q: _Query) -> None:
+        kind, d = self.p.kind, self.p.dispatch
+        if kind == "uncoded" or kind == "hedged" or (kind == "coded" and d == "hedged"):
+            for i in range(self.N):
+                self._send(q, i, ROLE_GROUP if kind == "coded" else ROLE_DIRECT)
+            if kind != "uncoded":
+                self._timer(q, max(self.p.delay_ms))
+        elif kind == "replication":
+            for i in range(self.N):
+                servers = self.hosts_of[i] if d == "redundant" else [self._least_loaded(self.hosts_of[i])]
+                for s in servers:
+                    self._send(q, s, ROLE_DIRECT)
+        elif d == "redundant":
+            for s in range(self.S):
+                self._send(q, s, ROLE_GROUP)
+        else:  # sed: the N servers with the shortest expected delay
+            for s in sorted(range(self.S), key=lambda s: (self._expected(s), s))[: self.N]:
+                self._send(q, s, ROLE_GROUP)
+
+    def _hedge(self, q: _Query) -> None:
+        if q.done:
+            return
+        if self.p.kind == "coded":
+            if q.model >= 0:
+                self._group(q)
+            else:
+                for s in self.coded:
+                    self._send(q, s, ROLE_GROUP)
+            return
+        models = [q.model] if q.model >= 0 else [m for m in range(self.N) if not (q.cover >> m) & 1]
+        for m in models:
+            replicas = self.hosts_of[m][1:]
+            if replicas:
+                self._send(q, self._least_loaded(replicas), ROLE_HEDGE)
+
+    # ------------------------------------------------------------------------------------------ completions
+    def _answer(self, q: _Query, how: int, mask: int) -> None:
+        q.done = True
+        self.finish[q.qid] = self.now()
+        self.how[q.qid] = how
+        self.mask[q.qid] = mask
+        self.n_done += 1
+        if self.p.cancel:
+            for tid in q.tasks:
+                if self.t_active[tid]:
+                    self.t_active[tid] = False
+                    self.n_live[self.t_server[tid]] -= 1
+                    self.sockets[self.t_server[tid]].send_multipart([wire.CANCEL, wire.ID_FMT.pack(self.base + tid)])
+
+    def _complete(self, tid: int, output: np.ndarray) -> None:
+        s = self.t_server[tid]
+        q = self.queries[self.t_query[tid]]
+        if q.done:
+            return  # a copy that was not cancelled
+        assert self.outputs is not None
+        self.outputs[q.qid, s] = output
+        bit = 1 << s
+        role = self.t_role[tid]
+        if q.model >= 0:
+            if self.p.kind == "coded":
+                if role == ROLE_DIRECT:
+                    self._answer(q, HOW_DIRECT, bit)
+                else:
+                    q.got += 1
+                    q.mask |= bit
+                    if q.got >= self.N:
+                        self._answer(q, HOW_DECODED, q.mask)
+            elif role == ROLE_HEDGE:
+                self._answer(q, HOW_HEDGE, bit)
+            else:
+                self._answer(q, HOW_DIRECT if s < self.N else HOW_REPLICA, bit)
+            return
+        if self.p.kind == "coded":
+            q.got += 1
+            q.mask |= bit
+            if self.p.hosts[s] == CODED:
+                q.how = HOW_DECODED
+            if q.got >= self.N:
+                self._answer(q, q.how, q.mask)
+            return
+        m = self.p.hosts[s]
+        if (q.cover >> m) & 1:
+            return
+        q.cover |= 1 << m
+        q.got += 1
+        q.mask |= bit
+        if role == ROLE_HEDGE:
+            q.how = HOW_HEDGE
+        elif s >= self.N and q.how == HOW_DIRECT:
+            q.how = HOW_REPLICA
+        if q.got == self.N:
+            self._answer(q, q.how, q.mask)
+
+    def _receive(self, s: int, frames: list[bytes]) -> None:
+        back = self.now()
+        kind = frames[0]
+        if kind == wire.DONE:
+            tid, recv, start, computed, end, passes = wire.DONE_FMT.unpack(frames[1])
+            status = 0
+        elif kind == wire.DROPPED:
+            tid, status, recv, start, computed, end, passes = wire.DROPPED_FMT.unpack(frames[1])
+        else:
+            return
+        tid -= self.base
+        if not 0 <= tid < len(self.t_query):
+            return  # a late message of an earlier run on the same servers
+        self.t_back[tid] = back
+        self.t_status[tid] = status
+        self.t_stamps[tid] = (recv, start, computed, end)
+        self.t_passes[tid] = passes
+        self.in_flight -= 1
+        if status != 0 and self.t_active[tid]:
+            raise RuntimeError(f"testbed: server {s} dropped task {tid} that was never cancelled")
+        if status == 0 and self.t_active[tid]:
+            self.t_active[tid] = False
+            self.n_live[s] -= 1
+            output = np.frombuffer(frames[2], dtype=np.float32)
+            if self.outputs is None:
+                self.outputs = np.full((self.w.n, self.S, len(output)), np.nan, np.float32)
+            self._complete(tid, output)
+
+    def _drain(self) -> bool:
+        got = False
+        for s, sock in enumerate(self.sockets):
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                got = True
+                self._receive(s, frames)
+        return got
+
+    # ------------------------------------------------------------------------------------------------- run
+    def run(self) -> ServeResult:
+        arrivals = self.w.arrival_ms.tolist()
+        n = len(arrivals)
+        started = time.perf_counter()
+        self.zero = started + self.lead_ms / 1000.0
+        k = 0
+        last_progress = time.monotonic()
+        while self.n_done < n or self.in_flight > 0:
+            now = self.now()
+            while k < n and arrivals[k] <= now:
+                self._due = arrivals[k]
+                self._arrive(self.queries[k])
+                k += 1
+            while self.timers and self.timers[0][0] <= now:
+                self._due, _, qid = heapq.heappop(self.timers)
+                self._hedge(self.queries[qid])
+            if self._drain():
+                last_progress = time.monotonic()
+                continue
+            due = min(arrivals[k] if k < n else np.inf, self.timers[0][0] if self.timers else np.inf)
+            timeout = min(1.0, max(0.0, (due - self.now()) / 1000.0))
+            if not wire.wait_readable(self.sockets, timeout) and k >= n and not self.timers:
+                if time.monotonic() - last_progress > self.drain_timeout_s:
+                    raise TimeoutError(f"testbed: {self.in_flight} task(s) never came back from the servers")
+        wall = time.perf_counter() - started
+        return ServeResult(self._records(), self._tasks(), self._outputs(), wall)
+
+    def _outputs(self) -> np.ndarray:
+        return self.outputs if self.outputs is not None else np.full((self.w.n, self.S, 0), np.nan, np.float32)
+
+    def _records(self) -> pd.DataFrame:
+        w = self.w
+        return pd.DataFrame({
+            "policy": self.p.name,
+            "query_id": np.arange(w.n, dtype=np.int64),
+            "model": w.model.astype(np.int64),
+            "row": w.row.astype(np.int64),
+            "arrival_ms": w.arrival_ms,
+            "dispatch_ms": self.dispatched,
+            "finish_ms": self.finish,
+            "latency_ms": self.finish - w.arrival_ms,
+            "answered_by": pd.Categorical.from_codes(self.how.astype(np.int64), categories=list(HOW)),
+            "answer_mask": self.mask,
+            "n_tasks": self.ntask,
+        })
+
+    def _tasks(self) -> pd.DataFrame:
+        stamps = np.asarray(self.t_stamps, float).reshape(-1, 4) * 1000.0  # server clock, ms
+        recv, start, computed, end = stamps.T
+        status = np.asarray(self.t_status, np.int64)
+        return pd.DataFrame({
+            "policy": self.p.name,
+            "task_id": np.arange(len(self.t_query), dtype=np.int64),
+            "query_id": np.asarray(self.t_query, np.int64),
+            "server": np.asarray(self.t_server, np.int64),
+            "role": np.asarray(self.t_role, np.int64),
+            "factor": self.w.factor[self.t_query, self.t_server] if self.t_query else np.empty(0),
+            "sent_ms": np.asarray(self.t_sent, float),
+            "returned_ms": np.asarray(self.t_back, float),
+            "status": pd.Categorical.from_codes(np.clip(status, 0, None), categories=list(STATUS)),
+            "queue_ms": start - recv,
+            "compute_ms": computed - start,
+            "held_ms": end - computed,
+            "in_server_ms": end - recv,
+            "due_ms": np.asarray(self.t_due, float),
+            "transport_ms": np.asarray(self.t_back, float) - np.asarray(self.t_sent, float) - (end - recv),
+            # one-way delays: meaningful when the servers share the frontend's clock (same host)
+            "out_ms": recv - self.zero * 1000.0 - np.asarray(self.t_due, float),
+            "back_ms": np.asarray(self.t_back, float) - (end - self.zero * 1000.0),
+            "passes": np.asarray(self.t_passes, np.int64),
+            "server_recv_clock_ms": recv,
+            "frontend_zero_clock_ms": self.zero * 1000.0,
+        })
+
+
+def serve(sockets: list[zmq.Socket], policy: Policy, work: Workload, lead_ms: float = 200.0) -> ServeResult:
+    """Replay `work` under `policy` on the servers behind `sockets`; one record per query and per task."""
+    return Frontend(sockets, policy, work, lead_ms).run()

@@ -1,0 +1,193 @@
+"""One inference server: a network, its own FIFO queue, one CPU thread (or its CUDA device), a ZeroMQ address.
+
+Run as ``python -m testbed.server --bind tcp://127.0.0.1:5601 --network DIR/net-0 --network DIR/net-1 ...
+--inputs DIR/inputs.npy`` (a network folder holds ``network.json`` — the models.NetworkSpec — and
+``weights.safetensors``). Each server holds every network a policy may give it (an expert, its replica or a
+coded model); each task names the one to run. It can run on another host: the frontend only needs its address,
+and the server the same folders.
+
+Serving one task: the forward pass on the task's input row runs to completion (a pass cannot be interrupted);
+then a straggling task (factor f > 1) is held for (f − 1) × that pass's compute time, either idle (``stall``:
+like a network or I/O stall) or running further passes (``compute``: like a noisy neighbour). A cancel that
+arrives while the task is queued drops it; one that arrives in service cuts the straggle at once (after the
+current pass in compute mode), never the first pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from testbed import wire
+
+
+@dataclass
+class _Task:
+    ident: bytes
+    task_id: int
+    net: int
+    row: int
+    factor: float
+    mode: int
+    recv: float
+
+
+def load_network(folder: Path, device: str):
+    """The network saved in `folder` (network.json + weights.safetensors), in eval mode on `device`."""
+    import torch
+    from safetensors.torch import load_file
+
+    from models.networks import NetworkSpec, build_network
+
+    spec = NetworkSpec.model_validate(json.loads((folder / "network.json").read_text()))
+    model = build_network(spec)
+    model.load_state_dict(load_file(str(folder / "weights.safetensors")), strict=True)
+    return model.to(torch.device(device)).eval()
+
+
+class Server:
+    """The serving loop; single-threaded, so a task's stamps are not disturbed by a second Python thread."""
+
+    def __init__(self, socket: zmq.Socket, models: list, inputs, device: str) -> None:
+        import torch
+
+        self.socket, self.models, self.inputs, self.device = socket, models, inputs, torch.device(device)
+        self.queue: deque[_Task] = deque()
+        self.cancelled: set[int] = set()
+        self.live: set[int] = set()  # queued or in service
+        self.running = True
+        self.parent = os.getppid()
+        self._torch = torch
+
+    def _forward(self, net: int, row: int) -> np.ndarray:
+        torch = self._torch
+        with torch.no_grad():
+            out = self.models[net](self.inputs[row : row + 1].to(self.device, non_blocking=True))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        return out[0].float().cpu().numpy()
+
+    def _read(self, timeout_s: float | None) -> None:
+        """Take every waiting message (blocking up to `timeout_s` for the first)."""
+        if not wire.wait_readable([self.socket], timeout_s):
+            return
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(frames, time.perf_counter())
+
+    def _handle(self, frames: list[bytes], now: float) -> None:
+        ident, kind = frames[0], frames[1]
+        if kind == wire.TASK:
+            task_id, net, row, factor, mode = wire.TASK_FMT.unpack(frames[2])
+            self.queue.append(_Task(ident, task_id, net, row, factor, mode, now))
+            self.live.add(task_id)
+        elif kind == wire.CANCEL:
+            task_id = wire.ID_FMT.unpack(frames[2])[0]
+            if task_id in self.live:  # a cancel for a task already answered is moot
+                self.cancelled.add(task_id)
+        elif kind == wire.PING:
+            facts = {"pid": os.getpid(), "device": str(self.device), "threads": self._torch.get_num_threads(),
+                     "rows": len(self.inputs), "networks": len(self.models)}
+            self.socket.send_multipart([ident, wire.PONG, json.dumps(facts).encode()])
+        elif kind == wire.STOP:
+            self.running = False
+
+    def _drop(self, task: _Task, status: int, start: float, computed: float, passes: int) -> None:
+        self.cancelled.discard(task.task_id)
+        self.live.discard(task.task_id)
+        body = wire.DROPPED_FMT.pack(task.task_id, status, task.recv, start, computed, time.perf_counter(), passes)
+        self.socket.send_multipart([task.ident, wire.DROPPED, body])
+
+    def _serve(self, task: _Task) -> None:
+        start = time.perf_counter()
+        out = self._forward(task.net, task.row)
+        computed = time.perf_counter()
+        passes = 1
+        hold_until = computed + (task.factor - 1.0) * (computed - start)
+        while True:
+            self._read(0)
+            if task.task_id in self.cancelled:
+                self._drop(task, wire.DROPPED_IN_SERVICE, start, computed, passes)
+                return
+            now = time.perf_counter()
+            if now >= hold_until:
+                break
+            if task.mode == wire.MODE_COMPUTE:
+                self._forward(task.net, task.row)
+                passes += 1
+            else:
+                self._read(hold_until - now)
+        self.live.discard(task.task_id)
+        body = wire.DONE_FMT.pack(task.task_id, task.recv, start, computed, time.perf_counter(), passes)
+        self.socket.send_multipart([task.ident, wire.DONE, body, out.astype(np.float32).tobytes()])
+
+    def run(self) -> None:
+        while self.running:
+            if not self.queue:
+                self._read(1.0)
+                if os.getppid() != self.parent:  # the frontend died without stopping us: do not linger
+                    return
+                continue
+            task = self.queue.popleft()
+            if task.task_id in self.cancelled:
+                self._drop(task, wire.DROPPED_QUEUED, float("nan"), float("nan"), 0)
+                continue
+            self._serve(task)
+            self._read(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--bind", required=True,
+                        help="ZeroMQ address to listen on, e.g. tcp://127.0.0.1:5601 (port * = any free port)")
+    parser.add_argument("--network", required=True, type=Path, action="append",
+                        help="folder with network.json + weights.safetensors; repeat for several (task field net)")
+    parser.add_argument("--inputs", required=True, type=Path, help=".npy of the input rows tasks refer to")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (one core per server)")
+    parser.add_argument("--cpu", type=int, default=None, help="pin to this CPU core where the OS allows")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the frontend owns Ctrl-C and stops us with STOP / SIGTERM
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.cpu is not None and hasattr(os, "sched_setaffinity"):
+        try:
+            os.sched_setaffinity(0, {args.cpu})
+        except OSError as error:
+            print(f"warning: cannot pin to CPU {args.cpu}: {error}", file=sys.stderr)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    inputs = torch.from_numpy(np.load(args.inputs))
+    models = [load_network(folder, args.device) for folder in args.network]
+    for _ in range(20):  # warm-up: allocator, kernel choice
+        with torch.no_grad():
+            for model in models:
+                model(inputs[:1].to(args.device))
+    context = zmq.Context()
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.bind(args.bind)
+    print(socket.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)  # the port, when --bind asked for any (`*`)
+    try:
+        Server(socket, models, inputs, args.device).run()
+    finally:
+        socket.close(0)
+        context.term()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
