@@ -1,0 +1,222 @@
+"""The real testbed: server processes over ZeroMQ, dispatch as the simulator's policies, cancellation, stragglers.
+
+Known-answer traces are built so that one task straggles by a factor large enough (hundreds of forward passes)
+that timing noise cannot change which path answers; the simulator on the same trace must agree query for query.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from models.networks import NetworkSpec, build_network
+from sim import simulate
+from testbed import LocalCluster, Policy, ServerSpec, Workload, serve
+
+SPEC = NetworkSpec(arch="cnn", width=8)
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory) -> tuple[list[Path], Path]:
+    """Three random tiny CNNs (two 'experts', one 'coded') and 40 input rows."""
+    root = tmp_path_factory.mktemp("testbed-nets")
+    folders = []
+    for k in range(3):
+        torch.manual_seed(k)
+        folder = root / f"net-{k}"
+        folder.mkdir()
+        (folder / "network.json").write_text(SPEC.model_dump_json())
+        save_file(build_network(SPEC).state_dict(), str(folder / "weights.safetensors"))
+        folders.append(folder)
+    x = np.random.default_rng(0).standard_normal((40, 1, 28, 28)).astype(np.float32)
+    np.save(root / "inputs.npy", x)
+    return folders, root / "inputs.npy"
+
+
+@pytest.fixture(scope="module")
+def cluster(nets):
+    folders, inputs = nets
+    with LocalCluster([ServerSpec(tuple(folders))] * 3, inputs) as c:
+        yield c
+
+
+def _trace(arrivals, models, factors) -> Workload:
+    n = len(arrivals)
+    return Workload(np.asarray(arrivals, float), np.asarray(models, np.int64), np.arange(n) % 40,
+                    np.asarray(factors, float))
+
+
+def test_outputs_are_the_real_networks_outputs(cluster, nets):
+    folders, inputs = nets
+    work = _trace([0.0, 5.0, 10.0], [0, 1, 0], np.ones((3, 3)))
+    policy = Policy("uncoded", "uncoded", "direct", (0, 1, -2), 2)
+    result = serve(cluster.sockets, policy, work)
+    x = torch.from_numpy(np.load(inputs))
+    for q, server in enumerate([0, 1, 0]):
+        model = build_network(SPEC)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(folders[server] / "weights.safetensors")))
+        with torch.no_grad():
+            want = model.eval()(x[q : q + 1])[0].numpy()
+        np.testing.assert_allclose(result.outputs[q, server], want, rtol=1e-5, atol=1e-6)
+    assert np.isnan(result.outputs[0, 1]).all()  # nothing from a server the query never used
+
+
+def test_stall_holds_a_straggler_for_factor_times_its_compute(cluster):
+    work = _trace([0.0, 50.0], [0, 0], [[300.0, 1, 1], [1, 1, 1]])
+    result = serve(cluster.sockets, Policy("uncoded", "uncoded", "direct", (0, 1, -2), 2), work)
+    task = result.tasks.iloc[0]
+    assert task["status"] == "done" and task["passes"] == 1
+    assert task["held_ms"] == pytest.approx(299 * task["compute_ms"], rel=0.05, abs=0.5)
+    assert result.records["latency_ms"].iloc[0] >= task["compute_ms"] + task["held_ms"]
+
+
+def test_compute_mode_keeps_computing(cluster):
+    work = _trace([0.0], [0], [[50.0, 1, 1]])
+    work.mode = "compute"
+    result = serve(cluster.sockets, Policy("uncoded", "uncoded", "direct", (0, 1, -2), 2), work)
+    task = result.tasks.iloc[0]
+    assert task["passes"] >= 10  # (f − 1) × one pass spent on further passes, not idling
+    assert task["held_ms"] >= 45 * task["compute_ms"] * 0.5
+
+
+def _simulated(policy_table: dict, work: Workload, service_ms: float) -> pd.DataFrame:
+    """The simulator on exactly this trace and these straggler factors, deterministic service."""
+    from sim import parse_config
+    from sim.api import run_plan
+    from sim.draws import Draws
+    from sim.plan import HOW, make_plan
+
+    cfg = parse_config({"n_experts": 2, "r": 1, "policies": [policy_table],
+                        "traffic": {"kind": "trace", "trace_times_ms": work.arrival_ms.tolist(),
+                                    "trace_models": work.model.tolist()},
+                        "service": {"expert": {"kind": "deterministic", "value_ms": service_ms}}})
+    draws = Draws(0, work.arrival_ms, work.model, np.zeros(work.n, np.int64), np.full((work.n, 3), 0.5),
+                  work.factor)
+    out = run_plan(make_plan(cfg, cfg.policies[0], draws), draws)
+    return pd.DataFrame({"answered_by": [HOW[h] for h in out.how],
+                         "servers_used": [",".join(str(b) for b in range(3) if (int(m) >> b) & 1) for m in out.mask],
+                         "finish_ms": out.finish_ms})
+
+
+# query 0 (expert 0) straggles hard on server 0; query 1 (expert 1) is ordinary; query 2 arrives later
+KNOWN = _trace([0.0, 1.0, 300.0], [0, 1, 0], [[2000.0, 1, 1], [1, 1, 1], [1, 1, 1]])
+
+
+@pytest.mark.parametrize("policy, table, how, servers", [
+    (Policy("hedged", "hedged", "jsq", (0, 1, 0), 2, delay_ms=(10.0, 10.0)),
+     {"kind": "hedged", "delay_ms": 10.0, "replica_of": [0]}, "hedge", "2"),
+    (Policy("coded", "coded", "hedged", (0, 1, -1), 2, delay_ms=(10.0, 10.0)),
+     {"kind": "coded", "dispatch": "hedged", "delay_ms": 10.0}, "decoded", "1,2"),
+    (Policy("coded-red", "coded", "redundant", (0, 1, -1), 2),
+     {"kind": "coded", "dispatch": "redundant"}, "decoded", "1,2"),
+])
+def test_known_trace_answered_as_the_simulator_says(cluster, policy, table, how, servers):
+    result = serve(cluster.sockets, policy, KNOWN)
+    real = result.records
+    sim = _simulated(table | {"name": policy.name}, KNOWN, float(result.tasks["compute_ms"].median()))
+    assert real["answered_by"].iloc[0] == how == sim["answered_by"].iloc[0]
+    mask = int(real["answer_mask"].iloc[0])
+    assert ",".join(str(b) for b in range(3) if (mask >> b) & 1) == servers == sim["servers_used"].iloc[0]
+    assert list(real["answered_by"].iloc[1:]) == list(sim["answered_by"].iloc[1:])
+    straggler = result.tasks[(result.tasks["query_id"] == 0) & (result.tasks["server"] == 0)].iloc[0]
+    assert straggler["status"] == "dropped_in_service"  # its stall was cut by the cancel ...
+    assert straggler["held_ms"] < 0.5 * 1999 * straggler["compute_ms"]  # ... long before it would have ended
+    assert real["latency_ms"].iloc[0] < 0.5 * 1999 * straggler["compute_ms"]
+
+
+def test_cancel_drops_a_queued_copy(cluster):
+    # query 0 (expert 0) straggles on server 0 and on the coded server 2, so it holds both for a long time;
+    # query 1 (expert 1) is answered directly by server 1, and its group copies, still queued behind query 0's
+    # stragglers on servers 0 and 2, are dropped there
+    work = _trace([0.0, 0.5], [0, 1], [[2000.0, 1, 2000.0], [1, 1, 1]])
+    policy = Policy("coded", "coded", "redundant", (0, 1, -1), 2)
+    result = serve(cluster.sockets, policy, work)
+    tasks = result.tasks.set_index(["query_id", "server"])
+    assert result.records["answered_by"].iloc[1] == "direct"
+    assert tasks.loc[(1, 0), "status"] == "dropped_queued"
+    assert tasks.loc[(1, 2), "status"] == "dropped_queued"
+    sim = _simulated({"kind": "coded", "dispatch": "redundant"}, work, float(tasks["compute_ms"].median()))
+    assert sim["answered_by"].iloc[1] == "direct" and sim["servers_used"].iloc[1] == "1"
+
+
+def test_jsq_sends_the_second_query_to_the_replica(cluster):
+    work = _trace([0.0, 0.1, 0.2], [0, 0, 1], [[500.0, 1, 1], [1, 1, 1], [1, 1, 1]])
+    policy = Policy("replication", "replication", "jsq", (0, 1, 0), 2)
+    result = serve(cluster.sockets, policy, work)
+    assert list(result.tasks["server"]) == [0, 2, 1]
+    assert list(result.records["answered_by"]) == ["direct", "replica", "direct"]
+    assert result.records["latency_ms"].iloc[1] < result.records["latency_ms"].iloc[0]
+
+
+def test_ctrl_c_leaves_no_process(nets, tmp_path):
+    folders, inputs = nets
+    script = tmp_path / "serve_forever.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, numpy as np
+        from pathlib import Path
+        from testbed import LocalCluster, ServerSpec, Policy, Workload, serve
+        folders = {[str(f) for f in folders]!r}
+        with LocalCluster([ServerSpec(tuple(Path(f) for f in folders))] * 3, Path({str(inputs)!r})) as c:
+            print(json.dumps(c.pids), flush=True)
+            n = 200000
+            work = Workload(np.arange(n) * 1.0, np.zeros(n, np.int64), np.zeros(n, np.int64), np.ones((n, 3)))
+            serve(c.sockets, Policy("u", "uncoded", "direct", (0, 1, -2), 2), work)
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    pids = json.loads(proc.stdout.readline())
+    assert len(pids) == 3 and all(_alive(p) for p in pids)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    assert "KeyboardInterrupt" in proc.stderr.read()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_servers_exit_when_the_frontend_is_killed(nets, tmp_path):
+    folders, inputs = nets
+    script = tmp_path / "hold.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, time
+        from pathlib import Path
+        from testbed import LocalCluster, ServerSpec
+        with LocalCluster([ServerSpec(tuple(Path(f) for f in {[str(f) for f in folders]!r}))] * 2,
+                          Path({str(inputs)!r})) as c:
+            print(json.dumps(c.pids), flush=True)
+            time.sleep(600)
+    """))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    pids = json.loads(proc.stdout.readline())
+    proc.kill()  # no chance to clean up: the servers notice their parent is gone
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
