@@ -66,7 +66,7 @@ class ReferenceEngine:
             yield self.env.timeout(float(arr[k]) - self.env.now)
             self.env.process(self._query(k, int(models[k])))
 
-    def _copy(self, q: _Q, st: int, role: int, svc: float) -> Generator[Any, Any, None]:
+    def _copy(self, q: _Q, st: int, role: int) -> Generator[Any, Any, None]:
         env = self.env
         with self.res[st].request() as req:
             try:
@@ -74,6 +74,7 @@ class ReferenceEngine:
             except simpy.Interrupt:
                 return  # cancelled while queued
             srv = self.free[st].pop(0)
+            svc = float(self.plan.service_ms[q.qid, srv])  # the draw of the server that serves it
             start = env.now
             if srv in self.slow and self.slow[srv].state_at(start):
                 svc *= self.plan.episodes[2]  # type: ignore[index]
@@ -133,8 +134,7 @@ class ReferenceEngine:
         q.done.succeed()
 
     def _send(self, q: _Q, st: int, role: int) -> None:
-        svc = float(self.plan.service_ms[q.qid, self.plan.stations[st][0]])
-        q.copies.append(self.env.process(self._copy(q, st, role, svc)))
+        q.copies.append(self.env.process(self._copy(q, st, role)))
         self.out["ntask"][q.qid] += 1
 
     def _jsq(self, stations: list[int]) -> int:
