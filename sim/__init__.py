@@ -22,8 +22,9 @@ Servers 0..N-1 host experts 0..N-1; servers N..N+r-1 are the policy's extra reso
 uncoded, replicas, or coded servers), so every policy uses the same N + r servers.
 
 Model semantics worth knowing: a task's time is drawn per (query, server) and is the same under every
-policy; a slow episode slows a task that *starts* inside it; a failure loses the work in service and the
-task restarts with the same draw after repair (nothing is dropped); hedge delays given as 'p95' are that
+policy; it is the draw of the server that starts the task (in a pooled queue, whichever server takes it);
+a slow episode slows a task that *starts* inside it; a failure loses the work in service and the task
+restarts with its server's draw after repair (nothing is dropped); hedge delays given as 'p95' are that
 percentile of the primary's drawn task times; with service.max_batch > 1 a free server takes up to that
 many queued tasks at once (batch time = max draw * (1 + batch_cost_per_extra * (b - 1))).
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from sim.config import SimConfig, parse_config
+from sim.config import MAX_SERVERS, SimConfig, parse_config
 from sim.draws import Draws, draw
 from sim.engine import FastEngine, RunOutput
 from sim.errors import SimConfigError
@@ -45,7 +45,7 @@ def run_plan(plan: Plan, draws: Draws, engine: Engine = "fast") -> RunOutput:
 
 def _mask_strings(mask: np.ndarray) -> np.ndarray:
     uniq, inv = np.unique(mask, return_inverse=True)
-    names = np.array([",".join(str(b) for b in range(63) if (int(m) >> b) & 1) for m in uniq], dtype=object)
+    names = np.array([",".join(str(b) for b in range(MAX_SERVERS) if (int(m) >> b) & 1) for m in uniq], dtype=object)
     return names[inv]
 
 

@@ -25,6 +25,7 @@ DISPATCH = {
     "coded": ("redundant", "hedged", "sed"),
 }
 DEFAULT_N_QUERIES = 100_000
+MAX_SERVERS = 63  # answer masks are int64 bitmasks with one bit per server
 DEFAULT_SAMPLE_POOL = 1_000_000_000
 
 
@@ -403,6 +404,8 @@ class SimConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
         n, s = self.n_experts, self.n_experts + self.r
+        if s > MAX_SERVERS:
+            raise ValueError(f"n_experts + r = {s} servers is over the limit of {MAX_SERVERS} (int64 answer masks)")
         if self.model_names is not None and len(self.model_names) != n:
             raise ValueError(f"model_names has {len(self.model_names)} names for n_experts={n}")
         tr = self.traffic

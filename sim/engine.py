@@ -62,13 +62,15 @@ class _Query:
 
 
 class _Task:
-    __slots__ = ("q", "station", "role", "svc", "active", "server")
+    """One copy of a query's work at a station. Its service time is not fixed here: the server that starts
+    it uses its own (query, server) draw, which matters for pooled stations of unequal servers."""
 
-    def __init__(self, q: _Query, station: _Station, role: int, svc: float) -> None:
+    __slots__ = ("q", "station", "role", "active", "server")
+
+    def __init__(self, q: _Query, station: _Station, role: int) -> None:
         self.q = q
         self.station = station
         self.role = role
-        self.svc = svc
         self.active = True
         self.server: _Server | None = None
 
@@ -133,9 +135,12 @@ class _Server:
         "host",
         "heap",
         "eid",
+        "draw",
     )
 
-    def __init__(self, idx: int, env: simpy.Environment, eng: FastEngine, station: _Station, host: int) -> None:
+    def __init__(
+        self, idx: int, env: simpy.Environment, eng: FastEngine, station: _Station, host: int, draw: list[float]
+    ) -> None:
         self.idx = idx
         self.env = env
         self.eng = eng
@@ -149,6 +154,7 @@ class _Server:
         self.host = host
         self.heap = env._queue
         self.eid = env._eid
+        self.draw = draw  # this server's task times, by query id
 
     def start(self, task: _Task) -> None:
         env = self.env
@@ -156,7 +162,7 @@ class _Server:
         self.cur = task
         task.server = self
         self.t0 = now
-        d = task.svc
+        d = self.draw[task.q.qid]
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
         ev = self.ev = _Due(self.finish)
@@ -251,7 +257,8 @@ class _BatchServer(_Server):
         for t in tasks:
             t.server = self
         self.t0 = now
-        d = max(t.svc for t in tasks) * (1.0 + self.extra * (len(tasks) - 1))
+        draw = self.draw
+        d = max(draw[t.q.qid] for t in tasks) * (1.0 + self.extra * (len(tasks) - 1))
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
         ev = self.ev = _Due(self.finish)
@@ -336,11 +343,12 @@ class FastEngine:
         self.servers: list[_Server] = []
         for s in range(plan.n_servers):
             st = self.stations[plan.station_of[s]]
+            draw = plan.service_ms[:, s].tolist()
             if plan.max_batch > 1:
-                srv = _BatchServer(s, env, self, st, plan.hosts[s])
+                srv = _BatchServer(s, env, self, st, plan.hosts[s], draw)
                 srv.batch, srv.max_batch, srv.extra = [], plan.max_batch, plan.batch_cost_per_extra
             else:
-                srv = _Server(s, env, self, st, plan.hosts[s])
+                srv = _Server(s, env, self, st, plan.hosts[s], draw)
             st.servers.append(srv)
             self.servers.append(srv)
         for st in self.stations:
@@ -349,8 +357,6 @@ class FastEngine:
         self.hosts_st = [[self.stations[k] for k in plan.host_stations(i)] for i in range(self.N)]
         self.coded_st = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == CODED]
         self.expert_st = [self.stations[plan.station_of[i]] for i in range(self.N)]
-        self.svc = plan.service_ms.ravel().tolist()  # flat: [qid * S + server]
-        self.S = plan.n_servers
         self.arr = draws.arrival_ms.tolist()
         self.models = draws.model.tolist()
         self.delay = plan.delay_ms
@@ -391,16 +397,12 @@ class FastEngine:
 
         ev.callbacks.append(toggle)  # type: ignore[union-attr]
 
-    def _send(self, q: _Query, st: _Station, role: int, server_for_draw: int) -> None:
-        t = _Task(q, st, role, self.svc[q.qid * self.S + server_for_draw])
+    def _send(self, q: _Query, st: _Station, role: int) -> None:
+        t = _Task(q, st, role)
         q.tasks.append(t)
         self.ntask[q.qid] += 1
         self.live += 1
         st.submit(t)
-
-    def _send_st(self, q: _Query, st: _Station, role: int) -> None:
-        # the draw belongs to the station's first server; pooled replicas share the model's draw
-        self._send(q, st, role, st.servers[0].idx)
 
     def _answer(self, q: _Query, how: int, mask: int) -> None:
         q.done = True
@@ -435,7 +437,7 @@ class FastEngine:
             self._ensemble(q)
         elif self.uncoded:  # the hot single-task path: _send() and submit() inlined
             st = self.expert_st[m]
-            t = _Task(q, st, ROLE_DIRECT, self.svc[k * self.S + m])
+            t = _Task(q, st, ROLE_DIRECT)
             self.ntask[k] = 1
             self.live += 1
             st.n_live += 1
@@ -450,28 +452,28 @@ class FastEngine:
     def _route(self, q: _Query) -> None:
         i, kind, d = q.model, self.kind, self.dispatch
         if kind == "uncoded":
-            self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+            self._send(q, self.expert_st[i], ROLE_DIRECT)
         elif kind == "replication":
             hs = self.hosts_st[i]
             if d == "redundant":
                 for st in hs:
-                    self._send_st(q, st, ROLE_DIRECT)
+                    self._send(q, st, ROLE_DIRECT)
             else:  # jsq (ties -> expert's own server) or pool (one shared station)
                 best = hs[0]
                 for st in hs:
                     if st.n_live < best.n_live:
                         best = st
-                self._send_st(q, best, ROLE_DIRECT)
+                self._send(q, best, ROLE_DIRECT)
         elif kind == "hedged":
-            self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+            self._send(q, self.expert_st[i], ROLE_DIRECT)
             if len(self.hosts_st[i]) > 1:
                 Timeout(self.env, self.delay[i], q).callbacks.append(self._hedge)  # type: ignore
         else:  # coded
             if d == "redundant":
-                self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+                self._send(q, self.expert_st[i], ROLE_DIRECT)
                 self._group(q)
             elif d == "hedged":
-                self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+                self._send(q, self.expert_st[i], ROLE_DIRECT)
                 Timeout(self.env, self.delay[i], q).callbacks.append(self._hedge)  # type: ignore
             else:  # sed: only the path with the shorter expected delay
                 own = self.expert_st[i]
@@ -485,7 +487,7 @@ class FastEngine:
                 if e_group < e_direct:
                     self._group(q)
                 else:
-                    self._send(q, own, ROLE_DIRECT, q.model)
+                    self._send(q, own, ROLE_DIRECT)
 
     def _coded_pick(self) -> list[_Station]:
         """The `fanout` least-loaded coded stations (ties -> lower index)."""
@@ -498,9 +500,9 @@ class FastEngine:
     def _group(self, q: _Query) -> None:
         for j, st in enumerate(self.expert_st):
             if j != q.model:
-                self._send(q, st, ROLE_GROUP, j)
+                self._send(q, st, ROLE_GROUP)
         for st in self._coded_pick():
-            self._send_st(q, st, ROLE_GROUP)
+            self._send(q, st, ROLE_GROUP)
 
     def _hedge(self, ev: Timeout) -> None:
         q: _Query = ev._value  # type: ignore[assignment]
@@ -511,7 +513,7 @@ class FastEngine:
                 self._group(q)
             else:
                 for st in self.coded_st:
-                    self._send_st(q, st, ROLE_GROUP)
+                    self._send(q, st, ROLE_GROUP)
             return
         models = [q.model] if q.model >= 0 else [m for m in range(self.N) if not (q.cover >> m) & 1]
         for m in models:
@@ -521,41 +523,41 @@ class FastEngine:
                 for st in reps:
                     if st.n_live < best.n_live:
                         best = st
-                self._send_st(q, best, ROLE_HEDGE)
+                self._send(q, best, ROLE_HEDGE)
 
     def _ensemble(self, q: _Query) -> None:
         kind, d = self.kind, self.dispatch
         if kind == "uncoded":
             for i in range(self.N):
-                self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+                self._send(q, self.expert_st[i], ROLE_DIRECT)
         elif kind == "replication":
             for i in range(self.N):
                 hs = self.hosts_st[i]
                 if d == "redundant":
                     for st in hs:
-                        self._send_st(q, st, ROLE_DIRECT)
+                        self._send(q, st, ROLE_DIRECT)
                 else:
                     best = hs[0]
                     for st in hs:
                         if st.n_live < best.n_live:
                             best = st
-                    self._send_st(q, best, ROLE_DIRECT)
+                    self._send(q, best, ROLE_DIRECT)
         elif kind == "hedged":
             for i in range(self.N):
-                self._send(q, self.expert_st[i], ROLE_DIRECT, i)
+                self._send(q, self.expert_st[i], ROLE_DIRECT)
             Timeout(self.env, max(self.delay), q).callbacks.append(self._hedge)  # type: ignore
         else:
             if d == "redundant":
                 for st in self.stations:
-                    self._send_st(q, st, ROLE_GROUP)
+                    self._send(q, st, ROLE_GROUP)
             elif d == "hedged":
                 for i in range(self.N):
-                    self._send(q, self.expert_st[i], ROLE_GROUP, i)
+                    self._send(q, self.expert_st[i], ROLE_GROUP)
                 Timeout(self.env, max(self.delay), q).callbacks.append(self._hedge)  # type: ignore
             else:  # sed: the N stations with the shortest expected delay
                 order = sorted(self.stations, key=lambda st: ((st.n_live + 1) * st.mean_ms, st.idx))
                 for st in order[: self.N]:
-                    self._send_st(q, st, ROLE_GROUP)
+                    self._send(q, st, ROLE_GROUP)
 
     # -------------------------------------------------------------------------------------- completion
     def complete(self, task: _Task, srv: _Server) -> None:

@@ -2,11 +2,17 @@
 
 Slow but obviously shaped like the textbook model; it runs from the same Plan and Draws as the fast engine,
 so the tests can demand identical records from both. Server failures are not modelled here.
+
+With service.max_batch > 1 a copy is a ticket in its station's FIFO list instead of a Resource request: a
+server that frees (or a ticket arriving at an idle station) takes up to max_batch live tickets and serves
+them in one process; cancelling a ticket leaves its batch running unless every ticket of it is cancelled,
+then the batch process is interrupted.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Generator
 from typing import Any
 
@@ -23,7 +29,21 @@ class _Q:
     def __init__(self, qid: int, model: int, done: simpy.Event) -> None:
         self.qid, self.model, self.done = qid, model, done
         self.got, self.mask, self.cover, self.how = 0, 0, 0, HOW_DIRECT
-        self.copies: list[simpy.Process] = []
+        self.copies: list[Any] = []  # copy processes, or _Tickets when batching
+
+
+class _Ticket:
+    """A copy waiting for (or in) a batch."""
+
+    def __init__(self, q: _Q, role: int) -> None:
+        self.q, self.role, self.active = q, role, True
+        self.batch: _Batch | None = None
+
+
+class _Batch:
+    def __init__(self, tickets: list[_Ticket]) -> None:
+        self.tickets = tickets
+        self.proc: simpy.Process | None = None
 
 
 class ReferenceEngine:
@@ -47,12 +67,18 @@ class ReferenceEngine:
             "ms": np.zeros(n),
         }
         self.busy, self.cancelled = np.zeros(S), np.zeros(S)
+        self.batching = plan.max_batch > 1
+        self.waiting: list[deque[_Ticket]] = [deque() for _ in plan.stations]
+        self.serving: list[list[_Batch]] = [[] for _ in plan.stations]
         self.slow: dict[int, Timeline] = {}
         if plan.episodes is not None:
             for s in plan.affected:
                 self.slow[s] = Timeline(stream(plan.seed, EPISODES, s), plan.episodes[0], plan.episodes[1])
 
     def _load(self, st: int) -> int:
+        if self.batching:  # live tickets, queued or in a running batch
+            queued = sum(t.active for t in self.waiting[st])
+            return queued + sum(t.active for b in self.serving[st] for t in b.tickets)
         r = self.res[st]
         return len(r.queue) + r.count
 
@@ -66,7 +92,7 @@ class ReferenceEngine:
             yield self.env.timeout(float(arr[k]) - self.env.now)
             self.env.process(self._query(k, int(models[k])))
 
-    def _copy(self, q: _Q, st: int, role: int, svc: float) -> Generator[Any, Any, None]:
+    def _copy(self, q: _Q, st: int, role: int) -> Generator[Any, Any, None]:
         env = self.env
         with self.res[st].request() as req:
             try:
@@ -74,6 +100,7 @@ class ReferenceEngine:
             except simpy.Interrupt:
                 return  # cancelled while queued
             srv = self.free[st].pop(0)
+            svc = float(self.plan.service_ms[q.qid, srv])  # the draw of the server that serves it
             start = env.now
             if srv in self.slow and self.slow[srv].state_at(start):
                 svc *= self.plan.episodes[2]  # type: ignore[index]
@@ -87,6 +114,60 @@ class ReferenceEngine:
             bisect.insort(self.free[st], srv)
             if not q.done.triggered:
                 self._result(q, srv, role)
+
+    def _dispatch(self, st: int) -> None:
+        """Batching: every free server of the station takes up to max_batch live tickets, lowest index first."""
+        wait, free = self.waiting[st], self.free[st]
+        while free:
+            tickets: list[_Ticket] = []
+            while wait and len(tickets) < self.plan.max_batch:
+                t = wait.popleft()
+                if t.active:
+                    tickets.append(t)
+            if not tickets:
+                return
+            b = _Batch(tickets)
+            for t in tickets:
+                t.batch = b
+            self.serving[st].append(b)
+            b.proc = self.env.process(self._serve(st, free.pop(0), b))
+
+    def _serve(self, st: int, srv: int, b: _Batch) -> Generator[Any, Any, None]:
+        env, plan = self.env, self.plan
+        start = env.now
+        size = len(b.tickets)
+        svc = max(float(plan.service_ms[t.q.qid, srv]) for t in b.tickets)
+        svc *= 1 + plan.batch_cost_per_extra * (size - 1)
+        if srv in self.slow and self.slow[srv].state_at(start):
+            svc *= plan.episodes[2]  # type: ignore[index]
+        try:
+            yield env.timeout(svc)
+            cancelled = False
+        except simpy.Interrupt:
+            cancelled = True
+        dt = env.now - start
+        self.busy[srv] += dt
+        if cancelled:
+            self.cancelled[srv] += dt
+        for t in b.tickets:  # the batch's work is shared equally, cancelled tickets included
+            self.out["ms"][t.q.qid] += dt / size
+        self.serving[st].remove(b)
+        if not cancelled:
+            for t in b.tickets:
+                if t.active:
+                    t.active = False
+                    if not t.q.done.triggered:
+                        self._result(t.q, srv, t.role)
+        bisect.insort(self.free[st], srv)
+        self._dispatch(st)
+
+    def _cancel_ticket(self, t: _Ticket) -> None:
+        if not t.active:
+            return
+        t.active = False
+        b = t.batch
+        if b is not None and b.proc is not None and not any(x.active for x in b.tickets):
+            b.proc.interrupt()  # nobody needs this batch any more
 
     def _spent(self, q: _Q, srv: int, dt: float, cancelled: bool) -> None:
         self.busy[srv] += dt
@@ -133,9 +214,14 @@ class ReferenceEngine:
         q.done.succeed()
 
     def _send(self, q: _Q, st: int, role: int) -> None:
-        svc = float(self.plan.service_ms[q.qid, self.plan.stations[st][0]])
-        q.copies.append(self.env.process(self._copy(q, st, role, svc)))
         self.out["ntask"][q.qid] += 1
+        if self.batching:
+            t = _Ticket(q, role)
+            q.copies.append(t)
+            self.waiting[st].append(t)
+            self._dispatch(st)
+            return
+        q.copies.append(self.env.process(self._copy(q, st, role)))
 
     def _jsq(self, stations: list[int]) -> int:
         return min(stations, key=lambda s: (self._load(s), stations.index(s)))
@@ -214,7 +300,9 @@ class ReferenceEngine:
         yield q.done
         if plan.cancel:
             for p in q.copies:
-                if p.is_alive:
+                if self.batching:
+                    self._cancel_ticket(p)
+                elif p.is_alive:
                     p.interrupt()
 
     def _hedge(self, q: _Q) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from sim_testutil import CONF
@@ -12,21 +14,32 @@ from sim.stats import batch_ci
 ciw = pytest.importorskip("ciw")
 
 
-def _pooled_cfg(c: int, lam: float, n: int, p: float = 0.0) -> dict:
+def _pooled_cfg(c: int, lam: float, n: int, p: float = 0.0, scale: list[float] | None = None) -> dict:
     return {
         "n_experts": 1,
         "r": c - 1,
         "traffic": {"rate_per_ms": lam},
+        "service": {"scale": scale},
         "stragglers": {"p": p, "slowdown": 3.0},
         "n_queries": n,
         "policies": [{"kind": "replication", "dispatch": "pool"}],
     }
 
 
-def _ciw_sojourns(inter: list[float], service: list[float], c: int, until: float) -> dict[int, float]:
+class _ServerDraw(ciw.dists.Distribution):
+    """Ciw attaches a server before sampling: customer k served by server s takes table[k][s]."""
+
+    def __init__(self, table: list[list[float]]) -> None:
+        self.table = table
+
+    def sample(self, t: float | None = None, ind: Any = None) -> float:  # ind: a ciw.Individual
+        return self.table[ind.id_number - 1][ind.server.id_number - 1]
+
+
+def _ciw_sojourns(inter: list[float], service: list[list[float]], c: int, until: float) -> dict[int, float]:
     net = ciw.create_network(
         arrival_distributions=[ciw.dists.Sequential(inter)],
-        service_distributions=[ciw.dists.Sequential(service)],
+        service_distributions=[_ServerDraw(service)],
         number_of_servers=[c],
     )
     q = ciw.Simulation(net)
@@ -35,14 +48,16 @@ def _ciw_sojourns(inter: list[float], service: list[float], c: int, until: float
 
 
 def test_pooled_servers_match_ciw_trace_exactly():
-    """M/G/3 with stragglers: Ciw fed the very same inter-arrival and service times gives the same sojourns.
+    """Three unequal pooled servers with stragglers: Ciw fed the very same inter-arrival times and
+    per-(customer, server) service times gives the same sojourns.
 
-    One FIFO queue served in arrival order, so Ciw's k-th service draw belongs to the k-th customer too.
+    Ciw numbers customers from 1 in arrival order and its servers from 1; like ours, an arrival takes the
+    lowest-numbered idle server and a freed server takes the head of the one FIFO queue.
     """
-    c, n = 3, 3_000
-    res = sim.simulate(_pooled_cfg(c, 2.5, n, p=0.1), seed=6)
+    c, n, scale = 3, 3_000, [1.0, 0.5, 2.0]
+    res = sim.simulate(_pooled_cfg(c, 2.5, n, p=0.1, scale=scale), seed=6)
     d = res.draws
-    svc = -np.log1p(-d.service_u[:, 0]) * d.task_factor[:, 0]
+    svc = -np.log1p(-d.service_u) * np.asarray(scale) * d.task_factor
     inter = np.diff(d.arrival_ms, prepend=0.0)
     ours = res.records["latency_ms"].to_numpy()
     theirs = _ciw_sojourns(inter.tolist() + [1e12], svc.tolist(), c, float(d.arrival_ms[-1]) + 1e4)

@@ -149,3 +149,30 @@ def test_empirical_service_resamples_the_measured_times():
     )
     used = np.unique(np.round(res.records["server_ms"], 12))
     assert set(used) == set(samples)
+
+
+def _one_query_for(model: int) -> dict:
+    return {"kind": "trace", "trace_times_ms": [0.0, 0.001], "trace_models": [model, model]}
+
+
+def test_more_servers_than_answer_mask_bits_is_refused():
+    """Answer masks keep one bit per server in an int64: 64 servers would need bit 63 (a query for expert 63
+    used to crash with an OverflowError after simulating)."""
+    _bad({"n_experts": 64, "r": 0, "traffic": _one_query_for(63)}, "n_experts + r = 64", "limit of 63")
+    _bad(OK | {"n_experts": 60, "r": 4}, "n_experts + r = 64", "limit of 63")
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_sixty_three_servers_the_top_server_answers_with_its_own_bit(engine):
+    """62 experts + 1 replica of expert 0 (server 62): the second of two back-to-back queries for expert 0
+    joins the replica's empty queue, so server 62 answers it."""
+    cfg = {
+        "n_experts": 62,
+        "r": 1,
+        "traffic": _one_query_for(0),
+        "policies": [{"kind": "replication", "dispatch": "jsq"}],
+    }
+    rec = sim.simulate(cfg, seed=0, engine=engine).records
+    assert rec["servers_used"].tolist() == ["0", "62"]
+    assert rec["answer_mask"].tolist() == [1, 1 << 62]
+    assert rec["answered_by"].tolist() == ["direct", "replica"]

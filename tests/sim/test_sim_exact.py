@@ -100,8 +100,7 @@ POLICIES = [
 ]
 
 
-@pytest.mark.parametrize("pol", POLICIES, ids=lambda p: p if isinstance(p, str) else str(sorted(p.items())))
-def test_fast_engine_matches_idiomatic_simpy(pol):
+def _engines_agree(pol: str | dict, service: dict | None = None) -> None:
     """Same plan and draws through both engines: identical answers, times, servers and work."""
     cfg = parse_config(
         {
@@ -114,6 +113,7 @@ def test_fast_engine_matches_idiomatic_simpy(pol):
                 "mean_dwell_ms": 200,
                 "ensemble_rate_per_ms": 0.15,
             },
+            "service": service or {},
             "stragglers": {
                 "p": 0.05,
                 "slowdown": {"kind": "pareto", "alpha": 2.5},
@@ -130,7 +130,24 @@ def test_fast_engine_matches_idiomatic_simpy(pol):
     assert (a.how == b.how).all() and (a.mask == b.mask).all() and (a.n_tasks == b.n_tasks).all()
     np.testing.assert_allclose(a.server_ms, b.server_ms, rtol=0, atol=1e-9)
     np.testing.assert_allclose(a.busy_ms, b.busy_ms, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(a.cancelled_ms, b.cancelled_ms, rtol=0, atol=1e-6)
     assert (a.finish_ms > d.arrival_ms).all()
+
+
+def _pol_id(p: str | dict) -> str:
+    return p if isinstance(p, str) else str(sorted(p.items()))
+
+
+@pytest.mark.parametrize("pol", POLICIES, ids=_pol_id)
+def test_fast_engine_matches_idiomatic_simpy(pol):
+    _engines_agree(pol)
+
+
+@pytest.mark.parametrize("pol", POLICIES, ids=_pol_id)
+def test_fast_engine_matches_idiomatic_simpy_with_batching_and_unequal_servers(pol):
+    """Dynamic batching (up to 3 tasks) with cancellation inside batches, on servers of unequal speed (so a
+    pooled task's time depends on which server takes it)."""
+    _engines_agree(pol, {"max_batch": 3, "batch_cost_per_extra": 0.3, "scale": [1.0, 1.3, 0.8, 0.5, 1.6]})
 
 
 BASE = {

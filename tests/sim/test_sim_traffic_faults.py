@@ -188,7 +188,8 @@ def _batch_recursion(arr: np.ndarray, svc: np.ndarray, b: int, extra: float) -> 
     return fin
 
 
-def test_dynamic_batching_equals_batch_recursion_and_adds_capacity():
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+def test_dynamic_batching_equals_batch_recursion_and_adds_capacity(engine):
     b, extra, lam = 4, 0.25, 1.4  # 1.4/ms on a 1 ms server: only batching makes it stable
     cfg = {
         "n_experts": 1,
@@ -201,7 +202,7 @@ def test_dynamic_batching_equals_batch_recursion_and_adds_capacity():
         },
         "n_queries": 20_000,
     }
-    res = sim.simulate(cfg, seed=4)
+    res = sim.simulate(cfg, seed=4, engine=engine)
     d = res.draws
     conf = sim.parse_config(cfg)
     svc = conf.service.expert.ppf(d.service_u[:, 0])
