@@ -22,7 +22,6 @@ import torch
 from safetensors.torch import save_file
 
 from models.networks import NetworkSpec, build_network
-from sim import simulate
 from testbed import LocalCluster, Policy, ServerSpec, Workload, serve
 
 SPEC = NetworkSpec(arch="cnn", width=8)
