@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from coin.errors import CodingError
 from coin.registry import register
 from coin.task import CodingTask, EncodeResult
 
@@ -25,7 +26,7 @@ class OutputEnsemble(nn.Module):
     def __init__(self, experts: Sequence[nn.Module], beta: Sequence[float]) -> None:
         super().__init__()
         if len(experts) != len(beta):
-            raise ValueError(f"{len(beta)} coding weights for {len(experts)} experts")
+            raise CodingError(f"{len(beta)} coding weights for {len(experts)} experts")
         self.members = nn.ModuleList(copy.deepcopy(m) for m in experts)
         self.weights = tuple(float(b) for b in beta)
 
