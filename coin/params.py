@@ -83,6 +83,16 @@ def weighted_average(dicts: Sequence[ParamDict], beta: Tensor) -> ParamDict:
     return out
 
 
+def task_vectors(base: ParamDict, thetas: Sequence[ParamDict]) -> list[ParamDict]:
+    """τᵢ = θᵢ − θ₀ per tensor: what fine-tuning from the base changed in each expert."""
+    return [{n: th[n] - base[n] for n in base} for th in thetas]
+
+
+def add_scaled(base: ParamDict, delta: ParamDict, scale: float) -> ParamDict:
+    """θ₀ + scale · δ per tensor."""
+    return {n: base[n] + scale * delta[n] for n in base}
+
+
 def merge_buffers(models: Sequence[nn.Module], beta: Tensor) -> ParamDict:
     """Buffers of the coded model: shared ones copied, differing floats β-averaged, integers max'ed."""
     per_model = [dict(m.named_buffers()) for m in models]

@@ -29,8 +29,10 @@ def fake_zoo(monkeypatch):
             model = perturbed(base, 10 * config.seed + i + 1, scale=0.1)
             sx = torch.randn(30, 6, generator=gen)
             experts.append(SimpleNamespace(name=f"e{i}", model=model, train_x=tx, train_y=ty, test_x=sx,
-                                           test_y=model(sx).argmax(-1).detach()))
-        return SimpleNamespace(base=base, experts=experts, models=[e.model for e in experts])
+                                           test_y=model(sx).argmax(-1).detach(), partition=f"p{i}",
+                                           accuracy=100.0))
+        return SimpleNamespace(base=base, experts=experts, models=[e.model for e in experts],
+                               device=torch.device("cpu"))
 
     monkeypatch.setattr("models.zoo.build_zoo", build_zoo)
     return calls
@@ -81,3 +83,39 @@ def test_code_usage_errors_exit_2(fake_zoo, tmp_path):
         res = CliRunner().invoke(code, [*args, "--out", str(tmp_path)])
         assert res.exit_code == 2, (args, res.output)
     assert fake_zoo == []
+
+
+def test_code_runs_ties_dare_and_the_ensemble_ceiling(fake_zoo, tmp_path):
+    res = CliRunner().invoke(code, ["--methods", "ties,dare,ensemble,vanilla", "-P", "12", "--seeds", "2",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(tmp_path / "nda.csv")))
+    assert {r["method"] for r in rows} == {"ties", "dare", "ensemble", "vanilla"} and len(rows) == 2 * 4 * 2
+    # the fake experts' test labels are their own predictions: the exact ensemble decodes every one of them
+    assert all(float(r["nda"]) == 100.0 for r in rows if r["method"] == "ensemble")
+    runs = json.loads((tmp_path / "coding.json").read_text())["runs"]
+    ties = [r["info"] for r in runs if r["method"] == "ties"]
+    dare = [r["info"] for r in runs if r["method"] == "dare"]
+    assert len(ties) == len(dare) == 2
+    assert all(0 < i["k"] <= 1 and i["lam"] > 0 and len(i["grid"]) == 120 for i in ties)
+    assert [i["seed"] for i in dare] == [0, 1] and all(0 < i["p"] < 1 for i in dare)
+
+
+def test_scenario_compare_accepts_the_new_methods_and_serves_the_ensemble(fake_zoo, monkeypatch):
+    """`coding.compare` validates against the registry, and the runner codes with each method; with
+    `coding.method = "ensemble"` the parity server hosts the ensemble and every decoded answer is exact."""
+    from scenarios.runner import prepare_networks
+    from scenarios.schema import ScenarioError, scenario_from_dict
+    from tests.conftest import tiny_zoo_table
+
+    raw = {"name": "t", "seed": 0, "device": "cpu", "models": tiny_zoo_table("/nonexistent"),
+           "coding": {"method": "ensemble", "compare": ["ties", "dare", "vanilla"], "samples": 12},
+           "profile": {"warmup": 1, "samples": 5},
+           "sim": {"r": 1, "n_queries": 100, "policies": ["uncoded"], "traffic": {"kind": "poisson", "load": 0.3}}}
+    scenario = scenario_from_dict(raw)
+    with pytest.raises(ScenarioError, match="magic"):
+        scenario_from_dict({**raw, "coding": {"method": "coin", "compare": ["ties", "magic"]}})
+    facts = prepare_networks(scenario, quiet=True)
+    assert list(dict.fromkeys(facts.nda["method"])) == ["ensemble", "ties", "dare", "vanilla"]
+    assert (facts.nda.loc[facts.nda["method"] == "ensemble", "nda"] == 100.0).all()
+    assert facts.coded_name == "ensemble" and "coded" in facts.profile_ms
