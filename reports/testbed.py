@@ -20,7 +20,8 @@ from reports.html import CSS
 from reports.load import ReportError
 from reports.render import _atomic_write, png_bytes
 
-SERVICE_STYLE = {"isolated": ("simulated, isolated profile", "--"), "in_situ": ("simulated, in-situ service", "-")}
+SERVICE_STYLE = {"isolated": ("sim: isolated profile", "--"), "in_situ": ("sim: in-situ service", ":"),
+                 "in_situ_network": ("sim: in-situ service + network", "-")}
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>coinsim testbed — {{ s.scenario }}</title>
@@ -31,8 +32,10 @@ straggle mode {{ s.straggle }} · device {{ s.device }} · {{ s.cpu_count }} CPU
 {{ load }}</p>
 <p class="lead">Every point was served for real: one OS process per server doing real forward passes, a frontend
 replaying the simulator's own arrivals and straggler draws in wall-clock time over ZeroMQ. The simulator then ran
-the same draws twice: with the latency profile timed in isolation (what <code>coinsim run</code> uses) and with
-the service times the servers measured while serving (in situ). Relative error = (simulated − measured) /
+the same draws three times: with the latency profile timed in isolation (what <code>coinsim run</code> uses);
+with the service times the servers measured while serving (<i>in_situ</i>); and with those plus the measured
+dispatcher → server and server → dispatcher delays and cancels that let a forward pass finish, as the servers
+do (<i>in_situ_network</i>). Relative error = (simulated − measured) /
 measured, measured = median over repeats; spread = (max − min) / median of the repeats.</p>
 <div class="takeaway">Worst |relative error| over all points and policies —
 {% for service, worst in s.worst_abs_rel_error_pct.items() %}<b>{{ service }}</b>:
@@ -55,8 +58,8 @@ measured, measured = median over repeats; spread = (max − min) / median of the
 {% for block in points %}
 <h2>Point {{ block.point }}: {{ block.label }}</h2>
 <figure><img alt="latency CDFs, measured vs simulated, {{ block.label }}" src="data:image/png;base64,{{ block.png }}">
-<figcaption>Latency CDF per policy: each measured repeat (thin), the simulator with the isolated profile (dashed)
-and with in-situ service (solid).</figcaption></figure>
+<figcaption>Latency CDF per policy: each measured repeat (thin black), the simulator with the isolated profile
+(dashed), with in-situ service (dotted) and with in-situ service plus the network model (solid).</figcaption></figure>
 <div class="tablewrap"><table><thead><tr><th>policy</th><th>service</th>
 {% for m in metrics %}<th>{{ m }}: sim / meas ms (error, spread)</th>{% endfor %}<th>KS D (p)</th>
 <th>accuracy % (testbed / sim join)</th></tr></thead><tbody>

@@ -145,6 +145,26 @@ def in_situ_service(tasks: pd.DataFrame, names: list[str], fallback: dict[str, n
     return out
 
 
+def measured_network(tasks: pd.DataFrame) -> Any:
+    """The simulator's network model from what the testbed measured: out = from when a task was due (arrival or
+    hedge timer) to its arrival in the server's queue, back = from its end at the server to the frontend holding
+    the output (both on one host's clock), and cancels that let the forward pass finish, as the servers do."""
+    from sim.config import Network, Service
+
+    done = tasks[tasks["status"] == "done"]
+    out = done["out_ms"].to_numpy()
+    back = done["back_ms"].to_numpy()
+    out, back = out[np.isfinite(out) & (out > 0)], back[np.isfinite(back) & (back > 0)]
+
+    def update(config: Any) -> dict[str, Any]:
+        network = Network.model_validate({"out": {"kind": "empirical", "samples_ms": out.tolist()},
+                                          "back": {"kind": "empirical", "samples_ms": back.tolist()}})
+        service = Service.model_validate({**config.service.model_dump(), "cancel_in_service": "finish_pass"})
+        return {"network": network, "service": service}
+
+    return update
+
+
 def fidelity_rows(point: int, coords: dict[str, Any], service: str, simulated: pd.DataFrame,
                   measured: pd.DataFrame) -> list[dict[str, Any]]:
     """One row per (policy, metric): simulated vs measured (median over repeats), spread, KS test."""
@@ -262,10 +282,12 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                 measured.append(records)
                 task_frames.append(tasks)
                 overheads[str(index)] = _overheads(tasks, records)
-                sources = {"isolated": facts, "in_situ": dataclasses.replace(
-                    facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms))}
-                for service, source in sources.items():
+                in_situ = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms))
+                for service, source, extra in (("isolated", facts, None), ("in_situ", in_situ, None),
+                                               ("in_situ_network", in_situ, measured_network(tasks))):
                     config_s = build_point_configs(scenario, source)[index][1]
+                    if extra is not None:
+                        config_s = config_s.model_copy(update=extra(config_s))
                     sim_records, _ = run_point(config_s, scenario.seed, facts.answers)
                     sim_records.insert(0, "service", service)
                     sim_records.insert(0, "point", index)

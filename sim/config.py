@@ -172,7 +172,12 @@ ServiceDist = Annotated[
 
 
 class Service(_Model):
-    """Service time of a task = dist.ppf(u) * scale[server] * (per-task slowdown) * (episode slowdown)."""
+    """Service time of a task = dist.ppf(u) * scale[server] * (per-task slowdown) * (episode slowdown).
+
+    `cancel_in_service` says what a cancel does to a task being served: ``preempt`` frees the server at once;
+    ``finish_pass`` lets the task's forward pass (its time without the straggle factor) run to its end and cuts
+    only the straggle — what a real server does, since a forward pass cannot be interrupted (the testbed).
+    """
 
     expert: ServiceDist = Field(default_factory=lambda: Exponential(mean_ms=1.0))
     experts: tuple[ServiceDist, ...] | None = Field(default=None, description="per-expert override (len N)")
@@ -182,6 +187,7 @@ class Service(_Model):
     )
     max_batch: int = Field(default=1, ge=1, description="dynamic batching: tasks a free server takes at once")
     batch_cost_per_extra: float = Field(default=0.25, ge=0, description="batch time = max draw * (1 + cost * (b - 1))")
+    cancel_in_service: Literal["preempt", "finish_pass"] = "preempt"
 
     def expert_dist(self, i: int) -> Any:
         return self.experts[i] if self.experts is not None else self.expert
@@ -244,6 +250,24 @@ class Stragglers(_Model):
     def task_factor_second_moment(self) -> float:
         s2 = self.slowdown**2 if isinstance(self.slowdown, float | int) else self.slowdown.second_moment()
         return 1 - self.p + self.p * s2
+
+
+class Network(_Model):
+    """Delays between the dispatcher (frontend) and the servers, drawn per (query, server), in ms.
+
+    `out`: from the moment a task is due (its query's arrival, or its hedge timer) until it is in the server's
+    queue — the frontend's own lateness included; a cancel takes the same time to reach the server.
+    `back`: from the end of a task at the server until the frontend holds its output. With either set, the
+    dispatcher's view of a server's load (join-shortest-queue, shortest-expected-delay) counts what was sent
+    and has not come back or been cancelled, as a real frontend sees it.
+    """
+
+    out: ServiceDist | None = None
+    back: ServiceDist | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.out is not None or self.back is not None
 
 
 # ---------------------------------------------------------------------------------------------- traffic
@@ -384,6 +408,7 @@ class SimConfig(_Model):
     traffic: Traffic
     service: Service = Field(default_factory=Service)
     stragglers: Stragglers = Field(default_factory=Stragglers)
+    network: Network = Field(default_factory=Network)
     policies: tuple[PolicySpec, ...] = Field(default=("uncoded", "coded"), min_length=1, validate_default=True)
     n_queries: int | None = Field(default=None, ge=1)
     horizon_ms: float | None = Field(default=None, gt=0)
@@ -404,6 +429,8 @@ class SimConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
         n, s = self.n_experts, self.n_experts + self.r
+        if self.service.cancel_in_service == "finish_pass" and self.service.max_batch > 1:
+            raise ValueError("service.cancel_in_service = 'finish_pass' is not modelled with max_batch > 1")
         if s > MAX_SERVERS:
             raise ValueError(f"n_experts + r = {s} servers is over the limit of {MAX_SERVERS} (int64 answer masks)")
         if self.model_names is not None and len(self.model_names) != n:

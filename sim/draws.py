@@ -18,7 +18,7 @@ import pandas as pd
 from sim.config import SimConfig
 from sim.errors import SimConfigError
 
-ARRIVALS, KIND, SPLIT, HOT, SAMPLES, SERVICE, STRAG_U, STRAG_MAG, EPISODES, FAILURES = range(10)
+ARRIVALS, KIND, SPLIT, HOT, SAMPLES, SERVICE, STRAG_U, STRAG_MAG, EPISODES, FAILURES, NET_OUT, NET_BACK = range(12)
 _CHUNK = 65_536
 
 
@@ -37,6 +37,8 @@ class Draws:
     sample_id: np.ndarray
     service_u: np.ndarray  # (n, N + r) uniforms, mapped through each server's service quantile function
     task_factor: np.ndarray  # (n, N + r) per-task straggler slowdown (1.0 = no straggle)
+    net_out_u: np.ndarray | None = None  # (n, N + r) uniforms for the dispatcher → server delay
+    net_back_u: np.ndarray | None = None  # (n, N + r) uniforms for the server → dispatcher delay
 
     @property
     def n(self) -> int:
@@ -181,4 +183,8 @@ def draw(cfg: SimConfig, seed: int) -> Draws:
             v = stream(seed, STRAG_MAG, s).random(nq)
             mag = np.full(nq, float(st.slowdown)) if isinstance(st.slowdown, float | int) else st.slowdown.ppf(v)
             fac[:, s] = np.where(hit, mag, 1.0)
-    return Draws(seed, t, model, sample, u, fac)
+    net_u = [None, None]
+    for k, (purpose, dist) in enumerate(((NET_OUT, cfg.network.out), (NET_BACK, cfg.network.back))):
+        if dist is not None:
+            net_u[k] = np.column_stack([stream(seed, purpose, s).random(nq) for s in range(n_srv)])
+    return Draws(seed, t, model, sample, u, fac, net_u[0], net_u[1])

@@ -65,14 +65,15 @@ class _Task:
     """One copy of a query's work at a station. Its service time is not fixed here: the server that starts
     it uses its own (query, server) draw, which matters for pooled stations of unequal servers."""
 
-    __slots__ = ("q", "station", "role", "active", "server")
+    __slots__ = ("q", "station", "role", "active", "server", "uncounted")
 
     def __init__(self, q: _Query, station: _Station, role: int) -> None:
         self.q = q
         self.station = station
         self.role = role
-        self.active = True
+        self.active = True  # queued or in service at its server (the server's view)
         self.server: _Server | None = None
+        self.uncounted = False  # with network delays: the dispatcher no longer counts it as live
 
 
 class _Station:
@@ -136,6 +137,7 @@ class _Server:
         "heap",
         "eid",
         "draw",
+        "pass_draw",
     )
 
     def __init__(
@@ -155,6 +157,7 @@ class _Server:
         self.heap = env._queue
         self.eid = env._eid
         self.draw = draw  # this server's task times, by query id
+        self.pass_draw: list[float] | None = None  # the same without the straggle factor (finish_pass)
 
     def start(self, task: _Task) -> None:
         env = self.env
@@ -195,17 +198,20 @@ class _Server:
         self.cur = None
         self.ev = None
         task.active = False
-        self.station.n_live -= 1
         eng.live -= 1
         q = task.q
-        if eng.single_task and q.model >= 0:  # the query's only task: answer inline, nothing to cancel
+        if eng.net:  # the dispatcher learns of it a network delay later
+            eng.returned(task, self)
+        elif eng.single_task and q.model >= 0:  # the query's only task: answer inline, nothing to cancel
             qid = q.qid
             q.done = True
             eng.finish_ms[qid] = self.env._now
             eng.how[qid] = HOW_DIRECT if self.idx < eng.N else HOW_REPLICA
             eng.mask[qid] = 1 << self.idx
             eng.n_done += 1
+            self.station.n_live -= 1
         else:
+            self.station.n_live -= 1
             eng.complete(task, self)
         if self.cur is None and self.up:
             q = self.station.queue  # pull(), inlined
@@ -214,14 +220,33 @@ class _Server:
                 if t.active:
                     self.start(t)
                     break
-        if eng.live == 0 and eng.n_done == eng.n:
+        if eng.live == 0 and eng.n_done == eng.n and not eng.finishing:
             eng.stop = True
 
     def preempt(self) -> None:
-        """Cancel the task in service: its work so far is spent, the server moves on."""
+        """Cancel the task in service: its work so far is spent, the server moves on — at once, or (finish_pass)
+        once the task's forward pass is over, only the straggle being cut."""
+        if self.pass_draw is not None:
+            factor = self.slowdown if self.slow is not None and self.slow.state_at(self.t0) else 1.0
+            end = self.t0 + self.pass_draw[self.cur.q.qid] * factor  # type: ignore[union-attr]
+            if self.env._now < end:
+                self.eng.finishing += 1
+                ev = self.ev = _Due(self._pass_done)
+                heappush(self.heap, (end, NORMAL, next(self.eid), ev))
+                return
         self.eng.cancelled[self.idx] += self._stop()
         if self.up:
             self.pull()
+
+    def _pass_done(self, ev: _Due) -> None:
+        eng = self.eng
+        eng.finishing -= 1
+        if ev is self.ev:  # (else the server failed meanwhile and that work was lost)
+            eng.cancelled[self.idx] += self._stop()
+            if self.up:
+                self.pull()
+        if eng.live == 0 and eng.n_done == eng.n and not eng.finishing:
+            eng.stop = True
 
     def fail(self) -> None:
         self.up = False
@@ -304,7 +329,7 @@ class _BatchServer(_Server):
         self.batch = []
         if self.cur is None and self.up:
             self.pull()
-        if eng.live == 0 and eng.n_done == eng.n:
+        if eng.live == 0 and eng.n_done == eng.n and not eng.finishing:
             eng.stop = True
 
     def cancel_task(self, task: _Task) -> None:
@@ -334,11 +359,17 @@ class FastEngine:
         self.dispatch = plan.dispatch
         self.cancel_on = plan.cancel
         self.batching = plan.max_batch > 1
-        self.uncoded = plan.kind == "uncoded" and not self.batching
+        self.net = plan.out_ms is not None or plan.back_ms is not None
+        if self.net and self.batching:
+            raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
+        self.uncoded = plan.kind == "uncoded" and not self.batching and not self.net
         # routed queries that only ever get one task (no copies to cancel, any completion answers)
-        self.single_task = not self.batching and (
+        self.single_task = not self.batching and not self.net and (
             self.uncoded or (plan.kind == "replication" and plan.dispatch in ("jsq", "pool"))
         )
+        self.out = plan.out_ms.ravel().tolist() if plan.out_ms is not None else None  # flat: [qid * S + server]
+        self.back = plan.back_ms.ravel().tolist() if plan.back_ms is not None else None
+        self.S = plan.n_servers
         self.stations = [_Station(k, 0.0) for k in range(len(plan.stations))]
         self.servers: list[_Server] = []
         for s in range(plan.n_servers):
@@ -349,6 +380,8 @@ class FastEngine:
                 srv.batch, srv.max_batch, srv.extra = [], plan.max_batch, plan.batch_cost_per_extra
             else:
                 srv = _Server(s, env, self, st, plan.hosts[s], draw)
+            if plan.pass_ms is not None:
+                srv.pass_draw = plan.pass_ms[:, s].tolist()
             st.servers.append(srv)
             self.servers.append(srv)
         for st in self.stations:
@@ -370,6 +403,7 @@ class FastEngine:
         self.cancelled = [0.0] * S
         self.lost = [0.0] * S
         self.live = 0
+        self.finishing = 0  # cancelled tasks whose forward pass is still running (finish_pass)
         self.n_done = 0
         self.stop = False
         if plan.episodes is not None:
@@ -402,7 +436,47 @@ class FastEngine:
         q.tasks.append(t)
         self.ntask[q.qid] += 1
         self.live += 1
-        st.submit(t)
+        if self.out is None:
+            st.submit(t)
+            return
+        st.n_live += 1  # the dispatcher counts it from the moment it is sent
+        self._later(self.out[q.qid * self.S + st.servers[0].idx], lambda _ev: self._deliver(t))
+
+    # ------------------------------------------------------------------------------ network delays
+    def _later(self, delay: float, callback: Callable[[Any], None]) -> None:
+        env = self.env
+        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), _Due(callback)))
+
+    def _deliver(self, t: _Task) -> None:
+        """A task reaches its server's queue (the cancel of a task travels behind it, so it is still live)."""
+        t.station.n_live -= 1  # submit() counts it again; the dispatcher already has
+        t.station.submit(t)
+
+    def returned(self, t: _Task, srv: _Server) -> None:
+        """A task ended at its server; its output reaches the dispatcher after the back delay."""
+        if self.back is None:
+            self._result(t, srv)
+        else:
+            self._later(self.back[t.q.qid * self.S + srv.idx], lambda _ev: self._result(t, srv))
+
+    def _result(self, t: _Task, srv: _Server) -> None:
+        if not t.uncounted:
+            t.uncounted = True
+            t.station.n_live -= 1
+        self.complete(t, srv)
+        if self.live == 0 and self.n_done == self.n and not self.finishing:
+            self.stop = True
+
+    def _cancel_at_server(self, t: _Task) -> None:
+        if not t.active:
+            return  # it ended (or was dropped) before the cancel arrived
+        t.active = False
+        self.live -= 1
+        srv = t.server
+        if srv is not None and srv.cur is t:
+            srv.preempt()
+        if self.live == 0 and self.n_done == self.n and not self.finishing:
+            self.stop = True
 
     def _answer(self, q: _Query, how: int, mask: int) -> None:
         q.done = True
@@ -418,6 +492,16 @@ class FastEngine:
         q.tasks = []
 
     def _cancel(self, t: _Task) -> None:
+        if self.net:  # the dispatcher stops counting it now; the server hears of it a network delay later
+            if not t.uncounted:
+                t.uncounted = True
+                t.station.n_live -= 1
+            if self.out is None:
+                self._cancel_at_server(t)
+            else:
+                self._later(self.out[t.q.qid * self.S + t.station.servers[0].idx],
+                            lambda _ev: self._cancel_at_server(t))
+            return
         t.active = False
         t.station.n_live -= 1
         self.live -= 1

@@ -39,6 +39,9 @@ class Plan:
     affected: frozenset[int]  # servers subject to episodes/failures
     max_batch: int = 1
     batch_cost_per_extra: float = 0.0
+    pass_ms: np.ndarray | None = None  # (n, S) task time without the straggle factor, when cancels finish the pass
+    out_ms: np.ndarray | None = None  # (n, S) dispatcher → server delay per (query, server)
+    back_ms: np.ndarray | None = None  # (n, S) server → dispatcher delay
 
     @property
     def n_servers(self) -> int:
@@ -68,10 +71,12 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
     n, s_tot = cfg.n_experts, cfg.n_experts + cfg.r
     lay = layout(cfg, spec)
     scale = np.asarray(cfg.service.scale or (1.0,) * s_tot)
-    svc = np.empty_like(draws.service_u)
+    base = np.empty_like(draws.service_u)
     for s, h in enumerate(lay.hosts):
         dist = cfg.service.coded_dist() if h in (CODED, SPARE) else cfg.service.expert_dist(h)
-        svc[:, s] = dist.ppf(draws.service_u[:, s]) * scale[s] * draws.task_factor[:, s]
+        base[:, s] = dist.ppf(draws.service_u[:, s]) * scale[s]
+    svc = base * draws.task_factor
+    net = cfg.network
     if spec.kind == "replication" and spec.dispatch == "pool":
         stations = [[s for s, h in enumerate(lay.hosts) if h == i] for i in range(n)]
     else:
@@ -102,4 +107,16 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         affected=frozenset(range(s_tot) if st.servers is None else st.servers),
         max_batch=cfg.service.max_batch,
         batch_cost_per_extra=cfg.service.batch_cost_per_extra,
+        pass_ms=base if cfg.service.cancel_in_service == "finish_pass" else None,
+        out_ms=_delays(net.out, draws.net_out_u, base.shape),
+        back_ms=_delays(net.back, draws.net_back_u, base.shape),
     )
+
+
+def _delays(dist, u: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Per-(query, server) network delays, or None when the scenario has none in that direction."""
+    if dist is None:
+        return None
+    if u is None or u.shape != shape:
+        raise ValueError("draws lack the network-delay uniforms this config needs (draw them with sim.draw)")
+    return dist.ppf(u)
