@@ -8,6 +8,7 @@ scenarios run unguarded and check the model cache stays empty.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -215,7 +216,7 @@ def test_out_where_the_scenario_folder_is_a_file(home: Path, no_work: None) -> N
     refused(run_args(write(home, SIM), home / "out"), home, expect="which is a file")
 
 
-@pytest.mark.skipif(sys.platform == "win32" or __import__("os").geteuid() == 0,
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0,
                     reason="as root (or on Windows) a read-only mode does not stop writes")
 def test_out_without_write_permission(home: Path, no_work: None) -> None:
     locked = home / "locked"
@@ -250,7 +251,7 @@ def test_report_into_a_folder_it_cannot_write(tmp_path: Path, result_folder: Pat
     assert snapshot(folder) == before
 
 
-@pytest.mark.skipif(sys.platform == "win32" or __import__("os").geteuid() == 0,
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0,
                     reason="as root (or on Windows) a read-only mode does not stop writes")
 def test_report_into_a_read_only_folder(tmp_path: Path, result_folder: Path) -> None:
     folder = tmp_path / "result"
@@ -320,14 +321,27 @@ def test_a_running_scheduler_passes_the_check(home: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- 4. sizes
-def test_records_that_cannot_fit_in_memory(home: Path, no_work: None) -> None:
+def test_available_memory_is_measured() -> None:
+    from scenarios.preflight import available_memory
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < available_memory() <= total
+
+
+def test_records_that_cannot_fit_in_memory(home: Path, no_work: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scenarios.preflight as preflight
+
+    monkeypatch.setattr(preflight, "available_memory", lambda: 16 * 2**30)  # run and validate see the same
     line = refused(run_args(write(home, SIM), home / "out", "--set", "sim.n_queries=10000000000000"), home,
                    expect="query records")
     assert "10,000,000,000,000 queries × 2 policies × 2 point(s)" in line
-    assert "PiB" in line and "available" in line
+    assert "PiB" in line and "more than the 16.0 GiB available" in line
 
 
-def test_a_horizon_too_long_for_memory(home: Path, no_work: None) -> None:
+def test_a_horizon_too_long_for_memory(home: Path, no_work: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scenarios.preflight as preflight
+
+    monkeypatch.setattr(preflight, "available_memory", lambda: 16 * 2**30)
     sim = {k: v for k, v in SIM["sim"].items() if k != "n_queries"}
     scenario = write(home, dict(SIM, sim=dict(sim, horizon_ms=1e15)))
     refused(run_args(scenario, home / "out"), home, expect="query records")
