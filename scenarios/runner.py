@@ -449,7 +449,7 @@ def run_scenario(
     check_unfinished(out_root, scenario.name, raw, resume)
     if not resume:  # no finished point in it (checked above): at most a profile from an earlier attempt
         shutil.rmtree(work, ignore_errors=True)
-    created = [folder for folder in (work, work.parent, out_root) if not folder.exists()]
+    created = [folder for folder in (work, *work.parents) if not folder.exists()]  # deepest first
     store = PointStore(work)
     try:
         if scenario.models is not None and resume and (work / "profile.csv").is_file():

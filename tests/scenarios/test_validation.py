@@ -592,7 +592,7 @@ def test_failure_while_saving_the_first_point_leaves_no_folders(home: Path, monk
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
-    line = one_error_line(CliRunner().invoke(cli, ["--quiet", *run_args(write(home, SIM), home / "out")]))
+    line = one_error_line(CliRunner().invoke(cli, ["--quiet", *run_args(write(home, SIM), home / "out" / "a" / "b")]))
     assert "No space left on device" in line
     assert not (home / "out").exists()
 
