@@ -1,7 +1,8 @@
 """The `coinsim` command line.
 
-User mistakes (bad files, unknown names, missing data) end as one line on stderr and exit code 2, before any
-work is done; `--verbose` shows the traceback instead.
+User mistakes (bad files, unknown names, missing data, unusable output folders or schedulers, wrong options)
+end as one line `error: ...` on stderr and exit code 2, before any work is done; `--verbose` shows the
+traceback instead. `coinsim validate` runs exactly the checks `run` and `sweep` run before working.
 """
 
 from __future__ import annotations
@@ -15,52 +16,107 @@ import click
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that mean 'the user asked for something impossible', not 'coinsim has a bug'."""
+    """Exception types that mean 'the user asked for something impossible', not 'coinsim has a bug'.
+
+    Imported directly: a module that fails to import is a bug and must show as one. OSError covers files and
+    folders that cannot be read or written, a full disk, and Dask's connection errors (which are OSErrors);
+    pydantic's ValidationError is a table that does not fit its model.
+    """
+    from pydantic import ValidationError
+
+    from coin.errors import CodingError
     from models.config import ConfigError
     from models.data import DataError
     from models.networks import DeviceError
+    from reports.load import ReportError
+    from scenarios.schema import ScenarioError
+    from sim.errors import SimConfigError
 
-    found: list[type[BaseException]] = [ConfigError, DataError, DeviceError, FileNotFoundError]
-    for module, name in (("coin", "CodingError"), ("sim", "SimConfigError"), ("scenarios.schema", "ScenarioError"),
-                         ("reports", "ReportError")):
-        try:
-            found.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
+    return (ConfigError, DataError, DeviceError, CodingError, SimConfigError, ScenarioError, ReportError,
+            ValidationError, OSError)
+
+
+def one_line(error: BaseException) -> str:
+    """The message of a user error as one line."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        from models.config import validation_problems
+
+        return "; ".join(validation_problems(error))
+    if isinstance(error, OSError) and error.strerror and error.filename is not None:
+        target = f"{error.filename}" + (f" -> {error.filename2}" if error.filename2 is not None else "")
+        return f"{target}: {error.strerror}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class UserError(click.ClickException):
+    """Printed as the one line `error: ...` on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _as_user_error(error: click.ClickException) -> click.ClickException:
+    """Click's own errors (usage, bad option values) as one line; `coinsim` with no arguments still shows help."""
+    if isinstance(error, UserError | click.exceptions.NoArgsIsHelpError):
+        return error
+    text = error.format_message().strip()
+    return UserError(text.splitlines()[0] if text else type(error).__name__)
 
 
 class _Cli(click.Group):
     """Group that turns user errors raised anywhere below into a one-line message and exit code 2."""
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.ClickException as error:
+            raise _as_user_error(error) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except click.ClickException as error:
+            raise _as_user_error(error) from None
         except user_errors() as error:
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            click.echo(f"error: {message}", err=True)
-            ctx.exit(2)
+            raise UserError(one_line(error)) from None
+
+
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
+    return value
+
+
+_THREADS_HELP = "Torch intra-op threads (default: torch's). 1 is often fastest for small networks on busy CPUs."
+
+
+def _threads_option(command):
+    """--threads after a subcommand (`coinsim run --threads 1`), same as before it."""
+    return click.option("--threads", type=click.IntRange(min=1), default=None, expose_value=False,
+                        callback=_set_threads, help=_THREADS_HELP)(command)
 
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version("coinsim"), prog_name="coinsim")
 @click.option("--verbose", is_flag=True, help="Show tracebacks and debug logging.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch intra-op threads (default: torch's). 1 is often fastest for small networks on busy CPUs.")
+@_threads_option
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool, quiet: bool, threads: int | None) -> None:
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Erasure-coded neural-network inference: train experts, code them, simulate serving, report."""
     ctx.ensure_object(dict)
     ctx.obj.update(verbose=verbose, quiet=quiet)
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(message)s")
 
 
@@ -79,6 +135,7 @@ def _progress(ctx: click.Context) -> bool:
 @click.option("--seed", type=int, default=None, help="Override the seed.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Checkpoint cache folder.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@_threads_option
 @click.pass_context
 def models_train(ctx: click.Context, config: str, seed: int | None, cache_dir: Path | None, device: str) -> None:
     """Train (or fetch from the cache) the base model and every expert, then print a table."""
@@ -150,10 +207,29 @@ def _run_options(command):
         click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)"),
         click.option("--no-report", is_flag=True, help="Skip figures and the HTML report."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run of the same scenario."),
+        _threads_option,
     ]
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def _sweep_options(grid_required: bool):
+    """Options of `sweep` (also accepted by `validate`)."""
+    def decorate(command):
+        options = [
+            click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2,...", required=grid_required,
+                         help="A sim field and its values, e.g. stragglers.p=0,0.05,0.1; several --grid make a "
+                              "product."),
+            click.option("--workers", type=int, default=None, help="Worker processes (default: the scenario's, or 1)."),
+            click.option("--scheduler", default=None, help="Run the points on the Dask scheduler at this address."),
+            click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+                         help="local process pool, or Dask (a LocalCluster unless --scheduler is given)."),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return command
+    return decorate
 
 
 def _overrides(sets: tuple[str, ...], seed: int | None, device: str | None) -> dict:
@@ -166,15 +242,57 @@ def _overrides(sets: tuple[str, ...], seed: int | None, device: str | None) -> d
     return overrides
 
 
-def _run(ctx: click.Context, scenario: str, overrides: dict, out_root: Path, no_report: bool, resume: bool) -> None:
-    from scenarios.runner import run_scenario
+def _sweep_overrides(overrides: dict, grids: tuple[str, ...], workers: int | None, scheduler: str | None,
+                     executor: str | None) -> dict:
+    """The overrides `sweep` (and `validate` given the same options) applies on top of --set."""
+    overrides = dict(overrides)
+    if grids:
+        grid = {}
+        for item in grids:
+            key, sep, text = item.partition("=")
+            if not sep or not key.strip() or not text.strip():
+                raise click.UsageError(f"--grid expects KEY=V1,V2,..., got '{item}'")
+            grid[key.strip()] = [_parse_sets((f"v={v}",))["v"] for v in text.split(",")]
+        overrides["sweep.axis"] = None
+        overrides["sweep.values"] = None
+        overrides["sweep.grid"] = grid
+    if workers is not None:
+        overrides["sweep.workers"] = workers
+    if scheduler is not None:
+        overrides["sweep.scheduler"] = scheduler
+        overrides["sweep.executor"] = "dask"
+    if executor is not None:
+        overrides["sweep.executor"] = executor
+    return overrides
+
+
+def _checked(scenario: str, overrides: dict, out_root: Path, resume: bool):
+    """Load the scenario and run every check made before work; what `run`, `sweep` and `validate` share."""
+    from scenarios.preflight import check_before_work
     from scenarios.schema import load_scenario
 
     config, raw = load_scenario(scenario, overrides)
+    check_before_work(config, raw, out_root, resume)
+    return config, raw
+
+
+def _run(ctx: click.Context, scenario: str, overrides: dict, out_root: Path, no_report: bool, resume: bool) -> None:
+    from scenarios.runner import run_scenario
+
+    config, raw = _checked(scenario, overrides, out_root, resume)
     render = None
     if not no_report:
         from reports import render
-    folder = run_scenario(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render, resume=resume)
+    try:
+        folder = run_scenario(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render,
+                              resume=resume)
+    except KeyboardInterrupt:
+        from scenarios.runner import PointStore, _work_folder
+
+        done = PointStore(_work_folder(out_root, config.name, raw)).finished()
+        click.echo(f"\ninterrupted with {done} point(s) finished: run the same command again with --resume to "
+                   "continue from there", err=True)
+        ctx.exit(130)
     _print_run_summary(folder)
 
 
@@ -189,34 +307,13 @@ def run(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, set
 
 @cli.command("sweep")
 @_run_options
-@click.option("--grid", "grids", multiple=True, metavar="KEY=V1,V2,...", required=True,
-              help="A sim field and its values, e.g. stragglers.p=0,0.05,0.1; several --grid make a product.")
-@click.option("--workers", type=int, default=None, help="Worker processes (default: the scenario's, or 1).")
-@click.option("--scheduler", default=None, help="Run the points on the Dask scheduler at this address.")
-@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
-              help="local process pool, or Dask (a LocalCluster unless --scheduler is given).")
+@_sweep_options(grid_required=True)
 @click.pass_context
 def sweep(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
           device: str | None, no_report: bool, resume: bool, grids: tuple[str, ...], workers: int | None,
           scheduler: str | None, executor: str | None) -> None:
     """Run SCENARIO at every point of a grid; the experts and coded models are built once for all points."""
-    overrides = _overrides(sets, seed, device)
-    grid = {}
-    for item in grids:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip() or not text.strip():
-            raise click.UsageError(f"--grid expects KEY=V1,V2,..., got '{item}'")
-        grid[key.strip()] = [_parse_sets((f"v={v}",))["v"] for v in text.split(",")]
-    overrides["sweep.axis"] = None
-    overrides["sweep.values"] = None
-    overrides["sweep.grid"] = grid
-    if workers is not None:
-        overrides["sweep.workers"] = workers
-    if scheduler is not None:
-        overrides["sweep.scheduler"] = scheduler
-        overrides["sweep.executor"] = "dask"
-    if executor is not None:
-        overrides["sweep.executor"] = executor
+    overrides = _sweep_overrides(_overrides(sets, seed, device), grids, workers, scheduler, executor)
     _run(ctx, scenario, overrides, out_root, no_report, resume)
 
 
@@ -233,12 +330,15 @@ def scenarios_list() -> None:
 
 
 @cli.command("validate")
-@click.argument("scenario")
-def validate(scenario: str) -> None:
-    """Check a scenario file (or built-in name) without running anything."""
-    from scenarios.schema import load_scenario
-
-    config, _ = load_scenario(scenario)
+@_run_options
+@_sweep_options(grid_required=False)
+def validate(scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...], device: str | None,
+             no_report: bool, resume: bool, grids: tuple[str, ...], workers: int | None, scheduler: str | None,
+             executor: str | None) -> None:
+    """Check SCENARIO without running anything: every check `run` / `sweep` make before working, with the same
+    options (--set, --out, --resume, --grid, --scheduler, ...)."""
+    overrides = _sweep_overrides(_overrides(sets, seed, device), grids, workers, scheduler, executor)
+    config, _ = _checked(scenario, overrides, out_root, resume)
     points = len(config.sweep_points())
     click.echo(f"{scenario}: ok ({config.n_experts} experts, {points} point(s), "
                f"{len(config.sim.get('policies', []))} policies)")
@@ -271,11 +371,22 @@ def _print_run_summary(folder: Path) -> None:
 @click.argument("result_dir", type=click.Path(path_type=Path))
 def report(result_dir: Path) -> None:
     """(Re-)render figures and report.html of a result folder."""
-    from reports import render
+    import os
+
+    from reports import ReportError, render
     from reports.testbed import is_testbed_folder, render_testbed
 
     if not result_dir.is_dir():
-        raise FileNotFoundError(f"result folder {result_dir} does not exist")
+        raise ReportError(f"result folder {result_dir} does not exist" if not result_dir.exists()
+                          else f"{result_dir} is not a folder")
+    if not os.access(result_dir, os.W_OK | os.X_OK):
+        raise ReportError(f"no permission to write the report into {result_dir}")
+    for name, want_dir in (("figures", True), ("report.html", False)):
+        path = result_dir / name
+        if path.exists() and path.is_dir() != want_dir:
+            raise ReportError(f"cannot write the report: {path} is {'a file' if want_dir else 'a folder'}")
+        if want_dir and path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
+            raise ReportError(f"no permission to write the figures into {path}")
     click.echo(render_testbed(result_dir) if is_testbed_folder(result_dir) else render(result_dir))
 
 

@@ -168,14 +168,28 @@ def _profile_frame(facts: NetworkFacts) -> pd.DataFrame:
 
 
 def read_profile(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """Latency samples saved by an earlier run, so a run can be repeated number for number."""
-    table = pd.read_csv(folder / "profile.csv")
-    missing = [n for n in names if n not in set(table["model"])]
-    if missing:
-        from scenarios.schema import ScenarioError
+    """Latency samples saved by an earlier run, so a run can be repeated number for number.
 
-        raise ScenarioError(f"profile.replay: {folder / 'profile.csv'} has no samples for {', '.join(missing)}")
-    return {n: table.loc[table["model"] == n, "ms"].to_numpy() for n in names}
+    ScenarioError when profile.csv cannot be read, lacks a network or holds a time that is not a positive number.
+    """
+    from scenarios.schema import ScenarioError
+
+    path = folder / "profile.csv"
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as error:  # pandas' parser and decoding errors are ValueErrors
+        raise ScenarioError(f"profile.replay: cannot read {path}: {str(error).strip().splitlines()[0]}") from None
+    if not {"model", "ms"} <= set(table.columns):
+        raise ScenarioError(f"profile.replay: {path} needs the columns model, ms")
+    missing = [n for n in names if n not in set(table["model"].astype(str))]
+    if missing:
+        raise ScenarioError(f"profile.replay: {path} has no samples for {', '.join(missing)}")
+    samples = {n: pd.to_numeric(table.loc[table["model"].astype(str) == n, "ms"], errors="coerce").to_numpy(float)
+               for n in names}
+    bad = [n for n, ms in samples.items() if not np.all(np.isfinite(ms) & (ms > 0))]
+    if bad:
+        raise ScenarioError(f"profile.replay: {path} has times that are not positive numbers for {', '.join(bad)}")
+    return samples
 
 
 class LiveForwardTimes:
@@ -253,12 +267,16 @@ class PointStore:
     """Finished sweep points on disk, so an interrupted sweep resumes without redoing them.
 
     Lives in a hidden work folder next to the results, named by a hash of the resolved scenario; a point counts
-    as finished once its summary JSON exists, which is written (atomically) after its records.
+    as finished once its summary JSON exists, which is written (atomically) after its records. The folder is
+    only created when the first thing is saved into it.
     """
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def finished(self) -> int:
+        """How many finished points the folder holds."""
+        return len(list(self.folder.glob("point-*.json"))) if self.folder.is_dir() else 0
 
     def _paths(self, index: int) -> tuple[Path, Path]:
         return self.folder / f"point-{index:04d}.parquet", self.folder / f"point-{index:04d}.json"
@@ -268,6 +286,7 @@ class PointStore:
 
     def save(self, index: int, records: pd.DataFrame, summary: dict[str, Any]) -> None:
         table, meta = self._paths(index)
+        self.folder.mkdir(parents=True, exist_ok=True)
         _atomic_write(table, lambda path: records.to_parquet(path, index=False))
         _atomic_write(meta, lambda path: path.write_text(json.dumps(_jsonable(summary))))
 
@@ -394,6 +413,26 @@ def _work_folder(out_root: Path, scenario_name: str, raw: dict[str, Any]) -> Pat
     return out_root / scenario_name / f".unfinished-{digest}"
 
 
+def check_unfinished(out_root: Path, scenario_name: str, raw: dict[str, Any], resume: bool) -> None:
+    """Refuse to start over when an interrupted run of the same resolved scenario left finished points."""
+    work = _work_folder(out_root, scenario_name, raw)
+    done = PointStore(work).finished()
+    if done and not resume:
+        from scenarios.schema import ScenarioError
+
+        raise ScenarioError(f"{work} holds {done} finished point(s) of an interrupted run of this scenario: add "
+                            "--resume to continue it, or delete that folder to start over")
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """rmdir each folder (deepest first) that exists and is empty; others are left alone."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            continue
+
+
 def run_scenario(
     scenario: Scenario,
     raw: dict[str, Any],
@@ -410,19 +449,26 @@ def run_scenario(
     """
     started = time.perf_counter()
     work = _work_folder(out_root, scenario.name, raw)
-    if not resume:
+    check_unfinished(out_root, scenario.name, raw, resume)
+    if not resume:  # no finished point in it (checked above): at most a profile from an earlier attempt
         shutil.rmtree(work, ignore_errors=True)
+    created = [folder for folder in (work, *work.parents) if not folder.exists()]  # deepest first
     store = PointStore(work)
-    if scenario.models is not None and resume and (work / "profile.csv").is_file():
-        scenario = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"replay": work})})
-    facts = prepare_networks(scenario, quiet) if scenario.models is not None else None
-    if facts is not None and not (work / "profile.csv").is_file():
-        _atomic_write(work / "profile.csv", lambda path: _profile_frame(facts).to_csv(path, index=False))
-    points = build_point_configs(scenario, facts)
-    _say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", quiet)
-    sim_started = time.perf_counter()
-    _execute(points, scenario.seed, facts.answers if facts else None, scenario, store, quiet)
-    sim_seconds = time.perf_counter() - sim_started
+    try:
+        if scenario.models is not None and resume and (work / "profile.csv").is_file():
+            scenario = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"replay": work})})
+        facts = prepare_networks(scenario, quiet) if scenario.models is not None else None
+        if facts is not None and not (work / "profile.csv").is_file():
+            work.mkdir(parents=True, exist_ok=True)
+            _atomic_write(work / "profile.csv", lambda path: _profile_frame(facts).to_csv(path, index=False))
+        points = build_point_configs(scenario, facts)
+        _say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", quiet)
+        sim_started = time.perf_counter()
+        _execute(points, scenario.seed, facts.answers if facts else None, scenario, store, quiet)
+        sim_seconds = time.perf_counter() - sim_started
+    except BaseException:
+        _remove_if_empty(created)  # a failure before anything was saved leaves no empty folders behind
+        raise
     results = [store.load(i) for i in range(len(points))]
 
     columns = scenario.sweep.columns if scenario.sweep else []

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -29,7 +31,7 @@ class ScenarioError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CodingSpec(_Strict):
@@ -78,6 +80,20 @@ class TestbedSpec(_Strict):
 AXIS_COLUMNS = {"stragglers.p": "straggler_p", "traffic.load": "load", "traffic.strength": "traffic_strength"}
 
 
+def scheduler_address(address: str) -> tuple[str, int]:
+    """(host, port) of a Dask scheduler address such as tcp://10.0.0.5:8786 or host:8786; ValueError if the
+    address cannot be one."""
+    text = address.strip()
+    parts = urlsplit(text if "://" in text else f"tcp://{text}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise ValueError(f"scheduler address {address!r} is not of the form tcp://host:port")
+    return parts.hostname, port
+
+
 def axis_column(axis: str) -> str:
     """Column name of a sweep axis in result tables: 'stragglers.p' → 'straggler_p'."""
     return AXIS_COLUMNS.get(axis, axis.replace(".", "_"))
@@ -92,10 +108,15 @@ class SweepSpec(_Strict):
     grid: dict[str, list[Any]] | None = None
     executor: Literal["local", "dask"] = "local"
     workers: int = Field(1, ge=1)
-    scheduler: str | None = Field(None, description="address of a running Dask scheduler (else a local cluster)")
+    scheduler: str | None = Field(None, description="address of a running Dask scheduler, tcp://host:port "
+                                                    "(else a local cluster); only with executor = 'dask'")
 
     @model_validator(mode="after")
     def _one_form(self) -> SweepSpec:
+        if self.scheduler is not None:
+            scheduler_address(self.scheduler)
+            if self.executor != "dask":
+                raise ValueError("sweep.scheduler is only used with executor = 'dask'")
         if (self.axis is None) != (self.values is None):
             raise ValueError("sweep: give axis and values together")
         if self.axis is not None and self.grid is not None:
@@ -118,6 +139,12 @@ class Scenario(_Strict):
     name: str = "scenario"
     description: str = ""
     seed: int = Field(0, ge=0)
+    allow_unstable: bool = Field(
+        False,
+        description="simulate loads the servers cannot keep up with (sim.traffic.load >= 1, or outside a policy's "
+                    "capacity region); refused otherwise. Queues then grow for the whole run, so the latencies "
+                    "describe that run's transient, not a steady state, and depend on n_queries / horizon_ms",
+    )
     device: str = "auto"
     models: ZooConfig | None = None
     coding: CodingSpec = CodingSpec()
@@ -175,11 +202,14 @@ def sim_config_for(
     expert_service: list[Any] | None = None,
     coded_service: Any | None = None,
     sample_pools: list[int] | None = None,
+    check_capacity: bool = False,
 ) -> SimConfig:
     """The simulator config of one point, with the runner's measured facts filled in.
 
     `traffic.load` (a fraction of the N experts' capacity) becomes a total routed rate using the mean of the
     expert service distributions, so a scenario means the same thing on a fast GPU and a slow laptop.
+    Unless the scenario sets `allow_unstable`, a load of 1 or more is refused, and so, with `check_capacity`, is
+    a point outside some policy's capacity region (see sim.layout.check_stability).
     """
     table = copy.deepcopy(table)
     if scenario.models is not None:
@@ -198,35 +228,108 @@ def sim_config_for(
     for name, value in (("load", load), ("ensemble_load", ensemble_load)):
         if value is not None and (not isinstance(value, int | float) or value <= 0):
             raise ScenarioError(f"sim.traffic.{name} must be a positive fraction of expert capacity, got {value!r}")
+        if value is not None and value >= 1 and not scenario.allow_unstable:
+            raise ScenarioError(f"sim.traffic.{name} = {value!r} is at or above the experts' capacity (1.0 = every "
+                                "expert busy all the time), so their queues grow without bound; lower it, or set "
+                                "allow_unstable = true to simulate the transient")
     if load is not None or ensemble_load is not None:
         stand_in = {"rate_per_ms": 1.0} if traffic.get("kind", "poisson") != "trace" else {}
-        partial = parse_config({**table, "traffic": {**traffic, **stand_in}, "n_queries": 1})
+        partial = parse_config({**table, "traffic": {**traffic, **stand_in}, "n_queries": 1, "horizon_ms": None})
         means = [partial.service.expert_dist(i).mean() for i in range(partial.n_experts)]
         if load is not None:  # routed queries: a fraction of the N experts' combined capacity
             traffic["rate_per_ms"] = load * sum(1.0 / m for m in means)
         if ensemble_load is not None:  # ensemble queries occupy every expert: limited by the slowest
             traffic["ensemble_rate_per_ms"] = ensemble_load / max(means)
+    if check_capacity and not scenario.allow_unstable:
+        _check_capacity(table, load)
     return parse_config(table)
+
+
+def _check_capacity(table: dict[str, Any], load: float | None) -> None:
+    """Refuse a point outside some policy's capacity region, naming the load and the capacity."""
+    from sim.layout import check_stability
+
+    explicit = table.get("n_queries") is not None or table.get("horizon_ms") is not None
+    problem = check_stability(parse_config(table if explicit else {**table, "n_queries": 1}))
+    if problem:
+        where = f"sim.traffic.load = {load!r}: " if load is not None else ""
+        raise ScenarioError(f"unstable load: {where}{problem}; lower the load, or set allow_unstable = true to "
+                            "simulate the transient")
 
 
 _PLACEHOLDER_SERVICE = {"kind": "exponential", "mean_ms": 1.0}
 
 
-def validate_scenario_sims(scenario: Scenario) -> None:
-    """Build every sweep point's SimConfig with stand-in service times, so sim errors surface before work."""
+def stand_in_configs(scenario: Scenario) -> list[tuple[dict[str, Any], SimConfig]]:
+    """Every sweep point's SimConfig, with stand-in service times where the real ones are measured later.
+
+    The capacity region is only checked when the service times are the scenario's own (no [models]); with
+    networks only `traffic.load` < 1 can be checked before the latency profile is measured.
+    """
     n = scenario.n_experts
+    configs = []
     for values, table in scenario.sweep_points():
         try:
-            sim_config_for(
+            configs.append((values, sim_config_for(
                 scenario,
                 table,
                 expert_service=[_PLACEHOLDER_SERVICE] * n if scenario.models is not None else None,
                 coded_service=_PLACEHOLDER_SERVICE if scenario.models is not None else None,
                 sample_pools=[1] * n if scenario.models is not None else None,
-            )
+                check_capacity=scenario.models is None,
+            )))
         except (SimConfigError, ScenarioError) as error:
-            where = "".join(f" (sweep {k} = {v!r})" for k, v in values.items())
-            raise ScenarioError(f"{str(error).splitlines()[0]}{where}") from None
+            raise ScenarioError(f"{str(error).splitlines()[0]}{_where(values)}") from None
+    return configs
+
+
+def _where(values: dict[str, Any]) -> str:
+    return "".join(f" (sweep {k} = {v!r})" for k, v in values.items())
+
+
+def trace_arrivals(config: SimConfig) -> int:
+    """How many arrivals a trace-driven point simulates; SimConfigError if its trace CSV is missing, does not
+    parse, names unknown models or has no arrival inside the point's n_queries / horizon_ms."""
+    from sim.draws import _read_trace
+
+    times, _ = _read_trace(config)
+    if config.horizon_ms is not None:
+        times = times[times < config.horizon_ms]
+    count = min(len(times), config.n_queries) if config.n_queries is not None else len(times)
+    if count == 0:
+        source = config.traffic.trace_csv or "traffic.trace_times_ms"
+        raise SimConfigError(f"sim config: trace {source} has no arrivals in the horizon")
+    return count
+
+
+def validate_scenario_sims(scenario: Scenario) -> None:
+    """Build every sweep point's SimConfig (and read its trace), so sim errors surface before any work."""
+    for values, config in stand_in_configs(scenario):
+        if config.traffic.kind == "trace":
+            try:
+                trace_arrivals(config)
+            except SimConfigError as error:
+                raise ScenarioError(f"{str(error).splitlines()[0]}{_where(values)}") from None
+
+
+def non_finite_fields(value: Any, path: str = "") -> list[tuple[str, float]]:
+    """(dotted path, value) of every inf or nan number in a (TOML) table."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [(path or "top level", value)]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite_fields(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in non_finite_fields(v, f"{path}[{i}]")]
+    return []
+
+
+def _check_replay(scenario: Scenario) -> None:
+    """profile.replay must hold latency samples for every network this scenario serves."""
+    from scenarios.runner import read_profile
+
+    assert scenario.models is not None and scenario.profile.replay is not None
+    names = [e.name for e in scenario.models.experts] + ["coded"]
+    read_profile(Path(scenario.profile.replay).expanduser(), names)
 
 
 def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenario:
@@ -236,6 +339,10 @@ def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenar
     sweep point's simulator config — and a layer that needs an earlier one only runs once that one passed.
     """
     data = copy.deepcopy(data)
+    bad_numbers = non_finite_fields(data)
+    if bad_numbers:
+        raise ScenarioError(f"{source}: " + "; ".join(f"{where}: must be a finite number, got {value!r}"
+                                                      for where, value in bad_numbers))
     problems: list[str] = []
     zoo_ok = True
     if "models" in data:
@@ -275,6 +382,11 @@ def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenar
             pick_device(scenario.device)
         except DeviceError as error:
             problems.append(f"device: {error}")
+        if scenario.profile.replay is not None:
+            try:
+                _check_replay(scenario)
+            except ScenarioError as error:
+                problems.append(str(error))
     try:
         validate_scenario_sims(scenario)
     except ScenarioError as error:
@@ -293,8 +405,14 @@ def builtin_names() -> list[str]:
 def read_toml(name_or_path: str | Path) -> tuple[dict, str]:
     """TOML table from a file path or a built-in scenario name; (data, source label)."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.is_file():
-        return read_zoo_file(path)
+    if path.suffix == ".toml" or path.is_file():  # a folder named like a built-in does not shadow it
+        try:
+            return read_zoo_file(path)
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                              f"{error.start}); save the scenario as UTF-8") from None
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
     resource = resources.files("scenarios") / "builtin" / f"{name_or_path}.toml"
     if not resource.is_file():
         raise ConfigError(f"unknown scenario '{name_or_path}' (built-in: {', '.join(builtin_names())})")

@@ -57,9 +57,10 @@ def _error(loc: str, detail: str) -> SimConfigError:
 
 
 class _Model(BaseModel):
-    """Base: forbid unknown keys (typos in TOML must not pass silently) and raise SimConfigError."""
+    """Base: forbid unknown keys (typos in TOML must not pass silently), refuse inf and nan in every number
+    (a non-finite time or rate only turns into NaN latencies later), and raise SimConfigError."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def __init__(self, **data: Any) -> None:
         try:

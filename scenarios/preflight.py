@@ -1,0 +1,160 @@
+"""Checks of everything a run will touch besides the scenario file itself, made before any work.
+
+`coinsim run`, `coinsim sweep` and `coinsim validate` all call `check_before_work` after the scenario has
+been loaded (which already checked its tables, numbers, loads and the files it names): the output folder, an
+interrupted earlier run, the memory the query records will take and the Dask scheduler. Each failure is a
+ScenarioError with one line for the user.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from scenarios.schema import Scenario, ScenarioError, scheduler_address, stand_in_configs, trace_arrivals
+from sim import SimConfig
+
+CONNECT_TIMEOUT_S = 2.0
+PROBE_QUERIES = 256
+JOIN_COPIES = 2  # the runner holds every point's records and their concatenation at the same time
+
+
+def check_before_work(scenario: Scenario, raw: dict[str, Any], out_root: Path, resume: bool) -> None:
+    """Every check a run needs besides the scenario's own validation; ScenarioError on the first failure."""
+    from scenarios.runner import check_unfinished
+
+    check_output(out_root, scenario.name)
+    check_unfinished(out_root, scenario.name, raw, resume)
+    check_memory(scenario)
+    if scenario.sweep is not None and scenario.sweep.executor == "dask" and scenario.sweep.scheduler:
+        check_scheduler(scenario.sweep.scheduler)
+
+
+def check_output(out_root: Path, scenario_name: str) -> None:
+    """OUT/<scenario>/ must be a folder that exists or can be made, and that this process may write in."""
+    target = out_root / scenario_name
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == out_root else f"is inside {existing}, which is a file"
+        raise ScenarioError(f"--out {out_root} {where}, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ScenarioError(f"--out {out_root}: no permission to write in {existing}")
+
+
+def check_scheduler(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A Dask scheduler must answer at `address` within `timeout_s` seconds in all.
+
+    On tcp:// the scheduler speaks first: its handshake starts with an 8-byte little-endian length. Reading that
+    tells a scheduler from a port that merely accepts connections (a proxy, a web server), which would
+    otherwise fail much later, inside Dask. On tls:// only the connection is checked.
+    """
+    import time
+
+    try:
+        host, port = scheduler_address(address)
+    except ValueError as error:
+        raise ScenarioError(f"sweep.scheduler: {error}") from None
+    deadline = time.monotonic() + timeout_s
+
+    def refuse(reason: str) -> ScenarioError:
+        return ScenarioError(f"sweep.scheduler: no Dask scheduler answers at {address} within {timeout_s:g} s "
+                             f"({reason}); start it or fix the address")
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            if address.strip().startswith("tls://"):
+                return
+            header = b""
+            while len(header) < 8:
+                connection.settimeout(max(deadline - time.monotonic(), 0.01))
+                chunk = connection.recv(8 - len(header))
+                if not chunk:
+                    raise refuse("it closed the connection")
+                header += chunk
+    except TimeoutError:
+        raise refuse("no answer") from None
+    except OSError as error:
+        raise refuse(error.strerror or str(error) or type(error).__name__) from None
+    if not 0 < int.from_bytes(header, "little") < 1 << 20:
+        raise refuse("what answers there does not speak Dask's protocol")
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation: psutil if installed, else /proc/meminfo, else sysconf."""
+    try:
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().available)
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _queries(scenario: Scenario, table: dict[str, Any], config: SimConfig) -> int | None:
+    """Queries one point simulates, or None when that depends on service times not measured yet."""
+    if config.traffic.kind == "trace":
+        return trace_arrivals(config)
+    if config.n_queries is not None:
+        return config.n_queries
+    traffic = table.get("traffic") or {}
+    if scenario.models is not None and ("load" in traffic or "ensemble_load" in traffic):
+        return None  # the rate follows from the latency profile, measured after training
+    assert config.horizon_ms is not None
+    return int((config.traffic.routed_rate() + config.traffic.ensemble_rate_per_ms) * config.horizon_ms)
+
+
+def record_bytes(config: SimConfig, seed: int) -> float:
+    """Bytes per query record, measured on a short run of the point (records plus the per-query draws)."""
+    from sim import simulate
+
+    probe = config.model_copy(update={"n_queries": PROBE_QUERIES, "horizon_ms": None})
+    result = simulate(probe, seed)
+    draws = result.draws
+    draw_bytes = sum(a.nbytes for a in (draws.arrival_ms, draws.model, draws.sample_id, draws.service_u,
+                                        draws.task_factor))
+    records = len(result.records)
+    return (int(result.records.memory_usage(deep=True).sum()) + draw_bytes) / max(records, 1) + 1  # + `correct`
+
+
+def check_memory(scenario: Scenario, available: int | None = None) -> None:
+    """Refuse a run whose query records (n_queries × policies × points) would not fit in memory."""
+    configs = stand_in_configs(scenario)
+    counts = []
+    for (_, table), (_, config) in zip(scenario.sweep_points(), configs, strict=True):
+        queries = _queries(scenario, table, config)
+        if queries is not None:
+            counts.append((queries, len(config.policies)))
+    if not counts:
+        return
+    records = sum(q * p for q, p in counts)
+    per_record = record_bytes(configs[0][1], scenario.seed)
+    need = JOIN_COPIES * records * per_record
+    available = available_memory() if available is None else available
+    if need <= available:
+        return
+    queries = {q for q, _ in counts}
+    policies = {p for _, p in counts}
+    shape = (f"{queries.pop():,} queries × {policies.pop()} policies × {len(counts)} point(s)"
+             if len(queries) == 1 and len(policies) == 1 else f"{len(counts)} point(s)")
+    raise ScenarioError(f"sim: {shape} = {records:,} query records need about {_size(need)} of memory "
+                        f"({per_record:.0f} bytes each, held twice while joining), more than the "
+                        f"{_size(available)} available; lower sim.n_queries (or horizon_ms) or sweep fewer points")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,630 @@
+"""Bad input is refused before any work: one `error:` line on stderr, exit code 2, nothing written, nothing
+trained, and `coinsim validate` refuses the same command line with the same line (issue 11).
+
+Most cases use a pure simulation; `no_work` then replaces the runner's training, coding and simulating with
+functions that fail the test, so a check that moved behind the work fails fast. The cases about [models]
+scenarios run unguarded and check the model cache stays empty.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tomli_w
+from click.testing import CliRunner, Result
+
+from scenarios.cli import cli
+from tests.conftest import tiny_zoo_table
+
+SIM: dict = {
+    "name": "checks",
+    "seed": 1,
+    "sim": {
+        "n_experts": 2,
+        "r": 1,
+        "n_queries": 1000,
+        "policies": ["uncoded", {"kind": "coded", "dispatch": "hedged", "delay_ms": "p95"}],
+        "traffic": {"kind": "poisson", "load": 0.4},
+        "service": {"expert": {"kind": "exponential", "mean_ms": 2.0}},
+        "stragglers": {"p": 0.0, "slowdown": 8.0},
+    },
+    "sweep": {"axis": "stragglers.p", "values": [0.0, 0.1]},
+}
+
+
+def networks_scenario(**changes) -> dict:
+    """A scenario with [models] whose zoo would be trained into $COINSIM_CACHE (no cache_dir of its own)."""
+    models = tiny_zoo_table(None)
+    del models["cache_dir"]
+    table = {
+        "name": "nets",
+        "seed": 0,
+        "device": "cpu",
+        "models": models,
+        "coding": {"method": "coin", "samples": 20},
+        "profile": {"warmup": 1, "samples": 10},
+        "sim": {"r": 1, "n_queries": 500, "policies": ["uncoded", "coded"],
+                "traffic": {"kind": "poisson", "load": 0.3}},
+    }
+    table.update(changes)
+    return table
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working folder with its own (empty) model cache; `validate`'s default --out lands here too."""
+    monkeypatch.setenv("COINSIM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training, coding and simulating a point fail the test."""
+    import scenarios.runner as runner
+
+    def started(*args, **kwargs):
+        raise AssertionError("work started before the input was refused")
+
+    monkeypatch.setattr(runner, "prepare_networks", started)
+    monkeypatch.setattr(runner, "run_point", started)
+    monkeypatch.setattr(runner, "run_scenario", started)
+
+
+def write(folder: Path, table: dict, name: str = "s.toml") -> Path:
+    path = folder / name
+    path.write_text(tomli_w.dumps(table))
+    return path
+
+
+def snapshot(path: Path) -> object:
+    if path.is_file():
+        return path.read_bytes()
+    if path.is_dir():
+        return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+    return None
+
+
+def one_error_line(result: Result) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def refused(args: list[str], home: Path, out: Path | None = None, expect: str = "") -> str:
+    """Run `coinsim ARGS` (ARGS[0] is run or sweep), check the refusal, then `coinsim validate` with the same
+    arguments; both must print the same one line. Returns that line."""
+    out = out if out is not None else home / "out"
+    before = snapshot(out)
+    line = one_error_line(CliRunner().invoke(cli, args))
+    assert expect in line, line
+    assert snapshot(out) == before, "something was written under --out"
+    cache = home / "cache"
+    assert not cache.exists() or not any(cache.iterdir()), "something was trained into the cache"
+    assert one_error_line(CliRunner().invoke(cli, ["validate", *args[1:]])) == line
+    return line
+
+
+def run_args(scenario: Path | str, out: Path, *extra: str) -> list[str]:
+    return ["run", str(scenario), "--out", str(out), "--no-report", *extra]
+
+
+# ----------------------------------------------------------------------------------- 1. files a scenario names
+TRACES = {
+    "missing": (None, "cannot read trace"),
+    "not-csv": (b"\xff\xfe\x00\x81garbage", "cannot read trace"),
+    "wrong-columns": (b"time,who\n1,0\n", "needs columns timestamp_ms, model"),
+    "no-arrivals": (b"timestamp_ms,model\n", "no arrivals"),
+    "unknown-model": (b"timestamp_ms,model\n1.0,0\n2.0,cat\n", "unknown model"),
+    "infinite-time": (b"timestamp_ms,model\n1.0,0\ninf,1\n", "finite"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRACES))
+def test_trace_csv_is_checked_before_work(home: Path, no_work: None, case: str) -> None:
+    content, expect = TRACES[case]
+    trace = home / "trace.csv"
+    if content is not None:
+        trace.write_bytes(content)
+    sim = dict(SIM["sim"], traffic={"kind": "trace", "trace_csv": str(trace)})
+    del sim["n_queries"]
+    scenario = write(home, dict(SIM, sim=sim))
+    refused(run_args(scenario, home / "out"), home, expect=expect)
+
+
+def test_trace_with_no_arrival_inside_the_horizon(home: Path, no_work: None) -> None:
+    trace = home / "trace.csv"
+    trace.write_text("timestamp_ms,model\n100,0\n200,1\n")
+    sim = dict(SIM["sim"], traffic={"kind": "trace", "trace_csv": str(trace)}, horizon_ms=50.0)
+    del sim["n_queries"]
+    refused(run_args(write(home, dict(SIM, sim=sim)), home / "out"), home, expect="no arrivals in the horizon")
+
+
+def test_loading_a_scenario_reads_its_trace(home: Path) -> None:
+    """scenario_from_dict itself (not only the CLI's later checks) refuses a trace it cannot use."""
+    from scenarios.schema import ScenarioError, scenario_from_dict
+
+    sim = dict(SIM["sim"], traffic={"kind": "trace", "trace_csv": str(home / "none.csv")})
+    with pytest.raises(ScenarioError, match="cannot read trace"):
+        scenario_from_dict(dict(SIM, sim=sim))
+
+
+def test_networks_scenario_with_a_bad_trace_trains_nothing_end_to_end(home: Path) -> None:
+    """A real process, nothing patched: the trace names a model the scenario does not have."""
+    trace = home / "trace.csv"
+    trace.write_text("timestamp_ms,model\n1.0,low\n2.0,middle\n")
+    sim = {"r": 1, "policies": ["uncoded", "coded"], "traffic": {"kind": "trace", "trace_csv": str(trace)}}
+    scenario = write(home, networks_scenario(sim=sim))
+    for command in (["run", str(scenario), "--out", str(home / "out")], ["validate", str(scenario)]):
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "scenarios.cli", *command], capture_output=True, text=True,
+                                timeout=300, cwd=home)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: ") and "unknown model" in line and "middle" in line, line
+        assert time.perf_counter() - started < 60, "took long enough to have trained"
+    assert not (home / "out").exists()
+    assert not (home / "cache").exists() or not any((home / "cache").iterdir())
+
+
+def test_replay_folder_without_the_scenarios_networks_trains_nothing(home: Path) -> None:
+    earlier = home / "earlier"
+    earlier.mkdir()
+    (earlier / "profile.csv").write_text("model,ms\nlow,1.0\ncoded,1.2\n")  # no samples for 'high'
+    scenario = write(home, networks_scenario(profile={"replay": str(earlier)}))
+    line = refused(run_args(scenario, home / "out"), home, expect="has no samples for high")
+    assert "profile.replay" in line
+    assert not list(home.rglob(".unfinished-*"))
+
+
+def test_replay_profile_that_does_not_parse(home: Path, no_work: None) -> None:
+    earlier = home / "earlier"
+    earlier.mkdir()
+    (earlier / "profile.csv").write_text("model,ms\nlow,fast\nhigh,1.0\ncoded,1.0\n")
+    scenario = write(home, networks_scenario(profile={"replay": str(earlier)}))
+    refused(run_args(scenario, home / "out"), home, expect="not positive numbers for low")
+
+
+# ------------------------------------------------------------------------------------------ 2. output location
+def test_out_that_is_a_file(home: Path, no_work: None) -> None:
+    target = home / "taken"
+    target.write_text("keep me")
+    refused(run_args(write(home, SIM), target), home, out=target, expect="is a file")
+    assert target.read_text() == "keep me"
+
+
+def test_out_below_a_file(home: Path, no_work: None) -> None:
+    target = home / "taken"
+    target.write_text("keep me")
+    refused(run_args(write(home, SIM), target / "results"), home, out=target, expect="which is a file")
+
+
+def test_out_where_the_scenario_folder_is_a_file(home: Path, no_work: None) -> None:
+    (home / "out").mkdir()
+    (home / "out" / "checks").write_text("not a folder")
+    refused(run_args(write(home, SIM), home / "out"), home, expect="which is a file")
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0,
+                    reason="as root (or on Windows) a read-only mode does not stop writes")
+def test_out_without_write_permission(home: Path, no_work: None) -> None:
+    locked = home / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        refused(run_args(write(home, SIM), locked / "results"), home, out=locked, expect="no permission")
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.fixture(scope="module")
+def result_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from scenarios.runner import run_scenario
+    from scenarios.schema import scenario_from_dict
+
+    raw = dict(SIM, sim=dict(SIM["sim"], n_queries=300))
+    return run_scenario(scenario_from_dict(raw), raw, tmp_path_factory.mktemp("results"), quiet=True)
+
+
+@pytest.mark.parametrize("blocker", ["figures", "report.html"])
+def test_report_into_a_folder_it_cannot_write(tmp_path: Path, result_folder: Path, blocker: str) -> None:
+    folder = tmp_path / "result"
+    shutil.copytree(result_folder, folder)
+    if blocker == "figures":
+        (folder / "figures").write_text("a file where the figures go")
+    else:
+        (folder / "report.html").mkdir()
+    before = snapshot(folder)
+    line = one_error_line(CliRunner().invoke(cli, ["report", str(folder)]))
+    assert blocker in line
+    assert snapshot(folder) == before
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0,
+                    reason="as root (or on Windows) a read-only mode does not stop writes")
+def test_report_into_a_read_only_folder(tmp_path: Path, result_folder: Path) -> None:
+    folder = tmp_path / "result"
+    shutil.copytree(result_folder, folder)
+    folder.chmod(0o500)
+    try:
+        assert "no permission" in one_error_line(CliRunner().invoke(cli, ["report", str(folder)]))
+    finally:
+        folder.chmod(0o700)
+
+
+def test_report_renders_a_writable_result_folder(tmp_path: Path, result_folder: Path) -> None:
+    folder = tmp_path / "result"
+    shutil.copytree(result_folder, folder)
+    result = CliRunner().invoke(cli, ["report", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert (folder / "report.html").is_file()
+
+
+# ------------------------------------------------------------------------------------------ 3. Dask scheduler
+@pytest.mark.parametrize("address", ["banana", "tcp://host:notaport", "http://10.0.0.1:8786", "tcp://:8786"])
+def test_malformed_scheduler_address(home: Path, no_work: None, address: str) -> None:
+    args = ["sweep", str(write(home, SIM)), "--grid", "stragglers.p=0,0.1", "--scheduler", address,
+            "--out", str(home / "out"), "--no-report"]
+    refused(args, home, expect="tcp://host:port")
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_scheduler_is_refused_quickly(home: Path, no_work: None) -> None:
+    address = f"tcp://127.0.0.1:{_closed_port()}"
+    args = ["sweep", str(write(home, SIM)), "--grid", "stragglers.p=0,0.1", "--scheduler", address,
+            "--out", str(home / "out"), "--no-report"]
+    assert address in refused(args, home, expect="no Dask scheduler answers")
+
+
+def test_a_port_that_accepts_but_never_speaks_dask_is_refused_within_two_seconds(home: Path, no_work: None) -> None:
+    with socket.socket() as silent:  # the kernel accepts connections; nothing is ever sent
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        table = dict(SIM, sweep=dict(SIM["sweep"], executor="dask",
+                                     scheduler=f"127.0.0.1:{silent.getsockname()[1]}"))
+        started = time.perf_counter()
+        line = one_error_line(CliRunner().invoke(cli, run_args(write(home, table), home / "out")))
+        assert "no answer" in line
+        assert time.perf_counter() - started < 4.0
+        assert not (home / "out").exists()
+
+
+def test_scheduler_in_the_file_needs_the_dask_executor(home: Path, no_work: None) -> None:
+    table = dict(SIM, sweep=dict(SIM["sweep"], scheduler="tcp://127.0.0.1:8786"))
+    refused(run_args(write(home, table), home / "out"), home, expect="only used with executor = 'dask'")
+
+
+def test_a_running_scheduler_passes_the_check(home: Path) -> None:
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        result = CliRunner().invoke(cli, ["validate", str(write(home, SIM)), "--grid", "stragglers.p=0,0.1",
+                                          "--scheduler", cluster.scheduler_address])
+    assert result.exit_code == 0, result.output
+
+
+# ------------------------------------------------------------------------------------------------- 4. sizes
+def test_available_memory_is_measured() -> None:
+    from scenarios.preflight import available_memory
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < available_memory() <= total
+
+
+def test_records_that_cannot_fit_in_memory(home: Path, no_work: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scenarios.preflight as preflight
+
+    monkeypatch.setattr(preflight, "available_memory", lambda: 16 * 2**30)  # run and validate see the same
+    line = refused(run_args(write(home, SIM), home / "out", "--set", "sim.n_queries=10000000000000"), home,
+                   expect="query records")
+    assert "10,000,000,000,000 queries × 2 policies × 2 point(s)" in line
+    assert "PiB" in line and "more than the 16.0 GiB available" in line
+
+
+def test_a_horizon_too_long_for_memory(home: Path, no_work: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scenarios.preflight as preflight
+
+    monkeypatch.setattr(preflight, "available_memory", lambda: 16 * 2**30)
+    sim = {k: v for k, v in SIM["sim"].items() if k != "n_queries"}
+    scenario = write(home, dict(SIM, sim=dict(sim, horizon_ms=1e15)))
+    refused(run_args(scenario, home / "out"), home, expect="query records")
+
+
+def test_a_horizon_with_a_load_is_accepted(home: Path) -> None:
+    sim = {k: v for k, v in SIM["sim"].items() if k != "n_queries"}
+    result = CliRunner().invoke(cli, ["validate", str(write(home, dict(SIM, sim=dict(sim, horizon_ms=2000.0))))])
+    assert result.exit_code == 0, result.output
+
+
+def test_memory_estimate_comes_from_real_records(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scenarios.preflight as preflight
+    from scenarios.schema import scenario_from_dict, sim_config_for
+    from sim import simulate
+
+    scenario = scenario_from_dict(SIM)
+    config = sim_config_for(scenario, scenario.sweep_points()[0][1]).model_copy(update={"n_queries": 20_000})
+    result = simulate(config, 0)
+    measured = result.records.memory_usage(deep=True).sum() / len(result.records)
+    estimate = preflight.record_bytes(config, 0)
+    assert measured <= estimate <= 1.5 * measured + 64
+    # the refusal compares that estimate with the memory available
+    big = dict(SIM, sim=dict(SIM["sim"], n_queries=100_000))  # 2 points × 2 policies × 1e5 ≈ 40 MB
+    monkeypatch.setattr(preflight, "available_memory", lambda: 8 * 2**20)
+    refused(run_args(write(home, big), home / "out"), home, expect="8.0 MiB available")
+    monkeypatch.setattr(preflight, "available_memory", lambda: 8 * 2**30)
+    assert CliRunner().invoke(cli, ["validate", str(home / "s.toml")]).exit_code == 0
+
+
+# --------------------------------------------------------------------------------------------- 5. finite numbers
+@pytest.mark.parametrize("setting,where", [
+    ("sim.stragglers.slowdown=inf", "sim.stragglers.slowdown"),
+    ("sim.service.expert.mean_ms=nan", "sim.service.expert.mean_ms"),
+    ("sim.traffic.load=-inf", "sim.traffic.load"),
+    ("sim.warmup_fraction=nan", "sim.warmup_fraction"),
+    ("sweep.values=[0.0, inf]", "sweep.values[1]"),
+    ('sim.stragglers.slowdown="inf"', "slowdown"),  # a string pydantic would read as a float
+])
+def test_non_finite_numbers(home: Path, no_work: None, setting: str, where: str) -> None:
+    line = refused(run_args(write(home, SIM), home / "out", "--set", setting), home, expect=where)
+    assert "finite" in line
+
+
+def test_non_finite_number_in_a_file_and_in_models(home: Path, no_work: None) -> None:
+    models = networks_scenario()["models"]
+    models["finetune"] = dict(models["finetune"], lr=float("nan"))
+    scenario = write(home, networks_scenario(models=models))
+    refused(run_args(scenario, home / "out"), home, expect="models.finetune.lr: must be a finite number")
+    (home / "plain.toml").write_text(tomli_w.dumps(SIM).replace("slowdown = 8.0", "slowdown = inf"))
+    refused(run_args(home / "plain.toml", home / "out"), home, expect="sim.stragglers.slowdown")
+
+
+def test_sim_config_refuses_non_finite_numbers_on_its_own() -> None:
+    from sim import SimConfigError, parse_config
+
+    table = {"n_experts": 2, "n_queries": 10, "traffic": {"rate_per_ms": 0.1}}
+    for change in ({"stragglers": {"slowdown": float("inf")}}, {"horizon_ms": float("nan"), "n_queries": None},
+                   {"service": {"expert": {"kind": "exponential", "mean_ms": float("inf")}}}):
+        with pytest.raises(SimConfigError, match="finite"):
+            parse_config({**table, **change})
+
+
+# ------------------------------------------------------------------------------------------------ 6. unstable load
+@pytest.mark.parametrize("load", ["1.0", "1.5"])
+def test_load_at_or_above_capacity(home: Path, no_work: None, load: str) -> None:
+    line = refused(run_args(write(home, SIM), home / "out", "--set", f"sim.traffic.load={load}"), home,
+                   expect=f"sim.traffic.load = {load}")
+    assert "allow_unstable" in line
+
+
+def test_ensemble_load_at_capacity(home: Path, no_work: None) -> None:
+    setting = 'sim.traffic={kind = "poisson", ensemble_load = 1.0}'
+    refused(run_args(write(home, SIM), home / "out", "--set", setting), home, expect="sim.traffic.ensemble_load")
+
+
+def test_load_outside_the_capacity_region_names_load_and_capacity(home: Path, no_work: None) -> None:
+    # 0.6 of the experts' capacity, but one task in ten is 8x slower: 0.6 * 1.7 > 1 at p = 0.1
+    line = refused(run_args(write(home, SIM), home / "out", "--set", "sim.traffic.load=0.6"), home,
+                   expect="unstable load")
+    assert "sim.traffic.load = 0.6" in line and "serve at most" in line and "stragglers.p = 0.1" in line
+
+
+def test_networks_scenario_with_load_above_capacity_trains_nothing(home: Path, no_work: None) -> None:
+    scenario = write(home, networks_scenario())
+    refused(run_args(scenario, home / "out", "--set", "sim.traffic.load=1.2"), home, expect="sim.traffic.load = 1.2")
+
+
+def test_allow_unstable_lets_the_transient_run(home: Path) -> None:
+    table = dict(SIM, allow_unstable=True, sim=dict(SIM["sim"], n_queries=300))
+    table["sim"]["traffic"] = {"kind": "poisson", "load": 1.5}
+    scenario = write(home, table)
+    assert CliRunner().invoke(cli, ["validate", str(scenario)]).exit_code == 0
+    result = CliRunner().invoke(cli, ["--quiet", *run_args(scenario, home / "out")])
+    assert result.exit_code == 0, result.output
+
+
+def test_allow_unstable_is_documented() -> None:
+    from scenarios.schema import Scenario
+
+    assert "traffic.load >= 1" in Scenario.model_fields["allow_unstable"].description
+
+
+# ---------------------------------------------------------------------------------------- 7. not UTF-8 text
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_scenario_file_that_is_not_utf8(home: Path, no_work: None, command: str) -> None:
+    scenario = home / "latin1.toml"
+    scenario.write_bytes('name = "café"\n[sim]\nn_experts = 2\n'.encode("latin-1"))
+    args = [command, str(scenario), "--out", str(home / "out")] + (["--grid", "stragglers.p=0"] if command == "sweep"
+                                                                    else [])
+    refused(args, home, expect="not UTF-8 text")
+
+
+def test_zoo_file_that_is_not_utf8(home: Path) -> None:
+    zoo = home / "zoo.toml"
+    zoo.write_bytes(b"\xff\xfeexperts = []\n")
+    line = one_error_line(CliRunner().invoke(cli, ["models", "train", "--config", str(zoo)]))
+    assert "not UTF-8 text" in line
+    assert not (home / "cache").exists()
+
+
+# ---------------------------------------------------------------------------- 8. library errors at the boundary
+def test_user_error_types_are_imported_not_guessed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from reports import ReportError
+    from scenarios.cli import user_errors
+    from scenarios.schema import ScenarioError
+    from sim import SimConfigError
+
+    found = user_errors()
+    for kind in (ScenarioError, SimConfigError, ReportError, ValidationError, OSError):
+        assert kind in found
+    monkeypatch.setitem(sys.modules, "reports.load", None)  # a module that fails to import is a bug ...
+    with pytest.raises(ImportError):
+        user_errors()  # ... not a reason to leave its error type out
+
+
+@pytest.mark.parametrize("raised,expect", [
+    (OSError(28, "No space left on device", "/data/results/x"), "/data/results/x: No space left on device"),
+    (TimeoutError("Timed out trying to connect to tcp://10.0.0.9:8786 after 30 s"), "Timed out trying to connect"),
+])
+def test_os_and_dask_connection_errors_become_one_line(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       raised: Exception, expect: str) -> None:
+    import scenarios.runner as runner
+
+    def fail(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(runner, "run_scenario", fail)
+    line = one_error_line(CliRunner().invoke(cli, run_args(write(home, SIM), home / "out")))
+    assert expect in line
+
+
+def test_pydantic_errors_become_one_line(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scenarios.runner as runner
+    from scenarios.schema import ProfileSpec
+
+    def fail(*args, **kwargs):
+        ProfileSpec.model_validate({"samples": 1, "warmup": -1})
+
+    monkeypatch.setattr(runner, "run_scenario", fail)
+    line = one_error_line(CliRunner().invoke(cli, run_args(write(home, SIM), home / "out")))
+    assert "samples" in line and "warmup" in line
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["sweep", "sim-what-if", "--grid", "stragglers.p"], "--grid expects"),
+    (["run", "sim-what-if", "--no-such-option"], "No such option"),
+    (["validate", "sim-what-if", "--set", "novalue"], "--set expects KEY=VALUE"),
+    (["--threads", "x", "scenarios"], "--threads"),
+])
+def test_click_usage_errors_are_one_line(home: Path, no_work: None, args: list[str], expect: str) -> None:
+    assert expect in one_error_line(CliRunner().invoke(cli, args))
+
+
+def test_a_bug_is_not_dressed_up_as_a_user_error(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scenarios.runner as runner
+
+    def bug(*args, **kwargs):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(runner, "run_scenario", bug)
+    result = CliRunner().invoke(cli, run_args(write(home, SIM), home / "out"))
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)
+
+
+def test_no_arguments_still_shows_help() -> None:
+    result = CliRunner().invoke(cli, [])
+    assert "Usage:" in result.output and "error:" not in result.output
+
+
+# -------------------------------------------------------------------------------- 9. interrupted, repeated runs
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int, error: type[BaseException] = KeyboardInterrupt) -> list:
+    import scenarios.runner as runner
+
+    real, calls = runner.run_point, []
+
+    def run_point(config, seed, answers):
+        calls.append(config.stragglers.p)
+        if len(calls) == call:
+            raise error("stop")
+        return real(config, seed, answers)
+
+    monkeypatch.setattr(runner, "run_point", run_point)
+    return calls
+
+
+def test_interrupted_run_says_how_to_resume_and_a_rerun_keeps_its_points(home: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    scenario = write(home, SIM)
+    args = ["--quiet", *run_args(scenario, home / "out")]
+    calls = _interrupt_at(monkeypatch, 2)
+    interrupted = CliRunner().invoke(cli, args)
+    assert interrupted.exit_code == 130
+    (line,) = interrupted.stderr.strip().splitlines()
+    assert "--resume" in line and "1 point(s) finished" in line
+    (work,) = (home / "out" / "checks").glob(".unfinished-*")
+    kept = snapshot(work)
+    assert "point-0000.json" in kept
+
+    # the same command again, without --resume: refused, the finished point stays
+    again = one_error_line(CliRunner().invoke(cli, args))
+    assert "--resume" in again and "1 finished point(s)" in again
+    assert one_error_line(CliRunner().invoke(cli, ["validate", *args[2:]])) == again
+    assert snapshot(work) == kept
+
+    calls.clear()
+    resumed = CliRunner().invoke(cli, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert calls == [0.1], "only the unfinished point runs again"
+    assert [p.name for p in (home / "out" / "checks").iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
+def test_failure_before_the_first_point_leaves_no_folders(home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          error: type[BaseException]) -> None:
+    _interrupt_at(monkeypatch, 1, error)
+    result = CliRunner().invoke(cli, ["--quiet", *run_args(write(home, SIM), home / "out")])
+    assert result.exit_code == (130 if error is KeyboardInterrupt else 1)
+    assert not (home / "out").exists()
+
+
+def test_failure_while_saving_the_first_point_leaves_no_folders(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pandas as pd
+
+    def disk_full(self, path, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    line = one_error_line(CliRunner().invoke(cli, ["--quiet", *run_args(write(home, SIM), home / "out" / "a" / "b")]))
+    assert "No space left on device" in line
+    assert not (home / "out").exists()
+
+
+def test_failure_while_building_networks_leaves_no_folders(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import scenarios.runner as runner
+    from models.data import DataError
+
+    def download_failed(*args, **kwargs):
+        raise DataError("download of mnist5k failed")
+
+    monkeypatch.setattr(runner, "prepare_networks", download_failed)
+    (home / "out").mkdir()
+    line = one_error_line(CliRunner().invoke(cli, run_args(write(home, networks_scenario()), home / "out")))
+    assert "download of mnist5k failed" in line
+    assert list((home / "out").iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------------------- 10. --threads
+def test_threads_after_the_subcommand(home: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        result = CliRunner().invoke(cli, ["validate", "--threads", "1", str(write(home, SIM))])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        result = CliRunner().invoke(cli, ["--quiet", *run_args(write(home, SIM), home / "out"), "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+        assert "--threads" in one_error_line(CliRunner().invoke(cli, ["run", "--threads", "0", "sim-what-if"]))
+    finally:
+        torch.set_num_threads(before)
