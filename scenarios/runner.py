@@ -149,7 +149,8 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
         profile = read_profile(Path(spec.replay).expanduser(), [name for name, _ in served_models])
     else:
         profile = profile_interleaved(dict(served_models), all_x, device, spec.batch_size, spec.warmup, spec.samples,
-                                      seed=scenario.seed, threads=spec.threads, progress=not quiet)
+                                      seed=scenario.seed, threads=spec.threads, progress=not quiet,
+                                      preempted_retries=spec.preempted_retries)
     timings["forward_and_profile_s"] = time.perf_counter() - started - timings["models_s"] - timings["coding_s"]
     experts = [{"name": e.name, "partition": e.partition, "accuracy": e.accuracy} for e in zoo.experts]
     served = {**{e.name: e.model for e in zoo.experts}, "coded": coded_models[0]}

@@ -170,3 +170,70 @@ def test_progress_bar_only_when_asked_and_on_a_terminal(monkeypatch, progress, t
     profile_interleaved({"a": nn.Identity(), "b": nn.Identity()}, torch.zeros(4, 1), CPU, warmup=1, samples=5,
                         progress=progress)
     assert ("profile" in stream.getvalue()) == shown
+
+
+class FakeScheduler:
+    """Stands in for the process's involuntary-context-switch counter: the passes listed in `preempt_on`
+    (counted over all networks, from 0) are 'preempted' and take `cost_s` longer."""
+
+    def __init__(self, preempt_on: set[int], cost_s: float = 0.02):
+        self.preempt_on, self.cost_s, self.passes, self.switches = preempt_on, cost_s, 0, 0
+
+    def count(self) -> int:
+        return self.switches
+
+    def run(self) -> None:
+        if self.passes in self.preempt_on:
+            self.switches += 1
+            time.sleep(self.cost_s)
+        self.passes += 1
+
+
+class Scheduled(Recorder):
+    def __init__(self, name: str, log: list[tuple[str, torch.Tensor]], scheduler: FakeScheduler):
+        super().__init__(name, log)
+        self.scheduler = scheduler
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.scheduler.run()
+        return super().forward(x)
+
+
+def _profile_with(monkeypatch, scheduler: FakeScheduler, retries: int) -> tuple[dict, list]:
+    monkeypatch.setattr("models.profile._preemptions", scheduler.count)
+    log: list[tuple[str, torch.Tensor]] = []
+    models = {n: Scheduled(n, log, scheduler) for n in ("a", "b")}
+    times = profile_interleaved(models, torch.arange(10.0).reshape(10, 1), CPU, warmup=1, samples=4, seed=2,
+                                preempted_retries=retries)
+    return times, log
+
+
+def test_a_preempted_round_is_timed_again_on_the_same_batch(monkeypatch):
+    # passes 0-1: warm-up round; pass 5 is the second pass of timed round 2 (rounds are 2 passes long)
+    times, log = _profile_with(monkeypatch, FakeScheduler({5}), retries=3)
+    assert len(log) == 2 * 5 + 2  # one round again
+    first, again = log[4:6], log[6:8]
+    assert [n for n, _ in first] == [n for n, _ in again]  # same order ...
+    assert all(torch.equal(x, first[0][1]) for _, x in first + again)  # ... on the same batch
+    victim = first[1][0]
+    assert times[victim][1] < 10.0  # the 20 ms pass was replaced by the retry
+
+    kept, log = _profile_with(monkeypatch, FakeScheduler({5}), retries=0)
+    assert len(log) == 2 * 5 and kept[victim][1] >= 20.0
+
+    # preempted every time: give up after the retries, keep the last attempt
+    times, log = _profile_with(monkeypatch, FakeScheduler({5, 7, 9}), retries=2)
+    assert len(log) == 2 * 5 + 4 and times[victim][1] >= 20.0
+
+
+def test_preemptions_in_warmup_are_not_retried(monkeypatch):
+    times, log = _profile_with(monkeypatch, FakeScheduler({0, 1}), retries=3)
+    assert len(log) == 2 * 5
+
+
+def test_the_real_preemption_counter_only_grows():
+    from models.profile import _preemptions
+
+    first = _preemptions()
+    time.sleep(0.001)
+    assert isinstance(first, int) and _preemptions() >= first >= 0

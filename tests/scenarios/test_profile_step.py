@@ -31,7 +31,7 @@ def test_served_networks_are_profiled_together(tiny_cache, monkeypatch):
         "device": "cpu",
         "models": tiny_zoo_table(tiny_cache),
         "coding": {"method": "vanilla", "samples": 20},
-        "profile": {"warmup": 2, "samples": 25},
+        "profile": {"warmup": 2, "samples": 25, "preempted_retries": 1},
         "sim": {"r": 1, "n_queries": 200, "policies": ["uncoded", "coded"],
                 "traffic": {"kind": "poisson", "load": 0.3, "ensemble_rate_per_ms": 0.0}},
     })
@@ -40,5 +40,6 @@ def test_served_networks_are_profiled_together(tiny_cache, monkeypatch):
     assert len(calls) == 1
     assert calls[0]["names"] == ["low", "high", "coded"]
     assert calls[0]["kwargs"]["seed"] == 4 and calls[0]["kwargs"]["progress"] is False
+    assert calls[0]["kwargs"]["preempted_retries"] == 1
     assert list(facts.profile_ms) == ["low", "high", "coded"]
     assert all(len(t) == 25 and np.all(t > 0) for t in facts.profile_ms.values())
