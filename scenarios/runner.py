@@ -103,7 +103,7 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     import torch
 
     import coin
-    from models.profile import profile_latency
+    from models.profile import profile_interleaved
     from models.zoo import build_zoo
 
     assert scenario.models is not None
@@ -150,9 +150,9 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     if spec.replay is not None:
         profile = read_profile(Path(spec.replay).expanduser(), [name for name, _ in served_models])
     else:
-        profile = {name: profile_latency(model, all_x, device, spec.batch_size, spec.warmup, spec.samples,
-                                         seed=scenario.seed, threads=spec.threads)
-                   for name, model in served_models}
+        profile = profile_interleaved(dict(served_models), all_x, device, spec.batch_size, spec.warmup, spec.samples,
+                                      seed=scenario.seed, threads=spec.threads, progress=not quiet,
+                                      preempted_retries=spec.preempted_retries)
     timings["forward_and_profile_s"] = time.perf_counter() - started - timings["models_s"] - timings["coding_s"]
     experts = [{"name": e.name, "partition": e.partition, "accuracy": e.accuracy} for e in zoo.experts]
     served = {**{e.name: e.model for e in zoo.experts}, "coded": coded_models[0]}

@@ -53,6 +53,8 @@ class ProfileSpec(_Strict):
     samples: int = Field(200, ge=5)
     live_check_queries: int = Field(0, ge=0, description="also replay this many queries with live forward passes")
     threads: int = Field(1, ge=1, description="CPU threads per served network while timing (one core per server)")
+    preempted_retries: int = Field(10, ge=0, description="re-time a round of passes up to this many times when "
+                                   "another process took the core during it (0: keep preempted passes)")
     replay: Path | None = Field(None, description="reuse profile.csv of an earlier result folder instead of timing")
 
     @model_validator(mode="after")
