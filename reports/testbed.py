@@ -21,7 +21,7 @@ from reports.load import ReportError
 from reports.render import _atomic_write, png_bytes
 
 SERVICE_STYLE = {"isolated": ("sim: isolated profile", "--"), "in_situ": ("sim: in-situ service", ":"),
-                 "in_situ_network": ("sim: in-situ service + network", "-")}
+                 "in_situ+network": ("sim: in-situ + network", "-."), "model": ("sim: full model", "-")}
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>coinsim testbed — {{ s.scenario }}</title>
@@ -32,10 +32,13 @@ straggle mode {{ s.straggle }} · device {{ s.device }} · {{ s.cpu_count }} CPU
 {{ load }}</p>
 <p class="lead">Every point was served for real: one OS process per server doing real forward passes, a frontend
 replaying the simulator's own arrivals and straggler draws in wall-clock time over ZeroMQ. The simulator then ran
-the same draws three times: with the latency profile timed in isolation (what <code>coinsim run</code> uses);
-with the service times the servers measured while serving (<i>in_situ</i>); and with those plus the measured
+the same draws four times: with the latency profile timed in isolation (what <code>coinsim run</code> uses);
+with the service times the servers measured while serving (<i>in_situ</i>); with those plus the measured
 dispatcher → server and server → dispatcher delays and cancels that let a forward pass finish, as the servers
-do (<i>in_situ_network</i>). Relative error = (simulated − measured) /
+do (<i>in_situ+network</i>); and the full model (<i>model</i>): uncontended in-situ service (passes during
+which no other server computed), the network model, and the servers sharing the machine's cores less the
+frontend's measured share (processor sharing when more servers are busy than there are cores).
+Relative error = (simulated − measured) /
 measured, measured = median over repeats; spread = (max − min) / median of the repeats.</p>
 <div class="takeaway">Worst |relative error| over all points and policies —
 {% for service, worst in s.worst_abs_rel_error_pct.items() %}<b>{{ service }}</b>:
@@ -43,23 +46,28 @@ measured, measured = median over repeats; spread = (max − min) / median of the
 {{ "; " if not loop.last }}{% endfor %}</div>
 <h2>Service times: isolated profile vs in situ</h2>
 <div class="tablewrap"><table><thead><tr><th>network</th><th>isolated mean ms</th><th>in-situ mean ms</th>
-<th>shift</th></tr></thead><tbody>
+<th>shift</th><th>in situ, no other server computing, mean ms</th></tr></thead><tbody>
 {% for name, v in s.service_ms.items() %}<tr><td>{{ name }}</td><td>{{ "%.3f"|format(v.isolated_mean_ms) }}</td>
 <td>{{ "%.3f"|format(v.in_situ_mean_ms) }}</td>
-<td>{{ "%+.1f"|format(100 * (v.in_situ_mean_ms / v.isolated_mean_ms - 1)) }} %</td></tr>{% endfor %}
+<td>{{ "%+.1f"|format(100 * (v.in_situ_mean_ms / v.isolated_mean_ms - 1)) }} %</td>
+<td>{{ "%.3f"|format(v.in_situ_alone_mean_ms) }}</td></tr>{% endfor %}
 </tbody></table></div>
 <h2>Dispatch and transport overheads (measured)</h2>
 <div class="tablewrap"><table><thead><tr><th>point</th><th>dispatch lateness median ms</th><th>p99 ms</th>
-<th>transport median ms</th><th>p99 ms</th></tr></thead><tbody>
+<th>transport median ms</th><th>p99 ms</th><th>frontend CPU, cores</th><th>cores left to servers</th>
+<th>median compute ms with 0 / 1 / 2 other servers computing</th></tr></thead><tbody>
 {% for p, o in s.overheads.items() %}<tr><td>{{ p }}</td><td>{{ "%.3f"|format(o.dispatch_lateness_ms_median) }}</td>
 <td>{{ "%.3f"|format(o.dispatch_lateness_ms_p99) }}</td><td>{{ "%.3f"|format(o.transport_ms_median) }}</td>
-<td>{{ "%.3f"|format(o.transport_ms_p99) }}</td></tr>{% endfor %}
+<td>{{ "%.3f"|format(o.transport_ms_p99) }}</td><td>{{ "%.2f"|format(o.frontend_cores_median) }}</td>
+<td>{{ "%.2f"|format(o.shared_cores) }}</td>
+<td>{% for k, v in o.compute_ms_by_overlap.items() %}{{ "%.3f"|format(v) }}{{ " / " if not loop.last }}{% endfor %}
+</td></tr>{% endfor %}
 </tbody></table></div>
 {% for block in points %}
 <h2>Point {{ block.point }}: {{ block.label }}</h2>
 <figure><img alt="latency CDFs, measured vs simulated, {{ block.label }}" src="data:image/png;base64,{{ block.png }}">
-<figcaption>Latency CDF per policy: each measured repeat (thin black), the simulator with the isolated profile
-(dashed), with in-situ service (dotted) and with in-situ service plus the network model (solid).</figcaption></figure>
+<figcaption>Latency CDF per policy: each measured repeat (thin black) and the four simulator variants (the full
+model solid).</figcaption></figure>
 <div class="tablewrap"><table><thead><tr><th>policy</th><th>service</th>
 {% for m in metrics %}<th>{{ m }}: sim / meas ms (error, spread)</th>{% endfor %}<th>KS D (p)</th>
 <th>accuracy % (testbed / sim join)</th></tr></thead><tbody>

@@ -135,9 +135,26 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
     return correct
 
 
-def in_situ_service(tasks: pd.DataFrame, names: list[str], fallback: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per network: how long a server was busy with a task that did not straggle, measured while serving."""
+def overlaps(tasks: pd.DataFrame) -> np.ndarray:
+    """Per task: how many other tasks were computing (any server) at the middle of its forward pass, from the
+    servers' own stamps (one host's clock)."""
+    start = (tasks["server_recv_clock_ms"] + tasks["queue_ms"]).to_numpy()
+    end = start + tasks["compute_ms"].to_numpy()
+    ok = np.isfinite(start) & np.isfinite(end)
+    mid = (start + end) / 2
+    s, e = np.sort(start[ok]), np.sort(end[ok])
+    count = np.full(len(tasks), -1)
+    count[ok] = np.searchsorted(s, mid[ok]) - np.searchsorted(e, mid[ok]) - 1
+    return count
+
+
+def in_situ_service(tasks: pd.DataFrame, names: list[str], fallback: dict[str, np.ndarray],
+                    alone: bool = False) -> dict[str, np.ndarray]:
+    """Per network: how long a server was busy with a task that did not straggle, measured while serving
+    (`alone`: only passes during which no other server was computing — the uncontended service time)."""
     done = tasks[(tasks["status"] == "done") & (tasks["factor"] == 1.0)]
+    if alone:
+        done = done[done["overlap"] == 0]
     out = {}
     for k, name in enumerate(names):
         ms = (done.loc[done["net"] == k, "compute_ms"] + done.loc[done["net"] == k, "held_ms"]).to_numpy()
@@ -145,10 +162,19 @@ def in_situ_service(tasks: pd.DataFrame, names: list[str], fallback: dict[str, n
     return out
 
 
-def measured_network(tasks: pd.DataFrame) -> Any:
+def shared_cores(device: str, frontend_cores: list[float]) -> float:
+    """Cores the servers share: the machine's CPUs minus what the frontend process used (median over runs);
+    on a GPU, the one device every server's kernels share."""
+    if device.startswith("cuda"):
+        return 1.0
+    return max(0.5, float((os.cpu_count() or 1) - np.median(frontend_cores)))
+
+
+def measured_network(tasks: pd.DataFrame, cores: float | None = None) -> Any:
     """The simulator's network model from what the testbed measured: out = from when a task was due (arrival or
     hedge timer) to its arrival in the server's queue, back = from its end at the server to the frontend holding
-    the output (both on one host's clock), and cancels that let the forward pass finish, as the servers do."""
+    the output (both on one host's clock), and cancels that let the forward pass finish, as the servers do;
+    with `cores`, the servers also share that many cores (processor sharing)."""
     from sim.config import Network, Service
 
     done = tasks[tasks["status"] == "done"]
@@ -159,7 +185,8 @@ def measured_network(tasks: pd.DataFrame) -> Any:
     def update(config: Any) -> dict[str, Any]:
         network = Network.model_validate({"out": {"kind": "empirical", "samples_ms": out.tolist()},
                                           "back": {"kind": "empirical", "samples_ms": back.tolist()}})
-        service = Service.model_validate({**config.service.model_dump(), "cancel_in_service": "finish_pass"})
+        service = Service.model_validate({**config.service.model_dump(), "cancel_in_service": "finish_pass",
+                                          "cores": cores})
         return {"network": network, "service": service}
 
     return update
@@ -239,6 +266,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     measured, task_frames, fidelity = [], [], []
     simulated_frames = []
     overheads: dict[str, Any] = {}
+    frontend_cpu: dict[int, list[float]] = {}  # per point: the frontend's CPU use, in cores, per run
     try:
         folders, inputs = save_networks(facts, work)
         cores = os.cpu_count() or 1
@@ -261,6 +289,8 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                         _say(f"testbed: point {index + 1}/{len(points)} {coords} repeat {repeat + 1}/"
                              f"{spec.repeats}: {plan.name} ({draws.n} queries)", quiet)
                         result = serve(cluster.sockets, policy, workload, spec.lead_ms)
+                        frontend_cpu.setdefault(index, []).append(result.facts["frontend_cpu_s"]
+                                                                  / result.facts["served_s"])
                         rec = result.records
                         rec["sample_id"] = draws.sample_id
                         rec["warmup"] = rec["query_id"] < n_warm
@@ -282,9 +312,18 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                 measured.append(records)
                 task_frames.append(tasks)
                 overheads[str(index)] = _overheads(tasks, records)
+                tasks["overlap"] = overlaps(tasks)
                 in_situ = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms))
+                alone = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms, True))
+                cores = shared_cores(device, frontend_cpu[index])
+                overheads[str(index)] |= {"frontend_cores_median": float(np.median(frontend_cpu[index])),
+                                          "shared_cores": cores,
+                                          "compute_ms_by_overlap": {int(k): float(v) for k, v in tasks[
+                                              tasks["status"] == "done"].groupby("overlap")["compute_ms"]
+                                              .median().items()}}
                 for service, source, extra in (("isolated", facts, None), ("in_situ", in_situ, None),
-                                               ("in_situ_network", in_situ, measured_network(tasks))):
+                                               ("in_situ+network", in_situ, measured_network(tasks)),
+                                               ("model", alone, measured_network(tasks, cores))):
                     config_s = build_point_configs(scenario, source)[index][1]
                     if extra is not None:
                         config_s = config_s.model_copy(update=extra(config_s))
@@ -341,9 +380,12 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
     sim_accuracy = {f"{p}/{s}/{pol}": float(g["correct"].mean() * 100)
                     for (p, s, pol), g in sim_live.groupby(["point", "service", "policy"], observed=True)}
     done = tasks[(tasks["status"] == "done") & (tasks["factor"] == 1.0)]
+    alone = done[done["overlap"] == 0]
     service = {name: {"isolated_mean_ms": float(facts.profile_ms[name].mean()),
                       "in_situ_mean_ms": float((done.loc[done["net"] == k, "compute_ms"]
-                                                + done.loc[done["net"] == k, "held_ms"]).mean())}
+                                                + done.loc[done["net"] == k, "held_ms"]).mean()),
+                      "in_situ_alone_mean_ms": float((alone.loc[alone["net"] == k, "compute_ms"]
+                                                      + alone.loc[alone["net"] == k, "held_ms"]).mean())}
                for k, name in enumerate(names) if name in facts.profile_ms}
     worst = {}
     if not fidelity.empty:

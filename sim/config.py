@@ -189,6 +189,10 @@ class Service(_Model):
     max_batch: int = Field(default=1, ge=1, description="dynamic batching: tasks a free server takes at once")
     batch_cost_per_extra: float = Field(default=0.25, ge=0, description="batch time = max draw * (1 + cost * (b - 1))")
     cancel_in_service: Literal["preempt", "finish_pass"] = "preempt"
+    cores: float | None = Field(
+        default=None, gt=0,
+        description="the servers share this many cores (or one device): with k > cores busy servers each runs "
+                    "at cores / k of its speed (processor sharing); None = every server has its own core")
 
     def expert_dist(self, i: int) -> Any:
         return self.experts[i] if self.experts is not None else self.expert
@@ -430,6 +434,8 @@ class SimConfig(_Model):
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
         n, s = self.n_experts, self.n_experts + self.r
+        if self.service.cores is not None and self.service.max_batch > 1:
+            raise ValueError("service.cores (shared cores) is not modelled with max_batch > 1")
         if self.service.cancel_in_service == "finish_pass" and self.service.max_batch > 1:
             raise ValueError("service.cancel_in_service = 'finish_pass' is not modelled with max_batch > 1")
         if s > MAX_SERVERS:

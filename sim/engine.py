@@ -138,6 +138,9 @@ class _Server:
         "eid",
         "draw",
         "pass_draw",
+        "work",
+        "mark",
+        "total",
     )
 
     def __init__(
@@ -158,6 +161,7 @@ class _Server:
         self.eid = env._eid
         self.draw = draw  # this server's task times, by query id
         self.pass_draw: list[float] | None = None  # the same without the straggle factor (finish_pass)
+        self.work = self.mark = self.total = 0.0  # shared cores: work left at time `mark`, the task's full work
 
     def start(self, task: _Task) -> None:
         env = self.env
@@ -169,6 +173,9 @@ class _Server:
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
         ev = self.ev = _Due(self.finish)
+        if self.eng.sharing:  # the task's work is done at the shared cores' current speed
+            self.eng.busy_up(self, d, ev)
+            return
         heappush(self.heap, (now + d, NORMAL, next(self.eid), ev))
 
     def pull(self) -> None:
@@ -185,6 +192,8 @@ class _Server:
         self.eng.ms[self.cur.q.qid] += dt  # type: ignore[union-attr]
         self.cur = None
         self.ev = None
+        if self.eng.sharing:
+            self.eng.busy_down(self)
         return dt
 
     def finish(self, ev: _Due) -> None:
@@ -197,6 +206,8 @@ class _Server:
         eng.ms[task.q.qid] += dt
         self.cur = None
         self.ev = None
+        if eng.sharing:
+            eng.busy_down(self)
         task.active = False
         eng.live -= 1
         q = task.q
@@ -228,7 +239,11 @@ class _Server:
         once the task's forward pass is over, only the straggle being cut."""
         if self.pass_draw is not None:
             factor = self.slowdown if self.slow is not None and self.slow.state_at(self.t0) else 1.0
-            end = self.t0 + self.pass_draw[self.cur.q.qid] * factor  # type: ignore[union-attr]
+            pass_ms = self.pass_draw[self.cur.q.qid] * factor  # type: ignore[union-attr]
+            if self.eng.sharing:
+                self.eng.finish_pass_shared(self, pass_ms)
+                return
+            end = self.t0 + pass_ms
             if self.env._now < end:
                 self.eng.finishing += 1
                 ev = self.ev = _Due(self._pass_done)
@@ -239,17 +254,20 @@ class _Server:
             self.pull()
 
     def _pass_done(self, ev: _Due) -> None:
+        if ev is not self.ev:
+            return  # rescheduled (shared cores) or the server failed meanwhile
         eng = self.eng
         eng.finishing -= 1
-        if ev is self.ev:  # (else the server failed meanwhile and that work was lost)
-            eng.cancelled[self.idx] += self._stop()
-            if self.up:
-                self.pull()
+        eng.cancelled[self.idx] += self._stop()
+        if self.up:
+            self.pull()
         if eng.live == 0 and eng.n_done == eng.n and not eng.finishing:
             eng.stop = True
 
     def fail(self) -> None:
         self.up = False
+        if self.ev is not None and self.ev.callbacks[0] == self._pass_done:
+            self.eng.finishing -= 1  # a cancelled task's pass dies with the server
         if self.cur is not None:
             task = self.cur
             self.eng.lost[self.idx] += self._stop()
@@ -360,6 +378,12 @@ class FastEngine:
         self.cancel_on = plan.cancel
         self.batching = plan.max_batch > 1
         self.net = plan.out_ms is not None or plan.back_ms is not None
+        self.sharing = plan.cores is not None  # servers share `cores` cores: processor sharing between them
+        if self.sharing and self.batching:
+            raise ValueError("shared cores (service.cores) are not modelled together with batching")
+        self.cores = float(plan.cores or 0.0)
+        self.rate = 1.0  # speed of every busy server while sharing
+        self.running: list[_Server] = []  # busy servers, while sharing
         if self.net and self.batching:
             raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
         self.uncoded = plan.kind == "uncoded" and not self.batching and not self.net
@@ -441,6 +465,54 @@ class FastEngine:
             return
         st.n_live += 1  # the dispatcher counts it from the moment it is sent
         self._later(self.out[q.qid * self.S + st.servers[0].idx], lambda _ev: self._deliver(t))
+
+    # ------------------------------------------------------------------------------- shared cores
+    def _speed(self, busy: int) -> float:
+        return min(1.0, self.cores / busy) if busy else 1.0
+
+    def _respeed(self, now: float, old: float, new: float, skip: _Server | None) -> None:
+        """Every busy server's task has done (now - mark) * old of its work; it goes on at `new`."""
+        heap, eid = self.env._queue, self.env._eid
+        for srv in self.running:
+            if srv is skip:
+                continue
+            srv.work -= (now - srv.mark) * old
+            srv.mark = now
+            ev = srv.ev = _Due(srv.ev.callbacks[0])  # type: ignore[union-attr]
+            heappush(heap, (now + max(srv.work, 0.0) / new, NORMAL, next(eid), ev))
+
+    def busy_up(self, srv: _Server, work: float, ev: _Due) -> None:
+        now = self.env._now
+        old = self.rate
+        self.running.append(srv)
+        new = self.rate = self._speed(len(self.running))
+        if new != old:
+            self._respeed(now, old, new, srv)
+        srv.work = srv.total = work
+        srv.mark = now
+        heappush(self.env._queue, (now + work / new, NORMAL, next(self.env._eid), ev))
+
+    def busy_down(self, srv: _Server) -> None:
+        old = self.rate
+        self.running.remove(srv)
+        new = self.rate = self._speed(len(self.running))
+        if new != old:
+            self._respeed(self.env._now, old, new, None)
+
+    def finish_pass_shared(self, srv: _Server, pass_ms: float) -> None:
+        """finish_pass under shared cores: the server keeps working until the pass's share of work is done."""
+        now = self.env._now
+        done = srv.total - (srv.work - (now - srv.mark) * self.rate)
+        if done >= pass_ms:
+            self.cancelled[srv.idx] += srv._stop()
+            if srv.up:
+                srv.pull()
+            return
+        self.finishing += 1
+        srv.work = srv.total = pass_ms - done
+        srv.mark = now
+        ev = srv.ev = _Due(srv._pass_done)
+        heappush(self.env._queue, (now + srv.work / self.rate, NORMAL, next(self.env._eid), ev))
 
     # ------------------------------------------------------------------------------ network delays
     def _later(self, delay: float, callback: Callable[[Any], None]) -> None:

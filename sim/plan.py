@@ -42,6 +42,7 @@ class Plan:
     pass_ms: np.ndarray | None = None  # (n, S) task time without the straggle factor, when cancels finish the pass
     out_ms: np.ndarray | None = None  # (n, S) dispatcher → server delay per (query, server)
     back_ms: np.ndarray | None = None  # (n, S) server → dispatcher delay
+    cores: float | None = None  # servers share this many cores (processor sharing); None = one each
 
     @property
     def n_servers(self) -> int:
@@ -110,6 +111,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         pass_ms=base if cfg.service.cancel_in_service == "finish_pass" else None,
         out_ms=_delays(net.out, draws.net_out_u, base.shape),
         back_ms=_delays(net.back, draws.net_back_u, base.shape),
+        cores=cfg.service.cores,
     )
 
 

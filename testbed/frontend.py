@@ -363,6 +363,7 @@ class Frontend:
         arrivals = self.w.arrival_ms.tolist()
         n = len(arrivals)
         started = time.perf_counter()
+        cpu_started = time.process_time()
         self.zero = started + self.lead_ms / 1000.0
         k = 0
         last_progress = time.monotonic()
@@ -384,7 +385,9 @@ class Frontend:
                 if time.monotonic() - last_progress > self.drain_timeout_s:
                     raise TimeoutError(f"testbed: {self.in_flight} task(s) never came back from the servers")
         wall = time.perf_counter() - started
-        return ServeResult(self._records(), self._tasks(), self._outputs(), wall)
+        facts = {"frontend_cpu_s": time.process_time() - cpu_started, "wall_s": wall,
+                 "served_s": self.now() / 1000.0}
+        return ServeResult(self._records(), self._tasks(), self._outputs(), wall, facts)
 
     def _outputs(self) -> np.ndarray:
         return self.outputs if self.outputs is not None else np.full((self.w.n, self.S, 0), np.nan, np.float32)

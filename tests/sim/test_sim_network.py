@@ -96,3 +96,34 @@ def test_reference_engine_refuses_what_it_does_not_model():
                         "network": {"out": {"kind": "deterministic", "value_ms": 0.1}}})
     with pytest.raises(NotImplementedError):
         simulate(cfg, 0, engine="reference")
+
+
+def _shared(cores: float, n: int, seed: int, rate: float = 0.6):
+    return simulate(parse_config({
+        "n_experts": 2, "r": 0, "n_queries": n, "warmup_fraction": 0.1, "policies": ["uncoded"],
+        "traffic": {"kind": "poisson", "rate_per_ms": rate},
+        "service": {"expert": {"kind": "exponential", "mean_ms": 1.0}, "cores": cores}}), seed)
+
+
+def test_two_servers_on_one_core_are_one_mm1_in_total():
+    # exponential work and a core that always works at full rate while anything is queued: the total number of
+    # tasks is an M/M/1 queue with the total rate, so by Little's law the mean latency is 1 / (mu - lambda)
+    means = np.array([_shared(1.0, 20_000, s).summary["uncoded"]["mean_ms"] for s in range(10)])
+    se = means.std(ddof=1) / np.sqrt(len(means))
+    assert abs(means.mean() - 1 / (1 - 0.6)) < 4 * se + 1e-3, (means.mean(), se)
+    # with a core each they are two independent M/M/1 queues at half the rate
+    own = np.array([_shared(2.0, 20_000, s).summary["uncoded"]["mean_ms"] for s in range(10)])
+    assert abs(own.mean() - 1 / (1 - 0.3)) < 4 * own.std(ddof=1) / np.sqrt(10) + 1e-3
+    assert means.mean() > own.mean() + 10 * se
+
+
+def test_shared_core_hand_trace():
+    # one core, two servers, 1 ms of work each: A starts at 0 alone, B at 0.5; from 0.5 they share the core, so
+    # A (0.5 ms left) ends at 1.5 and B (0.5 ms done by then) ends at 2.0
+    cfg = parse_config({"n_experts": 2, "r": 0, "policies": ["uncoded"],
+                        "traffic": {"kind": "trace", "trace_times_ms": [0.0, 0.5], "trace_models": [0, 1]},
+                        "service": {"expert": {"kind": "deterministic", "value_ms": 1.0}, "cores": 1.0}})
+    draws = Draws(0, np.array([0.0, 0.5]), np.array([0, 1]), np.zeros(2, np.int64), np.full((2, 2), 0.5),
+                  np.ones((2, 2)))
+    out = run_plan(make_plan(cfg, cfg.policies[0], draws), draws)
+    np.testing.assert_allclose(out.finish_ms, [1.5, 2.0])

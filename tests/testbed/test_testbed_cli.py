@@ -43,7 +43,7 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
     assert agree >= 0.995, agree
     fidelity = pd.read_csv(folder / "fidelity.csv")
     assert set(fidelity["metric"]) == {"mean", "p50", "p95", "p99", "p999"}
-    assert set(fidelity["service"]) == {"isolated", "in_situ", "in_situ_network"}
+    assert set(fidelity["service"]) == {"isolated", "in_situ", "in_situ+network", "model"}
     # the measured column is the median over repeats of each repeat's own statistic (independent recomputation)
     row = fidelity[(fidelity["policy"] == "uncoded") & (fidelity["metric"] == "p99")
                    & (fidelity["service"] == "isolated")].iloc[0]
