@@ -229,6 +229,31 @@ def _overheads(tasks: pd.DataFrame, records: pd.DataFrame) -> dict[str, float]:
             "transport_ms_p99": float(np.nanpercentile(transport, 99))}
 
 
+def check_testbed(scenario: Scenario, out_root: Path) -> None:
+    """What `coinsim testbed` needs beyond the scenario's own validation, before any work."""
+    from scenarios.preflight import check_memory, check_output
+    from scenarios.schema import ScenarioError
+
+    if scenario.models is None:
+        raise ScenarioError("coinsim testbed needs a scenario with [models]: it serves real networks")
+    check_output(out_root, scenario.name)
+    check_memory(scenario)
+    n_servers = scenario.n_experts + int(scenario.sim.get("r", 1))
+    addresses = scenario.testbed.addresses
+    if addresses is not None:
+        if len(addresses) != n_servers:
+            raise ScenarioError(f"testbed.addresses lists {len(addresses)} servers; the scenario has N + r = "
+                                f"{n_servers}")
+        bad = [a for a in addresses if not a.startswith(("tcp://", "ipc://"))]
+        if bad:
+            raise ScenarioError(f"testbed.addresses: '{bad[0]}' is not a ZeroMQ address (tcp://host:port)")
+    for points in scenario.sweep_points():
+        for policy in points[1].get("policies", []):
+            if isinstance(policy, dict) and policy.get("dispatch") == "pool":
+                raise ScenarioError("testbed: replication with dispatch = 'pool' (one shared queue) is not served "
+                                    "for real; use jsq or redundant")
+
+
 def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: Any, quiet: bool) -> None:
     """Serve the first queries of the first point once under every policy and throw the records away: the
     first requests of fresh processes pay one-off costs (sockets, allocator, caches) no later run pays."""
@@ -251,10 +276,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     from sim.plan import make_plan
     from testbed import LocalCluster, ServerSpec, serve
 
-    if scenario.models is None:
-        from scenarios.schema import ScenarioError
-
-        raise ScenarioError("coinsim testbed needs a scenario with [models]: it serves real networks")
+    check_testbed(scenario, out_root)
     spec = scenario.testbed
     started = time.perf_counter()
     facts = prepare_networks(scenario, quiet)
@@ -418,10 +440,15 @@ def testbed_command(ctx: click.Context, scenario: str, out_root: Path, seed: int
     if repeats is not None:
         overrides["testbed.repeats"] = repeats
     config, raw = load_scenario(scenario, overrides)
+    check_testbed(config, out_root)
     render = None
     if not no_report:
         from reports.testbed import render_testbed as render
-    folder = run_testbed(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render)
+    try:
+        folder = run_testbed(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: servers stopped, nothing written (a testbed run is not resumable)", err=True)
+        ctx.exit(130)
     table = pd.read_csv(folder / "fidelity.csv")
     wide = table.pivot_table(index=["point", "service", "policy"], columns="metric", values="rel_error_pct",
                              sort=False)[list(METRICS)]

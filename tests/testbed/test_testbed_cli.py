@@ -65,3 +65,27 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
 def sim_all(simulated: pd.DataFrame) -> pd.DataFrame:
     return simulated[(simulated["policy"] == "uncoded") & (simulated["service"] == "isolated")].sort_values(
         "query_id")
+
+
+def test_bad_testbed_input_is_one_line_before_any_work(tiny_cache, tmp_path, monkeypatch):
+    import scenarios.testbed_run as tr
+
+    monkeypatch.setattr(tr, "prepare_networks", lambda *a, **k: pytest.fail("work started on bad input"))
+    base = tmp_path / "bed.toml"
+    base.write_text(tomli_w.dumps({"name": "bed", "models": tiny_zoo_table(tiny_cache),
+                                   "sim": {"r": 1, "n_queries": 100, "traffic": {"kind": "poisson", "load": 0.2}}}))
+    cases = [
+        (["--set", 'testbed.addresses=["tcp://127.0.0.1:1"]'], "lists 1 servers"),
+        (["--set", 'testbed.addresses=["a", "b", "c"]'], "not a ZeroMQ address"),
+        (["--set", 'testbed.straggle="sideways"'], "straggle"),
+        (["--out", str(base)], "not a folder"),
+        (["--set", 'sim.policies=[{kind="replication", dispatch="pool"}]'], "pool"),
+    ]
+    for args, needle in cases:
+        result = CliRunner().invoke(cli, ["testbed", str(base), *args, "--out", str(tmp_path / "out")]
+                                    if "--out" not in args else ["testbed", str(base), *args])
+        assert result.exit_code == 2, (args, result.output)
+        errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and needle in errors[0], (args, result.output)
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
