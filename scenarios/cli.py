@@ -371,7 +371,10 @@ def _print_run_summary(folder: Path) -> None:
     summary = json.loads((folder / "summary.json").read_text())
     axes = summary.get("sweep_axes") or ([summary["sweep_axis"]] if summary.get("sweep_axis") else [])
     if summary.get("coding"):
-        rows = [(m, f"{c['nda_avg']:.2f}", *(f"{c['nda'][e['name']]:.2f}" for e in summary["experts"]),
+        def num(value: float | None) -> str:  # NaN (an expert right nowhere) is null in summary.json
+            return "nan" if value is None else f"{value:.2f}"
+
+        rows = [(m, num(c["nda_avg"]), *(num(c["nda"][e["name"]]) for e in summary["experts"]),
                  f"{c['encode_seconds']:.2f}") for m, c in summary["coding"].items()]
         _print_table(["method", "NDA avg", *(e["name"] for e in summary["experts"]), "encode s"], rows)
         click.echo("")
