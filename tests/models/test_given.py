@@ -7,6 +7,7 @@ runner a hand-built Zoo; the given side goes through models.given. Both must giv
 from __future__ import annotations
 
 import json
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from models.given import (
 )
 from models.networks import NetworkSpec, build_network
 from scenarios.cli import cli
+from scenarios.schema import scenario_from_dict
 
 K = 4
 SIDE = 16
@@ -232,6 +234,9 @@ def test_given_resnet_run_end_to_end_matches_the_zoo_path(given_dir, tmp_path, m
     assert {e["name"] for e in summary["experts"]} == set(EXPERTS)
     assert all(e["accuracy"] > 50 for e in summary["experts"]), "experts better than chance on their 2 classes"
     assert all(np.isfinite(v) for c in summary["coding"].values() for v in c["nda"].values())
+    recorded = tomllib.loads((first / "scenario.toml").read_text())
+    recorded.pop("coinsim_version")
+    scenario_from_dict(recorded, str(first / "scenario.toml"))  # the record still finds checkpoints and data
     queries = pd.read_parquet(first / "queries.parquet")
     assert len(queries) == 2 * 400 and set(queries["answered_by"]) >= {"direct"}
 
