@@ -477,7 +477,10 @@ class DataSource:
         else:
             if not path.exists() and path.with_suffix(".npz").is_file():
                 raise DataError(f"data folder {path} does not exist (did you mean {path.with_suffix('.npz')}?)")
-            self.files, all_labels = scan_image_folder(path, classes)
+            try:
+                self.files, all_labels = scan_image_folder(path, classes)
+            except OSError as error:
+                raise DataError(f"data folder {path} cannot be read ({error.strerror or error})") from None
             self.x = None
         keep = np.arange(len(all_labels)) if labels is None else np.flatnonzero(np.isin(all_labels, labels))
         if len(keep) == 0:
@@ -500,14 +503,24 @@ class DataSource:
         array = self.x[index]
         if array.ndim == 3 and array.shape[-1] == 1:
             array = array[..., 0]
-        return Image.fromarray(array).convert("RGB")
+        try:
+            return Image.fromarray(array).convert("RGB")
+        except Exception as error:  # noqa: BLE001 - e.g. 2 channels: no image mode
+            raise DataError(f"{self.path}: x row {index} of shape {array.shape} is not an image "
+                            f"({_first_line(error)})") from None
 
     def sample(self, row: int) -> torch.Tensor:
         """The model input of one (kept) sample."""
         index = int(self.keep[row])
         if self.x is not None and np.issubdtype(self.x.dtype, np.floating):
             return torch.from_numpy(np.ascontiguousarray(self.x[index], dtype=np.float32))
-        return self.transform(self._image(index))
+        image = self._image(index)
+        try:
+            return self.transform(image)
+        except Exception as error:  # noqa: BLE001 - e.g. normalize with 3 means on a 1-channel image
+            where = self.files[index] if self.files is not None else f"{self.path} row {index}"
+            raise DataError(f"preprocess fails on {where} (a {image.size[0]}×{image.size[1]} image): "
+                            f"{_first_line(error)}") from None
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs N×C×H×W float32, labels int64), every sample the same shape."""
