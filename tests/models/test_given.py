@@ -368,6 +368,9 @@ def test_config_errors_are_one_line(given_dir):
     with pytest.raises(ConfigError, match="normalize must come after to_tensor"):
         zoo_config_from_dict({"models": _models_table(preprocess=[{"op": "normalize", "mean": [0.5], "std": [0.5]},
                                                                   {"op": "to_tensor"}])}, source)
+    with pytest.raises(ConfigError, match=r"experts\.0\.train: preprocess fails on .*000\.png"):
+        zoo_config_from_dict({"models": _models_table(preprocess=[{"op": "grayscale"}, {"op": "to_tensor"}, {
+            "op": "normalize", "mean": MEAN, "std": STD}])}, source)
     with pytest.raises(ConfigError, match="one shape after preprocessing"):
         table = _models_table()
         table["experts"][1]["preprocess"] = [{"op": "center_crop", "size": 8}, {"op": "to_tensor"}]
