@@ -161,13 +161,20 @@ def read_zoo_file(path: str | Path) -> tuple[dict, str]:
 
 
 def zoo_config_from_dict(data: dict, source: str = "config", overrides: dict | None = None) -> ZooConfig:
-    """Validate a zoo table (or a scenario holding one under [models])."""
+    """Validate a zoo table (or a scenario holding one under [models]).
+
+    A table with an `architecture` key describes given networks instead: a models.given.GivenZooConfig.
+    """
     table = dict(data.get("models", data))
     if "seed" not in table and "seed" in data:
         table["seed"] = data["seed"]
     if "name" not in table:
         table["name"] = data.get("name", Path(source).stem if source.endswith(".toml") else source)
     table.update(overrides or {})
+    if "architecture" in table:
+        from models.given import given_config_from_table
+
+        return given_config_from_table(table, source)  # type: ignore[return-value]
     try:
         return ZooConfig.model_validate(table)
     except ValidationError as error:

@@ -121,6 +121,12 @@ def build_network(spec: NetworkSpec) -> nn.Module:
     return _torchvision_resnet(spec)
 
 
+def zoo_network(**fields) -> nn.Module:
+    """`build_network` as a keyword-argument factory, so a given-networks scenario can name a zoo architecture
+    (`factory = "models.networks:zoo_network"` plus NetworkSpec fields), as `coinsim models export` writes."""
+    return build_network(NetworkSpec(**fields))
+
+
 class DeviceError(ValueError):
     """A device that this machine does not have (one line for the user)."""
 

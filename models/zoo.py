@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
@@ -23,6 +24,11 @@ from models.config import ExpertSpec, ZooConfig
 from models.data import ImageData, adapt_images, load_dataset, select_labels
 from models.networks import build_network, pick_device
 from models.training import accuracy, train
+
+if TYPE_CHECKING:
+    from models.given import GivenExpertSpec, GivenZooConfig
+
+Provenance = Status | Literal["given"]  # cache status of a trained network, or 'given' (a user's checkpoint)
 
 
 def derive_seed(seed: int, *tags: str) -> int:
@@ -35,7 +41,7 @@ def derive_seed(seed: int, *tags: str) -> int:
 class Expert:
     """A fine-tuned expert with its own train and test partitions (already adapted to the network)."""
 
-    spec: ExpertSpec
+    spec: ExpertSpec | GivenExpertSpec
     model: nn.Module
     train_x: torch.Tensor
     train_y: torch.Tensor
@@ -43,7 +49,7 @@ class Expert:
     test_y: torch.Tensor
     accuracy: float
     cache_path: Path
-    status: Status
+    status: Provenance
     train_seconds: float
 
     @property
@@ -57,12 +63,12 @@ class Expert:
 
 @dataclass
 class Zoo:
-    config: ZooConfig
+    config: ZooConfig | GivenZooConfig
     device: torch.device
     base: nn.Module
     base_accuracy: float
     base_cache_path: Path
-    base_status: Status
+    base_status: Provenance
     base_train_seconds: float
     experts: list[Expert] = field(default_factory=list)
 
@@ -107,8 +113,15 @@ def _say(message: str, progress: bool) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def build_zoo(config: ZooConfig, device: str | torch.device = "auto", progress: bool = True) -> Zoo:
-    """Base + experts for `config`, reusing cached weights whose recorded provenance matches exactly."""
+def build_zoo(config: ZooConfig | GivenZooConfig, device: str | torch.device = "auto", progress: bool = True) -> Zoo:
+    """Base + experts for `config`, reusing cached weights whose recorded provenance matches exactly.
+
+    Given networks (a GivenZooConfig) are loaded from their checkpoints and data instead (models.given).
+    """
+    if not isinstance(config, ZooConfig):
+        from models.given import load_given_zoo
+
+        return load_given_zoo(config, device, progress)
     device = device if isinstance(device, torch.device) else pick_device(device)
     cache = ModelCache(config.resolved_cache_dir())
     data = _load_adapted(config)

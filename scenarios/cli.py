@@ -173,6 +173,27 @@ def models_list(cache_dir: Path | None) -> None:
                    f"{m.get('accuracy', float('nan')):.2f}", m["path"]) for m in entries])
 
 
+@models.command("export")
+@click.argument("scenario", default="quickstart")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="New (or empty) folder for checkpoints, data and the scenario file.")
+@click.option("--format", "data_format", type=click.Choice(["auto", "imagefolder", "npz"]), default="auto",
+              show_default=True, help="Data as PNGs in ImageFolder layout, or .npz; auto: PNGs where lossless.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N] (for training)")
+@click.pass_context
+def models_export(ctx: click.Context, scenario: str, out: Path, data_format: str, device: str) -> None:
+    """Write SCENARIO's zoo as given networks: checkpoints, data and a scenario TOML that reads them."""
+    from models.export import export_zoo, run_export_checks
+    from models.zoo import build_zoo
+    from scenarios.schema import load_scenario
+
+    config, raw = load_scenario(scenario)
+    run_export_checks(config.models, out)
+    zoo = build_zoo(config.models, device=device, progress=not ctx.obj.get("quiet"))
+    path = export_zoo(zoo, raw, out, data_format)  # type: ignore[arg-type]
+    click.echo(f"wrote {len(zoo.experts)} experts, their base and data to {out}\nrun it:  coinsim run {path}")
+
+
 def _print_table(header: list[str], rows: list[tuple]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for line in [header, ["-" * w for w in widths], *rows]:
@@ -350,7 +371,10 @@ def _print_run_summary(folder: Path) -> None:
     summary = json.loads((folder / "summary.json").read_text())
     axes = summary.get("sweep_axes") or ([summary["sweep_axis"]] if summary.get("sweep_axis") else [])
     if summary.get("coding"):
-        rows = [(m, f"{c['nda_avg']:.2f}", *(f"{c['nda'][e['name']]:.2f}" for e in summary["experts"]),
+        def num(value: float | None) -> str:  # NaN (an expert right nowhere) is null in summary.json
+            return "nan" if value is None else f"{value:.2f}"
+
+        rows = [(m, num(c["nda_avg"]), *(num(c["nda"][e["name"]]) for e in summary["experts"]),
                  f"{c['encode_seconds']:.2f}") for m, c in summary["coding"].items()]
         _print_table(["method", "NDA avg", *(e["name"] for e in summary["experts"]), "encode s"], rows)
         click.echo("")

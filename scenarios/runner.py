@@ -530,6 +530,8 @@ def run_scenario(
     tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=final.parent))
     try:
         resolved = dict(raw, seed=scenario.seed, coinsim_version=summary["versions"].get("coinsim", "?"))
+        if scenario.models is not None and "architecture" in raw.get("models", {}):  # given networks: pin the
+            resolved["models"] = dict(raw["models"], root=str(Path(scenario.models.root).resolve()))  # paths
         (tmp / "scenario.toml").write_text(tomli_w.dumps(_clean_toml(_jsonable(resolved))))
         (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=False))
         queries.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / "queries.parquet", index=False)

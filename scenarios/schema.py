@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.config import ConfigError, ZooConfig, read_zoo_file, validation_problems, zoo_config_from_dict
+from models.given import GivenZooConfig
 from sim import SimConfig, SimConfigError, parse_config
 
 
@@ -148,7 +149,7 @@ class Scenario(_Strict):
                     "describe that run's transient, not a steady state, and depend on n_queries / horizon_ms",
     )
     device: str = "auto"
-    models: ZooConfig | None = None
+    models: ZooConfig | GivenZooConfig | None = None  # GivenZooConfig: a user's own checkpoints
     coding: CodingSpec = CodingSpec()
     profile: ProfileSpec = ProfileSpec()
     testbed: TestbedSpec = TestbedSpec()
