@@ -63,12 +63,14 @@ def save_networks(facts: NetworkFacts, folder: Path) -> tuple[list[Path], Path]:
     import torch
     from safetensors.torch import save_file
 
-    spec = facts.network_spec.model_copy(update={"weights": None})
+    from models.given import network_recipe
+
+    recipe = network_recipe(facts.network_spec)  # a zoo's NetworkSpec or a user's given architecture
     paths = []
     for k, (_, model) in enumerate(served_networks(facts)):
         net = folder / f"net-{k}"
         net.mkdir(parents=True, exist_ok=True)
-        (net / "network.json").write_text(spec.model_dump_json())
+        (net / "network.json").write_text(recipe)
         save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()},
                   str(net / "weights.safetensors"))
         paths.append(net)

@@ -43,14 +43,14 @@ class _Task:
 
 
 def load_network(folder: Path, device: str):
-    """The network saved in `folder` (network.json + weights.safetensors), in eval mode on `device`."""
+    """The network saved in `folder` (network.json: models.given.network_recipe; weights.safetensors), in eval
+    mode on `device`."""
     import torch
     from safetensors.torch import load_file
 
-    from models.networks import NetworkSpec, build_network
+    from models.given import rebuild_network
 
-    spec = NetworkSpec.model_validate(json.loads((folder / "network.json").read_text()))
-    model = build_network(spec)
+    model = rebuild_network((folder / "network.json").read_text())  # the zoo's networks or the user's own
     model.load_state_dict(load_file(str(folder / "weights.safetensors")), strict=True)
     return model.to(torch.device(device)).eval()
 
