@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from reports.load import ANSWER_KINDS  # noqa: E402
+from reports.load import ANSWER_KINDS, fmt_value  # noqa: E402
 
 # Well-known policy kinds get fixed colours so figures from different runs compare at a glance.
 # Order matters for name matching: "uncoded" contains "coded", and "coded-hedged" is a coded policy.
@@ -70,12 +70,37 @@ def axis_label(axis: str) -> str:
 
 
 def _new(width: float = 7.0, height: float = 4.0, ncols: int = 1) -> tuple[Figure, list]:
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    for ax in axes:
+    fig, grid = _grid(1, ncols, width / ncols, height)
+    return fig, list(grid[0])
+
+
+def _grid(nrows: int, ncols: int, panel_width: float, panel_height: float,
+          sharey: bool | str = False) -> tuple[Figure, np.ndarray]:
+    """A figure of nrows × ncols panels (2-D array of axes), each panel_width × panel_height inches."""
+    width = min(panel_width * ncols + 0.4, 22.0)
+    fig = Figure(figsize=(width, panel_height * nrows), dpi=110, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=sharey)
+    for ax in axes.flat:
         ax.grid(True, which="major", alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
-    return fig, list(axes)
+    return fig, axes
+
+
+def facet_groups(sweep: pd.DataFrame, facet_by: Sequence[str] = ()) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per combination of the facet axes' values — one panel each — or one untitled group.
+
+    A grid over two axes drawn against one of them needs one panel per value of the other: joining all its
+    points into one line per policy would zig-zag between unrelated settings.
+    """
+    facet_by = [a for a in facet_by if a in sweep.columns]
+    if not facet_by:
+        return [("", sweep)]
+    out = []
+    for key, rows in sweep.groupby(facet_by, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        out.append((", ".join(f"{axis_label(a)} = {fmt_value(v)}" for a, v in zip(facet_by, key, strict=True)),
+                    rows))
+    return out
 
 
 def _x_values(sweep: pd.DataFrame, axis: str) -> tuple[pd.Series, list[str] | None]:
@@ -161,145 +186,192 @@ def _line_with_band(ax, x: pd.Series, y: pd.Series, lo: pd.Series | None, hi: pd
             ax.fill_between(xs[ok], los[ok], his[ok], color=colour, alpha=0.18, lw=0)
 
 
-def _per_policy(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None):
-    """(category labels or None, [(policy, its rows, their x values), ...])."""
-    x_all, cats = _x_values(sweep, axis)
+def _per_policy(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None,
+                x_all: pd.Series | None = None, cats: list[str] | None = None):
+    """(category labels or None, [(policy, its rows, their x values), ...]).
+
+    Refuses a policy with two rows at one x: that would be drawn as a zig-zag through unrelated settings
+    (a grid with another axis needs `facet_by`).
+    """
+    if x_all is None:
+        x_all, cats = _x_values(sweep, axis)
     parts = []
     for name in _ordered(policies, sweep):
         mask = (sweep["policy"] == name).to_numpy()
-        parts.append((name, sweep[mask], x_all[mask]))
+        x = x_all.loc[sweep.index[mask]]
+        if x.duplicated().any():
+            raise ValueError(f"policy {name} has several points at one {axis} value; facet by the other sweep "
+                             "axes")
+        parts.append((name, sweep[mask], x))
     return cats, parts
 
 
 def tail_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None = None,
-                  colors: Mapping[str, str] | None = None) -> Figure:
-    """p99 and p99.9 against the sweep axis, with CI bands: where does each policy's tail blow up?"""
+                  colors: Mapping[str, str] | None = None, facet_by: Sequence[str] = ()) -> Figure:
+    """p99 and p99.9 against the sweep axis, with CI bands: where does each policy's tail blow up?
+
+    One column of panels per combination of the `facet_by` axes' values (rows: p99, p99.9).
+    """
     order = _ordered(policies, sweep)
     colors = colors or policy_colors(order)
-    fig, axes = _new(10.0, 4.0, ncols=2)
-    cats, parts = _per_policy(sweep, axis, order)
-    for ax, key, title in zip(axes, ("p99_ms", "p999_ms"), ("p99", "p99.9"), strict=True):
-        if key not in sweep.columns:
-            ax.text(0.5, 0.5, f"no {title} column", ha="center", transform=ax.transAxes)
-            continue
-        for name, rows, x in parts:
-            lo, hi = rows.get(f"{key}_lo"), rows.get(f"{key}_hi")
-            _line_with_band(ax, x, rows[key], lo, hi, colors.get(name), order, name)
-        vals = sweep[key].to_numpy(dtype=float)
-        vals = vals[np.isfinite(vals) & (vals > 0)]
-        if len(vals) and vals.max() / vals.min() > 20:
-            ax.set_yscale("log")
-        _finish_sweep_axis(ax, axis, cats)
-        ax.set_ylabel(f"{title} latency (ms)")
-        ax.set_title(f"{title} latency (band: CI)")
-    axes[0].legend(frameon=False)
+    groups = facet_groups(sweep, facet_by)
+    fig, grid = _grid(2 if len(groups) > 1 else 1, len(groups) if len(groups) > 1 else 2, 5.0, 4.0,
+                      sharey="row" if len(groups) > 1 else False)
+    x_all, cats = _x_values(sweep, axis)
+    panels = []
+    for col, (facet, rows_f) in enumerate(groups):
+        for row, (key, title) in enumerate((("p99_ms", "p99"), ("p999_ms", "p99.9"))):
+            ax = grid[row, col] if len(groups) > 1 else grid[0, row]
+            panels.append(ax)
+            if key not in sweep.columns:
+                ax.text(0.5, 0.5, f"no {title} column", ha="center", transform=ax.transAxes)
+                continue
+            _, parts = _per_policy(rows_f, axis, order, x_all, cats)
+            for name, rows, x in parts:
+                lo, hi = rows.get(f"{key}_lo"), rows.get(f"{key}_hi")
+                _line_with_band(ax, x, rows[key], lo, hi, colors.get(name), order, name)
+            vals = sweep[key].to_numpy(dtype=float)
+            vals = vals[np.isfinite(vals) & (vals > 0)]
+            if len(vals) and vals.max() / vals.min() > 20:
+                ax.set_yscale("log")
+            _finish_sweep_axis(ax, axis, cats)
+            ax.set_ylabel(f"{title} latency (ms)")
+            ax.set_title(f"{title} latency (band: CI)" + (f"\n{facet}" if facet else ""), fontsize=10)
+    panels[0].legend(frameon=False, fontsize=8)
     return fig
 
 
 def metric_vs_sweep(sweep: pd.DataFrame, axis: str, column: str, ylabel: str, title: str,
                     policies: Sequence[str] | None = None, colors: Mapping[str, str] | None = None,
-                    percent: bool = False, zero_line: bool = False, min_span: float = 0.0) -> Figure:
-    """One metric per policy against the sweep axis (accuracy, extra load, ...).
+                    percent: bool = False, zero_line: bool = False, min_span: float = 0.0,
+                    facet_by: Sequence[str] = ()) -> Figure:
+    """One metric per policy against the sweep axis (accuracy, extra load, ...), one panel per facet.
 
-    `min_span` (in plotted units) stops the y axis from zooming into noise: a 0.01-point accuracy wobble
-    should look flat, not like a cliff.
+    Values are plotted as stored (the result files keep percentages in percent); `percent` caps a zoomed
+    axis at 100. `min_span` (in plotted units) stops the y axis from zooming into noise: a 0.01-point
+    accuracy wobble should look flat, not like a cliff.
     """
     order = _ordered(policies, sweep)
     colors = colors or policy_colors(order)
-    fig, (ax,) = _new()
-    scale = 100.0 if percent else 1.0
-    cats, parts = _per_policy(sweep, axis, order)
-    for name, rows, x in parts:
-        if column not in rows.columns:
-            continue
-        y = pd.to_numeric(rows[column], errors="coerce") * scale
-        lo = rows.get(f"{column}_lo")
-        hi = rows.get(f"{column}_hi")
-        _line_with_band(ax, x, y, None if lo is None else lo * scale, None if hi is None else hi * scale,
-                        colors.get(name), order, name)
-    if zero_line:
-        ax.axhline(0, color="0.4", lw=0.8)
-    lo_y, hi_y = ax.get_ylim()
+    groups = facet_groups(sweep, facet_by)
+    fig, grid = _grid(1, len(groups), 7.0 if len(groups) == 1 else 4.6, 4.0, sharey=True)
+    x_all, cats = _x_values(sweep, axis)
+    for ax, (facet, rows_f) in zip(grid[0], groups, strict=True):
+        _, parts = _per_policy(rows_f, axis, order, x_all, cats)
+        for name, rows, x in parts:
+            if column not in rows.columns:
+                continue
+            y = pd.to_numeric(rows[column], errors="coerce")
+            lo, hi = rows.get(f"{column}_lo"), rows.get(f"{column}_hi")
+            _line_with_band(ax, x, y, lo, hi, colors.get(name), order, name)
+        if zero_line:
+            ax.axhline(0, color="0.4", lw=0.8)
+        ax.yaxis.get_major_formatter().set_useOffset(False)
+        _finish_sweep_axis(ax, axis, cats)
+        ax.set_title(title + (f"\n{facet}" if facet else ""), fontsize=10 if facet else None)
+    ax0 = grid[0, 0]
+    lo_y, hi_y = ax0.get_ylim()  # shared across panels
     if min_span and hi_y - lo_y < min_span:
         mid = (lo_y + hi_y) / 2
         top = min(mid + min_span / 2, 100.0) if percent else mid + min_span / 2
-        ax.set_ylim(top - min_span, top)
-    ax.yaxis.get_major_formatter().set_useOffset(False)
-    _finish_sweep_axis(ax, axis, cats)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(frameon=False)
+        ax0.set_ylim(top - min_span, top)
+    ax0.set_ylabel(ylabel)
+    ax0.legend(frameon=False, fontsize=8 if len(groups) > 1 else None)
     return fig
 
 
 def accuracy_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None = None,
-                      colors: Mapping[str, str] | None = None) -> Figure:
-    """Accuracy of the answers actually returned: decoding trades some accuracy for latency."""
-    return metric_vs_sweep(sweep, axis, "accuracy", "accuracy of answered queries (%)",
-                           "Accuracy of what was answered", policies, colors, percent=True, min_span=2.0)
+                      colors: Mapping[str, str] | None = None, facet_by: Sequence[str] = ()) -> Figure:
+    """Accuracy (%) of the answers actually returned: decoding trades some accuracy for latency."""
+    return metric_vs_sweep(sweep, axis, "accuracy_pct", "accuracy of answered queries (%)",
+                           "Accuracy of what was answered", policies, colors, percent=True, min_span=2.0,
+                           facet_by=facet_by)
 
 
 def extra_load_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None = None,
-                        colors: Mapping[str, str] | None = None) -> Figure:
-    """Server time per query relative to uncoded: what each policy pays for its tail."""
-    return metric_vs_sweep(sweep, axis, "extra_load_vs_uncoded", "extra server load vs uncoded (%)",
-                           "Extra server load", policies, colors, percent=True, zero_line=True)
+                        colors: Mapping[str, str] | None = None, facet_by: Sequence[str] = ()) -> Figure:
+    """Server time per query relative to uncoded (%): what each policy pays for its tail. Below zero a policy
+    spent less than uncoded — cancelling a straggler's task once another copy answered frees its server."""
+    return metric_vs_sweep(sweep, axis, "extra_load_vs_uncoded_pct", "extra server load vs uncoded (%)",
+                           "Extra server load", policies, colors, zero_line=True, facet_by=facet_by)
 
 
 def answer_fractions(queries: pd.DataFrame | None, sweep: pd.DataFrame | None) -> pd.DataFrame:
-    """Per (point, policy): fraction of measured queries answered direct / replica / hedge / decoded.
+    """Per (point, policy): percent of measured queries answered direct / replica / hedge / decoded
+    (columns `<kind>_pct`).
 
-    From queries.parquet when present (all four kinds); otherwise only the decoded fraction from the sweep.
+    From queries.parquet when present (all four kinds); otherwise from the sweep's `*_pct` columns.
     """
+    cols = [f"{k}_pct" for k in ANSWER_KINDS]
     if queries is not None and "answered_by" in queries.columns:
         q = measured(queries)
         frac = (q.groupby(["point", "policy"], observed=True)["answered_by"].value_counts(normalize=True)
                 .unstack(fill_value=0.0))
-        frac.columns = [str(c) for c in frac.columns]
-        frac = frac.reindex(columns=list(ANSWER_KINDS), fill_value=0.0).reset_index()
+        frac.columns = [f"{c}_pct" for c in frac.columns]
+        frac = frac.reindex(columns=cols, fill_value=0.0).reset_index()
+        frac[cols] = frac[cols] * 100
         return frac
-    if sweep is not None and "decoded_fraction" in sweep.columns:
-        return sweep[["point", "policy", "decoded_fraction"]].rename(columns={"decoded_fraction": "decoded"})
+    if sweep is not None:
+        have = [c for c in cols if c in sweep.columns]
+        if have:
+            return sweep[["point", "policy", *have]].copy()
     return pd.DataFrame(columns=["point", "policy"])
 
 
 def answer_mix_vs_sweep(fractions: pd.DataFrame, sweep: pd.DataFrame, axis: str,
-                        policies: Sequence[str] | None = None, colors: Mapping[str, str] | None = None) -> Figure:
-    """Share of queries answered by a replica, a hedge or decoding, per policy, against the sweep axis."""
+                        policies: Sequence[str] | None = None, colors: Mapping[str, str] | None = None,
+                        facet_by: Sequence[str] = ()) -> Figure:
+    """Share of queries answered by a replica, a hedge or decoding, per policy, against the sweep axis.
+
+    One row of panels per kind of answer, one column per facet (combination of the other axes' values).
+    """
     kinds = [k for k in ("decoded", "replica", "hedge")
-             if k in fractions.columns and fractions[k].fillna(0).gt(0).any()] or ["decoded"]
-    axis_of_point = sweep.drop_duplicates("point").set_index("point")[axis]
+             if f"{k}_pct" in fractions.columns and fractions[f"{k}_pct"].fillna(0).gt(0).any()] or ["decoded"]
+    coords = [c for c in dict.fromkeys([axis, *facet_by]) if c in sweep.columns and c != "point"]
     frame = fractions.copy()
-    frame[axis] = frame["point"].map(axis_of_point)
-    frame = frame.dropna(subset=[axis])
+    by_point = sweep.drop_duplicates("point").set_index("point")
+    for c in coords:
+        frame[c] = frame["point"].map(by_point[c])
+    frame = frame.dropna(subset=[axis]) if axis in frame.columns else frame
     order = _ordered(policies, frame) if len(frame) else list(policies or [])
     colors = colors or policy_colors(order)
-    fig, axes = _new(3.6 * len(kinds) + 0.6, 3.8, ncols=len(kinds))
-    for ax, kind in zip(axes, kinds, strict=True):
-        cats = None
-        if kind in frame.columns and len(frame):
-            cats, parts = _per_policy(frame, axis, order)
-            for name, rows, x in parts:
-                if rows[kind].fillna(0).gt(0).any():
-                    _line_with_band(ax, x, rows[kind] * 100, None, None, colors.get(name), order, name)
-        _finish_sweep_axis(ax, axis, cats)
-        ax.set_ylabel(f"answered by {kind} (%)")
-        ax.set_title(f"{kind.capitalize()} answers")
+    groups = facet_groups(frame, facet_by) if len(frame) else [("", frame)]
+    if len(groups) > 1:
+        fig, grid = _grid(len(kinds), len(groups), 4.2, 3.4, sharey="row")
+    else:
+        fig, grid = _grid(1, len(kinds), 3.6, 3.8)
+        grid = grid.T  # kinds down the rows, one facet
+    x_all, cats = _x_values(frame, axis) if len(frame) else (None, None)
+    for col, (facet, rows_f) in enumerate(groups):
+        for row, kind in enumerate(kinds):
+            ax = grid[row, col]
+            column = f"{kind}_pct"
+            if column in rows_f.columns and len(rows_f):
+                _, parts = _per_policy(rows_f, axis, order, x_all, cats)
+                for name, rows, x in parts:
+                    if rows[column].fillna(0).gt(0).any():
+                        _line_with_band(ax, x, rows[column], None, None, colors.get(name), order, name)
+            _finish_sweep_axis(ax, axis, cats)
+            ax.set_ylabel(f"answered by {kind} (%)")
+            ax.set_title(f"{kind.capitalize()} answers" + (f"\n{facet}" if facet else ""),
+                         fontsize=10 if facet else None)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(frameon=False, fontsize=8)
+    for ax in grid.flat:  # after every panel has its data: shared rows autoscale over all of them
         ax.set_ylim(bottom=0)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(frameon=False, fontsize=8)
     return fig
 
 
 def answer_mix_bars(fractions: pd.DataFrame, policies: Sequence[str] | None = None) -> Figure:
-    """Single-point runs: one stacked bar per policy showing how its queries were answered."""
+    """Single-point runs: one stacked bar per policy showing how its queries were answered (percent)."""
     order = _ordered(policies, fractions) if len(fractions) else []
     fig, (ax,) = _new(7.0, 1.3 + 0.45 * max(len(order), 2))
     left = np.zeros(len(order))
     for kind in ANSWER_KINDS:
-        if kind not in fractions.columns:
+        column = f"{kind}_pct"
+        if column not in fractions.columns:
             continue
-        vals = np.array([float(fractions.loc[fractions["policy"] == p, kind].mean()) for p in order]) * 100
+        vals = np.array([float(fractions.loc[fractions["policy"] == p, column].mean()) for p in order])
         vals = np.nan_to_num(vals)
         if not vals.any():
             continue
@@ -313,36 +385,39 @@ def answer_mix_bars(fractions: pd.DataFrame, policies: Sequence[str] | None = No
     return fig
 
 
+NDA_COLUMNS = ("nda_pct", "decoded_acc_pct", "expert_acc_pct", "encode_seconds")
+
+
 def nda_table(coding: Mapping[str, Mapping] | None, nda_csv: pd.DataFrame | None) -> pd.DataFrame:
-    """Long table method, expert, nda (+ decoded_acc, expert_acc, encode_seconds when known).
+    """Long table method, expert, nda_pct (+ decoded_acc_pct, expert_acc_pct, encode_seconds when known).
 
     summary.json's coding section wins; nda.csv (which `coinsim code` writes per seed and sample count) is
-    averaged per method and expert when the summary has no coding section.
+    averaged per method and expert when the summary has no coding section. Everything in percent.
     """
     rows = []
     for method, c in (coding or {}).items():
-        for expert, v in (c.get("nda") or {}).items():
-            rows.append({"method": str(method), "expert": str(expert), "nda": v,
-                         "decoded_acc": (c.get("decoded_acc") or {}).get(expert),
-                         "expert_acc": (c.get("expert_acc") or {}).get(expert),
+        for expert, v in (c.get("nda_pct") or {}).items():
+            rows.append({"method": str(method), "expert": str(expert), "nda_pct": v,
+                         "decoded_acc_pct": (c.get("decoded_acc_pct") or {}).get(expert),
+                         "expert_acc_pct": (c.get("expert_acc_pct") or {}).get(expert),
                          "encode_seconds": c.get("encode_seconds")})
     if rows:
         return pd.DataFrame(rows)
     if nda_csv is None or not len(nda_csv):
-        return pd.DataFrame(columns=["method", "expert", "nda", "decoded_acc", "expert_acc", "encode_seconds"])
+        return pd.DataFrame(columns=["method", "expert", *NDA_COLUMNS])
     df = nda_csv.copy()
     df["expert"] = (df["name"] if "name" in df.columns else df["expert"]).astype(str)
     df["method"] = df["method"].astype(str)
     if "samples" in df.columns and df["samples"].nunique() > 1:
         df["method"] = df["method"] + " (P=" + df["samples"].astype(str) + ")"
-    cols = [c for c in ("nda", "decoded_acc", "expert_acc", "encode_seconds") if c in df.columns]
+    cols = [c for c in NDA_COLUMNS if c in df.columns]
     for c in cols:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     return df.groupby(["method", "expert"], sort=False)[cols].mean().reset_index()
 
 
-def nda_bars(table: pd.DataFrame, nda_avg: Mapping[str, float] | None = None) -> Figure:
-    """NDA per expert, one bar per coding method, plus the average: 1.0 means decoding loses nothing."""
+def nda_bars(table: pd.DataFrame, nda_avg_pct: Mapping[str, float] | None = None) -> Figure:
+    """NDA (%) per expert, one bar per coding method, plus the average: 100 % means decoding loses nothing."""
     methods = list(dict.fromkeys(table["method"]))
     experts = list(dict.fromkeys(table["expert"]))
     groups = [*experts, "average"]
@@ -350,22 +425,22 @@ def nda_bars(table: pd.DataFrame, nda_avg: Mapping[str, float] | None = None) ->
     width = 0.8 / max(len(methods), 1)
     colours = _METHOD_COLORS
     for i, method in enumerate(methods):
-        rows = table[table["method"] == method].set_index("expert")["nda"]
+        rows = table[table["method"] == method].set_index("expert")["nda_pct"]
         vals = [float(rows.get(e, np.nan)) for e in experts]
-        avg = (nda_avg or {}).get(method)
+        avg = (nda_avg_pct or {}).get(method)
         vals.append(float(avg) if avg is not None else float(np.nanmean(vals)) if len(vals) else np.nan)
         xs = np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width
         bars = ax.bar(xs, vals, width * 0.92, label=method, color=colours[i % len(colours)])
         if len(methods) * len(groups) <= 24:
-            ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
-    ax.axhline(1.0, color="0.3", ls="--", lw=0.9)
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+    ax.axhline(100.0, color="0.3", ls="--", lw=0.9)
     ax.axvline(len(experts) - 0.5, color="0.7", lw=0.8)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlabel("expert")
-    ax.set_ylabel("NDA (decoded acc. / expert acc.)")
+    ax.set_ylabel("NDA (%): decoded acc. / expert acc.")
     ax.set_title("Normalized decoding accuracy per coding method")
-    top = np.nanmax(pd.to_numeric(table["nda"], errors="coerce")) if len(table) else 1.0
-    ax.set_ylim(0, max(1.25, float(top) * 1.2 if np.isfinite(top) else 1.25))
+    top = np.nanmax(pd.to_numeric(table["nda_pct"], errors="coerce")) if len(table) else 100.0
+    ax.set_ylim(0, max(125.0, float(top) * 1.2 if np.isfinite(top) else 125.0))
     ax.legend(frameon=False, ncols=min(len(methods), 5), loc="upper center")
     return fig
 

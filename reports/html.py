@@ -1,7 +1,9 @@
 """The self-contained report page: inline CSS, figures as base64 PNG, no scripts and no external URLs.
 
-Kept as string building over escaped values (no template engine) so the page works offline, in mail
-attachments and in CI artefact viewers, and so `reports` stays free of heavy dependencies.
+The page is a jinja2 template with autoescaping: Python turns the result folder into plain rows of cells
+(text, confidence interval, a small second line, a class), and the template writes every value escaped. The
+few sentences with emphasis are `markupsafe.Markup` templates whose arguments are escaped by `format`.
+Everything percent-valued arrives in percent (see reports.load) and is printed as such.
 """
 
 from __future__ import annotations
@@ -9,32 +11,38 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from html import escape
 from typing import Any
 
 import pandas as pd
+from jinja2 import Environment, select_autoescape
+from markupsafe import Markup
 
-from reports.load import ResultData, finite
+from reports.load import ResultData, finite, fmt_value
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5b6474; --line:#e2e6ee; --bg:#ffffff; --soft:#f6f8fb; --accent:#2563eb; }
 * { box-sizing: border-box; }
 body { margin:0; background:var(--soft); color:var(--fg);
        font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1080px; margin: 0 auto; padding: 28px 28px 60px; background: var(--bg);
+main { max-width: 1180px; margin: 0 auto; padding: 28px 28px 60px; background: var(--bg);
        box-shadow: 0 0 0 1px var(--line); min-height: 100vh; }
 h1 { font-size: 26px; margin: 0 0 4px; }
 h2 { font-size: 19px; margin: 34px 0 10px; padding-bottom: 4px; border-bottom: 2px solid var(--line); }
+h3 { font-size: 16px; margin: 22px 0 6px; }
 .meta { color: var(--muted); font-size: 13px; margin: 0 0 14px; }
 .lead { font-size: 15.5px; }
 table { border-collapse: collapse; width: 100%; margin: 8px 0 4px; font-size: 14px; }
 th, td { padding: 6px 10px; border-bottom: 1px solid var(--line); text-align: right; white-space: nowrap; }
-th:first-child, td:first-child { text-align: left; }
+th:first-child, td:first-child { text-align: left; position: sticky; left: 0; background: var(--bg); }
 thead th { background: var(--soft); font-weight: 600; border-bottom: 2px solid var(--line); }
-tbody tr:hover { background: #fafbfd; }
+thead th:first-child { background: var(--soft); }
+tbody tr:hover td { background: #fafbfd; }
 td.best { font-weight: 700; color: var(--accent); }
+td.strong { font-weight: 700; }
+td.good { color: #15803d; font-weight: 600; }
+td.bad { color: #b91c1c; font-weight: 600; }
 .ci { color: var(--muted); font-size: 12px; }
-.sub { display:block; color: var(--muted); font-size: 11.5px; }
+.sub { display:block; color: var(--muted); font-size: 11.5px; font-weight: 400; }
 .swatch { display:inline-block; width:11px; height:11px; border-radius:2px; margin-right:7px; vertical-align:-1px; }
 .desc { font-style: italic; margin: 0 0 10px; }
 .takeaway { background: #eef4ff; border-left: 4px solid var(--accent); padding: 8px 12px; margin: 8px 0 10px; }
@@ -46,8 +54,87 @@ details { margin: 8px 0; }
 summary { cursor: pointer; color: var(--accent); }
 pre { background: var(--soft); border: 1px solid var(--line); border-radius: 6px; padding: 12px; overflow-x: auto;
       font: 12.5px/1.45 ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; }
-.tablewrap { overflow-x: auto; }
+.tablewrap { overflow-x: auto; max-width: 100%; }
 """
+
+TEMPLATE = """<!DOCTYPE html>
+{%- macro cell(c) -%}
+<td{% if c.cls %} class="{{ c.cls }}"{% endif %}{% if c.title %} title="{{ c.title }}"{% endif %}>
+{%- if c.swatch %}<span class="swatch" style="background:{{ c.swatch }}"></span>{% endif -%}
+{{ c.text }}{% if c.mark %}<sup>{{ c.mark }}</sup>{% endif %}
+{%- if c.ci %} <span class="ci">{{ c.ci }}</span>{% endif -%}
+{%- if c.sub %}<span class="sub">{{ c.sub }}</span>{% endif -%}
+</td>
+{%- endmacro -%}
+{%- macro table(t) -%}
+<div class="tablewrap"><table{% if t.cls %} class="{{ t.cls }}"{% endif %}><thead><tr>
+{%- for h in t.head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{% for row in t.rows %}<tr>{% for c in row %}{{ cell(c) }}{% endfor %}</tr>
+{% endfor %}</tbody></table></div>
+{%- for n in t.notes %}
+<p class="note">{{ n }}</p>
+{%- endfor %}
+{%- endmacro %}
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>coinsim report: {{ s.scenario }}</title><style>{{ css }}</style></head><body><main>
+<h1>coinsim report: {{ s.scenario }}</h1>
+{% if meta %}<p class="meta">{{ meta | join(" · ") }}</p>{% endif %}
+{% if description %}<p class="desc">{{ description }}</p>{% endif %}
+<p class="lead">{{ lead }}</p>
+{% if versus %}
+<h2>{{ versus.title }}</h2>
+<p class="takeaway">{{ versus.sentence }}</p>
+{{ table(versus.table) }}
+{% endif %}
+{% if headline %}
+<h2>Headline{% if headline.where %}: {{ headline.where }}{% endif %}</h2>
+{% if headline.takeaway %}<p class="takeaway">{{ headline.takeaway }}</p>{% endif %}
+{{ table(headline.table) }}
+{% endif %}
+{% if figures %}
+<h2>Figures</h2>
+{% for f in figures %}
+<figure id="fig-{{ f.name }}"><img alt="{{ f.alt }}" src="data:image/png;base64,{{ f.b64 }}">
+<figcaption>{{ f.caption }}</figcaption></figure>
+{% endfor %}
+{% endif %}
+{% if sweep %}
+<details><summary>All sweep points ({{ sweep.points }} points × {{ sweep.policies }} policies)</summary>
+{{ table(sweep.table) }}</details>
+{% endif %}
+{% if coding %}
+<h2>Coding</h2>
+{{ table(coding) }}
+{% endif %}
+{% if profile %}
+<h2>Latency profile</h2>
+{{ table(profile) }}
+{% endif %}
+{% if live %}
+<h2>Live check</h2>
+{{ table(live) }}
+{% endif %}
+{% if notes %}
+<h2>Notes</h2><ul>{% for n in notes %}<li>{{ n }}</li>{% endfor %}</ul>
+{% endif %}
+{% if scenario_toml is not none %}
+<h2>Scenario</h2>
+<details><summary>scenario.toml (resolved)</summary><pre>{{ scenario_toml }}</pre></details>
+{% endif %}
+</main></body></html>
+"""
+
+_ENV = Environment(autoescape=select_autoescape(default=True, default_for_string=True), trim_blocks=True,
+                   lstrip_blocks=True, keep_trailing_newline=True)
+_PAGE = _ENV.from_string(TEMPLATE)
+
+NEGATIVE_LOAD_NOTE = ("† Negative extra load: this policy spent less server time per query than uncoded. When "
+                      "another copy or the decoder answers first, the straggling task is cancelled and its server "
+                      "freed early; with slow stragglers that saves more time than the redundant copies cost.")
+UPPER_AT_MAX_NOTE = ("Confidence intervals of percentiles lie between measured latencies (never below zero); an "
+                     "upper end equal to the slowest measured query means the run was too short to bound that "
+                     "percentile from above.")
 
 
 @dataclass
@@ -69,246 +156,344 @@ def fmt_ms(v: Any) -> str:
 
 
 def fmt_pct(v: Any, signed: bool = False, digits: int = 1) -> str:
+    """A value already in percent (98.09 -> '98.09%')."""
     if not finite(v):
         return "—"
-    return f"{v * 100:+.{digits}f}%" if signed else f"{v * 100:.{digits}f}%"
+    v = round(float(v), digits) + 0.0  # no "-0%"
+    return f"{v:+.{digits}f}%" if signed else f"{v:.{digits}f}%"
 
 
 def fmt_num(v: Any, digits: int = 3) -> str:
     if not finite(v):
-        return "—" if v is None or isinstance(v, float) else escape(str(v))
+        return "—" if v is None or isinstance(v, float) else str(v)
     return f"{v:.{digits}f}"
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
-    """Cells are already-escaped HTML fragments; headers are escaped here."""
-    th = "".join(f"<th>{escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    return (f'<div class="tablewrap"><table class="{cls}"><thead><tr>{th}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>")
+def _cell(text: str, **kw: Any) -> dict[str, Any]:
+    return {"text": text, **kw}
 
 
-def _with_ci(p: Mapping[str, Any], key: str) -> str:
+def _ci(p: Mapping[str, Any], key: str) -> str | None:
     lo, hi = p.get(f"{key}_lo"), p.get(f"{key}_hi")
-    ci = f' <span class="ci">[{fmt_ms(lo)}, {fmt_ms(hi)}]</span>' if finite(lo) and finite(hi) else ""
-    return fmt_ms(p.get(key)) + ci
+    return f"[{fmt_ms(lo)}, {fmt_ms(hi)}]" if finite(lo) and finite(hi) else None
 
 
-def headline_table(policies: Mapping[str, Mapping[str, Any]], colors: Mapping[str, str]) -> str:
+def _extra_load_cell(v: Any) -> dict[str, Any]:
+    if not finite(v):
+        return _cell("—")
+    if v < 0:
+        return _cell(fmt_pct(v, signed=True), mark="†", title="less server time than uncoded: cancelled "
+                     "straggler work saved more than the copies cost")
+    return _cell(fmt_pct(v, signed=True))
+
+
+def _is_kind(name: str, p: Mapping[str, Any], kind: str) -> bool:
+    return p.get("kind") == kind or (p.get("kind") is None and name.lower().startswith(kind[:6]))
+
+
+def baseline_policy(data: ResultData) -> tuple[str | None, str]:
+    """The policy every other is compared with: replication (N + r servers, like every policy — the
+    equal-resource baseline), else uncoded; and a phrase naming it."""
+    kinds = data.policy_kinds
+    for kind, phrase in (("replication", "replication, the equal-resource baseline"),
+                         ("uncoded", "uncoded (this run has no replication policy)")):
+        for name in data.policy_order:
+            if kinds.get(name) == kind or (kinds.get(name) is None and name.lower().startswith(kind[:6])):
+                return name, phrase
+    return None, ""
+
+
+def _change(a: Any, b: Any) -> float | None:
+    return (a / b - 1.0) * 100 if finite(a) and finite(b) and b else None
+
+
+def _separation(p: Mapping[str, Any], base: Mapping[str, Any], key: str) -> int:
+    """-1: p's interval lies wholly below the baseline's, +1: wholly above, 0: they overlap (or are unknown)."""
+    lo, hi, blo, bhi = p.get(f"{key}_lo"), p.get(f"{key}_hi"), base.get(f"{key}_lo"), base.get(f"{key}_hi")
+    if not all(finite(v) for v in (lo, hi, blo, bhi)):
+        return 0
+    return -1 if hi < blo else 1 if lo > bhi else 0
+
+
+def versus_baseline(data: ResultData) -> dict[str, Any] | None:
+    """Every policy against replication at every sweep point: a sentence per policy and a table per point."""
+    base, phrase = baseline_policy(data)
+    points = data.points
+    if base is None or not points:
+        return None
+    others = [n for n in data.policy_order if n != base and any(n in p["policies"] for p in points)]
+    if not others:
+        return None
+    axes = [a for a in data.axes if all(a in p for p in points)]
+    head = [*(axes or (["point"] if len(points) > 1 else [])), f"{base}: p99.9 · p99 (ms)",
+            *(f"{n}: p99.9 vs {base}" for n in others)]
+    rows, tally = [], {n: [0, 0, 0, 0] for n in others}  # shorter, shorter & apart, longer, longer & apart
+    for pt in points:
+        pol = pt["policies"]
+        b = pol.get(base, {})
+        row = [_cell(fmt_value(pt[a])) for a in axes] or ([_cell(str(pt["point"]))] if len(points) > 1 else [])
+        row.append(_cell(f"{fmt_ms(b.get('p999_ms'))} · {fmt_ms(b.get('p99_ms'))}", ci=_ci(b, "p999_ms")))
+        for n in others:
+            p = pol.get(n)
+            change = _change(p.get("p999_ms"), b.get("p999_ms")) if p else None
+            if change is None:
+                row.append(_cell("—"))
+                continue
+            apart = _separation(p, b, "p999_ms")
+            t = tally[n]
+            if change < 0:
+                t[0] += 1
+                t[1] += apart < 0
+            elif change > 0:
+                t[2] += 1
+                t[3] += apart > 0
+            sub = [f"p99 {fmt_pct(_change(p.get('p99_ms'), b.get('p99_ms')), signed=True, digits=0)}"]
+            if finite(p.get("accuracy_pct")) and finite(b.get("accuracy_pct")):
+                sub.append(f"accuracy {p['accuracy_pct'] - b['accuracy_pct']:+.2f} pt")
+            work = _change(p.get("server_ms_per_query"), b.get("server_ms_per_query"))
+            if work is not None:
+                sub.append(f"server time {fmt_pct(work, signed=True, digits=0)}")
+            row.append(_cell(fmt_pct(change, signed=True, digits=0), mark="*" if apart else None,
+                             cls="good" if apart < 0 else "bad" if apart > 0 else None,
+                             title="confidence intervals apart" if apart else "confidence intervals overlap",
+                             sub=" · ".join(sub)))
+        rows.append(row)
+    n_points = len(points)
+    parts = []
+    for n in others:
+        shorter, shorter_apart, longer, longer_apart = tally[n]
+        if n_points == 1:
+            verdict = "shorter" if shorter else "longer" if longer else "equal"
+            apart = "intervals apart" if shorter_apart or longer_apart else "intervals overlap"
+            parts.append(Markup("<strong>{}</strong>: p99.9 {} ({})").format(n, verdict, apart))
+            continue
+        bit = Markup("<strong>{}</strong>: p99.9 shorter at {} of {} points ({} with intervals apart)").format(
+            n, shorter, n_points, shorter_apart)
+        if longer:
+            bit += Markup(", longer at {} ({} apart)").format(longer, longer_apart)
+        parts.append(bit)
+    sentence = Markup("Compared with {}: ").format(phrase) + Markup("; ").join(parts) + Markup(".")
+    notes = [f"Each cell: the policy's p99.9 relative to {base}'s at the same point; below it, p99, the accuracy "
+             f"difference in percentage points and the server time per query relative to {base}. * and colour: "
+             "the two confidence intervals do not overlap (green shorter, red longer)."]
+    title = f"Against {base}" + (" at every point" if n_points > 1 else "")
+    return {"title": title, "sentence": sentence,
+            "table": {"head": head, "rows": rows, "notes": notes, "cls": "versus"}}
+
+
+def headline_table(policies: Mapping[str, Mapping[str, Any]], colors: Mapping[str, str]) -> dict[str, Any]:
     """Per policy: latency (with CIs), accuracy of what was answered, decoded share, extra load; best p99.9 bold.
 
     Columns no policy has a value for (e.g. accuracy in a simulation-only run) are left out rather than shown
     as a column of dashes.
     """
     latency = [("mean_ms", "mean"), ("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")]
-    extra = [("accuracy", "accuracy", lambda v: fmt_pct(v, digits=2)),
-             ("decoded_fraction", "decoded", fmt_pct),
-             ("extra_load_vs_uncoded", "extra load", lambda v: fmt_pct(v, signed=True)),
-             ("utilization", "utilization", fmt_pct),
-             ("n_measured", "measured queries", lambda v: f"{int(v):,}"),
-             ("n_queries", "queries", lambda v: f"{int(v):,}")]
+    extra = [("accuracy_pct", "accuracy", lambda v: _cell(fmt_pct(v, digits=2))),
+             ("decoded_pct", "decoded", lambda v: _cell(fmt_pct(v))),
+             ("extra_load_vs_uncoded_pct", "extra load vs uncoded", _extra_load_cell),
+             ("utilization_pct", "utilization", lambda v: _cell(fmt_pct(v))),
+             ("n_measured", "measured queries", lambda v: _cell(f"{int(v):,}"))]
     extra = [e for e in extra if any(finite(p.get(e[0])) for p in policies.values())]
-    if any(e[0] == "n_measured" for e in extra):
-        extra = [e for e in extra if e[0] != "n_queries"]
     tails = {n: p.get("p999_ms") for n, p in policies.items() if finite(p.get("p999_ms"))}
     best = min(tails, key=lambda n: tails[n]) if len(tails) > 1 else None
     rows = []
     for name, p in policies.items():
-        sw = f'<span class="swatch" style="background:{escape(colors.get(name, "#888"))}"></span>'
-        cells = [sw + escape(name)]
+        cells = [_cell(name, swatch=colors.get(name, "#888"))]
         for key, _ in latency:
-            cell = _with_ci(p, key)
-            cells.append(f'<td class="best">{cell}</td>' if key == "p999_ms" and name == best else cell)
-        cells += [fmt(p.get(key)) if finite(p.get(key)) else "—" for key, _, fmt in extra]
+            cells.append(_cell(fmt_ms(p.get(key)), ci=_ci(p, key),
+                               cls="best" if key == "p999_ms" and name == best else None))
+        cells += [fmt(p.get(key)) if finite(p.get(key)) else _cell("—") for key, _, fmt in extra]
         rows.append(cells)
     head = ["policy", *(f"{label} (ms)" for _, label in latency), *(label for _, label, _ in extra)]
-    return _table(head, rows)
+    notes = ["Latency in ms with confidence intervals in brackets; warm-up discarded. Accuracy is of the answers "
+             "actually returned (direct, replica, hedge or decoded). Extra load is server time per query relative "
+             "to the uncoded policy. Highlighted: lowest p99.9. " + UPPER_AT_MAX_NOTE]
+    if any(finite(p.get("extra_load_vs_uncoded_pct")) and p["extra_load_vs_uncoded_pct"] < 0
+           for p in policies.values()):
+        notes.append(NEGATIVE_LOAD_NOTE)
+    return {"head": head, "rows": rows, "notes": notes}
 
 
-def _is_uncoded(name: str, p: Mapping[str, Any]) -> bool:
-    return p.get("kind") == "uncoded" or (p.get("kind") is None and name.lower().startswith("uncoded"))
-
-
-def takeaway(policies: Mapping[str, Mapping[str, Any]]) -> str:
-    """One sentence a reader can quote: who has the shortest p99.9, by how much, and whether the CIs separate."""
+def takeaway(policies: Mapping[str, Mapping[str, Any]], base: str | None = None) -> Markup:
+    """One sentence a reader can quote: who has the shortest p99.9, by how much against the baseline
+    (replication), and whether the CIs separate from the runner-up."""
     tails = {n: p for n, p in policies.items() if finite(p.get("p999_ms"))}
     if len(tails) < 2:
-        return ""
+        return Markup("")
     # ties (policies that collapse onto the same tail) go to the non-baseline policy: it is the real competitor
-    ranked = sorted(tails, key=lambda n: (tails[n]["p999_ms"], _is_uncoded(n, tails[n])))
+    ranked = sorted(tails, key=lambda n: (tails[n]["p999_ms"], n == base or _is_kind(n, tails[n], "uncoded")))
     best, second = ranked[0], ranked[1]
     b = tails[best]
-    text = f"<strong>{escape(best)}</strong> has the shortest p99.9 tail ({fmt_ms(b['p999_ms'])} ms"
-    base = next((n for n in tails if _is_uncoded(n, tails[n]) and n != best), None)
-    if base is not None and tails[base]["p999_ms"]:
+    text = Markup("<strong>{}</strong> has the shortest p99.9 tail ({} ms").format(best, fmt_ms(b["p999_ms"]))
+    if base is not None and base != best and base in tails and tails[base]["p999_ms"]:
         change = b["p999_ms"] / tails[base]["p999_ms"] - 1.0
-        text += f", {fmt_pct(change, signed=True, digits=0)} vs {escape(base)}"
-    text += ")"
+        text += Markup(", {} vs {}").format(fmt_pct(change * 100, signed=True, digits=0), base)
+    text += Markup(")")
     s = tails[second]
     if finite(b.get("p999_ms_hi")) and finite(s.get("p999_ms_lo")):
         if b["p999_ms_hi"] < s["p999_ms_lo"]:
-            text += f"; its confidence interval is clear of the runner-up, {escape(second)}"
+            text += Markup("; its confidence interval is clear of the runner-up, {}").format(second)
         else:
-            text += f"; its confidence interval overlaps the runner-up's ({escape(second)}, {fmt_ms(s['p999_ms'])} ms)"
-    if finite(b.get("accuracy")):
-        text += f". It answered with {fmt_pct(b['accuracy'], digits=2)} accuracy"
-        if finite(b.get("decoded_fraction")) and b["decoded_fraction"] > 0:
-            text += f", {fmt_pct(b['decoded_fraction'])} of answers decoded"
-    return f'<p class="takeaway">{text}.</p>'
+            text += Markup("; its confidence interval overlaps the runner-up's ({}, {} ms)").format(
+                second, fmt_ms(s["p999_ms"]))
+    if finite(b.get("accuracy_pct")):
+        text += Markup(". It answered with {} accuracy").format(fmt_pct(b["accuracy_pct"], digits=2))
+        if finite(b.get("decoded_pct")) and b["decoded_pct"] > 0:
+            text += Markup(", {} of answers decoded").format(fmt_pct(b["decoded_pct"]))
+    return text + Markup(".")
 
 
-def sweep_table(sweep: pd.DataFrame, axis: str, order: Sequence[str]) -> str:
+def sweep_table(sweep: pd.DataFrame, axes: Sequence[str], order: Sequence[str]) -> dict[str, Any]:
     """Every (point, policy) row, for readers who want the numbers behind the sweep figures."""
-    cols = [("p50_ms", "p50 (ms)", fmt_ms), ("p99_ms", "p99 (ms)", fmt_ms), ("p999_ms", "p99.9 (ms)", fmt_ms),
-            ("accuracy", "accuracy", lambda v: fmt_pct(v, digits=2)), ("decoded_fraction", "decoded", fmt_pct),
-            ("extra_load_vs_uncoded", "extra load", lambda v: fmt_pct(v, signed=True))]
+    cols = [("p50_ms", "p50 (ms)", lambda r, k: _cell(fmt_ms(r.get(k)))),
+            ("p99_ms", "p99 (ms)", lambda r, k: _cell(fmt_ms(r.get(k)), ci=_ci(r, k))),
+            ("p999_ms", "p99.9 (ms)", lambda r, k: _cell(fmt_ms(r.get(k)), ci=_ci(r, k))),
+            ("accuracy_pct", "accuracy", lambda r, k: _cell(fmt_pct(r.get(k), digits=2))),
+            ("decoded_pct", "decoded", lambda r, k: _cell(fmt_pct(r.get(k)))),
+            ("extra_load_vs_uncoded_pct", "extra load vs uncoded", lambda r, k: _extra_load_cell(r.get(k)))]
     cols = [c for c in cols if c[0] in sweep.columns and pd.to_numeric(sweep[c[0]], errors="coerce").notna().any()]
+    axes = [a for a in axes if a in sweep.columns] or ["point"]
     rank = {p: i for i, p in enumerate(order)}
     frame = sweep.assign(_r=sweep["policy"].map(rank)).sort_values(["point", "_r"], kind="stable")
     rows = []
     for rec in frame.to_dict("records"):
-        v = rec.get(axis)
-        shown = f"{v:g}" if isinstance(v, float) else str(v)
-        rows.append([escape(shown), escape(str(rec["policy"])),
-                     *(fmt(rec.get(k)) if finite(rec.get(k)) else "—" for k, _, fmt in cols)])
-    return _table([axis, "policy", *(label for _, label, _ in cols)], rows)
+        rec = {k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()}
+        rows.append([*(_cell(fmt_value(rec.get(a))) for a in axes), _cell(str(rec["policy"])),
+                     *(fmt(rec, k) for k, _, fmt in cols)])
+    notes = []
+    if "extra_load_vs_uncoded_pct" in sweep.columns and \
+            (pd.to_numeric(sweep["extra_load_vs_uncoded_pct"], errors="coerce") < 0).any():
+        notes.append(NEGATIVE_LOAD_NOTE)
+    return {"head": [*axes, "policy", *(label for _, label, _ in cols)], "rows": rows, "notes": notes}
 
 
-def coding_table(table: pd.DataFrame, coding: Mapping[str, Mapping[str, Any]] | None) -> str:
-    """NDA per method × expert, with decoded/expert accuracy under each value, the average and encode time."""
+def coding_table(table: pd.DataFrame, coding: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    """NDA (%) per method × expert, with decoded/expert accuracy under each value, the average and encode time."""
     experts = list(dict.fromkeys(table["expert"]))
     rows = []
     for method in dict.fromkeys(table["method"]):
         t = table[table["method"] == method].set_index("expert")
-        cells = [escape(method)]
+        cells = [_cell(method)]
         for e in experts:
             if e not in t.index:
-                cells.append("—")
+                cells.append(_cell("—"))
                 continue
             r = t.loc[e]
-            sub = ""
-            if finite(r.get("decoded_acc")) and finite(r.get("expert_acc")):
-                sub = f'<span class="sub">{fmt_pct(r["decoded_acc"])} / {fmt_pct(r["expert_acc"])}</span>'
-            cells.append(fmt_num(r.get("nda")) + sub)
+            sub = None
+            if finite(r.get("decoded_acc_pct")) and finite(r.get("expert_acc_pct")):
+                sub = f"{fmt_pct(r['decoded_acc_pct'])} / {fmt_pct(r['expert_acc_pct'])}"
+            cells.append(_cell(fmt_num(r.get("nda_pct"), 2), sub=sub))
         c = (coding or {}).get(method) or {}
-        avg = c.get("nda_avg") if finite(c.get("nda_avg")) else pd.to_numeric(t["nda"], errors="coerce").mean()
+        avg = c.get("nda_avg_pct") if finite(c.get("nda_avg_pct")) else \
+            pd.to_numeric(t["nda_pct"], errors="coerce").mean()
         enc = c.get("encode_seconds")
         if not finite(enc) and "encode_seconds" in t.columns:
             enc = pd.to_numeric(t["encode_seconds"], errors="coerce").mean()
-        cells += [f"<strong>{fmt_num(avg)}</strong>", fmt_num(enc, 2)]
+        cells += [_cell(fmt_num(avg, 2), cls="strong"), _cell(fmt_num(enc, 2))]
         rows.append(cells)
-    return _table(["method", *experts, "average NDA", "encode (s)"], rows)
+    notes = ["NDA (%) = accuracy of the decoded output / accuracy of the expert itself × 100, on the expert's test "
+             "partition (small grey numbers: decoded / expert accuracy); 100 % means decoding loses nothing."]
+    return {"head": ["method", *(f"{e} NDA (%)" for e in experts), "average NDA (%)", "encode (s)"], "rows": rows,
+            "notes": notes}
 
 
-def profile_table(profile: Mapping[str, Mapping[str, Any]]) -> str:
-    rows = [[escape(str(name)), fmt_ms(p.get("mean_ms")), fmt_ms(p.get("p50_ms")), fmt_ms(p.get("p99_ms")),
-             fmt_num(p.get("batch_size"), 0), escape(str(p.get("device", "—"))), fmt_num(p.get("n_samples"), 0)]
+def profile_table(profile: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    rows = [[_cell(str(name)), _cell(fmt_ms(p.get("mean_ms"))), _cell(fmt_ms(p.get("p50_ms"))),
+             _cell(fmt_ms(p.get("p99_ms"))), _cell(fmt_num(p.get("batch_size"), 0)),
+             _cell(str(p.get("device", "—"))), _cell(fmt_num(p.get("n_samples"), 0))]
             for name, p in profile.items()]
-    return _table(["served model", "mean (ms)", "p50 (ms)", "p99 (ms)", "batch", "device", "samples"], rows)
+    return {"head": ["served model", "mean (ms)", "p50 (ms)", "p99 (ms)", "batch", "device", "samples"],
+            "rows": rows, "notes": ["Measured forward passes on the device; these samples are the simulator's "
+                                    "service times, with stragglers injected on top."]}
 
 
-def live_table(live: Mapping[str, Any]) -> str:
+def live_table(live: Mapping[str, Any], where: str | None) -> dict[str, Any]:
     rows = []
     for q in ("p50", "p99"):
         prof, lv = live.get(f"profiled_{q}_ms"), live.get(f"live_{q}_ms")
-        diff = fmt_pct((lv - prof) / prof, signed=True) if finite(prof) and finite(lv) and prof else "—"
-        rows.append([q, fmt_ms(prof), fmt_ms(lv), diff])
-    return _table(["latency", "profiled (ms)", "live (ms)", "live vs profiled"], rows)
+        diff = fmt_pct((lv - prof) / prof * 100, signed=True) if finite(prof) and finite(lv) and prof else "—"
+        rows.append([_cell(q), _cell(fmt_ms(prof)), _cell(fmt_ms(lv)), _cell(diff)])
+    n = live.get("n_queries")
+    note = (f"Profiled mode vs real forward passes at each service event"
+            f"{f' ({int(n):,} queries' if finite(n) else ''}{f', {where}' if where and finite(n) else ''}"
+            f"{')' if finite(n) else ''}.")
+    return {"head": ["latency", "profiled (ms)", "live (ms)", "live vs profiled"], "rows": rows, "notes": [note]}
 
 
-def _what_was_run(data: ResultData, point_label: str | None) -> str:
+def _lead(data: ResultData) -> Markup:
     s = data.summary
-    parts = [f"Scenario <strong>{escape(s['scenario'])}</strong>"]
+    text = Markup("Scenario <strong>{}</strong>").format(s["scenario"])
     experts = s.get("experts") or []
     if experts:
-        names = ", ".join(escape(str(e.get("name", "?"))) for e in experts)
-        parts.append(f"with {len(experts)} expert{'s' if len(experts) != 1 else ''} ({names})")
-    pol = list(data.policies) or data.policy_order
-    sentence = " ".join(parts) + "."
+        text += Markup(" with {} expert{} ({})").format(len(experts), "s" if len(experts) != 1 else "",
+                                                        ", ".join(str(e.get("name", "?")) for e in experts))
+    text += Markup(".")
+    pol = data.policy_order
     if pol:
-        sentence += f" Policies compared on common random numbers: {', '.join(escape(p) for p in pol)}."
-    if data.sweep_axis is not None and data.sweep is not None:
-        ax = data.sweep_axis
-        vals = list(dict.fromkeys(data.sweep[ax].tolist()))
-        shown = ", ".join(escape(f"{v:g}" if isinstance(v, float) else str(v)) for v in vals[:8])
-        more = ", …" if len(vals) > 8 else ""
-        sentence += f" Swept <code>{escape(ax)}</code> over {len(vals)} values ({shown}{more})."
-        if point_label:
-            sentence += f" Headline numbers are for the last point ({escape(point_label)})."
-    counts = {int(p.get("n_measured", p.get("n_queries"))) for p in data.policies.values()
-              if finite(p.get("n_measured", p.get("n_queries")))}
-    if len(counts) == 1:
-        sentence += f" {counts.pop():,} measured queries per policy (warm-up discarded)."
+        text += Markup(" Policies compared on common random numbers: {}.").format(", ".join(pol))
+    points = data.points
+    axes = data.axes
+    if len(points) > 1 and axes:
+        described = []
+        for a in axes:
+            vals = list(dict.fromkeys(p.get(a) for p in points))
+            shown = ", ".join(fmt_value(v) for v in vals[:8]) + (", …" if len(vals) > 8 else "")
+            described.append(Markup("<code>{}</code> over {} values ({})").format(a, len(vals), shown))
+        text += Markup(" Swept ") + Markup(" × ").join(described) + Markup(": {} points.").format(len(points))
+    elif len(points) > 1:
+        text += Markup(" {} sweep points.").format(len(points))
+    hp = data.headline_point
+    if len(points) > 1 and hp is not None:
+        last = " (the last)" if hp == max(p["point"] for p in points) else ""
+        text += Markup(" The headline table is for point {}{}: {}; the comparison with the baseline covers every "
+                       "point.").format(hp, last, data.point_label(hp) or "")
+    measured = {int(p["n_measured"]) for p in data.policies.values() if finite(p.get("n_measured"))}
+    simulated = {int(p["n_queries"]) for p in data.policies.values() if finite(p.get("n_queries"))}
+    if len(measured) == 1:
+        text += Markup(" {:,} measured queries per policy").format(measured.pop())
+        if len(simulated) == 1:
+            text += Markup(" of {:,} simulated").format(simulated.pop())
+        text += Markup(" (warm-up discarded).")
     methods = list(s.get("coding") or {})
     if methods:
-        sentence += f" Coding method{'s' if len(methods) > 1 else ''}: {', '.join(escape(m) for m in methods)}."
-    return f'<p class="lead">{sentence}</p>'
+        text += Markup(" Coding method{}: {}.").format("s" if len(methods) > 1 else "", ", ".join(methods))
+    return text
 
 
-def _meta_line(s: Mapping[str, Any]) -> str:
-    bits = []
-    for key, label in (("created", "created"), ("seed", "seed"), ("device", "device")):
-        if s.get(key) is not None:
-            bits.append(f"{label} {escape(str(s[key]))}")
+def _meta(s: Mapping[str, Any]) -> list[str]:
+    bits = [f"{label} {s[key]}" for key, label in (("created", "created"), ("seed", "seed"), ("device", "device"))
+            if s.get(key) is not None]
     versions = s.get("versions") or {}
     if versions:
-        bits.append(" ".join(f"{escape(str(k))} {escape(str(v))}" for k, v in versions.items()))
-    return f'<p class="meta">{" · ".join(bits)}</p>' if bits else ""
-
-
-def _figure(fig: FigureEntry) -> str:
-    b64 = base64.b64encode(fig.png).decode("ascii")
-    return (f'<figure id="fig-{escape(fig.name)}"><img alt="{escape(fig.alt)}" src="data:image/png;base64,{b64}">'
-            f"<figcaption>{escape(fig.caption)}</figcaption></figure>")
+        bits.append(" ".join(f"{k} {v}" for k, v in versions.items()))
+    if s.get("migrated_from"):
+        bits.append(f"summary schema {s['migrated_from']} (read as {s.get('schema_version')})")
+    return bits
 
 
 def build_html(data: ResultData, figures: Sequence[FigureEntry], colors: Mapping[str, str],
-               coding: pd.DataFrame, point_label: str | None) -> str:
+               coding: pd.DataFrame) -> str:
     """The whole page as one string (deterministic for a given folder, so re-rendering is idempotent)."""
     s = data.summary
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>coinsim report: {escape(s['scenario'])}</title><style>{CSS}</style></head><body><main>",
-           f"<h1>coinsim report: {escape(s['scenario'])}</h1>", _meta_line(s)]
-    if isinstance(s.get("description"), str) and s["description"].strip():
-        out.append(f'<p class="desc">{escape(s["description"].strip())}</p>')
-    out.append(_what_was_run(data, point_label))
+    base, _ = baseline_policy(data)
+    headline = None
     if data.policies:
-        out.append("<h2>Headline</h2>")
-        out.append(takeaway(data.policies))
-        out.append(headline_table(data.policies, colors))
-        out.append('<p class="note">Latency in ms with confidence intervals in brackets; warm-up discarded. '
-                   "Accuracy is of the answers actually returned (direct, replica, hedge or decoded). Extra load is "
-                   "server time per query relative to the uncoded policy. Highlighted: lowest p99.9.</p>")
-    if figures:
-        out.append("<h2>Figures</h2>")
-        out += [_figure(f) for f in figures]
+        where = data.point_label(data.headline_point) if len(data.points) > 1 else None
+        headline = {"where": where, "takeaway": takeaway(data.policies, base),
+                    "table": headline_table(data.policies, colors)}
+    sweep = None
     if data.sweep_axis is not None and data.sweep is not None:
-        out.append(f"<details><summary>All sweep points ({data.sweep['point'].nunique()} points × "
-                   f"{data.sweep['policy'].nunique()} policies)</summary>"
-                   f"{sweep_table(data.sweep, data.sweep_axis, data.policy_order)}</details>")
-    if len(coding):
-        out.append("<h2>Coding</h2>")
-        out.append(coding_table(coding, s.get("coding")))
-        out.append('<p class="note">NDA = accuracy of the decoded output / accuracy of the expert itself, on the '
-                   "expert's test partition (small grey numbers: decoded / expert accuracy).</p>")
-    if s.get("profile"):
-        out.append("<h2>Latency profile</h2>")
-        out.append(profile_table(s["profile"]))
-        out.append('<p class="note">Measured forward passes on the device; these samples are the simulator\'s '
-                   "service times, with stragglers injected on top.</p>")
-    if s.get("live_check"):
-        out.append("<h2>Live check</h2>")
-        out.append(live_table(s["live_check"]))
-        n = s["live_check"].get("n_queries")
-        out.append(f'<p class="note">Profiled mode vs real forward passes at each service event'
-                   f'{f" ({int(n):,} queries)" if finite(n) else ""}.</p>')
-    if data.notes:
-        out.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in data.notes) + "</ul>")
-    if data.scenario_toml is not None:
-        out.append("<h2>Scenario</h2>")
-        out.append(f"<details><summary>scenario.toml (resolved)</summary><pre>{escape(data.scenario_toml)}</pre>"
-                   "</details>")
-    out.append("</main></body></html>\n")
-    return "\n".join(x for x in out if x)
+        axes = data.axes or [data.sweep_axis]
+        sweep = {"points": data.sweep["point"].nunique(), "policies": data.sweep["policy"].nunique(),
+                 "table": sweep_table(data.sweep, axes, data.policy_order)}
+    live = s.get("live_check")
+    live_where = data.point_label(live.get("point", data.headline_point)) if live else None
+    description = s.get("description").strip() if isinstance(s.get("description"), str) else ""
+    return _PAGE.render(
+        s=s, css=CSS, meta=_meta(s), description=description, lead=_lead(data),
+        versus=versus_baseline(data) if len(data.points) else None, headline=headline,
+        figures=[{"name": f.name, "alt": f.alt, "caption": f.caption, "b64": base64.b64encode(f.png).decode("ascii")}
+                 for f in figures],
+        sweep=sweep, coding=coding_table(coding, s.get("coding")) if len(coding) else None,
+        profile=profile_table(s["profile"]) if s.get("profile") else None,
+        live=live_table(live, live_where) if live else None, notes=data.notes, scenario_toml=data.scenario_toml)

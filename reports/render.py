@@ -78,42 +78,47 @@ def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str,
     order = data.policy_order
     colors = F.policy_colors(order, data.policy_kinds)
     axis = data.sweep_axis
+    facets = data.facet_axes
     point = main_point(data)
     sw = data.sweep
     plans: list[tuple[str, Callable[[], Figure], str, str]] = []
     q = data.queries
-    where = None
-    if axis is not None and sw is not None and point is not None:
-        rows = sw[sw["point"] == point]
-        where = f"{F.axis_label(axis)} = {rows[axis].iloc[0]}" if len(rows) else None
+    where = data.point_label(point) if axis is not None else None
+    per_facet = (f" One panel per {', '.join(F.axis_label(a) for a in facets)}." if facets else "")
     if q is not None and len(q):
         plans.append(("latency_ccdf", lambda: F.latency_ccdf(q, order, colors, point, where),
                       "Share of queries slower than x (log scale): the lower and further left a curve ends, the "
                       "shorter the tail; read p99 and p99.9 where it crosses the dotted lines.",
                       "Latency CCDF per policy"))
     if axis is not None and sw is not None:
-        plans.append(("tail_vs_sweep", lambda: F.tail_vs_sweep(sw, axis, order, colors),
+        plans.append(("tail_vs_sweep", lambda: F.tail_vs_sweep(sw, axis, order, colors, facets),
                       f"Tail latency as {F.axis_label(axis)} grows; shaded bands are confidence intervals — "
-                      "look for where the curves separate and whether the bands overlap.",
+                      f"look for where the curves separate and whether the bands overlap.{per_facet}",
                       "p99 and p99.9 latency vs sweep axis"))
-        if _has_values(sw, "accuracy"):
-            plans.append(("accuracy_vs_sweep", lambda: F.accuracy_vs_sweep(sw, axis, order, colors),
+        if _has_values(sw, "accuracy_pct"):
+            plans.append(("accuracy_vs_sweep", lambda: F.accuracy_vs_sweep(sw, axis, order, colors, facets),
                           "Accuracy of what the system answered: decoded answers cost some accuracy, so a coded "
-                          "policy dips as it decodes more often.", "Accuracy vs sweep axis"))
+                          f"policy dips as it decodes more often.{per_facet}", "Accuracy vs sweep axis"))
     fractions = F.answer_fractions(q, sw)
+    mix = fractions.drop(columns=["point", "policy"], errors="ignore")
     if len(fractions) and axis is not None and sw is not None:
-        plans.append(("answer_mix", lambda: F.answer_mix_vs_sweep(fractions, sw, axis, order, colors),
+        plans.append(("answer_mix", lambda: F.answer_mix_vs_sweep(fractions, sw, axis, order, colors, facets),
                       "How often a query was answered by something other than its own server (decoding, a "
-                      "replica or a hedged copy) — the mechanism behind each tail.",
+                      f"replica or a hedged copy) — the mechanism behind each tail.{per_facet}",
                       "Answer mix vs sweep axis"))
-    elif len(fractions) and fractions.drop(columns=["point", "policy"]).to_numpy(dtype=float).sum() > 0:
+    elif len(fractions) and mix.to_numpy(dtype=float).sum() > 0:
         plans.append(("answer_mix", lambda: F.answer_mix_bars(fractions, order),
                       "How each policy's queries were answered; anything but grey is a query rescued from a "
                       "slow or failed server.", "Answer mix per policy"))
-    if axis is not None and _has_values(sw, "extra_load_vs_uncoded"):
-        plans.append(("extra_load_vs_sweep", lambda: F.extra_load_vs_sweep(sw, axis, order, colors),
+    if axis is not None and _has_values(sw, "extra_load_vs_uncoded_pct"):
+        negative = bool((pd.to_numeric(sw["extra_load_vs_uncoded_pct"], errors="coerce") < 0).any())
+        plans.append(("extra_load_vs_sweep", lambda: F.extra_load_vs_sweep(sw, axis, order, colors, facets),
                       "Server time spent per query relative to uncoded: the price each policy pays for its "
-                      "tail (cancelled and lost work included).", "Extra load vs sweep axis"))
+                      "tail (cancelled and lost work included)."
+                      + (" Below zero a policy did less work than uncoded: when another copy or the decoder "
+                         "answers first, the straggling task is cancelled and its server freed early, which "
+                         "can save more time than the redundant copies cost." if negative else "") + per_facet,
+                      "Extra load vs sweep axis"))
     if q is not None and len(q) and ("correlat" in data.summary["scenario"].lower() or _bursty(q, point)):
         plans.append(("traffic_over_time", lambda: F.traffic_over_time(q, point, order, colors),
                       "Arrivals per model and backlog per policy over simulated time: bursts of a hot model "
@@ -121,9 +126,9 @@ def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str,
                       "Traffic and queue length over time"))
     table = F.nda_table(data.summary.get("coding"), data.nda)
     if len(table):
-        avg = {m: c.get("nda_avg") for m, c in (data.summary.get("coding") or {}).items()}
+        avg = {m: c.get("nda_avg_pct") for m, c in (data.summary.get("coding") or {}).items()}
         plans.append(("nda_bars", lambda: F.nda_bars(table, avg),
-                      "Normalized decoding accuracy per expert and method: bars near the dashed line at 1.0 "
+                      "Normalized decoding accuracy per expert and method: bars near the dashed line at 100 % "
                       "mean a decoded answer is as good as the expert's own.", "NDA per coding method"))
     return plans
 
@@ -155,14 +160,8 @@ def render(result_dir: Path | str) -> Path:
                         ("scenario.toml", "scenario listing")):
         if not (path / fname).exists():
             data.notes.append(f"no {fname} in this folder: {what} skipped.")
-    point = main_point(data)
-    label = None
-    if data.sweep_axis is not None and data.sweep is not None and point is not None:
-        rows = data.sweep[data.sweep["point"] == point]
-        if len(rows):
-            label = f"{data.sweep_axis} = {rows[data.sweep_axis].iloc[0]}"
     colors = F.policy_colors(data.policy_order, data.policy_kinds)
-    html = build_html(data, entries, colors, F.nda_table(data.summary.get("coding"), data.nda), label)
+    html = build_html(data, entries, colors, F.nda_table(data.summary.get("coding"), data.nda))
     out = path / "report.html"
     _atomic_write(out, html.encode("utf-8"))
     return out

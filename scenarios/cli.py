@@ -366,6 +366,7 @@ def validate(scenario: str, out_root: Path, seed: int | None, sets: tuple[str, .
 
 
 def _print_run_summary(folder: Path) -> None:
+    """The NDA table and every sweep point's numbers, from the files just written (same names and units)."""
     import json
 
     summary = json.loads((folder / "summary.json").read_text())
@@ -374,15 +375,16 @@ def _print_run_summary(folder: Path) -> None:
         def num(value: float | None) -> str:  # NaN (an expert right nowhere) is null in summary.json
             return "nan" if value is None else f"{value:.2f}"
 
-        rows = [(m, num(c["nda_avg"]), *(num(c["nda"][e["name"]]) for e in summary["experts"]),
+        rows = [(m, num(c["nda_avg_pct"]), *(num(c["nda_pct"][e["name"]]) for e in summary["experts"]),
                  f"{c['encode_seconds']:.2f}") for m, c in summary["coding"].items()]
-        _print_table(["method", "NDA avg", *(e["name"] for e in summary["experts"]), "encode s"], rows)
+        _print_table(["method", "nda_avg_pct", *(f"{e['name']} nda_pct" for e in summary["experts"]),
+                      "encode_seconds"], rows)
         click.echo("")
     import pandas as pd
 
     sweep = pd.read_parquet(folder / "sweep.parquet")
-    cols = [c for c in [*axes, "policy", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "accuracy", "decoded_fraction",
-                        "extra_load_vs_uncoded"] if c and c in sweep]
+    cols = [c for c in [*axes, "policy", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "accuracy_pct", "decoded_pct",
+                        "extra_load_vs_uncoded_pct"] if c and c in sweep]
     rows = [tuple(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)
             for r in sweep[cols].itertuples(index=False)]
     _print_table(cols, rows)

@@ -103,15 +103,34 @@ def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: in
     return correct
 
 
+# The simulator's per-policy summary in [0, 1] fractions, renamed to the one unit and name of every result file
+# (summary.json, sweep.parquet, report, CLI): percent, named *_pct. The answer mix is recomputed below.
+_SIM_FRACTIONS_AS_PCT = {"utilization": "utilization_pct", "extra_load_vs_uncoded": "extra_load_vs_uncoded_pct"}
+_SIM_KEYS_DROPPED = ("decoded_fraction", "frac_direct", "frac_replica", "frac_hedge", "frac_decoded")
+ANSWER_KINDS = ("direct", "replica", "hedge", "decoded")
+
+
 def _policy_summary(records: pd.DataFrame, sim_summary: dict[str, Any]) -> dict[str, Any]:
+    """One policy at one point: the simulator's scalars plus the answer mix and accuracy, fractions in percent.
+
+    `n_queries` is the number of simulated queries (warm-up included, as configured), `n_measured` those the
+    statistics use; `<how>_pct` is the share of measured queries answered direct / by a replica / by a hedge /
+    by decoding; `accuracy_pct` the share of measured queries answered right.
+    """
     measured = records[~records["warmup"].to_numpy()]
-    out = {k: v for k, v in sim_summary.items() if isinstance(v, int | float | str | bool) or v is None}
-    out["n_queries"] = int(len(measured))
+    out = {k: v for k, v in sim_summary.items()
+           if (isinstance(v, int | float | str | bool) or v is None) and k not in _SIM_KEYS_DROPPED}
+    for old, new in _SIM_FRACTIONS_AS_PCT.items():
+        if old in out:
+            value = out.pop(old)
+            out[new] = None if value is None else float(value) * 100
+    out["n_queries"] = int(len(records))
+    out["n_measured"] = int(len(measured))
     counts = measured["answered_by"].value_counts(normalize=True)
-    for how in ("direct", "replica", "hedge", "decoded"):
-        out[f"{how}_fraction"] = float(counts.get(how, 0.0))
+    for how in ANSWER_KINDS:
+        out[f"{how}_pct"] = float(counts.get(how, 0.0)) * 100
     if "correct" in measured:
-        out["accuracy"] = float(measured["correct"].mean() * 100)
+        out["accuracy_pct"] = float(measured["correct"].mean() * 100)
     return out
 
 

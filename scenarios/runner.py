@@ -36,6 +36,9 @@ from scenarios.schema import Scenario, axis_column, sim_config_for
 from sim import SimConfig, simulate
 
 LATENCY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms")
+# summary.json layout: 2 = every sweep point under `points`, `headline_point`, accuracies, NDA and fractions in
+# percent named *_pct, `n_queries` simulated vs `n_measured` after warm-up. Folders without the field are 1.
+SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -484,7 +487,14 @@ def run_scenario(
     queries = pd.concat(frames, ignore_index=True)
     sweep = pd.DataFrame(sweep_rows)
 
+    def with_latency(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {policy: {**stats, "latency_ms": {key.removesuffix("_ms"): stats[key] for key in LATENCY_KEYS
+                                                 if key in stats}}
+                for policy, stats in policies.items()}
+
+    headline = len(points) - 1  # the last sweep point, as before points were all written
     summary: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
         "scenario": scenario.name,
         "description": scenario.description,
         "seed": scenario.seed,
@@ -493,28 +503,33 @@ def run_scenario(
         "device": facts.device if facts else "n/a",
         "sweep_axis": columns[0] if columns else None,
         "sweep_axes": columns,
-        "policies": {policy: {**stats, "latency_ms": {key.removesuffix("_ms"): stats[key] for key in LATENCY_KEYS
-                                                     if key in stats}}
-                     for policy, stats in results[-1][1].items()},
+        "headline_point": headline,
+        "policies": with_latency(results[headline][1]),
+        "points": [{"point": index, **{axis_column(axis): value for axis, value in values.items()},
+                    "policies": with_latency(point_summary)}
+                   for index, ((values, _), (_, point_summary)) in enumerate(zip(points, results, strict=True))],
         "timings": {**(facts.timings if facts else {}), "simulation_s": sim_seconds,
                     "total_s": time.perf_counter() - started},
     }
     if facts is not None and scenario.profile.live_check_queries > 0:
         _say(f"live check: replaying {scenario.profile.live_check_queries} queries with real forward passes", quiet)
-        summary["live_check"] = live_check(scenario, facts, points[-1][1])
+        summary["live_check"] = {**live_check(scenario, facts, points[headline][1]), "point": headline}
     if facts is not None:
-        summary["experts"] = facts.experts
+        percent = {"accuracy": "accuracy_pct", "nda": "nda_pct", "decoded_acc": "decoded_acc_pct",
+                   "expert_acc": "expert_acc_pct"}  # the networks side measures these in percent already
+        summary["experts"] = [{percent.get(k, k): v for k, v in e.items()} for e in facts.experts]
         summary["coded_method"] = facts.coded_name
         summary["coding_matrix"] = facts.answers.matrix.tolist()
         if facts.multi_decode:
             from coin.multicode import worst_condition
 
-            summary["multi_decode"] = facts.multi_decode
+            summary["multi_decode"] = [{percent.get(k, k): v for k, v in row.items()} for row in facts.multi_decode]
             summary["coding_matrix_worst_condition"] = worst_condition(facts.answers.matrix)
         summary["coding"] = {
-            method: {"nda": dict(zip(g["expert"], g["nda"], strict=True)), "nda_avg": float(g["nda"].mean()),
-                     "decoded_acc": dict(zip(g["expert"], g["decoded_acc"], strict=True)),
-                     "expert_acc": dict(zip(g["expert"], g["expert_acc"], strict=True)),
+            method: {"nda_pct": dict(zip(g["expert"], g["nda"], strict=True)),
+                     "nda_avg_pct": float(g["nda"].mean()),
+                     "decoded_acc_pct": dict(zip(g["expert"], g["decoded_acc"], strict=True)),
+                     "expert_acc_pct": dict(zip(g["expert"], g["expert_acc"], strict=True)),
                      "encode_seconds": float(g["encode_seconds"].iloc[0])}
             for method, g in facts.nda.groupby("method", sort=False)
         }

@@ -1,4 +1,5 @@
-"""Synthetic but realistic result folders, written the way the runner writes them (parquet, json, csv, toml)."""
+"""Synthetic but realistic result folders, written the way the runner writes them (parquet, json, csv, toml):
+summary.json schema version 2, everything percent-valued in percent and named *_pct."""
 
 from __future__ import annotations
 
@@ -53,18 +54,21 @@ def _ci(x: np.ndarray, q: float) -> tuple[float, float, float]:
     return v, v - half, v + half
 
 
-def _stats(frame: pd.DataFrame, load: float | None) -> dict:
+def _stats(frame: pd.DataFrame, load_pct: float | None) -> dict:
     lat = frame.loc[~frame["warmup"], "latency_ms"].to_numpy()
     meas = frame[~frame["warmup"]]
-    out: dict = {}
+    out: dict = {"kind": frame["policy"].iloc[0]}
     for key, q in (("p50_ms", 50), ("p95_ms", 95), ("p99_ms", 99), ("p999_ms", 99.9)):
         out[key], out[f"{key}_lo"], out[f"{key}_hi"] = _ci(lat, q)
     m = float(lat.mean())
     out.update(mean_ms=m, mean_ms_lo=m * 0.97, mean_ms_hi=m * 1.03)
-    out["accuracy"] = float(meas["correct"].mean()) if "correct" in meas else None
-    out["decoded_fraction"] = float((meas["answered_by"] == "decoded").mean())
-    out["extra_load_vs_uncoded"] = load
+    out["accuracy_pct"] = float(meas["correct"].mean() * 100) if "correct" in meas else None
+    for how in ("direct", "replica", "hedge", "decoded"):
+        out[f"{how}_pct"] = float((meas["answered_by"] == how).mean() * 100)
+    out["extra_load_vs_uncoded_pct"] = load_pct
+    out["server_ms_per_query"] = float(meas["server_ms"].mean())
     out["n_queries"] = int(len(frame))
+    out["n_measured"] = int(len(meas))
     return out
 
 
@@ -75,8 +79,8 @@ def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.
     """Write a result folder under `root`; return (folder, summary dict as written)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
-    frames, sweep_rows, main = [], [], {}
-    load = {"uncoded": 0.0, "replication": 1.0, "hedged": 0.07, "coded": 0.5}
+    frames, sweep_rows, per_point = [], [], []
+    load = {"uncoded": 0.0, "replication": 100.0, "hedged": 7.0, "coded": 50.0}
     for point, p in enumerate(points):
         model = rng.integers(0, 2, n)
         arrival = np.cumsum(rng.exponential(12.0, n))
@@ -88,38 +92,45 @@ def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.
                 "point": point, "policy": policy, "query_id": np.arange(n), "model": model,
                 "model_name": np.array(EXPERTS)[model], "sample_id": sample, "arrival_ms": arrival,
                 "finish_ms": arrival + lat, "latency_ms": lat, "answered_by": how,
-                "servers_used": np.where(how == "direct", "0", "1,2"), "server_ms": lat * (1 + load[policy]),
+                "servers_used": np.where(how == "direct", "0", "1,2"), "server_ms": lat * (1 + load[policy] / 100),
                 "warmup": np.arange(n) < n // 10,
             })
             if with_correct:
                 f["correct"] = rng.random(n) < acc
             frames.append(f)
-            st = _stats(f, load[policy])
+            st = {**_stats(f, load[policy]), "utilization_pct": 30.0 + 10 * POLICIES.index(policy)}
             sweep_rows.append({"point": point, AXIS: p, "policy": policy, **st})
-            if point == len(points) - 1:
-                main[policy] = {**st, "utilization": 0.3 + 0.1 * POLICIES.index(policy), "p95_ms_lo": st["p95_ms_lo"]}
+            if policy == POLICIES[0]:
+                per_point.append({"point": point, AXIS: p, "policies": {}})
+            per_point[-1]["policies"][policy] = st
     queries = pd.concat(frames, ignore_index=True)
     sweep = pd.DataFrame(sweep_rows)
     if not with_correct:
-        sweep["accuracy"] = None
+        sweep["accuracy_pct"] = None
     coding = {
-        "coin": {"nda": {"low": 0.93, "high": 0.91}, "nda_avg": 0.92, "decoded_acc": {"low": 0.91, "high": 0.89},
-                 "expert_acc": {"low": 0.98, "high": 0.978}, "encode_seconds": 1.25},
-        "vanilla": {"nda": {"low": 0.41, "high": 0.37}, "nda_avg": 0.39, "decoded_acc": {"low": 0.40, "high": 0.36},
-                    "expert_acc": {"low": 0.98, "high": 0.978}, "encode_seconds": 0.02},
+        "coin": {"nda_pct": {"low": 93.0, "high": 91.0}, "nda_avg_pct": 92.0,
+                 "decoded_acc_pct": {"low": 91.0, "high": 89.0}, "expert_acc_pct": {"low": 98.0, "high": 97.8},
+                 "encode_seconds": 1.25},
+        "vanilla": {"nda_pct": {"low": 41.0, "high": 37.0}, "nda_avg_pct": 39.0,
+                    "decoded_acc_pct": {"low": 40.0, "high": 36.0}, "expert_acc_pct": {"low": 98.0, "high": 97.8},
+                    "encode_seconds": 0.02},
     }
     summary = {
+        "schema_version": 2,
         "scenario": scenario, "seed": seed, "created": "2025-01-01T12:00:00+00:00",
         "versions": {"coinsim": "0.1.0", "torch": "2.3.0"}, "device": "cpu",
         "sweep_axis": AXIS if len(points) > 1 else None,
-        "experts": [{"name": e, "partition": f"labels {i * 5}-{i * 5 + 4}", "accuracy": 0.98}
+        "sweep_axes": [AXIS] if len(points) > 1 else [],
+        "experts": [{"name": e, "partition": f"labels {i * 5}-{i * 5 + 4}", "accuracy_pct": 98.0}
                     for i, e in enumerate(EXPERTS)],
         "coding": coding,
         "profile": {"low": {"mean_ms": 4.1, "p50_ms": 4.0, "p99_ms": 6.2, "batch_size": 1, "device": "cpu",
                             "n_samples": 200},
                     "coded": {"mean_ms": 4.3, "p50_ms": 4.2, "p99_ms": 6.6, "batch_size": 1, "device": "cpu",
                               "n_samples": 200}},
-        "policies": main,
+        "headline_point": len(points) - 1,
+        "policies": per_point[-1]["policies"],
+        "points": per_point if len(points) > 1 else [{"point": 0, "policies": per_point[0]["policies"]}],
         "live_check": {"profiled_p50_ms": 4.0, "live_p50_ms": 4.2, "profiled_p99_ms": 31.0, "live_p99_ms": 33.5,
                        "n_queries": 400},
     }
@@ -131,8 +142,8 @@ def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.
     if "sweep.parquet" in files:
         sweep.to_parquet(root / "sweep.parquet", index=False)
     if "nda.csv" in files:
-        rows = [{"method": m, "expert": e, "nda": c["nda"][e], "decoded_acc": c["decoded_acc"][e],
-                 "expert_acc": c["expert_acc"][e], "encode_seconds": c["encode_seconds"]}
+        rows = [{"method": m, "expert": e, "nda": c["nda_pct"][e], "decoded_acc": c["decoded_acc_pct"][e],
+                 "expert_acc": c["expert_acc_pct"][e], "encode_seconds": c["encode_seconds"]}
                 for m, c in coding.items() for e in EXPERTS]
         pd.DataFrame(rows).to_csv(root / "nda.csv", index=False)
     return root, summary

@@ -79,34 +79,43 @@ def test_metric_vs_sweep_handles_categorical_axis(data):
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == [f"v{p}" for p in range(5)]
     y = ax.get_lines()[0].get_ydata()
-    assert np.nanmax(y) <= 100 and np.nanmin(y) > 50  # accuracy plotted in percent
+    uncoded = sw[sw.policy == POLICIES[0]].sort_values("point")["accuracy_pct"].to_numpy()
+    assert y.tolist() == pytest.approx(uncoded.tolist())  # plotted as stored: percent, never rescaled
 
 
-def test_answer_fractions_from_queries_sum_to_one(data):
+def test_answer_fractions_from_queries_sum_to_100_and_match_the_sweep(data):
     frac = reports.answer_fractions(data.queries, data.sweep)
-    kinds = ["direct", "replica", "hedge", "decoded"]
-    assert np.allclose(frac[kinds].sum(axis=1), 1.0)
-    coded = frac[(frac.policy == "coded") & (frac.point == 4)]["decoded"].iloc[0]
-    assert coded == pytest.approx(data.sweep.query("policy == 'coded' and point == 4")["decoded_fraction"].iloc[0])
+    kinds = ["direct_pct", "replica_pct", "hedge_pct", "decoded_pct"]
+    assert np.allclose(frac[kinds].sum(axis=1), 100.0)
+    for kind in kinds:
+        merged = frac.merge(data.sweep[["point", "policy", kind]], on=["point", "policy"], suffixes=("", "_sweep"))
+        assert np.allclose(merged[kind], merged[f"{kind}_sweep"])
     fig = reports.answer_mix_vs_sweep(frac, data.sweep, AXIS, list(POLICIES))
     assert [ax.get_title() for ax in fig.axes] == ["Decoded answers", "Replica answers", "Hedge answers"]
+    decoded = fig.axes[0].get_lines()[0]
+    assert decoded.get_label() == "coded"
+    coded = data.sweep[data.sweep.policy == "coded"].sort_values(AXIS)
+    assert decoded.get_ydata().tolist() == pytest.approx(coded["decoded_pct"].tolist())
 
 
-def test_answer_fractions_fall_back_to_sweep_decoded_fraction(data):
+def test_answer_fractions_fall_back_to_the_sweep_columns(data):
     frac = reports.answer_fractions(None, data.sweep)
-    assert list(frac.columns) == ["point", "policy", "decoded"]
-    fig = reports.answer_mix_vs_sweep(frac, data.sweep, AXIS)
+    assert list(frac.columns) == ["point", "policy", "direct_pct", "replica_pct", "hedge_pct", "decoded_pct"]
+    only_decoded = reports.answer_fractions(None, data.sweep.drop(columns=["direct_pct", "replica_pct", "hedge_pct"]))
+    fig = reports.answer_mix_vs_sweep(only_decoded, data.sweep, AXIS)
     assert len(fig.axes) == 1
 
 
-def test_nda_bars_one_group_per_expert_plus_average():
+def test_nda_bars_one_group_per_expert_plus_average_with_the_reference_at_100():
     table = pd.DataFrame({"method": ["coin", "coin", "vanilla", "vanilla"], "expert": ["a", "b", "a", "b"],
-                          "nda": [0.9, 0.8, 0.4, 0.5]})
-    fig = reports.nda_bars(table, {"coin": 0.85})
+                          "nda_pct": [90.0, 80.0, 40.0, 50.0]})
+    fig = reports.nda_bars(table, {"coin": 85.0})
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "average"]
     heights = [round(p.get_height(), 3) for p in ax.patches]
-    assert heights == [0.9, 0.8, 0.85, 0.4, 0.5, 0.45]  # vanilla's average computed from its experts
+    assert heights == [90.0, 80.0, 85.0, 40.0, 50.0, 45.0]  # vanilla's average computed from its experts
+    reference = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(reference) == 1 and set(reference[0].get_ydata()) == {100.0}  # NDA is in percent
 
 
 def test_traffic_over_time_counts_queries_in_system(data):
@@ -133,7 +142,7 @@ def test_time_average_in_system_exact_on_a_tiny_trace():
 
 def test_accuracy_axis_does_not_zoom_into_noise(data):
     sw = data.sweep.copy()
-    sw["accuracy"] = 0.98 + 1e-5 * sw["point"]  # a 0.004-point wobble
+    sw["accuracy_pct"] = 98.0 + 1e-3 * sw["point"]  # a 0.004-point wobble
     ax = reports.accuracy_vs_sweep(sw, AXIS).axes[0]
     lo, hi = ax.get_ylim()
     assert hi - lo == pytest.approx(2.0) and hi <= 100.0

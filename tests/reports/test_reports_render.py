@@ -57,13 +57,13 @@ def test_html_shows_policies_and_summary_numbers(full):
         assert f"{escape(name)}</td>" in html
         for key in ("mean_ms", "p50_ms", "p99_ms", "p999_ms", "p99_ms_lo", "p999_ms_hi"):
             assert fmt_ms(p[key]) in html, (name, key)
-        assert fmt_pct(p["accuracy"], digits=2) in html
-        assert fmt_pct(p["decoded_fraction"]) in html
-        assert fmt_pct(p["extra_load_vs_uncoded"], signed=True) in html
+        assert fmt_pct(p["accuracy_pct"], digits=2) in html
+        assert fmt_pct(p["decoded_pct"]) in html
+        assert fmt_pct(p["extra_load_vs_uncoded_pct"], signed=True) in html
     for method, c in summary["coding"].items():
         assert f"<td>{method}</td>" in html
-        assert f"{c['nda_avg']:.3f}" in html
-        assert f"{c['nda']['low']:.3f}" in html
+        assert f'<td class="strong">{c["nda_avg_pct"]:.2f}</td>' in html
+        assert f"<td>{c['nda_pct']['low']:.2f}<span" in html
     assert fmt_ms(summary["live_check"]["live_p99_ms"]) in html
     assert fmt_ms(summary["profile"]["coded"]["p99_ms"]) in html
 
@@ -76,14 +76,15 @@ def test_best_tail_is_highlighted(full):
     assert html.count('class="best"') == 1
 
 
-def test_takeaway_names_the_best_tail_and_compares_with_uncoded(full):
+def test_takeaway_names_the_best_tail_and_compares_with_replication(full):
     _, summary, _, html, _ = full
     pol = summary["policies"]
     best = min(pol, key=lambda n: pol[n]["p999_ms"])
-    para = re.search(r'<p class="takeaway">(.*?)</p>', html, re.S).group(1)
+    headline = html[html.index("<h2>Headline"):]
+    para = re.search(r'<p class="takeaway">(.*?)</p>', headline, re.S).group(1)
     assert para.startswith(f"<strong>{best}</strong> has the shortest p99.9 tail ({fmt_ms(pol[best]['p999_ms'])} ms")
-    change = pol[best]["p999_ms"] / pol["uncoded"]["p999_ms"] - 1
-    assert f"{change * 100:+.0f}% vs uncoded" in para
+    change = pol[best]["p999_ms"] / pol["replication"]["p999_ms"] - 1
+    assert f"{change * 100:+.0f}% vs replication" in para
 
 
 def test_full_sweep_table_lists_every_point_and_policy(full):
@@ -133,7 +134,7 @@ def test_sim_only_single_point_run(tmp_path):
                                    files=("queries.parquet", "sweep.parquet"))
     summary.pop("coding")
     for p in summary["policies"].values():
-        p["accuracy"] = None
+        p["accuracy_pct"] = None
     (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     html = reports.render(folder).read_text(encoding="utf-8")
     assert _figures(folder) == {"latency_ccdf", "answer_mix"}
@@ -151,14 +152,14 @@ def test_coding_only_run_uses_nda_csv(tmp_path):
     summary["policies"] = {}
     (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     rows = [{"scenario": "s", "seed": seed, "samples": 100, "method": m, "expert": i, "name": name,
-             "nda": base - 0.01 * i + 0.02 * seed, "decoded_acc": 0.9, "expert_acc": 0.98, "n": 500,
+             "nda": base - 1 * i + 2 * seed, "decoded_acc": 90.0, "expert_acc": 98.0, "n": 500,
              "encode_seconds": 0.5}
-            for seed in (0, 1) for m, base in (("coin", 0.9), ("regmean", 0.6)) for i, name in enumerate(("a", "b"))]
-    pd.DataFrame(rows).to_csv(folder / "nda.csv", index=False)
+            for seed in (0, 1) for m, base in (("coin", 90.0), ("regmean", 60.0)) for i, name in enumerate(("a", "b"))]
+    pd.DataFrame(rows).to_csv(folder / "nda.csv", index=False)  # `coinsim code` writes nda in percent
     html = reports.render(folder).read_text(encoding="utf-8")
     assert _figures(folder) == {"nda_bars"}
-    assert "<td>regmean</td>" in html and "<th>a</th>" in html
-    assert "0.910" in html  # coin, expert a: mean over seeds of 0.90 and 0.92
+    assert "<td>regmean</td>" in html and "<th>a NDA (%)</th>" in html
+    assert "<td>91.00<span" in html  # coin, expert a: mean over seeds of 90 and 92
     assert "Headline" not in html
 
 
@@ -212,27 +213,27 @@ def test_reports_imports_neither_torch_nor_simpy():
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_percent_units_are_read_as_fractions(tmp_path):
-    """The runner writes accuracy and NDA in percent; the report must show 98.08%, not 9808%."""
-    folder, summary = write_result(tmp_path / "run", n=300, files=("nda.csv", "sweep.parquet"))
-    for p in summary["policies"].values():
-        p["accuracy"] *= 100
-    for c in summary["coding"].values():
-        c["nda_avg"] *= 100
-        for k in ("nda", "decoded_acc", "expert_acc"):
-            c[k] = {e: v * 100 for e, v in c[k].items()}
+def test_units_come_from_the_schema_not_from_the_size_of_a_number(tmp_path):
+    """A version-2 accuracy of 0.98 is 0.98 %, however unlikely; nothing is rescaled by guessing."""
+    folder, summary = write_result(tmp_path / "run", n=300, files=("sweep.parquet",))
+    summary["policies"]["coded"]["accuracy_pct"] = 0.98
+    summary["coding"]["coin"]["nda_pct"]["low"] = 1.5
     (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
-    sweep = pd.read_parquet(folder / "sweep.parquet")
-    sweep["accuracy"] *= 100
-    sweep.to_parquet(folder / "sweep.parquet", index=False)
     data = reports.load_result(folder)
-    assert 0.5 < data.policies["coded"]["accuracy"] <= 1.0
-    assert data.sweep["accuracy"].max() <= 1.0
-    assert data.summary["coding"]["coin"]["nda"]["low"] == pytest.approx(0.93)
+    assert data.policies["coded"]["accuracy_pct"] == 0.98
+    assert data.summary["coding"]["coin"]["nda_pct"]["low"] == 1.5
+    sweep = pd.read_parquet(folder / "sweep.parquet")
+    pd.testing.assert_series_equal(data.sweep["accuracy_pct"], sweep["accuracy_pct"])
     html = reports.render(folder).read_text(encoding="utf-8")
-    assert fmt_pct(summary["policies"]["coded"]["accuracy"] / 100, digits=2) in html
-    assert "<strong>0.920</strong>" in html  # coin's average NDA as a ratio
+    assert "0.98%" in html and "<td>1.50<span" in html
     assert not re.search(r"\d{4}\.\d+%", html)  # no percent-of-percent such as 9808.33%
+
+
+def test_a_newer_schema_is_refused_in_one_line(tmp_path):
+    folder, summary = write_result(tmp_path / "run", n=200, files=())
+    (folder / "summary.json").write_text(json.dumps({**summary, "schema_version": 3}), encoding="utf-8")
+    with pytest.raises(reports.ReportError, match="schema_version 3 is newer"):
+        reports.load_result(folder)
 
 
 def test_names_from_the_folder_are_escaped(tmp_path):

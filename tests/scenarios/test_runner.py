@@ -243,11 +243,11 @@ def test_networks_run_joins_real_answers(tmp_path, zoo_cache):
     measured = queries[~queries["warmup"]]
     for policy, stats in summary["policies"].items():
         rows = measured[measured.policy == policy]
-        assert stats["accuracy"] == pytest.approx(rows["correct"].mean() * 100)
+        assert stats["accuracy_pct"] == pytest.approx(rows["correct"].mean() * 100)
     # the uncoded policy answers every query directly: its accuracy is the experts' accuracy on drawn samples
     uncoded = measured[measured.policy == "uncoded"]
     assert set(uncoded["answered_by"]) == {"direct"}
-    expert_acc = {e["name"]: e["accuracy"] for e in summary["experts"]}
+    expert_acc = {e["name"]: e["accuracy_pct"] for e in summary["experts"]}
     for name, rows in uncoded.groupby("model_name", observed=True):
         n = len(rows)
         assert abs(rows["correct"].mean() * 100 - expert_acc[name]) < 100 * 4 * np.sqrt(0.25 / n)
