@@ -6,12 +6,15 @@ folder can be re-rendered on a machine with only matplotlib and pandas.
 Public API
 ----------
 - ``render(result_dir) -> Path``: write ``figures/*.png`` and ``report.html`` into the folder (atomically).
-- ``load_result(result_dir) -> ResultData``: the checked contents of a result folder.
+- ``load_result(result_dir) -> ResultData``: the checked contents of a result folder, in summary schema 2
+  (every sweep point under ``points``, percentages in percent named ``*_pct``); folders written before the
+  schema had a version are converted by name on reading, never by guessing from the size of a number.
 - ``ReportError``: a ValueError with a one-line message for folders that cannot be rendered.
 - Figure builders (DataFrames/dicts in, ``matplotlib.figure.Figure`` out): ``latency_ccdf``, ``tail_vs_sweep``,
   ``accuracy_vs_sweep``, ``answer_mix_vs_sweep``, ``answer_mix_bars``, ``extra_load_vs_sweep``,
-  ``traffic_over_time``, ``nda_bars``; helpers ``policy_colors``, ``answer_fractions``, ``nda_table``,
-  ``time_average_in_system``.
+  ``traffic_over_time``, ``nda_bars``; the sweep figures take ``facet_by`` (the other axes of a grid: one
+  panel per combination of their values); helpers ``policy_colors``, ``answer_fractions``, ``nda_table``,
+  ``facet_groups``, ``time_average_in_system``.
 """
 
 from reports.figures import (
@@ -20,6 +23,7 @@ from reports.figures import (
     answer_mix_bars,
     answer_mix_vs_sweep,
     extra_load_vs_sweep,
+    facet_groups,
     latency_ccdf,
     metric_vs_sweep,
     nda_bars,
@@ -41,6 +45,7 @@ __all__ = [
     "answer_mix_bars",
     "answer_mix_vs_sweep",
     "extra_load_vs_sweep",
+    "facet_groups",
     "latency_ccdf",
     "load_result",
     "metric_vs_sweep",

@@ -245,3 +245,57 @@ def test_names_from_the_folder_are_escaped(tmp_path):
     html = reports.render(folder).read_text(encoding="utf-8")
     assert "&lt;b&gt;odd&lt;/b&gt;</td>" in html and "<b>odd</b>" not in html
     assert "<title>coinsim report: demo &lt;script&gt;</title>" in html and "<script" not in html
+
+
+def _versus_rows(html: str) -> list[list[tuple[str, str]]]:
+    block = re.search(r'<table class="versus">(.*?)</table>', html, re.S).group(1)
+    return [re.findall(r"<td([^>]*)>(.*?)</td>", row, re.S) for row in re.findall(r"<tr>(.*?)</tr>", block, re.S)[1:]]
+
+
+def test_versus_replication_marks_exactly_the_separated_intervals(full):
+    _, summary, _, html, _ = full
+    rows = _versus_rows(html)
+    assert len(rows) == len(summary["points"]) == 5
+    others = ["uncoded", "hedged", "coded"]
+    for row, point in zip(rows, summary["points"], strict=True):
+        pol, base = point["policies"], point["policies"]["replication"]
+        assert row[0][1] == f"{point['straggler_p']:g}"
+        for (attrs, text), name in zip(row[2:], others, strict=True):
+            p = pol[name]
+            apart_below = p["p999_ms_hi"] < base["p999_ms_lo"]
+            apart_above = p["p999_ms_lo"] > base["p999_ms_hi"]
+            assert ('class="good"' in attrs) == apart_below and ('class="bad"' in attrs) == apart_above
+            assert ("<sup>*</sup>" in text) == (apart_below or apart_above)
+            change = (p["p999_ms"] / base["p999_ms"] - 1) * 100
+            assert text.startswith(f"{round(change) + 0.0:+.0f}%")
+            assert f"accuracy {p['accuracy_pct'] - base['accuracy_pct']:+.2f} pt" in text
+
+
+def test_without_replication_the_baseline_is_uncoded_and_says_so(tmp_path):
+    folder, summary = write_result(tmp_path / "run", n=400, files=("sweep.parquet",))
+    summary["policies"].pop("replication")
+    for point in summary["points"]:
+        point["policies"].pop("replication", None)  # the last point shares its dict with `policies`
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    sweep = pd.read_parquet(folder / "sweep.parquet")
+    sweep[sweep["policy"] != "replication"].to_parquet(folder / "sweep.parquet", index=False)
+    html = reports.render(folder).read_text(encoding="utf-8")
+    assert "<h2>Against uncoded at every point</h2>" in html
+    assert "Compared with uncoded (this run has no replication policy)" in html
+    assert [len(r) for r in _versus_rows(html)] == [4] * 5  # axis, baseline, hedged, coded
+
+
+def test_negative_extra_load_is_explained_where_it_appears(tmp_path):
+    folder, summary = write_result(tmp_path / "run", n=400, files=("sweep.parquet",))
+    summary["policies"]["hedged"]["extra_load_vs_uncoded_pct"] = -3.5
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    html = reports.render(folder).read_text(encoding="utf-8")
+    headline = html[html.index("<h2>Headline"):html.index("<h2>Figures")]
+    assert "-3.5%<sup>†</sup>" in headline and "† Negative extra load" in headline
+    assert "Negative extra load" not in html[html.index("<details><summary>All sweep"):]  # none in the sweep
+    sweep = pd.read_parquet(folder / "sweep.parquet")
+    sweep.loc[sweep["policy"] == "hedged", "extra_load_vs_uncoded_pct"] = -2.0
+    sweep.to_parquet(folder / "sweep.parquet", index=False)
+    html = reports.render(folder).read_text(encoding="utf-8")
+    assert "† Negative extra load" in html[html.index("<details><summary>All sweep"):]
+    assert "Below zero a policy did less work than uncoded" in html  # the extra-load figure's caption
