@@ -232,8 +232,8 @@ def test_given_resnet_run_end_to_end_matches_the_zoo_path(given_dir, tmp_path, m
     summary = json.loads((first / "summary.json").read_text())
     assert set(summary["coding"]) == {"coin", "vanilla"}
     assert {e["name"] for e in summary["experts"]} == set(EXPERTS)
-    assert all(e["accuracy"] > 50 for e in summary["experts"]), "experts better than chance on their 2 classes"
-    assert all(np.isfinite(v) for c in summary["coding"].values() for v in c["nda"].values())
+    assert all(e["accuracy_pct"] > 50 for e in summary["experts"]), "experts better than chance on their 2 classes"
+    assert all(np.isfinite(v) for c in summary["coding"].values() for v in c["nda_pct"].values())
     recorded = tomllib.loads((first / "scenario.toml").read_text())
     recorded.pop("coinsim_version")
     scenario_from_dict(recorded, str(first / "scenario.toml"))  # the record still finds checkpoints and data
