@@ -150,18 +150,52 @@ def overlaps(tasks: pd.DataFrame) -> np.ndarray:
     return count
 
 
+def cycles(tasks: pd.DataFrame) -> np.ndarray:
+    """Per task: how long its server was taken by it — from its start to the start of the server's next task,
+    where that next task was already queued when this one ended (so the server went straight on). Besides the
+    pass (and a straggle), that covers sending the output, reading the socket and being scheduled again: work
+    the server does per task that no isolated profile sees. NaN where the server went idle after the task."""
+    out = np.full(len(tasks), np.nan)
+    start = (tasks["server_recv_clock_ms"] + tasks["queue_ms"]).to_numpy()
+    end = start + (tasks["compute_ms"] + tasks["held_ms"]).to_numpy()
+    recv = tasks["server_recv_clock_ms"].to_numpy()
+    keys = tasks[["repeat", "policy", "server"]].astype(str).agg("/".join, axis=1).to_numpy()
+    for key in np.unique(keys):
+        rows = np.flatnonzero((keys == key) & np.isfinite(start))
+        rows = rows[np.argsort(start[rows])]
+        went_on = recv[rows[1:]] <= end[rows[:-1]]
+        out[rows[:-1][went_on]] = start[rows[1:]][went_on] - start[rows[:-1]][went_on]
+    return out
+
+
 def in_situ_service(tasks: pd.DataFrame, names: list[str], fallback: dict[str, np.ndarray],
                     alone: bool = False) -> dict[str, np.ndarray]:
-    """Per network: how long a server was busy with a task that did not straggle, measured while serving
-    (`alone`: only passes during which no other server was computing — the uncontended service time)."""
+    """Per network: how long a server was taken by a task that did not straggle, measured while serving — its
+    cycle (see `cycles`) where the server went straight on, else its pass (`alone`: only passes during which
+    no other server was computing, the uncontended service time)."""
     done = tasks[(tasks["status"] == "done") & (tasks["factor"] == 1.0)]
     if alone:
         done = done[done["overlap"] == 0]
     out = {}
     for k, name in enumerate(names):
-        ms = (done.loc[done["net"] == k, "compute_ms"] + done.loc[done["net"] == k, "held_ms"]).to_numpy()
+        mine = done[done["net"] == k]
+        ms = mine["cycle_ms"].to_numpy()
+        ms = ms[np.isfinite(ms) & (ms > 0)]
+        if len(ms) < 20:
+            ms = (mine["compute_ms"] + mine["held_ms"]).to_numpy()
         out[name] = ms if len(ms) >= 20 else fallback[name]
     return out
+
+
+def pin_hedge_delays(config: Any, plans: list[Any]) -> Any:
+    """The same hedge delays, in ms, as the testbed served with: a delay given as a percentile ('p95') is of the
+    service times of the profile the testbed's plan was made from, and must not move with the variant's own."""
+    from sim.config import PolicySpec
+
+    delays = {plan.name: plan.delay_ms for plan in plans}
+    policies = tuple(PolicySpec.model_validate({**p.model_dump(), "delay_ms": tuple(delays[p.name])})
+                     if delays.get(p.name) is not None else p for p in config.policies)
+    return config.model_copy(update={"policies": policies})
 
 
 def shared_cores(device: str, frontend_cores: list[float]) -> float:
@@ -337,6 +371,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                 task_frames.append(tasks)
                 overheads[str(index)] = _overheads(tasks, records)
                 tasks["overlap"] = overlaps(tasks)
+                tasks["cycle_ms"] = cycles(tasks)
                 in_situ = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms))
                 alone = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms, True))
                 cores = shared_cores(device, frontend_cpu[index])
@@ -348,7 +383,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                 for service, source, extra in (("isolated", facts, None), ("in_situ", in_situ, None),
                                                ("in_situ+network", in_situ, measured_network(tasks)),
                                                ("model", alone, measured_network(tasks, cores))):
-                    config_s = build_point_configs(scenario, source)[index][1]
+                    config_s = pin_hedge_delays(build_point_configs(scenario, source)[index][1], plans)
                     if extra is not None:
                         config_s = config_s.model_copy(update=extra(config_s))
                     sim_records, _ = run_point(config_s, scenario.seed, facts.answers)
@@ -409,7 +444,8 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
                       "in_situ_mean_ms": float((done.loc[done["net"] == k, "compute_ms"]
                                                 + done.loc[done["net"] == k, "held_ms"]).mean()),
                       "in_situ_alone_mean_ms": float((alone.loc[alone["net"] == k, "compute_ms"]
-                                                      + alone.loc[alone["net"] == k, "held_ms"]).mean())}
+                                                      + alone.loc[alone["net"] == k, "held_ms"]).mean()),
+                      "in_situ_cycle_mean_ms": float(done.loc[done["net"] == k, "cycle_ms"].mean())}
                for k, name in enumerate(names) if name in facts.profile_ms}
     worst = {}
     if not fidelity.empty:

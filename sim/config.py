@@ -353,14 +353,15 @@ class PolicySpec(_Model):
       `fanout` coded servers + the other N-1 experts on the same input; decoded once any N of the group are
       back. dispatch redundant (both at once), hedged (group after delay_ms) or sed (only the path with the
       shorter expected delay). Ensemble query: all N + r (sed: the N least loaded), done when any N are back.
-    delay_ms: a number, or 'pNN' / 'pNN.N' = that percentile of the primary's drawn service times.
+    delay_ms: a number, one number per expert, or 'pNN' / 'pNN.N' = that percentile of the primary's drawn
+      service times.
     cancel: cancel outstanding copies once answered (queued ones are dropped, in-service ones preempted).
     """
 
     kind: Literal["uncoded", "replication", "hedged", "coded"]
     name: str | None = None
     dispatch: str | None = None
-    delay_ms: float | str | None = None
+    delay_ms: float | str | tuple[float, ...] | None = None
     cancel: bool = True
     replica_of: Literal["spread", "hot"] | tuple[int, ...] = "spread"
     fanout: int = Field(default=1, ge=1)
@@ -387,6 +388,9 @@ class PolicySpec(_Model):
             if isinstance(dl, str):
                 if not re.fullmatch(r"p\d{1,2}(\.\d+)?", dl):
                     raise ValueError(f"delay_ms must be a number >= 0 or a percentile like 'p95' (got {dl!r})")
+            elif isinstance(dl, tuple):
+                if not dl or not all(x >= 0 and math.isfinite(x) for x in dl):
+                    raise ValueError(f"delay_ms per expert must be numbers >= 0 (got {dl!r})")
             elif not (dl >= 0 and math.isfinite(dl)):
                 raise ValueError(f"delay_ms must be >= 0 (got {dl!r})")
             object.__setattr__(self, "delay_ms", dl)
@@ -465,6 +469,8 @@ class SimConfig(_Model):
             if isinstance(p.replica_of, tuple):
                 if len(p.replica_of) != self.r or any(m < 0 or m >= n for m in p.replica_of):
                     raise ValueError(f"policy {p.name!r}: replica_of needs r={self.r} model indices in [0, {n})")
+            if isinstance(p.delay_ms, tuple) and len(p.delay_ms) != n:
+                raise ValueError(f"policy {p.name!r}: delay_ms has {len(p.delay_ms)} values for {n} experts")
             if p.kind == "coded" and p.fanout > self.r:
                 raise ValueError(f"policy {p.name!r}: fanout {p.fanout} > r={self.r} coded servers")
         if self.n_queries is not None and self.horizon_ms is not None:

@@ -65,6 +65,8 @@ def _resolve_delay(spec: PolicySpec, service: np.ndarray, n: int) -> list[float]
     if isinstance(d, str):
         q = float(d[1:])
         return [float(np.percentile(service[:, i], q)) for i in range(n)]
+    if isinstance(d, tuple):
+        return [float(x) for x in d]
     return [float(d)] * n
 
 

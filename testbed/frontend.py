@@ -22,6 +22,8 @@ from __future__ import annotations
 import heapq
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -360,6 +362,12 @@ class Frontend:
 
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> ServeResult:
+        with dispatcher_priority() as priority:
+            result = self._run()
+        result.facts["frontend_priority"] = priority
+        return result
+
+    def _run(self) -> ServeResult:
         arrivals = self.w.arrival_ms.tolist()
         n = len(arrivals)
         started = time.perf_counter()
@@ -435,6 +443,34 @@ class Frontend:
             "server_recv_clock_ms": recv,
             "frontend_zero_clock_ms": self.zero * 1000.0,
         })
+
+
+@contextmanager
+def dispatcher_priority() -> Iterator[str]:
+    """Run the dispatch loop ahead of the servers' compute: real-time round-robin where the OS allows it (a
+    waking dispatcher then preempts a busy server at once instead of waiting for its time slice), else a
+    raised nice level, else unchanged. The loop sleeps in select() between events, so it takes a few percent of
+    a core; Linux's real-time throttling bounds it in any case. Yields what was obtained."""
+    got, undo = "normal", None
+    if hasattr(os, "sched_setscheduler"):
+        try:
+            before = os.sched_getscheduler(0), os.sched_getparam(0)
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+            got, undo = "realtime", lambda: os.sched_setscheduler(0, before[0], before[1])
+        except (OSError, PermissionError):
+            pass
+    if undo is None:
+        try:
+            old = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, 0, old - 10)
+            got, undo = "nice-10", lambda: os.setpriority(os.PRIO_PROCESS, 0, old)
+        except (OSError, PermissionError, AttributeError):
+            pass
+    try:
+        yield got
+    finally:
+        if undo is not None:
+            undo()
 
 
 def serve(sockets: list[zmq.Socket], policy: Policy, work: Workload, lead_ms: float = 200.0) -> ServeResult:
