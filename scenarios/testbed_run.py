@@ -224,12 +224,13 @@ def shared_cores(device: str, frontend_cores: list[float]) -> float:
     return max(0.5, float((os.cpu_count() or 1) - np.median(frontend_cores)))
 
 
-def measured_network(tasks: pd.DataFrame, cores: float | None = None) -> Any:
+def measured_network(tasks: pd.DataFrame, cores: float | None = None, hold: str = "compute") -> Any:
     """The simulator's network model from what the testbed measured: out = from when a task was due (arrival or
     hedge timer) to its arrival in the server's queue (timed on tasks that found their server idle), back = from
     its end at the server to the frontend holding the output (both on one host's clock), and cancels that let
     the forward pass finish, as the servers do;
-    with `cores`, the servers also share that many cores (processor sharing)."""
+    with `cores`, the servers also share that many cores (processor sharing), a straggle spent as `hold` says
+    (the testbed's straggle mode: a stall holds the server off the cores)."""
     from sim.config import Network, Service
 
     done = tasks[tasks["status"] == "done"]
@@ -243,7 +244,8 @@ def measured_network(tasks: pd.DataFrame, cores: float | None = None) -> Any:
                                           "back": {"kind": "empirical", "samples_ms": back.tolist()}})
         service = Service.model_validate({**config.service.model_dump(), "cancel_in_service": "finish_pass",
                                           "cores": cores})
-        return {"network": network, "service": service}
+        stragglers = config.stragglers.model_copy(update={"hold": hold})
+        return {"network": network, "service": service, "stragglers": stragglers}
 
     return update
 
@@ -403,7 +405,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                                               .median().items()}}
                 for service, source, extra in (("isolated", facts, None), ("in_situ", in_situ, None),
                                                ("in_situ+network", in_situ, measured_network(tasks)),
-                                               ("model", alone, measured_network(tasks, cores))):
+                                               ("model", alone, measured_network(tasks, cores, spec.straggle))):
                     config_s = pin_hedge_delays(build_point_configs(scenario, source)[index][1], plans)
                     if extra is not None:
                         config_s = config_s.model_copy(update=extra(config_s))

@@ -247,6 +247,11 @@ class Stragglers(_Model):
     episodes: Episodes | None = None
     failures: Failures | None = None
     servers: tuple[int, ...] | None = Field(default=None, description="affected servers (default all)")
+    hold: Literal["compute", "stall"] = Field(
+        default="compute",
+        description="what a straggling task does with its extra time: keeps computing, or stalls (holds its "
+                    "server without computing, like a network or I/O stall); differs only with service.cores, "
+                    "where a stalled server takes no share of the cores")
 
     def task_factor_mean(self) -> float:
         s = self.slowdown if isinstance(self.slowdown, float | int) else self.slowdown.mean()

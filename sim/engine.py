@@ -141,6 +141,7 @@ class _Server:
         "work",
         "mark",
         "total",
+        "extra",
     )
 
     def __init__(
@@ -162,6 +163,7 @@ class _Server:
         self.draw = draw  # this server's task times, by query id
         self.pass_draw: list[float] | None = None  # the same without the straggle factor (finish_pass)
         self.work = self.mark = self.total = 0.0  # shared cores: work left at time `mark`, the task's full work
+        self.extra = 0.0  # shared cores, stalling stragglers: the stall that follows the pass
 
     def start(self, task: _Task) -> None:
         env = self.env
@@ -174,6 +176,12 @@ class _Server:
             d *= self.slowdown
         ev = self.ev = _Due(self.finish)
         if self.eng.sharing:  # the task's work is done at the shared cores' current speed
+            if self.eng.stall:  # ... and a straggle's extra time is spent off the cores
+                pass_ms = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid]  # type: ignore[index]
+                if d - pass_ms > 1e-12:
+                    self.extra = d - pass_ms
+                    ev = self.ev = _Due(self._stall)
+                    d = pass_ms
             self.eng.busy_up(self, d, ev)
             return
         heappush(self.heap, (now + d, NORMAL, next(self.eid), ev))
@@ -237,7 +245,7 @@ class _Server:
     def preempt(self) -> None:
         """Cancel the task in service: its work so far is spent, the server moves on — at once, or (finish_pass)
         once the task's forward pass is over, only the straggle being cut."""
-        if self.pass_draw is not None:
+        if self.eng.finish_pass:
             factor = self.slowdown if self.slow is not None and self.slow.state_at(self.t0) else 1.0
             pass_ms = self.pass_draw[self.cur.q.qid] * factor  # type: ignore[union-attr]
             if self.eng.sharing:
@@ -252,6 +260,14 @@ class _Server:
         self.eng.cancelled[self.idx] += self._stop()
         if self.up:
             self.pull()
+
+    def _stall(self, ev: _Due) -> None:
+        """Shared cores, stalling straggler: the pass is over, the server holds the task without computing."""
+        if ev is not self.ev:
+            return
+        self.eng.busy_down(self)
+        ev = self.ev = _Due(self.finish)
+        heappush(self.heap, (self.env._now + self.extra, NORMAL, next(self.eid), ev))
 
     def _pass_done(self, ev: _Due) -> None:
         if ev is not self.ev:
@@ -382,6 +398,8 @@ class FastEngine:
         if self.sharing and self.batching:
             raise ValueError("shared cores (service.cores) are not modelled together with batching")
         self.cores = float(plan.cores or 0.0)
+        self.finish_pass = plan.finish_pass
+        self.stall = plan.stall
         self.rate = 1.0  # speed of every busy server while sharing
         self.running: list[_Server] = []  # busy servers, while sharing
         if self.net and self.batching:
@@ -493,6 +511,8 @@ class FastEngine:
         heappush(self.env._queue, (now + work / new, NORMAL, next(self.env._eid), ev))
 
     def busy_down(self, srv: _Server) -> None:
+        if srv not in self.running:
+            return  # a stalling server already left the cores
         old = self.rate
         self.running.remove(srv)
         new = self.rate = self._speed(len(self.running))
@@ -502,7 +522,8 @@ class FastEngine:
     def finish_pass_shared(self, srv: _Server, pass_ms: float) -> None:
         """finish_pass under shared cores: the server keeps working until the pass's share of work is done."""
         now = self.env._now
-        done = srv.total - (srv.work - (now - srv.mark) * self.rate)
+        stalling = srv not in self.running
+        done = pass_ms if stalling else srv.total - (srv.work - (now - srv.mark) * self.rate)
         if done >= pass_ms:
             self.cancelled[srv.idx] += srv._stop()
             if srv.up:

@@ -43,6 +43,8 @@ class Plan:
     out_ms: np.ndarray | None = None  # (n, S) dispatcher → server delay per (query, server)
     back_ms: np.ndarray | None = None  # (n, S) server → dispatcher delay
     cores: float | None = None  # servers share this many cores (processor sharing); None = one each
+    finish_pass: bool = False  # a cancel lets the task's pass (pass_ms) end
+    stall: bool = False  # with cores: a straggle's extra time (beyond pass_ms) holds the server off the cores
 
     @property
     def n_servers(self) -> int:
@@ -80,6 +82,8 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         base[:, s] = dist.ppf(draws.service_u[:, s]) * scale[s]
     svc = base * draws.task_factor
     net = cfg.network
+    finish_pass = cfg.service.cancel_in_service == "finish_pass"
+    stall = cfg.service.cores is not None and cfg.stragglers.hold == "stall"
     if spec.kind == "replication" and spec.dispatch == "pool":
         stations = [[s for s, h in enumerate(lay.hosts) if h == i] for i in range(n)]
     else:
@@ -110,10 +114,12 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         affected=frozenset(range(s_tot) if st.servers is None else st.servers),
         max_batch=cfg.service.max_batch,
         batch_cost_per_extra=cfg.service.batch_cost_per_extra,
-        pass_ms=base if cfg.service.cancel_in_service == "finish_pass" else None,
+        pass_ms=base if finish_pass or stall else None,
         out_ms=_delays(net.out, draws.net_out_u, base.shape),
         back_ms=_delays(net.back, draws.net_back_u, base.shape),
         cores=cfg.service.cores,
+        finish_pass=finish_pass,
+        stall=stall,
     )
 
 

@@ -127,3 +127,18 @@ def test_shared_core_hand_trace():
                   np.ones((2, 2)))
     out = run_plan(make_plan(cfg, cfg.policies[0], draws), draws)
     np.testing.assert_allclose(out.finish_ms, [1.5, 2.0])
+
+
+@pytest.mark.parametrize("hold, finish", [("stall", [3.5, 2.0]), ("compute", [4.0, 2.5])])
+def test_a_stalling_straggler_leaves_the_shared_core(hold, finish):
+    # one core, two servers, 1 ms passes; A (server 0, t = 0) straggles x3, B (server 1) arrives at 0.5.
+    # stall: A's pass ends at 1.5 (shared from 0.5), then it holds its server 2 ms off the core (ends 3.5) while
+    # B finishes alone at 2.0. compute: A keeps its share for all 3 ms of work; B ends at 2.5, A at 4.0.
+    cfg = parse_config({"n_experts": 2, "r": 0, "policies": ["uncoded"],
+                        "traffic": {"kind": "trace", "trace_times_ms": [0.0, 0.5], "trace_models": [0, 1]},
+                        "service": {"expert": {"kind": "deterministic", "value_ms": 1.0}, "cores": 1.0},
+                        "stragglers": {"hold": hold}})
+    draws = Draws(0, np.array([0.0, 0.5]), np.array([0, 1]), np.zeros(2, np.int64), np.full((2, 2), 0.5),
+                  np.array([[3.0, 1.0], [1.0, 1.0]]))
+    out = run_plan(make_plan(cfg, cfg.policies[0], draws), draws)
+    np.testing.assert_allclose(out.finish_ms, finish)
