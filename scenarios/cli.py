@@ -222,7 +222,10 @@ def _run_options(command):
         click.argument("scenario", default="quickstart"),
         click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"),
                      show_default=True, help="Results go to OUT/<scenario>/<timestamp>/."),
-        click.option("--seed", type=int, default=None, help="Override the scenario's seed."),
+        click.option("--seed", type=int, default=None,
+                     help="Every seed: the networks' (retrains) and the simulation's."),
+        _sim_seed_option,
+        _zoo_seed_option,
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override a scenario field, e.g. sim.n_queries=5000"),
         click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)"),
@@ -253,11 +256,32 @@ def _sweep_options(grid_required: bool):
     return decorate
 
 
+def _seed_callback(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is not None:
+        ctx.meta.setdefault("coinsim_seeds", {})[param.name] = value
+    return value
+
+
+_sim_seed_option = click.option(
+    "--sim-seed", type=int, default=None, expose_value=False, callback=_seed_callback,
+    help="Seed of the simulation and of the coding samples only; the experts are not retrained.")
+_zoo_seed_option = click.option(
+    "--zoo-seed", type=int, default=None, expose_value=False, callback=_seed_callback,
+    help="Seed of the base model and experts only (trains, or takes that zoo from the cache).")
+
+
 def _overrides(sets: tuple[str, ...], seed: int | None, device: str | None) -> dict:
+    """--set pairs plus the seed options: --seed sets every seed, --sim-seed the scenario's (simulation, coding
+    samples), --zoo-seed the networks' (a scenario file's own models.seed, if it has one, is kept otherwise)."""
     overrides = _parse_sets(sets)
     if seed is not None:
         overrides["seed"] = seed
         overrides["models.seed"] = seed
+    seeds = click.get_current_context().meta.get("coinsim_seeds", {})
+    if "sim_seed" in seeds:
+        overrides["seed"] = seeds["sim_seed"]
+    if "zoo_seed" in seeds:
+        overrides["models.seed"] = seeds["zoo_seed"]
     if device is not None:
         overrides["device"] = device
     return overrides

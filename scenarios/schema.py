@@ -440,8 +440,8 @@ def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = N
         data.setdefault("name", name_or_path)
     elif "name" not in data:
         data["name"] = Path(name_or_path).stem
+    if isinstance(data.get("models"), dict):  # the zoo's seed is the file's, whatever the overrides do to `seed`
+        data["models"].setdefault("seed", data.get("seed", 0))
     for dotted, value in (overrides or {}).items():
         set_path(data, dotted, value)
-    if "models" in data and "seed" in data:
-        data["models"].setdefault("seed", data["seed"])
     return scenario_from_dict(data, source), data

@@ -481,11 +481,21 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
             "worst_abs_rel_error_pct": worst, "seconds": seconds}
 
 
+def _seed(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    from scenarios.cli import _seed_callback
+
+    return _seed_callback(ctx, param, value)
+
+
 @click.command("testbed")
 @click.argument("scenario", default="testbed")
 @click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Results go to OUT/<scenario>/testbed-<timestamp>/.")
-@click.option("--seed", type=int, default=None, help="Override the scenario's seed.")
+@click.option("--seed", type=int, default=None, help="Every seed: the networks' (retrains) and the simulation's.")
+@click.option("--sim-seed", type=int, default=None, expose_value=False, callback=lambda c, p, v: _seed(c, p, v),
+              help="Seed of the served draws and the coding samples only; the experts are not retrained.")
+@click.option("--zoo-seed", type=int, default=None, expose_value=False, callback=lambda c, p, v: _seed(c, p, v),
+              help="Seed of the base model and experts only.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Identical repeats (default: scenario's).")
 @click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)")

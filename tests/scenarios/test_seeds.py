@@ -1,0 +1,36 @@
+"""--seed sets every seed; --sim-seed only the simulation's (no retraining); --zoo-seed only the networks'."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+import scenarios.runner as runner
+from scenarios.cli import cli
+from scenarios.schema import load_scenario
+
+
+@pytest.mark.parametrize("args, sim_seed, zoo_seed", [
+    ([], 0, 0),
+    (["--seed", "5"], 5, 5),
+    (["--sim-seed", "7"], 7, 0),
+    (["--zoo-seed", "3"], 0, 3),
+    (["--sim-seed", "7", "--zoo-seed", "3"], 7, 3),
+    (["--set", "seed=9"], 9, 0),  # a --set of the scenario's seed alone leaves the trained networks alone
+])
+def test_seed_options(monkeypatch, tmp_path, args, sim_seed, zoo_seed):
+    seen = {}
+
+    def fake_run(scenario, raw, out_root, **_kwargs):
+        seen["sim"], seen["zoo"] = scenario.seed, scenario.models.seed
+        raise KeyboardInterrupt  # stop before any work; the CLI turns it into exit 130
+
+    monkeypatch.setattr(runner, "run_scenario", fake_run)
+    result = CliRunner().invoke(cli, ["run", "quickstart", "--out", str(tmp_path), *args])
+    assert result.exit_code == 130, result.output
+    assert (seen["sim"], seen["zoo"]) == (sim_seed, zoo_seed)
+
+
+def test_a_files_own_zoo_seed_is_kept():
+    scenario, _ = load_scenario("quickstart", {"seed": 4, "models.seed": 2})
+    assert (scenario.seed, scenario.models.seed) == (4, 2)
