@@ -15,7 +15,10 @@ import functools
 import gzip
 import hashlib
 import pickle
+import shutil
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +126,27 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> ImageData:
     return _finish("digits", x, torch.from_numpy(bunch.target.astype(np.int64)), test_fraction, seed)
 
 
+@contextmanager
+def _no_leftovers(root: Path, created_root: bool) -> Iterator[None]:
+    """A download that fails leaves nothing behind: every file or folder it made under `root` is removed (and
+    `root` itself when this run created it); the failure becomes one DataError line."""
+    before = set(root.rglob("*")) if root.is_dir() else set()
+    try:
+        yield
+    except Exception as error:
+        after = set(root.rglob("*")) if root.is_dir() else set()
+        for path in sorted(after - before, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if created_root:
+            shutil.rmtree(root, ignore_errors=True)
+        if isinstance(error, DataError):
+            raise
+        raise DataError(f"download into {root} failed: {type(error).__name__}: {error}".splitlines()[0]) from None
+
+
 def _require_root(root: Path | None, name: str, download: bool) -> Path:
     if root is None:
         raise DataError(f"data set '{name}' needs a data root (set data_root, or use mnist5k / digits)")
@@ -139,10 +163,12 @@ def load_torchvision_mnist(name: str, root: Path | None, download: bool = False)
     from torchvision import datasets
 
     cls = {"mnist": datasets.MNIST, "fashionmnist": datasets.FashionMNIST}[name]
+    created = root is not None and not Path(root).expanduser().is_dir()
     root = _require_root(root, name, download)
     try:
-        train = cls(str(root), train=True, download=download)
-        test = cls(str(root), train=False, download=download)
+        with _no_leftovers(root, created) if download else nullcontext():
+            train = cls(str(root), train=True, download=download)
+            test = cls(str(root), train=False, download=download)
     except RuntimeError as error:
         raise DataError(f"{name}: {error} (looked in {root / cls.__name__ / 'raw'})") from None
     return _packed(
@@ -185,14 +211,16 @@ CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 def load_cifar10(root: Path | None, download: bool = False) -> ImageData:
     """CIFAR-10 from <root>/cifar-10-batches-py (the official python batches), read without full pickle."""
+    created = root is not None and not Path(root).expanduser().is_dir()
     root = _require_root(root, "cifar10", download)
     folder = root / "cifar-10-batches-py"
     if not folder.is_dir() and download:
         from torchvision.datasets.utils import download_url
 
-        download_url(CIFAR_URL, str(root))
-        with tarfile.open(root / "cifar-10-python.tar.gz") as archive:
-            archive.extractall(root, filter="data")
+        with _no_leftovers(root, created):
+            download_url(CIFAR_URL, str(root))
+            with tarfile.open(root / "cifar-10-python.tar.gz") as archive:
+                archive.extractall(root, filter="data")
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:

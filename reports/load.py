@@ -384,6 +384,10 @@ def load_result(result_dir: Path | str) -> ResultData:
                                           else "."))
     if s.get("headline_point") is None and s.get("points"):
         s["headline_point"] = max(p["point"] for p in s["points"])  # version 1: the last point
+    if s.get("allow_unstable"):
+        data.notes.append("This run was allowed a load at or above the experts' capacity (allow_unstable = true): "
+                          "queues grow for as long as the run lasts, so its latencies describe a transient of this "
+                          "length, not a steady state.")
     return data
 
 

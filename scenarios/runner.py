@@ -503,6 +503,7 @@ def run_scenario(
         "device": facts.device if facts else "n/a",
         "sweep_axis": columns[0] if columns else None,
         "sweep_axes": columns,
+        "allow_unstable": scenario.allow_unstable,
         "headline_point": headline,
         "policies": with_latency(results[headline][1]),
         "points": [{"point": index, **{axis_column(axis): value for axis, value in values.items()},
