@@ -444,8 +444,8 @@ def _register_commands() -> None:
     from scenarios.coding import code
     from scenarios.testbed_run import testbed_command
 
-    cli.add_command(code)
-    cli.add_command(testbed_command)
+    cli.add_command(_threads_option(code))  # --threads after these subcommands too
+    cli.add_command(_threads_option(testbed_command))
 
 
 _register_commands()

@@ -34,3 +34,17 @@ def test_seed_options(monkeypatch, tmp_path, args, sim_seed, zoo_seed):
 def test_a_files_own_zoo_seed_is_kept():
     scenario, _ = load_scenario("quickstart", {"seed": 4, "models.seed": 2})
     assert (scenario.seed, scenario.models.seed) == (4, 2)
+
+
+@pytest.mark.parametrize("command", ["code", "testbed"])
+def test_threads_after_code_and_testbed(command):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        result = CliRunner().invoke(cli, [command, "no-such-scenario", "--threads", "1"])
+        assert result.exit_code == 2 and "no-such-scenario" in result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
