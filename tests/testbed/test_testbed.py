@@ -220,3 +220,16 @@ def _alive(pid: int) -> bool:
             return fh.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_ensemble_query_decodes_around_a_straggler(cluster):
+    # an ensemble query needs every expert's answer; coded redundant sends it to all three servers and answers
+    # from the first two back — around server 0, which straggles hard — by decoding, as the simulator does
+    work = _trace([0.0, 300.0], [-1, -1], [[2000.0, 1, 1], [1, 1, 20.0]])
+    result = serve(cluster.sockets, Policy("coded-red", "coded", "redundant", (0, 1, -1), 2), work)
+    sim = _simulated({"kind": "coded", "dispatch": "redundant"}, work, float(result.tasks["compute_ms"].median()))
+    real = result.records
+    assert real["answered_by"].iloc[0] == "decoded" == sim["answered_by"].iloc[0]
+    assert int(real["answer_mask"].iloc[0]) == 0b110 and sim["servers_used"].iloc[0] == "1,2"
+    assert real["answered_by"].iloc[1] == "direct" == sim["answered_by"].iloc[1]  # both experts beat the slow coded
+    assert int(real["answer_mask"].iloc[1]) == 0b011 and sim["servers_used"].iloc[1] == "0,1"
