@@ -28,6 +28,13 @@ restarts with its server's draw after repair (nothing is dropped); hedge delays 
 percentile of the primary's drawn task times; with service.max_batch > 1 a free server takes up to that
 many queued tasks at once (batch time = max draw * (1 + batch_cost_per_extra * (b - 1))).
 
+Physical options measured on the serving testbed (off by default; the reference engine refuses them):
+``network = {out = DIST, back = DIST}`` delays each task on its way to the server and its output on the way
+back (cancels travel like tasks; join-shortest-queue counts tasks in flight); ``service.cancel_in_service =
+"finish_pass"`` lets a cancelled task's forward pass (its draw without the straggle factor) end before the server
+moves on; ``service.cores = C`` makes the servers share C cores (processor sharing when more are busy);
+``stragglers.hold = "stall"`` keeps a straggling task's extra time off those cores.
+
 Minimal scenario (TOML, a [sim] table)::
 
     [sim]
