@@ -97,6 +97,23 @@ def test_a_hit_serves_the_weights_that_were_trained_for_that_key(tmp_path):
         assert torch.equal(wa, wc) and not torch.equal(wa, wb)
         assert c.accuracy == a.accuracy and c.cache_path == a.cache_path != b.cache_path
     assert other.base_status == "hit" and other.base_cache_path == first.base_cache_path
+    # the paths a zoo reports are the entries that hold its networks
+    for zoo in (first, other):
+        for path, role in ((zoo.base_cache_path, "base"), *((e.cache_path, "expert") for e in zoo.experts)):
+            assert json.loads((path / "meta.json").read_text())["role"] == role
+
+
+def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch):
+    import models.cache
+
+    def disk_full(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(models.cache, "save_file", disk_full)
+    cache = ModelCache(tmp_path)
+    with pytest.raises(OSError):
+        cache.save("expert", "k", _net(), {})
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_config_key_is_the_sha256_of_canonical_json():
@@ -130,9 +147,9 @@ def _net(seed: int = 0, width: int = 4):
 
 
 def test_save_records_key_role_and_weights_hash_and_replaces_an_old_entry(tmp_path):
-    cache = ModelCache(tmp_path / "c")
+    cache = ModelCache(tmp_path / "home" / ".cache" / "coinsim")  # a cache folder whose parents do not exist yet
     first = cache.save("expert", "k", _net(1), {"accuracy": 1.0})
-    assert first == tmp_path / "c" / "expert-k"
+    assert first == tmp_path / "home" / ".cache" / "coinsim" / "expert-k"
     meta = json.loads((first / "meta.json").read_text())
     weights = (first / "model.safetensors").read_bytes()
     assert meta["key"] == "k" and meta["role"] == "expert" and meta["accuracy"] == 1.0
@@ -142,7 +159,7 @@ def test_save_records_key_role_and_weights_hash_and_replaces_an_old_entry(tmp_pa
     status, meta = cache.load("expert", "k", loaded)
     assert status == "hit" and meta["accuracy"] == 2.0
     assert all(torch.equal(v, _net(2).state_dict()[k]) for k, v in loaded.state_dict().items())
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["expert-k"]  # no temporary folder left
+    assert sorted(p.name for p in cache.root.iterdir()) == ["expert-k"]  # no temporary folder left
 
 
 @pytest.mark.parametrize("damage", ["no sidecar", "bad json", "no weights", "renamed tensor"])

@@ -2,7 +2,11 @@
 
 Usage, from the repository root after `nice -n 19 mutmut run --max-children 1 [MUTANT_NAMES...]`:
 
-    python tests/mutation/score.py [--functions] [--survivors]
+    python tests/mutation/score.py [--functions] [--survivors] [--only NAMES_FILE] [ROOT ...]
+
+ROOTs (default ./mutants) are folders holding mutmut's *.meta files; with several (e.g. saved copies of runs
+over different mutants), a mutant's verdict is taken from the last root that checked it. --only restricts
+the table to the mutant names listed in a file (whitespace separated), to compare runs on one set.
 
 score = killed / (killed + survived) over the mutants that were checked; 'no tests' (no selected test calls the
 function), 'not checked' (left out of a sampled run) and 'skipped' are counted apart and not in the score.
@@ -20,11 +24,14 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
 
 
-def results(root: Path = Path("mutants")) -> dict[str, str]:
-    out = {}
-    for meta in sorted(root.rglob("*.meta")):
-        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            out[key] = STATUS.get(code, "suspicious")
+def results(*roots: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for root in roots or (Path("mutants"),):
+        for meta in sorted(Path(root).rglob("*.meta")):
+            for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                status = STATUS.get(code, "suspicious")
+                if status != "not checked" or key not in out:
+                    out[key] = status
     return out
 
 
@@ -49,7 +56,15 @@ def table(res: dict[str, str], by_function: bool) -> list[str]:
 
 
 if __name__ == "__main__":
-    res = results()
+    args = sys.argv[1:]
+    only = None
+    if "--only" in args:
+        at = args.index("--only")
+        only = set(Path(args[at + 1]).read_text().split())
+        del args[at:at + 2]
+    res = results(*[Path(a) for a in args if not a.startswith("--")])
+    if only is not None:
+        res = {k: v for k, v in res.items() if k in only}
     print("\n".join(table(res, "--functions" in sys.argv)))
     if "--survivors" in sys.argv:
         print("\n".join(k for k, s in res.items() if s == "survived"))

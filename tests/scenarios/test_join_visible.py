@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from scipy.special import softmax
 
+import sim
 from coin.multicode import cauchy_coding_matrix
 from scenarios.points import AnswerTables, join_correctness, run_point, solve_missing
 from sim import SimConfig
@@ -166,3 +167,30 @@ def test_run_point_joins_every_policy_with_what_the_answering_networks_say():
         for how in ("direct", "replica", "hedge", "decoded"):
             assert s[f"{how}_fraction"] == pytest.approx(shares.get(how, 0.0)), (policy, how)
     assert 0 < summary["coded"]["accuracy"] < 100
+    # the summary is a row of sweep.parquet: scalars only
+    assert all(isinstance(v, int | float | str | bool) or v is None for s in summary.values() for v in s.values())
+    # the seed is the simulation's: another seed, other queries; the same seed, the simulator's own records
+    again, _ = run_point(config, 5, tables)
+    assert not again["latency_ms"].equals(records["latency_ms"])
+    plain = sim.simulate(config, 4).records
+    pd.testing.assert_frame_equal(records.drop(columns="correct"), plain)
+
+
+def test_run_point_reads_replicas_as_experts_whatever_the_coded_models_say():
+    """Replication has no coded server: an ensemble query that a replica answered uses the replica's expert
+    output, never a decode from the coded outputs (garbage here)."""
+    labels, outs = _outputs(4)
+    matrix = cauchy_coding_matrix(N, 2)
+    garbage = np.random.default_rng(5).normal(scale=50.0, size=(2, S, K))
+    tables = AnswerTables(labels, OFFSETS, outs, garbage, matrix)
+    config = SimConfig.model_validate({
+        "n_experts": N, "r": 2, "n_queries": 1500,
+        "traffic": {"rate_per_ms": 0.0, "ensemble_rate_per_ms": 0.2, "sample_pool": [ROWS_PER_EXPERT] * N,
+                    "ensemble_sample_pool": S},
+        "stragglers": {"p": 0.3, "slowdown": 10.0},
+        "policies": ["replication"],
+    })
+    records, _ = run_point(config, 1, tables)
+    masks = records["answer_mask"].to_numpy()
+    assert ((masks >> N) & 0b11).any(), "no ensemble query was answered by a replica; the test would be vacuous"
+    assert records["correct"].all()
