@@ -1,8 +1,10 @@
 """sim.stats checked against computations that do not share its code: Student-t table values, np.percentile of
 the measured records, and coverage frequencies whose tolerance follows from the number of repetitions.
 
-The exact-value tests pin the method the module documents (non-overlapping batch means / sectioning with a
-Student t on batches − 1 degrees of freedom, replications with R − 1): a change of method must change them too.
+The exact-value tests pin the method the module documents (non-overlapping batch means with a Student t on
+batches − 1 degrees of freedom, on a log scale for positive data; percentiles by batch shares on the CDF scale
+mapped back through the empirical quantile function; replications with R − 1): a change of method must change
+them too.
 """
 
 from __future__ import annotations
@@ -20,30 +22,45 @@ T_975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305, 4: 2.776445105}
 T_950_3 = 2.353363435
 
 
+def _log_interval(est: float, half: float) -> tuple[float, float]:
+    """The documented interval of a positive mean: est * exp(-/+ half / est) (delta method on a log scale)."""
+    return est * math.exp(-half / est), est * math.exp(half / est)
+
+
 def test_batch_means_half_width_is_t_times_standard_error_of_the_batch_means():
     x = np.repeat([1.0, 2.0, 3.0, 4.0], 5)  # four batches of five whose means are 1, 2, 3, 4
     est, lo, hi = batch_ci(x, 4, 0.95)
     sd = math.sqrt(sum((m - 2.5) ** 2 for m in (1, 2, 3, 4)) / 3)  # sample sd of the batch means (n - 1)
     half = T_975[3] * sd / math.sqrt(4)
     assert est == pytest.approx(2.5)
-    assert (lo, hi) == pytest.approx((2.5 - half, 2.5 + half), rel=1e-8)
-    # the confidence level is honoured (90% uses t_0.95)
-    _, lo90, hi90 = batch_ci(x, 4, 0.90)
+    assert (lo, hi) == pytest.approx(_log_interval(2.5, half), rel=1e-8)  # positive data: log scale
+    # data that can be negative get the linear interval; the confidence level is honoured (90% uses t_0.95)
+    est, lo, hi = batch_ci(x - 2.5, 4, 0.95)
+    assert est == pytest.approx(0.0) and (lo, hi) == pytest.approx((-half, half), rel=1e-8)
+    _, lo90, hi90 = batch_ci(x - 2.5, 4, 0.90)
     assert (hi90 - lo90) / 2 == pytest.approx(T_950_3 * sd / 2, rel=1e-8)
 
 
-def test_batch_percentile_uses_all_data_for_the_estimate_and_batch_percentiles_for_the_width():
-    x = np.concatenate([10.0 * k + np.arange(5.0) for k in range(4)])  # batch medians 2, 12, 22, 32
+def test_batch_percentile_uses_all_data_for_the_estimate_and_batch_shares_for_the_width():
+    x = np.concatenate([10.0 * k + np.arange(5.0) for k in range(4)])  # batches 0-4, 10-14, 20-24, 30-34
     est, lo, hi = batch_ci(x, 4, 0.95, "p50")
     assert est == 17.0  # median of the 20 values: (14 + 20) / 2
-    half = T_975[3] * math.sqrt(sum((m - 17) ** 2 for m in (2, 12, 22, 32)) / 3) / 2
-    assert (lo, hi) == pytest.approx((17 - half, 17 + half), rel=1e-8)
+    # shares of each batch at or below 17: 1, 1, 0, 0 -> sd sqrt(1/3); half-width in probability
+    half = T_975[3] * math.sqrt(1 / 3) / 2
+    assert half > 0.5  # so [0.5 - half, 0.5 + half] is clipped to [0, 1]: the smallest and largest values
+    assert (lo, hi) == (0.0, 34.0)
+    # a narrower case: shares 0.6, 0.4, 0.6, 0.4 around the median of interleaved batches
+    y = np.array([1, 2, 3, 8, 9, 4, 5, 6, 7, 10, 1.5, 2.5, 3.5, 8.5, 9.5, 4.5, 5.5, 6.5, 7.5, 10.5])
+    est, lo, hi = batch_ci(y, 4, 0.95, "p50")
+    shares = [(b <= est).mean() for b in y.reshape(4, 5)]
+    h = T_975[3] * float(np.std(shares, ddof=1)) / 2
+    assert (lo, hi) == pytest.approx((np.percentile(y, 100 * (0.5 - h)), np.percentile(y, 100 * (0.5 + h))))
 
 
 def test_batch_ci_small_and_degenerate_inputs():
     # more batches than values: one value per batch, t on len - 1 degrees of freedom
     est, lo, hi = batch_ci(np.array([1.0, 2.0, 3.0]), 20, 0.95)
-    assert est == 2.0 and (hi - lo) / 2 == pytest.approx(T_975[2] * 1.0 / math.sqrt(3), rel=1e-8)
+    assert est == 2.0 and (lo, hi) == pytest.approx(_log_interval(2.0, T_975[2] / math.sqrt(3)), rel=1e-8)
     # one batch (or one value) gives an estimate but no interval
     for x, b in ((np.array([1.0, 2.0, 3.0]), 1), (np.array([5.0]), 20)):
         est, lo, hi = batch_ci(x, b, 0.95)
@@ -51,15 +68,17 @@ def test_batch_ci_small_and_degenerate_inputs():
     assert all(math.isnan(v) for v in batch_ci(np.array([]), 20, 0.95))
     # two batches are enough for an interval
     est, lo, hi = batch_ci(np.array([1.0, 3.0]), 2, 0.95)
-    assert (lo, hi) == pytest.approx((2 - T_975[1], 2 + T_975[1]), rel=1e-8)
+    assert (lo, hi) == pytest.approx(_log_interval(2.0, T_975[1]), rel=1e-8)
 
 
 def test_across_replications_is_the_student_t_interval_of_the_replication_means():
     m, lo, hi = across_replications([1, 2, 3, 4, 5], 0.95)
     half = T_975[4] * math.sqrt(2.5) / math.sqrt(5)
-    assert m == 3.0 and (lo, hi) == pytest.approx((3 - half, 3 + half), rel=1e-8)
+    assert m == 3.0 and (lo, hi) == pytest.approx(_log_interval(3.0, half), rel=1e-8)
+    m, lo, hi = across_replications([-1, 0, 1, 2, 3], 0.95)  # can be negative: linear
+    assert m == 1.0 and (lo, hi) == pytest.approx((1 - half, 1 + half), rel=1e-8)
     m, lo, hi = across_replications([1.0, 3.0], 0.95)  # two replications: t on one degree of freedom
-    assert (m, lo, hi) == pytest.approx((2.0, 2.0 - T_975[1], 2.0 + T_975[1]), rel=1e-8)
+    assert (m, lo, hi) == pytest.approx((2.0, *_log_interval(2.0, T_975[1])), rel=1e-8)
     m, lo, hi = across_replications([4.0], 0.95)
     assert m == 4.0 and math.isnan(lo) and math.isnan(hi)
 
