@@ -161,12 +161,12 @@ def test_run_point_joins_every_policy_with_what_the_answering_networks_say():
         assert (records.loc[mine, "correct"].to_numpy() == expected[mine]).all(), policy
         measured = records[mine & ~records["warmup"].to_numpy()]
         s = summary[policy]
-        assert s["n_queries"] == len(measured) == 3000 - 300
-        assert s["accuracy"] == pytest.approx(100 * measured["correct"].mean())
+        assert s["n_measured"] == len(measured) == 3000 - 300 and s["n_queries"] == 3000  # simulated vs measured
+        assert s["accuracy_pct"] == pytest.approx(100 * measured["correct"].mean())
         shares = measured["answered_by"].value_counts() / len(measured)
         for how in ("direct", "replica", "hedge", "decoded"):
-            assert s[f"{how}_fraction"] == pytest.approx(shares.get(how, 0.0)), (policy, how)
-    assert 0 < summary["coded"]["accuracy"] < 100
+            assert s[f"{how}_pct"] == pytest.approx(100 * shares.get(how, 0.0)), (policy, how)
+    assert 0 < summary["coded"]["accuracy_pct"] < 100
     # the summary is a row of sweep.parquet: scalars only
     assert all(isinstance(v, int | float | str | bool) or v is None for s in summary.values() for v in s.values())
     # the seed is the simulation's: another seed, other queries; the same seed, the simulator's own records

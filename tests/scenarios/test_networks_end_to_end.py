@@ -95,7 +95,7 @@ def test_r2_every_query_is_joined_with_the_coded_servers_that_answered(r2_run):
                 part = np.arange(offsets[i], offsets[i + 1])
                 dec = np.stack([_decode(experts, coded, matrix, present, [0, 1], s)[i] for s in part])
                 row = table[(",".join(names[m] for m in missing), names[i])]
-                assert row["decoded_acc"] == pytest.approx(100 * (dec.argmax(-1) == labels[part]).mean())
+                assert row["decoded_acc_pct"] == pytest.approx(100 * (dec.argmax(-1) == labels[part]).mean())
 
 
 @pytest.mark.parametrize("executor", ["local", "dask"])
