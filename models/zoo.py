@@ -127,6 +127,10 @@ def build_zoo(config: ZooConfig | GivenZooConfig, device: str | torch.device = "
     data = _load_adapted(config)
     fingerprints = {name: d.fingerprint for name, d in data.items()}
     network = config.network.model_dump(mode="json")
+    if config.network.weights is not None:  # the starting checkpoint's content, not just its path, decides the key
+        weights = Path(config.network.weights).expanduser()
+        network["weights_sha256"] = (hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file()
+                                     else None)
 
     base_x, base_y, base_tx, base_ty = _base_split(config, data)
     base_key = config_key({
