@@ -65,12 +65,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
-                     hosts: list[str] | None = None) -> np.ndarray:
-    """Per simulated query: was what the system answered right?
+def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
+                 hosts: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per simulated query: (was what the system answered right, does it agree with what the expert itself —
+    or, for an ensemble query, every expert itself — would have answered).
 
     `hosts[s]` says what server s runs ('0'..'N-1' an expert or its replica, 'coded', 'spare'); the k-th coded
-    server runs coded model k. Only outputs of servers in a query's answer mask are used for decoding.
+    server runs coded model k. Only outputs of servers in a query's answer mask are used for decoding. A direct,
+    replica or hedge answer is the expert's own output, so it agrees by construction; a decoded one may not.
     """
     r = answers.matrix.shape[0]
     hosts = hosts or [str(i) for i in range(n_experts)] + ["coded"] * r
@@ -81,10 +83,12 @@ def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: in
     masks = records["answer_mask"].to_numpy().astype(np.int64)
     rows = np.where(model >= 0, answers.offsets[np.maximum(model, 0)] + sample, sample)
     labels = answers.labels[rows]
-    correct = np.zeros(len(records), dtype=bool)
+    own = np.zeros(len(records), dtype=np.int64)  # what the expert(s) alone would have answered
     routed = model >= 0
-    direct_pred = answers.expert_outs[model[routed], rows[routed]].argmax(-1)
-    correct[routed] = direct_pred == labels[routed]
+    own[routed] = answers.expert_outs[model[routed], rows[routed]].argmax(-1)
+    if (~routed).any():
+        own[~routed] = _softmax(answers.expert_outs[:, rows[~routed]]).sum(0).argmax(-1)
+    pred = own.copy()
     decoded_groups = pd.DataFrame({"model": model, "mask": masks})[was_decoded | (model < 0)]
     for (m, mask), group in decoded_groups.groupby(["model", "mask"]):
         index = group.index.to_numpy()
@@ -94,13 +98,19 @@ def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: in
         coded_back = [coded_rank[b] for b in back if b in coded_rank]
         if m >= 0:
             dec = answers.decoded(missing, coded_back, rows[index])
-            correct[index] = dec[missing.index(m)].argmax(-1) == labels[index]
+            pred[index] = dec[missing.index(m)].argmax(-1)
         else:
             outs = answers.expert_outs[:, rows[index]].copy()
             if missing:
                 outs[missing] = answers.decoded(missing, coded_back, rows[index])
-            correct[index] = _softmax(outs).sum(0).argmax(-1) == labels[index]
-    return correct
+            pred[index] = _softmax(outs).sum(0).argmax(-1)
+    return pred == labels, pred == own
+
+
+def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
+                     hosts: list[str] | None = None) -> np.ndarray:
+    """Per simulated query: was what the system answered right? (see `join_answers`)"""
+    return join_answers(records, answers, n_experts, hosts)[0]
 
 
 # The simulator's per-policy summary in [0, 1] fractions, renamed to the one unit and name of every result file
@@ -115,7 +125,9 @@ def _policy_summary(records: pd.DataFrame, sim_summary: dict[str, Any]) -> dict[
 
     `n_queries` is the number of simulated queries (warm-up included, as configured), `n_measured` those the
     statistics use; `<how>_pct` is the share of measured queries answered direct / by a replica / by a hedge /
-    by decoding; `accuracy_pct` the share of measured queries answered right.
+    by decoding; `accuracy_pct` the share of measured queries answered right; `agreement_pct` the share whose
+    answer is the class the expert itself would have given; `decoded_accuracy_pct` / `decoded_agreement_pct`
+    the same over decoded answers alone (None when nothing was decoded).
     """
     measured = records[~records["warmup"].to_numpy()]
     out = {k: v for k, v in sim_summary.items()
@@ -131,6 +143,12 @@ def _policy_summary(records: pd.DataFrame, sim_summary: dict[str, Any]) -> dict[
         out[f"{how}_pct"] = float(counts.get(how, 0.0)) * 100
     if "correct" in measured:
         out["accuracy_pct"] = float(measured["correct"].mean() * 100)
+        decoded = measured[measured["answered_by"] == "decoded"]
+        out["decoded_accuracy_pct"] = float(decoded["correct"].mean() * 100) if len(decoded) else None
+    if "agrees_with_expert" in measured:
+        out["agreement_pct"] = float(measured["agrees_with_expert"].mean() * 100)
+        decoded = measured[measured["answered_by"] == "decoded"]
+        out["decoded_agreement_pct"] = float(decoded["agrees_with_expert"].mean() * 100) if len(decoded) else None
     return out
 
 
@@ -140,11 +158,13 @@ def run_point(config: SimConfig, seed: int, answers: AnswerTables | None) -> tup
     records = result.records
     if answers is not None:
         records["correct"] = False
+        records["agrees_with_expert"] = False
         for policy, servers in result.servers.groupby("policy", sort=False):
             mine = (records["policy"] == policy).to_numpy()
             hosts = [str(h) for h in servers.sort_values("server")["hosts"]]
-            records.loc[mine, "correct"] = join_correctness(records[mine].reset_index(drop=True), answers,
-                                                            config.n_experts, hosts)
+            correct, agrees = join_answers(records[mine].reset_index(drop=True), answers, config.n_experts, hosts)
+            records.loc[mine, "correct"] = correct
+            records.loc[mine, "agrees_with_expert"] = agrees
     summary = {
         policy: _policy_summary(records[records["policy"] == policy], result.summary[policy])
         for policy in result.summary

@@ -1,0 +1,40 @@
+"""Accuracy two ways: against the label, and against what the expert itself would have answered."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scenarios.points import AnswerTables, _policy_summary, join_answers
+
+
+def _tables() -> AnswerTables:
+    # two experts, 3 classes, 4 rows each (rows 0-3 expert 0's, 4-7 expert 1's); coded = f0 + f1 exactly, except
+    # row 1, where the coded output is off so that decoding expert 0 there yields class 2 instead of its own 0
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    outs = np.full((2, 8, 3), 0.0)
+    outs[:, np.arange(8), labels] = 5.0
+    outs[0, 1] = [5.0, 0.0, 0.0]  # expert 0 is wrong on row 1 (label 1, says 0)
+    coded = outs.sum(0, keepdims=True)
+    coded[0, 1] += np.array([0.0, 0.0, 9.0])
+    return AnswerTables(labels, np.array([0, 4, 8]), outs, coded, np.array([[1.0, 1.0]]))
+
+
+def test_decoded_answers_can_disagree_with_the_expert_and_direct_ones_cannot():
+    answers = _tables()
+    records = pd.DataFrame({
+        "model": [0, 0, 0, 1],
+        "sample_id": [1, 1, 2, 0],
+        "answered_by": pd.Categorical(["direct", "decoded", "decoded", "decoded"]),
+        "answer_mask": [0b001, 0b110, 0b110, 0b101],  # direct from server 0; decoded from expert 1 + coded, ...
+        "warmup": False,
+    })
+    correct, agrees = join_answers(records, answers, 2, ["0", "1", "coded"])
+    # row 1: the expert says 0 (wrong, label 1); decoding says 2 (wrong, and not what the expert says)
+    assert correct.tolist() == [False, False, True, True]
+    assert agrees.tolist() == [True, False, True, True]
+    records["correct"], records["agrees_with_expert"] = correct, agrees
+    s = _policy_summary(records, {})
+    assert s["accuracy_pct"] == 50.0 and s["agreement_pct"] == 75.0
+    assert s["decoded_accuracy_pct"] == pytest.approx(200 / 3) and s["decoded_agreement_pct"] == pytest.approx(200 / 3)
