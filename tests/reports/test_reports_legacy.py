@@ -2,7 +2,9 @@
 
 tests/reports/data/legacy-v1 was written by `coinsim run` at commit ac7bbbc (a tiny zoo, two straggler
 points): accuracy and NDA in percent under bare names, fractions in [0, 1], `n_queries` the measured count,
-only the last point in summary.json, and one latency interval below zero.
+only the last point in summary.json, and one latency interval below zero. Its sweep table is kept as text
+(sweep.csv, exactly the old sweep.parquet's rows) and written back to parquet in each test's copy; its
+queries.parquet is not kept (the migration is about names and units; a folder without it still renders).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ LEGACY = Path(__file__).parent / "data" / "legacy-v1"
 def legacy(tmp_path):
     folder = tmp_path / "legacy"
     shutil.copytree(LEGACY, folder)
+    pd.read_csv(folder / "sweep.csv").to_parquet(folder / "sweep.parquet", index=False)
+    (folder / "sweep.csv").unlink()
     raw = json.loads((folder / "summary.json").read_text())
     return folder, raw, pd.read_parquet(folder / "sweep.parquet")
 
