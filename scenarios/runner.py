@@ -541,10 +541,7 @@ def run_scenario(
             for name, t in facts.profile_ms.items()
         }
 
-    final = out_root / scenario.name / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=final.parent))
-    try:
+    def write(tmp: Path) -> None:
         resolved = dict(raw, seed=scenario.seed, coinsim_version=summary["versions"].get("coinsim", "?"))
         if scenario.models is not None and "architecture" in raw.get("models", {}):  # given networks: pin the
             resolved["models"] = dict(raw["models"], root=str(Path(scenario.models.root).resolve()))  # paths
@@ -558,13 +555,31 @@ def run_scenario(
             a = facts.answers
             np.savez_compressed(tmp / "outputs.npz", labels=a.labels, offsets=a.offsets,
                                 expert_outputs=a.expert_outs, coded_outputs=a.coded_outs, coding_matrix=a.matrix)
+
+    final = publish(out_root / scenario.name / datetime.now().strftime("%Y%m%d-%H%M%S-%f"), write)
+    shutil.rmtree(work, ignore_errors=True)
+    render_or_warn(final, render)
+    return final
+
+
+def publish(final: Path, write: Callable[[Path], Any]) -> Path:
+    """Write a result folder atomically: `write` fills a hidden sibling folder, which then becomes `final`
+    in one rename (an error or an interrupt leaves no folder, partial or named)."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=final.parent))
+    try:
+        write(tmp)
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
-    if render is not None:
-        try:
-            render(final)
-        except Exception as error:  # noqa: BLE001 - the results stand without their report
-            print(f"warning: report not rendered ({error}); retry with `coinsim report {final}`", file=sys.stderr)
     return final
+
+
+def render_or_warn(final: Path, render: Callable[[Path], Path] | None) -> None:
+    """Render a finished folder's report; a failure is a warning — the results stand without their report."""
+    if render is None:
+        return
+    try:
+        render(final)
+    except Exception as error:  # noqa: BLE001 - the results stand without their report
+        print(f"warning: report not rendered ({error}); retry with `coinsim report {final}`", file=sys.stderr)

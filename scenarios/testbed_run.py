@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -39,6 +38,8 @@ from scenarios.runner import (
     _versions,
     build_point_configs,
     prepare_networks,
+    publish,
+    render_or_warn,
 )
 from scenarios.schema import Scenario, axis_column
 
@@ -422,10 +423,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     fidelity_table = pd.DataFrame(fidelity)
     summary = _testbed_summary(scenario, facts, measured_all, simulated_all, tasks_all, fidelity_table, overheads,
                                time.perf_counter() - started)
-    final = out_root / scenario.name / ("testbed-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f"))
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=final.parent))
-    try:
+    def write(tmp: Path) -> None:
         import tomli_w
 
         (tmp / "scenario.toml").write_text(tomli_w.dumps(_clean_toml(_jsonable(dict(raw, seed=scenario.seed)))))
@@ -436,14 +434,9 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                                                                                 index=False)
         fidelity_table.to_csv(tmp / "fidelity.csv", index=False, float_format="%.6g")
         _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    if render is not None:
-        try:
-            render(final)
-        except Exception as error:  # noqa: BLE001 - the measurements stand without their report
-            print(f"warning: report not rendered ({error}); retry with `coinsim report {final}`", file=sys.stderr)
+
+    final = publish(out_root / scenario.name / ("testbed-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)
+    render_or_warn(final, render)
     return final
 
 
