@@ -358,8 +358,10 @@ def _execute_on_dask(points, todo, seed, answers, sweep, store: PointStore, bar)
             cluster.close()
 
 
-def build_point_configs(scenario: Scenario, facts: NetworkFacts | None) -> list[tuple[Any, SimConfig]]:
-    """The SimConfig of every sweep point, with measured service times and sample pools filled in."""
+def build_point_configs(scenario: Scenario, facts: NetworkFacts | None,
+                        only: int | None = None) -> list[tuple[Any, SimConfig]]:
+    """The SimConfig of every sweep point (or of point `only` alone), with measured service times and sample
+    pools filled in."""
     expert_service = coded_service = pools = None
     if facts is not None:
         expert_service = [{"kind": "empirical", "samples_ms": facts.profile_ms[e["name"]].tolist()}
@@ -367,7 +369,8 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None) -> list[
         coded_service = {"kind": "empirical", "samples_ms": facts.profile_ms["coded"].tolist()}
         pools = facts.answers.pools
     configs = []
-    for values, table in scenario.sweep_points():
+    points = scenario.sweep_points()
+    for values, table in points if only is None else [points[only]]:
         config = sim_config_for(scenario, table, expert_service, coded_service, pools)
         if pools is not None:
             config = config.model_copy(update={"traffic": config.traffic.model_copy(

@@ -407,7 +407,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                 for service, source, extra in (("isolated", facts, None), ("in_situ", in_situ, None),
                                                ("in_situ+network", in_situ, measured_network(tasks)),
                                                ("model", alone, measured_network(tasks, cores, spec.straggle))):
-                    config_s = pin_hedge_delays(build_point_configs(scenario, source)[index][1], plans)
+                    config_s = pin_hedge_delays(build_point_configs(scenario, source, only=index)[0][1], plans)
                     if extra is not None:
                         config_s = config_s.model_copy(update=extra(config_s))
                     sim_records, _ = run_point(config_s, scenario.seed, facts.answers)
