@@ -361,7 +361,8 @@ def _execute_on_dask(points, todo, seed, answers, sweep, store: PointStore, bar)
 def build_point_configs(scenario: Scenario, facts: NetworkFacts | None,
                         only: int | None = None) -> list[tuple[Any, SimConfig]]:
     """The SimConfig of every sweep point (or of point `only` alone), with measured service times and sample
-    pools filled in."""
+    pools filled in; a point outside some policy's capacity region at the measured times is refused (ScenarioError)
+    unless the scenario allows unstable loads."""
     expert_service = coded_service = pools = None
     if facts is not None:
         expert_service = [{"kind": "empirical", "samples_ms": facts.profile_ms[e["name"]].tolist()}
@@ -371,7 +372,7 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None,
     configs = []
     points = scenario.sweep_points()
     for values, table in points if only is None else [points[only]]:
-        config = sim_config_for(scenario, table, expert_service, coded_service, pools)
+        config = sim_config_for(scenario, table, expert_service, coded_service, pools, check_capacity=True)
         if pools is not None:
             config = config.model_copy(update={"traffic": config.traffic.model_copy(
                 update={"ensemble_sample_pool": int(sum(pools))})})

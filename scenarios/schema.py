@@ -266,8 +266,10 @@ _PLACEHOLDER_SERVICE = {"kind": "exponential", "mean_ms": 1.0}
 def stand_in_configs(scenario: Scenario) -> list[tuple[dict[str, Any], SimConfig]]:
     """Every sweep point's SimConfig, with stand-in service times where the real ones are measured later.
 
-    The capacity region is only checked when the service times are the scenario's own (no [models]); with
-    networks only `traffic.load` < 1 can be checked before the latency profile is measured.
+    With networks ([models]) the pass times are measured later, so the capacity region is checked with one
+    stand-in pass time for every network: exact for networks of one architecture up to the few per cent their
+    measured passes differ by (the coded network always shares the experts' architecture). The runner checks it
+    again with the measured times before simulating (`build_point_configs`).
     """
     n = scenario.n_experts
     configs = []
@@ -279,7 +281,7 @@ def stand_in_configs(scenario: Scenario) -> list[tuple[dict[str, Any], SimConfig
                 expert_service=[_PLACEHOLDER_SERVICE] * n if scenario.models is not None else None,
                 coded_service=_PLACEHOLDER_SERVICE if scenario.models is not None else None,
                 sample_pools=[1] * n if scenario.models is not None else None,
-                check_capacity=scenario.models is None,
+                check_capacity=True,
             )))
         except (SimConfigError, ScenarioError) as error:
             raise ScenarioError(f"{str(error).splitlines()[0]}{_where(values)}") from None
