@@ -15,11 +15,10 @@ from sim.engine import FastEngine, RunOutput
 from sim.errors import SimConfigError
 from sim.layout import BACKUP, CODED, SPARE
 from sim.plan import HOW, Plan, make_plan
-
-HOST_NAMES = {CODED: "coded", SPARE: "spare", BACKUP: "backup"}  # the servers table's name of a non-expert host
 from sim.stats import across_replications, latency_summary
 
 Engine = Literal["fast", "reference"]
+HOST_NAMES = {CODED: "coded", SPARE: "spare", BACKUP: "backup"}  # the servers table's name of a non-expert host
 
 
 @dataclass

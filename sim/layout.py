@@ -1,8 +1,8 @@
 """Which model each of the N + r servers hosts under a policy, and the necessary stability conditions.
 
 Servers 0..N-1 always host experts 0..N-1; servers N..N+r-1 are the policy's extra resources (spares,
-replicas, coded servers or generalist backups). Keeping the indices fixed is what lets every policy share the per-server random
-numbers (common random numbers).
+replicas, coded servers or generalist backups). Keeping the indices fixed is what lets every policy share the
+per-server random numbers (common random numbers).
 """
 
 from __future__ import annotations
