@@ -38,3 +38,33 @@ def test_decoded_answers_can_disagree_with_the_expert_and_direct_ones_cannot():
     s = _policy_summary(records, {})
     assert s["accuracy_pct"] == 50.0 and s["agreement_pct"] == 75.0
     assert s["decoded_accuracy_pct"] == pytest.approx(200 / 3) and s["decoded_agreement_pct"] == pytest.approx(200 / 3)
+
+
+def test_paired_accuracy_difference_against_a_paired_t_interval() -> None:
+    # 1,000 measured queries served by both policies: 'b' is wrong on 30 that 'a' got right and right on 10 that
+    # 'a' got wrong, so it is 2.0 points worse; 50 warm-up queries where 'b' is always wrong must not count
+    from scipy import stats
+
+    from scenarios.points import paired_accuracy_difference
+
+    rng = np.random.default_rng(3)
+    n, warm = 1000, 50
+    a = rng.random(n + warm) < 0.9
+    b = a.copy()
+    right, wrong = np.flatnonzero(a[warm:]) + warm, np.flatnonzero(~a[warm:]) + warm
+    b[rng.choice(right, 30, replace=False)] = False
+    b[rng.choice(wrong, 10, replace=False)] = True
+    b[:warm] = False
+    ids = rng.permutation(n + warm)  # query ids need not be in row order
+    records = pd.concat([
+        pd.DataFrame({"policy": name, "query_id": ids, "correct": c, "warmup": np.arange(n + warm) < warm})
+        for name, c in (("a", a), ("b", b))
+    ]).sample(frac=1.0, random_state=1)
+    out = paired_accuracy_difference(records, "a")
+    assert out["a"] == {"accuracy_vs_uncoded_pct": 0.0, "accuracy_vs_uncoded_lo_pct": 0.0,
+                        "accuracy_vs_uncoded_hi_pct": 0.0}
+    assert out["b"]["accuracy_vs_uncoded_pct"] == pytest.approx(-2.0)
+    ci = stats.ttest_rel(b[warm:].astype(float), a[warm:].astype(float)).confidence_interval(0.95)
+    assert out["b"]["accuracy_vs_uncoded_lo_pct"] == pytest.approx(ci.low * 100, abs=0.01)
+    assert out["b"]["accuracy_vs_uncoded_hi_pct"] == pytest.approx(ci.high * 100, abs=0.01)
+    assert paired_accuracy_difference(records, None) == {}

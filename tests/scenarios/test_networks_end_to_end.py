@@ -29,7 +29,7 @@ def _raw(cache_dir, **sweep) -> dict:
             "r": 2,
             "n_queries": 1500,
             "policies": ["uncoded", "coded"],
-            "traffic": {"kind": "poisson", "load": 0.3, "ensemble_rate_per_ms": 0.0},
+            "traffic": {"kind": "poisson", "load": 0.2, "ensemble_rate_per_ms": 0.0},  # 65 % busy at p = 0.25
             "stragglers": {"p": 0.2, "slowdown": 10.0},
         },
         "sweep": {"axis": "stragglers.p", "values": [0.1, 0.25], **sweep},
