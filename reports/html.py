@@ -386,9 +386,9 @@ def coding_table(table: pd.DataFrame, coding: Mapping[str, Mapping[str, Any]] | 
         c = (coding or {}).get(method) or {}
         avg = c.get("nda_avg_pct") if finite(c.get("nda_avg_pct")) else \
             pd.to_numeric(t["nda_pct"], errors="coerce").mean()
-        enc = c.get("encode_seconds")
-        if not finite(enc) and "encode_seconds" in t.columns:
-            enc = pd.to_numeric(t["encode_seconds"], errors="coerce").mean()
+        enc = c.get("encode_s")
+        if not finite(enc) and "encode_s" in t.columns:
+            enc = pd.to_numeric(t["encode_s"], errors="coerce").mean()
         cells += [_cell(fmt_num(avg, 2), cls="strong"), _cell(fmt_num(enc, 2))]
         rows.append(cells)
     notes = ["NDA (%) = accuracy of the decoded output / accuracy of the expert itself × 100, on the expert's test "

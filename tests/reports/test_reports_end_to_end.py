@@ -188,7 +188,7 @@ def test_quickstart_like_run_has_one_unit_and_name_and_no_negative_interval(quic
             assert stats["accuracy_pct"] == pytest.approx(mine["correct"].mean() * 100)
             assert stats["p99_ms"] == pytest.approx(np.percentile(mine["latency_ms"], 99), rel=1e-12)
     coin = summary["coding"]["coin"]
-    assert set(coin) == {"nda_pct", "nda_avg_pct", "decoded_acc_pct", "expert_acc_pct", "encode_seconds"}
+    assert set(coin) == {"nda_pct", "nda_avg_pct", "decoded_acc_pct", "expert_acc_pct", "encode_s"}
     assert coin["nda_avg_pct"] == pytest.approx(np.mean(list(coin["nda_pct"].values())))
     assert all(50 < e["accuracy_pct"] <= 100 for e in summary["experts"])
     header = next(line for line in output.splitlines() if line.startswith("straggler_p"))

@@ -145,17 +145,23 @@ def test_sim_only_single_point_run(tmp_path):
     assert "All sweep points" not in html
 
 
-def test_coding_only_run_uses_nda_csv(tmp_path):
-    """A `coinsim code`-style nda.csv (per seed, experts as index + name) without a coding section."""
+@pytest.mark.parametrize("names", ["current", "before issue 11"])
+def test_coding_only_run_uses_nda_csv(tmp_path, names):
+    """A `coinsim code`-style nda.csv (per seed, experts as index + name) without a coding section; the
+    column names of today (nda_pct, ..., encode_s) and of before the rename (nda, ..., encode_seconds) alike."""
     folder, summary = write_result(tmp_path / "run", files=())
     summary.pop("coding")
     summary["policies"] = {}
     (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     rows = [{"scenario": "s", "seed": seed, "samples": 100, "method": m, "expert": i, "name": name,
-             "nda": base - 1 * i + 2 * seed, "decoded_acc": 90.0, "expert_acc": 98.0, "n": 500,
-             "encode_seconds": 0.5}
+             "nda_pct": base - 1 * i + 2 * seed, "decoded_acc_pct": 90.0, "expert_acc_pct": 98.0, "n": 500,
+             "encode_s": 0.5}
             for seed in (0, 1) for m, base in (("coin", 90.0), ("regmean", 60.0)) for i, name in enumerate(("a", "b"))]
-    pd.DataFrame(rows).to_csv(folder / "nda.csv", index=False)  # `coinsim code` writes nda in percent
+    frame = pd.DataFrame(rows)
+    if names != "current":  # the same numbers (percent, seconds) under the old names
+        frame = frame.rename(columns={"nda_pct": "nda", "decoded_acc_pct": "decoded_acc",
+                                      "expert_acc_pct": "expert_acc", "encode_s": "encode_seconds"})
+    frame.to_csv(folder / "nda.csv", index=False)
     html = reports.render(folder).read_text(encoding="utf-8")
     assert _figures(folder) == {"nda_bars"}
     assert "<td>regmean</td>" in html and "<th>a NDA (%)</th>" in html
