@@ -382,7 +382,7 @@ def accuracy_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | 
                     top = min((lo_y + hi_y) / 2 + 0.5, 100.0)
                     ax.set_ylim(top - 1.0, top)
                 elif hi_y > 100:
-                    ax.set_ylim(top=100.0 + min(0.5, (hi_y - lo_y) * 0.03))
+                    ax.set_ylim(top=100.0)
             if ax_all.get_legend_handles_labels()[0]:
                 ax_all.legend(frameon=False, fontsize=8)
             if ax_sub.get_legend_handles_labels()[0]:
@@ -686,8 +686,8 @@ def nda_bars(table: pd.DataFrame, nda_avg_pct: Mapping[str, float] | None = None
         kw = {"transform": ax.transAxes, "color": "0.2", "clip_on": False, "lw": 1.1}
         for dy in (0.0, 0.025):
             ax.plot((-0.018, 0.018), (0.012 + dy, 0.032 + dy), **kw)
-        ax.text(0.01, 0.05, f"zoomed: y axis starts at {floor:g} %, not 0", transform=ax.transAxes, fontsize=8,
-                color="0.25", ha="left", va="bottom", style="italic")
+        ax.text(0.01, 0.985, f"zoomed: the y axis starts at {floor:g} %, not 0", transform=ax.transAxes, fontsize=8,
+                color="0.25", ha="left", va="top", style="italic")
     fig.legend(*ax.get_legend_handles_labels(), frameon=False, ncols=min(len(methods), 6), loc="outside lower center")
     return fig
 

@@ -70,7 +70,7 @@ def _stats(frame: pd.DataFrame, load_pct: float | None) -> dict:
     out["agreement_pct"] = float(meas["agrees_with_expert"].mean() * 100) if "agrees_with_expert" in meas else None
     for how in ("direct", "replica", "hedge", "decoded", "backup"):
         mine = meas[meas["answered_by"] == how]
-        if how in ("decoded", "backup") or len(mine):
+        if how != "backup" or out["kind"] == "backup":  # other policies have no backup keys (keys may be absent)
             out[f"{how}_pct"] = float(len(mine) / len(meas) * 100)
         if how in ("decoded", "backup") and (how == "decoded" or out["kind"] == "backup"):
             for col, key in (("correct", "accuracy_pct"), ("agrees_with_expert", "agreement_pct")):
@@ -112,7 +112,9 @@ def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.
             })
             if with_correct:
                 f["correct"] = rng.random(n) < acc
-                f["agrees_with_expert"] = rng.random(n) < agree
+                # its own stream, so the draws above (and every older test's numbers) stay as they were
+                agree_rng = np.random.default_rng([seed, point, policies.index(policy)])
+                f["agrees_with_expert"] = agree_rng.random(n) < agree
             frames.append(f)
             st = {**_stats(f, load[policy]), "utilization_pct": 30.0 + 10 * policies.index(policy)}
             sweep_rows.append({"point": point, AXIS: p, "policy": policy, **st})
