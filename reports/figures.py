@@ -635,9 +635,10 @@ def nda_axis_floor(values: Sequence[float], ceiling: float = 100.0) -> float:
     low, high = float(vals.min()), max(float(vals.max()), ceiling)
     if low < 0.5 * high:  # bars of very different heights already show their differences from zero
         return 0.0
-    pad = max(0.25 * (high - low), 0.5)
-    floor = np.floor((low - pad) * 2) / 2  # a round number a little below the lowest bar
-    return float(min(max(floor, 0.0), low - 0.1))
+    pad = max(0.3 * (high - low), 0.02)
+    step = 10.0 ** np.floor(np.log10(pad))
+    floor = np.floor((low - pad) / step) * step  # a round number a little below the lowest bar
+    return float(round(min(max(floor, 0.0), low - 0.5 * pad), 6))
 
 
 def nda_bars(table: pd.DataFrame, nda_avg_pct: Mapping[str, float] | None = None) -> Figure:

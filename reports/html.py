@@ -569,6 +569,7 @@ def build_html(data: ResultData, figures: Sequence[FigureEntry], colors: Mapping
         versus=versus_baseline(data) if len(data.points) else None, headline=headline,
         figures=[{"name": f.name, "alt": f.alt, "caption": f.caption, "b64": base64.b64encode(f.png).decode("ascii")}
                  for f in figures],
-        accuracy=accuracy_table(data, colors), sweep=sweep, coding=coding_table(coding, s.get("coding")) if len(coding) else None,
+        accuracy=accuracy_table(data, colors), sweep=sweep,
+        coding=coding_table(coding, s.get("coding")) if len(coding) else None,
         profile=profile_table(s["profile"]) if s.get("profile") else None,
         live=live_table(live, live_where) if live else None, notes=data.notes, scenario_toml=data.scenario_toml)

@@ -104,14 +104,16 @@ def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str,
     per_facet = (f" One panel per {', '.join(F.axis_label(a) for a in facets)}." if facets else "")
     frame = points_frame(data)
     if frame is not None and _has_values(frame, "accuracy_pct") and _has_values(frame, "p99_ms"):
-        labelled = f", labelled with the {F.axis_label(axis)}" if axis not in (None, "point") else ""
-        plans.append(("frontier", lambda: F.frontier(frame, axis, order, colors, facets),
+        # without sweep.parquet the summary's points still name their one varying axis
+        label_axis = axis if axis is not None or len(data.axes) != 1 else data.axes[0]
+        labelled = f", labelled with the {F.axis_label(label_axis)}" if label_axis not in (None, "point") else ""
+        plans.append(("frontier", lambda: F.frontier(frame, label_axis, order, colors, facets),
                       "Tail latency against the accuracy of what was answered, one marker per policy per sweep "
                       f"point{labelled}: down and right is better (shorter tail, more accurate answers); error "
                       "bars are 95 % intervals." + per_facet, "Latency-accuracy frontier"))
         if _agreement_adds_something(frame):
             plans.append(("frontier_agreement",
-                          lambda: F.frontier(frame, axis, order, colors, facets, x="agreement_pct"),
+                          lambda: F.frontier(frame, label_axis, order, colors, facets, x="agreement_pct"),
                           "The same frontier against agreement with the expert's own answer: direct, replica and "
                           "hedged answers agree by construction (100 %), so any distance from 100 % is the price "
                           "of decoding or of a backup, without the experts' own errors; down and right is better."
