@@ -443,6 +443,9 @@ def frontier(sweep: pd.DataFrame, axis: str | None, policies: Sequence[str] | No
             for name in order:
                 rows = rows_f[rows_f["policy"] == name]
                 if axis is not None and axis in rows.columns:
+                    if rows[axis].duplicated().any():
+                        raise ValueError(f"policy {name} has several points at one {axis} value; facet by the "
+                                         "other sweep axes")
                     rows = rows.sort_values(axis, kind="stable")
                 rows = rows[rows[key].notna()]
                 if not len(rows):

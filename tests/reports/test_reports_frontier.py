@@ -161,6 +161,22 @@ def test_accuracy_figure_draws_decoded_and_backup_answers_with_their_own_interva
         want = [q[(q["point"] == p) & (q["policy"] == policy) & (q["answered_by"] == kind)]["correct"].mean() * 100
                 for p in points["point"]]
         assert np.asarray(labels[label].get_ydata(), float) == pytest.approx(np.asarray(want))
+    # each band is the Wilson interval over that policy's decoded (backup) answers, not over all its answers
+    colour = reports.policy_colors(data.policy_order, data.policy_kinds)["backup"]
+    band = next(c for c in subset.collections if np.allclose(c.get_facecolor()[0][:3], _rgb(colour)))
+    verts = band.get_paths()[0].vertices
+    for p in points["point"]:
+        sub = q[(q["point"] == p) & (q["policy"] == "backup") & (q["answered_by"] == "backup")]
+        lo, hi = wilson_interval(sub["correct"].mean() * 100, len(sub))
+        x = points.set_index("point").at[p, AXIS]
+        ys = verts[np.isclose(verts[:, 0], x), 1]
+        assert (ys.min(), ys.max()) == pytest.approx((float(lo), float(hi)))
+
+
+def _rgb(colour: str) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+
+    return to_rgb(colour)
 
 
 @pytest.mark.parametrize("values", [[97.0, 99.0, 99.5, 100.0], [99.19, 99.8, 100.0, 100.0], [99.9, 99.95]])
@@ -197,3 +213,59 @@ def test_summary_only_frontier_uses_the_summary_points(tmp_path):
         for name, stats in point["policies"].items():
             assert got[("p99_ms", name)][point_index] == pytest.approx([stats["accuracy_pct"], stats["p99_ms"]])
     assert json.loads((folder / "summary.json").read_text()) == summary  # rendering never rewrites the summary
+
+
+def test_report_plans_the_frontier_against_accuracy_and_agreement(backup_run):
+    """The figures the report embeds (not only the builder called by hand) put accuracy on the x axis of
+    `frontier` and agreement on that of `frontier_agreement`."""
+    from reports.render import plan_figures
+
+    folder, _, _ = backup_run
+    built = {name: build for name, build, _, _ in plan_figures(reports.load_result(folder))}
+    for name, column in (("frontier", "correct"), ("frontier_agreement", "agrees_with_expert")):
+        got, want = plotted(built[name]()), independent(folder, column)
+        for key, pairs in want.items():
+            assert got[key] == pytest.approx(pairs, rel=1e-9, abs=1e-9), (name, key)
+
+
+def test_decoded_and_backup_intervals_are_over_those_answers_alone(backup_run):
+    folder, summary, html = backup_run
+    block = html[html.index('<h2 id="accuracy">'):]
+    block = block[:block.index("</table>")]
+    head = [unescape(h) for h in re.findall(r"<th>(.*?)</th>", block)]
+    q = _measured(folder)
+    checked = 0
+    for row in re.findall(r"<tr>(.*?)</tr>", block, re.S)[1:]:
+        cells = dict(zip(head, [re.sub(r"<[^>]+>", "", c).strip() for c in
+                                re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)], strict=True))
+        point = next(p["point"] for p in summary["points"] if f"{p[AXIS]:g}" == cells[AXIS])
+        mine = q[(q["point"] == point) & (q["policy"] == cells["policy"])]
+        for kind in ("decoded", "backup"):
+            sub = mine[mine["answered_by"] == kind]
+            if cells["policy"] not in ("coded", "backup") or not len(sub):
+                continue
+            k, n = int(sub["correct"].sum()), len(sub)
+            lo, hi = wilson_interval(100 * k / n, n)
+            assert cells[f"{kind}: accuracy"].endswith(f"[{float(lo):.2f}, {float(hi):.2f}]"), (kind, cells)
+            checked += 1
+    assert checked >= 2 * len(summary["points"])  # every point: coded's decoded and backup's backup answers
+
+
+def test_frontier_of_a_grid_draws_one_row_of_panels_per_value_of_the_other_axis(backup_run):
+    folder, _, _ = backup_run
+    one = reports.load_result(folder).sweep
+    other = one.assign(point=one["point"] + one["point"].max() + 1, p99_ms=one["p99_ms"] * 3,
+                       p999_ms=one["p999_ms"] * 3, accuracy_pct=one["accuracy_pct"] - 1)
+    grid = pd.concat([one.assign(load=0.2), other.assign(load=0.5)], ignore_index=True)
+    with pytest.raises(ValueError, match="facet"):
+        frontier(grid, AXIS, facet_by=())  # one line through both loads would zig-zag: refused
+    fig = frontier(grid, AXIS, facet_by=["load"])
+    assert len(fig.axes) == 4
+    for ax in fig.axes:
+        load = float(re.search(r"load = ([\d.]+)", ax.get_title()).group(1))
+        key = "p999_ms" if ax.get_title().startswith("p99.9") else "p99_ms"
+        for line in ax.get_lines():
+            if not (line.get_gid() or "").startswith("frontier:"):
+                continue
+            rows = grid[(grid["load"] == load) & (grid["policy"] == line.get_gid()[9:])].sort_values(AXIS)
+            assert np.asarray(line.get_xydata()) == pytest.approx(rows[["accuracy_pct", key]].to_numpy(float))

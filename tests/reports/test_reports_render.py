@@ -169,6 +169,7 @@ def test_coding_only_run_uses_nda_csv(tmp_path, names):
     assert _figures(folder) == {"nda_bars"}
     assert "<td>regmean</td>" in html and "<th>a NDA (%)</th>" in html
     assert "<td>91.00<span" in html  # coin, expert a: mean over seeds of 90 and 92
+    assert "<td>0.50</td>" in html  # the encode time, in seconds under either name
     assert "Headline" not in html
 
 
