@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # the report is rendered headless; never pick an interact
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from reports.load import ANSWER_KINDS, fmt_value  # noqa: E402
 
@@ -426,8 +427,9 @@ def frontier(sweep: pd.DataFrame, axis: str | None, policies: Sequence[str] | No
     """The latency–accuracy frontier: p99 (left) and p99.9 (right) against accuracy of what was answered,
     one marker per policy per sweep point, joined in sweep order and labelled with the axis value.
 
-    Error bars: the summary's latency intervals (vertical) and a 95 % Wilson interval of the accuracy over
-    the measured queries (horizontal). Down and right is better. One row of panels per facet.
+    Error bars: the summary's latency confidence intervals (vertical; a bound below zero or unknown is not
+    drawn) and a 95 % Wilson interval of the accuracy over the measured queries (horizontal). Down and right
+    is better. One row of panels per facet.
     `axis` None (a single point) draws one unlabelled marker per policy.
     """
     data = frontier_data(sweep, x)
@@ -469,6 +471,9 @@ def frontier(sweep: pd.DataFrame, axis: str | None, policies: Sequence[str] | No
             vals = vals[np.isfinite(vals) & (vals > 0)]
             if len(vals) and vals.max() / vals.min() > 20:
                 ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.5, 1, 2, 5 ms rather than 10^0
+                ax.yaxis.set_minor_formatter(NullFormatter())
             ax.xaxis.get_major_formatter().set_useOffset(False)
             lo_x, hi_x = ax.get_xlim()
             if hi_x - lo_x < 0.1:  # identical values without intervals: a column, not a magnified wobble

@@ -109,8 +109,9 @@ def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str,
         labelled = f", labelled with the {F.axis_label(label_axis)}" if label_axis not in (None, "point") else ""
         plans.append(("frontier", lambda: F.frontier(frame, label_axis, order, colors, facets),
                       "Tail latency against the accuracy of what was answered, one marker per policy per sweep "
-                      f"point{labelled}: down and right is better (shorter tail, more accurate answers); error "
-                      "bars are 95 % intervals." + per_facet, "Latency-accuracy frontier"))
+                      f"point{labelled}: down and right is better (shorter tail, more accurate answers). Vertical "
+                      "bars: the run's latency confidence intervals; horizontal: 95 % Wilson intervals of the "
+                      "accuracy." + per_facet, "Latency-accuracy frontier"))
         if _agreement_adds_something(frame):
             plans.append(("frontier_agreement",
                           lambda: F.frontier(frame, label_axis, order, colors, facets, x="agreement_pct"),
