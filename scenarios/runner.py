@@ -96,8 +96,8 @@ def _multi_decode_table(answers: AnswerTables, names: list[str]) -> list[dict[st
                 decoded_acc = float((dec.argmax(-1) == labels).mean() * 100)
                 expert_acc = float((answers.expert_outs[i, part].argmax(-1) == labels).mean() * 100)
                 rows.append({"missing": ",".join(names[m] for m in missing), "expert": names[i],
-                             "decoded_acc": decoded_acc, "expert_acc": expert_acc,
-                             "nda": 100 * decoded_acc / expert_acc if expert_acc else float("nan")})
+                             "decoded_acc_pct": decoded_acc, "expert_acc_pct": expert_acc,
+                             "nda_pct": 100 * decoded_acc / expert_acc if expert_acc else float("nan")})
     return rows
 
 
