@@ -38,7 +38,7 @@ thead th { background: var(--soft); font-weight: 600; border-bottom: 2px solid v
 thead th:first-child { background: var(--soft); }
 tbody tr:hover td { background: #fafbfd; }
 td.best { font-weight: 700; color: var(--accent); }
-td.name { text-align: left; }
+td.name, th.name { text-align: left; }
 td.strong { font-weight: 700; }
 td.good { color: #15803d; font-weight: 600; }
 td.bad { color: #b91c1c; font-weight: 600; }
@@ -69,7 +69,8 @@ TEMPLATE = """<!DOCTYPE html>
 {%- endmacro -%}
 {%- macro table(t) -%}
 <div class="tablewrap"><table{% if t.cls %} class="{{ t.cls }}"{% endif %}><thead><tr>
-{%- for h in t.head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{%- for h in t.head %}<th{% if loop.index0 in (t.left or ()) %} class="name"{% endif %}>{{ h }}</th>{% endfor %}
+</tr></thead><tbody>
 {% for row in t.rows %}<tr>{% for c in row %}{{ cell(c) }}{% endfor %}</tr>
 {% endfor %}</tbody></table></div>
 {%- for n in t.notes %}
@@ -415,7 +416,8 @@ def accuracy_table(data: ResultData, colors: Mapping[str, str]) -> dict[str, Any
              "queries. Brackets: 95 % Wilson intervals. Every policy serves the same queries (common random "
              "numbers), so differences between policies are smaller than these intervals suggest."]
     head = [*lead, "policy", "measured queries", *(h for _, h, _ in present)]
-    return {"every": len(points) > 1, "table": {"head": head, "rows": rows, "notes": notes, "cls": "accuracy"}}
+    return {"every": len(points) > 1,
+            "table": {"head": head, "rows": rows, "notes": notes, "cls": "accuracy", "left": [len(lead)]}}
 
 
 def sweep_table(sweep: pd.DataFrame, axes: Sequence[str], order: Sequence[str]) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def test_html_has_the_frontier_and_the_accuracy_columns_from_the_records(backup_
     assert "down and right is better" in html
     block = html[html.index('<h2 id="accuracy">'):]
     block = block[:block.index("</table>")]
-    head = [unescape(h) for h in re.findall(r"<th>(.*?)</th>", block)]
+    head = [unescape(h) for h in re.findall(r"<th(?: [^>]*)?>(.*?)</th>", block)]
     assert head == [AXIS, "policy", "measured queries", "all: accuracy", "all: agreement", "decoded: share",
                     "decoded: accuracy", "decoded: agreement", "backup: share", "backup: accuracy",
                     "backup: agreement"]
@@ -232,7 +232,7 @@ def test_decoded_and_backup_intervals_are_over_those_answers_alone(backup_run):
     folder, summary, html = backup_run
     block = html[html.index('<h2 id="accuracy">'):]
     block = block[:block.index("</table>")]
-    head = [unescape(h) for h in re.findall(r"<th>(.*?)</th>", block)]
+    head = [unescape(h) for h in re.findall(r"<th(?: [^>]*)?>(.*?)</th>", block)]
     q = _measured(folder)
     checked = 0
     for row in re.findall(r"<tr>(.*?)</tr>", block, re.S)[1:]:
