@@ -85,12 +85,10 @@ def _stats(frame: pd.DataFrame, load_pct: float | None) -> dict:
 def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1), n: int = 1500,
                  with_correct: bool = True, files: tuple[str, ...] = ("scenario.toml", "queries.parquet",
                                                                     "nda.csv", "sweep.parquet"),
-                 seed: int = 0, scenario: str = "synthetic", policies: tuple[str, ...] = POLICIES,
-                 legacy_nda_names: bool = False) -> tuple[Path, dict]:
-    """Write a result folder under `root`; return (folder, summary dict as written).
-
-    `legacy_nda_names` writes nda.csv with the column names used before issue 11 (nda, ..., encode_seconds).
-    """
+                 seed: int = 0, scenario: str = "synthetic",
+                 policies: tuple[str, ...] = POLICIES) -> tuple[Path, dict]:
+    """Write a result folder under `root`; return (folder, summary dict as written). A "backup" policy
+    answers late queries with a generalist (answered_by "backup"); only it has the backup_* keys."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     frames, sweep_rows, per_point = [], [], []
@@ -163,9 +161,5 @@ def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.
         rows = [{"method": m, "expert": e, "nda_pct": c["nda_pct"][e], "decoded_acc_pct": c["decoded_acc_pct"][e],
                  "expert_acc_pct": c["expert_acc_pct"][e], "encode_s": c["encode_s"]}
                 for m, c in coding.items() for e in EXPERTS]
-        frame = pd.DataFrame(rows)
-        if legacy_nda_names:
-            frame = frame.rename(columns={"nda_pct": "nda", "decoded_acc_pct": "decoded_acc",
-                                          "expert_acc_pct": "expert_acc", "encode_s": "encode_seconds"})
-        frame.to_csv(root / "nda.csv", index=False)
+        pd.DataFrame(rows).to_csv(root / "nda.csv", index=False)
     return root, summary
