@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 Arch = Literal["cnn", "resnet_cifar", "resnet18", "resnet50"]
+Activation = Literal["relu", "leaky_relu", "gelu"]
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "gelu": nn.GELU}
 
 
 class NetworkSpec(BaseModel):
@@ -29,25 +31,35 @@ class NetworkSpec(BaseModel):
     num_classes: int = Field(10, ge=2)
     width: int = Field(16, ge=2, le=512, description="channels of the first conv layer")
     batchnorm: bool = False
+    activation: Activation = Field(
+        "relu", description="nonlinearity of `cnn` (leaky_relu: slope 0.01); other archs use ReLU only")
     weights: Path | None = Field(None, description="local checkpoint for resnet18/50 (safetensors or .pth)")
+
+    @model_validator(mode="after")
+    def _activation_of_cnn_only(self) -> NetworkSpec:
+        if self.activation != "relu" and self.arch != "cnn":
+            raise ValueError(f"activation = '{self.activation}' is supported by arch = 'cnn' only (got '{self.arch}')")
+        return self
 
 
 class SmallCNN(nn.Module):
-    """conv-relu-pool ×2 then two linear layers."""
+    """conv-act-pool ×2 then two linear layers (act: ReLU by default, or leaky ReLU / GELU)."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int, image_size: int, batchnorm: bool):
+    def __init__(self, in_channels: int, num_classes: int, width: int, image_size: int, batchnorm: bool,
+                 activation: Activation = "relu"):
         super().__init__()
+        act = ACTIVATIONS[activation]
 
         def block(cin: int, cout: int) -> list[nn.Module]:
             layers: list[nn.Module] = [nn.Conv2d(cin, cout, 3, padding=1)]
             if batchnorm:
                 layers.append(nn.BatchNorm2d(cout))
-            return layers + [nn.ReLU(), nn.MaxPool2d(2)]
+            return layers + [act(), nn.MaxPool2d(2)]
 
         self.features = nn.Sequential(*block(in_channels, width), *block(width, 2 * width))
         side = image_size // 4
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(2 * width * side * side, 4 * width), nn.ReLU(), nn.Linear(4 * width, num_classes)
+            nn.Flatten(), nn.Linear(2 * width * side * side, 4 * width), act(), nn.Linear(4 * width, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +127,8 @@ def load_state_file(path: Path) -> dict[str, torch.Tensor]:
 def build_network(spec: NetworkSpec) -> nn.Module:
     """A freshly initialised network (the caller seeds torch first)."""
     if spec.arch == "cnn":
-        return SmallCNN(spec.in_channels, spec.num_classes, spec.width, spec.image_size, spec.batchnorm)
+        return SmallCNN(spec.in_channels, spec.num_classes, spec.width, spec.image_size, spec.batchnorm,
+                        spec.activation)
     if spec.arch == "resnet_cifar":
         return CifarResNet(spec.in_channels, spec.num_classes, spec.width)
     return _torchvision_resnet(spec)

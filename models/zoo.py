@@ -127,6 +127,8 @@ def build_zoo(config: ZooConfig | GivenZooConfig, device: str | torch.device = "
     data = _load_adapted(config)
     fingerprints = {name: d.fingerprint for name, d in data.items()}
     network = config.network.model_dump(mode="json")
+    if network.get("activation") == "relu":  # the default before `activation` existed: keys of older caches hold
+        del network["activation"]
     if config.network.weights is not None:  # the starting checkpoint's content, not just its path, decides the key
         weights = Path(config.network.weights).expanduser()
         network["weights_sha256"] = (hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file()

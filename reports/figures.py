@@ -23,7 +23,7 @@ from reports.load import ANSWER_KINDS, fmt_value  # noqa: E402
 # Order matters for name matching: "uncoded" contains "coded", and "coded-hedged" is a coded policy.
 _PREFERRED = (("uncoded", "#6b6b6b"), ("cod", "#2ca02c"), ("replic", "#1f77b4"), ("hedg", "#ff7f0e"),
               ("backup", "#9467bd"))
-_PALETTE = ("#d62728", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#2ca02c", "#1f77b4", "#ff7f0e")
+_PALETTE = ("#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#2ca02c", "#1f77b4", "#ff7f0e")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 # Policies can coincide (e.g. hedged == replication at high load); dashes keep both lines visible.
 _DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
@@ -515,10 +515,10 @@ def extra_load_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] 
 
 
 def answer_fractions(queries: pd.DataFrame | None, sweep: pd.DataFrame | None) -> pd.DataFrame:
-    """Per (point, policy): percent of measured queries answered direct / replica / hedge / decoded
+    """Per (point, policy): percent of measured queries answered direct / replica / hedge / decoded / backup
     (columns `<kind>_pct`).
 
-    From queries.parquet when present (all four kinds); otherwise from the sweep's `*_pct` columns.
+    From queries.parquet when present (every kind); otherwise from the sweep's `*_pct` columns.
     """
     cols = [f"{k}_pct" for k in ANSWER_KINDS]
     if queries is not None and "answered_by" in queries.columns:
@@ -539,11 +539,12 @@ def answer_fractions(queries: pd.DataFrame | None, sweep: pd.DataFrame | None) -
 def answer_mix_vs_sweep(fractions: pd.DataFrame, sweep: pd.DataFrame, axis: str,
                         policies: Sequence[str] | None = None, colors: Mapping[str, str] | None = None,
                         facet_by: Sequence[str] = ()) -> Figure:
-    """Share of queries answered by a replica, a hedge or decoding, per policy, against the sweep axis.
+    """Share of queries answered by a replica, a hedge, decoding or a generalist backup, per policy, against the
+    sweep axis.
 
     One row of panels per kind of answer, one column per facet (combination of the other axes' values).
     """
-    kinds = [k for k in ("decoded", "backup", "replica", "hedge")
+    kinds = [k for k in ("decoded", "replica", "hedge", "backup")
              if f"{k}_pct" in fractions.columns and fractions[f"{k}_pct"].fillna(0).gt(0).any()] or ["decoded"]
     coords = [c for c in dict.fromkeys([axis, *facet_by]) if c in sweep.columns and c != "point"]
     frame = fractions.copy()

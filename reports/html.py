@@ -301,7 +301,9 @@ def headline_table(policies: Mapping[str, Mapping[str, Any]], colors: Mapping[st
              ("extra_load_vs_uncoded_pct", "extra load vs uncoded", _extra_load_cell),
              ("utilization_pct", "utilization", lambda v: _cell(fmt_pct(v))),
              ("n_measured", "measured queries", lambda v: _cell(f"{int(v):,}"))]
-    extra = [e for e in extra if any(finite(p.get(e[0])) for p in policies.values())]
+    has_backup = any(p.get("kind") == "backup" or (p.get("backup_pct") or 0) > 0 for p in policies.values())
+    extra = [e for e in extra if any(finite(p.get(e[0])) for p in policies.values())
+             and (e[0] != "backup_pct" or has_backup)]
     tails = {n: p.get("p999_ms") for n, p in policies.items() if finite(p.get("p999_ms"))}
     best = min(tails, key=lambda n: tails[n]) if len(tails) > 1 else None
     rows = []
@@ -314,8 +316,8 @@ def headline_table(policies: Mapping[str, Mapping[str, Any]], colors: Mapping[st
         rows.append(cells)
     head = ["policy", *(f"{label} (ms)" for _, label in latency), *(label for _, label, _ in extra)]
     notes = ["Latency in ms with confidence intervals in brackets; warm-up discarded. Accuracy is of the answers "
-             "actually returned (direct, replica, hedge or decoded). Extra load is server time per query relative "
-             "to the uncoded policy. Highlighted: lowest p99.9. " + UPPER_AT_MAX_NOTE]
+             "actually returned (direct, replica, hedge, decoded or backup). Extra load is server time per query "
+             "relative to the uncoded policy. Highlighted: lowest p99.9. " + UPPER_AT_MAX_NOTE]
     if any(finite(p.get("extra_load_vs_uncoded_pct")) and p["extra_load_vs_uncoded_pct"] < 0
            for p in policies.values()):
         notes.append(NEGATIVE_LOAD_NOTE)
@@ -348,6 +350,8 @@ def takeaway(policies: Mapping[str, Mapping[str, Any]], base: str | None = None)
         text += Markup(". It answered with {} accuracy").format(fmt_pct(b["accuracy_pct"], digits=2))
         if finite(b.get("decoded_pct")) and b["decoded_pct"] > 0:
             text += Markup(", {} of answers decoded").format(fmt_pct(b["decoded_pct"]))
+        if finite(b.get("backup_pct")) and b["backup_pct"] > 0:
+            text += Markup(", {} of answers from the generalist backup").format(fmt_pct(b["backup_pct"]))
     return text + Markup(".")
 
 
@@ -427,8 +431,12 @@ def sweep_table(sweep: pd.DataFrame, axes: Sequence[str], order: Sequence[str]) 
             ("p999_ms", "p99.9 (ms)", lambda r, k: _cell(fmt_ms(r.get(k)), ci=_ci(r, k))),
             ("accuracy_pct", "accuracy", lambda r, k: _cell(fmt_pct(r.get(k), digits=2))),
             ("decoded_pct", "decoded", lambda r, k: _cell(fmt_pct(r.get(k)))),
+            ("backup_pct", "backup", lambda r, k: _cell(fmt_pct(r.get(k)))),
             ("extra_load_vs_uncoded_pct", "extra load vs uncoded", lambda r, k: _extra_load_cell(r.get(k)))]
     cols = [c for c in cols if c[0] in sweep.columns and pd.to_numeric(sweep[c[0]], errors="coerce").notna().any()]
+    if not (("kind" in sweep.columns and (sweep["kind"] == "backup").any()) or
+            ("backup_pct" in sweep.columns and pd.to_numeric(sweep["backup_pct"], errors="coerce").gt(0).any())):
+        cols = [c for c in cols if c[0] != "backup_pct"]  # no backup policy in this run: no column of zeros
     axes = [a for a in axes if a in sweep.columns] or ["point"]
     rank = {p: i for i, p in enumerate(order)}
     frame = sweep.assign(_r=sweep["policy"].map(rank)).sort_values(["point", "_r"], kind="stable")

@@ -38,7 +38,7 @@ class ReportError(ValueError):
 
 SCHEMA_VERSION = 2  # the newest summary.json layout this reader knows (scenarios.runner.SCHEMA_VERSION)
 LATENCY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms")
-ANSWER_KINDS = ("direct", "replica", "hedge", "decoded", "backup")  # backup: a generalist on the extra server
+ANSWER_KINDS = ("direct", "replica", "hedge", "decoded", "backup")  # sim.plan.HOW (this package imports no sim)
 PCT_KEYS = ("accuracy_pct", "utilization_pct", "extra_load_vs_uncoded_pct", *(f"{k}_pct" for k in ANSWER_KINDS))
 
 # version 1 name -> (version 2 name, factor to percent); applied by name to policies and sweep.parquet columns
@@ -101,7 +101,7 @@ class ResultData:
 
     @property
     def policy_kinds(self) -> dict[str, str | None]:
-        """Simulator kind per policy (uncoded/replication/hedged/coded) when the summary records it."""
+        """Simulator kind per policy (uncoded/replication/hedged/coded/backup) when the summary records it."""
         kinds: dict[str, str | None] = {}
         for policies in [self.policies, *(p["policies"] for p in self.points)]:
             for n, p in policies.items():

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sim import SimConfig, simulate
+from sim.plan import HOW
 
 
 def solve_missing(expert_outs: np.ndarray, coded_outs: np.ndarray, matrix: np.ndarray, missing: list[int],
@@ -38,7 +39,8 @@ class AnswerTables:
     query for expert i with sample id s reads row offsets[i] + s, an ensemble query reads row s. Coded model k
     approximates Σⱼ matrix[k, j] fⱼ; any answer that was decoded is decoded here from exactly the outputs
     that came back, so its correctness is that of the real decoded output. Ensemble answers are the argmax of
-    the summed softmax of the N outputs.
+    the summed softmax of the N outputs. `backup_outs` are the generalist network's own outputs (the network
+    a backup server hosts), used undecoded: a backup answer is their argmax.
     """
 
     labels: np.ndarray  # (S,)
@@ -46,6 +48,12 @@ class AnswerTables:
     expert_outs: np.ndarray  # (N, S, K)
     coded_outs: np.ndarray  # (r, S, K)
     matrix: np.ndarray  # (r, N)
+    backup_outs: np.ndarray | None = None  # (S, K); None only where no backup policy is joined
+
+    def __post_init__(self) -> None:
+        want = self.expert_outs.shape[1:]
+        if self.backup_outs is not None and self.backup_outs.shape != want:
+            raise ValueError(f"backup_outs has shape {self.backup_outs.shape}, expected {want} (rows, classes)")
 
     @property
     def pools(self) -> list[int]:
@@ -70,9 +78,11 @@ def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
     """Per simulated query: (was what the system answered right, does it agree with what the expert itself —
     or, for an ensemble query, every expert itself — would have answered).
 
-    `hosts[s]` says what server s runs ('0'..'N-1' an expert or its replica, 'coded', 'spare'); the k-th coded
-    server runs coded model k. Only outputs of servers in a query's answer mask are used for decoding. A direct,
-    replica or hedge answer is the expert's own output, so it agrees by construction; a decoded one may not.
+    `hosts[s]` says what server s runs ('0'..'N-1' an expert or its replica, 'coded', 'spare', 'backup'); the k-th
+    coded server runs coded model k. Only outputs of servers in a query's answer mask are used for decoding. A
+    direct, replica or hedge answer is the expert's own output, so it agrees by construction; a decoded one may
+    not, nor may a backup answer, which is the argmax of the generalist's own output on the query's input (for
+    an ensemble query too: the generalist answers the whole query).
     """
     r = answers.matrix.shape[0]
     hosts = hosts or [str(i) for i in range(n_experts)] + ["coded"] * r
@@ -89,7 +99,12 @@ def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
     if (~routed).any():
         own[~routed] = _softmax(answers.expert_outs[:, rows[~routed]]).sum(0).argmax(-1)
     pred = own.copy()
-    decoded_groups = pd.DataFrame({"model": model, "mask": masks})[was_decoded | (model < 0)]
+    by_backup = (records["answered_by"] == "backup").to_numpy()
+    if by_backup.any():
+        if answers.backup_outs is None:
+            raise ValueError("backup answers to join but the answer tables hold no generalist outputs (backup_outs)")
+        pred[by_backup] = answers.backup_outs[rows[by_backup]].argmax(-1)
+    decoded_groups = pd.DataFrame({"model": model, "mask": masks})[(was_decoded | (model < 0)) & ~by_backup]
     for (m, mask), group in decoded_groups.groupby(["model", "mask"]):
         index = group.index.to_numpy()
         back = [b for b in range(len(hosts)) if (mask >> b) & 1]
@@ -113,42 +128,37 @@ def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: in
     return join_answers(records, answers, n_experts, hosts)[0]
 
 
-# The simulator's per-policy summary in [0, 1] fractions, renamed to the one unit and name of every result file
-# (summary.json, sweep.parquet, report, CLI): percent, named *_pct. The answer mix is recomputed below.
-_SIM_FRACTIONS_AS_PCT = {"utilization": "utilization_pct", "extra_load_vs_uncoded": "extra_load_vs_uncoded_pct"}
-_SIM_KEYS_DROPPED = ("decoded_fraction", "frac_direct", "frac_replica", "frac_hedge", "frac_decoded")
-ANSWER_KINDS = ("direct", "replica", "hedge", "decoded")
+ANSWER_KINDS = HOW  # direct, replica, hedge, decoded, backup: the simulator's own names
+_OWN_ACCURACY = ("decoded", "backup")  # answers that are not the expert's own output get accuracy of their own
+
+
+def _pct(mask: pd.Series) -> float | None:
+    return float(mask.mean() * 100) if len(mask) else None
 
 
 def _policy_summary(records: pd.DataFrame, sim_summary: dict[str, Any]) -> dict[str, Any]:
-    """One policy at one point: the simulator's scalars plus the answer mix and accuracy, fractions in percent.
+    """One policy at one point: the simulator's scalars (already in the result files' names and units: times in
+    ms, fractions in percent named *_pct) plus accuracy.
 
     `n_queries` is the number of simulated queries (warm-up included, as configured), `n_measured` those the
     statistics use; `<how>_pct` is the share of measured queries answered direct / by a replica / by a hedge /
-    by decoding; `accuracy_pct` the share of measured queries answered right; `agreement_pct` the share whose
-    answer is the class the expert itself would have given; `decoded_accuracy_pct` / `decoded_agreement_pct`
-    the same over decoded answers alone (None when nothing was decoded).
+    by decoding / by a generalist backup; `accuracy_pct` the share of measured queries answered right;
+    `agreement_pct` the share whose answer is the class the expert itself would have given;
+    `decoded_accuracy_pct` / `decoded_agreement_pct` and `backup_accuracy_pct` / `backup_agreement_pct` the same
+    over decoded answers alone and over backup answers alone (None when there were none).
     """
     measured = records[~records["warmup"].to_numpy()]
-    out = {k: v for k, v in sim_summary.items()
-           if (isinstance(v, int | float | str | bool) or v is None) and k not in _SIM_KEYS_DROPPED}
-    for old, new in _SIM_FRACTIONS_AS_PCT.items():
-        if old in out:
-            value = out.pop(old)
-            out[new] = None if value is None else float(value) * 100
+    out = {k: v for k, v in sim_summary.items() if isinstance(v, int | float | str | bool) or v is None}
     out["n_queries"] = int(len(records))
     out["n_measured"] = int(len(measured))
-    counts = measured["answered_by"].value_counts(normalize=True)
-    for how in ANSWER_KINDS:
-        out[f"{how}_pct"] = float(counts.get(how, 0.0)) * 100
     if "correct" in measured:
-        out["accuracy_pct"] = float(measured["correct"].mean() * 100)
-        decoded = measured[measured["answered_by"] == "decoded"]
-        out["decoded_accuracy_pct"] = float(decoded["correct"].mean() * 100) if len(decoded) else None
+        out["accuracy_pct"] = _pct(measured["correct"])
+        for how in _OWN_ACCURACY:
+            out[f"{how}_accuracy_pct"] = _pct(measured.loc[measured["answered_by"] == how, "correct"])
     if "agrees_with_expert" in measured:
-        out["agreement_pct"] = float(measured["agrees_with_expert"].mean() * 100)
-        decoded = measured[measured["answered_by"] == "decoded"]
-        out["decoded_agreement_pct"] = float(decoded["agrees_with_expert"].mean() * 100) if len(decoded) else None
+        out["agreement_pct"] = _pct(measured["agrees_with_expert"])
+        for how in _OWN_ACCURACY:
+            out[f"{how}_agreement_pct"] = _pct(measured.loc[measured["answered_by"] == how, "agrees_with_expert"])
     return out
 
 

@@ -2,13 +2,14 @@
 
 1. validate the scenario (every sweep point) — nothing runs on a bad file;
 2. models: base + experts from the cache or trained;
-3. coin: the coded model the parity server hosts, and the NDA table of every method asked for;
-4. forward passes: every expert and the coded model on every test input a query may draw, once, batched; the
-   correctness of the direct and of the decoded answer is tabulated per (expert, sample);
+3. coin: the coded model the parity server hosts, the generalist a backup server hosts (the coded model itself
+   unless `coding.backup` names another method), and the NDA table of every method asked for;
+4. forward passes: every expert, the coded model and the generalist on every test input a query may draw, once,
+   batched; the correctness of the direct, the decoded and the backup answer is tabulated per (expert, sample);
 5. a latency profile of each served network on the device becomes its empirical service distribution;
 6. sim: every policy at every sweep point on common random numbers (locally or on a Dask cluster);
-7. join: each simulated query looks up whether the answer it actually got (direct, replica, hedge or decoded)
-   was right; then the result folder is written atomically and the report rendered.
+7. join: each simulated query looks up whether the answer it actually got (direct, replica, hedge, decoded or
+   backup) was right; then the result folder is written atomically and the report rendered.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class NetworkFacts:
     multi_decode: list[dict[str, Any]] = field(default_factory=list)
     coded_models: list[Any] = field(default_factory=list, repr=False)  # coded model k serves coded server k
     network_spec: Any = None  # models.NetworkSpec of every served network
+    backup_name: str = ""  # coding method of the generalist the backup servers host
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -123,10 +125,11 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     def encode(method: str, beta: np.ndarray):
         return coin.encode(method, zoo.models, beta.tolist(), x, y=y, owner=owner, base=zoo.base, seed=scenario.seed)
 
-    rows, coded_models = [], []
+    rows, coded_models, built = [], [], {}
     for method in dict.fromkeys([scenario.coding.method, *scenario.coding.compare]):
         _say(f"coding {n} experts with {method} (P={scenario.coding.samples})", quiet)
         result = encode(method, matrix[0])
+        built[method] = result.model
         for row in coin.evaluate(result.model, zoo.models, torch.tensor(matrix[0]), tests):
             rows.append({"method": method, "expert": zoo.experts[row.expert].name, "nda_pct": row.nda,
                          "decoded_acc_pct": row.decoded_acc, "expert_acc_pct": row.expert_acc,
@@ -136,6 +139,14 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     for k in range(1, matrix.shape[0]):
         _say(f"coding coded model {k + 1}/{matrix.shape[0]} with {scenario.coding.method}", quiet)
         coded_models.append(encode(scenario.coding.method, matrix[k]).model)
+    # the generalist a backup server hosts: coded model 0 itself, or the network of another method (β = row 0)
+    if scenario.backup_is_coded:
+        generalist = coded_models[0]
+    elif scenario.backup_method in built:
+        generalist = built[scenario.backup_method]
+    else:
+        _say(f"coding the generalist backup with {scenario.backup_method}", quiet)
+        generalist = encode(scenario.backup_method, matrix[0]).model
     timings["coding_s"] = time.perf_counter() - started - timings["models_s"]
 
     device = zoo.device
@@ -144,12 +155,17 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     expert_outs = np.stack([coin.outputs(m.to(device), all_x.to(device)).cpu().numpy() for m in zoo.models])
     coded_outs = np.stack([coin.outputs(m.to(device).eval(), all_x.to(device)).cpu().numpy()
                            for m in coded_models])
+    # the generalist's own outputs, undecoded (when it is coded model 0, that network's pass just above)
+    backup_outs = coded_outs[0] if generalist is coded_models[0] else \
+        coin.outputs(generalist.to(device).eval(), all_x.to(device)).cpu().numpy()
     offsets = np.cumsum([0] + [len(e.test_x) for e in zoo.experts])
-    answers = AnswerTables(labels, offsets, expert_outs, coded_outs, matrix)
+    answers = AnswerTables(labels, offsets, expert_outs, coded_outs, matrix, backup_outs)
     names = [e.name for e in zoo.experts]
 
     spec = scenario.profile
     served_models = [*((e.name, e.model) for e in zoo.experts), ("coded", coded_models[0])]
+    if not scenario.backup_is_coded:
+        served_models.append(("backup", generalist))
     if spec.replay is not None:
         profile = read_profile(Path(spec.replay).expanduser(), [name for name, _ in served_models])
     else:
@@ -158,11 +174,11 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
                                       preempted_retries=spec.preempted_retries)
     timings["forward_and_profile_s"] = time.perf_counter() - started - timings["models_s"] - timings["coding_s"]
     experts = [{"name": e.name, "partition": e.partition, "accuracy": e.accuracy} for e in zoo.experts]
-    served = {**{e.name: e.model for e in zoo.experts}, "coded": coded_models[0]}
+    served = dict(served_models)
     return NetworkFacts(experts, pd.DataFrame(rows), answers, profile, str(device), scenario.coding.method,
                         timings, served, [e.test_x for e in zoo.experts],
                         _multi_decode_table(answers, names) if matrix.shape[0] > 1 else [], coded_models,
-                        scenario.models.network)
+                        scenario.models.network, scenario.backup_method)
 
 
 def _profile_frame(facts: NetworkFacts) -> pd.DataFrame:
@@ -236,7 +252,7 @@ def live_config(config: SimConfig, facts: NetworkFacts, seed: int, threads: int 
             for name, model in facts.served.items()}
     service = config.service.model_copy(update={
         "experts": tuple(live[e["name"]] for e in facts.experts), "expert": live[facts.experts[0]["name"]],
-        "coded": live["coded"]})
+        "coded": live["coded"], **({"backup": live["backup"]} if "backup" in live else {})})
     return config.model_copy(update={"service": service})
 
 
@@ -259,9 +275,10 @@ def live_check(scenario: Scenario, facts: NetworkFacts, config: SimConfig) -> di
     }
     service = {name: {"profiled_mean_ms": float(facts.profile_ms[name].mean()),
                       "live_mean_ms": float(np.mean(dist._times))}
-               for name, dist in zip([e["name"] for e in facts.experts] + ["coded"],
-                                     [*live_short.service.experts, live_short.service.coded], strict=True)
-               if dist._times is not None}
+               for name, dist in zip([e["name"] for e in facts.experts] + ["coded", "backup"],
+                                     [*live_short.service.experts, live_short.service.coded,
+                                      live_short.service.backup], strict=True)
+               if dist is not None and dist._times is not None}
     first = next(iter(per_policy.values()))
     return {"n_queries": n, **first, "per_policy": per_policy, "service": service}
 
@@ -361,17 +378,21 @@ def _execute_on_dask(points, todo, seed, answers, sweep, store: PointStore, bar)
 def build_point_configs(scenario: Scenario, facts: NetworkFacts | None,
                         only: int | None = None) -> list[tuple[Any, SimConfig]]:
     """The SimConfig of every sweep point (or of point `only` alone), with measured service times and sample
-    pools filled in."""
-    expert_service = coded_service = pools = None
+    pools filled in; a point outside some policy's capacity region at the measured times is refused (ScenarioError)
+    unless the scenario allows unstable loads."""
+    expert_service = coded_service = backup_service = pools = None
     if facts is not None:
         expert_service = [{"kind": "empirical", "samples_ms": facts.profile_ms[e["name"]].tolist()}
                           for e in facts.experts]
         coded_service = {"kind": "empirical", "samples_ms": facts.profile_ms["coded"].tolist()}
+        if "backup" in facts.profile_ms:  # a generalist other than the coded model, profiled on its own
+            backup_service = {"kind": "empirical", "samples_ms": facts.profile_ms["backup"].tolist()}
         pools = facts.answers.pools
     configs = []
     points = scenario.sweep_points()
     for values, table in points if only is None else [points[only]]:
-        config = sim_config_for(scenario, table, expert_service, coded_service, pools)
+        config = sim_config_for(scenario, table, expert_service, coded_service, pools, check_capacity=True,
+                                backup_service=backup_service)
         if pools is not None:
             config = config.model_copy(update={"traffic": config.traffic.model_copy(
                 update={"ensemble_sample_pool": int(sum(pools))})})
@@ -523,6 +544,14 @@ def run_scenario(
                    "expert_acc": "expert_acc_pct"}  # the networks side measures these in percent already
         summary["experts"] = [{percent.get(k, k): v for k, v in e.items()} for e in facts.experts]
         summary["coded_method"] = facts.coded_name
+        a = facts.answers
+        summary["backup"] = {  # the generalist on each expert's own test partition, answering alone (argmax)
+            "method": facts.backup_name,
+            "network": "coded" if "backup" not in facts.profile_ms else "backup",
+            "accuracy_pct": {e["name"]: float((a.backup_outs[a.offsets[i]:a.offsets[i + 1]].argmax(-1)
+                                               == a.labels[a.offsets[i]:a.offsets[i + 1]]).mean() * 100)
+                             for i, e in enumerate(facts.experts)},
+        }
         summary["coding_matrix"] = facts.answers.matrix.tolist()
         if facts.multi_decode:
             from coin.multicode import worst_condition
@@ -557,7 +586,8 @@ def run_scenario(
             _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
             a = facts.answers
             np.savez_compressed(tmp / "outputs.npz", labels=a.labels, offsets=a.offsets,
-                                expert_outputs=a.expert_outs, coded_outputs=a.coded_outs, coding_matrix=a.matrix)
+                                expert_outputs=a.expert_outs, coded_outputs=a.coded_outs, coding_matrix=a.matrix,
+                                backup_outputs=a.backup_outs)
 
     final = publish(out_root / scenario.name / datetime.now().strftime("%Y%m%d-%H%M%S-%f"), write)
     shutil.rmtree(work, ignore_errors=True)

@@ -40,6 +40,8 @@ class CodingSpec(_Strict):
 
     method: str = "coin"
     compare: list[str] = Field(default_factory=list)
+    backup: str | None = Field(None, description="coding method of the generalist a backup server hosts (policy "
+                                                 "kind 'backup'); default: the coded model itself (`method`)")
     beta: list[float] | None = None
     betas: list[list[float]] | None = Field(None, description="r coding-weight vectors, one per coded model")
     samples: int = Field(200, ge=1, description="P, the inputs the coding method may look at")
@@ -175,6 +177,22 @@ class Scenario(_Strict):
     def n_experts(self) -> int:
         return len(self.models.experts) if self.models is not None else int(self.sim["n_experts"])
 
+    @property
+    def backup_method(self) -> str:
+        """The coding method whose network the generalist-backup servers host."""
+        return self.coding.backup or self.coding.method
+
+    @property
+    def backup_is_coded(self) -> bool:
+        """True when the generalist is the coded model itself (one network, profiled once, as 'coded')."""
+        return self.backup_method == self.coding.method
+
+    def served_names(self) -> list[str]:
+        """Names of the networks the latency profile times: the experts, 'coded' and, when it is another
+        network, 'backup'."""
+        assert self.models is not None
+        return [e.name for e in self.models.experts] + ["coded"] + ([] if self.backup_is_coded else ["backup"])
+
     def sweep_points(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """({axis: value}, sim table) for every grid point; one point with no values when not sweeping."""
         if self.sweep is None:
@@ -206,6 +224,7 @@ def sim_config_for(
     coded_service: Any | None = None,
     sample_pools: list[int] | None = None,
     check_capacity: bool = False,
+    backup_service: Any | None = None,
 ) -> SimConfig:
     """The simulator config of one point, with the runner's measured facts filled in.
 
@@ -223,6 +242,8 @@ def sim_config_for(
             service["experts"] = expert_service
         if coded_service is not None and "coded" not in service:
             service["coded"] = coded_service
+        if backup_service is not None and "backup" not in service:  # else: the coded servers' (same network)
+            service["backup"] = backup_service
     traffic = table.setdefault("traffic", {})
     if sample_pools is not None:
         traffic["sample_pool"] = sample_pools
@@ -266,8 +287,10 @@ _PLACEHOLDER_SERVICE = {"kind": "exponential", "mean_ms": 1.0}
 def stand_in_configs(scenario: Scenario) -> list[tuple[dict[str, Any], SimConfig]]:
     """Every sweep point's SimConfig, with stand-in service times where the real ones are measured later.
 
-    The capacity region is only checked when the service times are the scenario's own (no [models]); with
-    networks only `traffic.load` < 1 can be checked before the latency profile is measured.
+    With networks ([models]) the pass times are measured later, so the capacity region is checked with one
+    stand-in pass time for every network: exact for networks of one architecture up to the few per cent their
+    measured passes differ by (the coded network always shares the experts' architecture). The runner checks it
+    again with the measured times before simulating (`build_point_configs`).
     """
     n = scenario.n_experts
     configs = []
@@ -279,7 +302,7 @@ def stand_in_configs(scenario: Scenario) -> list[tuple[dict[str, Any], SimConfig
                 expert_service=[_PLACEHOLDER_SERVICE] * n if scenario.models is not None else None,
                 coded_service=_PLACEHOLDER_SERVICE if scenario.models is not None else None,
                 sample_pools=[1] * n if scenario.models is not None else None,
-                check_capacity=scenario.models is None,
+                check_capacity=True,
             )))
         except (SimConfigError, ScenarioError) as error:
             raise ScenarioError(f"{str(error).splitlines()[0]}{_where(values)}") from None
@@ -331,8 +354,7 @@ def _check_replay(scenario: Scenario) -> None:
     from scenarios.runner import read_profile
 
     assert scenario.models is not None and scenario.profile.replay is not None
-    names = [e.name for e in scenario.models.experts] + ["coded"]
-    read_profile(Path(scenario.profile.replay).expanduser(), names)
+    read_profile(Path(scenario.profile.replay).expanduser(), scenario.served_names())
 
 
 def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenario:
@@ -373,6 +395,8 @@ def scenario_from_dict(data: dict[str, Any], source: str = "scenario") -> Scenar
         for method in [scenario.coding.method, *scenario.coding.compare]:
             if method not in known:
                 problems.append(f"coding: unknown method '{method}' (known: {', '.join(known)})")
+        if scenario.coding.backup is not None and scenario.coding.backup not in known:
+            problems.append(f"coding.backup: unknown method '{scenario.coding.backup}' (known: {', '.join(known)})")
         for weights in [*([scenario.coding.beta] if scenario.coding.beta else []), *(scenario.coding.betas or [])]:
             try:
                 check_coding_matrix([weights], scenario.n_experts)

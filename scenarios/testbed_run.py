@@ -311,6 +311,9 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
             if isinstance(policy, dict) and policy.get("dispatch") == "pool":
                 raise ScenarioError("testbed: replication with dispatch = 'pool' (one shared queue) is not served "
                                     "for real; use jsq or redundant")
+            if (policy.get("kind") if isinstance(policy, dict) else policy) == "backup":
+                raise ScenarioError("testbed: the generalist-backup policy (kind = 'backup') is not served for real "
+                                    "yet; simulate it with coinsim run, or leave it out of [sim] policies here")
 
 
 def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: Any, quiet: bool) -> None:

@@ -9,17 +9,28 @@ Public API
   the same random numbers (same arrivals, same per-(query, server) service and straggler draws).
   ``SimResult.records`` is one row per (policy, query): policy, query_id, kind (routed | ensemble), model
   (-1 = ensemble), model_name, sample_id, arrival_ms, finish_ms, latency_ms, answered_by (direct | replica |
-  hedge | decoded), servers_used ("0,2"), answer_mask, n_tasks, server_ms (cancelled and lost work
+  hedge | decoded | backup), servers_used ("0,2"), answer_mask, n_tasks, server_ms (cancelled and lost work
   included), warmup. ``SimResult.summary[policy]`` holds mean/p50/p95/p99/p999 ``*_ms`` with batch-means
-  CIs (``*_ms_lo``, ``*_ms_hi``), utilization, server_ms_per_query, extra_load_vs_uncoded, answered_by
-  fractions. ``SimResult.servers`` is one row per (policy, server).
+  CIs (``*_ms_lo``, ``*_ms_hi``), server_ms_per_query and, in percent, utilization_pct (mean over servers),
+  utilization_per_server_pct, extra_load_vs_uncoded_pct (server time per query against the uncoded policy's;
+  None without one) and the answer mix direct_pct / replica_pct / hedge_pct / decoded_pct / backup_pct (shares
+  of measured queries). ``SimResult.servers`` is one row per (policy, server): hosts (an expert index, or
+  "coded", "spare", "backup"), busy_ms, utilization_pct, cancelled_ms, lost_ms.
 - ``replicate(config, seed, n_replications)``: CIs from independent replications.
 - ``SimConfig`` (pydantic v2) / ``parse_config(mapping)`` / ``load_config(toml_path)``; bad input raises
   ``SimConfigError`` (a ValueError with a one-line message) before anything is simulated.
 - ``draw(config, seed) -> Draws``: the common random numbers, exposed for tests and the runner.
 
 Servers 0..N-1 host experts 0..N-1; servers N..N+r-1 are the policy's extra resources (idle spares for
-uncoded, replicas, or coded servers), so every policy uses the same N + r servers.
+uncoded, replicas, coded servers, or generalist backups), so every policy uses the same N + r servers.
+
+Policies (``kind``, with its ``dispatch`` rules): ``uncoded`` (direct); ``replication`` (redundant | jsq | pool);
+``hedged`` (hedged); ``coded`` (redundant | hedged | sed; answers may be decoded from N outputs); ``backup``
+(hedged | redundant): each extra server hosts one generalist network (by default the coded model used as a
+multi-task model, without decoding) that answers any query on its own — a routed query goes to its expert and
+one backup server (the one with the fewest live tasks, ties to the lowest index; after ``delay_ms`` if hedged,
+at once if redundant), an ensemble query to the N experts and one backup; the first answer wins and the other
+copies are cancelled. A backup server's service time is ``service.backup`` (default: ``service.coded``).
 
 Model semantics worth knowing: a task's time is drawn per (query, server) and is the same under every
 policy; it is the draw of the server that starts the task (in a pooled queue, whichever server takes it);

@@ -13,11 +13,12 @@ from sim.config import MAX_SERVERS, SimConfig, parse_config
 from sim.draws import Draws, draw
 from sim.engine import FastEngine, RunOutput
 from sim.errors import SimConfigError
-from sim.layout import CODED, SPARE
-from sim.plan import HOW, HOW_DECODED, Plan, make_plan
+from sim.layout import BACKUP, CODED, SPARE
+from sim.plan import HOW, Plan, make_plan
 from sim.stats import across_replications, latency_summary
 
 Engine = Literal["fast", "reference"]
+HOST_NAMES = {CODED: "coded", SPARE: "spare", BACKUP: "backup"}  # the servers table's name of a non-expert host
 
 
 @dataclass
@@ -89,18 +90,18 @@ def _summary(cfg: SimConfig, plan: Plan, rec: pd.DataFrame, out: RunOutput) -> d
             for k in ("routed", "ensemble")
         }
     util = out.busy_ms / out.end_ms if out.end_ms > 0 else np.zeros_like(out.busy_ms)
-    s["utilization"] = float(np.mean(util))
-    s["utilization_per_server"] = [float(u) for u in util]
+    s["utilization_pct"] = float(np.mean(util)) * 100
+    s["utilization_per_server_pct"] = [float(u) * 100 for u in util]
     s["spare_servers"] = [k for k, h in enumerate(plan.hosts) if h == SPARE]
     s["coded_servers"] = [k for k, h in enumerate(plan.hosts) if h == CODED]
+    s["backup_servers"] = [k for k, h in enumerate(plan.hosts) if h == BACKUP]
     s["server_ms_per_query"] = float(meas["server_ms"].mean()) if len(meas) else float("nan")
     s["cancelled_ms"] = float(out.cancelled_ms.sum())
     s["lost_ms"] = float(out.lost_ms.sum())
     s["end_ms"] = out.end_ms
     counts = meas["answered_by"].value_counts(normalize=True)
-    for h in HOW:
-        s[f"frac_{h}"] = float(counts.get(h, 0.0))
-    s["decoded_fraction"] = s[f"frac_{HOW[HOW_DECODED]}"]
+    for h in HOW:  # direct_pct, replica_pct, hedge_pct, decoded_pct, backup_pct: shares of measured queries
+        s[f"{h}_pct"] = float(counts.get(h, 0.0)) * 100
     return s
 
 
@@ -133,9 +134,9 @@ def simulate(
                 {
                     "policy": plan.name,
                     "server": np.arange(plan.n_servers),
-                    "hosts": [("coded" if h == CODED else "spare" if h == SPARE else str(h)) for h in plan.hosts],
+                    "hosts": [HOST_NAMES.get(h, str(h)) for h in plan.hosts],
                     "busy_ms": out.busy_ms,
-                    "utilization": out.busy_ms / out.end_ms,
+                    "utilization_pct": out.busy_ms / out.end_ms * 100,
                     "cancelled_ms": out.cancelled_ms,
                     "lost_ms": out.lost_ms,
                 }
@@ -143,8 +144,8 @@ def simulate(
         )
     base = next((summary[s.name] for s in specs if s.kind == "uncoded"), None)
     for s in summary.values():
-        s["extra_load_vs_uncoded"] = (
-            s["server_ms_per_query"] / base["server_ms_per_query"] - 1.0 if base is not None else None
+        s["extra_load_vs_uncoded_pct"] = (
+            (s["server_ms_per_query"] / base["server_ms_per_query"] - 1.0) * 100 if base is not None else None
         )
     records = pd.concat(frames, ignore_index=True)
     records["policy"] = pd.Categorical(records["policy"], categories=[s.name for s in specs])
@@ -167,7 +168,7 @@ def replicate(
     cfg = parse_config(config)
     if n_replications < 2:
         raise SimConfigError("sim config: n_replications must be >= 2")
-    keys = ["mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms", "utilization", "server_ms_per_query"]
+    keys = ["mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms", "utilization_pct", "server_ms_per_query"]
     vals: dict[str, dict[str, list[float]]] = {}
     for sd in replication_seeds(seed, n_replications):
         res = simulate(cfg, sd, **kw)

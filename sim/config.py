@@ -17,13 +17,18 @@ from scipy.special import ndtri
 
 from sim.errors import SimConfigError
 
-POLICY_KINDS = ("uncoded", "replication", "hedged", "coded")
+POLICY_KINDS = ("uncoded", "replication", "hedged", "coded", "backup")
 DISPATCH = {
     "uncoded": ("direct",),
     "replication": ("redundant", "jsq", "pool"),
     "hedged": ("hedged",),
     "coded": ("redundant", "hedged", "sed"),
+    "backup": ("hedged", "redundant"),
 }
+# kinds whose r extra servers do work (every kind but uncoded needs r >= 1)
+EXTRA_SERVER_KINDS = tuple(k for k in POLICY_KINDS if k != "uncoded")
+# (kind, dispatch) pairs that wait `delay_ms` before sending their second path
+DELAYED = {("hedged", "hedged"), ("coded", "hedged"), ("backup", "hedged")}
 DEFAULT_N_QUERIES = 100_000
 MAX_SERVERS = 63  # answer masks are int64 bitmasks with one bit per server
 DEFAULT_SAMPLE_POOL = 1_000_000_000
@@ -183,6 +188,9 @@ class Service(_Model):
     expert: ServiceDist = Field(default_factory=lambda: Exponential(mean_ms=1.0))
     experts: tuple[ServiceDist, ...] | None = Field(default=None, description="per-expert override (len N)")
     coded: ServiceDist | None = Field(default=None, description="coded/parity servers; default = expert 0")
+    backup: ServiceDist | None = Field(
+        default=None, description="generalist-backup servers; default = the coded servers' (the generalist is by "
+                                  "default the coded network itself)")
     scale: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
         default=None, description="per-server multiplier, len N + r"
     )
@@ -199,6 +207,9 @@ class Service(_Model):
 
     def coded_dist(self) -> Any:
         return self.coded if self.coded is not None else self.expert_dist(0)
+
+    def backup_dist(self) -> Any:
+        return self.backup if self.backup is not None else self.coded_dist()
 
 
 # ------------------------------------------------------------------------------------------- stragglers
@@ -358,12 +369,18 @@ class PolicySpec(_Model):
       `fanout` coded servers + the other N-1 experts on the same input; decoded once any N of the group are
       back. dispatch redundant (both at once), hedged (group after delay_ms) or sed (only the path with the
       shorter expected delay). Ensemble query: all N + r (sed: the N least loaded), done when any N are back.
+    backup: the r extra servers each host one generalist network (by default the coded model, used without
+      decoding as a multi-task model) that answers any query on its own: its answer is the argmax of its own
+      output. Routed query for i: expert i, and one backup server — the one with the fewest live tasks (ties ->
+      lowest index) when the copy is sent; dispatch hedged (the backup copy after delay_ms, if still not
+      answered) or redundant (both at once). Ensemble query: the N experts, and one backup copy (after the
+      largest per-expert delay, or at once), whose single output answers the whole query. First answer wins.
     delay_ms: a number, one number per expert, or 'pNN' / 'pNN.N' = that percentile of the primary's drawn
       service times.
     cancel: cancel outstanding copies once answered (queued ones are dropped, in-service ones preempted).
     """
 
-    kind: Literal["uncoded", "replication", "hedged", "coded"]
+    kind: Literal["uncoded", "replication", "hedged", "coded", "backup"]
     name: str | None = None
     dispatch: str | None = None
     delay_ms: float | str | tuple[float, ...] | None = None
@@ -387,7 +404,7 @@ class PolicySpec(_Model):
         object.__setattr__(self, "dispatch", d)
         if self.name is None:
             object.__setattr__(self, "name", self.kind if d == allowed[0] else f"{self.kind}-{d}")
-        needs_delay = self.kind == "hedged" or (self.kind == "coded" and d == "hedged")
+        needs_delay = (self.kind, d) in DELAYED
         if needs_delay:
             dl = self.delay_ms if self.delay_ms is not None else "p95"
             if isinstance(dl, str):
@@ -469,7 +486,7 @@ class SimConfig(_Model):
         if len(set(names)) != len(names):
             raise ValueError(f"policy names must be unique (got {names}); set `name` to tell variants apart")
         for p in self.policies:
-            if p.kind in ("replication", "hedged", "coded") and self.r == 0:
+            if p.kind in EXTRA_SERVER_KINDS and self.r == 0:
                 raise ValueError(f"policy {p.name!r} needs r >= 1 extra servers")
             if isinstance(p.replica_of, tuple):
                 if len(p.replica_of) != self.r or any(m < 0 or m >= n for m in p.replica_of):

@@ -19,12 +19,14 @@ import simpy
 from simpy.events import NORMAL, Timeout
 
 from sim.draws import EPISODES, FAILURES, Draws, Timeline, stream
-from sim.layout import CODED
+from sim.layout import BACKUP, CODED
 from sim.plan import (
+    HOW_BACKUP,
     HOW_DECODED,
     HOW_DIRECT,
     HOW_HEDGE,
     HOW_REPLICA,
+    ROLE_BACKUP,
     ROLE_DIRECT,
     ROLE_GROUP,
     ROLE_HEDGE,
@@ -431,6 +433,7 @@ class FastEngine:
             st.mean_ms = float(np.mean([plan.mean_ms[s.idx] for s in st.servers])) / len(st.servers)
         self.hosts_st = [[self.stations[k] for k in plan.host_stations(i)] for i in range(self.N)]
         self.coded_st = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == CODED]
+        self.backup_st = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == BACKUP]
         self.expert_st = [self.stations[plan.station_of[i]] for i in range(self.N)]
         self.arr = draws.arrival_ms.tolist()
         self.models = draws.model.tolist()
@@ -645,6 +648,12 @@ class FastEngine:
             self._send(q, self.expert_st[i], ROLE_DIRECT)
             if len(self.hosts_st[i]) > 1:
                 Timeout(self.env, self.delay[i], q).callbacks.append(self._hedge)  # type: ignore
+        elif kind == "backup":
+            self._send(q, self.expert_st[i], ROLE_DIRECT)
+            if d == "redundant":
+                self._send(q, self._backup_pick(), ROLE_BACKUP)
+            else:  # hedged
+                Timeout(self.env, self.delay[i], q).callbacks.append(self._hedge)  # type: ignore
         else:  # coded
             if d == "redundant":
                 self._send(q, self.expert_st[i], ROLE_DIRECT)
@@ -674,6 +683,14 @@ class FastEngine:
             return cs
         return sorted(cs, key=lambda st: (st.n_live, st.idx))[:f]
 
+    def _backup_pick(self) -> _Station:
+        """The backup station with the fewest live tasks (ties -> lower index)."""
+        best = self.backup_st[0]
+        for st in self.backup_st:
+            if st.n_live < best.n_live:
+                best = st
+        return best
+
     def _group(self, q: _Query) -> None:
         for j, st in enumerate(self.expert_st):
             if j != q.model:
@@ -684,6 +701,9 @@ class FastEngine:
     def _hedge(self, ev: Timeout) -> None:
         q: _Query = ev._value  # type: ignore[assignment]
         if q.done:
+            return
+        if self.kind == "backup":  # one copy to a backup answers a routed or an ensemble query alike
+            self._send(q, self._backup_pick(), ROLE_BACKUP)
             return
         if self.kind == "coded":
             if q.model >= 0:
@@ -723,6 +743,13 @@ class FastEngine:
             for i in range(self.N):
                 self._send(q, self.expert_st[i], ROLE_DIRECT)
             Timeout(self.env, max(self.delay), q).callbacks.append(self._hedge)  # type: ignore
+        elif kind == "backup":
+            for i in range(self.N):
+                self._send(q, self.expert_st[i], ROLE_DIRECT)
+            if d == "redundant":
+                self._send(q, self._backup_pick(), ROLE_BACKUP)
+            else:
+                Timeout(self.env, max(self.delay), q).callbacks.append(self._hedge)  # type: ignore
         else:
             if d == "redundant":
                 for st in self.stations:
@@ -753,6 +780,8 @@ class FastEngine:
                         self._answer(q, HOW_DECODED, q.mask)
             elif task.role == ROLE_HEDGE:
                 self._answer(q, HOW_HEDGE, bit)
+            elif task.role == ROLE_BACKUP:
+                self._answer(q, HOW_BACKUP, bit)
             else:
                 self._answer(q, HOW_DIRECT if srv.idx < self.N else HOW_REPLICA, bit)
             return
@@ -764,6 +793,9 @@ class FastEngine:
                 q.how = HOW_DECODED
             if q.got >= self.N:
                 self._answer(q, q.how, q.mask)
+            return
+        if task.role == ROLE_BACKUP:  # the generalist's one output answers the whole ensemble query
+            self._answer(q, HOW_BACKUP, bit)
             return
         m = srv.host
         if (q.cover >> m) & 1:

@@ -1,25 +1,29 @@
 """Which model each of the N + r servers hosts under a policy, and the necessary stability conditions.
 
 Servers 0..N-1 always host experts 0..N-1; servers N..N+r-1 are the policy's extra resources (spares,
-replicas or coded servers). Keeping the indices fixed is what lets every policy share the per-server random
-numbers (common random numbers).
+replicas, coded servers or generalist backups). Keeping the indices fixed is what lets every policy share the
+per-server random numbers (common random numbers).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from sim.config import PolicySpec, SimConfig
 
+BACKUP = -3
 SPARE = -2
 CODED = -1
+# what each kind of policy puts on the r extra servers (replication: replicas, see replica_models)
+EXTRA_HOST = {"uncoded": SPARE, "coded": CODED, "backup": BACKUP}
 
 
 @dataclass(frozen=True)
 class Layout:
-    hosts: tuple[int, ...]  # per server: model index, CODED or SPARE
+    hosts: tuple[int, ...]  # per server: model index, CODED, SPARE or BACKUP
     mean_ms: tuple[float, ...]  # per server: mean service time incl. scale and stragglers
 
     def servers_of(self, model: int) -> list[int]:
@@ -39,24 +43,54 @@ def replica_models(cfg: SimConfig, spec: PolicySpec) -> list[int]:
 def layout(cfg: SimConfig, spec: PolicySpec) -> Layout:
     n, r = cfg.n_experts, cfg.r
     hosts = list(range(n))
-    if spec.kind == "uncoded":
-        hosts += [SPARE] * r
-    elif spec.kind == "coded":
-        hosts += [CODED] * r
+    if spec.kind in EXTRA_HOST:
+        hosts += [EXTRA_HOST[spec.kind]] * r
     else:
         hosts += replica_models(cfg, spec)
     scale = cfg.service.scale or (1.0,) * (n + r)
     strag = cfg.stragglers
     means = []
     for s, h in enumerate(hosts):
-        dist = cfg.service.coded_dist() if h in (CODED, SPARE) else cfg.service.expert_dist(h)
-        m = dist.mean() * scale[s]
+        m = server_dist(cfg, h).mean() * scale[s]
         if strag.servers is None or s in strag.servers:
             m *= strag.task_factor_mean()
             if strag.episodes is not None:
                 m *= strag.episodes.mean_factor()
         means.append(m)
     return Layout(tuple(hosts), tuple(means))
+
+
+def server_dist(cfg: SimConfig, host: int) -> Any:
+    """The service distribution of a server hosting `host` (a model index, CODED, SPARE or BACKUP)."""
+    if host == BACKUP:
+        return cfg.service.backup_dist()
+    if host in (CODED, SPARE):
+        return cfg.service.coded_dist()
+    return cfg.service.expert_dist(host)
+
+
+def backup_demand(lam_routed: np.ndarray, lam_ens: float, cap_expert: list[float]) -> float:
+    """The least rate of queries (per ms) the backup servers must answer because the experts cannot.
+
+    Model i's routed queries (rate lam_routed[i]) are answered by expert i or by a backup; an ensemble query
+    (rate lam_ens) by all N experts or by one backup. With a share y of ensemble queries sent to the backups,
+    expert i can keep at most cap_expert[i] of its demand lam_routed[i] + (1 - y) lam_ens and the rest goes to
+    the backups, so the backups need g(y) = Σᵢ max(0, lam_routed[i] + (1 - y) lam_ens - cap_expert[i]) + y lam_ens
+    below the backups' capacity for some y in [0, 1]: min g is what this returns. g is convex and piecewise
+    linear, so its minimum is at y = 0, y = 1 or a kink.
+    """
+    candidates = {0.0, 1.0}
+    if lam_ens > 0:
+        for lam, cap in zip(lam_routed, cap_expert, strict=True):
+            y = 1.0 - (cap - lam) / lam_ens
+            if 0.0 < y < 1.0:
+                candidates.add(y)
+
+    def g(y: float) -> float:
+        return sum(max(0.0, lam + (1 - y) * lam_ens - cap) for lam, cap in zip(lam_routed, cap_expert, strict=True)) \
+            + y * lam_ens
+
+    return min(g(y) for y in candidates)
 
 
 def _availability(cfg: SimConfig, s: int) -> float:
@@ -84,6 +118,15 @@ def check_stability(cfg: SimConfig) -> str | None:
         cap = [
             boost * _availability(cfg, s) / m if np.isfinite(m) and m > 0 else 0.0 for s, m in enumerate(lay.mean_ms)
         ]
+        if spec.kind == "backup":
+            # the backups take what the experts cannot: a necessary condition whatever the dispatch rule
+            routed = tr.routed_rate() * tr.mean_shares(n)
+            cap_backup = sum(cap[n:])
+            left = backup_demand(routed, tr.ensemble_rate_per_ms, cap[:n])
+            if left > 0 and not left < cap_backup:
+                return (f"policy {spec.name!r}: the experts leave at least {left:.4g}/ms of queries to the backup, "
+                        f"but its {cfg.r} server(s) serve at most {cap_backup:.4g}/ms")
+            continue
         if spec.kind == "coded":
             # every routed query needs >= 1 task, every ensemble query >= N tasks of the N + r servers
             work = sum(tr.routed_rate() * tr.mean_shares(n)[i] * lay.mean_ms[i] for i in range(n))

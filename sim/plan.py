@@ -12,11 +12,12 @@ import numpy as np
 
 from sim.config import PolicySpec, SimConfig
 from sim.draws import Draws
-from sim.layout import CODED, SPARE, layout
+from sim.layout import layout, server_dist
 
-ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP = 0, 1, 2, 3
-HOW = ("direct", "replica", "hedge", "decoded")
-HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED = range(4)
+ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP, ROLE_BACKUP = 0, 1, 2, 3, 4
+# how a query was answered; a new kind goes at the end (records store the index)
+HOW = ("direct", "replica", "hedge", "decoded", "backup")
+HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED, HOW_BACKUP = range(5)
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Plan:
     cancel: bool
     fanout: int
     n_experts: int
-    hosts: tuple[int, ...]  # per server: model, CODED or SPARE
+    hosts: tuple[int, ...]  # per server: model, CODED, SPARE or BACKUP
     mean_ms: tuple[float, ...]  # per server, for expected-delay dispatch
     stations: list[list[int]]  # servers sharing one FIFO queue (one per server unless dispatch='pool')
     station_of: list[int]  # server -> station
@@ -78,8 +79,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
     scale = np.asarray(cfg.service.scale or (1.0,) * s_tot)
     base = np.empty_like(draws.service_u)
     for s, h in enumerate(lay.hosts):
-        dist = cfg.service.coded_dist() if h in (CODED, SPARE) else cfg.service.expert_dist(h)
-        base[:, s] = dist.ppf(draws.service_u[:, s]) * scale[s]
+        base[:, s] = server_dist(cfg, h).ppf(draws.service_u[:, s]) * scale[s]
     svc = base * draws.task_factor
     net = cfg.network
     finish_pass = cfg.service.cancel_in_service == "finish_pass"

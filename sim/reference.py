@@ -21,8 +21,19 @@ import simpy
 
 from sim.draws import EPISODES, Draws, Timeline, stream
 from sim.engine import RunOutput
-from sim.layout import CODED
-from sim.plan import HOW_DECODED, HOW_DIRECT, HOW_HEDGE, HOW_REPLICA, ROLE_DIRECT, ROLE_GROUP, ROLE_HEDGE, Plan
+from sim.layout import BACKUP, CODED
+from sim.plan import (
+    HOW_BACKUP,
+    HOW_DECODED,
+    HOW_DIRECT,
+    HOW_HEDGE,
+    HOW_REPLICA,
+    ROLE_BACKUP,
+    ROLE_DIRECT,
+    ROLE_GROUP,
+    ROLE_HEDGE,
+    Plan,
+)
 
 
 class _Q:
@@ -60,6 +71,7 @@ class ReferenceEngine:
         self.free = [sorted(m) for m in plan.stations]
         self.st_mean = [float(np.mean([plan.mean_ms[s] for s in m])) / len(m) for m in plan.stations]
         self.coded = [plan.station_of[s] for s, h in enumerate(plan.hosts) if h == CODED]
+        self.backups = [plan.station_of[s] for s, h in enumerate(plan.hosts) if h == BACKUP]
         self.hosts = [plan.host_stations(i) for i in range(self.N)]
         n, S = draws.n, plan.n_servers
         self.out = {
@@ -180,6 +192,8 @@ class ReferenceEngine:
 
     def _result(self, q: _Q, srv: int, role: int) -> None:
         bit, host, N = 1 << srv, self.plan.hosts[srv], self.N
+        if role == ROLE_BACKUP:  # the generalist answers a routed or an ensemble query on its own
+            return self._answer(q, HOW_BACKUP, bit)
         if q.model >= 0:
             if self.plan.kind == "coded":
                 if role == ROLE_DIRECT:
@@ -262,6 +276,12 @@ class ReferenceEngine:
                 self._send(q, i, ROLE_DIRECT)
                 if len(self.hosts[i]) > 1:
                     hedge_after = plan.delay_ms[i]  # type: ignore[index]
+            elif kind == "backup":
+                self._send(q, i, ROLE_DIRECT)
+                if d == "redundant":
+                    self._send(q, self._jsq(self.backups), ROLE_BACKUP)
+                else:
+                    hedge_after = plan.delay_ms[i]  # type: ignore[index]
             elif d == "redundant":
                 self._send(q, i, ROLE_DIRECT)
                 self._group(q)
@@ -285,6 +305,13 @@ class ReferenceEngine:
                 for i in range(N):
                     self._send(q, i, ROLE_DIRECT)
                 hedge_after = max(plan.delay_ms)  # type: ignore[arg-type]
+            elif kind == "backup":
+                for i in range(N):
+                    self._send(q, i, ROLE_DIRECT)
+                if d == "redundant":
+                    self._send(q, self._jsq(self.backups), ROLE_BACKUP)
+                else:
+                    hedge_after = max(plan.delay_ms)  # type: ignore[arg-type]
             elif d == "redundant":
                 for st in range(len(plan.stations)):
                     self._send(q, st, ROLE_GROUP)
@@ -309,6 +336,9 @@ class ReferenceEngine:
                     p.interrupt()
 
     def _hedge(self, q: _Q) -> None:
+        if self.plan.kind == "backup":
+            self._send(q, self._jsq(self.backups), ROLE_BACKUP)
+            return
         if self.plan.kind == "coded":
             if q.model >= 0:
                 self._group(q)

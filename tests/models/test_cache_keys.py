@@ -54,6 +54,8 @@ CHANGES = [
     ({"test_fraction": 0.25}, MISS_ALL),  # another train/test split is other training data
     ({"network__width": 3}, MISS_ALL),
     ({"network__batchnorm": True}, MISS_ALL),
+    ({"network__activation": "gelu"}, MISS_ALL),
+    ({"network__activation": "relu"}, NONE),  # naming the default is the same network as leaving it out
     ({"base__fraction": 0.06}, MISS_ALL),  # the experts start from another base
     ({"base__train__lr": 1e-3}, MISS_ALL),
     ({"base__train__batch_size": 128}, MISS_ALL),
@@ -84,6 +86,14 @@ def test_every_setting_that_changes_training_changes_the_key_in_one_shared_cache
     entries = ModelCache(cache).entries()
     assert len(entries) == 3 + sum(status == "miss" for _, expected in CHANGES for status in expected)
     assert len({e["path"] for e in entries}) == len(entries)
+
+
+def test_keys_of_relu_networks_are_those_written_before_the_activation_option(tmp_path):
+    """Caches filled before `network.activation` existed stay valid: these names were printed by the project
+    one commit before the option was added, for the FAST zoo (keys hold the embedded data's fingerprint)."""
+    zoo = build_zoo(ZooConfig.model_validate(_table(tmp_path / "c")), device="cpu", progress=False)
+    assert zoo.base_cache_path.name == "base-a9932eb27f50b48d3033"
+    assert [e.cache_path.name for e in zoo.experts] == ["expert-bf2a714419a29ee50833", "expert-358413097b862873178e"]
 
 
 def test_a_hit_serves_the_weights_that_were_trained_for_that_key(tmp_path):

@@ -308,6 +308,11 @@ def test_builtin_zoo_tables():
     quick = load_zoo_config("quickstart")
     assert [e.labels for e in quick.experts] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     assert load_zoo_config("quickstart", seed=4).seed == 4
+    # the default base is a "foundation model" trained on other data than the experts fine-tune on
+    for name in ("quickstart", "ensemble", "negative-correlation", "three-experts", "four-experts"):
+        zoo = load_zoo_config(name)
+        assert zoo.base_datasets() == ["digits"] and {e.dataset for e in zoo.experts} == {"mnist5k"}, name
+        assert zoo.network.activation == "gelu", name  # ReLU loses a third or more of its hidden units here
     assert [e.dataset for e in load_zoo_config("dataset-pair").experts] == ["mnist5k", "digits"]
     with pytest.raises(ValueError, match="unknown scenario"):
         load_zoo_config("nope")

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tomli_w
 from click.testing import CliRunner, Result
@@ -628,3 +629,36 @@ def test_threads_after_the_subcommand(home: Path) -> None:
         assert "--threads" in one_error_line(CliRunner().invoke(cli, ["run", "--threads", "0", "sim-what-if"]))
     finally:
         torch.set_num_threads(before)
+
+
+def test_networks_scenario_outside_the_capacity_region_trains_nothing(home: Path, no_work: None) -> None:
+    # load 0.6 < 1, but with one task in ten 8x slower each expert needs 0.6 * 1.7 > 1 of its capacity: every
+    # network shares one architecture, so this holds whatever their measured pass time turns out to be
+    table = networks_scenario()
+    table["sim"] = dict(table["sim"], traffic={"kind": "poisson", "load": 0.6},
+                        stragglers={"p": 0.1, "slowdown": 8.0})
+    line = refused(run_args(write(home, table), home / "out"), home, expect="unstable load")
+    assert "sim.traffic.load = 0.6" in line and "serve at most" in line
+
+
+def test_measured_pass_times_outside_the_capacity_region_are_refused_before_simulating() -> None:
+    # equal stand-in pass times pass the check; measured ones (expert 1 three times slower) do not: at load 0.6
+    # the routed rate is 0.6 * (1/1 + 1/3) = 0.8/ms, half of it for expert 1, which serves at most 1/3 per ms
+    from types import SimpleNamespace
+
+    from scenarios.runner import build_point_configs
+    from scenarios.schema import ScenarioError, scenario_from_dict
+
+    table = networks_scenario()
+    table["sim"] = dict(table["sim"], traffic={"kind": "poisson", "load": 0.6})
+    scenario = scenario_from_dict(table, "nets.toml")
+    rng = np.random.default_rng(0)
+    names = [e.name for e in scenario.models.experts]
+    profile = {names[0]: rng.uniform(0.9, 1.1, 200), names[1]: rng.uniform(2.9, 3.1, 200),
+               "coded": rng.uniform(0.9, 1.1, 200)}
+    facts = SimpleNamespace(experts=[{"name": n} for n in names], profile_ms=profile,
+                            answers=SimpleNamespace(pools=[50, 50]))
+    with pytest.raises(ScenarioError, match="unstable load.*model 1 gets"):
+        build_point_configs(scenario, facts)  # type: ignore[arg-type]
+    profile[names[1]] = rng.uniform(0.9, 1.1, 200)
+    assert len(build_point_configs(scenario, facts)) == 1  # type: ignore[arg-type]

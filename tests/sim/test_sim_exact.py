@@ -97,6 +97,9 @@ POLICIES = [
     {"kind": "replication", "dispatch": "jsq", "replica_of": "hot"},
     {"kind": "replication", "dispatch": "pool"},
     {"kind": "hedged", "delay_ms": 0.7},
+    {"kind": "backup", "delay_ms": "p80"},
+    {"kind": "backup", "dispatch": "redundant"},
+    {"kind": "backup", "dispatch": "redundant", "cancel": False, "name": "backup-keep"},
 ]
 
 

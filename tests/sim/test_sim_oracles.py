@@ -31,7 +31,7 @@ def test_mm1_mean_and_tail_percentiles():
     check_stat(x, math.log(1 / 0.05) / (mu - lam), "p95")
     check_stat(x, math.log(1 / 0.01) / (mu - lam), "p99")
     s = res.summary["uncoded"]
-    assert s["utilization"] == pytest.approx(lam / mu, abs=0.02)
+    assert s["utilization_pct"] == pytest.approx(lam / mu * 100, abs=2)
     # the summary reports this run's measured queries (not an interval around its own estimate, which cannot fail)
     assert s["mean_ms"] == pytest.approx(x.mean(), rel=1e-12)
     assert s["p99_ms"] == pytest.approx(np.percentile(x, 99), rel=1e-12)
@@ -183,9 +183,9 @@ def test_hedged_zero_load_closed_form(d):
     _check_iid(x, (1 - math.exp(-mu * d)) / mu + math.exp(-mu * d) / (2 * mu))
     t = d + 1.0
     _check_iid((x > t).astype(float) + 1.0, 1.0 + math.exp(-mu * t - mu * (t - d)))  # shift avoids truth ~ 0
-    frac_hedge = res.summary["hedged"]["frac_hedge"]
+    hedge_pct = res.summary["hedged"]["hedge_pct"]
     # the hedge wins iff S1 > d + S2: probability e^{-mu d} / 2
-    assert abs(frac_hedge - math.exp(-mu * d) / 2) < 4 * math.sqrt(0.25 / len(x))
+    assert abs(hedge_pct / 100 - math.exp(-mu * d) / 2) < 4 * math.sqrt(0.25 / len(x))
 
 
 @pytest.mark.parametrize("n_exp", [2, 3])
@@ -195,7 +195,7 @@ def test_coded_redundant_zero_load_closed_form(n_exp):
     res = _zero_load({"n_experts": n_exp, "r": 1, "policies": ["coded"]})
     x = measured(res, "coded")
     _check_iid(x, n_exp / ((n_exp + 1) * mu))
-    dec = res.summary["coded"]["decoded_fraction"]
+    dec = res.summary["coded"]["decoded_pct"] / 100
     assert abs(dec - 1 / (n_exp + 1)) < 4 * math.sqrt(0.25 / len(x))
 
 

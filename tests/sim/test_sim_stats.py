@@ -62,14 +62,14 @@ def test_summary_fields_and_extra_load():
             assert pol[f"{k}_ms"] == pytest.approx(np.percentile(x, q), rel=1e-12), (name, k)
             # a percentile's interval lies between measured latencies (so never below zero)
             assert x.min() <= pol[f"{k}_ms_lo"] <= pol[f"{k}_ms"] <= pol[f"{k}_ms_hi"] <= x.max()
-    assert s["uncoded"]["extra_load_vs_uncoded"] == 0.0
-    assert s["uncoded"]["spare_servers"] == [2] and s["uncoded"]["utilization_per_server"][2] == 0.0
+    assert s["uncoded"]["extra_load_vs_uncoded_pct"] == 0.0
+    assert s["uncoded"]["spare_servers"] == [2] and s["uncoded"]["utilization_per_server_pct"][2] == 0.0
     # redundancy costs work; cancellation recovers part of it
-    assert 0 < s["coded"]["extra_load_vs_uncoded"] < s["coded-keep"]["extra_load_vs_uncoded"]
+    assert 0 < s["coded"]["extra_load_vs_uncoded_pct"] < s["coded-keep"]["extra_load_vs_uncoded_pct"]
     assert s["coded"]["cancelled_ms"] > 0 and s["coded-keep"]["cancelled_ms"] == 0
     assert s["coded"]["p99_ms"] < s["uncoded"]["p99_ms"]
     sv = res.servers
-    assert set(sv.columns) >= {"policy", "server", "hosts", "busy_ms", "utilization"}
+    assert set(sv.columns) >= {"policy", "server", "hosts", "busy_ms", "utilization_pct"}
     assert sv[(sv["policy"] == "coded") & (sv["server"] == 2)]["hosts"].item() == "coded"
     # server_ms of the records adds up to the servers' busy time
     rec = res.records
