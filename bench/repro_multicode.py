@@ -35,7 +35,7 @@ def main() -> None:
         table["n_missing"] = table["missing"].str.count(",") + 1
         for size, group in table.groupby("n_missing"):
             rows.append({"r": r, "worst_condition": round(condition, 1), "missing": int(size),
-                         "mean_nda": round(group["nda"].mean(), 2), "worst_nda": round(group["nda"].min(), 2),
+                         "mean_nda": round(group["nda_pct"].mean(), 2), "worst_nda": round(group["nda_pct"].min(), 2),
                          "sets": len(group) // int(size)})
     print(pd.DataFrame(rows).to_string(index=False))
 

@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # the report is rendered headless; never pick an interact
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from reports.load import ANSWER_KINDS, fmt_value  # noqa: E402
 
@@ -282,12 +283,227 @@ def metric_vs_sweep(sweep: pd.DataFrame, axis: str, column: str, ylabel: str, ti
     return fig
 
 
+def wilson_interval(pct: np.ndarray | float, n: np.ndarray | float, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (percent) of a proportion given in percent over n trials; NaN where n < 1.
+
+    Unlike the normal approximation it stays inside [0, 100] and is not zero-width at 100 %.
+    """
+    phat = np.asarray(pct, dtype=float) / 100.0
+    n = np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denom = 1.0 + z * z / n
+        centre = (phat + z * z / (2 * n)) / denom
+        half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+        lo, hi = np.clip(centre - half, 0, 1) * 100, np.clip(centre + half, 0, 1) * 100
+    bad = ~(n >= 1) | ~np.isfinite(phat)
+    return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
+
+
+# Accuracy of what was answered: (column, its answers' share column or None for all answers, panel label)
+ACCURACY_VIEWS = (
+    ("accuracy_pct", None, "all answers"),
+    ("decoded_accuracy_pct", "decoded_pct", "decoded answers"),
+    ("backup_accuracy_pct", "backup_pct", "backup answers"),
+    ("agreement_pct", None, "all answers"),
+    ("decoded_agreement_pct", "decoded_pct", "decoded answers"),
+    ("backup_agreement_pct", "backup_pct", "backup answers"),
+)
+
+
+def answered_counts(rows: pd.DataFrame, share: str | None) -> pd.Series:
+    """How many measured queries a per-point accuracy is over: all of them, or the decoded/backup share."""
+    n = pd.to_numeric(rows.get("n_measured", pd.Series(np.nan, index=rows.index)), errors="coerce")
+    if share is None:
+        return n
+    return n * pd.to_numeric(rows.get(share, pd.Series(np.nan, index=rows.index)), errors="coerce") / 100.0
+
+
+def with_accuracy_intervals(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The sweep table plus `<column>_lo` / `<column>_hi` (Wilson, percent) for every accuracy column present.
+
+    A policy's decoded (backup) accuracy is over its decoded (backup) answers alone, n = n_measured × share.
+    """
+    out = sweep.copy()
+    for column, share, _ in ACCURACY_VIEWS:
+        if column not in out.columns or f"{column}_lo" in out.columns:
+            continue
+        lo, hi = wilson_interval(pd.to_numeric(out[column], errors="coerce"), answered_counts(out, share))
+        out[f"{column}_lo"], out[f"{column}_hi"] = lo, hi
+    return out
+
+
 def accuracy_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None = None,
                       colors: Mapping[str, str] | None = None, facet_by: Sequence[str] = ()) -> Figure:
-    """Accuracy (%) of the answers actually returned: decoding trades some accuracy for latency."""
-    return metric_vs_sweep(sweep, axis, "accuracy_pct", "accuracy of answered queries (%)",
-                           "Accuracy of what was answered", policies, colors, percent=True, min_span=2.0,
-                           facet_by=facet_by)
+    """Accuracy (%) of the answers actually returned, with 95 % Wilson bands, against the sweep axis.
+
+    Left: all answers (against the labels; below it, agreement with the expert's own answer when known).
+    Right: decoded and backup answers alone, where any price of not asking the expert is paid; a policy that
+    never decoded (or never used a backup) has no line there. One row per facet of the other sweep axes.
+    """
+    order = _ordered(policies, sweep)
+    colors = colors or policy_colors(order)
+    frame = with_accuracy_intervals(sweep)
+    has = {c: c in frame.columns and pd.to_numeric(frame[c], errors="coerce").notna().any()
+           for c, _, _ in ACCURACY_VIEWS}
+    rows_spec = [("accuracy_pct", ("decoded_accuracy_pct", "backup_accuracy_pct"), "accuracy vs labels")]
+    if has["agreement_pct"]:
+        rows_spec.append(("agreement_pct", ("decoded_agreement_pct", "backup_agreement_pct"),
+                          "agreement with the expert"))
+    groups = facet_groups(frame, facet_by)
+    fig, grid = _grid(len(rows_spec) * len(groups), 2, 5.2, 3.5)
+    x_all, cats = _x_values(frame, axis)
+    for g, (facet, rows_f) in enumerate(groups):
+        _, parts = _per_policy(rows_f, axis, order, x_all, cats)
+        for r, (whole, subsets, what) in enumerate(rows_spec):
+            ax_all, ax_sub = grid[g * len(rows_spec) + r]
+            for name, rows, x in parts:
+                if has[whole]:
+                    _line_with_band(ax_all, x, pd.to_numeric(rows[whole], errors="coerce"), rows[f"{whole}_lo"],
+                                    rows[f"{whole}_hi"], colors.get(name), order, name)
+                for column in subsets:
+                    if not has[column]:
+                        continue
+                    y = pd.to_numeric(rows[column], errors="coerce")
+                    if y.notna().any():
+                        kind = column.split("_")[0]
+                        _line_with_band(ax_sub, x[y.notna()], y[y.notna()], rows[f"{column}_lo"][y.notna()],
+                                        rows[f"{column}_hi"][y.notna()], colors.get(name), order, name)
+                        ax_sub.lines[-1].set_label(f"{name} ({kind})")
+                        if kind == "backup":
+                            ax_sub.lines[-1].set_linestyle(":")
+            suffix = f"\n{facet}" if facet else ""
+            ax_all.set_title(f"{what.capitalize()}: all answers (band: 95% CI){suffix}", fontsize=10)
+            ax_sub.set_title(f"{what.capitalize()}: decoded / backup answers only{suffix}", fontsize=10)
+            ax_all.set_ylabel(f"{what} (%)")
+            for ax in (ax_all, ax_sub):
+                ax.yaxis.get_major_formatter().set_useOffset(False)
+                _finish_sweep_axis(ax, axis, cats)
+                lo_y, hi_y = ax.get_ylim()
+                if hi_y - lo_y < 1.0:  # a 0.01-point wobble should look flat, not like a cliff
+                    top = min((lo_y + hi_y) / 2 + 0.5, 100.0)
+                    ax.set_ylim(top - 1.0, top)
+                elif hi_y > 100:
+                    ax.set_ylim(top=100.0)
+            if ax_all.get_legend_handles_labels()[0]:
+                ax_all.legend(frameon=False, fontsize=8)
+            if ax_sub.get_legend_handles_labels()[0]:
+                ax_sub.legend(frameon=False, fontsize=8)
+            else:
+                ax_sub.text(0.5, 0.5, "no decoded or backup answers", ha="center", va="center",
+                            transform=ax_sub.transAxes, color="0.4")
+    return fig
+
+
+FRONTIER_X = {
+    "accuracy_pct": ("accuracy of answered queries (%)", "correct"),
+    "agreement_pct": ("agreement with the expert's own answer (%)", "agrees_with_expert"),
+}
+
+
+def frontier_data(sweep: pd.DataFrame, x: str = "accuracy_pct") -> pd.DataFrame:
+    """One row per (point, policy) with what the frontier plots: `x` (percent) with its Wilson interval
+    (`x_lo`, `x_hi`) and p99 / p99.9 latency (ms) with their intervals, read from the sweep table (the
+    summary's numbers). Rows without the x value or without p99 are dropped; unknown bounds are NaN."""
+    frame = with_accuracy_intervals(sweep)
+    keep = [c for c in ("point", "policy") if c in frame.columns]
+    out = frame[keep].copy()
+    out["x"] = pd.to_numeric(frame.get(x, pd.Series(np.nan, index=frame.index)), errors="coerce")
+    out["x_lo"] = pd.to_numeric(frame.get(f"{x}_lo", pd.Series(np.nan, index=frame.index)), errors="coerce")
+    out["x_hi"] = pd.to_numeric(frame.get(f"{x}_hi", pd.Series(np.nan, index=frame.index)), errors="coerce")
+    for key in ("p99_ms", "p999_ms"):
+        for suffix in ("", "_lo", "_hi"):
+            col = f"{key}{suffix}"
+            values = pd.to_numeric(frame.get(col, pd.Series(np.nan, index=frame.index)), errors="coerce")
+            out[col] = values.where(values >= 0) if suffix else values  # a latency bound is never below zero
+    for c in frame.columns:  # the sweep axes and labels (kind, n_measured, ...) ride along for labels and facets
+        if c not in out.columns and not str(c).endswith(("_ms", "_pct", "_lo", "_hi")):
+            out[c] = frame[c]
+    return out[out["x"].notna() & out["p99_ms"].notna()].reset_index(drop=True)
+
+
+def frontier(sweep: pd.DataFrame, axis: str | None, policies: Sequence[str] | None = None,
+             colors: Mapping[str, str] | None = None, facet_by: Sequence[str] = (),
+             x: str = "accuracy_pct") -> Figure:
+    """The latency–accuracy frontier: p99 (left) and p99.9 (right) against accuracy of what was answered,
+    one marker per policy per sweep point, joined in sweep order and labelled with the axis value.
+
+    Error bars: the summary's latency confidence intervals (vertical; a bound below zero or unknown is not
+    drawn) and a 95 % Wilson interval of the accuracy over the measured queries (horizontal). Down and right
+    is better. One row of panels per facet.
+    `axis` None (a single point) draws one unlabelled marker per policy.
+    """
+    data = frontier_data(sweep, x)
+    order = _ordered(policies, data) if len(data) else list(policies or [])
+    colors = colors or policy_colors(order)
+    groups = facet_groups(data, facet_by) if len(data) else [("", data)]
+    fig, grid = _grid(len(groups), 2, 5.4, 4.4)
+    xlabel = FRONTIER_X.get(x, (x.replace("_", " "), None))[0]
+    for g, (facet, rows_f) in enumerate(groups):
+        for col, (key, title) in enumerate((("p99_ms", "p99"), ("p999_ms", "p99.9"))):
+            ax = grid[g, col]
+            labels: list[tuple[float, float, str, str | None]] = []
+            for name in order:
+                rows = rows_f[rows_f["policy"] == name]
+                if axis is not None and axis in rows.columns:
+                    if rows[axis].duplicated().any():
+                        raise ValueError(f"policy {name} has several points at one {axis} value; facet by the "
+                                         "other sweep axes")
+                    rows = rows.sort_values(axis, kind="stable")
+                rows = rows[rows[key].notna()]
+                if not len(rows):
+                    continue
+                xs, ys = rows["x"].to_numpy(float), rows[key].to_numpy(float)
+                xerr = np.vstack([xs - rows["x_lo"].to_numpy(float), rows["x_hi"].to_numpy(float) - xs])
+                yerr = np.vstack([ys - rows[f"{key}_lo"].to_numpy(float), rows[f"{key}_hi"].to_numpy(float) - ys])
+                xerr, yerr = np.nan_to_num(np.clip(xerr, 0, None)), np.nan_to_num(np.clip(yerr, 0, None))
+                bars = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, color=colors.get(name), marker=_marker(order, name),
+                                   ms=6, lw=1.0, ls=_dash(order, name), elinewidth=0.8, capsize=2, alpha=0.9,
+                                   label=name)
+                bars.lines[0].set_gid(f"frontier:{name}")
+                for caps in bars.lines[1][:2]:  # the accuracy interval's caps (x first)
+                    caps.set_alpha(0.3)
+                if bars.lines[2]:
+                    bars.lines[2][0].set_alpha(0.3)  # the accuracy interval: wide, so kept in the background
+                if axis is not None and axis in rows.columns and len(rows) > 1:
+                    labels += [(xv, yv, fmt_value(v) if axis != "point" else f"#{v}", colors.get(name))
+                               for xv, yv, v in zip(xs, ys, rows[axis], strict=True)]
+            vals = data[key].to_numpy(float) if key in data.columns else np.array([])
+            vals = vals[np.isfinite(vals) & (vals > 0)]
+            if len(vals) and vals.max() / vals.min() > 20:
+                ax.set_yscale("log")
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+                ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))  # 0.5, 1, 2, 5 ms rather than 10^0
+                ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.xaxis.get_major_formatter().set_useOffset(False)
+            lo_x, hi_x = ax.get_xlim()
+            if hi_x - lo_x < 0.1:  # identical values without intervals: a column, not a magnified wobble
+                mid = (lo_x + hi_x) / 2
+                lo_x, hi_x = mid - 0.05, mid + 0.05
+            if hi_x > 100.0:  # nothing is more than 100 % accurate
+                lo_x, hi_x = lo_x - (hi_x - 100.0), 100.0 + 0.03 * (hi_x - lo_x)
+            ax.set_xlim(lo_x, hi_x)
+            ax.set_xlabel(f"{xlabel}, right is better")
+            ax.set_ylabel(f"{title} latency (ms), lower is better")
+            where = f" (labels: {axis_label(axis)})" if axis not in (None, "point") else ""
+            ax.set_title(f"{title} vs {'accuracy' if x == 'accuracy_pct' else 'agreement'}{where}"
+                         + (f"\n{facet}" if facet else ""), fontsize=10)
+            _place_labels(ax, labels)
+    handles, labels = grid[0, 0].get_legend_handles_labels()
+    if handles:
+        grid[0, 0].legend(handles, labels, frameon=False, fontsize=8, loc="upper left")
+    return fig
+
+
+def _place_labels(ax, labels: Sequence[tuple[float, float, str, str | None]], min_px: float = 9.0) -> None:
+    """Write each marker's sweep value beside it, skipping a label that would land on one already written
+    (policies that coincide at a point share one label)."""
+    placed: list[np.ndarray] = []
+    for xv, yv, text, colour in labels:
+        pos = ax.transData.transform((xv, yv))
+        if any(np.abs(pos - q).max() < min_px for q in placed):
+            continue
+        placed.append(pos)
+        ax.annotate(text, (xv, yv), xytext=(5, 2), textcoords="offset points", fontsize=7, color=colour)
 
 
 def extra_load_vs_sweep(sweep: pd.DataFrame, axis: str, policies: Sequence[str] | None = None,
@@ -388,11 +604,11 @@ def answer_mix_bars(fractions: pd.DataFrame, policies: Sequence[str] | None = No
     return fig
 
 
-NDA_COLUMNS = ("nda_pct", "decoded_acc_pct", "expert_acc_pct", "encode_seconds")
+NDA_COLUMNS = ("nda_pct", "decoded_acc_pct", "expert_acc_pct", "encode_s")
 
 
 def nda_table(coding: Mapping[str, Mapping] | None, nda_csv: pd.DataFrame | None) -> pd.DataFrame:
-    """Long table method, expert, nda_pct (+ decoded_acc_pct, expert_acc_pct, encode_seconds when known).
+    """Long table method, expert, nda_pct (+ decoded_acc_pct, expert_acc_pct, encode_s when known).
 
     summary.json's coding section wins; nda.csv (which `coinsim code` writes per seed and sample count) is
     averaged per method and expert when the summary has no coding section. Everything in percent.
@@ -403,7 +619,7 @@ def nda_table(coding: Mapping[str, Mapping] | None, nda_csv: pd.DataFrame | None
             rows.append({"method": str(method), "expert": str(expert), "nda_pct": v,
                          "decoded_acc_pct": (c.get("decoded_acc_pct") or {}).get(expert),
                          "expert_acc_pct": (c.get("expert_acc_pct") or {}).get(expert),
-                         "encode_seconds": c.get("encode_seconds")})
+                         "encode_s": c.get("encode_s")})
     if rows:
         return pd.DataFrame(rows)
     if nda_csv is None or not len(nda_csv):
@@ -419,32 +635,70 @@ def nda_table(coding: Mapping[str, Mapping] | None, nda_csv: pd.DataFrame | None
     return df.groupby(["method", "expert"], sort=False)[cols].mean().reset_index()
 
 
+def nda_axis_floor(values: Sequence[float], ceiling: float = 100.0) -> float:
+    """Where the NDA axis starts: 0 when the bars differ a lot, else just below the lowest bar, so that 97 vs
+    99 is visible (the axis is then marked as zoomed). Always above 0 and below the lowest finite bar."""
+    vals = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if not len(vals) or vals.min() <= 0:
+        return 0.0
+    low, high = float(vals.min()), max(float(vals.max()), ceiling)
+    if low < 0.5 * high:  # bars of very different heights already show their differences from zero
+        return 0.0
+    pad = max(0.3 * (high - low), 0.02)
+    step = 10.0 ** np.floor(np.log10(pad))
+    floor = np.floor((low - pad) / step) * step  # a round number a little below the lowest bar
+    return float(round(min(max(floor, 0.0), low - 0.5 * pad), 6))
+
+
 def nda_bars(table: pd.DataFrame, nda_avg_pct: Mapping[str, float] | None = None) -> Figure:
-    """NDA (%) per expert, one bar per coding method, plus the average: 100 % means decoding loses nothing."""
+    """NDA (%) per expert, one bar per coding method, plus the average: 100 % means decoding loses nothing.
+
+    When every bar is close to 100 the y axis starts just below the lowest bar (marked with a break on the
+    axis and a note), and every bar carries its value, so a 97 vs 99 difference is visible and readable.
+    """
     methods = list(dict.fromkeys(table["method"]))
     experts = list(dict.fromkeys(table["expert"]))
     groups = [*experts, "average"]
-    fig, (ax,) = _new(max(6.0, 1.2 + 0.35 * len(groups) * max(len(methods), 1)), 4.0)
+    fig, (ax,) = _new(max(6.5, 1.6 + 0.42 * len(groups) * max(len(methods), 1)), 4.4)
     width = 0.8 / max(len(methods), 1)
     colours = _METHOD_COLORS
-    for i, method in enumerate(methods):
+    heights: dict[str, list[float]] = {}
+    for method in methods:
         rows = table[table["method"] == method].set_index("expert")["nda_pct"]
         vals = [float(rows.get(e, np.nan)) for e in experts]
         avg = (nda_avg_pct or {}).get(method)
         vals.append(float(avg) if avg is not None else float(np.nanmean(vals)) if len(vals) else np.nan)
+        heights[method] = vals
+    all_vals = [v for vals in heights.values() for v in vals]
+    floor = nda_axis_floor(all_vals)
+    finite_vals = [v for v in all_vals if np.isfinite(v)]
+    top = max([100.0, *finite_vals])
+    span = top - floor
+    digits = 2 if floor > 0 and span < 10 else 1
+    for i, method in enumerate(methods):
         xs = np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width
-        bars = ax.bar(xs, vals, width * 0.92, label=method, color=colours[i % len(colours)])
-        if len(methods) * len(groups) <= 24:
-            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        vals = np.asarray(heights[method])
+        # bars start at the axis floor so a zoomed axis shows each bar's height above it, not a clipped stub
+        bars = ax.bar(xs, vals - floor, width * 0.92, bottom=floor, label=method, color=colours[i % len(colours)])
+        labels = [f"{v:.{digits}f}" if np.isfinite(v) else "" for v in vals]
+        ax.bar_label(bars, labels=labels, fontsize=7 if len(methods) * len(groups) <= 24 else 6, padding=2,
+                     rotation=90 if len(methods) * len(groups) > 12 else 0)
     ax.axhline(100.0, color="0.3", ls="--", lw=0.9)
     ax.axvline(len(experts) - 0.5, color="0.7", lw=0.8)
     ax.set_xticks(range(len(groups)), groups)
     ax.set_xlabel("expert")
     ax.set_ylabel("NDA (%): decoded acc. / expert acc.")
     ax.set_title("Normalized decoding accuracy per coding method")
-    top = np.nanmax(pd.to_numeric(table["nda_pct"], errors="coerce")) if len(table) else 100.0
-    ax.set_ylim(0, max(125.0, float(top) * 1.2 if np.isfinite(top) else 125.0))
-    ax.legend(frameon=False, ncols=min(len(methods), 5), loc="upper center")
+    headroom = 0.18 * span if floor > 0 else 0.2 * top
+    ax.set_ylim(floor, top + headroom)
+    ax.yaxis.get_major_formatter().set_useOffset(False)
+    if floor > 0:  # a zoomed axis must say so: a break mark on the y axis and the starting value in words
+        kw = {"transform": ax.transAxes, "color": "0.2", "clip_on": False, "lw": 1.1}
+        for dy in (0.0, 0.025):
+            ax.plot((-0.018, 0.018), (0.012 + dy, 0.032 + dy), **kw)
+        ax.text(0.01, 0.985, f"zoomed: the y axis starts at {floor:g} %, not 0", transform=ax.transAxes, fontsize=8,
+                color="0.25", ha="left", va="top", style="italic")
+    fig.legend(*ax.get_legend_handles_labels(), frameon=False, ncols=min(len(methods), 6), loc="outside lower center")
     return fig
 
 

@@ -38,6 +38,7 @@ thead th { background: var(--soft); font-weight: 600; border-bottom: 2px solid v
 thead th:first-child { background: var(--soft); }
 tbody tr:hover td { background: #fafbfd; }
 td.best { font-weight: 700; color: var(--accent); }
+td.name, th.name { text-align: left; }
 td.strong { font-weight: 700; }
 td.good { color: #15803d; font-weight: 600; }
 td.bad { color: #b91c1c; font-weight: 600; }
@@ -68,7 +69,8 @@ TEMPLATE = """<!DOCTYPE html>
 {%- endmacro -%}
 {%- macro table(t) -%}
 <div class="tablewrap"><table{% if t.cls %} class="{{ t.cls }}"{% endif %}><thead><tr>
-{%- for h in t.head %}<th>{{ h }}</th>{% endfor %}</tr></thead><tbody>
+{%- for h in t.head %}<th{% if loop.index0 in (t.left or ()) %} class="name"{% endif %}>{{ h }}</th>{% endfor %}
+</tr></thead><tbody>
 {% for row in t.rows %}<tr>{% for c in row %}{{ cell(c) }}{% endfor %}</tr>
 {% endfor %}</tbody></table></div>
 {%- for n in t.notes %}
@@ -98,6 +100,10 @@ TEMPLATE = """<!DOCTYPE html>
 <figure id="fig-{{ f.name }}"><img alt="{{ f.alt }}" src="data:image/png;base64,{{ f.b64 }}">
 <figcaption>{{ f.caption }}</figcaption></figure>
 {% endfor %}
+{% endif %}
+{% if accuracy %}
+<h2 id="accuracy">Accuracy of what was answered{% if accuracy.every %}, every point{% endif %}</h2>
+{{ table(accuracy.table) }}
 {% endif %}
 {% if sweep %}
 <details><summary>All sweep points ({{ sweep.points }} points × {{ sweep.policies }} policies)</summary>
@@ -289,6 +295,7 @@ def headline_table(policies: Mapping[str, Mapping[str, Any]], colors: Mapping[st
     """
     latency = [("mean_ms", "mean"), ("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")]
     extra = [("accuracy_pct", "accuracy", lambda v: _cell(fmt_pct(v, digits=2))),
+             ("agreement_pct", "agreement", lambda v: _cell(fmt_pct(v, digits=2))),
              ("decoded_pct", "decoded", lambda v: _cell(fmt_pct(v))),
              ("backup_pct", "backup", lambda v: _cell(fmt_pct(v))),
              ("extra_load_vs_uncoded_pct", "extra load vs uncoded", _extra_load_cell),
@@ -348,6 +355,75 @@ def takeaway(policies: Mapping[str, Mapping[str, Any]], base: str | None = None)
     return text + Markup(".")
 
 
+# (column, heading, answers' share column or None for all answers); percent, in the summary's names
+ACCURACY_COLUMNS = (
+    ("accuracy_pct", "all: accuracy", None),
+    ("agreement_pct", "all: agreement", None),
+    ("decoded_pct", "decoded: share", None),
+    ("decoded_accuracy_pct", "decoded: accuracy", "decoded_pct"),
+    ("decoded_agreement_pct", "decoded: agreement", "decoded_pct"),
+    ("backup_pct", "backup: share", None),
+    ("backup_accuracy_pct", "backup: accuracy", "backup_pct"),
+    ("backup_agreement_pct", "backup: agreement", "backup_pct"),
+)
+
+
+def _pct_ci(lo: Any, hi: Any) -> str | None:
+    return f"[{lo:.2f}, {hi:.2f}]" if finite(lo) and finite(hi) else None
+
+
+def accuracy_table(data: ResultData, colors: Mapping[str, str]) -> dict[str, Any] | None:
+    """Per point and policy: accuracy (against the labels) and agreement (with the expert's own answer) of all
+    answers, and of decoded and of backup answers alone, with 95 % Wilson intervals for the accuracies.
+
+    Columns no policy has a value for are left out (a run without a backup policy has no backup columns);
+    None when the run measured no accuracy at all (simulation only).
+    """
+    from reports.figures import answered_counts, wilson_interval
+
+    points = data.points
+    present = [c for c in ACCURACY_COLUMNS
+               if any(finite(st.get(c[0])) for p in points for st in p["policies"].values())]
+    if not any(c[0] == "accuracy_pct" for c in present):
+        return None
+    for share in ("decoded_pct", "backup_pct"):  # a share column only next to its accuracy columns
+        if not any(c[2] == share for c in present):
+            present = [c for c in present if c[0] != share]
+    axes = [a for a in data.axes if all(a in p for p in points)]
+    lead = axes or (["point"] if len(points) > 1 else [])
+    rows = []
+    for pt in points:
+        for name in data.policy_order:
+            st = pt["policies"].get(name)
+            if st is None:
+                continue
+            cells = [_cell(fmt_value(pt[a])) for a in axes] or ([_cell(str(pt["point"]))] if lead else [])
+            cells.append(_cell(name, swatch=colors.get(name, "#888"), cls="name"))
+            n = st.get("n_measured")
+            cells.append(_cell(f"{int(n):,}" if finite(n) else "—"))
+            for key, _, share in present:
+                v = st.get(key)
+                if not finite(v):
+                    cells.append(_cell("—"))
+                    continue
+                if key.endswith(("_accuracy_pct", "agreement_pct")) or key == "accuracy_pct":
+                    count = answered_counts(pd.DataFrame([st]), share).iloc[0]
+                    lo, hi = wilson_interval(v, count)
+                    ci = _pct_ci(float(lo), float(hi)) if key.endswith("accuracy_pct") else None
+                    cells.append(_cell(fmt_pct(v, digits=2), ci=ci))
+                else:
+                    cells.append(_cell(fmt_pct(v)))
+            rows.append(cells)
+    notes = ["Accuracy: share of measured answers equal to the label; agreement: share equal to the class the "
+             "expert itself would have answered (direct, replica and hedged answers agree by construction). "
+             "Decoded and backup columns are over those answers alone; share is their part of all measured "
+             "queries. Brackets: 95 % Wilson intervals. Every policy serves the same queries (common random "
+             "numbers), so differences between policies are smaller than these intervals suggest."]
+    head = [*lead, "policy", "measured queries", *(h for _, h, _ in present)]
+    return {"every": len(points) > 1,
+            "table": {"head": head, "rows": rows, "notes": notes, "cls": "accuracy", "left": [len(lead)]}}
+
+
 def sweep_table(sweep: pd.DataFrame, axes: Sequence[str], order: Sequence[str]) -> dict[str, Any]:
     """Every (point, policy) row, for readers who want the numbers behind the sweep figures."""
     cols = [("p50_ms", "p50 (ms)", lambda r, k: _cell(fmt_ms(r.get(k)))),
@@ -395,9 +471,9 @@ def coding_table(table: pd.DataFrame, coding: Mapping[str, Mapping[str, Any]] | 
         c = (coding or {}).get(method) or {}
         avg = c.get("nda_avg_pct") if finite(c.get("nda_avg_pct")) else \
             pd.to_numeric(t["nda_pct"], errors="coerce").mean()
-        enc = c.get("encode_seconds")
-        if not finite(enc) and "encode_seconds" in t.columns:
-            enc = pd.to_numeric(t["encode_seconds"], errors="coerce").mean()
+        enc = c.get("encode_s")
+        if not finite(enc) and "encode_s" in t.columns:
+            enc = pd.to_numeric(t["encode_s"], errors="coerce").mean()
         cells += [_cell(fmt_num(avg, 2), cls="strong"), _cell(fmt_num(enc, 2))]
         rows.append(cells)
     notes = ["NDA (%) = accuracy of the decoded output / accuracy of the expert itself × 100, on the expert's test "
@@ -503,6 +579,7 @@ def build_html(data: ResultData, figures: Sequence[FigureEntry], colors: Mapping
         versus=versus_baseline(data) if len(data.points) else None, headline=headline,
         figures=[{"name": f.name, "alt": f.alt, "caption": f.caption, "b64": base64.b64encode(f.png).decode("ascii")}
                  for f in figures],
-        sweep=sweep, coding=coding_table(coding, s.get("coding")) if len(coding) else None,
+        accuracy=accuracy_table(data, colors), sweep=sweep,
+        coding=coding_table(coding, s.get("coding")) if len(coding) else None,
         profile=profile_table(s["profile"]) if s.get("profile") else None,
         live=live_table(live, live_where) if live else None, notes=data.notes, scenario_toml=data.scenario_toml)

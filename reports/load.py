@@ -14,8 +14,11 @@ Units and names are read from the folder's `schema_version`, never guessed from 
   `utilization`, `extra_load_vs_uncoded`), `n_queries` the measured count, only the last point in the
   summary (the others are rebuilt from sweep.parquet). Such folders are migrated to version 2 on load.
 
-nda.csv (written by `coinsim run` and `coinsim code`) keeps `nda`, `decoded_acc`, `expert_acc` in percent;
-they are read as `nda_pct`, `decoded_acc_pct`, `expert_acc_pct`.
+nda.csv (written by `coinsim run` and `coinsim code`) names its columns like summary.json's coding section:
+`nda_pct`, `decoded_acc_pct`, `expert_acc_pct` (percent) and `encode_s` (seconds). Folders written before
+that rename have `nda`, `decoded_acc`, `expert_acc` (also percent) and `encode_seconds`; those columns are
+renamed on reading, by name. summary.json's `coding.<method>.encode_seconds` (before the rename) is read as
+`encode_s` the same way.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ _V1_CODING_KEYS = {"nda": "nda_pct", "nda_avg": "nda_avg_pct", "decoded_acc": "d
                    "expert_acc": "expert_acc_pct"}
 _V1_ROW_KEYS = {"accuracy": "accuracy_pct", "nda": "nda_pct", "decoded_acc": "decoded_acc_pct",
                 "expert_acc": "expert_acc_pct"}
-_NDA_CSV_COLUMNS = {"nda": "nda_pct", "decoded_acc": "decoded_acc_pct", "expert_acc": "expert_acc_pct"}
+# nda.csv before issue 11's rename -> its current names (same units: percent and seconds)
+_NDA_CSV_LEGACY = {"nda": "nda_pct", "decoded_acc": "decoded_acc_pct", "expert_acc": "expert_acc_pct",
+                   "encode_seconds": "encode_s"}
 
 
 @dataclass
@@ -234,6 +239,10 @@ def check_summary(data: Any, where: str = "summary.json") -> dict[str, Any]:
             raise _fail(where, f"'{key}' must be an object (got {type(out[key]).__name__})")
     if _schema_version(out, where) == 1:
         _migrate_v1(out)
+    if isinstance(out.get("coding"), dict):  # encode time was `encode_seconds` before issue 11's rename
+        out["coding"] = {m: {("encode_s" if k == "encode_seconds" else k): v for k, v in c.items()
+                             if not (k == "encode_seconds" and "encode_s" in c)} if isinstance(c, dict) else c
+                         for m, c in out["coding"].items()}
     out["policies"] = {str(k): _flatten_policy(f"policies.{k}", v, where)
                        for k, v in (out.get("policies") or {}).items()}
     points = out.get("points")
@@ -265,7 +274,7 @@ def check_summary(data: Any, where: str = "summary.json") -> dict[str, Any]:
                 raise _fail(where, f"coding.{method}.{k} must be an object of expert -> number")
             if any(not _is_number(v) for v in (c.get(k) or {}).values()):
                 raise _fail(where, f"coding.{method}.{k} must map experts to numbers")
-        for k in ("nda_avg_pct", "encode_seconds"):
+        for k in ("nda_avg_pct", "encode_s"):
             if not _is_number(c.get(k)):
                 raise _fail(where, f"coding.{method}.{k} must be a number (got {c.get(k)!r})")
     for name, p in (out.get("profile") or {}).items():
@@ -356,9 +365,9 @@ def load_result(result_dir: Path | str) -> ResultData:
     data.sweep = _read_table(path / "sweep.parquet", ("point", "policy"))
     data.nda = _read_table(path / "nda.csv", ("method", "expert"))
     if data.nda is not None:
-        data.nda = data.nda.rename(columns={k: v for k, v in _NDA_CSV_COLUMNS.items() if v not in data.nda.columns})
+        data.nda = data.nda.rename(columns={k: v for k, v in _NDA_CSV_LEGACY.items() if v not in data.nda.columns})
         if "nda_pct" not in data.nda.columns:
-            raise _fail(str(path / "nda.csv"), "missing column(s) nda")
+            raise _fail(str(path / "nda.csv"), "missing column nda_pct (or nda, before the rename)")
     if data.queries is not None:
         q = data.queries
         q["policy"] = q["policy"].astype(str)

@@ -21,8 +21,8 @@ from reports import figures as F
 from reports.html import FigureEntry, build_html
 from reports.load import ResultData, load_result, main_point
 
-FIGURE_NAMES = ("latency_ccdf", "tail_vs_sweep", "accuracy_vs_sweep", "answer_mix", "extra_load_vs_sweep",
-                "traffic_over_time", "nda_bars")
+FIGURE_NAMES = ("frontier", "frontier_agreement", "latency_ccdf", "tail_vs_sweep", "accuracy_vs_sweep",
+                "answer_mix", "extra_load_vs_sweep", "traffic_over_time", "nda_bars")
 
 
 def _current_umask() -> int:
@@ -73,6 +73,23 @@ def _bursty(queries: pd.DataFrame, point: int | None) -> bool:
     return False
 
 
+def points_frame(data: ResultData) -> pd.DataFrame | None:
+    """One row per (point, policy) with the summary's statistics: sweep.parquet, or summary.json's points
+    when the folder has no sweep table."""
+    if data.sweep is not None and len(data.sweep):
+        return data.sweep
+    rows = [{"point": p["point"], **{a: p.get(a) for a in data.axes}, "policy": name, **stats}
+            for p in data.points for name, stats in p["policies"].items()]
+    return pd.DataFrame(rows) if rows else None
+
+
+def _agreement_adds_something(frame: pd.DataFrame) -> bool:
+    """Agreement with the expert is worth its own frontier when some policy answered differently from the
+    expert (decoding or a backup): then it isolates that price from the experts' own errors."""
+    return _has_values(frame, "agreement_pct") and bool(
+        (pd.to_numeric(frame["agreement_pct"], errors="coerce") < 100.0).any())
+
+
 def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str, str]]:
     """(name, builder, caption, alt) for every figure the folder's files support, in report order."""
     order = data.policy_order
@@ -85,6 +102,23 @@ def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str,
     q = data.queries
     where = data.point_label(point) if axis is not None else None
     per_facet = (f" One panel per {', '.join(F.axis_label(a) for a in facets)}." if facets else "")
+    frame = points_frame(data)
+    if frame is not None and _has_values(frame, "accuracy_pct") and _has_values(frame, "p99_ms"):
+        # without sweep.parquet the summary's points still name their one varying axis
+        label_axis = axis if axis is not None or len(data.axes) != 1 else data.axes[0]
+        labelled = f", labelled with the {F.axis_label(label_axis)}" if label_axis not in (None, "point") else ""
+        plans.append(("frontier", lambda: F.frontier(frame, label_axis, order, colors, facets),
+                      "Tail latency against the accuracy of what was answered, one marker per policy per sweep "
+                      f"point{labelled}: down and right is better (shorter tail, more accurate answers). Vertical "
+                      "bars: the run's latency confidence intervals; horizontal: 95 % Wilson intervals of the "
+                      "accuracy." + per_facet, "Latency-accuracy frontier"))
+        if _agreement_adds_something(frame):
+            plans.append(("frontier_agreement",
+                          lambda: F.frontier(frame, label_axis, order, colors, facets, x="agreement_pct"),
+                          "The same frontier against agreement with the expert's own answer: direct, replica and "
+                          "hedged answers agree by construction (100 %), so any distance from 100 % is the price "
+                          "of decoding or of a backup, without the experts' own errors; down and right is better."
+                          + per_facet, "Latency-agreement frontier"))
     if q is not None and len(q):
         plans.append(("latency_ccdf", lambda: F.latency_ccdf(q, order, colors, point, where),
                       "Share of queries slower than x (log scale): the lower and further left a curve ends, the "
@@ -97,8 +131,10 @@ def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str,
                       "p99 and p99.9 latency vs sweep axis"))
         if _has_values(sw, "accuracy_pct"):
             plans.append(("accuracy_vs_sweep", lambda: F.accuracy_vs_sweep(sw, axis, order, colors, facets),
-                          "Accuracy of what the system answered: decoded answers cost some accuracy, so a coded "
-                          f"policy dips as it decodes more often.{per_facet}", "Accuracy vs sweep axis"))
+                          "Accuracy of what the system answered (bands: 95 % Wilson intervals), over all answers "
+                          "(left) and over decoded or backup answers alone (right), against the labels and, "
+                          "below, against the expert's own answer: a coded policy pays its price only on the "
+                          f"queries it decodes.{per_facet}", "Accuracy vs sweep axis"))
     fractions = F.answer_fractions(q, sw)
     mix = fractions.drop(columns=["point", "policy"], errors="ignore")
     if len(fractions) and axis is not None and sw is not None:
@@ -128,7 +164,8 @@ def plan_figures(data: ResultData) -> list[tuple[str, Callable[[], Figure], str,
     if len(table):
         avg = {m: c.get("nda_avg_pct") for m, c in (data.summary.get("coding") or {}).items()}
         plans.append(("nda_bars", lambda: F.nda_bars(table, avg),
-                      "Normalized decoding accuracy per expert and method: bars near the dashed line at 100 % "
+                      "Normalized decoding accuracy per expert and method (values on the bars; the y axis starts "
+                      "near the lowest bar when all are close, as marked): bars near the dashed line at 100 % "
                       "mean a decoded answer is as good as the expert's own.", "NDA per coding method"))
     return plans
 

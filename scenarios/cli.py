@@ -400,9 +400,9 @@ def _print_run_summary(folder: Path) -> None:
             return "nan" if value is None else f"{value:.2f}"
 
         rows = [(m, num(c["nda_avg_pct"]), *(num(c["nda_pct"][e["name"]]) for e in summary["experts"]),
-                 f"{c['encode_seconds']:.2f}") for m, c in summary["coding"].items()]
+                 f"{c['encode_s']:.2f}") for m, c in summary["coding"].items()]
         _print_table(["method", "nda_avg_pct", *(f"{e['name']} nda_pct" for e in summary["experts"]),
-                      "encode_seconds"], rows)
+                      "encode_s"], rows)
         click.echo("")
     import pandas as pd
 

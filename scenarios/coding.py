@@ -27,8 +27,9 @@ import torch
 import coin
 
 DEFAULT_METHODS = ("coin", "vanilla", "task_arithmetic", "regmean", "distill", "fisher")
-CSV_FIELDS = ("scenario", "seed", "samples", "method", "expert", "name", "nda", "decoded_acc", "expert_acc", "n",
-              "encode_seconds")
+# percent as *_pct and seconds as *_s (issue 11: one unit, one name); the same names as summary.json's coding
+CSV_FIELDS = ("scenario", "seed", "samples", "method", "expert", "name", "nda_pct", "decoded_acc_pct",
+              "expert_acc_pct", "n", "encode_s")
 
 
 def _parse_overrides(items: Sequence[str]) -> dict:
@@ -145,14 +146,14 @@ def run_coding(
                 rows = coin.evaluate(res.model, experts, b, tests)
                 for r in rows:
                     records.append({"scenario": cfg.name, "seed": cfg.seed, "samples": p, "method": method,
-                                    "expert": r.expert, "name": names[r.expert], "nda": r.nda,
-                                    "decoded_acc": r.decoded_acc, "expert_acc": r.expert_acc, "n": r.n,
-                                    "encode_seconds": res.seconds})
+                                    "expert": r.expert, "name": names[r.expert], "nda_pct": r.nda,
+                                    "decoded_acc_pct": r.decoded_acc, "expert_acc_pct": r.expert_acc, "n": r.n,
+                                    "encode_s": res.seconds})
                 info = {k: v for k, v in res.info.items() if k != "grid_models"}
                 if method == "coin" and lambda_study:
                     for row, model in zip(info["grid"], res.info["grid_models"], strict=True):
                         row["test_nda"] = statistics.fmean(r.nda for r in coin.evaluate(model, experts, b, tests))
-                infos.append({"seed": cfg.seed, "samples": p, "method": method, "encode_seconds": res.seconds,
+                infos.append({"seed": cfg.seed, "samples": p, "method": method, "encode_s": res.seconds,
                               "info": info})
     return {"scenario": cfg0.name, "methods": list(methods), "samples": list(samples), "seeds": seeds,
             "beta": b.tolist(), "device": str(dev), "overrides": overrides, "records": records, "runs": infos,
@@ -169,10 +170,10 @@ def summarize(result: dict) -> list[dict]:
             seeds = sorted({r["seed"] for r in recs})
             row = {"samples": p, "method": method, "experts": {}}
             for idx, name in experts:
-                row["experts"][name] = _mean_std([r["nda"] for r in recs if r["expert"] == idx])
-            avgs = [statistics.fmean(r["nda"] for r in recs if r["seed"] == s) for s in seeds]
+                row["experts"][name] = _mean_std([r["nda_pct"] for r in recs if r["expert"] == idx])
+            avgs = [statistics.fmean(r["nda_pct"] for r in recs if r["seed"] == s) for s in seeds]
             row["avg"] = _mean_std(avgs)
-            row["encode_seconds"] = _mean_std([next(r["encode_seconds"] for r in recs if r["seed"] == s)
+            row["encode_s"] = _mean_std([next(r["encode_s"] for r in recs if r["seed"] == s)
                                                for s in seeds])
             rows.append(row)
     return rows
@@ -188,7 +189,7 @@ def format_table(result: dict) -> str:
         cells = [str(row["samples"]), row["method"]]
         cells += [f"{m:.2f} ± {s:.2f}" for m, s in (row["experts"][n] for n in names)]
         cells.append(f"{row['avg'][0]:.2f} ± {row['avg'][1]:.2f}")
-        cells.append(f"{row['encode_seconds'][0]:.3f}")
+        cells.append(f"{row['encode_s'][0]:.3f}")
         lines.append(cells)
     widths = [max(len(c) for c in col) for col in zip(head, *lines, strict=True)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)

@@ -98,8 +98,8 @@ def _multi_decode_table(answers: AnswerTables, names: list[str]) -> list[dict[st
                 decoded_acc = float((dec.argmax(-1) == labels).mean() * 100)
                 expert_acc = float((answers.expert_outs[i, part].argmax(-1) == labels).mean() * 100)
                 rows.append({"missing": ",".join(names[m] for m in missing), "expert": names[i],
-                             "decoded_acc": decoded_acc, "expert_acc": expert_acc,
-                             "nda": 100 * decoded_acc / expert_acc if expert_acc else float("nan")})
+                             "decoded_acc_pct": decoded_acc, "expert_acc_pct": expert_acc,
+                             "nda_pct": 100 * decoded_acc / expert_acc if expert_acc else float("nan")})
     return rows
 
 
@@ -131,9 +131,9 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
         result = encode(method, matrix[0])
         built[method] = result.model
         for row in coin.evaluate(result.model, zoo.models, torch.tensor(matrix[0]), tests):
-            rows.append({"method": method, "expert": zoo.experts[row.expert].name, "nda": row.nda,
-                         "decoded_acc": row.decoded_acc, "expert_acc": row.expert_acc,
-                         "encode_seconds": result.seconds})
+            rows.append({"method": method, "expert": zoo.experts[row.expert].name, "nda_pct": row.nda,
+                         "decoded_acc_pct": row.decoded_acc, "expert_acc_pct": row.expert_acc,
+                         "encode_s": result.seconds})
         if method == scenario.coding.method:
             coded_models.append(result.model)
     for k in range(1, matrix.shape[0]):
@@ -559,11 +559,11 @@ def run_scenario(
             summary["multi_decode"] = [{percent.get(k, k): v for k, v in row.items()} for row in facts.multi_decode]
             summary["coding_matrix_worst_condition"] = worst_condition(facts.answers.matrix)
         summary["coding"] = {
-            method: {"nda_pct": dict(zip(g["expert"], g["nda"], strict=True)),
-                     "nda_avg_pct": float(g["nda"].mean()),
-                     "decoded_acc_pct": dict(zip(g["expert"], g["decoded_acc"], strict=True)),
-                     "expert_acc_pct": dict(zip(g["expert"], g["expert_acc"], strict=True)),
-                     "encode_seconds": float(g["encode_seconds"].iloc[0])}
+            method: {"nda_pct": dict(zip(g["expert"], g["nda_pct"], strict=True)),
+                     "nda_avg_pct": float(g["nda_pct"].mean()),
+                     "decoded_acc_pct": dict(zip(g["expert"], g["decoded_acc_pct"], strict=True)),
+                     "expert_acc_pct": dict(zip(g["expert"], g["expert_acc_pct"], strict=True)),
+                     "encode_s": float(g["encode_s"].iloc[0])}
             for method, g in facts.nda.groupby("method", sort=False)
         }
         summary["profile"] = {

@@ -49,6 +49,7 @@ def test_code_prints_table_and_writes_files(fake_zoo, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "nda.csv")))
     assert len(rows) == 2 * 5 * 2
     assert {r["name"] for r in rows} == {"e0", "e1"}
+    assert {"nda_pct", "decoded_acc_pct", "expert_acc_pct", "encode_s"} <= set(rows[0])  # issue 11 names
     data = json.loads((tmp_path / "coding.json").read_text())
     assert len(data["summary"]) == 5 and data["beta"] == [0.5, 0.5]
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
@@ -92,7 +93,7 @@ def test_code_runs_ties_dare_and_the_ensemble_ceiling(fake_zoo, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "nda.csv")))
     assert {r["method"] for r in rows} == {"ties", "dare", "ensemble", "vanilla"} and len(rows) == 2 * 4 * 2
     # the fake experts' test labels are their own predictions: the exact ensemble decodes every one of them
-    assert all(float(r["nda"]) == 100.0 for r in rows if r["method"] == "ensemble")
+    assert all(float(r["nda_pct"]) == 100.0 for r in rows if r["method"] == "ensemble")
     runs = json.loads((tmp_path / "coding.json").read_text())["runs"]
     ties = [r["info"] for r in runs if r["method"] == "ties"]
     dare = [r["info"] for r in runs if r["method"] == "dare"]
@@ -117,5 +118,5 @@ def test_scenario_compare_accepts_the_new_methods_and_serves_the_ensemble(fake_z
         scenario_from_dict({**raw, "coding": {"method": "coin", "compare": ["ties", "magic"]}})
     facts = prepare_networks(scenario, quiet=True)
     assert list(dict.fromkeys(facts.nda["method"])) == ["ensemble", "ties", "dare", "vanilla"]
-    assert (facts.nda.loc[facts.nda["method"] == "ensemble", "nda"] == 100.0).all()
+    assert (facts.nda.loc[facts.nda["method"] == "ensemble", "nda_pct"] == 100.0).all()
     assert facts.coded_name == "ensemble" and "coded" in facts.profile_ms

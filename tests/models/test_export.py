@@ -72,9 +72,9 @@ def test_export_then_run_reproduces_nda_and_every_query(tmp_path):
                      "--set", f"profile.replay={first}"])
     assert again.exit_code == 0, again.output
     second = _result(tmp_path / "rerun")
-    nda = [pd.read_csv(p / "nda.csv").drop(columns="encode_seconds") for p in (first, second)]
+    nda = [pd.read_csv(p / "nda.csv").drop(columns="encode_s") for p in (first, second)]
     pd.testing.assert_frame_equal(*nda, check_exact=True)
-    assert (nda[0]["nda"] > 0).all()
+    assert (nda[0]["nda_pct"] > 0).all()
     queries = [pd.read_parquet(p / "queries.parquet") for p in (first, second)]
     assert len(queries[0]) == 3 * 1500
     pd.testing.assert_frame_equal(*queries, check_exact=True)

@@ -190,7 +190,7 @@ def _run(args: list[str]) -> Path:
 
 
 def _same_results(a: Path, b: Path) -> None:
-    nda_a, nda_b = (pd.read_csv(p / "nda.csv").drop(columns="encode_seconds") for p in (a, b))
+    nda_a, nda_b = (pd.read_csv(p / "nda.csv").drop(columns="encode_s") for p in (a, b))
     pd.testing.assert_frame_equal(nda_a, nda_b, check_exact=True)
     with np.load(a / "outputs.npz") as oa, np.load(b / "outputs.npz") as ob:
         for key in oa.files:

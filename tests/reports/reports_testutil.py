@@ -41,6 +41,10 @@ def _latencies(rng: np.random.Generator, policy: str, p: float, n: int) -> tuple
         hedge_at = 9.0
         lat = np.where(t[:, 0] > hedge_at + t[:, 1], hedge_at + t[:, 1], t[:, 0])
         how[lat < t[:, 0]] = "hedge"
+    elif policy == "backup":  # a generalist on the extra server answers whichever expert is late
+        backup = t[:, 1] + 0.2
+        lat = np.minimum(t[:, 0], backup)
+        how[backup < t[:, 0]] = "backup"
     else:
         decode = t[:, 1] * 1.1 + 0.4
         lat = np.minimum(t[:, 0], decode)
@@ -63,8 +67,14 @@ def _stats(frame: pd.DataFrame, load_pct: float | None) -> dict:
     m = float(lat.mean())
     out.update(mean_ms=m, mean_ms_lo=m * 0.97, mean_ms_hi=m * 1.03)
     out["accuracy_pct"] = float(meas["correct"].mean() * 100) if "correct" in meas else None
-    for how in ("direct", "replica", "hedge", "decoded"):
-        out[f"{how}_pct"] = float((meas["answered_by"] == how).mean() * 100)
+    out["agreement_pct"] = float(meas["agrees_with_expert"].mean() * 100) if "agrees_with_expert" in meas else None
+    for how in ("direct", "replica", "hedge", "decoded", "backup"):
+        mine = meas[meas["answered_by"] == how]
+        if how != "backup" or out["kind"] == "backup":  # other policies have no backup keys (keys may be absent)
+            out[f"{how}_pct"] = float(len(mine) / len(meas) * 100)
+        if how in ("decoded", "backup") and (how == "decoded" or out["kind"] == "backup"):
+            for col, key in (("correct", "accuracy_pct"), ("agrees_with_expert", "agreement_pct")):
+                out[f"{how}_{key}"] = float(mine[col].mean() * 100) if len(mine) and col in mine else None
     out["extra_load_vs_uncoded_pct"] = load_pct
     out["server_ms_per_query"] = float(meas["server_ms"].mean())
     out["n_queries"] = int(len(frame))
@@ -75,19 +85,22 @@ def _stats(frame: pd.DataFrame, load_pct: float | None) -> dict:
 def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1), n: int = 1500,
                  with_correct: bool = True, files: tuple[str, ...] = ("scenario.toml", "queries.parquet",
                                                                     "nda.csv", "sweep.parquet"),
-                 seed: int = 0, scenario: str = "synthetic") -> tuple[Path, dict]:
-    """Write a result folder under `root`; return (folder, summary dict as written)."""
+                 seed: int = 0, scenario: str = "synthetic",
+                 policies: tuple[str, ...] = POLICIES) -> tuple[Path, dict]:
+    """Write a result folder under `root`; return (folder, summary dict as written). A "backup" policy
+    answers late queries with a generalist (answered_by "backup"); only it has the backup_* keys."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     frames, sweep_rows, per_point = [], [], []
-    load = {"uncoded": 0.0, "replication": 100.0, "hedged": 7.0, "coded": 50.0}
+    load = {"uncoded": 0.0, "replication": 100.0, "hedged": 7.0, "coded": 50.0, "backup": 45.0}
     for point, p in enumerate(points):
         model = rng.integers(0, 2, n)
         arrival = np.cumsum(rng.exponential(12.0, n))
         sample = rng.integers(0, 1000, n)
-        for policy in POLICIES:
+        for policy in policies:
             lat, how = _latencies(rng, policy, p, n)
-            acc = np.where(how == "decoded", 0.90, 0.98)
+            acc = np.where(how == "decoded", 0.90, np.where(how == "backup", 0.94, 0.98))
+            agree = np.where(how == "decoded", 0.93, np.where(how == "backup", 0.95, 1.0))
             f = pd.DataFrame({
                 "point": point, "policy": policy, "query_id": np.arange(n), "model": model,
                 "model_name": np.array(EXPERTS)[model], "sample_id": sample, "arrival_ms": arrival,
@@ -97,10 +110,13 @@ def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.
             })
             if with_correct:
                 f["correct"] = rng.random(n) < acc
+                # its own stream, so the draws above (and every older test's numbers) stay as they were
+                agree_rng = np.random.default_rng([seed, point, policies.index(policy)])
+                f["agrees_with_expert"] = agree_rng.random(n) < agree
             frames.append(f)
-            st = {**_stats(f, load[policy]), "utilization_pct": 30.0 + 10 * POLICIES.index(policy)}
+            st = {**_stats(f, load[policy]), "utilization_pct": 30.0 + 10 * policies.index(policy)}
             sweep_rows.append({"point": point, AXIS: p, "policy": policy, **st})
-            if policy == POLICIES[0]:
+            if policy == policies[0]:
                 per_point.append({"point": point, AXIS: p, "policies": {}})
             per_point[-1]["policies"][policy] = st
     queries = pd.concat(frames, ignore_index=True)
@@ -110,10 +126,10 @@ def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.
     coding = {
         "coin": {"nda_pct": {"low": 93.0, "high": 91.0}, "nda_avg_pct": 92.0,
                  "decoded_acc_pct": {"low": 91.0, "high": 89.0}, "expert_acc_pct": {"low": 98.0, "high": 97.8},
-                 "encode_seconds": 1.25},
+                 "encode_s": 1.25},
         "vanilla": {"nda_pct": {"low": 41.0, "high": 37.0}, "nda_avg_pct": 39.0,
                     "decoded_acc_pct": {"low": 40.0, "high": 36.0}, "expert_acc_pct": {"low": 98.0, "high": 97.8},
-                    "encode_seconds": 0.02},
+                    "encode_s": 0.02},
     }
     summary = {
         "schema_version": 2,
@@ -142,8 +158,8 @@ def write_result(root: Path, *, points: tuple[float, ...] = (0.0, 0.01, 0.02, 0.
     if "sweep.parquet" in files:
         sweep.to_parquet(root / "sweep.parquet", index=False)
     if "nda.csv" in files:
-        rows = [{"method": m, "expert": e, "nda": c["nda_pct"][e], "decoded_acc": c["decoded_acc_pct"][e],
-                 "expert_acc": c["expert_acc_pct"][e], "encode_seconds": c["encode_seconds"]}
+        rows = [{"method": m, "expert": e, "nda_pct": c["nda_pct"][e], "decoded_acc_pct": c["decoded_acc_pct"][e],
+                 "expert_acc_pct": c["expert_acc_pct"][e], "encode_s": c["encode_s"]}
                 for m, c in coding.items() for e in EXPERTS]
         pd.DataFrame(rows).to_csv(root / "nda.csv", index=False)
     return root, summary

@@ -188,7 +188,7 @@ def test_quickstart_like_run_has_one_unit_and_name_and_no_negative_interval(quic
             assert stats["accuracy_pct"] == pytest.approx(mine["correct"].mean() * 100)
             assert stats["p99_ms"] == pytest.approx(np.percentile(mine["latency_ms"], 99), rel=1e-12)
     coin = summary["coding"]["coin"]
-    assert set(coin) == {"nda_pct", "nda_avg_pct", "decoded_acc_pct", "expert_acc_pct", "encode_seconds"}
+    assert set(coin) == {"nda_pct", "nda_avg_pct", "decoded_acc_pct", "expert_acc_pct", "encode_s"}
     assert coin["nda_avg_pct"] == pytest.approx(np.mean(list(coin["nda_pct"].values())))
     assert all(50 < e["accuracy_pct"] <= 100 for e in summary["experts"])
     header = next(line for line in output.splitlines() if line.startswith("straggler_p"))
@@ -212,3 +212,30 @@ def test_report_screenshot_in_headless_chromium(quick, tmp_path):
                     "--window-size=1280,3000", report.as_uri()], check=True, timeout=120, capture_output=True)
     png = shot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_frontier_of_a_real_run_matches_its_records(quick):
+    """The report's frontier for a real run: each policy's marker at each point sits at the accuracy of its
+    measured answers and at np.percentile of its measured latencies (warm-up excluded)."""
+    folder, _ = quick
+    data = reports.load_result(folder)
+    fig = {name: build for name, build, _, _ in plan_figures(data)}["frontier"]()
+    queries = pd.read_parquet(folder / "queries.parquet")
+    measured = queries[~queries["warmup"]]
+    seen = 0
+    for ax in fig.axes:
+        level = 99.9 if ax.get_title().startswith("p99.9") else 99
+        for line in ax.get_lines():
+            name = (line.get_gid() or "").removeprefix("frontier:")
+            if not name:
+                continue
+            want = []
+            for p in sorted(measured["straggler_p"].unique()):
+                mine = measured[(measured["straggler_p"] == p) & (measured["policy"] == name)]
+                want.append((mine["correct"].mean() * 100, np.percentile(mine["latency_ms"], level)))
+            assert np.asarray(line.get_xydata()) == pytest.approx(np.asarray(want), rel=1e-9), name
+            seen += 1
+    assert seen == 2 * len(data.policy_order)
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    assert '<figure id="fig-frontier">' in html and "down and right is better" in html
+    assert '<h2 id="accuracy">Accuracy of what was answered, every point</h2>' in html

@@ -145,5 +145,5 @@ def test_accuracy_axis_does_not_zoom_into_noise(data):
     sw["accuracy_pct"] = 98.0 + 1e-3 * sw["point"]  # a 0.004-point wobble
     ax = reports.accuracy_vs_sweep(sw, AXIS).axes[0]
     lo, hi = ax.get_ylim()
-    assert hi - lo == pytest.approx(2.0) and hi <= 100.0
+    assert hi - lo >= 1.0 and hi <= 100.0  # at least a point of accuracy: the wobble is <0.5 % of the height
     assert lo < 98.0 < hi

@@ -50,7 +50,12 @@ def test_legacy_names_and_units_are_converted_by_name(legacy):
     coin = data.summary["coding"]["coin"]
     assert coin["nda_pct"] == raw["coding"]["coin"]["nda"] and coin["nda_avg_pct"] == raw["coding"]["coin"]["nda_avg"]
     assert [e["accuracy_pct"] for e in data.summary["experts"]] == [e["accuracy"] for e in raw["experts"]]
-    assert data.nda["nda_pct"].tolist() == pd.read_csv(folder / "nda.csv")["nda"].tolist()
+    old_nda = pd.read_csv(folder / "nda.csv")
+    assert {"nda", "decoded_acc", "expert_acc", "encode_seconds"} <= set(old_nda.columns)  # the old names
+    for old, new in (("nda", "nda_pct"), ("decoded_acc", "decoded_acc_pct"), ("expert_acc", "expert_acc_pct"),
+                     ("encode_seconds", "encode_s")):  # same units (percent, seconds): renamed, not rescaled
+        assert data.nda[new].tolist() == old_nda[old].tolist()
+    assert coin["encode_s"] == raw["coding"]["coin"]["encode_seconds"] and "encode_seconds" not in coin
     assert "decoded_pct" in data.sweep.columns and "decoded_fraction" not in data.sweep.columns
     assert data.sweep["decoded_pct"].tolist() == pytest.approx((sweep["decoded_fraction"] * 100).tolist())
 
@@ -81,6 +86,9 @@ def test_legacy_negative_interval_bounds_are_not_shown(legacy):
     html = reports.render(folder).read_text(encoding="utf-8")
     assert "<h2>Against replication at every point</h2>" in html
     assert "older coinsim" in html
+    # the new figures work from the migrated names: the frontier of the old points, NDA bars zoomed
+    assert (folder / "figures" / "frontier.png").is_file() and '<figure id="fig-frontier">' in html
+    assert '<h2 id="accuracy">' in html
     assert not any(b.startswith("-") for b in _ci_bounds(html))
 
 

@@ -17,8 +17,9 @@ import reports
 from reports.html import fmt_ms, fmt_pct
 
 ROOT = Path(__file__).resolve().parents[2]
-SWEEP_FIGURES = {"latency_ccdf", "tail_vs_sweep", "accuracy_vs_sweep", "answer_mix", "extra_load_vs_sweep",
-                 "nda_bars"}
+SWEEP_FIGURES = {"frontier", "frontier_agreement", "latency_ccdf", "tail_vs_sweep", "accuracy_vs_sweep",
+                 "answer_mix", "extra_load_vs_sweep", "nda_bars"}
+FRONTIERS = {"frontier", "frontier_agreement"}  # drawn from summary.json's points alone when need be
 
 
 @pytest.fixture(scope="module")
@@ -110,18 +111,18 @@ def test_rendering_twice_is_byte_identical(full):
 def test_stale_figures_are_removed_when_a_file_disappears(tmp_path):
     folder, _ = write_result(tmp_path / "run", points=(0.05,), n=300, files=("queries.parquet",))
     reports.render(folder)
-    assert _figures(folder) == {"latency_ccdf", "answer_mix", "nda_bars"}
+    assert _figures(folder) == {"latency_ccdf", "answer_mix", "nda_bars", *FRONTIERS}
     (folder / "queries.parquet").unlink()
     (folder / "figures" / "my_notes.png").write_bytes(b"not ours")
     html = reports.render(folder).read_text(encoding="utf-8")
-    assert _figures(folder) == {"nda_bars", "my_notes"}  # only files the renderer owns are removed
+    assert _figures(folder) == {"nda_bars", "my_notes", *FRONTIERS}  # only files the renderer owns are removed
     assert "no queries.parquet" in html
 
 
 def test_summary_only_folder_renders(tmp_path):
     folder, summary = write_result(tmp_path / "run", files=())
     html = reports.render(folder).read_text(encoding="utf-8")
-    assert _figures(folder) == {"nda_bars"}  # the coding section alone still gives a figure
+    assert _figures(folder) == {"nda_bars", *FRONTIERS}  # the coding section and the points give figures
     for name in POLICIES:
         assert fmt_ms(summary["policies"][name]["p99_ms"]) in html
     assert "<details>" not in html
@@ -145,21 +146,30 @@ def test_sim_only_single_point_run(tmp_path):
     assert "All sweep points" not in html
 
 
-def test_coding_only_run_uses_nda_csv(tmp_path):
-    """A `coinsim code`-style nda.csv (per seed, experts as index + name) without a coding section."""
+@pytest.mark.parametrize("names", ["current", "before issue 11"])
+def test_coding_only_run_uses_nda_csv(tmp_path, names):
+    """A `coinsim code`-style nda.csv (per seed, experts as index + name) without a coding section; the
+    column names of today (nda_pct, ..., encode_s) and of before the rename (nda, ..., encode_seconds) alike."""
     folder, summary = write_result(tmp_path / "run", files=())
     summary.pop("coding")
     summary["policies"] = {}
+    summary.pop("points")
+    summary.pop("headline_point")
     (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
     rows = [{"scenario": "s", "seed": seed, "samples": 100, "method": m, "expert": i, "name": name,
-             "nda": base - 1 * i + 2 * seed, "decoded_acc": 90.0, "expert_acc": 98.0, "n": 500,
-             "encode_seconds": 0.5}
+             "nda_pct": base - 1 * i + 2 * seed, "decoded_acc_pct": 90.0, "expert_acc_pct": 98.0, "n": 500,
+             "encode_s": 0.5}
             for seed in (0, 1) for m, base in (("coin", 90.0), ("regmean", 60.0)) for i, name in enumerate(("a", "b"))]
-    pd.DataFrame(rows).to_csv(folder / "nda.csv", index=False)  # `coinsim code` writes nda in percent
+    frame = pd.DataFrame(rows)
+    if names != "current":  # the same numbers (percent, seconds) under the old names
+        frame = frame.rename(columns={"nda_pct": "nda", "decoded_acc_pct": "decoded_acc",
+                                      "expert_acc_pct": "expert_acc", "encode_s": "encode_seconds"})
+    frame.to_csv(folder / "nda.csv", index=False)
     html = reports.render(folder).read_text(encoding="utf-8")
     assert _figures(folder) == {"nda_bars"}
     assert "<td>regmean</td>" in html and "<th>a NDA (%)</th>" in html
     assert "<td>91.00<span" in html  # coin, expert a: mean over seeds of 90 and 92
+    assert "<td>0.50</td>" in html  # the encode time, in seconds under either name
     assert "Headline" not in html
 
 

@@ -239,6 +239,11 @@ def test_networks_run_joins_real_answers(tmp_path, zoo_cache):
     queries = pd.read_parquet(folder / "queries.parquet")
     nda = pd.read_csv(folder / "nda.csv")
     assert set(nda["method"]) == {"coin", "vanilla"}
+    # issue 11, one unit one name: percent as *_pct and seconds as *_s, as in summary.json's coding section
+    assert {"nda_pct", "decoded_acc_pct", "expert_acc_pct", "encode_s"} <= set(nda.columns)
+    assert not {"nda", "decoded_acc", "expert_acc", "encode_seconds"} & set(nda.columns)
+    for method, rows in nda.groupby("method"):
+        assert dict(zip(rows["expert"], rows["nda_pct"], strict=True)) == summary["coding"][method]["nda_pct"]
     assert set(summary["profile"]) == {"low", "high", "coded"}
     measured = queries[~queries["warmup"]]
     for policy, stats in summary["policies"].items():
@@ -272,8 +277,8 @@ def test_networks_run_joins_real_answers(tmp_path, zoo_cache):
     # same seed + the same (replayed) latency profile → the same numbers, query for query
     raw_again = dict(raw, profile={"replay": str(folder)})
     again = run_scenario(scenario_from_dict(raw_again), raw_again, tmp_path / "again", quiet=True)
-    pd.testing.assert_frame_equal(pd.read_csv(folder / "nda.csv").drop(columns="encode_seconds"),
-                                  pd.read_csv(again / "nda.csv").drop(columns="encode_seconds"))
+    pd.testing.assert_frame_equal(pd.read_csv(folder / "nda.csv").drop(columns="encode_s"),
+                                  pd.read_csv(again / "nda.csv").drop(columns="encode_s"))
     pd.testing.assert_frame_equal(queries, pd.read_parquet(again / "queries.parquet"))
 
 
