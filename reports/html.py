@@ -358,6 +358,7 @@ def takeaway(policies: Mapping[str, Mapping[str, Any]], base: str | None = None)
 # (column, heading, answers' share column or None for all answers); percent, in the summary's names
 ACCURACY_COLUMNS = (
     ("accuracy_pct", "all: accuracy", None),
+    ("accuracy_vs_uncoded_pct", "all: accuracy vs uncoded, same queries", None),
     ("agreement_pct", "all: agreement", None),
     ("decoded_pct", "decoded: share", None),
     ("decoded_accuracy_pct", "decoded: accuracy", "decoded_pct"),
@@ -406,7 +407,10 @@ def accuracy_table(data: ResultData, colors: Mapping[str, str]) -> dict[str, Any
                 if not finite(v):
                     cells.append(_cell("—"))
                     continue
-                if key.endswith(("_accuracy_pct", "agreement_pct")) or key == "accuracy_pct":
+                if key == "accuracy_vs_uncoded_pct":  # paired over the same queries: its own interval
+                    ci = _pct_ci(st.get("accuracy_vs_uncoded_lo_pct"), st.get("accuracy_vs_uncoded_hi_pct"))
+                    cells.append(_cell(fmt_pct(v, signed=True, digits=2), ci=ci))
+                elif key.endswith(("_accuracy_pct", "agreement_pct")) or key == "accuracy_pct":
                     count = answered_counts(pd.DataFrame([st]), share).iloc[0]
                     lo, hi = wilson_interval(v, count)
                     ci = _pct_ci(float(lo), float(hi)) if key.endswith("accuracy_pct") else None
@@ -418,7 +422,8 @@ def accuracy_table(data: ResultData, colors: Mapping[str, str]) -> dict[str, Any
              "expert itself would have answered (direct, replica and hedged answers agree by construction). "
              "Decoded and backup columns are over those answers alone; share is their part of all measured "
              "queries. Brackets: 95 % Wilson intervals. Every policy serves the same queries (common random "
-             "numbers), so differences between policies are smaller than these intervals suggest."]
+             "numbers), so the difference to uncoded is taken query by query, with its own paired 95 % interval: "
+             "an interval that excludes 0 is a price (or gain) beyond the noise."]
     head = [*lead, "policy", "measured queries", *(h for _, h, _ in present)]
     return {"every": len(points) > 1,
             "table": {"head": head, "rows": rows, "notes": notes, "cls": "accuracy", "left": [len(lead)]}}

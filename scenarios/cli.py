@@ -8,6 +8,7 @@ traceback instead. `coinsim validate` runs exactly the checks `run` and `sweep` 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -90,15 +91,34 @@ class _Cli(click.Group):
             raise UserError(one_line(error)) from None
 
 
-def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    if value is not None:
-        import torch
+DEFAULT_THREADS = 1
 
-        torch.set_num_threads(value)
+
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """--threads N sets torch's intra-op threads; without it (before or after the subcommand) one thread.
+
+    Why one: on a CPU another process is competing for, every multi-threaded op waits for its slowest thread. One
+    epoch of the default expert took 0.38 s on one thread and 9.9-13.5 s on two with one other busy process on
+    this project's 2-core machine (docs in README, "Commands"). Results do not depend on the thread count
+    (tests/models/test_thread_determinism.py). A user's OMP_NUM_THREADS is respected.
+    """
+    meta = ctx.find_root().meta
+    if value is not None:
+        meta["coinsim.threads"] = value
+    elif "coinsim.threads" in meta:
+        return value  # given before the subcommand; nothing to default
+    threads = value if value is not None else int(os.environ.get("OMP_NUM_THREADS") or DEFAULT_THREADS)
+    if value is None and "torch" not in sys.modules:
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # torch reads it when first imported
+        return value
+    import torch
+
+    torch.set_num_threads(threads)
     return value
 
 
-_THREADS_HELP = "Torch intra-op threads (default: torch's). 1 is often fastest for small networks on busy CPUs."
+_THREADS_HELP = ("Torch intra-op threads on a CPU (default 1, or OMP_NUM_THREADS: more threads only pay on an "
+                 "otherwise idle machine with networks larger than the default).")
 
 
 def _threads_option(command):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from click.testing import CliRunner
 
@@ -48,3 +50,38 @@ def test_threads_after_code_and_testbed(command):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("args", "omp", "expected"), [
+    (["code", "no-such-scenario"], None, 1),  # no --threads: one thread
+    (["code", "no-such-scenario"], "2", 2),  # ... unless the user's OMP_NUM_THREADS says otherwise
+    (["--threads", "2", "code", "no-such-scenario"], None, 2),  # given before the subcommand: kept after it
+    (["code", "no-such-scenario", "--threads", "2"], None, 2),
+])
+def test_default_is_one_thread_and_an_explicit_count_wins(monkeypatch, args, omp, expected):
+    import torch
+
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        assert CliRunner().invoke(cli, args).exit_code == 2
+        assert torch.get_num_threads() == expected
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_default_thread_count_in_a_fresh_process(tmp_path):
+    # torch not yet imported when the CLI starts: the default reaches it through OMP_NUM_THREADS
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    code = ("import sys; from scenarios.cli import main; sys.argv = ['coinsim', 'scenarios']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "import torch; print('threads', torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "threads 1" in out.stdout, out.stdout + out.stderr
