@@ -64,6 +64,7 @@ TEMPLATE = """<!DOCTYPE html>
 {%- if c.swatch %}<span class="swatch" style="background:{{ c.swatch }}"></span>{% endif -%}
 {{ c.text }}{% if c.mark %}<sup>{{ c.mark }}</sup>{% endif %}
 {%- if c.ci %} <span class="ci">{{ c.ci }}</span>{% endif -%}
+{%- if c.diff_ci %} <span class="ci diff">{{ c.diff_ci }}</span>{% endif -%}
 {%- if c.sub %}<span class="sub">{{ c.sub }}</span>{% endif -%}
 </td>
 {%- endmacro -%}
@@ -408,8 +409,9 @@ def accuracy_table(data: ResultData, colors: Mapping[str, str]) -> dict[str, Any
                     cells.append(_cell("—"))
                     continue
                 if key == "accuracy_vs_uncoded_pct":  # paired over the same queries: its own interval
-                    ci = _pct_ci(st.get("accuracy_vs_uncoded_lo_pct"), st.get("accuracy_vs_uncoded_hi_pct"))
-                    cells.append(_cell(fmt_pct(v, signed=True, digits=2), ci=ci))
+                    lo, hi = st.get("accuracy_vs_uncoded_lo_pct"), st.get("accuracy_vs_uncoded_hi_pct")
+                    diff_ci = f"[{lo:+.2f}, {hi:+.2f}]" if finite(lo) and finite(hi) else None  # may be < 0
+                    cells.append(_cell(fmt_pct(v, signed=True, digits=2), diff_ci=diff_ci))
                 elif key.endswith(("_accuracy_pct", "agreement_pct")) or key == "accuracy_pct":
                     count = answered_counts(pd.DataFrame([st]), share).iloc[0]
                     lo, hi = wilson_interval(v, count)

@@ -239,3 +239,25 @@ def test_frontier_of_a_real_run_matches_its_records(quick):
     html = (folder / "report.html").read_text(encoding="utf-8")
     assert '<figure id="fig-frontier">' in html and "down and right is better" in html
     assert '<h2 id="accuracy">Accuracy of what was answered, every point</h2>' in html
+
+
+def test_accuracy_versus_uncoded_is_paired_over_the_same_queries(quick):
+    # recomputed from queries.parquet query by query (merge on query_id), and shown in the report's accuracy table
+    folder, _ = quick
+    summary = json.loads((folder / "summary.json").read_text())
+    queries = pd.read_parquet(folder / "queries.parquet")
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    assert "accuracy vs uncoded, same queries" in html
+    for point in summary["points"]:
+        rows = queries[(queries["point"] == point["point"]) & ~queries["warmup"]]
+        uncoded = rows[rows["policy"] == "uncoded"][["query_id", "correct"]]
+        for name, stats in point["policies"].items():
+            both = rows[rows["policy"] == name][["query_id", "correct"]].merge(uncoded, on="query_id")
+            assert len(both) == stats["n_measured"]
+            diff = both["correct_x"].astype(float) - both["correct_y"].astype(float)
+            half = 1.959964 * diff.std(ddof=1) / np.sqrt(len(diff))
+            assert stats["accuracy_vs_uncoded_pct"] == pytest.approx(diff.mean() * 100, abs=1e-9)
+            assert stats["accuracy_vs_uncoded_lo_pct"] == pytest.approx((diff.mean() - half) * 100, abs=1e-9)
+            assert stats["accuracy_vs_uncoded_hi_pct"] == pytest.approx((diff.mean() + half) * 100, abs=1e-9)
+            lo, hi = stats["accuracy_vs_uncoded_lo_pct"], stats["accuracy_vs_uncoded_hi_pct"]
+            assert f'<span class="ci diff">[{lo:+.2f}, {hi:+.2f}]</span>' in html
