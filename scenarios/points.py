@@ -40,7 +40,9 @@ class AnswerTables:
     approximates Σⱼ matrix[k, j] fⱼ; any answer that was decoded is decoded here from exactly the outputs
     that came back, so its correctness is that of the real decoded output. Ensemble answers are the argmax of
     the summed softmax of the N outputs. `backup_outs` are the generalist network's own outputs (the network
-    a backup server hosts), used undecoded: a backup answer is their argmax.
+    a backup server hosts), used undecoded: a backup answer to a query routed to expert i is their argmax over
+    the classes of expert i's task (`task_classes[i]`; every class when None) — a routed query carries its task,
+    as a multi-task model's head would use it — and to an ensemble query their argmax over every class.
     """
 
     labels: np.ndarray  # (S,)
@@ -49,11 +51,26 @@ class AnswerTables:
     coded_outs: np.ndarray  # (r, S, K)
     matrix: np.ndarray  # (r, N)
     backup_outs: np.ndarray | None = None  # (S, K); None only where no backup policy is joined
+    task_classes: np.ndarray | None = None  # (N, K) bool: the classes of each expert's task; None: every class
 
     def __post_init__(self) -> None:
         want = self.expert_outs.shape[1:]
         if self.backup_outs is not None and self.backup_outs.shape != want:
             raise ValueError(f"backup_outs has shape {self.backup_outs.shape}, expected {want} (rows, classes)")
+        want = (self.expert_outs.shape[0], self.expert_outs.shape[2])
+        if self.task_classes is not None and (self.task_classes.shape != want or not self.task_classes.any(1).all()):
+            raise ValueError(f"task_classes must be a ({want[0]}, {want[1]}) mask with a class in every row")
+
+    def backup_answers(self, model: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The generalist's answer on each row: argmax over the routed expert's task classes (model >= 0) or over
+        every class (an ensemble query, model < 0)."""
+        if self.backup_outs is None:
+            raise ValueError("backup answers to join but the answer tables hold no generalist outputs (backup_outs)")
+        outs = self.backup_outs[rows]
+        if self.task_classes is None:
+            return outs.argmax(-1)
+        allowed = np.where((model >= 0)[:, None], self.task_classes[np.maximum(model, 0)], True)
+        return np.where(allowed, outs, -np.inf).argmax(-1)
 
     @property
     def pools(self) -> list[int]:
@@ -101,9 +118,7 @@ def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
     pred = own.copy()
     by_backup = (records["answered_by"] == "backup").to_numpy()
     if by_backup.any():
-        if answers.backup_outs is None:
-            raise ValueError("backup answers to join but the answer tables hold no generalist outputs (backup_outs)")
-        pred[by_backup] = answers.backup_outs[rows[by_backup]].argmax(-1)
+        pred[by_backup] = answers.backup_answers(model[by_backup], rows[by_backup])
     decoded_groups = pd.DataFrame({"model": model, "mask": masks})[(was_decoded | (model < 0)) & ~by_backup]
     for (m, mask), group in decoded_groups.groupby(["model", "mask"]):
         index = group.index.to_numpy()

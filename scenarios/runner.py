@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -159,7 +159,8 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     backup_outs = coded_outs[0] if generalist is coded_models[0] else \
         coin.outputs(generalist.to(device).eval(), all_x.to(device)).cpu().numpy()
     offsets = np.cumsum([0] + [len(e.test_x) for e in zoo.experts])
-    answers = AnswerTables(labels, offsets, expert_outs, coded_outs, matrix, backup_outs)
+    tasks = task_classes(zoo, expert_outs.shape[-1]) if scenario.coding.backup_classes == "task" else None
+    answers = AnswerTables(labels, offsets, expert_outs, coded_outs, matrix, backup_outs, tasks)
     names = [e.name for e in zoo.experts]
 
     spec = scenario.profile
@@ -375,6 +376,26 @@ def _execute_on_dask(points, todo, seed, answers, sweep, store: PointStore, bar)
             cluster.close()
 
 
+def task_classes(zoo: Any, n_classes: int) -> np.ndarray:
+    """(N, K) mask of the classes each expert's task covers: its partition's labels, or every class."""
+    mask = np.zeros((len(zoo.experts), n_classes), dtype=bool)
+    for i, expert in enumerate(zoo.experts):
+        labels = getattr(expert.spec, "labels", None)
+        mask[i, labels if labels is not None else slice(None)] = True
+    return mask
+
+
+def _backup_accuracy(answers: AnswerTables, names: list[str], task: bool) -> dict[str, float]:
+    """Per expert: the generalist's accuracy alone on that expert's test partition (task classes or every class)."""
+    out = {}
+    for i, name in enumerate(names):
+        rows = np.arange(answers.offsets[i], answers.offsets[i + 1])
+        tables = answers if task else replace(answers, task_classes=None)
+        pred = tables.backup_answers(np.full(len(rows), i), rows)
+        out[name] = float((pred == answers.labels[rows]).mean() * 100)
+    return out
+
+
 def build_point_configs(scenario: Scenario, facts: NetworkFacts | None,
                         only: int | None = None) -> list[tuple[Any, SimConfig]]:
     """The SimConfig of every sweep point (or of point `only` alone), with measured service times and sample
@@ -544,13 +565,13 @@ def run_scenario(
                    "expert_acc": "expert_acc_pct"}  # the networks side measures these in percent already
         summary["experts"] = [{percent.get(k, k): v for k, v in e.items()} for e in facts.experts]
         summary["coded_method"] = facts.coded_name
-        a = facts.answers
+        a, names = facts.answers, [e["name"] for e in facts.experts]
         summary["backup"] = {  # the generalist on each expert's own test partition, answering alone (argmax)
             "method": facts.backup_name,
             "network": "coded" if "backup" not in facts.profile_ms else "backup",
-            "accuracy_pct": {e["name"]: float((a.backup_outs[a.offsets[i]:a.offsets[i + 1]].argmax(-1)
-                                               == a.labels[a.offsets[i]:a.offsets[i + 1]]).mean() * 100)
-                             for i, e in enumerate(facts.experts)},
+            "classes": "all" if a.task_classes is None else "task",
+            "accuracy_pct": _backup_accuracy(a, names, task=True),  # as a backup answers a routed query
+            "accuracy_all_classes_pct": _backup_accuracy(a, names, task=False),  # argmax over every class
         }
         summary["coding_matrix"] = facts.answers.matrix.tolist()
         if facts.multi_decode:
@@ -587,7 +608,8 @@ def run_scenario(
             a = facts.answers
             np.savez_compressed(tmp / "outputs.npz", labels=a.labels, offsets=a.offsets,
                                 expert_outputs=a.expert_outs, coded_outputs=a.coded_outs, coding_matrix=a.matrix,
-                                backup_outputs=a.backup_outs)
+                                backup_outputs=a.backup_outs,
+                                **({} if a.task_classes is None else {"task_classes": a.task_classes}))
 
     final = publish(out_root / scenario.name / datetime.now().strftime("%Y%m%d-%H%M%S-%f"), write)
     shutil.rmtree(work, ignore_errors=True)

@@ -42,6 +42,9 @@ class CodingSpec(_Strict):
     compare: list[str] = Field(default_factory=list)
     backup: str | None = Field(None, description="coding method of the generalist a backup server hosts (policy "
                                                  "kind 'backup'); default: the coded model itself (`method`)")
+    backup_classes: Literal["task", "all"] = Field(
+        "task", description="a backup answer to a query routed to expert i: the generalist's argmax over the classes "
+                            "of expert i's task ('task'; a routed query carries its task) or over every class ('all')")
     beta: list[float] | None = None
     betas: list[list[float]] | None = Field(None, description="r coding-weight vectors, one per coded model")
     samples: int = Field(200, ge=1, description="P, the inputs the coding method may look at")

@@ -104,3 +104,29 @@ def test_run_point_joins_each_simulated_backup_answer_with_the_generalist():
     assert s["backup_accuracy_pct"] == pytest.approx(generalist_right[by_backup].mean() * 100)
     assert s["accuracy_pct"] < summary["uncoded"]["accuracy_pct"]  # the generalist is the weaker answerer here
     assert summary["uncoded"]["backup_pct"] == 0 and summary["uncoded"]["backup_accuracy_pct"] is None
+
+
+def test_a_routed_backup_answer_is_restricted_to_the_experts_task_and_an_ensemble_answer_is_not():
+    # expert 0's task is classes {0, 1}, expert 1's {1, 2}; the generalist's global favourite on row 2 (label 2) is
+    # class 0: outside expert 1's task, so with the task mask a query routed to expert 1 gets class 2 (right),
+    # without it class 0 (wrong); an ensemble query on the same row is never restricted
+    tables = _tables()
+    generalist = np.zeros((8, K))
+    generalist[np.arange(8), LABELS] = 2.0
+    generalist[2, 0] = 4.0
+    generalist[0, 2] = 3.0  # row 0 (label 0, expert 0's task {0, 1}): class 2 is outside, so the mask keeps 0
+    tasks = np.array([[True, True, False], [False, True, True]])
+    # offsets [0, 0, 8]: routed sample s of either expert and ensemble sample s all read row s
+    records = pd.DataFrame({"model": [1, 0, -1], "sample_id": [2, 0, 2],
+                            "answered_by": pd.Categorical(["backup"] * 3), "answer_mask": 1 << 2, "warmup": False})
+    masked = AnswerTables(LABELS, np.array([0, 0, 8]), tables.expert_outs, tables.coded_outs, tables.matrix,
+                          generalist, tasks)
+    correct, _ = join_answers(records, masked, 2, ["0", "1", "backup"])
+    assert masked.backup_answers(np.array([1, 0, -1]), np.array([2, 0, 2])).tolist() == [2, 0, 0]
+    unmasked = AnswerTables(LABELS, np.array([0, 0, 8]), tables.expert_outs, tables.coded_outs, tables.matrix,
+                            generalist)
+    assert unmasked.backup_answers(np.array([1, 0, -1]), np.array([2, 0, 2])).tolist() == [0, 2, 0]
+    assert correct.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="task_classes"):
+        AnswerTables(LABELS, OFFSETS, tables.expert_outs, tables.coded_outs, tables.matrix, generalist,
+                     np.array([[True, True, False], [False, False, False]]))
