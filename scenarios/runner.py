@@ -377,11 +377,15 @@ def _execute_on_dask(points, todo, seed, answers, sweep, store: PointStore, bar)
 
 
 def task_classes(zoo: Any, n_classes: int) -> np.ndarray:
-    """(N, K) mask of the classes each expert's task covers: its partition's labels, or every class."""
+    """(N, K) mask of the classes each expert's task covers: the labels of its training data (so trained and given
+    experts with the same data agree); every class for an expert whose training labels are unknown."""
     mask = np.zeros((len(zoo.experts), n_classes), dtype=bool)
     for i, expert in enumerate(zoo.experts):
-        labels = getattr(expert.spec, "labels", None)
-        mask[i, labels if labels is not None else slice(None)] = True
+        train_y = getattr(expert, "train_y", None)
+        if train_y is None:
+            mask[i] = True
+        else:
+            mask[i, np.unique(np.asarray(train_y)).astype(int)] = True
     return mask
 
 
