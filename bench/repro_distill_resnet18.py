@@ -19,13 +19,16 @@ Measured outputs (written to --out, one row per record):
 - ``experts.csv``: base and expert test accuracies and training seconds; ``meta.json``: parameter count,
   device, threads, load averages and times at start and end, the settings.
 
-Sizing (timed on the shared 2-core CPU, torch 2.x, 2 threads, load ≈ 0.2–0.7): a ResNet-18 forward+backward
-at 32×32, batch 64, takes ≈ 0.09 s (the ImageNet stem reduces 32×32 to 8×8, so the net is cheap per image);
-a distillation step at batch 8 ≈ 0.045 s; COIN's exact output Fisher ≈ 0.22 s per sample per expert (so
-≈ 90 s for P = 200 and two experts). Hence the defaults: base 15 epochs on the 1,437 digits training images
-(≈ 345 steps), experts 10 epochs at lr 1e-3 on ≈ 2,000 images each (≈ 320 steps each), P ∈ {20, 50, 100, 200}
-(COIN's Fisher over 370 samples per expert per seed), 3 seeds: about 10 minutes per seed on an idle machine,
-within the hour under the load of other jobs. Use --seeds 1 or fewer P values when the machine is busier.
+Sizing (timed on the project's shared 2-core CPU, torch 2.14 CPU): idle (load ≈ 0.2–0.7, 2 threads) a ResNet-18
+forward+backward at 32×32, batch 64, takes ≈ 0.09 s (the ImageNet stem reduces 32×32 to 8×8, so the net is
+cheap per image), a distillation step at batch 8 ≈ 0.045 s, and COIN's exact output Fisher ≈ 0.22 s per sample
+per expert (≈ 90 s for P = 200 and two experts). Hence the defaults: base 15 epochs on the 1,438 digits
+training images (≈ 345 steps), experts 10 epochs at lr 1e-3 on ≈ 2,000 images each (≈ 320 steps each),
+P ∈ {20, 50, 100, 200}: about 10 minutes per seed on an idle machine. Threads default to 1: with other jobs
+on the machine (load 5–7), 2 threads made a training step ≈ 9× slower than 1 thread (9.8 s vs 1.1 s per
+batch-64 step, measured back to back), because each thread waits for the other at every operation while
+the scheduler runs someone else's job. The documented run (docs/coin.md) used seed 0 with the full P sweep
+and seeds 1–2 at P = 200 only, to fit the hour on the loaded machine.
 """
 
 from __future__ import annotations
@@ -179,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
     parser.add_argument("--arch", default="resnet18", help="network of the zoo (cnn for a quick smoke run)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared machine 2 threads were 9x slower, see docs/coin.md)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir", type=Path, default=None, help="zoo checkpoint cache (default: coinsim's)")
     args = parser.parse_args(argv)
