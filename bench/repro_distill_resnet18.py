@@ -12,7 +12,7 @@ weight decay 0.1, 20 epochs, student started at the β-average); its per-epoch t
 samples it is fitted to and its test NDA on the test partitions (logging time is excluded from encode time).
 
 Measured outputs (written to --out, one row per record):
-- ``nda.csv``: the columns of ``coinsim code``'s nda.csv (per seed × P × method × expert, ``encode_seconds``);
+- ``nda.csv``: the columns of ``coinsim code``'s nda.csv (per seed × P × method × expert, ``encode_s``);
 - ``runs.csv``: per seed × P × method, P-sample (train) NDA vs test NDA of the coded model and encode seconds;
 - ``distill_epochs.csv``: per seed × P × epoch, distillation's train / test NDA (epoch 0 = the β-average it
   starts from);
@@ -102,25 +102,25 @@ def code_zoo(zoo: Zoo, samples: Sequence[int] = SAMPLES, methods: Sequence[str] 
                 print(f"[{time.strftime('%H:%M:%S')}] seed {seed} P={p}: {method}", file=sys.stderr, flush=True)
             opts: dict = {}
             if method == "distill":
-                opts = {"epochs": distill_epochs, "eval_fn": lambda m: {"test_nda": _test_nda(m, zoo, beta)[0]}}
+                opts = {"epochs": distill_epochs, "eval_fn": lambda m: {"test_nda_pct": _test_nda(m, zoo, beta)[0]}}
             res = coin.encode(method, zoo.models, beta, x, y=y, owner=owner, base=zoo.base, seed=seed, **opts)
-            test_nda, rows = _test_nda(res.model, zoo, beta)
-            train_nda = _train_nda(res.model, zoo, beta, x, y, owner)
+            test_nda_pct, rows = _test_nda(res.model, zoo, beta)
+            train_nda_pct = _train_nda(res.model, zoo, beta, x, y, owner)
             for r in rows:
                 records.append({"scenario": zoo.config.name, "seed": seed, "samples": p, "method": method,
-                                "expert": r.expert, "name": names[r.expert], "nda": r.nda,
-                                "decoded_acc": r.decoded_acc, "expert_acc": r.expert_acc, "n": r.n,
-                                "encode_seconds": res.seconds})
-            runs.append({"seed": seed, "samples": p, "method": method, "train_nda": train_nda, "test_nda": test_nda,
-                         "encode_seconds": res.seconds, "lam": res.info.get("lam")})
+                                "expert": r.expert, "name": names[r.expert], "nda_pct": r.nda,
+                                "decoded_acc_pct": r.decoded_acc, "expert_acc_pct": r.expert_acc, "n": r.n,
+                                "encode_s": res.seconds})
+            runs.append({"seed": seed, "samples": p, "method": method, "train_nda_pct": train_nda_pct,
+                         "test_nda_pct": test_nda_pct, "encode_s": res.seconds, "lam": res.info.get("lam")})
             if method == "distill":
                 start = coin.encode("vanilla", zoo.models, beta, x).model  # distill's init="average" start point
                 epochs.append({"seed": seed, "samples": p, "epoch": 0, "train_loss": float("nan"),
-                               "train_nda": _train_nda(start, zoo, beta, x, y, owner),
-                               "test_nda": _test_nda(start, zoo, beta)[0]})
+                               "train_nda_pct": _train_nda(start, zoo, beta, x, y, owner),
+                               "test_nda_pct": _test_nda(start, zoo, beta)[0]})
                 for h in res.info["history"]:
                     epochs.append({"seed": seed, "samples": p, "epoch": h["epoch"], "train_loss": h["train_loss"],
-                                   "train_nda": h["train_nda"], "test_nda": h["test_nda"]})
+                                   "train_nda_pct": h["train_nda_pct"], "test_nda_pct": h["test_nda_pct"]})
             if keep_models:
                 kept[(p, method)] = res.model
         if keep_models:
@@ -142,7 +142,7 @@ def expert_table(zoo: Zoo) -> list[dict]:
 
 def nda_vs_p(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds of the average test NDA, one row per P, one column per method."""
-    g = runs.groupby(["samples", "method"])["test_nda"]
+    g = runs.groupby(["samples", "method"])["test_nda_pct"]
     cell = (g.mean().round(2).astype(str) + " ± " + g.std(ddof=1).fillna(0).round(2).astype(str))
     return cell.unstack("method")
 
@@ -150,7 +150,7 @@ def nda_vs_p(runs: pd.DataFrame) -> pd.DataFrame:
 def epoch_table(epochs: pd.DataFrame, p: int) -> pd.DataFrame:
     """Distillation's train / test NDA per epoch at P = p, mean over seeds."""
     sel = epochs[epochs["samples"] == p]
-    return sel.groupby("epoch")[["train_nda", "test_nda", "train_loss"]].mean().round(2)
+    return sel.groupby("epoch")[["train_nda_pct", "test_nda_pct", "train_loss"]].mean().round(2)
 
 
 def _load() -> dict:
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("\nNDA vs P (test, mean ± std over seeds):")
     print(nda_vs_p(runs_df).to_string())
     print("\nP-sample (train) vs test NDA and encode seconds, mean over seeds:")
-    print(runs_df.groupby(["samples", "method"])[["train_nda", "test_nda", "encode_seconds"]].mean().round(2)
+    print(runs_df.groupby(["samples", "method"])[["train_nda_pct", "test_nda_pct", "encode_s"]].mean().round(2)
           .to_string())
     if "distill" in methods:
         print(f"\ndistillation per epoch at P = {max(samples)} (mean over seeds):")

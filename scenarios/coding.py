@@ -85,7 +85,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def _avg_nda_fn(experts, beta, tests):
     def fn(model) -> dict:
         rows = coin.evaluate(model, experts, beta, tests)
-        return {"test_nda": statistics.fmean(r.nda for r in rows)}
+        return {"test_nda_pct": statistics.fmean(r.nda for r in rows)}
 
     return fn
 
@@ -152,7 +152,7 @@ def run_coding(
                 info = {k: v for k, v in res.info.items() if k != "grid_models"}
                 if method == "coin" and lambda_study:
                     for row, model in zip(info["grid"], res.info["grid_models"], strict=True):
-                        row["test_nda"] = statistics.fmean(r.nda for r in coin.evaluate(model, experts, b, tests))
+                        row["test_nda_pct"] = statistics.fmean(r.nda for r in coin.evaluate(model, experts, b, tests))
                 infos.append({"seed": cfg.seed, "samples": p, "method": method, "encode_s": res.seconds,
                               "info": info})
     return {"scenario": cfg0.name, "methods": list(methods), "samples": list(samples), "seeds": seeds,

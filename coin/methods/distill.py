@@ -62,7 +62,7 @@ def distill(
         rec: dict = {"epoch": epoch, "train_loss": total / task.x.shape[0]}
         if log_train:
             s = task.score(student)
-            rec.update({"train_nda": s["nda"], "train_agreement": s["agreement"]})
+            rec.update({"train_nda_pct": s["nda"], "train_agreement_pct": s["agreement"]})
         if eval_fn is not None:
             rec.update(eval_fn(student))
         eval_seconds += time.perf_counter() - t0

@@ -91,13 +91,13 @@ def test_distill_reduces_coding_loss_logs_every_epoch_and_is_deterministic(mlp_e
 
     def eval_fn(m):
         calls.append(1)
-        return {"test_nda": 42.0}
+        return {"test_nda_pct": 42.0}
 
     runs = [coin.encode("distill", mlp_experts, [0.5, 0.5], x6, y=y, lr=1e-2, epochs=6, seed=5,
                         eval_fn=eval_fn) for _ in range(2)]
     hist = runs[0].info["history"]
     assert [h["epoch"] for h in hist] == list(range(1, 7)) and len(calls) == 12
-    assert all(h["test_nda"] == 42.0 and "train_nda" in h for h in hist)
+    assert all(h["test_nda_pct"] == 42.0 and "train_nda_pct" in h for h in hist)
     assert task.score(runs[0].model)["loss"] < 0.5 * before
     for p, q in zip(runs[0].model.parameters(), runs[1].model.parameters(), strict=True):
         assert torch.equal(p, q)

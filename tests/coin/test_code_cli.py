@@ -60,10 +60,10 @@ def test_code_distill_history_and_sweep(fake_zoo, tmp_path):
                                     "--lambda-study"])
     assert res.exit_code == 0, res.output
     epochs = list(csv.DictReader(open(tmp_path / "distill_epochs.csv")))
-    assert len(epochs) == 2 * 20 and "test_nda" in epochs[0] and "train_nda" in epochs[0]
+    assert len(epochs) == 2 * 20 and "test_nda_pct" in epochs[0] and "train_nda_pct" in epochs[0]
     data = json.loads((tmp_path / "coding.json").read_text())
     coin_runs = [r for r in data["runs"] if r["method"] == "coin"]
-    assert all("test_nda" in g for r in coin_runs for g in r["info"]["grid"])
+    assert all("test_nda_pct" in g for r in coin_runs for g in r["info"]["grid"])
 
 
 @pytest.mark.parametrize("args,exc,word", [

@@ -37,13 +37,13 @@ def test_tables_have_the_project_columns_and_plausible_values(result):
     assert len(records) == 4 * 2  # methods × experts
     runs = pd.DataFrame(result["runs"])
     assert list(runs["method"]) == ["coin", "regmean", "distill", "vanilla"]
-    for col in ("train_nda", "test_nda", "encode_seconds"):
+    for col in ("train_nda_pct", "test_nda_pct", "encode_s"):
         assert runs[col].map(math.isfinite).all(), col
-    assert runs["train_nda"].between(0, 150).all() and runs["test_nda"].between(20, 150).all()
-    assert (runs["encode_seconds"] > 0).all()
+    assert runs["train_nda_pct"].between(0, 150).all() and runs["test_nda_pct"].between(20, 150).all()
+    assert (runs["encode_s"] > 0).all()
     epochs = pd.DataFrame(result["epochs"])
     assert list(epochs["epoch"]) == [0, 1, 2]
-    assert epochs[["train_nda", "test_nda"]].map(math.isfinite).all().all()
+    assert epochs[["train_nda_pct", "test_nda_pct"]].map(math.isfinite).all().all()
 
 
 def test_train_nda_is_measured_on_the_p_samples_and_test_nda_on_the_test_partitions(result, tiny_zoo):
@@ -60,13 +60,13 @@ def test_train_nda_is_measured_on_the_p_samples_and_test_nda_on_the_test_partiti
     on_test = statistics.fmean(r.nda for r in coin.evaluate(student, tiny_zoo.models, beta, tests))
     last = result["epochs"][-1]
     run = next(r for r in result["runs"] if r["method"] == "distill")
-    assert last["train_nda"] == pytest.approx(on_p) and run["train_nda"] == pytest.approx(on_p)
-    assert last["test_nda"] == pytest.approx(on_test) and run["test_nda"] == pytest.approx(on_test)
+    assert last["train_nda_pct"] == pytest.approx(on_p) and run["train_nda_pct"] == pytest.approx(on_p)
+    assert last["test_nda_pct"] == pytest.approx(on_test) and run["test_nda_pct"] == pytest.approx(on_test)
 
     # epoch 0 is the β-average distillation starts from, i.e. what vanilla averaging gives
     vanilla = next(r for r in result["runs"] if r["method"] == "vanilla")
-    assert result["epochs"][0]["train_nda"] == pytest.approx(vanilla["train_nda"])
-    assert result["epochs"][0]["test_nda"] == pytest.approx(vanilla["test_nda"])
+    assert result["epochs"][0]["train_nda_pct"] == pytest.approx(vanilla["train_nda_pct"])
+    assert result["epochs"][0]["test_nda_pct"] == pytest.approx(vanilla["test_nda_pct"])
 
 
 def test_summary_helpers(repro, result):
@@ -74,4 +74,5 @@ def test_summary_helpers(repro, result):
     table = repro.nda_vs_p(runs)
     assert list(table.index) == [8] and set(table.columns) == {"coin", "regmean", "distill", "vanilla"}
     per_epoch = repro.epoch_table(pd.DataFrame(result["epochs"]), 8)
-    assert list(per_epoch.index) == [0, 1, 2] and list(per_epoch.columns) == ["train_nda", "test_nda", "train_loss"]
+    assert list(per_epoch.index) == [0, 1, 2]
+    assert list(per_epoch.columns) == ["train_nda_pct", "test_nda_pct", "train_loss"]
