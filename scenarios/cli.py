@@ -97,9 +97,9 @@ DEFAULT_THREADS = 1
 def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
     """--threads N sets torch's intra-op threads; without it (before or after the subcommand) one thread.
 
-    Why one: on a CPU another process is competing for, every multi-threaded op waits for its slowest thread. One
-    epoch of the default expert took 0.38 s on one thread and 9.9-13.5 s on two with one other busy process on
-    this project's 2-core machine (docs in README, "Commands"). Results do not depend on the thread count
+    Why one: on a CPU another process is competing for, every multi-threaded op waits for its slowest thread. On the
+    project's 2-core machine (bench/bench_threads.py, an epoch of the default expert) two threads were 1.55x faster
+    when idle, 2.5x slower with one busy process and 38x slower at load 2.8. Results do not depend on the count
     (tests/models/test_thread_determinism.py). A user's OMP_NUM_THREADS is respected.
     """
     meta = ctx.find_root().meta
