@@ -117,16 +117,17 @@ def test_a_routed_backup_answer_is_restricted_to_the_experts_task_and_an_ensembl
     generalist[0, 2] = 3.0  # row 0 (label 0, expert 0's task {0, 1}): class 2 is outside, so the mask keeps 0
     tasks = np.array([[True, True, False], [False, True, True]])
     # offsets [0, 0, 8]: routed sample s of either expert and ensemble sample s all read row s
-    records = pd.DataFrame({"model": [1, 0, -1], "sample_id": [2, 0, 2],
+    records = pd.DataFrame({"model": [1, 0, -1], "sample_id": [2, 0, 5],
                             "answered_by": pd.Categorical(["backup"] * 3), "answer_mask": 1 << 2, "warmup": False})
     masked = AnswerTables(LABELS, np.array([0, 0, 8]), tables.expert_outs, tables.coded_outs, tables.matrix,
                           generalist, tasks)
     correct, _ = join_answers(records, masked, 2, ["0", "1", "backup"])
-    assert masked.backup_answers(np.array([1, 0, -1]), np.array([2, 0, 2])).tolist() == [2, 0, 0]
+    # the ensemble query (row 5, label 2) gets the generalist's favourite over every class, 2
+    assert masked.backup_answers(np.array([1, 0, -1]), np.array([2, 0, 5])).tolist() == [2, 0, 2]
     unmasked = AnswerTables(LABELS, np.array([0, 0, 8]), tables.expert_outs, tables.coded_outs, tables.matrix,
                             generalist)
-    assert unmasked.backup_answers(np.array([1, 0, -1]), np.array([2, 0, 2])).tolist() == [0, 2, 0]
-    assert correct.tolist() == [True, True, False]
+    assert unmasked.backup_answers(np.array([1, 0, -1]), np.array([2, 0, 5])).tolist() == [0, 2, 2]
+    assert correct.tolist() == [True, True, True]
     with pytest.raises(ValueError, match="task_classes"):
         AnswerTables(LABELS, OFFSETS, tables.expert_outs, tables.coded_outs, tables.matrix, generalist,
                      np.array([[True, True, False], [False, False, False]]))
