@@ -66,7 +66,11 @@ class AnswerTables:
         every class (an ensemble query, model < 0)."""
         if self.backup_outs is None:
             raise ValueError("backup answers to join but the answer tables hold no generalist outputs (backup_outs)")
-        outs = self.backup_outs[rows]
+        return self.generalist_answers(self.backup_outs[rows], model)
+
+    def generalist_answers(self, outs: np.ndarray, model: np.ndarray) -> np.ndarray:
+        """A backup's answer from the generalist's outputs `outs` (queries, K) — the tabulated ones, or those a
+        real backup server sent: argmax over the routed expert's task classes, or every class (model < 0)."""
         if self.task_classes is None:
             return outs.argmax(-1)
         allowed = np.where((model >= 0)[:, None], self.task_classes[np.maximum(model, 0)], True)

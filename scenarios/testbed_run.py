@@ -1,7 +1,8 @@
 """`coinsim testbed`: serve a scenario's sweep points for real, simulate the same points, compare.
 
 1. the networks are built exactly as `coinsim run` builds them (cache, coding, isolated latency profile);
-2. every expert and coded model is saved (safetensors) and N + r server processes load them (testbed/);
+2. every expert and coded model (and the generalist backup, when it is another network) is saved (safetensors)
+   and N + r server processes load them (testbed/);
 3. at every point the simulator's own draws (arrivals, models, samples, straggler factors per (query, server))
    are replayed in wall-clock time under every policy, `repeats` times, policies in a rotating order;
 4. each answer's correctness is computed from the outputs that actually came back (decoded where decoded);
@@ -53,10 +54,19 @@ def latency_metrics(latency_ms: np.ndarray) -> dict[str, float]:
 
 
 def served_networks(facts: NetworkFacts) -> list[tuple[str, Any]]:
-    """(name, module) in task-`net` order: expert i is network i, coded model k is N + k."""
+    """(name, module) in task-`net` order: expert i is network i, coded model k is N + k, then the generalist
+    backup ('backup') when it is not coded model 0 itself (`coding.backup` names another method)."""
     coded = facts.coded_models or [facts.served["coded"]]
     names = ["coded"] + [f"coded-{k + 1}" for k in range(1, len(coded))]
-    return [(e["name"], facts.served[e["name"]]) for e in facts.experts] + list(zip(names, coded, strict=True))
+    backup = [("backup", facts.served["backup"])] if "backup" in facts.served else []
+    return ([(e["name"], facts.served[e["name"]]) for e in facts.experts] + list(zip(names, coded, strict=True))
+            + backup)
+
+
+def backup_network(facts: NetworkFacts) -> int:
+    """The task-`net` index of the network a backup server runs: 'backup' if served on its own, else 'coded'."""
+    names = [name for name, _ in served_networks(facts)]
+    return names.index("backup" if "backup" in names else "coded")
 
 
 def save_networks(facts: NetworkFacts, folder: Path) -> tuple[list[Path], Path]:
@@ -80,13 +90,19 @@ def save_networks(facts: NetworkFacts, folder: Path) -> tuple[list[Path], Path]:
     return paths, inputs
 
 
-def policy_of(plan: Any) -> Any:
-    """The testbed's view of one simulator Plan (same hosts, hedge delays, expected service per server)."""
+def policy_of(plan: Any, backup_net: int | None = None) -> Any:
+    """The testbed's view of one simulator Plan (same hosts, hedge delays, expected service per server);
+    `backup_net` is the generalist's network index (see `backup_network`)."""
     from testbed import Policy
 
     return Policy(name=plan.name, kind=plan.kind, dispatch=plan.dispatch, hosts=tuple(plan.hosts),
                   n_experts=plan.n_experts, cancel=plan.cancel, fanout=plan.fanout, mean_ms=tuple(plan.mean_ms),
-                  delay_ms=tuple(plan.delay_ms) if plan.delay_ms is not None else None)
+                  delay_ms=tuple(plan.delay_ms) if plan.delay_ms is not None else None, backup_net=backup_net)
+
+
+def host_names(hosts: tuple[int, ...]) -> list[str]:
+    """The simulator-join's names of what each server hosts ('0'..'N-1', 'coded', 'spare', 'backup')."""
+    return [str(h) if h >= 0 else {-1: "coded", -2: "spare", -3: "backup"}[h] for h in hosts]
 
 
 def workload_of(draws: Any, offsets: np.ndarray, mode: str) -> Any:
@@ -100,7 +116,9 @@ def workload_of(draws: Any, offsets: np.ndarray, mode: str) -> Any:
 
 def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: AnswerTables,
                          hosts: tuple[int, ...]) -> np.ndarray:
-    """Was each answer right, judged on the outputs the servers actually sent (decoded where decoded)?"""
+    """Was each answer right, judged on the outputs the servers actually sent (decoded where decoded; a backup
+    answer is the generalist's own output from the backup server, undecoded, as `AnswerTables.backup_answers`
+    judges it)?"""
     n_experts = answers.n_experts
     coded_servers = [s for s, h in enumerate(hosts) if h == -1]
     model = records["model"].to_numpy()
@@ -108,9 +126,17 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
     labels = answers.labels[rows]
     masks = records["answer_mask"].to_numpy()
     decoded = (records["answered_by"] == "decoded").to_numpy()
+    by_backup = (records["answered_by"] == "backup").to_numpy()
     correct = np.zeros(len(records), bool)
-    for (m, mask, dec), group in pd.DataFrame({"m": model, "mask": masks, "dec": decoded}).groupby(["m", "mask",
-                                                                                                     "dec"]):
+    if by_backup.any():
+        index = np.flatnonzero(by_backup)
+        server = np.array([int(m).bit_length() - 1 for m in masks[index]])  # the one backup server that answered
+        if not all(hosts[s] == -3 for s in server) or (masks[index] != 1 << server).any():
+            raise ValueError("testbed: a backup answer must come from exactly one backup server")
+        pred = answers.generalist_answers(outputs[index, server].astype(np.float64), model[index])
+        correct[index] = pred == labels[index]
+    frame = pd.DataFrame({"m": model, "mask": masks, "dec": decoded})[~by_backup]
+    for (m, mask, dec), group in frame.groupby(["m", "mask", "dec"]):
         index = group.index.to_numpy()
         back = [s for s in range(len(hosts)) if (int(mask) >> s) & 1]
         if m >= 0 and not dec:
@@ -311,12 +337,10 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
             if isinstance(policy, dict) and policy.get("dispatch") == "pool":
                 raise ScenarioError("testbed: replication with dispatch = 'pool' (one shared queue) is not served "
                                     "for real; use jsq or redundant")
-            if (policy.get("kind") if isinstance(policy, dict) else policy) == "backup":
-                raise ScenarioError("testbed: the generalist-backup policy (kind = 'backup') is not served for real "
-                                    "yet; simulate it with coinsim run, or leave it out of [sim] policies here")
 
 
-def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: Any, quiet: bool) -> None:
+def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: Any, quiet: bool,
+             backup_net: int | None = None) -> None:
     """Serve the first queries of the first point once under every policy and throw the records away: the
     first requests of fresh processes pay one-off costs (sockets, allocator, caches) no later run pays."""
     from sim import draw
@@ -328,7 +352,7 @@ def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: An
     workload = workload_of(draws, offsets, spec.straggle)
     _say("testbed: warm-up run (discarded)", quiet)
     for p in short.policies:
-        serve(cluster.sockets, policy_of(make_plan(short, p, draws)), workload, spec.lead_ms)
+        serve(cluster.sockets, policy_of(make_plan(short, p, draws), backup_net), workload, spec.lead_ms)
 
 
 def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("results"), quiet: bool = False,
@@ -344,6 +368,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     facts = prepare_networks(scenario, quiet)
     points = build_point_configs(scenario, facts)
     names = [name for name, _ in served_networks(facts)]
+    backup_net = backup_network(facts)
     n_servers = points[0][1].n_experts + points[0][1].r
     offsets = facts.answers.offsets
     work = Path(tempfile.mkdtemp(prefix="coinsim-testbed-"))
@@ -358,7 +383,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
         device = "cuda" if facts.device.startswith("cuda") else "cpu"
         _say(f"testbed: starting {n_servers} server processes", quiet)
         with LocalCluster(servers, inputs, device=device, threads=spec.threads, addresses=spec.addresses) as cluster:
-            _warm_up(cluster, points[0][1], scenario.seed, offsets, spec, quiet)
+            _warm_up(cluster, points[0][1], scenario.seed, offsets, spec, quiet, backup_net)
             for index, (values, config) in enumerate(points):
                 coords = {axis_column(a): v for a, v in values.items()}
                 draws = draw(config, scenario.seed)
@@ -369,7 +394,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                 for repeat in range(spec.repeats):
                     order = plans[repeat % len(plans):] + plans[: repeat % len(plans)]
                     for plan in order:
-                        policy = policy_of(plan)
+                        policy = policy_of(plan, backup_net)
                         _say(f"testbed: point {index + 1}/{len(points)} {coords} repeat {repeat + 1}/"
                              f"{spec.repeats}: {plan.name} ({draws.n} queries)", quiet)
                         result = serve(cluster.sockets, policy, workload, spec.lead_ms)
@@ -379,8 +404,8 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                         rec["sample_id"] = draws.sample_id
                         rec["warmup"] = rec["query_id"] < n_warm
                         rec["correct"] = correct_from_outputs(rec, result.outputs, facts.answers, policy.hosts)
-                        hosts = [str(h) if h >= 0 else ("coded" if h == -1 else "spare") for h in policy.hosts]
-                        rec["correct_sim_join"] = join_correctness(rec, facts.answers, config.n_experts, hosts)
+                        rec["correct_sim_join"] = join_correctness(rec, facts.answers, config.n_experts,
+                                                                   host_names(policy.hosts))
                         rec.insert(0, "repeat", repeat)
                         tasks = result.tasks
                         tasks["net"] = [policy.network_of(s) for s in tasks["server"]]

@@ -8,8 +8,8 @@ hosts, how queries are dispatched, hedge delays), and gets back one record per q
 - `server`: a server process (``python -m testbed.server``) holding one network, its own FIFO queue and one
   CPU thread (or its CUDA device), reachable over ZeroMQ at a TCP address, so servers may live on other hosts.
 - `frontend`: replays arrivals in wall-clock time, dispatches exactly as the simulator's policies do (direct,
-  replica, hedge after a delay, coded redundant / hedged / sed), cancels leftover copies, decodes from the
-  outputs that actually came back.
+  replica, hedge after a delay, coded redundant / hedged / sed, generalist backup), cancels leftover copies,
+  decodes from the outputs that actually came back.
 - `cluster`: starts and stops local server processes (clean on Ctrl-C: no orphans).
 
 Times are milliseconds (`*_ms`) on the frontend's monotonic clock, zero at the first scheduled arrival.

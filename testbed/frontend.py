@@ -11,7 +11,11 @@ cancelled — exactly what join-shortest-queue and shortest-expected-delay look 
 - coded: ``redundant`` (direct + every other expert + coded servers at once), ``hedged`` (that group after
   the delay) or ``sed`` (whichever path has the shorter expected delay); answered by the direct output or by
   decoding once N outputs of the group came back.
-- ensemble queries (model −1) need every expert's answer (or N of the N + r outputs, coded).
+- backup: the r extra servers host one generalist network; the expert's server, and one copy to the backup
+  server with the fewest live tasks (ties to the lowest index) — after the hedge delay (``hedged``) or at once
+  (``redundant``); the generalist's own output (undecoded) answers if it is back first.
+- ensemble queries (model −1) need every expert's answer (or N of the N + r outputs, coded); under backup, the
+  one backup copy's output answers the whole query instead.
 
 When a query is answered its other copies are cancelled (if the policy cancels): a queued copy is dropped by
 its server; a copy in service has its straggle cut (the forward pass itself always completes).
@@ -33,10 +37,10 @@ import zmq
 
 from testbed import wire
 
-CODED, SPARE = -1, -2
-ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP = 0, 1, 2, 3
-HOW = ("direct", "replica", "hedge", "decoded")
-HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED = range(4)
+CODED, SPARE, BACKUP = -1, -2, -3
+ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP, ROLE_BACKUP = 0, 1, 2, 3, 4
+HOW = ("direct", "replica", "hedge", "decoded", "backup")  # the simulator's names, in its order
+HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED, HOW_BACKUP = range(5)
 STATUS = ("done", "dropped_queued", "dropped_in_service")
 
 
@@ -45,18 +49,22 @@ class Policy:
     """One serving policy, in plain values (the simulator's Plan says the same)."""
 
     name: str
-    kind: str  # uncoded | replication | hedged | coded
+    kind: str  # uncoded | replication | hedged | coded | backup
     dispatch: str
-    hosts: tuple[int, ...]  # per server: expert index, CODED or SPARE
+    hosts: tuple[int, ...]  # per server: expert index, CODED, SPARE or BACKUP
     n_experts: int
     cancel: bool = True
     fanout: int = 1
     mean_ms: tuple[float, ...] = ()  # per server, for shortest-expected-delay
     delay_ms: tuple[float, ...] | None = None  # per expert, hedge delay
+    backup_net: int | None = None  # the generalist's network (BACKUP servers); None: coded model 0's, N
 
     def network_of(self, server: int) -> int:
-        """The network a server runs under this policy: expert i is network i, coded model k is N + k."""
+        """The network a server runs under this policy: expert i is network i, coded model k is N + k, a backup
+        server the generalist's (`backup_net`, by default coded model 0 itself)."""
         host = self.hosts[server]
+        if host == BACKUP:
+            return self.n_experts if self.backup_net is None else self.backup_net
         return host if host >= 0 else self.n_experts + self.hosts[:server].count(CODED)
 
     def servers_of(self, model: int) -> list[int]:
@@ -106,6 +114,10 @@ class Frontend:
                  drain_timeout_s: float = 60.0) -> None:
         if policy.kind == "replication" and policy.dispatch == "pool":
             raise ValueError("testbed: replication with dispatch = 'pool' (a shared queue) is not served for real")
+        if policy.kind == "backup" and (BACKUP not in policy.hosts or policy.dispatch not in ("hedged", "redundant")
+                                        or (policy.dispatch == "hedged" and policy.delay_ms is None)):
+            raise ValueError("testbed: a backup policy needs backup servers, dispatch hedged (with delay_ms) or "
+                             "redundant")
         if len(sockets) != len(policy.hosts) or work.factor.shape[1] != len(policy.hosts):
             raise ValueError(f"testbed: {len(sockets)} servers, policy has {len(policy.hosts)}, "
                              f"draws have {work.factor.shape[1]}")
@@ -114,6 +126,7 @@ class Frontend:
         self.N, self.S = policy.n_experts, len(policy.hosts)
         self.hosts_of = [policy.servers_of(i) for i in range(self.N)]
         self.coded = [s for s, h in enumerate(policy.hosts) if h == CODED]
+        self.backups = [s for s, h in enumerate(policy.hosts) if h == BACKUP]
         self.nets = [policy.network_of(s) for s in range(self.S)]
         self.mode = wire.MODES[work.mode]
         self.n_live = [0] * self.S
@@ -183,6 +196,10 @@ class Frontend:
             return self.coded
         return sorted(self.coded, key=lambda s: (self.n_live[s], s))[: self.p.fanout]
 
+    def _backup_pick(self) -> int:
+        """The backup server with the fewest live tasks, ties to the lowest index (the simulator's rule)."""
+        return self._least_loaded(self.backups)
+
     def _group(self, q: _Query) -> None:
         for j in range(self.N):
             if j != q.model:
@@ -213,6 +230,12 @@ class Frontend:
             self._send(q, i, ROLE_DIRECT)
             if len(self.hosts_of[i]) > 1:
                 self._timer(q, self.p.delay_ms[i])
+        elif kind == "backup":
+            self._send(q, i, ROLE_DIRECT)
+            if d == "redundant":
+                self._send(q, self._backup_pick(), ROLE_BACKUP)
+            else:  # hedged
+                self._timer(q, self.p.delay_ms[i])
         elif d == "redundant":
             self._send(q, i, ROLE_DIRECT)
             self._group(q)
@@ -239,6 +262,13 @@ class Frontend:
                 servers = self.hosts_of[i] if d == "redundant" else [self._least_loaded(self.hosts_of[i])]
                 for s in servers:
                     self._send(q, s, ROLE_DIRECT)
+        elif kind == "backup":  # the N experts, and one backup copy whose output answers the whole query
+            for i in range(self.N):
+                self._send(q, i, ROLE_DIRECT)
+            if d == "redundant":
+                self._send(q, self._backup_pick(), ROLE_BACKUP)
+            else:
+                self._timer(q, max(self.p.delay_ms))
         elif d == "redundant":
             for s in range(self.S):
                 self._send(q, s, ROLE_GROUP)
@@ -248,6 +278,9 @@ class Frontend:
 
     def _hedge(self, q: _Query) -> None:
         if q.done:
+            return
+        if self.p.kind == "backup":  # one copy to a backup answers a routed or an ensemble query alike
+            self._send(q, self._backup_pick(), ROLE_BACKUP)
             return
         if self.p.kind == "coded":
             if q.model >= 0:
@@ -296,6 +329,8 @@ class Frontend:
                         self._answer(q, HOW_DECODED, q.mask)
             elif role == ROLE_HEDGE:
                 self._answer(q, HOW_HEDGE, bit)
+            elif role == ROLE_BACKUP:
+                self._answer(q, HOW_BACKUP, bit)
             else:
                 self._answer(q, HOW_DIRECT if s < self.N else HOW_REPLICA, bit)
             return
@@ -306,6 +341,9 @@ class Frontend:
                 q.how = HOW_DECODED
             if q.got >= self.N:
                 self._answer(q, q.how, q.mask)
+            return
+        if role == ROLE_BACKUP:  # the generalist's one output answers the whole ensemble query
+            self._answer(q, HOW_BACKUP, bit)
             return
         m = self.p.hosts[s]
         if (q.cover >> m) & 1:

@@ -92,14 +92,14 @@ def test_compute_mode_keeps_computing(cluster):
     assert task["held_ms"] >= 45 * task["compute_ms"] * 0.5
 
 
-def _simulated(policy_table: dict, work: Workload, service_ms: float) -> pd.DataFrame:
-    """The simulator on exactly this trace and these straggler factors, deterministic service."""
+def _simulated(policy_table: dict, work: Workload, service_ms: float, n_experts: int = 2) -> pd.DataFrame:
+    """The simulator on exactly this trace and these straggler factors, deterministic service (N + r = 3)."""
     from sim import parse_config
     from sim.api import run_plan
     from sim.draws import Draws
     from sim.plan import HOW, make_plan
 
-    cfg = parse_config({"n_experts": 2, "r": 1, "policies": [policy_table],
+    cfg = parse_config({"n_experts": n_experts, "r": 3 - n_experts, "policies": [policy_table],
                         "traffic": {"kind": "trace", "trace_times_ms": work.arrival_ms.tolist(),
                                     "trace_models": work.model.tolist()},
                         "service": {"expert": {"kind": "deterministic", "value_ms": service_ms}}})
@@ -233,3 +233,89 @@ def test_ensemble_query_decodes_around_a_straggler(cluster):
     assert int(real["answer_mask"].iloc[0]) == 0b110 and sim["servers_used"].iloc[0] == "1,2"
     assert real["answered_by"].iloc[1] == "direct" == sim["answered_by"].iloc[1]  # both experts beat the slow coded
     assert int(real["answer_mask"].iloc[1]) == 0b011 and sim["servers_used"].iloc[1] == "0,1"
+
+
+def _forward(folder: Path, x: np.ndarray) -> np.ndarray:
+    from safetensors.torch import load_file
+
+    model = build_network(SPEC)
+    model.load_state_dict(load_file(str(folder / "weights.safetensors")))
+    with torch.no_grad():
+        return model.eval()(torch.from_numpy(x)).numpy()
+
+
+def _servers(mask: int) -> str:
+    return ",".join(str(b) for b in range(3) if (int(mask) >> b) & 1)
+
+
+def _judged_as_the_simulator_joins(result, policy: Policy, nets, n_experts: int) -> np.ndarray:
+    """Correctness of every answer from the outputs that came back, and the simulator-join's on the same answers,
+    with labels set so that only the generalist's argmax over the routed expert's own classes is right: a backup
+    answer judged on another network's output, or over every class, is wrong."""
+    from scenarios.points import AnswerTables, join_correctness
+    from scenarios.testbed_run import correct_from_outputs, host_names
+
+    folders, inputs = nets
+    x = np.load(inputs)
+    experts = np.stack([_forward(folders[i], x) for i in range(n_experts)])
+    generalist = _forward(folders[policy.backup_net], x)
+    task = np.ones((n_experts, generalist.shape[1]), bool)
+    task[:, np.unique(generalist[:3].argmax(-1))] = False  # the served rows' overall argmax: in no task
+    labels = np.where(task[0], generalist, -np.inf).argmax(-1)
+    routed = AnswerTables(labels, np.array([0, 40]), experts[:1], generalist[None], np.ones((1, 1)), generalist,
+                          task[:1])
+    answers = routed if n_experts == 1 else AnswerTables(labels, np.array([0, 20, 40]), experts, generalist[None],
+                                                         np.ones((1, 2)), generalist, task)
+    records = result.records.assign(sample_id=result.records["row"])
+    measured = correct_from_outputs(records, result.outputs, answers, policy.hosts)
+    joined = join_correctness(records, answers, n_experts, host_names(policy.hosts))
+    np.testing.assert_array_equal(measured, joined)
+    return measured
+
+
+# one expert (server 0) and two backup servers (1, 2) hosting the generalist (network 2). Query 0 straggles hard
+# on the expert: its backup copy goes to server 1 (both backups idle: the lower index). Query 1 straggles on the
+# expert and, less, on backup server 1, so server 1 still holds it when query 2 (an ordinary query, queued behind
+# query 1 at the expert) sends its copy: to server 2, the backup with fewer live tasks
+BACKUP_TRACE = _trace([0.0, 300.0, 312.0], [0, 0, 0], [[2000.0, 1, 1], [2000.0, 1000.0, 1], [1, 1, 1]])
+
+
+@pytest.mark.parametrize("dispatch", ["hedged", "redundant"])
+def test_a_straggling_experts_query_is_answered_by_the_least_loaded_backup(cluster, nets, dispatch):
+    policy = Policy("backup", "backup", dispatch, (0, -3, -3), 1, delay_ms=(10.0,), backup_net=2)
+    result = serve(cluster.sockets, policy, BACKUP_TRACE)
+    real, tasks = result.records, result.tasks.set_index(["query_id", "server"])
+    c = float(result.tasks["compute_ms"].median())
+    sim = _simulated({"kind": "backup", "dispatch": dispatch, "delay_ms": 10.0, "name": "backup"}, BACKUP_TRACE, c,
+                     n_experts=1)
+    assert list(real["answered_by"]) == ["backup"] * 3 == list(sim["answered_by"])
+    assert [_servers(m) for m in real["answer_mask"]] == ["1", "1", "2"] == list(sim["servers_used"])
+    # the expert's copies were cancelled: cut in its straggle (queries 0, 1) or dropped from its queue (query 2)
+    assert [tasks.loc[(q, 0), "status"] for q in range(3)] == ["dropped_in_service", "dropped_in_service",
+                                                               "dropped_queued"]
+    assert tasks.loc[(0, 0), "held_ms"] < 0.5 * 1999 * tasks.loc[(0, 0), "compute_ms"]
+    assert real["latency_ms"].iloc[0] < (12.0 if dispatch == "hedged" else 2.0) + 20 * c
+    # the generalist's real output came back and nothing from the cancelled expert
+    x = np.load(nets[1])
+    for q, server in enumerate([1, 1, 2]):
+        np.testing.assert_allclose(result.outputs[q, server], _forward(nets[0][2], x[q : q + 1])[0], rtol=1e-5,
+                                   atol=1e-6)
+        assert np.isnan(result.outputs[q, 0]).all()
+    assert _judged_as_the_simulator_joins(result, policy, nets, 1).all()
+
+
+@pytest.mark.parametrize("dispatch", ["hedged", "redundant"])
+def test_the_backup_answers_a_whole_ensemble_query(cluster, nets, dispatch):
+    # an ensemble query goes to both experts and one backup; expert 0 straggles, so the backup's single output
+    # answers the whole query. The second is answered by both experts (its backup copy, if sent, is slow)
+    work = _trace([0.0, 300.0], [-1, -1], [[2000.0, 1, 1], [1, 1, 20.0]])
+    policy = Policy("backup", "backup", dispatch, (0, 1, -3), 2, delay_ms=(10.0, 10.0), backup_net=2)
+    result = serve(cluster.sockets, policy, work)
+    real, tasks = result.records, result.tasks.set_index(["query_id", "server"])
+    sim = _simulated({"kind": "backup", "dispatch": dispatch, "delay_ms": 10.0, "name": "backup"}, work,
+                     float(result.tasks["compute_ms"].median()))
+    assert list(real["answered_by"]) == ["backup", "direct"] == list(sim["answered_by"])
+    assert [_servers(m) for m in real["answer_mask"]] == ["2", "0,1"] == list(sim["servers_used"])
+    assert tasks.loc[(0, 0), "status"] == "dropped_in_service"
+    assert (1, 2) not in tasks.index if dispatch == "hedged" else tasks.loc[(1, 2), "status"] == "dropped_in_service"
+    _judged_as_the_simulator_joins(result, policy, nets, 2)

@@ -62,6 +62,45 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
     assert (folder / "report.html").read_text().count("<img") == 1
 
 
+def test_tiny_testbed_serves_the_generalist_backup(tiny_cache, tmp_path):
+    """Both backup dispatch rules, the generalist a network of its own (task_arithmetic, net 3 after the two
+    experts and the coded model): served, judged on the backup server's real output, simulated in four variants."""
+    scenario = {
+        "name": "tinybackup", "seed": 0, "device": "cpu",
+        "models": tiny_zoo_table(tiny_cache),
+        "coding": {"method": "coin", "samples": 50, "backup": "task_arithmetic"},
+        "profile": {"warmup": 5, "samples": 200},
+        "testbed": {"repeats": 1, "lead_ms": 50.0},
+        "sim": {"r": 1, "n_queries": 300,
+                "policies": [{"kind": "backup", "dispatch": "redundant"},
+                             {"kind": "backup", "dispatch": "hedged", "delay_ms": "p50"}],
+                "traffic": {"kind": "poisson", "load": 0.2, "ensemble_load": 0.03},
+                "stragglers": {"p": 0.1, "slowdown": 10.0}},
+    }
+    path = tmp_path / "tinybackup.toml"
+    path.write_text(tomli_w.dumps(scenario))
+    result = CliRunner().invoke(cli, ["--quiet", "testbed", str(path), "--out", str(tmp_path / "out"),
+                                      "--no-report"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    folder = next((tmp_path / "out" / "tinybackup").glob("testbed-*"))
+    measured = pd.read_parquet(folder / "testbed.parquet")
+    tasks = pd.read_parquet(folder / "testbed_tasks.parquet")
+    assert len(measured) == 300 * 2 and measured["latency_ms"].notna().all()
+    for policy in ("backup-redundant", "backup"):
+        mine = measured[measured["policy"] == policy]
+        assert set(mine["answered_by"]) >= {"direct", "backup"}, policy
+        assert (mine["model"] < 0).any()
+    assert set(tasks.loc[tasks["server"] == 2, "net"]) == {3}  # the backup server ran the generalist
+    # judged on the generalist's real output: the same verdict as the simulator-join on every backup answer
+    backup = measured[measured["answered_by"] == "backup"]
+    assert len(backup) > 20 and (backup["correct"] == backup["correct_sim_join"]).all()
+    fidelity = pd.read_csv(folder / "fidelity.csv")
+    rows = fidelity[fidelity["policy"].isin(["backup-redundant", "backup"])]
+    assert len(rows) == 2 * 4 * 5 and rows["simulated_ms"].gt(0).all()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert np.isfinite(summary["service_ms"]["backup"]["in_situ_mean_ms"])  # its passes, timed while serving
+
+
 def sim_all(simulated: pd.DataFrame) -> pd.DataFrame:
     return simulated[(simulated["policy"] == "uncoded") & (simulated["service"] == "isolated")].sort_values(
         "query_id")
