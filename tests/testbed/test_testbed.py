@@ -277,6 +277,7 @@ def _judged_as_the_simulator_joins(result, policy: Policy, nets, n_experts: int)
 # on the expert: its backup copy goes to server 1 (both backups idle: the lower index). Query 1 straggles on the
 # expert and, less, on backup server 1, so server 1 still holds it when query 2 (an ordinary query, queued behind
 # query 1 at the expert) sends its copy: to server 2, the backup with fewer live tasks
+CANCELLED = {"dropped_in_service", "dropped_queued"}  # a cancelled task; "done" means it was not cancelled
 BACKUP_TRACE = _trace([0.0, 300.0, 312.0], [0, 0, 0], [[2000.0, 1, 1], [2000.0, 1000.0, 1], [1, 1, 1]])
 
 
@@ -291,8 +292,11 @@ def test_a_straggling_experts_query_is_answered_by_the_least_loaded_backup(clust
     assert list(real["answered_by"]) == ["backup"] * 3 == list(sim["answered_by"])
     assert [_servers(m) for m in real["answer_mask"]] == ["1", "1", "2"] == list(sim["servers_used"])
     # the expert's copies were cancelled: cut in its straggle (queries 0, 1) or dropped from its queue (query 2)
-    assert [tasks.loc[(q, 0), "status"] for q in range(3)] == ["dropped_in_service", "dropped_in_service",
-                                                               "dropped_queued"]
+    statuses = [tasks.loc[(q, 0), "status"] for q in range(3)]
+    if dispatch == "hedged":  # the copy goes 10 ms later: the expert is surely inside its straggle by then
+        assert statuses == ["dropped_in_service", "dropped_in_service", "dropped_queued"]
+    else:  # sent together: a loaded machine may deliver the cancel before the expert has read its task
+        assert set(statuses[:2]) <= CANCELLED and statuses[2] == "dropped_queued"
     assert tasks.loc[(0, 0), "held_ms"] < 0.5 * 1999 * tasks.loc[(0, 0), "compute_ms"]
     assert real["latency_ms"].iloc[0] < (12.0 if dispatch == "hedged" else 2.0) + 20 * c
     # the generalist's real output came back and nothing from the cancelled expert
@@ -316,6 +320,8 @@ def test_the_backup_answers_a_whole_ensemble_query(cluster, nets, dispatch):
                      float(result.tasks["compute_ms"].median()))
     assert list(real["answered_by"]) == ["backup", "direct"] == list(sim["answered_by"])
     assert [_servers(m) for m in real["answer_mask"]] == ["2", "0,1"] == list(sim["servers_used"])
-    assert tasks.loc[(0, 0), "status"] == "dropped_in_service"
-    assert (1, 2) not in tasks.index if dispatch == "hedged" else tasks.loc[(1, 2), "status"] == "dropped_in_service"
+    # cancelled, never served to the end: inside its pass or straggle, or — when the cancel overtakes the task on a
+    # loaded machine (the copies are sent together in redundant mode) — still unread in the server's queue
+    assert tasks.loc[(0, 0), "status"] in (CANCELLED if dispatch == "redundant" else {"dropped_in_service"})
+    assert (1, 2) not in tasks.index if dispatch == "hedged" else tasks.loc[(1, 2), "status"] in CANCELLED
     _judged_as_the_simulator_joins(result, policy, nets, 2)
