@@ -392,9 +392,9 @@ def task_classes(zoo: Any, n_classes: int) -> np.ndarray:
 def _backup_accuracy(answers: AnswerTables, names: list[str], task: bool) -> dict[str, float]:
     """Per expert: the generalist's accuracy alone on that expert's test partition (task classes or every class)."""
     out = {}
+    tables = answers if task else replace(answers, task_classes=None)
     for i, name in enumerate(names):
         rows = np.arange(answers.offsets[i], answers.offsets[i + 1])
-        tables = answers if task else replace(answers, task_classes=None)
         pred = tables.backup_answers(np.full(len(rows), i), rows)
         out[name] = float((pred == answers.labels[rows]).mean() * 100)
     return out
