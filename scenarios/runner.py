@@ -400,31 +400,75 @@ def _backup_accuracy(answers: AnswerTables, names: list[str], task: bool) -> dic
     return out
 
 
-def build_point_configs(scenario: Scenario, facts: NetworkFacts | None,
-                        only: int | None = None) -> list[tuple[Any, SimConfig]]:
+def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: int | None = None,
+                        calibration: Any = None) -> list[tuple[Any, SimConfig]]:
     """The SimConfig of every sweep point (or of point `only` alone), with measured service times and sample
-    pools filled in; a point outside some policy's capacity region at the measured times is refused (ScenarioError)
-    unless the scenario allows unstable loads."""
+    pools filled in; a point outside some policy's capacity region is refused (ScenarioError) unless the
+    scenario allows unstable loads.
+
+    With a `calibration` (the served latency model, scenarios.served) the service times are the served costs of
+    the profiled passes, the physical options of serving are switched on, `traffic.load` and the capacity check
+    are against the served capacity, and percentile hedge delays are of the primary's served response; without
+    one, the bare profiled passes are the service times."""
+    from scenarios import served as served_model
+
     expert_service = coded_service = backup_service = pools = None
+    physical: dict[str, Any] = {}
     if facts is not None:
-        expert_service = [{"kind": "empirical", "samples_ms": facts.profile_ms[e["name"]].tolist()}
-                          for e in facts.experts]
-        coded_service = {"kind": "empirical", "samples_ms": facts.profile_ms["coded"].tolist()}
+        def service_of(name: str) -> dict[str, Any]:
+            samples = facts.profile_ms[name]
+            if calibration is not None:
+                return {"kind": "empirical", "samples_ms": served_model.served_samples(calibration, samples)}
+            return {"kind": "empirical", "samples_ms": samples.tolist()}
+
+        expert_service = [service_of(e["name"]) for e in facts.experts]
+        coded_service = service_of("coded")
         if "backup" in facts.profile_ms:  # a generalist other than the coded model, profiled on its own
-            backup_service = {"kind": "empirical", "samples_ms": facts.profile_ms["backup"].tolist()}
+            backup_service = service_of("backup")
         pools = facts.answers.pools
+        if calibration is not None:
+            physical = served_model.physical_table(calibration, facts.device)
     configs = []
     points = scenario.sweep_points()
     for values, table in points if only is None else [points[only]]:
-        config = sim_config_for(scenario, table, expert_service, coded_service, pools, check_capacity=True,
+        for key, value in physical.items():  # the scenario's own [sim] settings win over the calibration's
+            if key == "service":
+                table["service"] = {**value, **table.get("service", {})}
+            else:
+                table.setdefault(key, value)
+        config = sim_config_for(scenario, table, expert_service, coded_service, pools, check_capacity=False,
                                 backup_service=backup_service)
+        if calibration is not None:
+            config = served_model.with_served_cores(config, calibration, facts.device if facts else "cpu")
+        check_point_capacity(scenario, config, values, served=calibration is not None)
         if pools is not None:
             config = config.model_copy(update={"traffic": config.traffic.model_copy(
                 update={"ensemble_sample_pool": int(sum(pools))})})
+        if calibration is not None:
+            config = served_model.resolve_served_delays(config, scenario.seed)
         if facts is not None and scenario.profile.mode == "live":
             config = live_config(config, facts, scenario.seed, scenario.profile.threads)
         configs.append((values, config))
     return configs
+
+
+def check_point_capacity(scenario: Scenario, config: SimConfig, values: dict[str, Any], served: bool) -> None:
+    """Refuse a point outside some policy's capacity region (ScenarioError naming the load and the capacity),
+    unless the scenario allows unstable loads."""
+    from scenarios.schema import ScenarioError
+    from sim.layout import check_stability
+
+    if scenario.allow_unstable:
+        return
+    problem = check_stability(config)
+    if problem:
+        load = scenario.sim.get("traffic", {}).get("load")
+        load = values.get("traffic.load", load)
+        where = f"sim.traffic.load = {load!r}: " if load is not None else ""
+        note = (" (against the served capacity: latency model 'served', each task costing its server the "
+                "calibration's served time, the servers sharing the cores the dispatcher leaves)") if served else ""
+        raise ScenarioError(f"unstable load: {where}{problem}{note}; lower the load, or set allow_unstable = true "
+                            "to simulate the transient")
 
 
 def _versions() -> dict[str, str]:

@@ -100,6 +100,41 @@ def _availability(cfg: SimConfig, s: int) -> float:
     return f.availability()
 
 
+def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:
+    """With `service.cores`, the servers' computing must fit on the shared cores: every routed query computes at
+    least one pass on a server of its model, every ensemble query at least N (the N cheapest servers). A
+    straggle held as a stall is spent off the cores, so it does not count then."""
+    cores = cfg.service.cores
+    if cores is None:
+        return None
+    strag, n = cfg.stragglers, cfg.n_experts
+    scale = cfg.service.scale or (1.0,) * len(lay.hosts)
+
+    def on_core(s: int) -> float:
+        m = server_dist(cfg, lay.hosts[s]).mean() * scale[s]
+        if strag.hold == "compute" and (strag.servers is None or s in strag.servers):
+            m *= strag.task_factor_mean()
+        return m
+
+    per_server = [on_core(s) for s in range(len(lay.hosts))]
+    routed = cfg.traffic.routed_rate() * cfg.traffic.mean_shares(n)
+
+    def least(i: int) -> float:  # the cheapest way a routed query for model i can be answered
+        own = min(per_server[s] for s in lay.servers_of(i))
+        if spec.kind == "backup":
+            return min(own, *per_server[n:])
+        if spec.kind == "coded":  # decoded: N outputs of the other experts and the coded servers
+            return min(own, sum(sorted(per_server[:i] + per_server[i + 1:])[:n]))
+        return own
+
+    work = sum(routed[i] * least(i) for i in range(n))
+    work += cfg.traffic.ensemble_rate_per_ms * sum(sorted(per_server)[:n])
+    if not work < cores:
+        return (f"policy {spec.name!r}: its servers compute {work:.3g} core-ms per ms, but they share "
+                f"service.cores = {cores:.3g} cores")
+    return None
+
+
 def check_stability(cfg: SimConfig) -> str | None:
     """Necessary conditions for stability of each policy (capacity region); a message if one fails.
 
@@ -113,6 +148,9 @@ def check_stability(cfg: SimConfig) -> str | None:
     lam = tr.routed_rate() * tr.mean_shares(n) + tr.ensemble_rate_per_ms
     for spec in cfg.policies:
         lay = layout(cfg, spec)
+        problem = _cores_problem(cfg, spec, lay)
+        if problem:
+            return problem
         b, extra = cfg.service.max_batch, cfg.service.batch_cost_per_extra
         boost = b / (1 + extra * (b - 1))  # upper bound on the batching speed-up (E[max] >= E[S])
         cap = [

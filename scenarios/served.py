@@ -1,0 +1,125 @@
+"""The served latency model: from a network's isolated profile and the machine's serving calibration to what
+serving that network on this machine costs.
+
+`coinsim run` simulates bare forward passes only with `profile.latency_model = "compute"`. By default
+(`"served"`) every simulated task is what a real server process on this machine would spend on it, and every
+query travels as it would through a real dispatcher:
+
+- a task holds its server for the served cost the calibration's line gives for its isolated pass sample
+  (`Calibration.served_ms`: the pass plus the server's own per-task work — sending the output, reading its
+  socket, being scheduled again);
+- each task takes a one-way dispatch delay to reach its server and a return delay to come back (the
+  calibration's measured samples), and a cancelled pass runs to its end, as a real pass cannot be interrupted;
+- the servers share the cores the dispatcher leaves them, time-sliced in the quantum the calibration measured
+  the OS to give competing processes;
+- `traffic.load` is a fraction of the experts' *served* capacity (it follows from the served service times),
+  and a hedge or backup delay given as a percentile ('p95') is that percentile of the primary's served
+  response: the latency of the uncoded policy, the expert alone, simulated at the same point on the same draws.
+
+Pure numpy/pandas/sim: the calibration is read from its file here, measured elsewhere (calibration.measure).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim import SimConfig
+
+LATENCY_MODELS = ("served", "compute")
+PRIMARY = "primary-alone"  # the pilot policy whose latency defines a served percentile delay
+
+
+def served_samples(calibration: Any, pass_ms: np.ndarray) -> list[float]:
+    """The served cost of every isolated pass sample, as the empirical service distribution's samples."""
+    served = np.asarray(calibration.served_ms(np.asarray(pass_ms, float)), float)
+    if served.shape != np.shape(pass_ms) or not np.all(np.isfinite(served)) or np.any(served <= 0):
+        raise ValueError("calibration: the served cost of a pass must be finite and > 0")
+    return served.tolist()
+
+
+def physical_table(calibration: Any, device: str) -> dict[str, Any]:
+    """What a served run adds to a point's sim table besides service times: the measured one-way delays,
+    finish-the-pass cancels and the cores (left by the dispatcher, filled in per point by `with_served_cores`),
+    time-sliced in the measured quantum (on a CPU)."""
+    service: dict[str, Any] = {"cancel_in_service": "finish_pass"}
+    if not device.startswith("cuda"):
+        quantum = calibration.quantum_ms()
+        if quantum is not None and math.isfinite(quantum) and quantum > 0:
+            service["quantum_ms"] = float(quantum)
+    return {
+        "network": {"out": {"kind": "empirical", "samples_ms": list(map(float, calibration.out_ms_samples()))},
+                    "back": {"kind": "empirical", "samples_ms": list(map(float, calibration.back_ms_samples()))}},
+        "service": service,
+    }
+
+
+def task_rate_per_ms(config: SimConfig) -> float:
+    """Tasks the dispatcher sends per ms at the least: one per routed query, N per ensemble query (the primary
+    path of every policy)."""
+    return float(config.traffic.routed_rate() + config.n_experts * config.traffic.ensemble_rate_per_ms)
+
+
+def server_cores(calibration: Any, config: SimConfig, device: str) -> float:
+    """Cores the servers share at this point: the machine's, less the dispatcher's share at its task rate; on a
+    GPU, the one device every server's kernels share."""
+    if device.startswith("cuda"):
+        return 1.0
+    return float(calibration.server_cores(task_rate_per_ms(config)))
+
+
+def with_served_cores(config: SimConfig, calibration: Any, device: str) -> SimConfig:
+    """The point's config with the servers sharing the cores the dispatcher leaves them (unless the scenario
+    set `service.cores` itself)."""
+    if config.service.cores is not None:
+        return config
+    cores = server_cores(calibration, config, device)
+    service = config.service.model_copy(update={"cores": cores})
+    if service.quantum_ms is not None and cores >= config.n_experts + config.r:
+        service = service.model_copy(update={"quantum_ms": None})  # a core per server: nothing to slice
+    return config.model_copy(update={"service": service})
+
+
+def resolve_served_delays(config: SimConfig, seed: int) -> SimConfig:
+    """Every delay given as a percentile ('pNN') becomes milliseconds: that percentile, per expert, of the
+    latency of routed queries answered by their expert alone (the uncoded policy) at this point, on the same
+    draws — the primary's served response, dispatch, queueing and return included."""
+    from sim import PolicySpec, simulate
+
+    pending = [p for p in config.policies if isinstance(p.delay_ms, str)]
+    if not pending:
+        return config
+    pilot = config.model_copy(update={"policies": (PolicySpec(kind="uncoded", name=PRIMARY),)})
+    records = simulate(pilot, seed).records
+    routed = records[(~records["warmup"]) & (records["model"] >= 0)]
+    if routed.empty:
+        routed = records[records["model"] >= 0]
+    everyone = routed["latency_ms"].to_numpy()
+    policies = []
+    for spec in config.policies:
+        if isinstance(spec.delay_ms, str):
+            q = float(spec.delay_ms[1:])
+            delays = []
+            for i in range(config.n_experts):
+                mine = routed.loc[routed["model"] == i, "latency_ms"].to_numpy()
+                sample = mine if len(mine) >= 20 else everyone
+                delays.append(float(np.percentile(sample, q)) if len(sample) else 0.0)
+            spec = PolicySpec.model_validate({**spec.model_dump(), "delay_ms": tuple(delays)})
+        policies.append(spec)
+    return config.model_copy(update={"policies": tuple(policies)})
+
+
+def describe(calibration: Any, path: Path | None, latency_model: str) -> dict[str, Any]:
+    """What summary.json, the CLI and the report say about the latency model and its calibration."""
+    if latency_model != "served" or calibration is None:
+        return {"name": latency_model, "calibration": None,
+                "meaning": "bare forward passes timed in isolation (no dispatch, transport, per-task serving "
+                           "work or time slicing)" if latency_model == "compute" else
+                           "the scenario's own service distributions"}
+    return {"name": "served", "meaning": "predicted served latency: isolated profile + this machine's serving "
+                                         "calibration (per-task serving cost, one-way delays, cores left by the "
+                                         "dispatcher, time slicing)",
+            "calibration": {"path": str(path) if path is not None else None, **calibration.brief()}}
