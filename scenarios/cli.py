@@ -12,6 +12,7 @@ import os
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -246,6 +247,8 @@ def _run_options(command):
                      help="Every seed: the networks' (retrains) and the simulation's."),
         _sim_seed_option,
         _zoo_seed_option,
+        _latency_model_option,
+        _calibration_option,
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Override a scenario field, e.g. sim.n_queries=5000"),
         click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)"),
@@ -282,6 +285,22 @@ def _seed_callback(ctx: click.Context, param: click.Parameter, value: int | None
     return value
 
 
+def _latency_callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None:
+        ctx.meta.setdefault("coinsim_profile", {})[param.name] = value
+    return value
+
+
+_latency_model_option = click.option(
+    "--latency-model", type=click.Choice(["served", "compute"]), default=None, expose_value=False,
+    callback=_latency_callback,
+    help="served (default): predict what serving the networks on this machine shows, from the machine's serving "
+         "calibration; compute: bare forward passes only.")
+_calibration_option = click.option(
+    "--calibration", type=click.Path(path_type=Path), default=None, expose_value=False, callback=_latency_callback,
+    help="Serving calibration file to use (default: this machine's, from `coinsim calibrate`, measured first when "
+         "there is none).")
+
 _sim_seed_option = click.option(
     "--sim-seed", type=int, default=None, expose_value=False, callback=_seed_callback,
     help="Seed of the simulation and of the coding samples only; the experts are not retrained.")
@@ -304,6 +323,11 @@ def _overrides(sets: tuple[str, ...], seed: int | None, device: str | None) -> d
         overrides["models.seed"] = seeds["zoo_seed"]
     if device is not None:
         overrides["device"] = device
+    profile = click.get_current_context().meta.get("coinsim_profile", {})
+    if "latency_model" in profile:
+        overrides["profile.latency_model"] = profile["latency_model"]
+    if "calibration" in profile:
+        overrides["profile.calibration"] = str(profile["calibration"])
     return overrides
 
 

@@ -28,8 +28,26 @@ def check_before_work(scenario: Scenario, raw: dict[str, Any], out_root: Path, r
     check_output(out_root, scenario.name)
     check_unfinished(out_root, scenario.name, raw, resume)
     check_memory(scenario)
+    check_calibration(scenario)
     if scenario.sweep is not None and scenario.sweep.executor == "dask" and scenario.sweep.scheduler:
         check_scheduler(scenario.sweep.scheduler)
+
+
+def check_calibration(scenario: Scenario) -> None:
+    """A calibration file the scenario names (`profile.calibration`, `--calibration`) must be readable, whole, of
+    this schema and made on this machine, device and torch version. (This machine's own cached calibration is
+    re-made instead when it cannot be used.)"""
+    from scenarios.runner import scenario_device, uses_calibration
+
+    if not uses_calibration(scenario) or scenario.profile.calibration is None:
+        return
+    from calibration import CalibrationError, load_calibration, machine_key
+
+    try:
+        load_calibration(Path(scenario.profile.calibration).expanduser(),
+                         expect_machine=machine_key(scenario_device(scenario)))
+    except CalibrationError as error:
+        raise ScenarioError(f"--calibration: {error}") from None
 
 
 def check_output(out_root: Path, scenario_name: str) -> None:

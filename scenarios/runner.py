@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import tomli_w
 
+from scenarios import served as served_model
 from scenarios.points import AnswerTables, run_point
 from scenarios.schema import Scenario, axis_column, sim_config_for
 from sim import SimConfig, simulate
@@ -400,6 +401,60 @@ def _backup_accuracy(answers: AnswerTables, names: list[str], task: bool) -> dic
     return out
 
 
+def latency_model_name(scenario: Scenario) -> str:
+    """'served', 'compute', 'live' (real passes per task) or 'given' (a scenario without networks)."""
+    if scenario.models is None:
+        return "given"
+    if scenario.profile.mode == "live":
+        return "live"
+    return scenario.profile.latency_model
+
+
+def uses_calibration(scenario: Scenario) -> bool:
+    """Does this scenario's run predict served latency (and so need the machine's serving calibration)?
+    Live mode times real passes per task instead, and a scenario without networks gives its own service."""
+    return (scenario.models is not None and scenario.profile.latency_model == "served"
+            and scenario.profile.mode != "live")
+
+
+def scenario_device(scenario: Scenario) -> str:
+    """The device the scenario's networks run on ('cpu', 'cuda', 'cuda:N'), 'auto' resolved."""
+    from models.networks import pick_device
+
+    return str(pick_device(scenario.device))
+
+
+def serving_calibration(scenario: Scenario, quiet: bool = False, reuse: Path | None = None) -> tuple[Any, Path | None]:
+    """The machine's serving calibration this run uses, and where it came from: `reuse` (an interrupted run's
+    copy), `profile.calibration`, or this machine's cached one — measured first when there is none or it can
+    no longer be used (one line says why). (None, None) when the run does not predict served latency."""
+    if not uses_calibration(scenario):
+        return None, None
+    from calibration import CalibrationError, default_path, load_calibration, machine_key, save_calibration
+
+    device = scenario_device(scenario)
+    machine = machine_key(device)
+    if reuse is not None and reuse.is_file():
+        return load_calibration(reuse, expect_machine=machine), reuse
+    if scenario.profile.calibration is not None:  # a file the user named: used as is, or refused (preflight)
+        path = Path(scenario.profile.calibration).expanduser()
+        return load_calibration(path, expect_machine=machine), path
+    path = default_path(device)
+    if path.is_file():
+        try:
+            return load_calibration(path, expect_machine=machine), path
+        except CalibrationError as error:
+            _say(f"calibration: {error}; measuring this machine again", quiet)
+    else:
+        _say("calibration: none for this machine and device yet; measuring how it serves, once", quiet)
+    from calibration.measure import calibrate
+
+    calibration = calibrate(device, progress=not quiet)
+    save_calibration(calibration, path)
+    _say(f"calibration: saved {path} (coinsim calibrate --show)", quiet)
+    return calibration, path
+
+
 def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: int | None = None,
                         calibration: Any = None) -> list[tuple[Any, SimConfig]]:
     """The SimConfig of every sweep point (or of point `only` alone), with measured service times and sample
@@ -410,8 +465,6 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
     the profiled passes, the physical options of serving are switched on, `traffic.load` and the capacity check
     are against the served capacity, and percentile hedge delays are of the primary's served response; without
     one, the bare profiled passes are the service times."""
-    from scenarios import served as served_model
-
     expert_service = coded_service = backup_service = pools = None
     physical: dict[str, Any] = {}
     if facts is not None:
@@ -553,11 +606,15 @@ def run_scenario(
     try:
         if scenario.models is not None and resume and (work / "profile.csv").is_file():
             scenario = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"replay": work})})
+        calibration, calibration_path = serving_calibration(scenario, quiet, reuse=work / "calibration.json")
         facts = prepare_networks(scenario, quiet) if scenario.models is not None else None
         if facts is not None and not (work / "profile.csv").is_file():
             work.mkdir(parents=True, exist_ok=True)
             _atomic_write(work / "profile.csv", lambda path: _profile_frame(facts).to_csv(path, index=False))
-        points = build_point_configs(scenario, facts)
+        if calibration is not None and not (work / "calibration.json").is_file():
+            _atomic_write(work / "calibration.json", lambda path: path.write_text(calibration.model_dump_json(
+                indent=2)))
+        points = build_point_configs(scenario, facts, calibration=calibration)
         _say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", quiet)
         sim_started = time.perf_counter()
         _execute(points, scenario.seed, facts.answers if facts else None, scenario, store, quiet)
@@ -597,6 +654,9 @@ def run_scenario(
         "sweep_axis": columns[0] if columns else None,
         "sweep_axes": columns,
         "allow_unstable": scenario.allow_unstable,
+        "latency_model": served_model.describe(
+            calibration, calibration_path if calibration_path is None or calibration_path.parent != work
+            else None, latency_model_name(scenario)),
         "headline_point": headline,
         "policies": with_latency(results[headline][1]),
         "points": [{"point": index, **{axis_column(axis): value for axis, value in values.items()},
@@ -650,6 +710,8 @@ def run_scenario(
         (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=False))
         queries.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / "queries.parquet", index=False)
         sweep.to_parquet(tmp / "sweep.parquet", index=False)
+        if calibration is not None:
+            (tmp / "calibration.json").write_text(calibration.model_dump_json(indent=2))
         if facts is not None:
             facts.nda.to_csv(tmp / "nda.csv", index=False)
             _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)

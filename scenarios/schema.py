@@ -62,6 +62,11 @@ class ProfileSpec(_Strict):
     preempted_retries: int = Field(10, ge=0, description="re-time a round of passes up to this many times when "
                                    "another process took the core during it (0: keep preempted passes)")
     replay: Path | None = Field(None, description="reuse profile.csv of an earlier result folder instead of timing")
+    latency_model: Literal["served", "compute"] = Field(
+        "served", description="served: predict what serving the networks on this machine shows (isolated profile "
+                              "+ the machine's serving calibration); compute: bare forward passes only")
+    calibration: Path | None = Field(None, description="serving calibration file (default: this machine's, "
+                                                       "measured first when there is none)")
 
     @model_validator(mode="after")
     def _replayable(self) -> ProfileSpec:

@@ -30,7 +30,13 @@ import numpy as np
 from sim import SimConfig
 
 LATENCY_MODELS = ("served", "compute")
-PRIMARY = "primary-alone"  # the pilot policy whose latency defines a served percentile delay
+PRIMARY = "primary-alone"
+MEANINGS = {
+    "compute": "bare compute: forward passes timed in isolation, no dispatch, transport, per-task serving work or "
+               "time slicing (not what serving shows)",
+    "live": "a real forward pass timed per simulated task in this process (bare compute, not served)",
+    "given": "the scenario's own service distributions",
+}  # the pilot policy whose latency defines a served percentile delay
 
 
 def served_samples(calibration: Any, pass_ms: np.ndarray) -> list[float]:
@@ -47,7 +53,7 @@ def physical_table(calibration: Any, device: str) -> dict[str, Any]:
     time-sliced in the measured quantum (on a CPU)."""
     service: dict[str, Any] = {"cancel_in_service": "finish_pass"}
     if not device.startswith("cuda"):
-        quantum = calibration.quantum_ms()
+        quantum = calibration.quantum_ms
         if quantum is not None and math.isfinite(quantum) and quantum > 0:
             service["quantum_ms"] = float(quantum)
     return {
@@ -115,11 +121,19 @@ def resolve_served_delays(config: SimConfig, seed: int) -> SimConfig:
 def describe(calibration: Any, path: Path | None, latency_model: str) -> dict[str, Any]:
     """What summary.json, the CLI and the report say about the latency model and its calibration."""
     if latency_model != "served" or calibration is None:
-        return {"name": latency_model, "calibration": None,
-                "meaning": "bare forward passes timed in isolation (no dispatch, transport, per-task serving "
-                           "work or time slicing)" if latency_model == "compute" else
-                           "the scenario's own service distributions"}
+        return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
     return {"name": "served", "meaning": "predicted served latency: isolated profile + this machine's serving "
                                          "calibration (per-task serving cost, one-way delays, cores left by the "
                                          "dispatcher, time slicing)",
-            "calibration": {"path": str(path) if path is not None else None, **calibration.brief()}}
+            "calibration": {"path": str(path) if path is not None else None, **brief(calibration)}}
+
+
+def brief(calibration: Any) -> dict[str, Any]:
+    """The calibration's key numbers, as summary.json and the report quote them."""
+    out, back = calibration.out_ms_samples(), calibration.back_ms_samples()
+    return {"machine": calibration.machine.model_dump(), "created": calibration.created,
+            "served_overhead_ms": calibration.serving.overhead_ms, "served_slope": calibration.serving.slope,
+            "out_ms_median": float(np.median(out)), "back_ms_median": float(np.median(back)),
+            "quantum_ms": calibration.quantum_ms,
+            "dispatcher_base_cores": calibration.dispatcher.base_cores,
+            "dispatcher_cpu_ms_per_task": calibration.dispatcher.cpu_ms_per_task}

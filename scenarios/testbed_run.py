@@ -29,6 +29,7 @@ import click
 import numpy as np
 import pandas as pd
 
+from scenarios import served as served_model
 from scenarios.points import AnswerTables, join_correctness, run_point, solve_missing
 from scenarios.runner import (
     NetworkFacts,
@@ -38,9 +39,11 @@ from scenarios.runner import (
     _say,
     _versions,
     build_point_configs,
+    latency_model_name,
     prepare_networks,
     publish,
     render_or_warn,
+    serving_calibration,
 )
 from scenarios.schema import Scenario, axis_column
 
@@ -316,13 +319,14 @@ def _overheads(tasks: pd.DataFrame, records: pd.DataFrame) -> dict[str, float]:
 
 def check_testbed(scenario: Scenario, out_root: Path) -> None:
     """What `coinsim testbed` needs beyond the scenario's own validation, before any work."""
-    from scenarios.preflight import check_memory, check_output
+    from scenarios.preflight import check_calibration, check_memory, check_output
     from scenarios.schema import ScenarioError
 
     if scenario.models is None:
         raise ScenarioError("coinsim testbed needs a scenario with [models]: it serves real networks")
     check_output(out_root, scenario.name)
     check_memory(scenario)
+    check_calibration(scenario)
     n_servers = scenario.n_experts + int(scenario.sim.get("r", 1))
     addresses = scenario.testbed.addresses
     if addresses is not None:
@@ -365,8 +369,9 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     check_testbed(scenario, out_root)
     spec = scenario.testbed
     started = time.perf_counter()
+    calibration, calibration_path = serving_calibration(scenario, quiet)
     facts = prepare_networks(scenario, quiet)
-    points = build_point_configs(scenario, facts)
+    points = build_point_configs(scenario, facts, calibration=calibration)
     names = [name for name, _ in served_networks(facts)]
     backup_net = backup_network(facts)
     n_servers = points[0][1].n_experts + points[0][1].r
@@ -432,10 +437,17 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                                           "compute_ms_by_overlap": {int(k): float(v) for k, v in tasks[
                                               tasks["status"] == "done"].groupby("overlap")["compute_ms"]
                                               .median().items()}}
-                for service, source, extra in (("isolated", facts, None), ("in_situ", in_situ, None),
-                                               ("in_situ+network", in_situ, measured_network(tasks)),
-                                               ("model", alone, measured_network(tasks, cores, spec.straggle))):
-                    config_s = pin_hedge_delays(build_point_configs(scenario, source, only=index)[0][1], plans)
+                variants = [("isolated", facts, None), ("in_situ", in_situ, None),
+                            ("in_situ+network", in_situ, measured_network(tasks)),
+                            ("model", alone, measured_network(tasks, cores, spec.straggle))]
+                if calibration is not None:  # out of sample: the served config itself, nothing from these runs
+                    variants.insert(0, ("predicted", None, None))
+                for service, source, extra in variants:
+                    if source is None:
+                        config_s = config
+                    else:  # in-sample diagnostics: the served arrival rate and hedge delays, their own service
+                        config_s = pin_hedge_delays(build_point_configs(scenario, source, only=index)[0][1], plans)
+                        config_s = config_s.model_copy(update={"traffic": config.traffic})
                     if extra is not None:
                         config_s = config_s.model_copy(update=extra(config_s))
                     sim_records, _ = run_point(config_s, scenario.seed, facts.answers)
@@ -451,6 +463,8 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     fidelity_table = pd.DataFrame(fidelity)
     summary = _testbed_summary(scenario, facts, measured_all, simulated_all, tasks_all, fidelity_table, overheads,
                                time.perf_counter() - started)
+    summary["latency_model"] = served_model.describe(calibration, calibration_path, latency_model_name(scenario))
+    summary["headline_service"] = "predicted" if calibration is not None else "model"
     def write(tmp: Path) -> None:
         import tomli_w
 
@@ -462,6 +476,8 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                                                                                 index=False)
         fidelity_table.to_csv(tmp / "fidelity.csv", index=False, float_format="%.6g")
         _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
+        if calibration is not None:
+            (tmp / "calibration.json").write_text(calibration.model_dump_json(indent=2))
 
     final = publish(out_root / scenario.name / ("testbed-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)
     render_or_warn(final, render)
@@ -508,6 +524,12 @@ def _seed(ctx: click.Context, param: click.Parameter, value: int | None) -> int 
     return _seed_callback(ctx, param, value)
 
 
+def _latency(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    from scenarios.cli import _latency_callback
+
+    return _latency_callback(ctx, param, value)
+
+
 @click.command("testbed")
 @click.argument("scenario", default="testbed")
 @click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
@@ -518,6 +540,11 @@ def _seed(ctx: click.Context, param: click.Parameter, value: int | None) -> int 
 @click.option("--zoo-seed", type=int, default=None, expose_value=False, callback=lambda c, p, v: _seed(c, p, v),
               help="Seed of the base model and experts only.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field.")
+@click.option("--latency-model", type=click.Choice(["served", "compute"]), default=None, expose_value=False,
+              callback=lambda c, p, v: _latency(c, p, v),
+              help="served (default): the headline `predicted` variant from the machine's serving calibration.")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None, expose_value=False,
+              callback=lambda c, p, v: _latency(c, p, v), help="Serving calibration file to use.")
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Identical repeats (default: scenario's).")
 @click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)")
 @click.option("--no-report", is_flag=True, help="Skip figures and the HTML report.")
