@@ -85,6 +85,7 @@ TEMPLATE = """<!DOCTYPE html>
 {% if meta %}<p class="meta">{{ meta | join(" · ") }}</p>{% endif %}
 {% if description %}<p class="desc">{{ description }}</p>{% endif %}
 <p class="lead">{{ lead }}</p>
+{% if latency_model %}<p class="takeaway latency-model">{{ latency_model }}</p>{% endif %}
 {% if versus %}
 <h2>{{ versus.title }}</h2>
 <p class="takeaway">{{ versus.sentence }}</p>
@@ -552,6 +553,31 @@ def _lead(data: ResultData) -> Markup:
     return text
 
 
+def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
+    """Which latency model produced every latency in the report, and from which calibration (None for folders
+    written before it was recorded)."""
+    model = s.get("latency_model")
+    if not isinstance(model, Mapping):
+        return None
+    name = str(model.get("name", "?"))
+    text = Markup("Latencies: <strong>{}</strong> — {}.").format(name, model.get("meaning", ""))
+    cal = model.get("calibration")
+    if isinstance(cal, Mapping):
+        machine = cal.get("machine") or {}
+        text += Markup(" Calibration of {} ({} cores, {}, torch {}), made {}: a task costs its server "
+                       "{} ms + {} × its isolated pass; one-way delays {} / {} ms median; OS time slice {} ms; "
+                       "the dispatcher takes {} cores + {} ms per task.").format(
+            machine.get("cpu_model", "?"), machine.get("cpu_count", "?"), machine.get("device", "?"),
+            machine.get("torch", "?"), cal.get("created", "?"), fmt_ms(cal.get("served_overhead_ms")),
+            fmt_value(cal.get("served_slope")), fmt_ms(cal.get("out_ms_median")), fmt_ms(cal.get("back_ms_median")),
+            fmt_ms(cal.get("quantum_ms")), fmt_value(cal.get("dispatcher_base_cores")),
+            fmt_ms(cal.get("dispatcher_cpu_ms_per_task")))
+    elif name == "compute":
+        text += Markup(" Served on this machine, latencies would be longer: run without "
+                       "<code>--latency-model compute</code> for the served prediction.")
+    return text
+
+
 def _meta(s: Mapping[str, Any]) -> list[str]:
     bits = [f"{label} {s[key]}" for key, label in (("created", "created"), ("seed", "seed"), ("device", "device"))
             if s.get(key) is not None]
@@ -583,6 +609,7 @@ def build_html(data: ResultData, figures: Sequence[FigureEntry], colors: Mapping
     description = s.get("description").strip() if isinstance(s.get("description"), str) else ""
     return _PAGE.render(
         s=s, css=CSS, meta=_meta(s), description=description, lead=_lead(data),
+        latency_model=latency_model_line(s),
         versus=versus_baseline(data) if len(data.points) else None, headline=headline,
         figures=[{"name": f.name, "alt": f.alt, "caption": f.caption, "b64": base64.b64encode(f.png).decode("ascii")}
                  for f in figures],

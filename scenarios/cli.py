@@ -438,6 +438,12 @@ def _print_run_summary(folder: Path) -> None:
     import json
 
     summary = json.loads((folder / "summary.json").read_text())
+    model = summary.get("latency_model") or {}
+    if model:
+        cal = model.get("calibration") or {}
+        where = f" (calibration {cal.get('path') or 'calibration.json'}, made {cal.get('created', '?')})" \
+            if cal else ""
+        click.echo(f"latency model: {model.get('name')} — {model.get('meaning', '')}{where}\n")
     axes = summary.get("sweep_axes") or ([summary["sweep_axis"]] if summary.get("sweep_axis") else [])
     if summary.get("coding"):
         def num(value: float | None) -> str:  # NaN (an expert right nowhere) is null in summary.json
