@@ -490,12 +490,13 @@ def fidelity_table_text(fidelity_table: pd.DataFrame, ranking: pd.DataFrame) -> 
     head = headline_service(services)
     order = ([head] if head else []) + [s for s in services if s != head]
     table = fidelity_table.copy()
-    table["service"] = pd.Categorical(table["service"], categories=order, ordered=True)
+    table["rank"] = table["service"].map({s: k for k, s in enumerate(order)})
+    table = table.sort_values("rank", kind="stable")
     marks = table.get("verdict", pd.Series("", index=table.index)).map(VERDICT_MARKS).fillna("")
     table["cell"] = [f"{e:+.1f} {m}".rstrip() for e, m in zip(table["rel_error_pct"], marks, strict=True)]
     wide = table.pivot_table(index=["service", "point", "policy"], columns="metric", values="cell",
-                             aggfunc="first", sort=False, observed=True)
-    wide = wide.sort_index(level="service", sort_remaining=False)[[m for m in METRICS if m in wide.columns]]
+                             aggfunc="first", sort=False)
+    wide = wide[[m for m in METRICS if m in wide.columns]]
     lines = [f"relative error of the simulator, % (simulated − measured pooled) / measured pooled; headline "
              f"variant: {head or 'none'}",
              "✓ within the limit (" + ", ".join(f"{m} {v:g} %" for m, v in LIMITS_PCT.items())

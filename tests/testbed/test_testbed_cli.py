@@ -54,7 +54,7 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
     pooled = np.percentile(real["latency_ms"], 99)
     assert row["measured_pooled_ms"] == pytest.approx(pooled, rel=1e-5) and row["n_measured"] == len(real)
     assert row["measured_lo_ms"] <= row["measured_pooled_ms"] <= row["measured_hi_ms"]
-    assert row["rel_error_pct"] == pytest.approx(100 * (row["simulated_ms"] / pooled - 1), rel=1e-4, abs=1e-4)
+    assert row["rel_error_pct"] == pytest.approx(100 * (row["simulated_ms"] / pooled - 1), rel=1e-4, abs=1e-3)
     ranking = pd.read_csv(folder / "ranking.csv")
     assert set(ranking["service"]) == set(fidelity["service"]) and (ranking["n_agree"]
                                                                     <= ranking["n_pairs_distinguishable"]).all()
