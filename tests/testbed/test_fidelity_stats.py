@@ -18,6 +18,7 @@ from scenarios.testbed_run import (
     LIMITS_PCT,
     METRICS,
     VERDICTS,
+    bootstrap_metrics,
     fidelity_rows,
     fidelity_summary,
     fidelity_table_text,
@@ -79,7 +80,7 @@ def test_intervals_are_deterministic_under_a_seed_and_change_with_it():
     assert a["p99"]["measured_lo_ms"] != c["p99"]["measured_lo_ms"]
 
 
-def test_repeats_of_unequal_length_give_the_interval_of_equal_ones():
+def test_repeats_of_unequal_length_weigh_by_their_own_queries():
     """A repeat with one query fewer takes the padded path; padding must never leak into a sample."""
     equal = _repeats(5, 1200)
     unequal = [equal[0], equal[1], equal[2][:-1]]
@@ -89,6 +90,12 @@ def test_repeats_of_unequal_length_give_the_interval_of_equal_ones():
     for m in METRICS:
         assert b[m]["measured_lo_ms"] <= b[m]["measured_pooled_ms"] <= b[m]["measured_hi_ms"], m
         assert b[m]["half_width_pct"] == pytest.approx(a[m]["half_width_pct"], rel=0.25), m
+    # exactly: repeat A 1000 queries of 1 ms, repeat B 10 of 100 ms. A bootstrap sample is A+A, B+B or A+B, and
+    # A+B pools 1010 queries (mean 1990/1010 ms), not 2000 — B weighs by its own queries
+    means = bootstrap_metrics([np.ones(1000), np.full(10, 100.0)], np.random.default_rng(0), resamples=200)[:, 0]
+    mixed = (1000 + 10 * 100) / 1010
+    assert np.isclose(means[:, None], [1.0, mixed, 100.0]).any(axis=1).all()
+    assert 60 < np.isclose(means, mixed).sum() < 140
 
 
 def _frames(seed: int, policies: dict[str, float], n: int = 600, repeats: int = 3,
