@@ -1,8 +1,11 @@
 """The testbed report: measured vs simulated latency, per point and policy, from a `coinsim testbed` folder.
 
-Reads testbed.parquet (measured, per query), simulated.parquet (the simulator on the same draws, with the
-isolated and the in-situ service profile), fidelity.csv and summary.json; writes figures/testbed_cdf_*.png and
+Reads testbed.parquet (measured, per query), simulated.parquet (the simulator on the same draws, in each
+variant), fidelity.csv, ranking.csv (when there) and summary.json; writes figures/testbed_cdf_*.png and
 report.html (a jinja2 template with autoescaping; figures inline as base64, no scripts, no external URLs).
+The first screen is the headline variant ('predicted' when simulated, else the in-sample 'model'): its verdict
+counts and ranking agreement. Folders written before measured intervals (fidelity.csv with `measured_ms`, no
+`measured_pooled_ms` / verdict) still render, without verdicts or ranking.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,28 +24,67 @@ from reports.html import CSS
 from reports.load import ReportError
 from reports.render import _atomic_write, png_bytes
 
-SERVICE_STYLE = {"isolated": ("sim: isolated profile", "--"), "in_situ": ("sim: in-situ service", ":"),
-                 "in_situ+network": ("sim: in-situ + network", "-."), "model": ("sim: full model", "-")}
+SERVICE_STYLE: dict[str, tuple[str, Any]] = {
+    "isolated": ("sim: isolated profile", "--"), "in_situ": ("sim: in-situ service", ":"),
+    "in_situ+network": ("sim: in-situ + network", "-."), "model": ("sim: full model (in-sample)", (0, (5, 1, 1, 1))),
+    "predicted": ("sim: predicted from calibration", "-")}
+IN_SAMPLE = ("in_situ", "in_situ+network", "model")
+VERDICTS = ("within the limit", "inside the measured interval", "off")
+MARK = {"within the limit": ("✓", "ok"), "inside the measured interval": ("~", "meh"), "off": ("✗", "bad")}
+# fidelity.csv columns that are values, not sweep coordinates (folders written before and after the intervals)
+VALUE_COLUMNS = frozenset({
+    "point", "service", "policy", "metric", "simulated_ms", "measured_ms", "measured_pooled_ms", "measured_lo_ms",
+    "measured_hi_ms", "half_width_pct", "n_measured", "measured_median_of_repeats_ms", "rel_error_pct", "limit_pct",
+    "verdict", "repeat_spread_pct", "repeat_min_ms", "repeat_max_ms", "repeats", "ks_stat", "ks_p"})
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>coinsim testbed — {{ s.scenario }}</title>
-<style>{{ css }}</style></head><body><main>
+<style>{{ css }}
+.ok { color: #1a7f37; } .meh { color: #9a6700; } .bad { color: #b42318; font-weight: 600; }
+</style></head><body><main>
 <h1>How close is the simulator to a real serving run?</h1>
 <p class="meta">scenario <b>{{ s.scenario }}</b> · seed {{ s.seed }} · {{ s.repeats }} repeat(s) ·
 straggle mode {{ s.straggle }} · device {{ s.device }} · {{ s.cpu_count }} CPU core(s) · load average at the end
 {{ load }}</p>
+<div class="takeaway">
+{% if head.service %}<p>Headline variant: <b>{{ head.service }}</b> ({{ head.label }}).
+{% if head.in_sample %}It is <b>in-sample</b>: its parameters come from the very run it is compared with, so its
+agreement is a diagnostic of the model's structure, not a prediction.{% else %}It is simulated from the per-machine
+calibration and the isolated profile only: nothing from this run goes into it.{% endif %}</p>
+{% else %}<p>No headline variant (neither <i>predicted</i> nor <i>model</i> was simulated).</p>{% endif %}
+{% if head.counts %}<div class="tablewrap"><table><thead><tr><th>metric</th><th>limit</th>
+{% for v in verdicts %}<th>{{ v }}</th>{% endfor %}</tr></thead><tbody>
+{% for row in head.counts %}<tr><td>{{ row.metric }}</td><td>{{ row.limit }}</td>
+{% for n in row.counts %}<td>{{ n }}</td>{% endfor %}</tr>{% endfor %}
+</tbody></table></div>
+<p class="note">Cells (point × policy) by verdict: ✓ within the limit (|relative error| ≤ the metric's limit);
+~ inside the measured interval (outside the limit, but the simulated value lies inside the measured 95 % interval
+and that interval's half width is at most {{ max_half_width }} % of the measured value); ✗ off.</p>
+{% elif head.service %}<p class="note">This folder was written before measured intervals: no verdicts; errors are
+against the median over repeats.</p>{% endif %}
+{% if head.ranking %}<p>Ranking at {{ head.ranking.metric }}: the headline variant orders
+<b>{{ head.ranking.agree }} of {{ head.ranking.distinguishable }}</b> policy pairs the testbed tells apart
+(non-overlapping measured intervals) the way the testbed does.</p>
+{% if head.ranking.disagree %}<ul>{% for d in head.ranking.disagree %}<li>point {{ d.point }}: {{ d.text }}</li>
+{% endfor %}</ul>{% endif %}{% endif %}
+</div>
 <p class="lead">Every point was served for real: one OS process per server doing real forward passes, a frontend
 replaying the simulator's own arrivals and straggler draws in wall-clock time over ZeroMQ. The simulator then ran
-the same draws four times: with the latency profile timed in isolation (what <code>coinsim run</code> uses);
-with the service times the servers measured while serving (<i>in_situ</i>); with those plus the measured
-dispatcher → server and server → dispatcher delays and cancels that let a forward pass finish, as the servers
-do (<i>in_situ+network</i>); and the full model (<i>model</i>): uncontended in-situ service (passes during
+the same draws under several variants: with the latency profile timed in isolation (what <code>coinsim run</code>
+uses);{% if "predicted" in services %} from a per-machine calibration and the isolated profile only
+(<i>predicted</i>, the headline);{% endif %} and, as <b>in-sample diagnostics</b> that take their parameters from
+this very run, with the service times the servers measured while serving (<i>in_situ</i>); with those plus the
+measured dispatcher → server and server → dispatcher delays and cancels that let a forward pass finish, as the
+servers do (<i>in_situ+network</i>); and the full model (<i>model</i>): uncontended in-situ service (passes during
 which no other server computed), the network model, and the servers sharing the machine's cores less the
 frontend's measured share (processor sharing when more servers are busy than there are cores).
-Relative error = (simulated − measured) /
-measured, measured = median over repeats; spread = (max − min) / median of the repeats.</p>
+{% if pooled %}Relative error = (simulated − measured) / measured, measured = the metric of all repeats' queries
+pooled, with its 95 % bootstrap interval (repeats resampled, then queries within each); spread = (max − min) /
+median of the repeats' own values.{% else %}Relative error = (simulated − measured) / measured, measured = median
+over repeats; spread = (max − min) / median of the repeats.{% endif %}</p>
 <div class="takeaway">Worst |relative error| over all points and policies —
-{% for service, worst in s.worst_abs_rel_error_pct.items() %}<b>{{ service }}</b>:
+{% for service, worst in s.worst_abs_rel_error_pct.items() %}<b>{{ service }}</b>{{ " (in-sample)" if service in
+in_sample }}:
 {% for m, v in worst.items() %}{{ m }} {{ "%.1f"|format(v) }} %{{ ", " if not loop.last }}{% endfor %}
 {{ "; " if not loop.last }}{% endfor %}</div>
 <h2>Service times: isolated profile vs in situ</h2>
@@ -68,20 +111,74 @@ measured, measured = median over repeats; spread = (max − min) / median of the
 {% for block in points %}
 <h2>Point {{ block.point }}: {{ block.label }}</h2>
 <figure><img alt="latency CDFs, measured vs simulated, {{ block.label }}" src="data:image/png;base64,{{ block.png }}">
-<figcaption>Latency CDF per policy: each measured repeat (thin black) and the four simulator variants (the full
-model solid).</figcaption></figure>
-<div class="tablewrap"><table><thead><tr><th>policy</th><th>service</th>
-{% for m in metrics %}<th>{{ m }}: sim / meas ms (error, spread)</th>{% endfor %}<th>KS D (p)</th>
-<th>accuracy % (testbed / sim join)</th></tr></thead><tbody>
-{% for row in block.rows %}<tr><td>{{ row.policy }}</td><td>{{ row.service }}</td>
-{% for cell in row.cells %}<td>{{ cell }}</td>{% endfor %}<td>{{ row.ks }}</td><td>{{ row.accuracy }}</td></tr>
-{% endfor %}</tbody></table></div>
+<figcaption>Latency CDF per policy: each measured repeat (thin black) and the simulator variants
+{%- if head.service %} (the headline, {{ head.service }}, a thick line){% endif %}.</figcaption></figure>
+{% if block.head_rows %}<h3>{{ head.service }}{{ " (in-sample)" if head.in_sample }} vs measured</h3>
+<div class="tablewrap"><table><thead><tr><th>policy</th>
+{% for m in metrics %}<th>{{ m }}: measured ms {{ "[95 % interval]" if pooled }} · simulated ms · error</th>
+{% endfor %}<th>KS D (p)</th><th>accuracy % (testbed / sim join)</th></tr></thead><tbody>
+{% for row in block.head_rows %}<tr><td>{{ row.policy }}</td>
+{% for c in row.cells %}<td{% if c.cls %} class="{{ c.cls }}"{% endif %}>{{ c.text }}</td>{% endfor %}
+<td>{{ row.ks }}</td><td>{{ row.accuracy }}</td></tr>
+{% endfor %}</tbody></table></div>{% endif %}
+{% if block.other_rows %}<h3>Other variants{{ " (in-sample ones are diagnostics)" }}</h3>
+<div class="tablewrap"><table><thead><tr><th>policy</th><th>variant</th>
+{% for m in metrics %}<th>{{ m }}: simulated ms (error{{ ", spread of repeats" if not pooled }})</th>{% endfor %}
+<th>KS D (p)</th></tr></thead><tbody>
+{% for row in block.other_rows %}<tr><td>{{ row.policy }}</td><td>{{ row.service }}</td>
+{% for c in row.cells %}<td{% if c.cls %} class="{{ c.cls }}"{% endif %}>{{ c.text }}</td>{% endfor %}
+<td>{{ row.ks }}</td></tr>
+{% endfor %}</tbody></table></div>{% endif %}
 {% endfor %}
 </main></body></html>
 """
 
 
-def _cdf_figure(measured: pd.DataFrame, simulated: pd.DataFrame, policies: list[str]) -> Figure:
+def headline_service(services: list[str]) -> str | None:
+    """'predicted' when it was simulated, else 'model' (the rule scenarios.testbed_run writes to summary.json)."""
+    return next((s for s in ("predicted", "model") if s in services), None)
+
+
+def _normalised(fidelity: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """fidelity.csv in the current layout; older folders (no intervals) get `measured_pooled_ms` = their
+    `measured_ms` (median over repeats) and empty interval and verdict columns. Returns (frame, has intervals)."""
+    frame = fidelity.copy()
+    pooled = "measured_pooled_ms" in frame
+    if not pooled:
+        frame["measured_pooled_ms"] = frame["measured_ms"]
+        for column in ("measured_lo_ms", "measured_hi_ms", "half_width_pct"):
+            frame[column] = np.nan
+        frame["verdict"] = None
+    frame["policy"] = frame["policy"].astype(str)
+    return frame, pooled
+
+
+def _marked(error: float, verdict: Any) -> tuple[str, str]:
+    mark, cls = MARK.get(verdict, ("", "")) if isinstance(verdict, str) else ("", "")
+    return f"{error:+.1f} % {mark}".rstrip(), cls
+
+
+def _ranking(path: Path, summary: dict[str, Any], head: str | None) -> dict[str, Any] | None:
+    """The headline variant's ranking agreement: from ranking.csv (with the disagreeing pairs), else summary."""
+    file = path / "ranking.csv"
+    if head is None:
+        return None
+    if file.is_file():
+        try:
+            table = pd.read_csv(file)
+        except (OSError, ValueError):
+            table = pd.DataFrame()
+        mine = table[table["service"] == head] if "service" in table else table.iloc[0:0]
+        if len(mine):
+            disagree = [{"point": r["point"], "text": text} for r in mine.to_dict("records")
+                        if isinstance(r["disagreeing"], str) for text in r["disagreeing"].split("; ") if text]
+            return {"metric": mine["metric"].iloc[0], "agree": int(mine["n_agree"].sum()),
+                    "distinguishable": int(mine["n_pairs_distinguishable"].sum()), "disagree": disagree}
+    given = summary.get("ranking", {}).get(head)
+    return {**given, "disagree": []} if given else None
+
+
+def _cdf_figure(measured: pd.DataFrame, simulated: pd.DataFrame, policies: list[str], head: str | None) -> Figure:
     fig = Figure(figsize=(3.3 * len(policies), 3.2), dpi=110, layout="constrained")
     axes = fig.subplots(1, len(policies), sharey=True, squeeze=False)[0]
     for ax, policy in zip(axes, policies, strict=True):
@@ -94,7 +191,8 @@ def _cdf_figure(measured: pd.DataFrame, simulated: pd.DataFrame, policies: list[
             sim = simulated[(simulated["policy"] == policy) & (simulated["service"] == service) & ~simulated["warmup"]]
             if len(sim):
                 lat = np.sort(sim["latency_ms"].to_numpy())
-                ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), ls=style, lw=1.4, label=label)
+                ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), ls=style, lw=2.2 if service == head else 1.2,
+                        label=label)
         ax.set_xscale("log")
         ax.set_title(policy, fontsize=10)
         ax.set_xlabel("latency (ms)")
@@ -104,6 +202,18 @@ def _cdf_figure(measured: pd.DataFrame, simulated: pd.DataFrame, policies: list[
     return fig
 
 
+def _headline_counts(fidelity: pd.DataFrame, head: str | None, metrics: list[str]) -> list[dict[str, Any]]:
+    mine = fidelity[(fidelity["service"] == head) & fidelity["verdict"].notna()]
+    rows = []
+    for m in metrics:
+        h = mine[mine["metric"] == m]
+        if len(h):
+            limit = h["limit_pct"].iloc[0] if "limit_pct" in h else np.nan
+            rows.append({"metric": m, "limit": f"{limit:g} %" if np.isfinite(limit) else "—",
+                         "counts": [int((h["verdict"] == v).sum()) for v in VERDICTS]})
+    return rows
+
+
 def render_testbed(result_dir: Path | str) -> Path:
     """Write figures/testbed_cdf_<point>.png and report.html into a testbed result folder; return the HTML path."""
     path = Path(result_dir)
@@ -111,17 +221,18 @@ def render_testbed(result_dir: Path | str) -> Path:
         summary = json.loads((path / "summary.json").read_text())
         measured = pd.read_parquet(path / "testbed.parquet")
         simulated = pd.read_parquet(path / "simulated.parquet")
-        fidelity = pd.read_csv(path / "fidelity.csv")
-    except (OSError, ValueError) as error:
+        fidelity, pooled = _normalised(pd.read_csv(path / "fidelity.csv"))
+    except (OSError, ValueError, KeyError) as error:
         raise ReportError(f"{path}: not a readable testbed result folder ({error})") from None
     for frame in (measured, simulated):
         frame["policy"] = frame["policy"].astype(str)
     policies = list(dict.fromkeys(fidelity["policy"]))
     metrics = list(dict.fromkeys(fidelity["metric"]))
-    coord_cols = [c for c in fidelity.columns if c not in {"point", "service", "policy", "metric", "simulated_ms",
-                                                          "measured_ms", "rel_error_pct", "repeat_spread_pct",
-                                                          "repeat_min_ms", "repeat_max_ms", "repeats", "ks_stat",
-                                                          "ks_p"}]
+    services = [str(s) for s in dict.fromkeys(fidelity["service"])]
+    head = summary.get("headline_service") or headline_service(services)
+    if head not in services:
+        head = headline_service(services)
+    coord_cols = [c for c in fidelity.columns if c not in VALUE_COLUMNS]
     fig_dir = path / "figures"
     fig_dir.mkdir(exist_ok=True)
     accuracy = summary.get("accuracy", {})
@@ -129,23 +240,42 @@ def render_testbed(result_dir: Path | str) -> Path:
     for point, g in fidelity.groupby("point", sort=True):
         label = ", ".join(f"{c} = {g[c].iloc[0]}" for c in coord_cols) or "single point"
         png = png_bytes(_cdf_figure(measured[measured["point"] == point], simulated[simulated["point"] == point],
-                                    policies))
+                                    policies, head))
         _atomic_write(fig_dir / f"testbed_cdf_{point}.png", png)
-        rows = []
+        head_rows, other_rows = [], []
         for (policy, service), h in g.groupby(["policy", "service"], sort=False):
             by = h.set_index("metric")
-            cells = [f"{by.at[m, 'simulated_ms']:.2f} / {by.at[m, 'measured_ms']:.2f} "
-                     f"({by.at[m, 'rel_error_pct']:+.1f} %, ±{by.at[m, 'repeat_spread_pct']:.0f} %)" for m in metrics]
-            acc = accuracy.get(str(point), {}).get(policy, {})
-            rows.append({"policy": policy, "service": service, "cells": cells,
-                         "ks": f"{h['ks_stat'].iloc[0]:.3f} ({h['ks_p'].iloc[0]:.2g})",
-                         "accuracy": (f"{acc['accuracy_pct']:.2f} / {acc['accuracy_sim_join_pct']:.2f}"
-                                      if acc else "—")})
-        blocks.append({"point": point, "label": label, "png": base64.b64encode(png).decode("ascii"), "rows": rows})
+            ks = f"{h['ks_stat'].iloc[0]:.3f} ({h['ks_p'].iloc[0]:.2g})"
+            errors = [_marked(by.at[m, "rel_error_pct"], by.at[m, "verdict"]) for m in metrics]
+            if service == head:
+                cells = []
+                for m, (error, cls) in zip(metrics, errors, strict=True):
+                    lo, hi = by.at[m, "measured_lo_ms"], by.at[m, "measured_hi_ms"]
+                    interval = f" [{lo:.2f}, {hi:.2f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+                    spread = "" if pooled else f", ±{by.at[m, 'repeat_spread_pct']:.0f} % spread"
+                    cells.append({"text": f"{by.at[m, 'measured_pooled_ms']:.2f}{interval} · "
+                                          f"{by.at[m, 'simulated_ms']:.2f} · {error}{spread}", "cls": cls})
+                acc = accuracy.get(str(point), {}).get(policy, {})
+                head_rows.append({"policy": policy, "cells": cells, "ks": ks,
+                                  "accuracy": (f"{acc['accuracy_pct']:.2f} / {acc['accuracy_sim_join_pct']:.2f}"
+                                               if acc else "—")})
+            else:
+                cells = [{"text": f"{by.at[m, 'simulated_ms']:.2f} ({error}"
+                                  + ("" if pooled else f", ±{by.at[m, 'repeat_spread_pct']:.0f} %") + ")",
+                          "cls": cls} for m, (error, cls) in zip(metrics, errors, strict=True)]
+                name = f"{service} (in-sample)" if service in IN_SAMPLE else service
+                other_rows.append({"policy": policy, "service": name, "cells": cells, "ks": ks})
+        blocks.append({"point": point, "label": label, "png": base64.b64encode(png).decode("ascii"),
+                       "head_rows": head_rows, "other_rows": other_rows})
+    headline = {"service": head, "label": SERVICE_STYLE.get(head, (head, "-"))[0] if head else None,
+                "in_sample": head in IN_SAMPLE, "counts": _headline_counts(fidelity, head, metrics),
+                "ranking": _ranking(path, summary, head)}
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     load = summary.get("load_average")
     html = env.from_string(TEMPLATE).render(
-        s=summary, css=CSS, points=blocks, metrics=metrics,
+        s={"worst_abs_rel_error_pct": {}, **summary}, css=CSS, points=blocks, metrics=metrics, head=headline,
+        verdicts=VERDICTS, services=services, in_sample=IN_SAMPLE, pooled=pooled,
+        max_half_width=f"{summary.get('max_half_width_pct', 20.0):g}",
         load=", ".join(f"{v:.2f}" for v in load) if load else "n/a")
     out = path / "report.html"
     _atomic_write(out, html.encode("utf-8"))

@@ -9,8 +9,12 @@
 5. the simulator runs the same points twice: with the isolated profile (what `coinsim run` uses) and with the
    service times the servers measured in situ, under load, plus the measured transport and dispatch delays
    where the scenario's `[sim.network]` asks for them;
-6. `fidelity.csv` puts simulated next to measured (median over repeats) for mean, p50, p95, p99 and p99.9, with
-   the repeats' own spread and a two-sample KS test, and the report draws measured-vs-simulated CDFs.
+6. `fidelity.csv` puts simulated next to measured for mean, p50, p95, p99 and p99.9: the measured value is the
+   metric of all repeats' queries pooled, with a 95 % two-level bootstrap interval (repeats, then queries), and
+   each cell gets a verdict (within the limit / inside the measured interval / off, `LIMITS_PCT`); the repeats'
+   own spread and median and a two-sample KS test are kept beside it. `ranking.csv` says, per point and
+   variant, whether the simulator orders the policies the testbed tells apart at p99 as the testbed does.
+   The headline variant is 'predicted' when it was run, else 'model'; the report draws measured-vs-simulated CDFs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -280,9 +286,113 @@ def measured_network(tasks: pd.DataFrame, cores: float | None = None, hold: str 
     return update
 
 
+LIMITS_PCT: dict[str, float] = {"mean": 15.0, "p50": 15.0, "p95": 20.0, "p99": 25.0, "p999": 40.0}
+"""|relative error| a simulated metric may have and still count as "within the limit". p95 sits between the
+body (15 %) and the tail (25 %): over a few thousand pooled queries it rests on ~5x more queries above it than p99
+does, so it is held tighter than p99 but not as tight as the median."""
+MAX_HALF_WIDTH_PCT = 20.0
+"""A measured interval wider than this (half width / pooled value) is too loose to excuse an error."""
+BOOTSTRAP_RESAMPLES = 400
+VERDICTS = ("within the limit", "inside the measured interval", "off")
+VERDICT_MARKS = {"within the limit": "✓", "inside the measured interval": "~", "off": "✗"}
+IN_SAMPLE_SERVICES = ("in_situ", "in_situ+network", "model")
+"""Variants whose parameters come from the very run they are compared with: diagnostics, not predictions."""
+FIDELITY_VALUE_COLUMNS = frozenset({
+    "service", "policy", "metric", "simulated_ms", "measured_ms", "measured_pooled_ms", "measured_lo_ms",
+    "measured_hi_ms", "half_width_pct", "n_measured", "measured_median_of_repeats_ms", "rel_error_pct", "limit_pct",
+    "verdict", "repeat_spread_pct", "repeat_min_ms", "repeat_max_ms", "repeats", "ks_stat", "ks_p"})
+"""fidelity.csv columns that are not the point's sweep coordinates (old and new layouts)."""
+
+
+def headline_service(services: Iterable[str]) -> str | None:
+    """The variant fidelity is judged on: 'predicted' (calibration + isolated profile only) when it was run,
+    else the in-sample 'model'; None when neither is there."""
+    present = set(services)
+    return next((s for s in ("predicted", "model") if s in present), None)
+
+
+def _metric_rows(samples: np.ndarray) -> np.ndarray:
+    """(b, n) latency samples -> (b, len(METRICS)), the same definitions as `latency_metrics`."""
+    qs = [q for q in METRICS.values() if q is not None]
+    out = np.empty((samples.shape[0], len(METRICS)))
+    nan = np.isnan(samples).any()
+    mean = np.nanmean(samples, axis=1) if nan else samples.mean(axis=1)
+    pct = (np.nanpercentile if nan else np.percentile)(samples, qs, axis=1)
+    k = 0
+    for j, q in enumerate(METRICS.values()):
+        if q is None:
+            out[:, j] = mean
+        else:
+            out[:, j] = pct[k]
+            k += 1
+    return out
+
+
+def bootstrap_metrics(repeats: Sequence[np.ndarray], rng: np.random.Generator,
+                      resamples: int = BOOTSTRAP_RESAMPLES, chunk_elements: int = 4_000_000) -> np.ndarray:
+    """(resamples, len(METRICS)): each row the pooled metrics of one two-level bootstrap sample — as many repeats
+    as there are, drawn with replacement, then within each drawn repeat as many queries as it has, drawn with
+    replacement. Vectorised over resamples in chunks of at most ~`chunk_elements` latencies."""
+    arrays = [np.asarray(r, float) for r in repeats if len(r)]
+    if not arrays:
+        return np.full((resamples, len(METRICS)), np.nan)
+    sizes = np.array([len(a) for a in arrays])
+    n_rep, n_max = len(arrays), int(sizes.max())
+    table = np.full((n_rep, n_max), np.nan)
+    for i, a in enumerate(arrays):
+        table[i, : len(a)] = a
+    equal = bool((sizes == n_max).all())
+    step = max(1, chunk_elements // (n_rep * n_max))
+    out = np.empty((resamples, len(METRICS)))
+    for start in range(0, resamples, step):
+        b = min(step, resamples - start)
+        chosen = rng.integers(n_rep, size=(b, n_rep))
+        if equal:
+            within = rng.integers(n_max, size=(b, n_rep, n_max))
+        else:  # draw n_j queries from a chosen repeat j of n_j; the padding slots stay NaN
+            n_chosen = sizes[chosen][..., None]
+            within = np.minimum((rng.random((b, n_rep, n_max)) * n_chosen).astype(np.int64), n_chosen - 1)
+        sample = table[chosen[..., None], within]
+        if not equal:
+            sample[np.arange(n_max) >= sizes[chosen][..., None]] = np.nan
+        out[start:start + b] = _metric_rows(sample.reshape(b, n_rep * n_max))
+    return out
+
+
+def pooled_intervals(repeats: Sequence[np.ndarray], rng: np.random.Generator,
+                     resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = 0.95) -> dict[str, dict[str, float]]:
+    """Per metric: the pooled value over all repeats' queries, its percentile-bootstrap interval (two-level, see
+    `bootstrap_metrics`), the half width in % of the pooled value, and the number of queries pooled."""
+    pooled_lat = np.concatenate([np.asarray(r, float) for r in repeats])
+    pooled = latency_metrics(pooled_lat)
+    boots = bootstrap_metrics(repeats, rng, resamples)
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    lo, hi = np.percentile(boots, [tail, 100.0 - tail], axis=0)
+    return {m: {"measured_pooled_ms": pooled[m], "measured_lo_ms": float(lo[j]), "measured_hi_ms": float(hi[j]),
+                "half_width_pct": 100.0 * float(hi[j] - lo[j]) / 2.0 / pooled[m], "n_measured": len(pooled_lat)}
+            for j, m in enumerate(METRICS)}
+
+
+def verdict(rel_error_pct: float, limit_pct: float, simulated_ms: float, lo_ms: float, hi_ms: float,
+            half_width_pct: float) -> str:
+    """'within the limit' if |error| <= limit; else 'inside the measured interval' if the simulated value lies in
+    the measured interval and that interval is tight enough (half width <= MAX_HALF_WIDTH_PCT); else 'off'."""
+    if abs(rel_error_pct) <= limit_pct:
+        return VERDICTS[0]
+    if lo_ms <= simulated_ms <= hi_ms and half_width_pct <= MAX_HALF_WIDTH_PCT:
+        return VERDICTS[1]
+    return VERDICTS[2]
+
+
 def fidelity_rows(point: int, coords: dict[str, Any], service: str, simulated: pd.DataFrame,
-                  measured: pd.DataFrame) -> list[dict[str, Any]]:
-    """One row per (policy, metric): simulated vs measured (median over repeats), spread, KS test."""
+                  measured: pd.DataFrame, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per (policy, metric): simulated vs measured, spread, KS test, verdict.
+
+    The measured reference is the metric of all repeats' non-warm-up queries pooled (`measured_pooled_ms`), with
+    a 95 % two-level bootstrap interval over repeats and queries; `rel_error_pct` is against that pooled value,
+    so the error and the interval describe the same statistic. The median of the repeats' own metrics is kept as
+    `measured_median_of_repeats_ms` (what older folders' `measured_ms` was). The bootstrap of a (point, policy)
+    is seeded from (seed, point, policy) only, so every variant is judged against the same interval."""
     from scipy.stats import ks_2samp
 
     rows = []
@@ -291,21 +401,119 @@ def fidelity_rows(point: int, coords: dict[str, Any], service: str, simulated: p
         if real.empty:
             continue
         sim_lat = sim.loc[~sim["warmup"], "latency_ms"].to_numpy()
-        per_repeat = [latency_metrics(g.loc[~g["warmup"], "latency_ms"].to_numpy())
-                      for _, g in real.groupby("repeat")]
+        repeats = [g.loc[~g["warmup"], "latency_ms"].to_numpy() for _, g in real.groupby("repeat")]
+        per_repeat = [latency_metrics(r) for r in repeats]
         pooled = real.loc[~real["warmup"], "latency_ms"].to_numpy()
+        rng = np.random.default_rng([seed, point, zlib.crc32(str(policy).encode())])
+        intervals = pooled_intervals(repeats, rng)
         ks = ks_2samp(sim_lat, pooled)
         sim_m = latency_metrics(sim_lat)
         for metric in METRICS:
             values = np.array([r[metric] for r in per_repeat])
             med = float(np.median(values))
+            iv = intervals[metric]
+            rel = 100.0 * (sim_m[metric] - iv["measured_pooled_ms"]) / iv["measured_pooled_ms"]
             rows.append({"point": point, **coords, "service": service, "policy": str(policy), "metric": metric,
-                         "simulated_ms": sim_m[metric], "measured_ms": med,
-                         "rel_error_pct": 100.0 * (sim_m[metric] - med) / med,
+                         "simulated_ms": sim_m[metric], **iv, "measured_median_of_repeats_ms": med,
+                         "rel_error_pct": rel, "limit_pct": LIMITS_PCT[metric],
+                         "verdict": verdict(rel, LIMITS_PCT[metric], sim_m[metric], iv["measured_lo_ms"],
+                                            iv["measured_hi_ms"], iv["half_width_pct"]),
                          "repeat_spread_pct": 100.0 * float(values.max() - values.min()) / med,
                          "repeat_min_ms": float(values.min()), "repeat_max_ms": float(values.max()),
                          "repeats": len(values), "ks_stat": float(ks.statistic), "ks_p": float(ks.pvalue)})
     return rows
+
+
+def ranking_rows(fidelity_table: pd.DataFrame, metric: str = "p99") -> list[dict[str, Any]]:
+    """Per (point, service): of the policy pairs whose measured intervals of `metric` do not overlap (the
+    testbed tells them apart), how many the simulator orders the same way; a tie in simulation disagrees.
+    Empty for a fidelity table without intervals (folders written before them)."""
+    if fidelity_table.empty or "measured_lo_ms" not in fidelity_table:
+        return []
+    coord_cols = [c for c in fidelity_table.columns if c != "point" and c not in FIDELITY_VALUE_COLUMNS]
+    rows = []
+    table = fidelity_table[fidelity_table["metric"] == metric]
+    for (point, service), g in table.groupby(["point", "service"], sort=True):
+        cells = g.drop_duplicates("policy").to_dict("records")
+        n_pairs, n_agree, disagree = 0, 0, []
+        for i, a in enumerate(cells):
+            for b in cells[i + 1:]:
+                if a["measured_hi_ms"] < b["measured_lo_ms"]:
+                    fast, slow = a, b
+                elif b["measured_hi_ms"] < a["measured_lo_ms"]:
+                    fast, slow = b, a
+                else:
+                    continue
+                n_pairs += 1
+                if fast["simulated_ms"] < slow["simulated_ms"]:
+                    n_agree += 1
+                else:
+                    disagree.append(f"{fast['policy']} < {slow['policy']} measured "
+                                    f"({fast['measured_pooled_ms']:.3g} vs {slow['measured_pooled_ms']:.3g} ms), "
+                                    f"simulated {fast['simulated_ms']:.3g} vs {slow['simulated_ms']:.3g} ms")
+        rows.append({"point": point, **{c: g[c].iloc[0] for c in coord_cols}, "service": service,
+                     "metric": metric, "n_pairs_distinguishable": n_pairs, "n_agree": n_agree,
+                     "disagreeing": "; ".join(disagree)})
+    return rows
+
+
+def ranking_frame(fidelity_table: pd.DataFrame, metric: str = "p99") -> pd.DataFrame:
+    """`ranking_rows` as the frame written to ranking.csv (with its header even when empty)."""
+    rows = ranking_rows(fidelity_table, metric)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["point", "service", "metric",
+                                                                "n_pairs_distinguishable", "n_agree",
+                                                                "disagreeing"])
+
+
+def fidelity_summary(fidelity_table: pd.DataFrame) -> dict[str, Any]:
+    """Per service: cells by verdict per metric (every verdict named, zeros included) and the worst |error|."""
+    out: dict[str, Any] = {}
+    if fidelity_table.empty or "verdict" not in fidelity_table:
+        return out
+    for service, g in fidelity_table.groupby("service", sort=False):
+        by_metric = {m: g[g["metric"] == m] for m in METRICS}
+        out[str(service)] = {
+            "verdicts": {m: {v: int((h["verdict"] == v).sum()) for v in VERDICTS} for m, h in by_metric.items()},
+            "worst_abs_rel_error_pct": {m: float(h["rel_error_pct"].abs().max()) if len(h) else None
+                                        for m, h in by_metric.items()}}
+    return out
+
+
+def ranking_summary(ranking: pd.DataFrame) -> dict[str, Any]:
+    """Per service: pairs ordered as measured / pairs the testbed tells apart, over all points."""
+    return {str(service): {"metric": str(g["metric"].iloc[0]), "agree": int(g["n_agree"].sum()),
+                           "distinguishable": int(g["n_pairs_distinguishable"].sum())}
+            for service, g in ranking.groupby("service", sort=False)}
+
+
+def fidelity_table_text(fidelity_table: pd.DataFrame, ranking: pd.DataFrame) -> str:
+    """The CLI's table: relative error per metric with its verdict mark, the headline variant first, then the
+    ranking agreement per variant."""
+    services = list(dict.fromkeys(fidelity_table["service"]))
+    head = headline_service(services)
+    order = ([head] if head else []) + [s for s in services if s != head]
+    table = fidelity_table.copy()
+    table["rank"] = table["service"].map({s: k for k, s in enumerate(order)})
+    table = table.sort_values("rank", kind="stable")
+    marks = table.get("verdict", pd.Series("", index=table.index)).map(VERDICT_MARKS).fillna("")
+    table["cell"] = [f"{e:+.1f} {m}".rstrip() for e, m in zip(table["rel_error_pct"], marks, strict=True)]
+    wide = table.pivot_table(index=["service", "point", "policy"], columns="metric", values="cell",
+                             aggfunc="first", sort=False)
+    wide = wide[[m for m in METRICS if m in wide.columns]]
+    lines = [f"relative error of the simulator, % (simulated − measured pooled) / measured pooled; headline "
+             f"variant: {head or 'none'}",
+             "✓ within the limit (" + ", ".join(f"{m} {v:g} %" for m, v in LIMITS_PCT.items())
+             + f"), ~ inside the measured 95 % interval (half width ≤ {MAX_HALF_WIDTH_PCT:g} %), ✗ off; "
+             + ", ".join(IN_SAMPLE_SERVICES) + " are in-sample diagnostics",
+             wide.to_string()]
+    summary = ranking_summary(ranking) if len(ranking) else {}
+    if summary:
+        parts = [f"{s}{' (headline)' if s == head else ''} {v['agree']}/{v['distinguishable']}"
+                 for s, v in sorted(summary.items(), key=lambda kv: kv[0] != head)]
+        metric = next(iter(summary.values()))["metric"]
+        lines.append(f"\nranking at {metric}: policy pairs ordered as measured / pairs the testbed tells apart — "
+                     + ", ".join(parts))
+    return "\n".join(lines)
 
 
 def _overheads(tasks: pd.DataFrame, records: pd.DataFrame) -> dict[str, float]:
@@ -454,17 +662,17 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                     sim_records.insert(0, "service", service)
                     sim_records.insert(0, "point", index)
                     simulated_frames.append(sim_records)
-                    fidelity += fidelity_rows(index, coords, service, sim_records, records)
+                    fidelity += fidelity_rows(index, coords, service, sim_records, records, seed=scenario.seed)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     measured_all = pd.concat(measured, ignore_index=True)
     tasks_all = pd.concat(task_frames, ignore_index=True)
     simulated_all = pd.concat(simulated_frames, ignore_index=True)
     fidelity_table = pd.DataFrame(fidelity)
+    ranking_table = ranking_frame(fidelity_table)
     summary = _testbed_summary(scenario, facts, measured_all, simulated_all, tasks_all, fidelity_table, overheads,
-                               time.perf_counter() - started)
+                               time.perf_counter() - started, ranking_table)
     summary["latency_model"] = served_model.describe(calibration, calibration_path, latency_model_name(scenario))
-    summary["headline_service"] = "predicted" if calibration is not None else "model"
     def write(tmp: Path) -> None:
         import tomli_w
 
@@ -475,6 +683,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
         simulated_all.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / "simulated.parquet",
                                                                                 index=False)
         fidelity_table.to_csv(tmp / "fidelity.csv", index=False, float_format="%.6g")
+        ranking_table.to_csv(tmp / "ranking.csv", index=False, float_format="%.6g")
         _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
         if calibration is not None:
             (tmp / "calibration.json").write_text(calibration.model_dump_json(indent=2))
@@ -486,7 +695,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
 
 def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataFrame, simulated: pd.DataFrame,
                      tasks: pd.DataFrame, fidelity: pd.DataFrame, overheads: dict[str, Any],
-                     seconds: float) -> dict[str, Any]:
+                     seconds: float, ranking: pd.DataFrame | None = None) -> dict[str, Any]:
     names = [name for name, _ in served_networks(facts)]
     live = measured[~measured["warmup"]]
     accuracy = {}
@@ -515,7 +724,10 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
             "device": facts.device, "repeats": scenario.testbed.repeats, "straggle": scenario.testbed.straggle,
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
             "service_ms": service, "overheads": overheads, "accuracy": accuracy, "simulated_accuracy": sim_accuracy,
-            "worst_abs_rel_error_pct": worst, "seconds": seconds}
+            "worst_abs_rel_error_pct": worst, "headline_service": headline_service(fidelity.get("service", [])),
+            "fidelity_summary": fidelity_summary(fidelity),
+            "ranking": ranking_summary(ranking) if ranking is not None and len(ranking) else {},
+            "limits_pct": LIMITS_PCT, "max_half_width_pct": MAX_HALF_WIDTH_PCT, "seconds": seconds}
 
 
 def _seed(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
@@ -569,8 +781,6 @@ def testbed_command(ctx: click.Context, scenario: str, out_root: Path, seed: int
         click.echo("\ninterrupted: servers stopped, nothing written (a testbed run is not resumable)", err=True)
         ctx.exit(130)
     table = pd.read_csv(folder / "fidelity.csv")
-    wide = table.pivot_table(index=["point", "service", "policy"], columns="metric", values="rel_error_pct",
-                             sort=False)[list(METRICS)]
-    click.echo("relative error of the simulator, % (simulated − measured) / measured:")
-    click.echo(wide.round(1).to_string())
+    ranking = pd.read_csv(folder / "ranking.csv") if (folder / "ranking.csv").is_file() else pd.DataFrame()
+    click.echo(fidelity_table_text(table, ranking))
     click.echo(f"\nresults: {folder}")

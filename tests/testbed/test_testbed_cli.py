@@ -44,12 +44,20 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
     fidelity = pd.read_csv(folder / "fidelity.csv")
     assert set(fidelity["metric"]) == {"mean", "p50", "p95", "p99", "p999"}
     assert set(fidelity["service"]) == {"isolated", "in_situ", "in_situ+network", "model"}
-    # the measured column is the median over repeats of each repeat's own statistic (independent recomputation)
+    # the median over repeats of each repeat's own statistic, and the pooled statistic the error is against
+    # (independent recomputation)
     row = fidelity[(fidelity["policy"] == "uncoded") & (fidelity["metric"] == "p99")
                    & (fidelity["service"] == "isolated")].iloc[0]
     real = measured[(measured["policy"] == "uncoded") & ~measured["warmup"]]
     per_repeat = [np.percentile(g["latency_ms"], 99) for _, g in real.groupby("repeat")]
-    assert row["measured_ms"] == pytest.approx(np.median(per_repeat), rel=1e-5)  # csv keeps 6 digits
+    assert row["measured_median_of_repeats_ms"] == pytest.approx(np.median(per_repeat), rel=1e-5)  # csv: 6 digits
+    pooled = np.percentile(real["latency_ms"], 99)
+    assert row["measured_pooled_ms"] == pytest.approx(pooled, rel=1e-5) and row["n_measured"] == len(real)
+    assert row["measured_lo_ms"] <= row["measured_pooled_ms"] <= row["measured_hi_ms"]
+    assert row["rel_error_pct"] == pytest.approx(100 * (row["simulated_ms"] / pooled - 1), rel=1e-4, abs=1e-3)
+    ranking = pd.read_csv(folder / "ranking.csv")
+    assert set(ranking["service"]) == set(fidelity["service"]) and (ranking["n_agree"]
+                                                                    <= ranking["n_pairs_distinguishable"]).all()
     simulated = pd.read_parquet(folder / "simulated.parquet")
     sim = simulated[(simulated["policy"] == "uncoded") & (simulated["service"] == "isolated")
                     & ~simulated["warmup"]]
@@ -59,6 +67,7 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
     np.testing.assert_allclose(first["arrival_ms"].to_numpy(), sim_all(simulated)["arrival_ms"].to_numpy())
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["kind"] == "testbed" and summary["repeats"] == 2
+    assert summary["headline_service"] == "model" and set(summary["ranking"]) == set(fidelity["service"])
     assert (folder / "report.html").read_text().count("<img") == 1
 
 
