@@ -422,7 +422,7 @@ class FastEngine:
         self.free_slots = slots  # time slicing: CPU slots nobody holds
         self.slot_speed = self.cores / slots if slots else 1.0  # a fractional core count is spread evenly
         self.runq: deque[_Server] = deque()  # time slicing: runnable servers waiting for a slot, FIFO
-        self.running: list[_Server] = []  # busy servers, while sharing
+        self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
         if self.net and self.batching:
             raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
         self.uncoded = plan.kind == "uncoded" and not self.batching and not self.net
