@@ -183,6 +183,15 @@ class Service(_Model):
     `cancel_in_service` says what a cancel does to a task being served: ``preempt`` frees the server at once;
     ``finish_pass`` lets the task's forward pass (its time without the straggle factor) run to its end and cuts
     only the straggle — what a real server does, since a forward pass cannot be interrupted (the testbed).
+
+    `cores` = C lets the servers share C cores. By default they share them as a fluid (processor sharing: k > C
+    busy servers each run at C / k). `quantum_ms` = q replaces the fluid by what an OS scheduler does: ceil(C)
+    CPU slots, each at speed C / ceil(C) (a fractional C is spread evenly over them), and a FIFO run queue. A
+    server with work to do takes a free slot or waits at the tail of the queue; it keeps its slot for q ms of
+    wall time, then yields it to the head of the queue and rejoins the tail (with nobody waiting it just goes
+    on). A server that ends its work, stalls (``stragglers.hold = "stall"``), fails or has its task cancelled
+    frees its slot for the head at once. A task's work is its service time at speed 1; the server's busy time
+    is the wall time the task held it, waits in the run queue included.
     """
 
     expert: ServiceDist = Field(default_factory=lambda: Exponential(mean_ms=1.0))
@@ -201,6 +210,17 @@ class Service(_Model):
         default=None, gt=0,
         description="the servers share this many cores (or one device): with k > cores busy servers each runs "
                     "at cores / k of its speed (processor sharing); None = every server has its own core")
+    quantum_ms: float | None = Field(
+        default=None, gt=0,
+        description="with cores: time slicing instead of processor sharing — ceil(cores) CPU slots at speed "
+                    "cores / ceil(cores) each, handed round robin to the runnable servers for up to this much "
+                    "wall time at a time; None = processor sharing")
+
+    @model_validator(mode="after")
+    def _check(self) -> Service:
+        if self.quantum_ms is not None and self.cores is None:
+            raise ValueError("quantum_ms (time slicing of shared cores) needs cores")
+        return self
 
     def expert_dist(self, i: int) -> Any:
         return self.experts[i] if self.experts is not None else self.expert

@@ -8,6 +8,7 @@ pending completion (identity check on the event) and pull the next task at once.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -144,6 +145,9 @@ class _Server:
         "mark",
         "total",
         "extra",
+        "rr",
+        "q0",
+        "qev",
     )
 
     def __init__(
@@ -166,6 +170,9 @@ class _Server:
         self.pass_draw: list[float] | None = None  # the same without the straggle factor (finish_pass)
         self.work = self.mark = self.total = 0.0  # shared cores: work left at time `mark`, the task's full work
         self.extra = 0.0  # shared cores, stalling stragglers: the stall that follows the pass
+        self.rr = 0  # time slicing: 0 not runnable (idle or stalled), 1 holds a CPU slot, 2 in the run queue
+        self.q0 = 0.0  # time slicing: start of the current quantum (while holding a slot)
+        self.qev: _Due | None = None  # time slicing: pending end of the current quantum, if one is armed
 
     def start(self, task: _Task) -> None:
         env = self.env
@@ -270,6 +277,10 @@ class _Server:
         self.eng.busy_down(self)
         ev = self.ev = _Due(self.finish)
         heappush(self.heap, (self.env._now + self.extra, NORMAL, next(self.eid), ev))
+
+    def _slice_end(self, ev: _Due) -> None:
+        if ev is self.qev:
+            self.eng.slice_over(self)
 
     def _pass_done(self, ev: _Due) -> None:
         if ev is not self.ev:
@@ -403,7 +414,15 @@ class FastEngine:
         self.finish_pass = plan.finish_pass
         self.stall = plan.stall
         self.rate = 1.0  # speed of every busy server while sharing
-        self.running: list[_Server] = []  # busy servers, while sharing
+        self.quantum = plan.quantum  # time slicing: round robin in quanta instead of processor sharing
+        self.slicing = self.sharing and plan.quantum is not None
+        if plan.quantum is not None and not self.sharing:
+            raise ValueError("time slicing (service.quantum_ms) needs shared cores (service.cores)")
+        slots = math.ceil(self.cores) if self.slicing else 0
+        self.free_slots = slots  # time slicing: CPU slots nobody holds
+        self.slot_speed = self.cores / slots if slots else 1.0  # a fractional core count is spread evenly
+        self.runq: deque[_Server] = deque()  # time slicing: runnable servers waiting for a slot, FIFO
+        self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
         if self.net and self.batching:
             raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
         self.uncoded = plan.kind == "uncoded" and not self.batching and not self.net
@@ -503,6 +522,10 @@ class FastEngine:
             heappush(heap, (now + max(srv.work, 0.0) / new, NORMAL, next(eid), ev))
 
     def busy_up(self, srv: _Server, work: float, ev: _Due) -> None:
+        if self.slicing:
+            srv.work = srv.total = work
+            self._runnable(srv)
+            return
         now = self.env._now
         old = self.rate
         self.running.append(srv)
@@ -514,6 +537,9 @@ class FastEngine:
         heappush(self.env._queue, (now + work / new, NORMAL, next(self.env._eid), ev))
 
     def busy_down(self, srv: _Server) -> None:
+        if self.slicing:
+            self._not_runnable(srv)
+            return
         if srv not in self.running:
             return  # a stalling server already left the cores
         old = self.rate
@@ -525,6 +551,9 @@ class FastEngine:
     def finish_pass_shared(self, srv: _Server, pass_ms: float) -> None:
         """finish_pass under shared cores: the server keeps working until the pass's share of work is done."""
         now = self.env._now
+        if self.slicing:
+            self._finish_pass_sliced(srv, pass_ms)
+            return
         stalling = srv not in self.running
         done = pass_ms if stalling else srv.total - (srv.work - (now - srv.mark) * self.rate)
         if done >= pass_ms:
@@ -537,6 +566,94 @@ class FastEngine:
         srv.mark = now
         ev = srv.ev = _Due(srv._pass_done)
         heappush(self.env._queue, (now + srv.work / self.rate, NORMAL, next(self.env._eid), ev))
+
+    # ------------------------------------------------------------------------------ time slicing
+    # Invariants: a server holding a slot (rr == 1) has its completion event `ev` in the heap, due when its
+    # `work` (left at `mark`) is done at slot speed; a server in the run queue (rr == 2) holds an `ev` that is
+    # not in the heap yet. A quantum's end is an event only while someone waits: it is armed when a server
+    # takes a slot with the run queue non-empty, or for every slot holder when the queue stops being empty
+    # (at the holder's next quantum boundary q0 + k * quantum).
+    def _runnable(self, srv: _Server) -> None:
+        if self.free_slots:
+            self._take_slot(srv)
+            return
+        srv.rr = 2
+        self.runq.append(srv)
+        if len(self.runq) == 1:
+            now, q = self.env._now, self.quantum
+            for other in self.running:
+                if other.qev is None:
+                    at = other.q0 + (math.floor((now - other.q0) / q) + 1) * q  # type: ignore[operator]
+                    self._arm(other, at if at > now else now)
+
+    def _take_slot(self, srv: _Server) -> None:
+        now = self.env._now
+        self.free_slots -= 1
+        self.running.append(srv)
+        srv.rr = 1
+        srv.mark = srv.q0 = now
+        heappush(self.env._queue, (now + srv.work / self.slot_speed, NORMAL, next(self.env._eid), srv.ev))
+        if self.runq:
+            self._arm(srv, now + self.quantum)  # type: ignore[operator]
+        else:
+            srv.qev = None
+
+    def _arm(self, srv: _Server, at: float) -> None:
+        ev = srv.qev = _Due(srv._slice_end)
+        heappush(self.env._queue, (at, NORMAL, next(self.env._eid), ev))
+
+    def _give_slot(self) -> None:
+        """A slot was freed: the head of the run queue takes it at once."""
+        self.free_slots += 1
+        if self.runq:
+            self._take_slot(self.runq.popleft())
+
+    def _not_runnable(self, srv: _Server) -> None:
+        if srv.rr == 1:
+            srv.rr = 0
+            srv.qev = None
+            self.running.remove(srv)
+            self._give_slot()
+        elif srv.rr == 2:
+            srv.rr = 0
+            self.runq.remove(srv)
+
+    def slice_over(self, srv: _Server) -> None:
+        """`srv` used up its quantum: it yields the slot to the head of the run queue, or goes on if none waits."""
+        now = self.env._now
+        srv.qev = None
+        left = srv.work - (now - srv.mark) * self.slot_speed
+        if left <= 1e-12:
+            return  # its work ends at this very moment: the completion, due now, frees the slot
+        if not self.runq:  # nobody waits: it goes on for another quantum (armed again once someone waits)
+            srv.q0 = now
+            return
+        srv.work = left
+        srv.ev = _Due(srv.ev.callbacks[0])  # type: ignore[union-attr]  # the pending completion goes stale
+        srv.rr = 2
+        self.running.remove(srv)
+        self.runq.append(srv)
+        self._give_slot()
+
+    def _finish_pass_sliced(self, srv: _Server, pass_ms: float) -> None:
+        now = self.env._now
+        if srv.rr == 0:  # stalling: its pass is over
+            done = pass_ms
+        elif srv.rr == 1:
+            done = srv.total - (srv.work - (now - srv.mark) * self.slot_speed)
+        else:
+            done = srv.total - srv.work
+        if done >= pass_ms:
+            self.cancelled[srv.idx] += srv._stop()
+            if srv.up:
+                srv.pull()
+            return
+        self.finishing += 1
+        srv.work = srv.total = pass_ms - done
+        srv.ev = _Due(srv._pass_done)
+        if srv.rr == 1:  # goes on in its slot, its quantum unchanged, with only the rest of the pass to do
+            srv.mark = now
+            heappush(self.env._queue, (now + srv.work / self.slot_speed, NORMAL, next(self.env._eid), srv.ev))
 
     # ------------------------------------------------------------------------------ network delays
     def _later(self, delay: float, callback: Callable[[Any], None]) -> None:

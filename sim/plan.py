@@ -44,6 +44,7 @@ class Plan:
     out_ms: np.ndarray | None = None  # (n, S) dispatcher → server delay per (query, server)
     back_ms: np.ndarray | None = None  # (n, S) server → dispatcher delay
     cores: float | None = None  # servers share this many cores (processor sharing); None = one each
+    quantum: float | None = None  # with cores: round robin in quanta of this many ms instead of sharing
     finish_pass: bool = False  # a cancel lets the task's pass (pass_ms) end
     stall: bool = False  # with cores: a straggle's extra time (beyond pass_ms) holds the server off the cores
 
@@ -118,6 +119,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         out_ms=_delays(net.out, draws.net_out_u, base.shape),
         back_ms=_delays(net.back, draws.net_back_u, base.shape),
         cores=cfg.service.cores,
+        quantum=cfg.service.quantum_ms,
         finish_pass=finish_pass,
         stall=stall,
     )

@@ -61,9 +61,9 @@ class ReferenceEngine:
     def __init__(self, plan: Plan, draws: Draws) -> None:
         if plan.failures is not None:
             raise NotImplementedError("the reference engine does not model server failures")
-        if any(x is not None for x in (plan.out_ms, plan.back_ms, plan.pass_ms, plan.cores)):
-            raise NotImplementedError(
-                "the reference engine does not model network delays, finish_pass cancels or shared cores")
+        if any(x is not None for x in (plan.out_ms, plan.back_ms, plan.pass_ms, plan.cores, plan.quantum)):
+            raise NotImplementedError("the reference engine does not model network delays, finish_pass cancels, "
+                                      "shared cores or time slicing")
         self.plan, self.draws = plan, draws
         self.env = simpy.Environment()
         self.N = plan.n_experts
