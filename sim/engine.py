@@ -420,7 +420,9 @@ class FastEngine:
             raise ValueError("time slicing (service.quantum_ms) needs shared cores (service.cores)")
         slots = math.ceil(self.cores) if self.slicing else 0
         self.free_slots = slots  # time slicing: CPU slots nobody holds
-        self.slot_speed = self.cores / slots if slots else 1.0  # a fractional core count is spread evenly
+        # k slot holders each run at min(1, C / k): a fractional core count (the cores a dispatcher leaves) slows
+        # the holders only when they are more than C, as processor sharing does
+        self.slot_speed = 1.0
         self.runq: deque[_Server] = deque()  # time slicing: runnable servers waiting for a slot, FIFO
         self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
         if self.net and self.batching:
@@ -586,12 +588,30 @@ class FastEngine:
                     at = other.q0 + (math.floor((now - other.q0) / q) + 1) * q  # type: ignore[operator]
                     self._arm(other, at if at > now else now)
 
+    def _reslot(self, now: float, skip: _Server | None) -> None:
+        """The number of slot holders changed: each now runs at min(1, C / holders); the others' pending
+        completions move accordingly (`skip` has just taken its slot and schedules its own)."""
+        new = self._speed(len(self.running))
+        old = self.slot_speed
+        if new == old:
+            return
+        self.slot_speed = new
+        heap, eid = self.env._queue, self.env._eid
+        for srv in self.running:
+            if srv is skip:
+                continue
+            srv.work -= (now - srv.mark) * old
+            srv.mark = now
+            ev = srv.ev = _Due(srv.ev.callbacks[0])  # type: ignore[union-attr]  # the old completion goes stale
+            heappush(heap, (now + max(srv.work, 0.0) / new, NORMAL, next(eid), ev))
+
     def _take_slot(self, srv: _Server) -> None:
         now = self.env._now
         self.free_slots -= 1
         self.running.append(srv)
         srv.rr = 1
         srv.mark = srv.q0 = now
+        self._reslot(now, srv)
         heappush(self.env._queue, (now + srv.work / self.slot_speed, NORMAL, next(self.env._eid), srv.ev))
         if self.runq:
             self._arm(srv, now + self.quantum)  # type: ignore[operator]
@@ -607,6 +627,8 @@ class FastEngine:
         self.free_slots += 1
         if self.runq:
             self._take_slot(self.runq.popleft())
+        else:
+            self._reslot(self.env._now, None)
 
     def _not_runnable(self, srv: _Server) -> None:
         if srv.rr == 1:

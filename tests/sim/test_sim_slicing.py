@@ -127,21 +127,25 @@ def test_three_servers_on_two_cores_hand_trace():
 
 
 def test_fractional_cores_hand_trace():
-    # C = 1.5: two slots at speed 0.75 each (even a lone server runs at 0.75), quantum 1 ms. Works: A (server 0,
-    # t = 0) 1.8, B1 (server 1, 0.4) 0.6, C (server 2, 0.6) 1.14, B2 (server 1, 0.8) 0.3 — queued behind B1.
-    #   0.0  A takes slot 1 (alone it would end at 2.4)      0.4  B1 takes slot 2, ends at 0.4 + 0.6/0.75 = 1.2
+    # C = 1.5: two slots, k holders each at min(1, 1.5 / k) (a lone server at full speed, two at 0.75), quantum
+    # 1 ms. Works: A (server 0, t = 0) 1.8, B1 (server 1, 0.4) 0.6, C (server 2, 0.6) 1.14, B2 (server 1, 0.8)
+    # 0.3 — queued behind B1.
+    #   0.0  A alone at speed 1          0.4  A has 1.4 left; B1 takes slot 2: both at 0.75, B1 ends at 1.2
     #   0.6  C waits: queue [C]; quantum ends armed: A at 1.0, B1 at 1.4
-    #   1.0  A's quantum ends (0.75 done, 1.05 left): queue [A]; C takes the slot (quantum to 2.0)
-    #   1.2  B1 done: A takes the slot (q0 = 1.2, ends at 2.6); server 1 starts B2, which waits: queue [B2]
+    #   1.0  A's quantum ends (0.4 + 0.45 done, 0.95 left): queue [A]; C takes the slot (quantum to 2.0)
+    #   1.2  B1 done: A takes the slot (q0 = 1.2); server 1 starts B2, which waits: queue [B2]
     #   2.0  C's quantum ends (0.75 done, 0.39 left): queue [C]; B2 takes the slot, ends at 2.4
-    #   2.2  A's quantum (from 1.2) ends (0.3 left): queue [A]; C takes the slot, ends at 2.2 + 0.52 = 2.72
-    #   2.4  B2 done; A takes the slot, ends at 2.8          2.72  C done          2.8  A done
+    #   2.2  A's quantum (from 1.2) ends (0.2 left): queue [A]; C takes the slot (0.39 left)
+    #   2.4  B2 done; A takes the slot, ends at 2.4 + 0.2 / 0.75 = 2.6667
+    #   2.6667  A done: C alone at speed 1 with 0.39 - 0.4667 * 0.75 = 0.04 left, done at 2.70667
     models, works = [0, 1, 2, 1], [1.8, 0.6, 1.14, 0.3]
     table = {"n_experts": 3, "r": 0, "policies": ["uncoded"],
              "service": {"expert": {"kind": "deterministic", "value_ms": 1.0}, "cores": 1.5, "quantum_ms": 1.0}}
     out = _trace(table, [0.0, 0.4, 0.6, 0.8], models, _own_server_work(models, works, 3))
-    np.testing.assert_allclose(out.finish_ms, [2.8, 1.2, 2.72, 2.4], atol=1e-9)
-    np.testing.assert_allclose(out.busy_ms, [2.8, 0.8 + 1.2, 2.72 - 0.6], atol=1e-9)
+    a_done = 2.4 + 0.2 / 0.75
+    c_done = a_done + 0.39 - (a_done - 2.2) * 0.75
+    np.testing.assert_allclose(out.finish_ms, [a_done, 1.2, c_done, 2.4], atol=1e-9)
+    np.testing.assert_allclose(out.busy_ms, [a_done, 0.8 + 1.2, c_done - 0.6], atol=1e-9)
 
 
 @pytest.mark.parametrize("hold, finish", [("stall", [3.8, 2.0]), ("compute", [4.0, 2.2])])
