@@ -232,7 +232,9 @@ def load_calibration(path: Path | str, expect_machine: dict[str, Any] | None = N
         raise CalibrationError(f"calibration file {path} holds a non-finite number ({error}); "
                                "run coinsim calibrate --force") from None
     except ValueError as error:
-        what = "truncated" if text.strip() and not text.rstrip().endswith("}") else "corrupt"
+        cut = isinstance(error, json.JSONDecodeError) and text.strip() != "" and (
+            error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string"))
+        what = "truncated" if cut else "corrupt"
         raise CalibrationError(f"calibration file {path} is {what} (not valid JSON: {error}); "
                                "run coinsim calibrate --force") from None
     if not isinstance(data, dict):
