@@ -121,6 +121,7 @@ class Dispatcher(_Strict):
     base_cores: float = Field(description="cores the frontend uses while serving, independent of the task rate")
     cpu_ms_per_task: float
     runs: list[DispatcherRun] = Field(min_length=2)
+    frontend_priority: str = Field(description="scheduling the frontend obtained: realtime, nice-10 or normal")
 
 
 class LoadAverage(_Strict):

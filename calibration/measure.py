@@ -6,11 +6,12 @@ of them, and `testbed.serve` replays purpose-made arrival streams over ZeroMQ (e
 chosen network). Steps, each a second or two:
 
 1. isolated profile of every size in this process (`models.profile.profile_interleaved`, one thread);
-2. per size, one server kept busy (tasks in bursts faster than it serves): its cycle per task from its own
-   stamps (`analysis.cycles_ms`), then cycle = overhead + slope × pass fitted over the sizes;
+2. per size, twice (sizes in order, then reversed), one server kept busy (tasks in bursts faster than it
+   serves): its cycle per task from its own stamps (`analysis.cycles_ms`), then cycle = overhead + slope × pass
+   fitted over the sizes;
 3. one idle server, tasks one at a time: one-way out / back delays on the host's shared monotonic clock;
-4. k = 0..3 other saturated servers of the mid-size network beside a probe server: the probe's pass times, over
-   the window in which all of them were busy;
+4. twice (k up, then down), k = 0..3 other saturated servers of the mid-size network beside a probe server: the
+   probe's pass times, over the window in which all of them were busy;
 5. CPU count + 1 busy-spinning processes (`calibration.spin`): descheduled gaps and the runs between them;
 6. two runs at a low and a high task rate: the frontend's CPU seconds split into a base share and a cost per task.
 
@@ -37,6 +38,7 @@ from tqdm import tqdm
 from calibration.analysis import cycles_ms, line_fit, quantiles, slice_lengths
 from calibration.file import (
     Calibration,
+    CalibrationError,
     Delay,
     Delays,
     Dispatcher,
@@ -143,7 +145,7 @@ def measure_delays(sockets: list[Any], net: int, n: int = 150, every_ms: float =
     def delay(values: np.ndarray) -> Delay:
         values = values[np.isfinite(values) & (values > 0)]
         if len(values) < max(5, n // 2):
-            raise RuntimeError(f"only {len(values)} of {n} one-way delays could be timed")
+            raise CalibrationError(f"only {len(values)} of {n} one-way delays could be timed")
         return Delay(median_ms=float(np.median(values)), p99_ms=float(np.quantile(values, 0.99)),
                      mean_ms=float(values.mean()), samples_ms=quantiles(values, 200).round(5).tolist())
 
@@ -188,7 +190,7 @@ def measure_slicing(spinners: int, seconds: float = 2.0) -> dict[str, Any]:
                 proc.wait()
     run, gap = np.concatenate(runs), np.concatenate(gaps)
     if len(run) < 5:
-        raise RuntimeError(f"{spinners} spinning processes were descheduled only {len(gap)} times in {seconds:g} s")
+        raise CalibrationError(f"{spinners} spinning processes were descheduled only {len(gap)} times in {seconds:g} s")
     return {"spinners": spinners, "spin_s": seconds, "threshold_ms": SPIN_THRESHOLD_S * 1000, "n_runs": len(run),
             "run_median_ms": float(np.median(run)), "run_mean_ms": float(run.mean()),
             "run_p90_ms": float(np.quantile(run, 0.9)), "gap_median_ms": float(np.median(gap)),
@@ -200,17 +202,19 @@ def measure_dispatcher(sockets: list[Any], net: int, rates: tuple[float, float] 
     """The frontend's CPU time in two runs (Poisson arrivals at each rate over two servers), solved for
     cpu_s = base_cores × served_s + cpu_ms_per_task / 1000 × tasks."""
     rng = np.random.default_rng(seed)
-    runs = []
+    runs, priority = [], "unknown"
     for rate in rates:
         n = max(20, int(rate * seconds))
         arrival = np.cumsum(rng.exponential(1000.0 / rate, n))
         tasks, facts = run_stream(sockets[:2], net, arrival, rng.integers(0, 2, n))
         runs.append(DispatcherRun(rate_per_s=rate, n_tasks=len(tasks), served_s=facts["served_s"],
                                   cpu_s=facts["frontend_cpu_s"]))
+        priority = str(facts.get("frontend_priority", "unknown"))
     design = np.array([[r.served_s, r.n_tasks / 1000.0] for r in runs])
     cpu = np.array([r.cpu_s for r in runs])
     (base, per_task), *_ = np.linalg.lstsq(design, cpu, rcond=None)
-    return Dispatcher(base_cores=float(base), cpu_ms_per_task=float(per_task), runs=runs)
+    return Dispatcher(base_cores=float(base), cpu_ms_per_task=float(per_task), runs=runs,
+                      frontend_priority=priority)
 
 
 def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
@@ -223,7 +227,7 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
     began, load_start = time.perf_counter(), _load()
     dev = pick_device(device)
     cpus = os.cpu_count() or 1
-    steps = 1 + 1 + len(SIZES) + 1 + len(OTHERS) + 1 + 1
+    steps = 1 + 1 + 2 * len(SIZES) + 1 + 2 * len(OTHERS) + 1 + 1
     bar = tqdm(total=steps, desc="calibrate", unit="step", file=sys.stderr, disable=not progress)
 
     def step(label: str) -> None:
@@ -242,16 +246,19 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
             servers = [ServerSpec(tuple(folders))] * (max(OTHERS) + 1)
             with LocalCluster(servers, inputs, device=str(dev), threads=1) as cluster:
                 bar.update(1)
-                points = []
-                for name in names:
+                got: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in names}
+                for name in names + names[::-1]:  # two rounds, the second reversed: drift lands on all sizes
                     step(f"cycle {name}")
                     median = float(np.median(iso[name]))
-                    n = int(np.clip(1200.0 / (2 * median + 0.3), 60, 400))
-                    cyc, comp = measure_cycles(cluster.sockets, index[name], median, n)
-                    if len(cyc) < 10:
-                        raise RuntimeError(f"{name}: the server was never kept busy ({len(cyc)} cycles)")
-                    points.append((name, iso[name], cyc, comp))
+                    n = int(np.clip(600.0 / (2 * median + 0.3), 40, 200))
+                    got[name].append(measure_cycles(cluster.sockets, index[name], median, n))
                     bar.update(1)
+                points = []
+                for name in names:
+                    cyc, comp = (np.concatenate(parts) for parts in zip(*got[name], strict=True))
+                    if len(cyc) < 10:
+                        raise CalibrationError(f"{name}: the server was never kept busy ({len(cyc)} cycles)")
+                    points.append((name, iso[name], cyc, comp))
                 fit_x = np.array([p[1].mean() for p in points])
                 fit_y = np.array([p[2].mean() for p in points])
                 overhead, slope, residuals = line_fit(fit_x, fit_y)
@@ -269,18 +276,22 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
 
                 rows: list[StretchRow] = []
                 mid = float(np.median(iso[MID]))
-                for k in OTHERS:
+                passes: dict[int, list[np.ndarray]] = {k: [] for k in OTHERS}
+                for k in OTHERS + OTHERS[::-1]:  # two rounds, the second reversed
                     step(f"{k} other server(s)")
-                    ms = measure_stretch(cluster.sockets, index[MID], k, mid, n=int(np.clip(500 / mid, 80, 250)))
+                    n = int(np.clip(250 / mid, 40, 125))
+                    passes[k].append(measure_stretch(cluster.sockets, index[MID], k, mid, n=n))
+                    bar.update(1)
+                for k in OTHERS:
+                    ms = np.concatenate(passes[k])
                     if len(ms) < 10:
-                        raise RuntimeError(f"time slicing with {k} other server(s): only {len(ms)} passes timed")
+                        raise CalibrationError(f"time slicing with {k} other server(s): only {len(ms)} passes timed")
                     med, p99 = float(np.median(ms)), float(np.quantile(ms, 0.99))
                     base = rows[0] if rows else None
                     rows.append(StretchRow(others=k, n=len(ms), median_ms=med, p90_ms=float(np.quantile(ms, 0.9)),
                                            p99_ms=p99, mean_ms=float(ms.mean()),
                                            stretch_median=med / base.median_ms if base else 1.0,
                                            stretch_p99=p99 / base.p99_ms if base else 1.0))
-                    bar.update(1)
 
                 step(f"{cpus + 1} spinning processes")
                 spin = measure_slicing(cpus + 1)

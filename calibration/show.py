@@ -51,6 +51,7 @@ def describe(cal: Calibration, path: Path | str | None = None) -> str:
              f"mean {sl.gap_mean_ms:.3f} ms",
              "",
              f"dispatcher: {disp.base_cores:.3f} cores + {disp.cpu_ms_per_task:.3f} ms CPU per task "
-             f"(from runs at {' and '.join(f'{r.rate_per_s:g}' for r in disp.runs)} tasks/s); cores left to the "
+             f"(frontend at {disp.frontend_priority} priority; runs at "
+             f"{' and '.join(f'{r.rate_per_s:g}' for r in disp.runs)} tasks/s); cores left to the "
              "servers: " + ", ".join(f"{cal.server_cores(rate):.2f} at {rate:g}/s" for rate in (100, 1000))]
     return "\n".join(lines)

@@ -48,7 +48,8 @@ def sample(machine: dict | None = None) -> Calibration:
                     "quantum_ms": 4.0},
         "dispatcher": {"base_cores": 0.05, "cpu_ms_per_task": 0.2,
                        "runs": [{"rate_per_s": 100, "n_tasks": 100, "served_s": 1.0, "cpu_s": 0.07},
-                                {"rate_per_s": 1000, "n_tasks": 1000, "served_s": 1.0, "cpu_s": 0.25}]},
+                                {"rate_per_s": 1000, "n_tasks": 1000, "served_s": 1.0, "cpu_s": 0.25}],
+                       "frontend_priority": "realtime"},
     })
 
 
