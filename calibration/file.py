@@ -17,10 +17,11 @@ non-finite numbers, another machine — raises `CalibrationError` with one line 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import platform
-import sys
+import re
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -185,8 +186,17 @@ def _cpu_model() -> str:
 
 
 def _torch_version() -> str:
-    if "torch" in sys.modules:
-        return str(sys.modules["torch"].__version__)
+    """torch's full version (with its build tag, e.g. '+cu130'), read from its version.py without importing it, so
+    the machine key is the same whether or not this process has imported torch; else the package metadata's."""
+    try:
+        spec = importlib.util.find_spec("torch")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", (Path(folder) / "version.py").read_text(),
+                              re.MULTILINE)
+            if found:
+                return found.group(1)
+    except (OSError, ImportError, ValueError):
+        pass
     try:
         return version("torch")
     except PackageNotFoundError:
