@@ -155,8 +155,9 @@ class Calibration(_Strict):
         return np.asarray(self.delays.back.samples_ms, float)
 
     def dispatcher_cores(self, task_rate_per_s: float) -> float:
-        """Cores the frontend takes at `task_rate_per_s` tasks per second."""
-        return self.dispatcher.base_cores + task_rate_per_s * self.dispatcher.cpu_ms_per_task / 1000.0
+        """Cores the frontend takes at `task_rate_per_s` tasks per second (never below 0, should noise make the
+        fitted base or per-task cost negative)."""
+        return max(0.0, self.dispatcher.base_cores + task_rate_per_s * self.dispatcher.cpu_ms_per_task / 1000.0)
 
     def server_cores(self, task_rate_per_s: float) -> float:
         """Cores left to the servers at that task rate: CPU count − the dispatcher's share (at least half a core);
