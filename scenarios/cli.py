@@ -26,6 +26,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """
     from pydantic import ValidationError
 
+    from calibration.file import CalibrationError
     from coin.errors import CodingError
     from models.config import ConfigError
     from models.data import DataError
@@ -35,7 +36,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from sim.errors import SimConfigError
 
     return (ConfigError, DataError, DeviceError, CodingError, SimConfigError, ScenarioError, ReportError,
-            ValidationError, OSError)
+            CalibrationError, ValidationError, OSError)
 
 
 def one_line(error: BaseException) -> str:
@@ -489,6 +490,60 @@ def report(result_dir: Path) -> None:
         if want_dir and path.is_dir() and not os.access(path, os.W_OK | os.X_OK):
             raise ReportError(f"no permission to write the figures into {path}")
     click.echo(render_testbed(result_dir) if is_testbed_folder(result_dir) else render(result_dir))
+
+
+@cli.command("calibrate")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
+@click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Calibration file (default: $COINSIM_CACHE/calibration/<machine hash>.json).")
+@click.option("--force", is_flag=True, help="Measure again even if a valid calibration of this machine is cached.")
+@click.option("--show", "show", is_flag=False, flag_value="", default=None, metavar="[FILE]",
+              help="Print a calibration file (default: this machine's, or --out) as tables and exit.")
+@click.pass_context
+def calibrate_command(ctx: click.Context, device: str, out: Path | None, force: bool, show: str | None) -> None:
+    """Measure, once per machine and device, what serving costs beyond a network's isolated forward pass: the
+    per-task cycle against pass time, one-way delays, time slicing of several servers, the dispatcher's CPU share
+    (real server processes over ZeroMQ; about half a minute on 2 cores)."""
+    import time
+
+    from calibration.file import default_path, load_calibration, machine_key, save_calibration
+    from calibration.show import describe
+
+    if show is not None and show != "":
+        click.echo(describe(load_calibration(show), show))
+        return
+    resolved = device
+    if device == "auto" or device.startswith("cuda"):
+        from models.networks import pick_device
+
+        resolved = str(pick_device(device))
+    path = out or default_path(resolved)
+    if show is not None:
+        click.echo(describe(load_calibration(path), path))
+        return
+    from calibration.file import CalibrationError
+
+    if not force and path.exists():
+        try:
+            cal = load_calibration(path, expect_machine=machine_key(resolved))
+        except CalibrationError as error:
+            click.echo(f"cached calibration not usable ({error}); measuring again", err=True)
+        else:
+            click.echo(f"using the cached calibration of this machine, {path} (made {cal.created}); "
+                       "--force measures again\n")
+            click.echo(describe(cal, path))
+            return
+    from calibration.measure import calibrate
+
+    started = time.perf_counter()
+    try:
+        cal = calibrate(resolved, progress=not ctx.obj.get("quiet"))
+        save_calibration(cal, path)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: servers stopped, nothing written", err=True)
+        ctx.exit(130)
+    click.echo(describe(cal, path))
+    click.echo(f"\nmeasured in {time.perf_counter() - started:.1f} s; saved {path}")
 
 
 def _register_commands() -> None:

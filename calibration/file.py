@@ -1,0 +1,300 @@
+"""The calibration file: what serving costs on this machine and device, measured once, scenario-independent.
+
+A `Calibration` is stored as versioned JSON (`schema_version` 1) at `default_path(device)`, one file per machine
+(CPU model and count, device, torch and Python versions: `machine_key`). It holds
+
+- `serving`: the cycle a busy server spends per task against the isolated forward pass, for several network
+  sizes, and the least-squares line cycle = overhead_ms + slope × pass_ms through them (`served_ms`);
+- `delays`: one-way frontend → server (`out`) and server → frontend (`back`) delays, as quantile samples;
+- `slicing`: how a pass stretches with k other busy servers, and the OS's time slice (`quantum_ms`);
+- `dispatcher`: the frontend's CPU share, base_cores + cpu_ms_per_task × task rate (`server_cores`).
+
+This module imports neither torch nor simpy (the simulator side reads the file without them); measuring is
+`calibration.measure`. A file that cannot be used — missing, corrupt, truncated, another schema version,
+non-finite numbers, another machine — raises `CalibrationError` with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import re
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = 1
+MACHINE_FIELDS = ("cpu_model", "cpu_count", "device", "torch", "python")
+
+
+class CalibrationError(ValueError):
+    """A calibration file that cannot be used (one line for the user)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Machine(_Strict):
+    cpu_model: str
+    cpu_count: int = Field(ge=1)
+    device: str = Field(description="'cpu' or the CUDA device's name")
+    torch: str
+    python: str
+
+
+class SizePoint(_Strict):
+    """One network size: isolated pass vs the cycle it costs a busy server."""
+
+    name: str
+    params: int
+    isolated_mean_ms: float
+    isolated_median_ms: float
+    compute_mean_ms: float = Field(description="mean forward pass inside the server while serving")
+    cycle_mean_ms: float
+    cycle_median_ms: float
+    cycle_p99_ms: float
+    n_cycles: int
+    residual_ms: float = Field(description="cycle_mean_ms − the fitted line at isolated_mean_ms")
+
+
+class Serving(_Strict):
+    overhead_ms: float
+    slope: float
+    points: list[SizePoint] = Field(min_length=2)
+
+
+class Delay(_Strict):
+    median_ms: float
+    p99_ms: float
+    mean_ms: float
+    samples_ms: list[float] = Field(min_length=1, description="evenly spaced quantiles of the measured delays")
+
+
+class Delays(_Strict):
+    n_tasks: int
+    out: Delay
+    back: Delay
+
+
+class StretchRow(_Strict):
+    others: int = Field(ge=0, description="other saturated server processes running beside the probe")
+    n: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    stretch_median: float = Field(description="median / the median with no other server")
+    stretch_p99: float
+
+
+class Slicing(_Strict):
+    network: str
+    isolated_median_ms: float
+    stretch: list[StretchRow] = Field(min_length=1)
+    spinners: int = Field(description="busy-spinning processes run together (CPU count + 1)")
+    spin_s: float
+    threshold_ms: float = Field(description="clock jumps longer than this count as descheduled")
+    n_runs: int
+    run_median_ms: float
+    run_mean_ms: float
+    run_p90_ms: float
+    gap_median_ms: float
+    gap_mean_ms: float
+    quantum_ms: float = Field(description="median uninterrupted run of a process competing for the cores")
+
+
+class DispatcherRun(_Strict):
+    rate_per_s: float
+    n_tasks: int
+    served_s: float
+    cpu_s: float
+
+
+class Dispatcher(_Strict):
+    base_cores: float = Field(description="cores the frontend uses while serving, independent of the task rate")
+    cpu_ms_per_task: float
+    runs: list[DispatcherRun] = Field(min_length=2)
+    frontend_priority: str = Field(description="scheduling the frontend obtained: realtime, nice-10 or normal")
+
+
+class LoadAverage(_Strict):
+    start: list[float]
+    end: list[float]
+
+
+class Calibration(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    machine: Machine
+    created: str = Field(description="ISO 8601 time the measurement finished")
+    seconds: float = Field(description="wall time the measurement took")
+    load_average: LoadAverage
+    serving: Serving
+    delays: Delays
+    slicing: Slicing
+    dispatcher: Dispatcher
+
+    # ---------------------------------------------------------------------------------- simulator side
+    def served_ms(self, pass_ms: np.ndarray) -> np.ndarray:
+        """Per-task serving cost for isolated forward-pass samples: overhead_ms + slope × pass, sample by sample."""
+        return self.serving.overhead_ms + self.serving.slope * np.asarray(pass_ms, float)
+
+    def out_ms_samples(self) -> np.ndarray:
+        """Frontend → server one-way delays (ms), an empirical sample."""
+        return np.asarray(self.delays.out.samples_ms, float)
+
+    def back_ms_samples(self) -> np.ndarray:
+        """Server → frontend one-way delays (ms), an empirical sample."""
+        return np.asarray(self.delays.back.samples_ms, float)
+
+    def dispatcher_cores(self, task_rate_per_s: float) -> float:
+        """Cores the frontend takes at `task_rate_per_s` tasks per second (never below 0, should noise make the
+        fitted base or per-task cost negative)."""
+        return max(0.0, self.dispatcher.base_cores + task_rate_per_s * self.dispatcher.cpu_ms_per_task / 1000.0)
+
+    def server_cores(self, task_rate_per_s: float) -> float:
+        """Cores left to the servers at that task rate: CPU count − the dispatcher's share (at least half a core);
+        on a GPU, the one device the servers share."""
+        if self.machine.device != "cpu":
+            return 1.0
+        return max(0.5, self.machine.cpu_count - self.dispatcher_cores(task_rate_per_s))
+
+    @property
+    def quantum_ms(self) -> float:
+        """The time slice the OS gives a process when more processes than cores compete (measured median run)."""
+        return self.slicing.quantum_ms
+
+
+# -------------------------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _torch_version() -> str:
+    """torch's full version (with its build tag, e.g. '+cu130'), read from its version.py without importing it, so
+    the machine key is the same whether or not this process has imported torch; else the package metadata's."""
+    try:
+        spec = importlib.util.find_spec("torch")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", (Path(folder) / "version.py").read_text(),
+                              re.MULTILINE)
+            if found:
+                return found.group(1)
+    except (OSError, ImportError, ValueError):
+        pass
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "none"
+
+
+def machine_key(device: str = "cpu") -> dict[str, Any]:
+    """This process's machine as the calibration file records it. `device`: 'cpu', or a CUDA device ('cuda',
+    'cuda:N', whose name is then asked of torch) or its name as already known."""
+    name = device
+    if device == "cuda" or device.startswith("cuda:"):
+        import torch  # only for a GPU's name
+
+        name = torch.cuda.get_device_name(torch.device(device))
+    return {"cpu_model": _cpu_model(), "cpu_count": os.cpu_count() or 1, "device": name,
+            "torch": _torch_version(), "python": platform.python_version()}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("COINSIM_CACHE") or Path.home() / ".cache" / "coinsim")
+
+
+def default_path(device: str = "cpu") -> Path:
+    """$COINSIM_CACHE (default ~/.cache/coinsim)/calibration/<short hash of machine_key(device)>.json."""
+    key = json.dumps(machine_key(device), sort_keys=True)
+    return cache_root() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
+
+
+# -------------------------------------------------------------------------------------------- reading
+
+
+def load_calibration(path: Path | str, expect_machine: dict[str, Any] | None = None) -> Calibration:
+    """The calibration in `path`; with `expect_machine` (a `machine_key`), it must have been made there."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise CalibrationError(f"no calibration file at {path} (run: coinsim calibrate)") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise CalibrationError(f"cannot read calibration file {path}: {error}") from None
+    try:
+        data = json.loads(text, parse_constant=_refuse_constant)
+    except _NonFinite as error:
+        raise CalibrationError(f"calibration file {path} holds a non-finite number ({error}); "
+                               "run coinsim calibrate --force") from None
+    except ValueError as error:
+        cut = isinstance(error, json.JSONDecodeError) and text.strip() != "" and (
+            error.pos >= len(text.rstrip()) or error.msg.startswith("Unterminated string"))
+        what = "truncated" if cut else "corrupt"
+        raise CalibrationError(f"calibration file {path} is {what} (not valid JSON: {error}); "
+                               "run coinsim calibrate --force") from None
+    if not isinstance(data, dict):
+        raise CalibrationError(f"calibration file {path} is corrupt (not a JSON object)")
+    found = data.get("schema_version")
+    if found != SCHEMA_VERSION:
+        raise CalibrationError(f"calibration file {path} has schema_version {found!r}, this coinsim reads "
+                               f"{SCHEMA_VERSION}; run coinsim calibrate --force")
+    try:
+        cal = Calibration.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        raise CalibrationError(f"calibration file {path} is corrupt: {where}: {first['msg']}") from None
+    if expect_machine is not None:
+        have = cal.machine.model_dump()
+        for field in MACHINE_FIELDS:
+            if field in expect_machine and have[field] != expect_machine[field]:
+                raise CalibrationError(f"calibration file {path} was made for another machine: {field} is "
+                                       f"{have[field]!r} there, {expect_machine[field]!r} here")
+    return cal
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def save_calibration(cal: Calibration, path: Path | str) -> Path:
+    """Write `cal` to `path` atomically: a temporary file in the same folder, flushed, then renamed over the
+    target, so an interrupted or failed write leaves any previous file as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = cal.model_dump_json(indent=1) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

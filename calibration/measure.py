@@ -1,0 +1,310 @@
+"""Measure this machine's serving costs with real server processes over real sockets (`calibrate`).
+
+Four random-weight CNNs (`SIZES`, isolated passes from ~0.1 ms to a few ms on a laptop-class CPU core) are saved
+as the testbed saves networks, `testbed.LocalCluster` starts CPU count + 2 server processes that each hold all
+of them, and `testbed.serve` replays purpose-made arrival streams over ZeroMQ (each run's servers all run one
+chosen network). Steps, each a second or two:
+
+1. isolated profile of every size in this process (`models.profile.profile_interleaved`, one thread);
+2. per size, twice (sizes in order, then reversed), one server kept busy (tasks in bursts faster than it
+   serves): its cycle per task from its own stamps (`analysis.cycles_ms`), then cycle = overhead + slope × pass
+   fitted over the sizes;
+3. one idle server, tasks one at a time: one-way out / back delays on the host's shared monotonic clock;
+4. twice (k up, then down), k = 0..3 other saturated servers of the mid-size network beside a probe server: the
+   probe's pass times, over the window in which all of them were busy;
+5. CPU count + 1 busy-spinning processes (`calibration.spin`): descheduled gaps and the runs between them;
+6. two runs at a low and a high task rate: the frontend's CPU seconds split into a base share and a cost per task.
+
+Nothing is written here: the caller saves the returned `Calibration` (atomically).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from calibration.analysis import cycles_ms, line_fit, quantiles, slice_lengths
+from calibration.file import (
+    Calibration,
+    CalibrationError,
+    Delay,
+    Delays,
+    Dispatcher,
+    DispatcherRun,
+    LoadAverage,
+    Machine,
+    Serving,
+    SizePoint,
+    Slicing,
+    StretchRow,
+    machine_key,
+)
+
+SIZES: dict[str, int] = {"cnn-w2": 2, "cnn-w16": 16, "cnn-w48": 48, "cnn-w96": 96}  # SmallCNN widths, 28×28×1
+MID = "cnn-w48"
+SMALL = "cnn-w2"
+OTHERS = (0, 1, 2, 3)
+SPIN_THRESHOLD_S = 50e-6
+LEAD_MS = 100.0
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
+def save_size_networks(folder: Path, seed: int = 0) -> tuple[dict[str, torch.nn.Module], list[Path], Path]:
+    """Build the `SIZES` networks (random weights, seeded), write each as a testbed network folder
+    (network.json + weights.safetensors) and 64 random input rows; return the modules, folders and inputs path."""
+    from safetensors.torch import save_file
+
+    from models.given import network_recipe
+    from models.networks import NetworkSpec, build_network
+
+    modules, folders = {}, []
+    for name, width in SIZES.items():
+        spec = NetworkSpec(arch="cnn", width=width)
+        torch.manual_seed(seed)
+        model = build_network(spec).eval()
+        net = folder / name
+        net.mkdir(parents=True, exist_ok=True)
+        (net / "network.json").write_text(network_recipe(spec))
+        save_file({k: t.detach().cpu().contiguous() for k, t in model.state_dict().items()},
+                  str(net / "weights.safetensors"))
+        modules[name] = model
+        folders.append(net)
+    inputs = folder / "inputs.npy"
+    np.save(inputs, np.random.default_rng(seed).standard_normal((64, 1, 28, 28)).astype(np.float32))
+    return modules, folders, inputs
+
+
+def run_stream(sockets: list[Any], net: int, arrival_ms: np.ndarray, server: np.ndarray) -> tuple[pd.DataFrame,
+                                                                                                   dict[str, Any]]:
+    """Serve one arrival stream: task k goes to server `server[k]` at `arrival_ms[k]`, every server running
+    network index `net`. Returns the per-task frame and the frontend's facts."""
+    from testbed import Policy, Workload
+    from testbed.frontend import Frontend
+
+    n_servers = len(sockets)
+    order = np.argsort(arrival_ms, kind="stable")
+    arrival_ms, server = np.asarray(arrival_ms, float)[order], np.asarray(server, np.int64)[order]
+    work = Workload(arrival_ms, server, np.arange(len(arrival_ms)) % 64, np.ones((len(arrival_ms), n_servers)))
+    policy = Policy("calibrate", "uncoded", "direct", tuple(range(n_servers)), n_servers)
+    frontend = Frontend(sockets, policy, work, lead_ms=LEAD_MS)
+    frontend.nets = [net] * n_servers  # every server runs the chosen network, whatever its 'expert' index
+    result = frontend.run()
+    return result.tasks, result.facts
+
+
+def _stamps(tasks: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    recv = tasks["server_recv_clock_ms"].to_numpy(float)
+    start = recv + tasks["queue_ms"].to_numpy(float)
+    end = start + (tasks["compute_ms"] + tasks["held_ms"]).to_numpy(float)
+    return recv, start, end
+
+
+def burst_stream(n: int, cycle_ms: float, servers: int = 1, overload: float = 1.5, burst: int = 4,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """`n` tasks per server in bursts of `burst`, arriving `overload` times faster than a cycle of `cycle_ms`
+    serves them, so every server always has a queue."""
+    gap = burst * cycle_ms / overload
+    one = np.repeat(np.arange(int(np.ceil(n / burst))) * gap, burst)[:n]
+    arrival = np.concatenate([one + 0.01 * s for s in range(servers)])
+    return arrival, np.repeat(np.arange(servers), n)
+
+
+def measure_cycles(sockets: list[Any], net: int, pass_ms: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(cycles, passes) in ms of one busy server running network `net`; the first 5 tasks are warm-up."""
+    arrival, server = burst_stream(n + 5, 1.6 * pass_ms + 0.2)
+    tasks, _ = run_stream(sockets[:1], net, arrival, server)
+    cyc = cycles_ms(*_stamps(tasks))[5:]
+    return cyc[np.isfinite(cyc)], tasks["compute_ms"].to_numpy(float)[5:]
+
+
+def measure_delays(sockets: list[Any], net: int, n: int = 150, every_ms: float = 5.0, seed: int = 0) -> Delays:
+    """One-way delays of `n` tasks sent one at a time to an idle server (spaced `every_ms` ± 20 %): out = from
+    when the send was due to the server's receive stamp, back = from the server's end stamp to the frontend
+    holding the output, both on the host's monotonic clock."""
+    rng = np.random.default_rng(seed)
+    arrival = np.cumsum(every_ms * rng.uniform(0.8, 1.2, n))
+    tasks, _ = run_stream(sockets[:1], net, arrival, np.zeros(n, np.int64))
+    out = tasks["out_ms"].to_numpy(float)
+    back = tasks["back_ms"].to_numpy(float)
+
+    def delay(values: np.ndarray) -> Delay:
+        values = values[np.isfinite(values) & (values > 0)]
+        if len(values) < max(5, n // 2):
+            raise CalibrationError(f"only {len(values)} of {n} one-way delays could be timed")
+        return Delay(median_ms=float(np.median(values)), p99_ms=float(np.quantile(values, 0.99)),
+                     mean_ms=float(values.mean()), samples_ms=quantiles(values, 200).round(5).tolist())
+
+    return Delays(n_tasks=n, out=delay(out), back=delay(back))
+
+
+def measure_stretch(sockets: list[Any], net: int, others: int, pass_ms: float, n: int) -> np.ndarray:
+    """Pass times (ms) of probe server 0 while `others` more servers run the same network saturated, counted over
+    the window in which every one of them was busy."""
+    m = others + 1
+    arrival, server = burst_stream(n, 1.6 * pass_ms + 0.2, servers=m)
+    tasks, _ = run_stream(sockets[:m], net, arrival, server)
+    _, start, end = _stamps(tasks)
+    srv = tasks["server"].to_numpy()
+    begin = max(np.nanmin(start[srv == s]) for s in range(m))
+    finish = min(np.nanmax(end[srv == s]) for s in range(m))
+    probe = (srv == 0) & (start >= begin) & (end <= finish)
+    probe[np.flatnonzero(srv == 0)[:3]] = False  # the probe's first tasks: warm-up
+    return tasks["compute_ms"].to_numpy(float)[probe]
+
+
+def measure_slicing(spinners: int, seconds: float = 2.0) -> dict[str, Any]:
+    """Run `spinners` busy-spinning processes together for `seconds`; their descheduled gaps and the runs between."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    start = time.perf_counter() + 0.5 + 0.1 * spinners  # time for every interpreter to start
+    procs = [subprocess.Popen([sys.executable, "-m", "calibration.spin", repr(start), repr(seconds),
+                               repr(SPIN_THRESHOLD_S)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              env=env, text=True) for _ in range(spinners)]
+    runs, gaps = [], []
+    try:
+        for proc in procs:
+            text, _ = proc.communicate(timeout=seconds + 30)
+            data = json.loads(text)
+            r, g = slice_lengths(np.asarray(data["gap_starts"]), np.asarray(data["gap_ends"]))
+            runs.append(r * 1000)
+            gaps.append(g * 1000)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    run, gap = np.concatenate(runs), np.concatenate(gaps)
+    if len(run) < 5:
+        raise CalibrationError(f"{spinners} spinning processes were descheduled only {len(gap)} times in {seconds:g} s")
+    return {"spinners": spinners, "spin_s": seconds, "threshold_ms": SPIN_THRESHOLD_S * 1000, "n_runs": len(run),
+            "run_median_ms": float(np.median(run)), "run_mean_ms": float(run.mean()),
+            "run_p90_ms": float(np.quantile(run, 0.9)), "gap_median_ms": float(np.median(gap)),
+            "gap_mean_ms": float(gap.mean()), "quantum_ms": float(np.median(run))}
+
+
+def measure_dispatcher(sockets: list[Any], net: int, rates: tuple[float, float] = (150.0, 1500.0),
+                       seconds: float = 1.0, seed: int = 0) -> Dispatcher:
+    """The frontend's CPU time in two runs (Poisson arrivals at each rate over two servers), solved for
+    cpu_s = base_cores × served_s + cpu_ms_per_task / 1000 × tasks."""
+    rng = np.random.default_rng(seed)
+    runs, priority = [], "unknown"
+    for rate in rates:
+        n = max(20, int(rate * seconds))
+        arrival = np.cumsum(rng.exponential(1000.0 / rate, n))
+        tasks, facts = run_stream(sockets[:2], net, arrival, rng.integers(0, 2, n))
+        runs.append(DispatcherRun(rate_per_s=rate, n_tasks=len(tasks), served_s=facts["served_s"],
+                                  cpu_s=facts["frontend_cpu_s"]))
+        priority = str(facts.get("frontend_priority", "unknown"))
+    design = np.array([[r.served_s, r.n_tasks / 1000.0] for r in runs])
+    cpu = np.array([r.cpu_s for r in runs])
+    (base, per_task), *_ = np.linalg.lstsq(design, cpu, rcond=None)
+    return Dispatcher(base_cores=float(base), cpu_ms_per_task=float(per_task), runs=runs,
+                      frontend_priority=priority)
+
+
+def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
+    """Measure this machine's serving costs on `device` ('cpu', 'cuda', 'cuda:N' or 'auto'); about half a minute on
+    2 idle cores. Servers are stopped on return, on errors and on Ctrl-C; nothing is written."""
+    from models.networks import pick_device
+    from models.profile import profile_interleaved
+    from testbed import LocalCluster, ServerSpec
+
+    began, load_start = time.perf_counter(), _load()
+    dev = pick_device(device)
+    cpus = os.cpu_count() or 1
+    steps = 1 + 1 + 2 * len(SIZES) + 1 + 2 * len(OTHERS) + 1 + 1
+    bar = tqdm(total=steps, desc="calibrate", unit="step", file=sys.stderr, disable=not progress)
+
+    def step(label: str) -> None:
+        bar.set_postfix_str(label)
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="coinsim-calibrate-") as tmp:
+            step("networks + isolated profile")
+            modules, folders, inputs = save_size_networks(Path(tmp))
+            x = torch.from_numpy(np.load(inputs))
+            iso = profile_interleaved(modules, x, dev, samples=200, threads=1, preempted_retries=3)
+            bar.update(1)
+            names = list(SIZES)
+            index = {name: k for k, name in enumerate(names)}
+            step("starting servers")
+            servers = [ServerSpec(tuple(folders))] * (max(OTHERS) + 1)
+            with LocalCluster(servers, inputs, device=str(dev), threads=1) as cluster:
+                bar.update(1)
+                got: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in names}
+                for name in names + names[::-1]:  # two rounds, the second reversed: drift lands on all sizes
+                    step(f"cycle {name}")
+                    median = float(np.median(iso[name]))
+                    n = int(np.clip(600.0 / (2 * median + 0.3), 40, 200))
+                    got[name].append(measure_cycles(cluster.sockets, index[name], median, n))
+                    bar.update(1)
+                points = []
+                for name in names:
+                    cyc, comp = (np.concatenate(parts) for parts in zip(*got[name], strict=True))
+                    if len(cyc) < 10:
+                        raise CalibrationError(f"{name}: the server was never kept busy ({len(cyc)} cycles)")
+                    points.append((name, iso[name], cyc, comp))
+                fit_x = np.array([p[1].mean() for p in points])
+                fit_y = np.array([p[2].mean() for p in points])
+                overhead, slope, residuals = line_fit(fit_x, fit_y)
+                serving = Serving(overhead_ms=overhead, slope=slope, points=[
+                    SizePoint(name=name, params=sum(t.numel() for t in modules[name].parameters()),
+                              isolated_mean_ms=float(i.mean()), isolated_median_ms=float(np.median(i)),
+                              compute_mean_ms=float(np.mean(comp)), cycle_mean_ms=float(c.mean()),
+                              cycle_median_ms=float(np.median(c)), cycle_p99_ms=float(np.quantile(c, 0.99)),
+                              n_cycles=len(c), residual_ms=float(res))
+                    for (name, i, c, comp), res in zip(points, residuals, strict=True)])
+
+                step("one-way delays")
+                delays = measure_delays(cluster.sockets, index[SMALL])
+                bar.update(1)
+
+                rows: list[StretchRow] = []
+                mid = float(np.median(iso[MID]))
+                passes: dict[int, list[np.ndarray]] = {k: [] for k in OTHERS}
+                for k in OTHERS + OTHERS[::-1]:  # two rounds, the second reversed
+                    step(f"{k} other server(s)")
+                    n = int(np.clip(250 / mid, 40, 125))
+                    passes[k].append(measure_stretch(cluster.sockets, index[MID], k, mid, n=n))
+                    bar.update(1)
+                for k in OTHERS:
+                    ms = np.concatenate(passes[k])
+                    if len(ms) < 10:
+                        raise CalibrationError(f"time slicing with {k} other server(s): only {len(ms)} passes timed")
+                    med, p99 = float(np.median(ms)), float(np.quantile(ms, 0.99))
+                    base = rows[0] if rows else None
+                    rows.append(StretchRow(others=k, n=len(ms), median_ms=med, p90_ms=float(np.quantile(ms, 0.9)),
+                                           p99_ms=p99, mean_ms=float(ms.mean()),
+                                           stretch_median=med / base.median_ms if base else 1.0,
+                                           stretch_p99=p99 / base.p99_ms if base else 1.0))
+
+                step(f"{cpus + 1} spinning processes")
+                spin = measure_slicing(cpus + 1)
+                slicing = Slicing(network=MID, isolated_median_ms=mid, stretch=rows, **spin)
+                bar.update(1)
+
+                step("dispatcher share")
+                dispatcher = measure_dispatcher(cluster.sockets, index[SMALL])
+                bar.update(1)
+    finally:
+        bar.close()
+    machine = Machine.model_validate(machine_key(str(dev)))
+    return Calibration(machine=machine, created=datetime.now(UTC).isoformat(timespec="seconds"),
+                       seconds=round(time.perf_counter() - began, 2),
+                       load_average=LoadAverage(start=load_start, end=_load()),
+                       serving=serving, delays=delays, slicing=slicing, dispatcher=dispatcher)

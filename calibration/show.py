@@ -1,0 +1,57 @@
+"""A calibration as readable text (`coinsim calibrate --show`); no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from calibration.file import Calibration
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return ["  " + "  ".join(cell.rjust(w) if k else cell.ljust(w) for k, (cell, w) in
+                             enumerate(zip(line, widths, strict=True))).rstrip() for line in lines]
+
+
+def _ms(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def describe(cal: Calibration, path: Path | str | None = None) -> str:
+    """Machine, fitted serving line with its per-size points, one-way delays, time-slicing table, quantum and
+    the dispatcher's share, as plain text."""
+    m, s, d, sl, disp = cal.machine, cal.serving, cal.delays, cal.slicing, cal.dispatcher
+    load = cal.load_average
+    lines = [f"calibration {path}" if path is not None else "calibration",
+             f"machine: {m.cpu_model}, {m.cpu_count} CPUs, device {m.device}, torch {m.torch}, python {m.python}",
+             f"made {cal.created} in {cal.seconds:.1f} s; load average {', '.join(f'{x:.2f}' for x in load.start)} "
+             f"at the start, {', '.join(f'{x:.2f}' for x in load.end)} at the end",
+             "",
+             f"serving cost per task (ms): cycle = {s.overhead_ms:.3f} + {s.slope:.3f} × isolated pass",
+             *_table(["network", "params", "isolated mean", "isolated p50", "pass in service", "cycle mean",
+                      "cycle p50", "cycle p99", "cycles", "residual"],
+                     [[p.name, f"{p.params:,}", _ms(p.isolated_mean_ms), _ms(p.isolated_median_ms),
+                       _ms(p.compute_mean_ms), _ms(p.cycle_mean_ms), _ms(p.cycle_median_ms), _ms(p.cycle_p99_ms),
+                       str(p.n_cycles), f"{p.residual_ms:+.3f}"] for p in s.points]),
+             "",
+             f"one-way delays (ms), {d.n_tasks} tasks to an idle server:",
+             *_table(["direction", "median", "p99", "mean"],
+                     [[name, _ms(x.median_ms), _ms(x.p99_ms), _ms(x.mean_ms)]
+                      for name, x in (("out (frontend → server)", d.out), ("back (server → frontend)", d.back))]),
+             "",
+             f"time slicing: pass of {sl.network} (isolated p50 {sl.isolated_median_ms:.3f} ms) on a probe server "
+             "beside k other saturated servers (ms)",
+             *_table(["k others", "passes", "p50", "p90", "p99", "mean", "p50 ×", "p99 ×"],
+                     [[str(r.others), str(r.n), _ms(r.median_ms), _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.mean_ms),
+                       f"{r.stretch_median:.2f}", f"{r.stretch_p99:.2f}"] for r in sl.stretch]),
+             f"OS time slice: {sl.spinners} spinning processes for {sl.spin_s:g} s, {sl.n_runs} runs between "
+             f"descheduled gaps (> {sl.threshold_ms:g} ms): quantum (median run) {sl.quantum_ms:.3f} ms, "
+             f"mean run {sl.run_mean_ms:.3f}, p90 run {sl.run_p90_ms:.3f}; gap median {sl.gap_median_ms:.3f}, "
+             f"mean {sl.gap_mean_ms:.3f} ms",
+             "",
+             f"dispatcher: {disp.base_cores:.3f} cores + {disp.cpu_ms_per_task:.3f} ms CPU per task "
+             f"(frontend at {disp.frontend_priority} priority; runs at "
+             f"{' and '.join(f'{r.rate_per_s:g}' for r in disp.runs)} tasks/s); cores left to the "
+             "servers: " + ", ".join(f"{cal.server_cores(rate):.2f} at {rate:g}/s" for rate in (100, 1000))]
+    return "\n".join(lines)

@@ -1,0 +1,215 @@
+"""The calibration file (round trip, refusals, atomic save), its pure-numpy reductions on hand-made numbers, the
+`coinsim calibrate --show` table, and one real measuring step against a real server process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from calibration import analysis
+from calibration import file as calfile
+from calibration.file import Calibration, CalibrationError, load_calibration, machine_key, save_calibration
+from scenarios.cli import cli
+
+
+def _delay(median: float) -> dict:
+    return {"median_ms": median, "p99_ms": 3 * median, "mean_ms": 1.2 * median,
+            "samples_ms": [median * (0.5 + k / 10) for k in range(10)]}
+
+
+def _point(name: str, iso: float, cyc: float) -> dict:
+    return {"name": name, "params": 100, "isolated_mean_ms": iso, "isolated_median_ms": iso,
+            "compute_mean_ms": iso * 1.1, "cycle_mean_ms": cyc, "cycle_median_ms": cyc, "cycle_p99_ms": 2 * cyc,
+            "n_cycles": 50, "residual_ms": 0.0}
+
+
+def _row(k: int, med: float) -> dict:
+    return {"others": k, "n": 40, "median_ms": med, "p90_ms": 2 * med, "p99_ms": 4 * med, "mean_ms": 1.5 * med,
+            "stretch_median": med, "stretch_p99": med}
+
+
+def sample(machine: dict | None = None) -> Calibration:
+    """A hand-written calibration: cycle = 0.3 + 1.5 × pass, dispatcher 0.05 cores + 0.2 ms per task."""
+    return Calibration.model_validate({
+        "machine": machine or machine_key("cpu"), "created": "2026-01-01T00:00:00+00:00", "seconds": 30.0,
+        "load_average": {"start": [0.1, 0.2, 0.3], "end": [1.0, 0.5, 0.4]},
+        "serving": {"overhead_ms": 0.3, "slope": 1.5,
+                    "points": [_point("a", 0.1, 0.45), _point("b", 1.0, 1.8), _point("c", 3.0, 4.8)]},
+        "delays": {"n_tasks": 10, "out": _delay(0.4), "back": _delay(0.2)},
+        "slicing": {"network": "b", "isolated_median_ms": 1.0, "stretch": [_row(0, 1.0), _row(1, 1.2)],
+                    "spinners": 3, "spin_s": 2.0, "threshold_ms": 0.05, "n_runs": 100, "run_median_ms": 4.0,
+                    "run_mean_ms": 3.5, "run_p90_ms": 4.1, "gap_median_ms": 8.0, "gap_mean_ms": 7.0,
+                    "quantum_ms": 4.0},
+        "dispatcher": {"base_cores": 0.05, "cpu_ms_per_task": 0.2,
+                       "runs": [{"rate_per_s": 100, "n_tasks": 100, "served_s": 1.0, "cpu_s": 0.07},
+                                {"rate_per_s": 1000, "n_tasks": 1000, "served_s": 1.0, "cpu_s": 0.25}],
+                       "frontend_priority": "realtime"},
+    })
+
+
+def _one_line_error(path: Path, **kwargs) -> str:
+    with pytest.raises(CalibrationError) as info:
+        load_calibration(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+# ------------------------------------------------------------------------------------------------ the file
+
+
+def test_round_trip(tmp_path):
+    cal = sample()
+    path = save_calibration(cal, tmp_path / "sub" / "cal.json")
+    assert load_calibration(path, expect_machine=machine_key("cpu")) == cal
+    assert json.loads(path.read_text())["schema_version"] == 1
+    assert set(json.loads(path.read_text())) == {"schema_version", "machine", "created", "seconds", "load_average",
+                                                 "serving", "delays", "slicing", "dispatcher"}
+
+
+def test_unusable_files_are_refused_with_one_line(tmp_path):
+    good = save_calibration(sample(), tmp_path / "good.json").read_text()
+    path = tmp_path / "cal.json"
+    assert "no calibration file" in _one_line_error(path)  # missing
+    path.write_text("{this is not json")
+    assert "corrupt" in _one_line_error(path)
+    path.write_text(good[: len(good) // 2])
+    assert "truncated" in _one_line_error(path)
+    path.write_text(good.replace('"schema_version": 1', '"schema_version": 2'))
+    assert "schema_version 2" in _one_line_error(path)
+    path.write_text(good.replace('"overhead_ms": 0.3', '"overhead_ms": NaN'))
+    assert "non-finite" in _one_line_error(path)
+    path.write_text(good.replace('"overhead_ms": 0.3', '"overhead_ms": 1e999'))  # parses as inf
+    assert "serving.overhead_ms" in _one_line_error(path)
+    path.write_text(good.replace('"slope": 1.5,', ""))
+    assert "serving.slope" in _one_line_error(path)
+    path.write_text(good)
+    other = machine_key("cpu") | {"cpu_count": 64}
+    assert "cpu_count" in _one_line_error(path, expect_machine=other)
+    assert "torch" in _one_line_error(path, expect_machine=machine_key("cpu") | {"torch": "0.1"})
+
+
+def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
+    path = save_calibration(sample(), tmp_path / "cal.json")
+    before = path.read_bytes()
+
+    def broken(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(calfile.os, "fsync", broken)
+    changed = sample().model_copy(update={"seconds": 99.0})
+    with pytest.raises(OSError):
+        save_calibration(changed, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["cal.json"]  # no temporary file left behind
+
+
+def test_default_path_is_per_machine_under_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("COINSIM_CACHE", str(tmp_path))
+    path = calfile.default_path("cpu")
+    assert path.parent == tmp_path / "calibration" and path.suffix == ".json"
+    assert path == calfile.default_path("cpu") != calfile.default_path("some GPU")
+
+
+def test_file_module_imports_no_torch_and_the_key_does_not_depend_on_it():
+    code = ("import sys, calibration.file, calibration.show; from calibration.file import machine_key; "
+            "key = machine_key('cpu'); assert 'torch' not in sys.modules and 'simpy' not in sys.modules; "
+            "import torch; assert machine_key('cpu') == key, (key, machine_key('cpu'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[2], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------------------- simulator side
+
+
+def test_served_ms_applies_the_line_sample_by_sample():
+    cal = sample()
+    np.testing.assert_allclose(cal.served_ms(np.array([0.0, 1.0, 2.0, 0.5])), [0.3, 1.8, 3.3, 1.05])
+    np.testing.assert_allclose(cal.out_ms_samples(), [0.4 * (0.5 + k / 10) for k in range(10)])
+    assert cal.back_ms_samples()[0] == pytest.approx(0.1)
+    assert cal.dispatcher_cores(1000) == pytest.approx(0.25)
+    assert cal.server_cores(1000) == pytest.approx(max(0.5, cal.machine.cpu_count - 0.25))
+    assert cal.quantum_ms == 4.0
+
+
+# ------------------------------------------------------------------------------------------ reductions
+
+
+def test_line_fit_matches_polyfit():
+    x = np.array([0.1, 0.4, 1.2, 3.0])
+    y = np.array([0.5, 0.75, 1.8, 4.6])
+    intercept, slope, residuals = analysis.line_fit(x, y)
+    want_slope, want_intercept = np.polyfit(x, y, 1)
+    assert intercept == pytest.approx(want_intercept) and slope == pytest.approx(want_slope)
+    np.testing.assert_allclose(residuals, y - (want_intercept + want_slope * x), atol=1e-12)
+    exact = analysis.line_fit(np.array([1.0, 2.0]), np.array([2.5, 4.0]))  # through two points: 1 + 1.5 x
+    assert exact[:2] == pytest.approx((1.0, 1.5))
+
+
+def test_gaps_and_runs_of_a_hand_made_clock():
+    # a loop reading the clock every 0.01; off the core 0.02→1.00, 1.03→3.00 and 3.01→5.00
+    stamps = np.array([0.0, 0.01, 0.02, 1.0, 1.01, 1.02, 1.03, 3.0, 3.01, 5.0, 5.01])
+    starts, ends = analysis.descheduled_gaps(stamps, threshold=0.1)
+    np.testing.assert_allclose(starts, [0.02, 1.03, 3.01])
+    np.testing.assert_allclose(ends, [1.0, 3.0, 5.0])
+    runs, gaps = analysis.slice_lengths(starts, ends)
+    np.testing.assert_allclose(runs, [0.03, 0.01])  # complete runs only: 1.00→1.03, 3.00→3.01
+    np.testing.assert_allclose(gaps, [0.98, 1.97, 1.99])
+    assert len(analysis.descheduled_gaps(np.arange(0, 1, 0.01), 0.1)[0]) == 0
+
+
+def test_cycles_only_where_the_next_task_was_waiting():
+    # task 0: 0→1, task 1 received at 0.5 (waiting) starts 1.2 → cycle 1.2; task 1 ends 2, task 2 arrives 3 (idle)
+    recv = np.array([0.0, 0.5, 3.0])
+    start = np.array([0.0, 1.2, 3.0])
+    end = np.array([1.0, 2.0, 4.0])
+    np.testing.assert_allclose(analysis.cycles_ms(recv, start, end), [1.2, np.nan, np.nan])
+    order = [2, 0, 1]  # input order does not matter
+    np.testing.assert_allclose(analysis.cycles_ms(recv[order], start[order], end[order]), [np.nan, 1.2, np.nan])
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_show_prints_tables_and_refuses_corrupt_files(tmp_path):
+    path = save_calibration(sample(), tmp_path / "cal.json")
+    result = CliRunner().invoke(cli, ["calibrate", "--show", str(path)], obj={})
+    assert result.exit_code == 0, result.output
+    assert "cycle = 0.300 + 1.500 × isolated pass" in result.output
+    assert "quantum (median run) 4.000 ms" in result.output and "0.050 cores + 0.200 ms" in result.output
+    path.write_text(path.read_text()[:100])
+    result = CliRunner().invoke(cli, ["calibrate", "--show", str(path)], obj={})
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "truncated" in lines[0]
+
+
+def test_cli_reuses_a_valid_cached_calibration(tmp_path):
+    path = save_calibration(sample(), tmp_path / "cal.json")
+    result = CliRunner().invoke(cli, ["calibrate", "--device", "cpu", "--out", str(path)], obj={})
+    assert result.exit_code == 0, result.output
+    assert "using the cached calibration" in result.output
+    result = CliRunner().invoke(cli, ["calibrate", "--show", "--out", str(tmp_path / "none.json")], obj={})
+    assert result.exit_code == 2 and "no calibration file" in result.stderr
+
+
+# ------------------------------------------------------------------------------------- one real step
+
+
+def test_one_way_delays_of_a_real_server(tmp_path):
+    from calibration.measure import SIZES, SMALL, measure_delays, save_size_networks
+    from testbed import LocalCluster, ServerSpec
+
+    _, folders, inputs = save_size_networks(tmp_path)
+    small = folders[list(SIZES).index(SMALL)]
+    with LocalCluster([ServerSpec((small,))], inputs) as cluster:
+        delays = measure_delays(cluster.sockets, 0, n=20, every_ms=3.0)
+    for d in (delays.out, delays.back):
+        assert 0 < d.median_ms <= d.p99_ms < 1000 and np.isfinite(d.mean_ms)
+        assert len(d.samples_ms) == 200 and all(0 < x < 1000 for x in d.samples_ms)
