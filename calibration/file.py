@@ -112,7 +112,7 @@ class Slicing(_Strict):
 
 
 class DispatcherRun(_Strict):
-    rate_per_s: float
+    rate_per_ms: float = Field(description="tasks per ms")
     n_tasks: int
     served_s: float
     cpu_s: float
@@ -154,17 +154,17 @@ class Calibration(_Strict):
         """Server → frontend one-way delays (ms), an empirical sample."""
         return np.asarray(self.delays.back.samples_ms, float)
 
-    def dispatcher_cores(self, task_rate_per_s: float) -> float:
-        """Cores the frontend takes at `task_rate_per_s` tasks per second (never below 0, should noise make the
-        fitted base or per-task cost negative)."""
-        return max(0.0, self.dispatcher.base_cores + task_rate_per_s * self.dispatcher.cpu_ms_per_task / 1000.0)
+    def dispatcher_cores(self, task_rate_per_ms: float) -> float:
+        """Cores the frontend takes at `task_rate_per_ms` tasks per ms (never below 0, should noise make the fit's
+        intercept negative)."""
+        return max(0.0, self.dispatcher.base_cores + task_rate_per_ms * self.dispatcher.cpu_ms_per_task)
 
-    def server_cores(self, task_rate_per_s: float) -> float:
+    def server_cores(self, task_rate_per_ms: float) -> float:
         """Cores left to the servers at that task rate: CPU count − the dispatcher's share (at least half a core);
         on a GPU, the one device the servers share."""
         if self.machine.device != "cpu":
             return 1.0
-        return max(0.5, self.machine.cpu_count - self.dispatcher_cores(task_rate_per_s))
+        return max(0.5, self.machine.cpu_count - self.dispatcher_cores(task_rate_per_ms))
 
     @property
     def quantum_ms(self) -> float:
@@ -221,7 +221,10 @@ def cache_root() -> Path:
 
 
 def default_path(device: str = "cpu") -> Path:
-    """$COINSIM_CACHE (default ~/.cache/coinsim)/calibration/<short hash of machine_key(device)>.json."""
+    """$COINSIM_CALIBRATION when set (one file a team shares, or a test's own); else $COINSIM_CACHE (default
+    ~/.cache/coinsim)/calibration/<short hash of machine_key(device)>.json."""
+    if os.environ.get("COINSIM_CALIBRATION"):
+        return Path(os.environ["COINSIM_CALIBRATION"]).expanduser()
     key = json.dumps(machine_key(device), sort_keys=True)
     return cache_root() / "calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
 

@@ -197,17 +197,17 @@ def measure_slicing(spinners: int, seconds: float = 2.0) -> dict[str, Any]:
             "gap_mean_ms": float(gap.mean()), "quantum_ms": float(np.median(run))}
 
 
-def measure_dispatcher(sockets: list[Any], net: int, rates: tuple[float, float] = (150.0, 1500.0),
+def measure_dispatcher(sockets: list[Any], net: int, rates_per_ms: tuple[float, float] = (0.15, 1.5),
                        seconds: float = 1.0, seed: int = 0) -> Dispatcher:
     """The frontend's CPU time in two runs (Poisson arrivals at each rate over two servers), solved for
     cpu_s = base_cores × served_s + cpu_ms_per_task / 1000 × tasks."""
     rng = np.random.default_rng(seed)
     runs, priority = [], "unknown"
-    for rate in rates:
-        n = max(20, int(rate * seconds))
-        arrival = np.cumsum(rng.exponential(1000.0 / rate, n))
+    for rate in rates_per_ms:
+        n = max(20, int(rate * seconds * 1000.0))
+        arrival = np.cumsum(rng.exponential(1.0 / rate, n))
         tasks, facts = run_stream(sockets[:2], net, arrival, rng.integers(0, 2, n))
-        runs.append(DispatcherRun(rate_per_s=rate, n_tasks=len(tasks), served_s=facts["served_s"],
+        runs.append(DispatcherRun(rate_per_ms=rate, n_tasks=len(tasks), served_s=facts["served_s"],
                                   cpu_s=facts["frontend_cpu_s"]))
         priority = str(facts.get("frontend_priority", "unknown"))
     design = np.array([[r.served_s, r.n_tasks / 1000.0] for r in runs])

@@ -52,6 +52,6 @@ def describe(cal: Calibration, path: Path | str | None = None) -> str:
              "",
              f"dispatcher: {disp.base_cores:.3f} cores + {disp.cpu_ms_per_task:.3f} ms CPU per task "
              f"(frontend at {disp.frontend_priority} priority; runs at "
-             f"{' and '.join(f'{r.rate_per_s:g}' for r in disp.runs)} tasks/s); cores left to the "
-             "servers: " + ", ".join(f"{cal.server_cores(rate):.2f} at {rate:g}/s" for rate in (100, 1000))]
+             f"{' and '.join(f'{r.rate_per_ms:g}' for r in disp.runs)} tasks/ms); cores left to the "
+             "servers: " + ", ".join(f"{cal.server_cores(rate):.2f} at {rate:g}/ms" for rate in (0.1, 1.0))]
     return "\n".join(lines)

@@ -484,6 +484,7 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
     configs = []
     points = scenario.sweep_points()
     for values, table in points if only is None else [points[only]]:
+        own_cores = "cores" in table.get("service", {})  # a scenario's own service.cores wins
         for key, value in physical.items():  # the scenario's own [sim] settings win over the calibration's
             if key == "service":
                 table["service"] = {**value, **table.get("service", {})}
@@ -491,7 +492,7 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
                 table.setdefault(key, value)
         config = sim_config_for(scenario, table, expert_service, coded_service, pools, check_capacity=False,
                                 backup_service=backup_service)
-        if calibration is not None:
+        if calibration is not None and not own_cores:
             config = served_model.with_served_cores(config, calibration, facts.device if facts else "cpu")
         check_point_capacity(scenario, config, values, served=calibration is not None)
         if pools is not None:

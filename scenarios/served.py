@@ -51,7 +51,8 @@ def physical_table(calibration: Any, device: str) -> dict[str, Any]:
     """What a served run adds to a point's sim table besides service times: the measured one-way delays,
     finish-the-pass cancels and the cores (left by the dispatcher, filled in per point by `with_served_cores`),
     time-sliced in the measured quantum (on a CPU)."""
-    service: dict[str, Any] = {"cancel_in_service": "finish_pass"}
+    service: dict[str, Any] = {"cancel_in_service": "finish_pass",
+                               "cores": 1.0 if device.startswith("cuda") else float(calibration.server_cores(0.0))}
     if not device.startswith("cuda"):
         quantum = calibration.quantum_ms
         if quantum is not None and math.isfinite(quantum) and quantum > 0:
@@ -78,10 +79,7 @@ def server_cores(calibration: Any, config: SimConfig, device: str) -> float:
 
 
 def with_served_cores(config: SimConfig, calibration: Any, device: str) -> SimConfig:
-    """The point's config with the servers sharing the cores the dispatcher leaves them (unless the scenario
-    set `service.cores` itself)."""
-    if config.service.cores is not None:
-        return config
+    """The point's config with the servers sharing the cores the dispatcher leaves them at its task rate."""
     cores = server_cores(calibration, config, device)
     service = config.service.model_copy(update={"cores": cores})
     if service.quantum_ms is not None and cores >= config.n_experts + config.r:

@@ -34,6 +34,25 @@ def tiny_zoo_config(cache_dir, seed: int = 0, **changes) -> ZooConfig:
     return ZooConfig.model_validate(tiny_zoo_table(cache_dir, seed, **changes))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hand_calibration_file(tmp_path_factory):
+    """Every run in the suite predicts served latency from a calibration written by hand for this machine
+    (tests/calibration_testutil.py), so no test measures the machine, and served numbers are worked out on paper.
+    Tests of the measuring and of the cache set COINSIM_CALIBRATION themselves."""
+    import os
+
+    from tests.calibration_testutil import write_calibration
+
+    path = write_calibration(tmp_path_factory.mktemp("calibration") / "hand.json")
+    previous = os.environ.get("COINSIM_CALIBRATION")
+    os.environ["COINSIM_CALIBRATION"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("COINSIM_CALIBRATION", None)
+    else:
+        os.environ["COINSIM_CALIBRATION"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     """One checkpoint cache for the whole session, so the tiny zoo is trained once."""

@@ -47,8 +47,8 @@ def sample(machine: dict | None = None) -> Calibration:
                     "run_mean_ms": 3.5, "run_p90_ms": 4.1, "gap_median_ms": 8.0, "gap_mean_ms": 7.0,
                     "quantum_ms": 4.0},
         "dispatcher": {"base_cores": 0.05, "cpu_ms_per_task": 0.2,
-                       "runs": [{"rate_per_s": 100, "n_tasks": 100, "served_s": 1.0, "cpu_s": 0.07},
-                                {"rate_per_s": 1000, "n_tasks": 1000, "served_s": 1.0, "cpu_s": 0.25}],
+                       "runs": [{"rate_per_ms": 0.1, "n_tasks": 100, "served_s": 1.0, "cpu_s": 0.07},
+                                {"rate_per_ms": 1.0, "n_tasks": 1000, "served_s": 1.0, "cpu_s": 0.25}],
                        "frontend_priority": "realtime"},
     })
 
@@ -111,6 +111,7 @@ def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch):
 
 
 def test_default_path_is_per_machine_under_the_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("COINSIM_CALIBRATION", raising=False)
     monkeypatch.setenv("COINSIM_CACHE", str(tmp_path))
     path = calfile.default_path("cpu")
     assert path.parent == tmp_path / "calibration" and path.suffix == ".json"
@@ -133,8 +134,8 @@ def test_served_ms_applies_the_line_sample_by_sample():
     np.testing.assert_allclose(cal.served_ms(np.array([0.0, 1.0, 2.0, 0.5])), [0.3, 1.8, 3.3, 1.05])
     np.testing.assert_allclose(cal.out_ms_samples(), [0.4 * (0.5 + k / 10) for k in range(10)])
     assert cal.back_ms_samples()[0] == pytest.approx(0.1)
-    assert cal.dispatcher_cores(1000) == pytest.approx(0.25)
-    assert cal.server_cores(1000) == pytest.approx(max(0.5, cal.machine.cpu_count - 0.25))
+    assert cal.dispatcher_cores(1.0) == pytest.approx(0.25)
+    assert cal.server_cores(1.0) == pytest.approx(max(0.5, cal.machine.cpu_count - 0.25))
     assert cal.quantum_ms == 4.0
 
 
@@ -213,3 +214,8 @@ def test_one_way_delays_of_a_real_server(tmp_path):
     for d in (delays.out, delays.back):
         assert 0 < d.median_ms <= d.p99_ms < 1000 and np.isfinite(d.mean_ms)
         assert len(d.samples_ms) == 200 and all(0 < x < 1000 for x in d.samples_ms)
+
+
+def test_coinsim_calibration_names_the_default_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("COINSIM_CALIBRATION", str(tmp_path / "shared.json"))
+    assert calfile.default_path("cpu") == tmp_path / "shared.json"

@@ -1,0 +1,126 @@
+"""The served latency model: a hand-written calibration turned into what the simulator is given, checked against
+numbers worked out on paper (tests/calibration_testutil.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from scenarios import served
+from sim import parse_config, simulate
+from tests import calibration_testutil as cu
+
+
+def _pure_sim(rates=(0.05, 0.05), means=(1.0, 1.0), **extra) -> dict:
+    return {"n_experts": 2, "r": 1, "n_queries": 4000, "warmup_fraction": 0.0,
+            "traffic": {"kind": "poisson", "rates_per_ms": list(rates)},
+            "service": {"experts": [{"kind": "deterministic", "value_ms": m} for m in means]},
+            "network": {"out": {"kind": "deterministic", "value_ms": 0.25},
+                        "back": {"kind": "deterministic", "value_ms": 0.5}},
+            "policies": ["uncoded", {"kind": "hedged", "delay_ms": "p50"},
+                         {"kind": "backup", "dispatch": "hedged", "delay_ms": 3.0}], **extra}
+
+
+def test_served_samples_follow_the_calibration_line() -> None:
+    cal = cu.hand_calibration()
+    assert served.served_samples(cal, np.array([0.1, 1.0, 2.0])) == pytest.approx([0.35, 1.7, 3.2])
+
+
+def test_percentile_delay_is_of_the_primary_served_response() -> None:
+    # a query alone at its expert (rate low enough that a query very rarely waits) takes out + pass + back:
+    # expert 0 0.25 + 1 + 0.5 = 1.75 ms, expert 1 0.25 + 3 + 0.5 = 3.75 ms; the median is exactly that
+    config = parse_config(_pure_sim(rates=(0.001, 0.001), means=(1.0, 3.0)))
+    resolved = served.resolve_served_delays(config, seed=0)
+    assert resolved.policy("hedged").delay_ms == pytest.approx((1.75, 3.75))
+    assert resolved.policy("backup").delay_ms == 3.0  # milliseconds stay as given
+    assert resolved.policy("uncoded").delay_ms is None
+
+
+def test_percentile_delay_counts_queueing_under_load() -> None:
+    # under load the primary's p95 response includes waiting: above the bare 1.75 ms
+    config = parse_config(_pure_sim(rates=(0.6, 0.6), **{"policies": ["uncoded", {"kind": "hedged",
+                                                                                    "delay_ms": "p95"}]}))
+    resolved = served.resolve_served_delays(config, seed=0)
+    records = simulate(config.model_copy(update={"policies": config.policies[:1]}), 0).records
+    for i, delay in enumerate(resolved.policy("hedged").delay_ms):
+        mine = records.loc[records["model"] == i, "latency_ms"].to_numpy()
+        assert delay == pytest.approx(np.percentile(mine, 95))
+        assert delay > 1.75 + 0.5
+
+
+def test_server_cores_leave_the_dispatcher_its_share() -> None:
+    cal = cu.hand_calibration()
+    config = parse_config(_pure_sim(rates=(0.5, 0.5), **{"traffic": {"kind": "poisson", "rates_per_ms": [0.5, 0.5],
+                                                                      "ensemble_rate_per_ms": 0.1}}))
+    # tasks per ms: 1.0 routed + 2 x 0.1 ensemble = 1.2 -> 1.2 * 0.05 ms = 0.06 cores, plus 0.1 base
+    cores = served.server_cores(cal, config, "cpu")
+    assert cores == pytest.approx(cal.machine.cpu_count - 0.16)
+    with_cores = served.with_served_cores(config, cal, "cpu")
+    assert with_cores.service.cores == pytest.approx(cores)
+    assert served.server_cores(cal, config, "cuda:0") == 1.0
+
+
+def test_physical_table_switches_on_serving() -> None:
+    cal = cu.hand_calibration()
+    table = served.physical_table(cal, "cpu")
+    assert table["service"] == {"cancel_in_service": "finish_pass", "quantum_ms": cu.QUANTUM_MS,
+                                "cores": pytest.approx(cal.machine.cpu_count - cu.BASE_CORES)}
+    assert set(table["network"]["out"]["samples_ms"]) == {cu.OUT_MS}
+    assert set(table["network"]["back"]["samples_ms"]) == {cu.BACK_MS}
+    assert "quantum_ms" not in served.physical_table(cal, "cuda")["service"]
+
+
+def _networks_scenario(load: float, **profile):
+    from scenarios.schema import scenario_from_dict
+    from tests.scenarios.test_validation import networks_scenario
+
+    table = networks_scenario()
+    table["sim"] = dict(table["sim"], traffic={"kind": "poisson", "load": load}, n_queries=2000,
+                        policies=["uncoded", {"kind": "hedged", "delay_ms": "p95"}])
+    table["profile"] = {**table.get("profile", {}), **profile}
+    return scenario_from_dict(table, "nets.toml")
+
+
+def _facts(scenario, pass_ms=(1.0, 1.0)):
+    from types import SimpleNamespace
+
+    names = [e.name for e in scenario.models.experts]
+    profile = {names[0]: np.full(50, pass_ms[0]), names[1]: np.full(50, pass_ms[1]), "coded": np.full(50, 1.0)}
+    return SimpleNamespace(experts=[{"name": n} for n in names], profile_ms=profile, device="cpu",
+                           answers=SimpleNamespace(pools=[50, 50]))
+
+
+def test_load_is_a_fraction_of_the_served_capacity() -> None:
+    from scenarios.runner import build_point_configs
+
+    scenario = _networks_scenario(0.3)
+    facts = _facts(scenario, (1.0, 2.0))
+    cal = cu.hand_calibration()
+    (_, bare), = build_point_configs(scenario, facts)  # type: ignore[arg-type]
+    (_, config), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    # bare: 0.3 * (1/1 + 1/2) = 0.45/ms; served: passes cost 0.2 + 1.5 x {1, 2} = {1.7, 3.2} ms
+    assert bare.traffic.rate_per_ms == pytest.approx(0.45)
+    assert config.traffic.rate_per_ms == pytest.approx(0.3 * (1 / 1.7 + 1 / 3.2))
+    assert config.service.expert_dist(1).mean() == pytest.approx(3.2)
+    assert config.service.cancel_in_service == "finish_pass" and config.service.quantum_ms == cu.QUANTUM_MS
+    assert config.service.cores == pytest.approx(
+        cal.machine.cpu_count - cu.BASE_CORES - config.traffic.rate_per_ms * cu.CPU_MS_PER_TASK)
+    assert config.network.out is not None and bare.network.out is None
+    delays = config.policy("hedged").delay_ms
+    assert isinstance(delays, tuple) and delays[1] > delays[0] > 1.7 + cu.OUT_MS + cu.BACK_MS - 1e-9
+    assert isinstance(bare.policy("hedged").delay_ms, str)  # bare compute resolves 'p95' from the passes
+
+
+def test_served_capacity_refusal_names_it() -> None:
+    from scenarios.runner import build_point_configs
+    from scenarios.schema import ScenarioError
+
+    # bare, load 0.9 fits; served, the same load fits the experts but not the cores: on a 1-core machine
+    # the dispatcher takes 0.1 + ... cores and two experts at 0.9 busy each need 1.8 cores
+    scenario = _networks_scenario(0.9)
+    facts = _facts(scenario)
+    machine = dict(cu.calibration_dict()["machine"], cpu_count=1)
+    cal = cu.hand_calibration(machine=machine)
+    assert build_point_configs(scenario, facts)  # type: ignore[arg-type]
+    with pytest.raises(ScenarioError, match="unstable load.*service.cores.*served capacity"):
+        build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
