@@ -44,10 +44,12 @@ Physical options measured on the serving testbed (off by default; the reference 
 back (cancels travel like tasks; join-shortest-queue counts tasks in flight); ``service.cancel_in_service =
 "finish_pass"`` lets a cancelled task's forward pass (its draw without the straggle factor) end before the server
 moves on; ``service.cores = C`` makes the servers share C cores (processor sharing when more are busy);
-``service.quantum_ms = q`` (only with cores) shares them the way an OS does instead: ceil(C) slots at speed
-C / ceil(C), given round robin to the servers with work for up to q ms of wall time each, so a server that
-loses its slot waits whole quanta (for a whole C, q -> 0 gives processor sharing back);
-``stragglers.hold = "stall"`` keeps a straggling task's extra time off those cores.
+``service.quantum_ms = q`` (only with cores) shares them the way an OS does instead: ceil(C) slots, k holders
+each at speed min(1, C / k), given round robin to the servers with work for up to q ms of wall time each, so a
+server that loses its slot waits whole quanta (q -> 0 gives processor sharing back);
+``stragglers.hold = "stall"`` keeps a straggling task's extra time off those cores;
+``service.wake = {idle_ms = [...], extra_ms = [...]}`` makes a task that starts on a server that sat idle for
+g ms compute extra_ms(g) longer (a process that slept wakes to cold caches and a slower core).
 
 Minimal scenario (TOML, a [sim] table)::
 

@@ -177,6 +177,27 @@ ServiceDist = Annotated[
 ]
 
 
+class Wake(_Model):
+    """Extra compute (ms) of a task that starts on a server idle for `idle_ms` before it (see Service)."""
+
+    idle_ms: tuple[Annotated[float, Field(ge=0)], ...] = Field(min_length=1)
+    extra_ms: tuple[Annotated[float, Field(ge=0)], ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Wake:
+        if len(self.idle_ms) != len(self.extra_ms):
+            raise ValueError(f"wake: {len(self.idle_ms)} idle_ms points but {len(self.extra_ms)} extra_ms values")
+        if any(b <= a for a, b in zip(self.idle_ms, self.idle_ms[1:], strict=False)):
+            raise ValueError("wake.idle_ms must increase")
+        return self
+
+    def extra(self, idle_ms: float) -> float:
+        """The extra compute after `idle_ms` of idleness (0 when the server went straight on)."""
+        if idle_ms <= 0:
+            return 0.0
+        return float(np.interp(idle_ms, (0.0, *self.idle_ms), (0.0, *self.extra_ms)))
+
+
 class Service(_Model):
     """Service time of a task = dist.ppf(u) * scale[server] * (per-task slowdown) * (episode slowdown).
 
@@ -186,12 +207,18 @@ class Service(_Model):
 
     `cores` = C lets the servers share C cores. By default they share them as a fluid (processor sharing: k > C
     busy servers each run at C / k). `quantum_ms` = q replaces the fluid by what an OS scheduler does: ceil(C)
-    CPU slots, each at speed C / ceil(C) (a fractional C is spread evenly over them), and a FIFO run queue. A
+    CPU slots, k holders each at speed min(1, C / k) (a fractional C slows them only when they outnumber it),
+    and a FIFO run queue. A
     server with work to do takes a free slot or waits at the tail of the queue; it keeps its slot for q ms of
     wall time, then yields it to the head of the queue and rejoins the tail (with nobody waiting it just goes
     on). A server that ends its work, stalls (``stragglers.hold = "stall"``), fails or has its task cancelled
     frees its slot for the head at once. A task's work is its service time at speed 1; the server's busy time
     is the wall time the task held it, waits in the run queue included.
+
+    `wake` (measured by `coinsim calibrate`): a server that sat idle for g ms before a task starts computes that
+    task `extra_ms(g)` ms longer (linear between the given points, the last value beyond them; 0 for a server
+    that goes straight on from its previous task) — a process that slept finds its caches cold and its core
+    clocked down or taken back by the host, so its first pass is slower.
     """
 
     expert: ServiceDist = Field(default_factory=lambda: Exponential(mean_ms=1.0))
@@ -215,6 +242,8 @@ class Service(_Model):
         description="with cores: time slicing instead of processor sharing — ceil(cores) CPU slots at speed "
                     "cores / ceil(cores) each, handed round robin to the runnable servers for up to this much "
                     "wall time at a time; None = processor sharing")
+
+    wake: Wake | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Service:
@@ -482,6 +511,8 @@ class SimConfig(_Model):
         n, s = self.n_experts, self.n_experts + self.r
         if self.service.cores is not None and self.service.max_batch > 1:
             raise ValueError("service.cores (shared cores) is not modelled with max_batch > 1")
+        if self.service.wake is not None and self.service.max_batch > 1:
+            raise ValueError("service.wake (wake-up costs) is not modelled with max_batch > 1")
         if self.service.cancel_in_service == "finish_pass" and self.service.max_batch > 1:
             raise ValueError("service.cancel_in_service = 'finish_pass' is not modelled with max_batch > 1")
         if s > MAX_SERVERS:

@@ -148,6 +148,8 @@ class _Server:
         "rr",
         "q0",
         "qev",
+        "free_at",
+        "woke",
     )
 
     def __init__(
@@ -173,6 +175,8 @@ class _Server:
         self.rr = 0  # time slicing: 0 not runnable (idle or stalled), 1 holds a CPU slot, 2 in the run queue
         self.q0 = 0.0  # time slicing: start of the current quantum (while holding a slot)
         self.qev: _Due | None = None  # time slicing: pending end of the current quantum, if one is armed
+        self.free_at = 0.0  # when the server last became free (wake-up costs: how long it sat idle)
+        self.woke = 0.0  # wake-up cost added to the current task's pass
 
     def start(self, task: _Task) -> None:
         env = self.env
@@ -183,6 +187,8 @@ class _Server:
         d = self.draw[task.q.qid]
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
+        wake = self.eng.wake
+        woke = self.woke = wake.extra(now - self.free_at) if wake is not None else 0.0  # 0 straight on
         ev = self.ev = _Due(self.finish)
         if self.eng.sharing:  # the task's work is done at the shared cores' current speed
             if self.eng.stall:  # ... and a straggle's extra time is spent off the cores
@@ -191,9 +197,9 @@ class _Server:
                     self.extra = d - pass_ms
                     ev = self.ev = _Due(self._stall)
                     d = pass_ms
-            self.eng.busy_up(self, d, ev)
+            self.eng.busy_up(self, d + woke, ev)
             return
-        heappush(self.heap, (now + d, NORMAL, next(self.eid), ev))
+        heappush(self.heap, (now + d + woke, NORMAL, next(self.eid), ev))
 
     def pull(self) -> None:
         q = self.station.queue
@@ -204,6 +210,7 @@ class _Server:
                 return
 
     def _stop(self) -> float:
+        self.free_at = self.env._now
         dt = self.env._now - self.t0
         self.eng.busy[self.idx] += dt
         self.eng.ms[self.cur.q.qid] += dt  # type: ignore[union-attr]
@@ -218,7 +225,8 @@ class _Server:
             return  # stale completion of preempted work
         task: _Task = self.cur  # type: ignore[assignment]
         eng = self.eng
-        dt = self.env._now - self.t0  # _stop(), inlined on the hot path
+        now = self.free_at = self.env._now  # _stop(), inlined on the hot path
+        dt = now - self.t0
         eng.busy[self.idx] += dt
         eng.ms[task.q.qid] += dt
         self.cur = None
@@ -256,7 +264,7 @@ class _Server:
         once the task's forward pass is over, only the straggle being cut."""
         if self.eng.finish_pass:
             factor = self.slowdown if self.slow is not None and self.slow.state_at(self.t0) else 1.0
-            pass_ms = self.pass_draw[self.cur.q.qid] * factor  # type: ignore[union-attr]
+            pass_ms = self.pass_draw[self.cur.q.qid] * factor + self.woke  # type: ignore[union-attr]
             if self.eng.sharing:
                 self.eng.finish_pass_shared(self, pass_ms)
                 return
@@ -414,6 +422,9 @@ class FastEngine:
         self.finish_pass = plan.finish_pass
         self.stall = plan.stall
         self.rate = 1.0  # speed of every busy server while sharing
+        self.wake = plan.wake  # extra compute of a task that starts on a server that sat idle
+        if plan.wake is not None and plan.max_batch > 1:
+            raise ValueError("wake-up costs (service.wake) are not modelled with batching")
         self.quantum = plan.quantum  # time slicing: round robin in quanta instead of processor sharing
         self.slicing = self.sharing and plan.quantum is not None
         if plan.quantum is not None and not self.sharing:

@@ -61,9 +61,10 @@ class ReferenceEngine:
     def __init__(self, plan: Plan, draws: Draws) -> None:
         if plan.failures is not None:
             raise NotImplementedError("the reference engine does not model server failures")
-        if any(x is not None for x in (plan.out_ms, plan.back_ms, plan.pass_ms, plan.cores, plan.quantum)):
+        if any(x is not None for x in (plan.out_ms, plan.back_ms, plan.pass_ms, plan.cores, plan.quantum,
+                                          plan.wake)):
             raise NotImplementedError("the reference engine does not model network delays, finish_pass cancels, "
-                                      "shared cores or time slicing")
+                                      "shared cores, time slicing or wake-up costs")
         self.plan, self.draws = plan, draws
         self.env = simpy.Environment()
         self.N = plan.n_experts

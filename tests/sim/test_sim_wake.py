@@ -1,0 +1,70 @@
+"""Wake-up costs (service.wake): a task that starts on a server that sat idle computes longer; hand traces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim import SimConfigError, parse_config
+from sim.config import Wake
+from tests.sim.test_sim_slicing import _trace
+
+WAKE = {"idle_ms": [2.0, 6.0], "extra_ms": [0.5, 1.0]}
+
+
+def test_extra_is_interpolated_and_zero_straight_on() -> None:
+    wake = Wake(**WAKE)
+    # linear from (0, 0) through (2, 0.5) and (6, 1.0), flat beyond
+    assert [wake.extra(g) for g in (0.0, 1.0, 2.0, 3.0, 6.0, 50.0)] == pytest.approx([0, 0.25, 0.5, 0.625, 1, 1])
+
+
+@pytest.mark.parametrize("cores", [None, {"cores": 1.0, "quantum_ms": 0.5}])
+def test_one_server_hand_trace(cores) -> None:
+    # one expert, 1 ms a pass. t = 0: starts at once (idle since the start: 0 ms) -> 1.0; t = 0.5 waits and
+    # goes straight on at 1.0 (no wake) -> 2.0; t = 5: idle since 2.0 (3 ms: +0.625) -> 6.625; t = 20: idle
+    # 13.375 ms (+1.0) -> 22.0; t = 20.1 queued behind it -> 23.0. Alone on a shared core nothing changes.
+    service = {"expert": {"kind": "deterministic", "value_ms": 1.0}, "wake": WAKE} | (cores or {})
+    table = {"n_experts": 1, "r": 0, "policies": ["uncoded"], "service": service}
+    arrivals = [0.0, 0.5, 5.0, 20.0, 20.1]
+    out = _trace(table, arrivals, [0] * 5, np.ones((5, 1)))
+    np.testing.assert_allclose(out.finish_ms, [1.0, 2.0, 6.625, 22.0, 23.0], atol=1e-9)
+    np.testing.assert_allclose(out.busy_ms, [2.0 + 1.625 + 3.0], atol=1e-9)
+
+
+def test_wake_is_work_on_the_shared_cores() -> None:
+    # two experts on one core (processor sharing). Server 0 busy 0..1 (t = 0). Server 1 gets a task at t = 4
+    # after idling 4 ms (+0.75 -> 1.75 ms of work) and server 0 one at t = 4.5 after idling 3.5 ms (+0.6875 ->
+    # 1.6875). 4.0-4.5: server 1 alone does 0.5 (1.25 left); from 4.5 both at half speed: server 0 needs 3.375 ms
+    # of wall time, server 1 2.5 -> server 1 ends at 7.0 (server 0 has 0.4375 left), server 0 alone ends 7.4375.
+    service = {"expert": {"kind": "deterministic", "value_ms": 1.0}, "wake": WAKE, "cores": 1.0}
+    table = {"n_experts": 2, "r": 0, "policies": ["uncoded"], "service": service}
+    out = _trace(table, [0.0, 4.0, 4.5], [0, 1, 0], np.ones((3, 2)))
+    np.testing.assert_allclose(out.finish_ms, [1.0, 7.0, 7.4375], atol=1e-9)
+
+
+def test_finish_pass_cancel_waits_for_the_woken_pass() -> None:
+    # hedged at 0.5 ms: expert 0 (idle 5 ms before t = 5: +0.875) answers at 6.875. The replica's copy, sent at
+    # 5.5 to a server idle 5.5 ms (+0.9375), straggles x3 (a 1 ms pass, then 2 ms more) and is cancelled at
+    # 6.875: with finish_pass its pass, wake-up included, ends at 5.5 + 1.9375 = 7.4375; preempt frees it at once
+    wake_replica = 0.5 + 0.5 * (5.5 - 2.0) / 4.0
+    for cancel, free_at in (("finish_pass", 5.5 + 1.0 + wake_replica), ("preempt", 6.875)):
+        service = {"expert": {"kind": "deterministic", "value_ms": 1.0}, "wake": WAKE,
+                   "cancel_in_service": cancel}
+        table = {"n_experts": 1, "r": 1, "policies": [{"kind": "hedged", "delay_ms": 0.5}], "service": service}
+        out = _trace(table, [5.0], [0], np.array([[1.0, 3.0]]))
+        np.testing.assert_allclose(out.finish_ms, [6.875], atol=1e-9)
+        np.testing.assert_allclose(out.busy_ms, [1.875, free_at - 5.5], atol=1e-9)
+
+
+@pytest.mark.parametrize("wake, match", [
+    ({"idle_ms": [2.0, 1.0], "extra_ms": [0.1, 0.2]}, "increase"),
+    ({"idle_ms": [2.0], "extra_ms": [0.1, 0.2]}, "extra_ms values"),
+    ({"idle_ms": [2.0], "extra_ms": [-0.1]}, "greater than or equal"),
+    ({"idle_ms": [2.0], "extra_ms": [float("nan")]}, "finite"),
+])
+def test_bad_wake_is_one_line(wake, match) -> None:
+    table = {"n_experts": 1, "r": 0, "n_queries": 10, "policies": ["uncoded"],
+             "traffic": {"kind": "poisson", "rate_per_ms": 0.1}, "service": {"wake": wake}}
+    with pytest.raises(SimConfigError, match=match) as info:
+        parse_config(table)
+    assert "\n" not in str(info.value)
