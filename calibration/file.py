@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the wake-up section
 MACHINE_FIELDS = ("cpu_model", "cpu_count", "device", "torch", "python")
 
 
@@ -125,13 +125,32 @@ class Dispatcher(_Strict):
     frontend_priority: str = Field(description="scheduling the frontend obtained: realtime, nice-10 or normal")
 
 
+class WakeRow(_Strict):
+    gap_ms: float = Field(description="idle time the server was given before each task (nominal)")
+    n: int
+    idle_median_ms: float = Field(description="idle time it actually had, from its own stamps (median)")
+    compute_median_ms: float
+    extra_ms: float = Field(description="median pass after that idle time − the pass of a server going straight on")
+
+
+class Wake(_Strict):
+    """How much longer a pass takes on a server that sat idle before it (cold caches, a core clocked down or
+    given back to the host): the simulator's `service.wake`."""
+
+    network: str
+    warm_compute_ms: float = Field(description="median pass of a busy server going straight from task to task")
+    rows: list[WakeRow] = Field(min_length=1)
+    idle_ms: list[float] = Field(min_length=1, description="the curve: idle time (increasing)")
+    extra_ms: list[float] = Field(min_length=1, description="the curve: extra pass time, non-decreasing, >= 0")
+
+
 class LoadAverage(_Strict):
     start: list[float]
     end: list[float]
 
 
 class Calibration(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[2] = SCHEMA_VERSION
     machine: Machine
     created: str = Field(description="ISO 8601 time the measurement finished")
     seconds: float = Field(description="wall time the measurement took")
@@ -140,6 +159,7 @@ class Calibration(_Strict):
     delays: Delays
     slicing: Slicing
     dispatcher: Dispatcher
+    wake: Wake
 
     # ---------------------------------------------------------------------------------- simulator side
     def served_ms(self, pass_ms: np.ndarray) -> np.ndarray:
@@ -165,6 +185,10 @@ class Calibration(_Strict):
         if self.machine.device != "cpu":
             return 1.0
         return max(0.5, self.machine.cpu_count - self.dispatcher_cores(task_rate_per_ms))
+
+    def wake_table(self) -> dict[str, list[float]]:
+        """The simulator's `service.wake` table (idle ms -> extra pass ms)."""
+        return {"idle_ms": list(self.wake.idle_ms), "extra_ms": list(self.wake.extra_ms)}
 
     @property
     def quantum_ms(self) -> float:

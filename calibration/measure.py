@@ -49,12 +49,15 @@ from calibration.file import (
     SizePoint,
     Slicing,
     StretchRow,
+    Wake,
+    WakeRow,
     machine_key,
 )
 
 SIZES: dict[str, int] = {"cnn-w2": 2, "cnn-w16": 16, "cnn-w48": 48, "cnn-w96": 96}  # SmallCNN widths, 28×28×1
 MID = "cnn-w48"
 SMALL = "cnn-w2"
+WAKE_NET = "cnn-w16"  # wake-up costs measured on a network the size of the default experts
 OTHERS = (0, 1, 2, 3)
 SPIN_THRESHOLD_S = 50e-6
 LEAD_MS = 100.0
@@ -152,6 +155,44 @@ def measure_delays(sockets: list[Any], net: int, n: int = 150, every_ms: float =
     return Delays(n_tasks=n, out=delay(out), back=delay(back))
 
 
+WAKE_GAPS_MS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+def wake_curve(gaps_ms: np.ndarray, extra_ms: np.ndarray) -> tuple[list[float], list[float]]:
+    """The simulator's wake table from measured (idle, extra) medians: idle times increasing, extras clipped at
+    zero and made non-decreasing (a longer sleep never wakes to a faster core; what is left is noise)."""
+    order = np.argsort(gaps_ms)
+    idle = np.asarray(gaps_ms, float)[order]
+    extra = np.maximum.accumulate(np.clip(np.asarray(extra_ms, float)[order], 0.0, None))
+    keep = np.concatenate([[True], np.diff(idle) > 0])
+    return idle[keep].round(5).tolist(), extra[keep].round(5).tolist()
+
+
+def measure_wake(sockets: list[Any], net: int, name: str, warm_compute_ms: float, cycle_ms: float,
+                 n: int = 80, gaps_ms: tuple[float, ...] = WAKE_GAPS_MS) -> Wake:
+    """One server, tasks spaced so that it sits idle `gap` ms before each: the pass after each idle time against
+    the pass of a server going straight on. The idle time is read off the server's own stamps (from the end
+    of one task to the start of the next)."""
+    rows = []
+    for gap in gaps_ms:
+        arrival = np.arange(n + 3) * (cycle_ms + gap)
+        tasks, _ = run_stream(sockets[:1], net, arrival, np.zeros(len(arrival), np.int64))
+        _, start, end = _stamps(tasks)
+        order = np.argsort(start)
+        idle = np.full(len(tasks), np.nan)
+        idle[order[1:]] = start[order[1:]] - end[order[:-1]]
+        comp = tasks["compute_ms"].to_numpy(float)
+        ok = np.isfinite(idle) & np.isfinite(comp)
+        ok[order[:3]] = False  # the first tasks: warm-up
+        if ok.sum() < 10:
+            raise CalibrationError(f"wake-up after {gap:g} ms idle: only {int(ok.sum())} passes timed")
+        med = float(np.median(comp[ok]))
+        rows.append(WakeRow(gap_ms=gap, n=int(ok.sum()), idle_median_ms=float(np.median(idle[ok])),
+                            compute_median_ms=med, extra_ms=med - warm_compute_ms))
+    idle_ms, extra_ms = wake_curve(np.array([r.idle_median_ms for r in rows]), np.array([r.extra_ms for r in rows]))
+    return Wake(network=name, warm_compute_ms=warm_compute_ms, rows=rows, idle_ms=idle_ms, extra_ms=extra_ms)
+
+
 def measure_stretch(sockets: list[Any], net: int, others: int, pass_ms: float, n: int) -> np.ndarray:
     """Pass times (ms) of probe server 0 while `others` more servers run the same network saturated, counted over
     the window in which every one of them was busy."""
@@ -227,7 +268,7 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
     began, load_start = time.perf_counter(), _load()
     dev = pick_device(device)
     cpus = os.cpu_count() or 1
-    steps = 1 + 1 + 2 * len(SIZES) + 1 + 2 * len(OTHERS) + 1 + 1
+    steps = 1 + 1 + 2 * len(SIZES) + 1 + 1 + 2 * len(OTHERS) + 1 + 1
     bar = tqdm(total=steps, desc="calibrate", unit="step", file=sys.stderr, disable=not progress)
 
     def step(label: str) -> None:
@@ -270,6 +311,13 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                               n_cycles=len(c), residual_ms=float(res))
                     for (name, i, c, comp), res in zip(points, residuals, strict=True)])
 
+                step("wake-up after idle")
+                warm = serving.points[names.index(WAKE_NET)]
+                wake = measure_wake(cluster.sockets, index[WAKE_NET], WAKE_NET,
+                                    float(np.median(np.concatenate([c for _, c in got[WAKE_NET]]))),
+                                    warm.cycle_median_ms)
+                bar.update(1)
+
                 step("one-way delays")
                 delays = measure_delays(cluster.sockets, index[SMALL])
                 bar.update(1)
@@ -307,4 +355,4 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
     return Calibration(machine=machine, created=datetime.now(UTC).isoformat(timespec="seconds"),
                        seconds=round(time.perf_counter() - began, 2),
                        load_average=LoadAverage(start=load_start, end=_load()),
-                       serving=serving, delays=delays, slicing=slicing, dispatcher=dispatcher)
+                       serving=serving, delays=delays, slicing=slicing, dispatcher=dispatcher, wake=wake)

@@ -7,7 +7,7 @@ query travels as it would through a real dispatcher:
 
 - a task holds its server for the served cost the calibration's line gives for its isolated pass sample
   (`Calibration.served_ms`: the pass plus the server's own per-task work — sending the output, reading its
-  socket, being scheduled again);
+  socket, being scheduled again), and longer when its server sat idle before it (the measured wake-up cost);
 - each task takes a one-way dispatch delay to reach its server and a return delay to come back (the
   calibration's measured samples), and a cancelled pass runs to its end, as a real pass cannot be interrupted;
 - the servers share the cores the dispatcher leaves them, time-sliced in the quantum the calibration measured
@@ -53,6 +53,9 @@ def physical_table(calibration: Any, device: str) -> dict[str, Any]:
     time-sliced in the measured quantum (on a CPU)."""
     service: dict[str, Any] = {"cancel_in_service": "finish_pass",
                                "cores": 1.0 if device.startswith("cuda") else float(calibration.server_cores(0.0))}
+    wake = calibration.wake_table()
+    if any(extra > 0 for extra in wake["extra_ms"]):
+        service["wake"] = wake
     if not device.startswith("cuda"):
         quantum = calibration.quantum_ms
         if quantum is not None and math.isfinite(quantum) and quantum > 0:

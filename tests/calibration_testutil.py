@@ -13,6 +13,8 @@ BACK_MS = 0.05
 QUANTUM_MS = 2.0
 BASE_CORES = 0.1  # the dispatcher: 0.1 cores + 0.05 ms of CPU per task
 CPU_MS_PER_TASK = 0.05
+WAKE_IDLE_MS = (1.0, 4.0)  # a server idle 1 ms computes its next pass 0.1 ms longer, idle 4 ms or more 0.3 ms
+WAKE_EXTRA_MS = (0.1, 0.3)
 
 
 def calibration_dict(machine: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
@@ -30,7 +32,7 @@ def calibration_dict(machine: dict[str, Any] | None = None, **changes: Any) -> d
     row = {"others": 0, "n": 100, "median_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "mean_ms": 1.0,
            "stretch_median": 1.0, "stretch_p99": 1.0}
     data = {
-        "schema_version": 1,
+        "schema_version": 2,
         "machine": machine or machine_key("cpu"),
         "created": "2026-12-03T00:00:00+00:00",
         "seconds": 1.0,
@@ -45,6 +47,10 @@ def calibration_dict(machine: dict[str, Any] | None = None, **changes: Any) -> d
                        "runs": [{"rate_per_ms": 0.1, "n_tasks": 100, "served_s": 1.0, "cpu_s": 0.105},
                                 {"rate_per_ms": 1.0, "n_tasks": 1000, "served_s": 1.0, "cpu_s": 0.15}],
                        "frontend_priority": "realtime"},
+        "wake": {"network": "mid", "warm_compute_ms": 1.0,
+                 "rows": [{"gap_ms": g, "n": 50, "idle_median_ms": g, "compute_median_ms": 1.0 + e, "extra_ms": e}
+                          for g, e in zip(WAKE_IDLE_MS, WAKE_EXTRA_MS, strict=True)],
+                 "idle_ms": list(WAKE_IDLE_MS), "extra_ms": list(WAKE_EXTRA_MS)},
     }
     data.update(changes)
     return data

@@ -50,6 +50,9 @@ def sample(machine: dict | None = None) -> Calibration:
                        "runs": [{"rate_per_ms": 0.1, "n_tasks": 100, "served_s": 1.0, "cpu_s": 0.07},
                                 {"rate_per_ms": 1.0, "n_tasks": 1000, "served_s": 1.0, "cpu_s": 0.25}],
                        "frontend_priority": "realtime"},
+        "wake": {"network": "b", "warm_compute_ms": 1.0,
+                 "rows": [{"gap_ms": 2.0, "n": 50, "idle_median_ms": 2.1, "compute_median_ms": 1.2, "extra_ms": 0.2}],
+                 "idle_ms": [2.1], "extra_ms": [0.2]},
     })
 
 
@@ -68,9 +71,9 @@ def test_round_trip(tmp_path):
     cal = sample()
     path = save_calibration(cal, tmp_path / "sub" / "cal.json")
     assert load_calibration(path, expect_machine=machine_key("cpu")) == cal
-    assert json.loads(path.read_text())["schema_version"] == 1
+    assert json.loads(path.read_text())["schema_version"] == 2
     assert set(json.loads(path.read_text())) == {"schema_version", "machine", "created", "seconds", "load_average",
-                                                 "serving", "delays", "slicing", "dispatcher"}
+                                                 "serving", "delays", "slicing", "dispatcher", "wake"}
 
 
 def test_unusable_files_are_refused_with_one_line(tmp_path):
@@ -81,8 +84,8 @@ def test_unusable_files_are_refused_with_one_line(tmp_path):
     assert "corrupt" in _one_line_error(path)
     path.write_text(good[: len(good) // 2])
     assert "truncated" in _one_line_error(path)
-    path.write_text(good.replace('"schema_version": 1', '"schema_version": 2'))
-    assert "schema_version 2" in _one_line_error(path)
+    path.write_text(good.replace('"schema_version": 2', '"schema_version": 1'))
+    assert "schema_version 1" in _one_line_error(path)
     path.write_text(good.replace('"overhead_ms": 0.3', '"overhead_ms": NaN'))
     assert "non-finite" in _one_line_error(path)
     path.write_text(good.replace('"overhead_ms": 0.3', '"overhead_ms": 1e999'))  # parses as inf
@@ -219,3 +222,12 @@ def test_one_way_delays_of_a_real_server(tmp_path):
 def test_coinsim_calibration_names_the_default_file(tmp_path, monkeypatch):
     monkeypatch.setenv("COINSIM_CALIBRATION", str(tmp_path / "shared.json"))
     assert calfile.default_path("cpu") == tmp_path / "shared.json"
+
+
+def test_wake_curve_is_increasing_and_never_negative():
+    from calibration.measure import wake_curve
+
+    # measured medians, out of order, one negative (noise) and one dip: clipped at 0, made non-decreasing
+    idle, extra = wake_curve(np.array([4.0, 0.3, 1.1, 8.2]), np.array([0.2, -0.05, 0.25, 0.45]))
+    assert idle == [0.3, 1.1, 4.0, 8.2]
+    assert extra == [0.0, 0.25, 0.25, 0.45]

@@ -27,7 +27,8 @@ def test_served_samples_follow_the_calibration_line() -> None:
 
 
 def test_percentile_delay_is_of_the_primary_served_response() -> None:
-    # a query alone at its expert (rate low enough that a query very rarely waits) takes out + pass + back:
+    # a query alone at its expert (rate low enough that a query very rarely waits) takes out + pass + back
+    # (no wake-up costs in this config):
     # expert 0 0.25 + 1 + 0.5 = 1.75 ms, expert 1 0.25 + 3 + 0.5 = 3.75 ms; the median is exactly that
     config = parse_config(_pure_sim(rates=(0.001, 0.001), means=(1.0, 3.0)))
     resolved = served.resolve_served_delays(config, seed=0)
@@ -64,7 +65,8 @@ def test_physical_table_switches_on_serving() -> None:
     cal = cu.hand_calibration()
     table = served.physical_table(cal, "cpu")
     assert table["service"] == {"cancel_in_service": "finish_pass", "quantum_ms": cu.QUANTUM_MS,
-                                "cores": pytest.approx(cal.machine.cpu_count - cu.BASE_CORES)}
+                                "cores": pytest.approx(cal.machine.cpu_count - cu.BASE_CORES),
+                                "wake": {"idle_ms": list(cu.WAKE_IDLE_MS), "extra_ms": list(cu.WAKE_EXTRA_MS)}}
     assert set(table["network"]["out"]["samples_ms"]) == {cu.OUT_MS}
     assert set(table["network"]["back"]["samples_ms"]) == {cu.BACK_MS}
     assert "quantum_ms" not in served.physical_table(cal, "cuda")["service"]
