@@ -158,12 +158,25 @@ def measure_delays(sockets: list[Any], net: int, n: int = 150, every_ms: float =
 WAKE_GAPS_MS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
+def _isotonic(values: np.ndarray) -> np.ndarray:
+    """The least-squares non-decreasing fit (adjacent violators pooled into their mean)."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return np.concatenate([np.full(int(c), t / c) for t, c in blocks])
+
+
 def wake_curve(gaps_ms: np.ndarray, extra_ms: np.ndarray) -> tuple[list[float], list[float]]:
     """The simulator's wake table from measured (idle, extra) medians: idle times increasing, extras clipped at
-    zero and made non-decreasing (a longer sleep never wakes to a faster core; what is left is noise)."""
+    zero and made non-decreasing by isotonic regression (a longer sleep never wakes to a faster core; what is
+    left is noise)."""
     order = np.argsort(gaps_ms)
     idle = np.asarray(gaps_ms, float)[order]
-    extra = np.maximum.accumulate(np.clip(np.asarray(extra_ms, float)[order], 0.0, None))
+    extra = np.clip(_isotonic(np.asarray(extra_ms, float)[order]), 0.0, None)
     keep = np.concatenate([[True], np.diff(idle) > 0])
     return idle[keep].round(5).tolist(), extra[keep].round(5).tolist()
 

@@ -227,7 +227,11 @@ def test_coinsim_calibration_names_the_default_file(tmp_path, monkeypatch):
 def test_wake_curve_is_increasing_and_never_negative():
     from calibration.measure import wake_curve
 
-    # measured medians, out of order, one negative (noise) and one dip: clipped at 0, made non-decreasing
+    # measured medians, out of order, one negative (noise) and one dip: the dip pools with its neighbour
+    # into their mean (0.25 + 0.2) / 2, the negative value is clipped at 0
     idle, extra = wake_curve(np.array([4.0, 0.3, 1.1, 8.2]), np.array([0.2, -0.05, 0.25, 0.45]))
     assert idle == [0.3, 1.1, 4.0, 8.2]
-    assert extra == [0.0, 0.25, 0.25, 0.45]
+    assert extra == pytest.approx([0.0, 0.225, 0.225, 0.45])
+    # the first point high (a nearly saturated server): pooled over the first three
+    _, extra = wake_curve(np.array([0.07, 0.5, 1.0, 2.0]), np.array([0.125, 0.033, 0.047, 0.14]))
+    assert extra == pytest.approx([0.205 / 3] * 3 + [0.14], abs=1e-5)
