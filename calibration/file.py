@@ -130,15 +130,20 @@ class WakeRow(_Strict):
     n: int
     idle_median_ms: float = Field(description="idle time it actually had, from its own stamps (median)")
     compute_median_ms: float
-    extra_ms: float = Field(description="median pass after that idle time − the pass of a server going straight on")
+    cost_ms: float = Field(description="what a task cost after that idle time: the server process's CPU time per "
+                                       "task (all threads), or the median pass where the OS does not tell")
+    extra_ms: float = Field(description="cost_ms − the cost of a task on a server going straight on")
 
 
 class Wake(_Strict):
-    """How much longer a pass takes on a server that sat idle before it (cold caches, a core clocked down or
-    given back to the host): the simulator's `service.wake`."""
+    """How much more a task costs a server that sat idle before it (cold caches, a core clocked down or given
+    back to the host, the wake-up of a sleeping process and its I/O thread): the simulator's `service.wake`.
+    Measured as the server process's CPU time per task (all threads) where /proc tells, else as the pass."""
 
     network: str
     warm_compute_ms: float = Field(description="median pass of a busy server going straight from task to task")
+    warm_cost_ms: float = Field(description="cost of a task on a server kept busy (same measure as cost_ms)")
+    cost: Literal["process_cpu", "pass"] = Field(description="how a task's cost was measured")
     rows: list[WakeRow] = Field(min_length=1)
     idle_ms: list[float] = Field(min_length=1, description="the curve: idle time (increasing)")
     extra_ms: list[float] = Field(min_length=1, description="the curve: extra pass time, non-decreasing, >= 0")

@@ -181,15 +181,41 @@ def wake_curve(gaps_ms: np.ndarray, extra_ms: np.ndarray) -> tuple[list[float], 
     return idle[keep].round(5).tolist(), extra[keep].round(5).tolist()
 
 
+def process_cpu_ms(pid: int) -> float | None:
+    """CPU time (ms) every thread of process `pid` has run so far — the server's own loop, torch and ZeroMQ's I/O
+    thread alike — from Linux's per-thread scheduler statistics (ns); None where /proc does not tell."""
+    total = 0
+    try:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{thread}/schedstat") as handle:
+                total += int(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e6
+
+
+def _cpu_per_task(sockets: list[Any], net: int, pid: int | None, arrival: np.ndarray,
+                  ) -> tuple[pd.DataFrame, float | None]:
+    before = process_cpu_ms(pid) if pid is not None else None
+    tasks, _ = run_stream(sockets[:1], net, arrival, np.zeros(len(arrival), np.int64))
+    after = process_cpu_ms(pid) if pid is not None else None
+    per_task = (after - before) / len(arrival) if before is not None and after is not None else None
+    return tasks, per_task
+
+
 def measure_wake(sockets: list[Any], net: int, name: str, warm_compute_ms: float, cycle_ms: float,
-                 n: int = 80, gaps_ms: tuple[float, ...] = WAKE_GAPS_MS) -> Wake:
-    """One server, tasks spaced so that it sits idle `gap` ms before each: the pass after each idle time against
-    the pass of a server going straight on. The idle time is read off the server's own stamps (from the end
-    of one task to the start of the next)."""
+                 pid: int | None = None, n: int = 80, gaps_ms: tuple[float, ...] = WAKE_GAPS_MS) -> Wake:
+    """One server, tasks spaced so that it sits idle `gap` ms before each, against the same server kept busy.
+    The cost of a task is the CPU time the server process (all its threads) spent per task where /proc tells
+    (pid given), else the pass alone; the extra is that cost after each idle time minus the busy server's. The
+    idle time is read off the server's own stamps (from the end of one task to the start of the next)."""
+    arrival, _ = burst_stream(n, 1.6 * warm_compute_ms + 0.2)
+    busy_tasks, busy_cpu = _cpu_per_task(sockets, net, pid, arrival)
+    warm = busy_cpu if busy_cpu is not None else warm_compute_ms
     rows = []
     for gap in gaps_ms:
         arrival = np.arange(n + 3) * (cycle_ms + gap)
-        tasks, _ = run_stream(sockets[:1], net, arrival, np.zeros(len(arrival), np.int64))
+        tasks, cpu = _cpu_per_task(sockets, net, pid, arrival)
         _, start, end = _stamps(tasks)
         order = np.argsort(start)
         idle = np.full(len(tasks), np.nan)
@@ -200,10 +226,13 @@ def measure_wake(sockets: list[Any], net: int, name: str, warm_compute_ms: float
         if ok.sum() < 10:
             raise CalibrationError(f"wake-up after {gap:g} ms idle: only {int(ok.sum())} passes timed")
         med = float(np.median(comp[ok]))
+        cost = cpu if cpu is not None and busy_cpu is not None else med
         rows.append(WakeRow(gap_ms=gap, n=int(ok.sum()), idle_median_ms=float(np.median(idle[ok])),
-                            compute_median_ms=med, extra_ms=med - warm_compute_ms))
+                            compute_median_ms=med, cost_ms=cost, extra_ms=cost - warm))
     idle_ms, extra_ms = wake_curve(np.array([r.idle_median_ms for r in rows]), np.array([r.extra_ms for r in rows]))
-    return Wake(network=name, warm_compute_ms=warm_compute_ms, rows=rows, idle_ms=idle_ms, extra_ms=extra_ms)
+    return Wake(network=name, warm_compute_ms=warm_compute_ms, warm_cost_ms=warm,
+                cost="process_cpu" if busy_cpu is not None else "pass", rows=rows, idle_ms=idle_ms,
+                extra_ms=extra_ms)
 
 
 def measure_stretch(sockets: list[Any], net: int, others: int, pass_ms: float, n: int) -> np.ndarray:
@@ -328,7 +357,7 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                 warm = serving.points[names.index(WAKE_NET)]
                 wake = measure_wake(cluster.sockets, index[WAKE_NET], WAKE_NET,
                                     float(np.median(np.concatenate([c for _, c in got[WAKE_NET]]))),
-                                    warm.cycle_median_ms)
+                                    warm.cycle_median_ms, pid=cluster.pids[0] if cluster.pids else None)
                 bar.update(1)
 
                 step("one-way delays")

@@ -55,10 +55,11 @@ def describe(cal: Calibration, path: Path | str | None = None) -> str:
              f"{' and '.join(f'{r.rate_per_ms:g}' for r in disp.runs)} tasks/ms); cores left to the "
              "servers: " + ", ".join(f"{cal.server_cores(rate):.2f} at {rate:g}/ms" for rate in (0.1, 1.0))]
     wake = cal.wake
-    lines += ["", f"wake-up: pass of {wake.network} after the server sat idle (a busy server's pass: "
-                  f"{wake.warm_compute_ms:.3f} ms)",
-              *_table(["idle given", "idle measured", "passes", "pass p50", "extra"],
-                      [[_ms(r.gap_ms), _ms(r.idle_median_ms), str(r.n), _ms(r.compute_median_ms),
+    what = "CPU time of the server process per task" if wake.cost == "process_cpu" else "pass"
+    lines += ["", f"wake-up: {what} of {wake.network} after the server sat idle (kept busy: "
+                  f"{wake.warm_cost_ms:.3f} ms; its pass {wake.warm_compute_ms:.3f} ms)",
+              *_table(["idle given", "idle measured", "tasks", "pass p50", "cost", "extra"],
+                      [[_ms(r.gap_ms), _ms(r.idle_median_ms), str(r.n), _ms(r.compute_median_ms), _ms(r.cost_ms),
                         f"{r.extra_ms:+.3f}"] for r in wake.rows]),
               "  simulator's service.wake: " + ", ".join(f"{i:.2f} ms idle -> +{e:.3f} ms"
                                                         for i, e in zip(wake.idle_ms, wake.extra_ms, strict=True))]

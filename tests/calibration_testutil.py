@@ -47,8 +47,9 @@ def calibration_dict(machine: dict[str, Any] | None = None, **changes: Any) -> d
                        "runs": [{"rate_per_ms": 0.1, "n_tasks": 100, "served_s": 1.0, "cpu_s": 0.105},
                                 {"rate_per_ms": 1.0, "n_tasks": 1000, "served_s": 1.0, "cpu_s": 0.15}],
                        "frontend_priority": "realtime"},
-        "wake": {"network": "mid", "warm_compute_ms": 1.0,
-                 "rows": [{"gap_ms": g, "n": 50, "idle_median_ms": g, "compute_median_ms": 1.0 + e, "extra_ms": e}
+        "wake": {"network": "mid", "warm_compute_ms": 1.0, "warm_cost_ms": 1.0, "cost": "process_cpu",
+                 "rows": [{"gap_ms": g, "n": 50, "idle_median_ms": g, "compute_median_ms": 1.0 + e,
+                           "cost_ms": 1.0 + e, "extra_ms": e}
                           for g, e in zip(WAKE_IDLE_MS, WAKE_EXTRA_MS, strict=True)],
                  "idle_ms": list(WAKE_IDLE_MS), "extra_ms": list(WAKE_EXTRA_MS)},
     }

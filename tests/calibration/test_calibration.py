@@ -50,8 +50,9 @@ def sample(machine: dict | None = None) -> Calibration:
                        "runs": [{"rate_per_ms": 0.1, "n_tasks": 100, "served_s": 1.0, "cpu_s": 0.07},
                                 {"rate_per_ms": 1.0, "n_tasks": 1000, "served_s": 1.0, "cpu_s": 0.25}],
                        "frontend_priority": "realtime"},
-        "wake": {"network": "b", "warm_compute_ms": 1.0,
-                 "rows": [{"gap_ms": 2.0, "n": 50, "idle_median_ms": 2.1, "compute_median_ms": 1.2, "extra_ms": 0.2}],
+        "wake": {"network": "b", "warm_compute_ms": 1.0, "warm_cost_ms": 1.0, "cost": "pass",
+                 "rows": [{"gap_ms": 2.0, "n": 50, "idle_median_ms": 2.1, "compute_median_ms": 1.2, "cost_ms": 1.2,
+                           "extra_ms": 0.2}],
                  "idle_ms": [2.1], "extra_ms": [0.2]},
     })
 
