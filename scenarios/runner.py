@@ -490,8 +490,10 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
                 table["service"] = {**value, **table.get("service", {})}
             else:
                 table.setdefault(key, value)
+        capacity = served_model.routed_capacity(calibration, facts.device) \
+            if calibration is not None and facts is not None else None
         config = sim_config_for(scenario, table, expert_service, coded_service, pools, check_capacity=False,
-                                backup_service=backup_service)
+                                backup_service=backup_service, capacity=capacity)
         if calibration is not None and not own_cores:
             config = served_model.with_served_cores(config, calibration, facts.device if facts else "cpu")
         check_point_capacity(scenario, config, values, served=calibration is not None)

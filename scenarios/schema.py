@@ -233,11 +233,13 @@ def sim_config_for(
     sample_pools: list[int] | None = None,
     check_capacity: bool = False,
     backup_service: Any | None = None,
+    capacity: Any | None = None,
 ) -> SimConfig:
     """The simulator config of one point, with the runner's measured facts filled in.
 
     `traffic.load` (a fraction of the N experts' capacity) becomes a total routed rate using the mean of the
-    expert service distributions, so a scenario means the same thing on a fast GPU and a slow laptop.
+    expert service distributions, so a scenario means the same thing on a fast GPU and a slow laptop;
+    `capacity(means)`, when given, is that capacity instead (the served model's: servers and shared cores).
     Unless the scenario sets `allow_unstable`, a load of 1 or more is refused, and so, with `check_capacity`, is
     a point outside some policy's capacity region (see sim.layout.check_stability).
     """
@@ -269,7 +271,8 @@ def sim_config_for(
         partial = parse_config({**table, "traffic": {**traffic, **stand_in}, "n_queries": 1, "horizon_ms": None})
         means = [partial.service.expert_dist(i).mean() for i in range(partial.n_experts)]
         if load is not None:  # routed queries: a fraction of the N experts' combined capacity
-            traffic["rate_per_ms"] = load * sum(1.0 / m for m in means)
+            routed_capacity = sum(1.0 / m for m in means) if capacity is None else capacity(means)
+            traffic["rate_per_ms"] = load * routed_capacity
         if ensemble_load is not None:  # ensemble queries occupy every expert: limited by the slowest
             traffic["ensemble_rate_per_ms"] = ensemble_load / max(means)
     if check_capacity and not scenario.allow_unstable:

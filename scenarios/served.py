@@ -12,7 +12,8 @@ query travels as it would through a real dispatcher:
   calibration's measured samples), and a cancelled pass runs to its end, as a real pass cannot be interrupted;
 - the servers share the cores the dispatcher leaves them, time-sliced in the quantum the calibration measured
   the OS to give competing processes;
-- `traffic.load` is a fraction of the experts' *served* capacity (it follows from the served service times),
+- `traffic.load` is a fraction of the *served* capacity: the largest rate both the expert servers (at their
+  served cost) and the cores the dispatcher leaves can sustain (`routed_capacity`),
   and a hedge or backup delay given as a percentile ('p95') is that percentile of the primary's served
   response: the latency of the uncoded policy, the expert alone, simulated at the same point on the same draws.
 
@@ -65,6 +66,22 @@ def physical_table(calibration: Any, device: str) -> dict[str, Any]:
                     "back": {"kind": "empirical", "samples_ms": list(map(float, calibration.back_ms_samples()))}},
         "service": service,
     }
+
+
+def routed_capacity(calibration: Any, device: str) -> Any:
+    """The served capacity `traffic.load` is a fraction of: the largest routed rate (even split over the experts)
+    that both the expert servers (1 / mean served cost each) and the shared cores can sustain, every task at a
+    busy server's cost and the dispatcher taking its share of the cores at that rate."""
+    def capacity(means: list[float]) -> float:
+        servers = sum(1.0 / m for m in means)
+        if device.startswith("cuda"):
+            return servers
+        work = float(np.mean(means))  # core-ms per routed query, queries split evenly
+        cores = calibration.machine.cpu_count - calibration.dispatcher.base_cores
+        per_task = calibration.dispatcher.cpu_ms_per_task
+        return min(servers, max(cores, 0.0) / (work + max(per_task, 0.0)))
+
+    return capacity
 
 
 def task_rate_per_ms(config: SimConfig) -> float:

@@ -97,32 +97,38 @@ def test_load_is_a_fraction_of_the_served_capacity() -> None:
 
     scenario = _networks_scenario(0.3)
     facts = _facts(scenario, (1.0, 2.0))
-    cal = cu.hand_calibration()
+    machine = dict(cu.calibration_dict()["machine"], cpu_count=2)
+    cal = cu.hand_calibration(machine=machine)
     (_, bare), = build_point_configs(scenario, facts)  # type: ignore[arg-type]
     (_, config), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
-    # bare: 0.3 * (1/1 + 1/2) = 0.45/ms; served: passes cost 0.2 + 1.5 x {1, 2} = {1.7, 3.2} ms
+    # bare: 0.3 * (1/1 + 1/2) = 0.45/ms. Served, passes cost 0.2 + 1.5 x {1, 2} = {1.7, 3.2} ms: the servers
+    # sustain 1/1.7 + 1/3.2 = 0.80/ms, the cores (2 - 0.1 left by the dispatcher, which also takes 0.05 ms per
+    # task) (2 - 0.1) / (mean(1.7, 3.2) + 0.05) = 0.76/ms: the cores bind
     assert bare.traffic.rate_per_ms == pytest.approx(0.45)
-    assert config.traffic.rate_per_ms == pytest.approx(0.3 * (1 / 1.7 + 1 / 3.2))
+    assert config.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / 2.5)
     assert config.service.expert_dist(1).mean() == pytest.approx(3.2)
     assert config.service.cancel_in_service == "finish_pass" and config.service.quantum_ms == cu.QUANTUM_MS
-    assert config.service.cores == pytest.approx(
-        cal.machine.cpu_count - cu.BASE_CORES - config.traffic.rate_per_ms * cu.CPU_MS_PER_TASK)
+    assert config.service.cores == pytest.approx(2 - cu.BASE_CORES - config.traffic.rate_per_ms * cu.CPU_MS_PER_TASK)
     assert config.network.out is not None and bare.network.out is None
     delays = config.policy("hedged").delay_ms
     assert isinstance(delays, tuple) and delays[1] > delays[0] > 1.7 + cu.OUT_MS + cu.BACK_MS - 1e-9
     assert isinstance(bare.policy("hedged").delay_ms, str)  # bare compute resolves 'p95' from the passes
+    # on eight cores the servers bind instead
+    cal8 = cu.hand_calibration(machine=dict(machine, cpu_count=8))
+    (_, config8), = build_point_configs(scenario, facts, calibration=cal8)  # type: ignore[arg-type]
+    assert config8.traffic.rate_per_ms == pytest.approx(0.3 * (1 / 1.7 + 1 / 3.2))
 
 
 def test_served_capacity_refusal_names_it() -> None:
     from scenarios.runner import build_point_configs
     from scenarios.schema import ScenarioError
 
-    # bare, load 0.9 fits; served, the same load fits the experts but not the cores: on a 1-core machine
-    # the dispatcher takes 0.1 + ... cores and two experts at 0.9 busy each need 1.8 cores
-    scenario = _networks_scenario(0.9)
+    # nine queries in ten for expert 1 at load 0.8: served, both experts cost 1.7 ms; the capacity is
+    # min(2 / 1.7, 1.9 / 1.75) = 1.086/ms on two cores, so expert 1 gets 0.9 * 0.8 * 1.086 = 0.78/ms > 1 / 1.7
+    scenario = _networks_scenario(0.8)
+    table = scenario.sim | {"traffic": {"kind": "poisson", "load": 0.8, "weights": [0.1, 0.9]}}
+    scenario = scenario.model_copy(update={"sim": table})
     facts = _facts(scenario)
-    machine = dict(cu.calibration_dict()["machine"], cpu_count=1)
-    cal = cu.hand_calibration(machine=machine)
-    assert build_point_configs(scenario, facts)  # type: ignore[arg-type]
-    with pytest.raises(ScenarioError, match="unstable load.*service.cores.*served capacity"):
+    cal = cu.hand_calibration(machine=dict(cu.calibration_dict()["machine"], cpu_count=2))
+    with pytest.raises(ScenarioError, match="unstable load.*model 1 gets.*served capacity"):
         build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
