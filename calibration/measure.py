@@ -135,15 +135,20 @@ def measure_cycles(sockets: list[Any], net: int, pass_ms: float, n: int) -> tupl
     return cyc[np.isfinite(cyc)], tasks["compute_ms"].to_numpy(float)[5:]
 
 
-def measure_delays(sockets: list[Any], net: int, n: int = 150, every_ms: float = 5.0, seed: int = 0) -> Delays:
-    """One-way delays of `n` tasks sent one at a time to an idle server (spaced `every_ms` ± 20 %): out = from
-    when the send was due to the server's receive stamp, back = from the server's end stamp to the frontend
-    holding the output, both on the host's monotonic clock."""
+def delay_samples(sockets: list[Any], net: int, n: int = 200, every_ms: tuple[float, float] = (1.0, 6.0),
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(out, back) one-way delays (ms) of `n` tasks sent one at a time to an idle server, spaced uniformly in
+    `every_ms`: out = from when the send was due to the server's receive stamp, back = from the server's end
+    stamp to the frontend holding the output, both on the host's monotonic clock."""
     rng = np.random.default_rng(seed)
-    arrival = np.cumsum(every_ms * rng.uniform(0.8, 1.2, n))
+    arrival = np.cumsum(rng.uniform(*every_ms, n))
     tasks, _ = run_stream(sockets[:1], net, arrival, np.zeros(n, np.int64))
-    out = tasks["out_ms"].to_numpy(float)
-    back = tasks["back_ms"].to_numpy(float)
+    return tasks["out_ms"].to_numpy(float), tasks["back_ms"].to_numpy(float)
+
+
+def delays_from(out: np.ndarray, back: np.ndarray) -> Delays:
+    """The calibration's delay section from pooled (out, back) samples."""
+    n = len(out)
 
     def delay(values: np.ndarray) -> Delay:
         values = values[np.isfinite(values) & (values > 0)]
@@ -153,6 +158,11 @@ def measure_delays(sockets: list[Any], net: int, n: int = 150, every_ms: float =
                      mean_ms=float(values.mean()), samples_ms=quantiles(values, 200).round(5).tolist())
 
     return Delays(n_tasks=n, out=delay(out), back=delay(back))
+
+
+def measure_delays(sockets: list[Any], net: int, n: int = 150, seed: int = 0) -> Delays:
+    """One window of one-way delays (see `delay_samples`)."""
+    return delays_from(*delay_samples(sockets, net, n, seed=seed))
 
 
 WAKE_GAPS_MS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -361,7 +371,9 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                 bar.update(1)
 
                 step("one-way delays")
-                delays = measure_delays(cluster.sockets, index[SMALL])
+                # three windows (here, after the time-slicing step, at the end) so that a passing disturbance
+                # of the host weighs on a third of the samples, not all of them
+                windows = [delay_samples(cluster.sockets, index[SMALL], seed=0)]
                 bar.update(1)
 
                 rows: list[StretchRow] = []
@@ -383,6 +395,7 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                                            stretch_median=med / base.median_ms if base else 1.0,
                                            stretch_p99=p99 / base.p99_ms if base else 1.0))
 
+                windows.append(delay_samples(cluster.sockets, index[SMALL], seed=1))
                 step(f"{cpus + 1} spinning processes")
                 spin = measure_slicing(cpus + 1)
                 slicing = Slicing(network=MID, isolated_median_ms=mid, stretch=rows, **spin)
@@ -390,6 +403,8 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
 
                 step("dispatcher share")
                 dispatcher = measure_dispatcher(cluster.sockets, index[SMALL])
+                windows.append(delay_samples(cluster.sockets, index[SMALL], seed=2))
+                delays = delays_from(*(np.concatenate(parts) for parts in zip(*windows, strict=True)))
                 bar.update(1)
     finally:
         bar.close()
