@@ -486,8 +486,8 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
     for values, table in points if only is None else [points[only]]:
         own_cores = "cores" in table.get("service", {})  # a scenario's own service.cores wins
         for key, value in physical.items():  # the scenario's own [sim] settings win over the calibration's
-            if key == "service":
-                table["service"] = {**value, **table.get("service", {})}
+            if key in ("service", "stragglers"):
+                table[key] = {**value, **table.get(key, {})}
             else:
                 table.setdefault(key, value)
         capacity = served_model.routed_capacity(calibration, facts.device) \

@@ -81,8 +81,9 @@ class TestbedSpec(_Strict):
     """How `coinsim testbed` serves the scenario for real (one server process per server, ZeroMQ transport)."""
 
     repeats: int = Field(3, ge=1, description="identical repeats of every point and policy (run-to-run spread)")
-    straggle: Literal["stall", "compute"] = Field(
-        "stall", description="a straggling task is held idle (stall: network/I-O) or keeps computing (compute)")
+    straggle: Literal["stall", "compute"] | None = Field(
+        None, description="a straggling task is held idle (stall: network/I-O) or keeps computing (compute); "
+                          "default: the scenario's sim.stragglers.hold, which the simulation then uses too")
     addresses: list[str] | None = Field(None, description="N + r running servers (tcp://host:port); default: "
                                                           "start them on this host")
     pin: bool = Field(False, description="pin server s to CPU core s mod cores where the OS allows")

@@ -567,6 +567,19 @@ def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: An
         serve(cluster.sockets, policy_of(make_plan(short, p, draws), backup_net), workload, spec.lead_ms)
 
 
+def with_testbed_hold(scenario: Scenario) -> Scenario:
+    """The scenario whose stragglers are held the way the testbed serves them (`testbed.straggle`, by default the
+    scenario's own `sim.stragglers.hold`), so simulation and serving straggle alike."""
+    import copy
+
+    sim = copy.deepcopy(scenario.sim)
+    stragglers = sim.setdefault("stragglers", {})
+    hold = scenario.testbed.straggle or stragglers.get("hold", "compute")
+    stragglers["hold"] = hold
+    testbed = scenario.testbed.model_copy(update={"straggle": hold})
+    return scenario.model_copy(update={"sim": sim, "testbed": testbed})
+
+
 def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("results"), quiet: bool = False,
                 render: Any = None) -> Path:
     """Serve every point for real, simulate it, write the comparison; returns the result folder."""
@@ -575,6 +588,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     from testbed import LocalCluster, ServerSpec, serve
 
     check_testbed(scenario, out_root)
+    scenario = with_testbed_hold(scenario)
     spec = scenario.testbed
     started = time.perf_counter()
     calibration, calibration_path = serving_calibration(scenario, quiet)

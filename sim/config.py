@@ -312,6 +312,11 @@ class Stragglers(_Model):
         description="what a straggling task does with its extra time: keeps computing, or stalls (holds its "
                     "server without computing, like a network or I/O stall); differs only with service.cores, "
                     "where a stalled server takes no share of the cores")
+    extra_of: Literal["draw", "pass"] = Field(
+        default="draw",
+        description="a straggling task takes f x ... its drawn service time ('draw'), or its pass as it actually "
+                    "ran on its server — wake-up cost and, held as a stall, waits for the shared cores included "
+                    "('pass': how the testbed's servers straggle: held (f - 1) x the pass's measured time)")
 
     def task_factor_mean(self) -> float:
         s = self.slowdown if isinstance(self.slowdown, float | int) else self.slowdown.mean()

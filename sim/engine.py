@@ -150,6 +150,7 @@ class _Server:
         "qev",
         "free_at",
         "woke",
+        "factor",
     )
 
     def __init__(
@@ -177,6 +178,7 @@ class _Server:
         self.qev: _Due | None = None  # time slicing: pending end of the current quantum, if one is armed
         self.free_at = 0.0  # when the server last became free (wake-up costs: how long it sat idle)
         self.woke = 0.0  # wake-up cost added to the current task's pass
+        self.factor = 1.0  # stragglers.extra_of = "pass": the current task's straggle factor
 
     def start(self, task: _Task) -> None:
         env = self.env
@@ -190,11 +192,20 @@ class _Server:
         wake = self.eng.wake
         woke = self.woke = wake.extra(now - self.free_at) if wake is not None else 0.0  # 0 straight on
         ev = self.ev = _Due(self.finish)
+        if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included
+            pass_ms = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke  # type: ignore[index]
+            self.factor = d / (pass_ms - woke) if pass_ms > woke else 1.0
+            d, woke = pass_ms * self.factor, 0.0
         if self.eng.sharing:  # the task's work is done at the shared cores' current speed
             if self.eng.stall:  # ... and a straggle's extra time is spent off the cores
-                pass_ms = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid]  # type: ignore[index]
+                if self.eng.of_pass:
+                    pass_ms = d / self.factor
+                else:
+                    pass_ms = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke  # type: ignore[index]
+                    d += woke
+                    woke = 0.0
                 if d - pass_ms > 1e-12:
-                    self.extra = d - pass_ms
+                    self.extra = d - pass_ms  # of_pass: set again when the pass ends, from its wall time
                     ev = self.ev = _Due(self._stall)
                     d = pass_ms
             self.eng.busy_up(self, d + woke, ev)
@@ -283,6 +294,8 @@ class _Server:
         if ev is not self.ev:
             return
         self.eng.busy_down(self)
+        if self.eng.of_pass:  # held (f - 1) x as long as the pass took on its server, waits for the cores included
+            self.extra = (self.factor - 1.0) * (self.env._now - self.t0)
         ev = self.ev = _Due(self.finish)
         heappush(self.heap, (self.env._now + self.extra, NORMAL, next(self.eid), ev))
 
@@ -423,6 +436,7 @@ class FastEngine:
         self.stall = plan.stall
         self.rate = 1.0  # speed of every busy server while sharing
         self.wake = plan.wake  # extra compute of a task that starts on a server that sat idle
+        self.of_pass = plan.extra_of_pass  # a straggle is (f - 1) x the pass as it ran, not as drawn
         if plan.wake is not None and plan.max_batch > 1:
             raise ValueError("wake-up costs (service.wake) are not modelled with batching")
         self.quantum = plan.quantum  # time slicing: round robin in quanta instead of processor sharing

@@ -49,6 +49,7 @@ class Plan:
     wake: Any = None  # sim.config.Wake: extra compute of a task that starts on a server that sat idle
     finish_pass: bool = False  # a cancel lets the task's pass (pass_ms) end
     stall: bool = False  # with cores: a straggle's extra time (beyond pass_ms) holds the server off the cores
+    extra_of_pass: bool = False  # a straggle's extra time is (f - 1) x the pass's own time on its server
 
     @property
     def n_servers(self) -> int:
@@ -87,6 +88,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
     net = cfg.network
     finish_pass = cfg.service.cancel_in_service == "finish_pass"
     stall = cfg.service.cores is not None and cfg.stragglers.hold == "stall"
+    of_pass = cfg.stragglers.extra_of == "pass"
     if spec.kind == "replication" and spec.dispatch == "pool":
         stations = [[s for s, h in enumerate(lay.hosts) if h == i] for i in range(n)]
     else:
@@ -117,7 +119,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         affected=frozenset(range(s_tot) if st.servers is None else st.servers),
         max_batch=cfg.service.max_batch,
         batch_cost_per_extra=cfg.service.batch_cost_per_extra,
-        pass_ms=base if finish_pass or stall else None,
+        pass_ms=base if finish_pass or stall or of_pass else None,
         out_ms=_delays(net.out, draws.net_out_u, base.shape),
         back_ms=_delays(net.back, draws.net_back_u, base.shape),
         cores=cfg.service.cores,
@@ -125,6 +127,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         wake=cfg.service.wake,
         finish_pass=finish_pass,
         stall=stall,
+        extra_of_pass=of_pass,
     )
 
 

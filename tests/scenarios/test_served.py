@@ -67,6 +67,7 @@ def test_physical_table_switches_on_serving() -> None:
     assert table["service"] == {"cancel_in_service": "finish_pass", "quantum_ms": cu.QUANTUM_MS,
                                 "cores": pytest.approx(cal.machine.cpu_count - cu.BASE_CORES),
                                 "wake": {"idle_ms": list(cu.WAKE_IDLE_MS), "extra_ms": list(cu.WAKE_EXTRA_MS)}}
+    assert table["stragglers"] == {"extra_of": "pass"}
     assert set(table["network"]["out"]["samples_ms"]) == {cu.OUT_MS}
     assert set(table["network"]["back"]["samples_ms"]) == {cu.BACK_MS}
     assert "quantum_ms" not in served.physical_table(cal, "cuda")["service"]

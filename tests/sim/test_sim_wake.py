@@ -68,3 +68,24 @@ def test_bad_wake_is_one_line(wake, match) -> None:
     with pytest.raises(SimConfigError, match=match) as info:
         parse_config(table)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("extra_of, finish", [("draw", 5.0 + 3.0 + 0.875), ("pass", 5.0 + (1.0 + 0.875) * 3.0)])
+def test_a_straggle_stretches_the_woken_pass(extra_of, finish) -> None:
+    # one server idle 5 ms (+0.875 ms), a 1 ms pass straggling x3: of the draw, 3 + 0.875; of the pass as it ran
+    # (the testbed's servers: held (f - 1) x the measured pass), (1 + 0.875) x 3
+    table = {"n_experts": 1, "r": 0, "policies": ["uncoded"], "stragglers": {"extra_of": extra_of},
+             "service": {"expert": {"kind": "deterministic", "value_ms": 1.0}, "wake": WAKE}}
+    out = _trace(table, [5.0], [0], np.array([[3.0]]))
+    np.testing.assert_allclose(out.finish_ms, [finish], atol=1e-9)
+
+
+@pytest.mark.parametrize("extra_of, finish", [("draw", [3.8, 2.0]), ("pass", [1.8 + 2 * 1.8, 2.0])])
+def test_a_stall_follows_the_pass_wall_time(extra_of, finish) -> None:
+    # one core, quantum 0.4. A (server 0, t = 0): a 1 ms pass straggling x3, held as a stall; B (server 1,
+    # t = 0.2): 1 ms. The pass of A ends at 1.8 after sharing the core with B (see test_sim_slicing). Of the
+    # draw it stalls 2 ms more (3.8); of the pass, 2 x its 1.8 ms of wall time (5.4). B ends at 2.0 either way.
+    table = {"n_experts": 2, "r": 0, "policies": ["uncoded"], "stragglers": {"hold": "stall", "extra_of": extra_of},
+             "service": {"expert": {"kind": "deterministic", "value_ms": 1.0}, "cores": 1.0, "quantum_ms": 0.4}}
+    out = _trace(table, [0.0, 0.2], [0, 1], np.array([[3.0, 1.0], [1.0, 1.0]]))
+    np.testing.assert_allclose(out.finish_ms, finish, atol=1e-9)
