@@ -575,6 +575,18 @@ class FastEngine:
         if new != old:
             self._respeed(self.env._now, old, new, None)
 
+    def _pass_over(self, srv: _Server, done: float, pass_ms: float) -> bool:
+        """A cancelled task whose pass has `done` of its `pass_ms` of work: over (the server moves on, True), or
+        the rest of the pass still to run (the server keeps it; False)."""
+        if done >= pass_ms:
+            self.cancelled[srv.idx] += srv._stop()
+            if srv.up:
+                srv.pull()
+            return True
+        self.finishing += 1
+        srv.work = srv.total = pass_ms - done
+        return False
+
     def finish_pass_shared(self, srv: _Server, pass_ms: float) -> None:
         """finish_pass under shared cores: the server keeps working until the pass's share of work is done."""
         now = self.env._now
@@ -583,13 +595,8 @@ class FastEngine:
             return
         stalling = srv not in self.running
         done = pass_ms if stalling else srv.total - (srv.work - (now - srv.mark) * self.rate)
-        if done >= pass_ms:
-            self.cancelled[srv.idx] += srv._stop()
-            if srv.up:
-                srv.pull()
+        if self._pass_over(srv, done, pass_ms):
             return
-        self.finishing += 1
-        srv.work = srv.total = pass_ms - done
         srv.mark = now
         ev = srv.ev = _Due(srv._pass_done)
         heappush(self.env._queue, (now + srv.work / self.rate, NORMAL, next(self.env._eid), ev))
@@ -690,13 +697,8 @@ class FastEngine:
             done = srv.total - (srv.work - (now - srv.mark) * self.slot_speed)
         else:
             done = srv.total - srv.work
-        if done >= pass_ms:
-            self.cancelled[srv.idx] += srv._stop()
-            if srv.up:
-                srv.pull()
+        if self._pass_over(srv, done, pass_ms):
             return
-        self.finishing += 1
-        srv.work = srv.total = pass_ms - done
         srv.ev = _Due(srv._pass_done)
         if srv.rr == 1:  # goes on in its slot, its quantum unchanged, with only the rest of the pass to do
             srv.mark = now

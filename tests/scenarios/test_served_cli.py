@@ -1,0 +1,76 @@
+"""The served latency model at the CLI boundary and in the runner: calibration files named, corrupt, of another
+machine, or missing — one line and exit 2 before any work, or a new measurement that says why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests import calibration_testutil as cu
+from tests.scenarios.test_validation import home, networks_scenario, no_work, refused, run_args, write  # noqa: F401
+
+
+def test_a_corrupt_calibration_named_on_the_command_line_is_refused(home: Path, no_work: None) -> None:
+    bad = home / "cal.json"
+    good = cu.write_calibration(home / "good.json").read_text()
+    bad.write_text(good[: len(good) // 3])
+    line = refused(run_args(write(home, networks_scenario()), home / "out", "--calibration", str(bad)), home,
+                   expect="--calibration")
+    assert "truncated" in line and str(bad) in line
+
+
+def test_a_calibration_of_another_machine_is_refused(home: Path, no_work: None) -> None:
+    other = dict(cu.calibration_dict()["machine"], cpu_model="Some Other CPU")
+    path = cu.write_calibration(home / "other.json", machine=other)
+    line = refused(run_args(write(home, networks_scenario()), home / "out", "--calibration", str(path)), home,
+                   expect="another machine")
+    assert "cpu_model" in line
+
+
+def test_compute_latency_model_needs_no_calibration(home: Path, no_work: None) -> None:
+    # a missing calibration file is not looked at when the run simulates bare compute
+    from click.testing import CliRunner
+
+    from scenarios.cli import cli
+
+    args = ["validate", str(write(home, networks_scenario())), "--latency-model", "compute", "--calibration",
+            str(home / "missing.json")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+
+
+def _scenario(**profile):
+    from scenarios.schema import scenario_from_dict
+
+    table = networks_scenario()
+    table["profile"] = {**table.get("profile", {}), **profile}
+    return scenario_from_dict(table, "nets.toml")
+
+
+def test_unusable_cached_calibration_is_measured_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import calibration.measure
+    from scenarios.runner import serving_calibration
+
+    cached = tmp_path / "cal.json"
+    cached.write_text('{"schema_version": 1}')  # an older schema
+    monkeypatch.setenv("COINSIM_CALIBRATION", str(cached))
+    measured = []
+    monkeypatch.setattr(calibration.measure, "calibrate",
+                        lambda device, progress=True: measured.append(device) or cu.hand_calibration())
+    cal, path = serving_calibration(_scenario(), quiet=False)
+    assert measured == ["cpu"] and path == cached and cal.serving.slope == cu.SLOPE
+    assert "schema_version 1" in capsys.readouterr().err
+    assert json.loads(cached.read_text())["schema_version"] == 2  # saved, whole
+    # now valid: used as it is, nothing measured
+    serving_calibration(_scenario(), quiet=True)
+    assert measured == ["cpu"]
+
+
+def test_no_calibration_for_compute_or_live() -> None:
+    from scenarios.runner import serving_calibration
+
+    assert serving_calibration(_scenario(latency_model="compute")) == (None, None)
+    assert serving_calibration(_scenario(mode="live")) == (None, None)
