@@ -108,3 +108,32 @@ def test_points_on_worker_processes_give_the_same_queries(r2_run, tiny_cache, tm
     _, again = _run(raw, tmp_path)
     assert again["correct"].any() and (again["answered_by"] == "decoded").any()
     pd.testing.assert_frame_equal(queries, again)
+
+
+def test_r2_run_predicts_served_latency_from_the_calibration(r2_run):
+    """The run says which latency model produced its numbers, keeps the calibration it used, and its arrivals
+    come at the load's fraction of the served capacity worked out from profile.csv and the hand calibration."""
+    import pandas as pd
+
+    from tests import calibration_testutil as cu
+
+    folder, queries = r2_run
+    summary = json.loads((folder / "summary.json").read_text())
+    model = summary["latency_model"]
+    assert model["name"] == "served" and model["calibration"]["served_slope"] == cu.SLOPE
+    saved = json.loads((folder / "calibration.json").read_text())
+    assert saved["serving"]["overhead_ms"] == cu.OVERHEAD_MS
+    # capacity: min(servers, cores) with every pass at 0.2 + 1.5 x its profiled time
+    profile = pd.read_csv(folder / "profile.csv")
+    experts = [e["name"] for e in summary["experts"]]
+    means = [float((cu.OVERHEAD_MS + cu.SLOPE * profile.loc[profile["model"] == name, "ms"]).mean())
+             for name in experts]
+    cores = saved["machine"]["cpu_count"] - cu.BASE_CORES
+    capacity = min(sum(1 / m for m in means), cores / (np.mean(means) + cu.CPU_MS_PER_TASK))
+    scenario = __import__("tomllib").loads((folder / "scenario.toml").read_text())
+    load = scenario["sim"]["traffic"]["load"]
+    one = queries[(queries["point"] == 0) & (queries["policy"] == queries["policy"].iloc[0])]
+    arrivals = np.sort(one["arrival_ms"].to_numpy())
+    rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    # a Poisson count of n arrivals: the rate estimate's relative standard error is 1 / sqrt(n)
+    assert abs(rate / (load * capacity) - 1) < 4 / np.sqrt(len(arrivals))

@@ -1,6 +1,7 @@
 """The served latency model at the CLI boundary and in the runner: calibration files named, corrupt, of another
 machine, or missing — one line and exit 2 before any work, or a new measurement that says why."""
 
+# ruff: noqa: F811 - the fixtures home and no_work come from test_validation and are taken by name
 from __future__ import annotations
 
 import json

@@ -30,6 +30,7 @@ from scenarios.testbed_run import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+LEGACY_FIDELITY = ROOT / "tests" / "reports" / "data" / "fidelity-before-intervals.csv"
 MU, SIGMA = 1.0, 0.5  # lognormal latencies: the true median is exp(MU)
 
 
@@ -290,15 +291,16 @@ def test_report_without_predicted_headlines_the_in_sample_model(tmp_path):
 
 
 def test_an_old_fidelity_csv_still_renders(tmp_path):
-    """docs/testbed_fidelity.csv, written before the intervals (measured_ms = median over repeats, no verdicts),
-    under `coinsim report`: the measured values it has, no verdicts, no ranking."""
-    old = pd.read_csv(ROOT / "docs" / "testbed_fidelity.csv")
+    """A fidelity.csv written before the intervals (tests/reports/data/fidelity-before-intervals.csv, once
+    docs/testbed_fidelity.csv: measured_ms = median over repeats, no verdicts), under `coinsim report`: the
+    measured values it has, no verdicts, no ranking."""
+    old = pd.read_csv(LEGACY_FIDELITY)
     assert "measured_pooled_ms" not in old and "verdict" not in old
     points = tuple(g.iloc[0][["load", "straggler_p"]].to_dict() for _, g in old.groupby("point"))
     folder = _testbed_folder(tmp_path / "old", {"isolated": 0.5, "model": 1.0}, fidelity=old, points=points,
                              policies=dict.fromkeys(old["policy"], 1.0))
     assert not (folder / "ranking.csv").exists()
-    shutil.copy(ROOT / "docs" / "testbed_fidelity.csv", folder / "fidelity.csv")
+    shutil.copy(LEGACY_FIDELITY, folder / "fidelity.csv")
     result = CliRunner().invoke(cli, ["report", str(folder)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     html = _text((folder / "report.html").read_text())
