@@ -553,6 +553,11 @@ def _lead(data: ResultData) -> Markup:
     return text
 
 
+def _num(v: Any) -> str:
+    """Three decimals, or '?' for a value the summary does not have."""
+    return f"{v:.3f}" if finite(v) else "?"
+
+
 def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
     """Which latency model produced every latency in the report, and from which calibration (None for folders
     written before it was recorded)."""
@@ -568,10 +573,10 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
                        "{} ms + {} × its isolated pass; one-way delays {} / {} ms median; OS time slice {} ms; "
                        "the dispatcher takes {} cores + {} ms per task.").format(
             machine.get("cpu_model", "?"), machine.get("cpu_count", "?"), machine.get("device", "?"),
-            machine.get("torch", "?"), cal.get("created", "?"), fmt_ms(cal.get("served_overhead_ms")),
-            fmt_value(cal.get("served_slope")), fmt_ms(cal.get("out_ms_median")), fmt_ms(cal.get("back_ms_median")),
-            fmt_ms(cal.get("quantum_ms")), fmt_value(cal.get("dispatcher_base_cores")),
-            fmt_ms(cal.get("dispatcher_cpu_ms_per_task")))
+            machine.get("torch", "?"), cal.get("created", "?"), _num(cal.get("served_overhead_ms")),
+            _num(cal.get("served_slope")), _num(cal.get("out_ms_median")), _num(cal.get("back_ms_median")),
+            _num(cal.get("quantum_ms")), _num(cal.get("dispatcher_base_cores")),
+            _num(cal.get("dispatcher_cpu_ms_per_task")))
     elif name == "compute":
         text += Markup(" Served on this machine, latencies would be longer: run without "
                        "<code>--latency-model compute</code> for the served prediction.")

@@ -1,0 +1,26 @@
+"""The report's first screen says which latency model produced the numbers, and from which calibration."""
+
+from __future__ import annotations
+
+from reports.html import latency_model_line
+
+
+def test_served_line_quotes_the_calibration() -> None:
+    summary = {"latency_model": {"name": "served", "meaning": "predicted served latency", "calibration": {
+        "machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"},
+        "created": "2026-12-03T09:01:51+00:00", "served_overhead_ms": 0.0417, "served_slope": 1.12663,
+        "out_ms_median": 0.379, "back_ms_median": 0.219, "quantum_ms": 3.9472, "dispatcher_base_cores": 0.0478611,
+        "dispatcher_cpu_ms_per_task": 0.2213}}}
+    text = str(latency_model_line(summary))
+    assert "<strong>served</strong>" in text and "AMD EPYC (2 cores, cpu, torch 2.14.1)" in text
+    assert "0.042 ms + 1.127 × its isolated pass" in text and "0.379 / 0.219 ms" in text
+    assert "time slice 3.947 ms" in text and "0.048 cores + 0.221 ms per task" in text
+
+
+def test_compute_line_points_to_the_served_prediction_and_old_folders_have_none() -> None:
+    text = str(latency_model_line({"latency_model": {"name": "compute", "meaning": "bare compute",
+                                                     "calibration": None}}))
+    assert "<strong>compute</strong>" in text and "--latency-model compute" in text
+    assert latency_model_line({}) is None
+    # a name from the summary is escaped, not trusted as HTML
+    assert "<b>" not in str(latency_model_line({"latency_model": {"name": "<b>x</b>", "meaning": ""}}))
