@@ -166,9 +166,12 @@ def test_ctrl_c_leaves_no_process(nets, tmp_path):
     folders, inputs = nets
     script = tmp_path / "serve_forever.py"
     script.write_text(textwrap.dedent(f"""
-        import json, numpy as np
+        import json, signal, numpy as np
         from pathlib import Path
         from testbed import LocalCluster, ServerSpec, Policy, Workload, serve
+        # Ctrl-C as a terminal gives it, even when the suite itself was started in the background (where a
+        # shell makes children ignore SIGINT, and Python then installs no handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         folders = {[str(f) for f in folders]!r}
         with LocalCluster([ServerSpec(tuple(Path(f) for f in folders))] * 3, Path({str(inputs)!r})) as c:
             print(json.dumps(c.pids), flush=True)
