@@ -628,14 +628,7 @@ class FastEngine:
         if new == old:
             return
         self.slot_speed = new
-        heap, eid = self.env._queue, self.env._eid
-        for srv in self.running:
-            if srv is skip:
-                continue
-            srv.work -= (now - srv.mark) * old
-            srv.mark = now
-            ev = srv.ev = _Due(srv.ev.callbacks[0])  # type: ignore[union-attr]  # the old completion goes stale
-            heappush(heap, (now + max(srv.work, 0.0) / new, NORMAL, next(eid), ev))
+        self._respeed(now, old, new, skip)  # the holders' old completions go stale
 
     def _take_slot(self, srv: _Server) -> None:
         now = self.env._now
