@@ -5,6 +5,8 @@
   counted only where that next task was already waiting when the first ended).
 - `descheduled_gaps` / `slice_lengths`: where a spinning process's clock jumped (it was off the core) and the
   lengths of the uninterrupted runs between those jumps.
+- `idle_at_arrival`: which tasks reached a server that had finished everything before (their receive stamp times
+  the message's arrival; a busy server reads its socket only between passes);
 - `quantiles`: an evenly spaced quantile sample of a distribution, small enough to store in a file.
 """
 
@@ -64,3 +66,17 @@ def quantiles(values: np.ndarray, n: int = 200) -> np.ndarray:
     if len(values) == 0:
         raise ValueError("no finite values to take quantiles of")
     return np.quantile(values, (np.arange(n) + 0.5) / n)
+
+
+def idle_at_arrival(server: np.ndarray, recv: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per task: was its server idle when it was received — every earlier-received task of that server ended
+    (finite `end`) before this one's `recv`? A server's first task counts as idle. Any order; one clock."""
+    server, recv, end = np.asarray(server), np.asarray(recv, float), np.asarray(end, float)
+    out = np.zeros(len(recv), bool)
+    for s in np.unique(server):
+        rows = np.flatnonzero(server == s)
+        rows = rows[np.argsort(recv[rows], kind="stable")]
+        finished = np.fmax.accumulate(np.where(np.isfinite(end[rows]), end[rows], -np.inf))
+        out[rows[0]] = True
+        out[rows[1:]] = recv[rows[1:]] > finished[:-1]
+    return out

@@ -1,11 +1,14 @@
 """The calibration file: what serving costs on this machine and device, measured once, scenario-independent.
 
-A `Calibration` is stored as versioned JSON (`schema_version` 1) at `default_path(device)`, one file per machine
+A `Calibration` is stored as versioned JSON (`schema_version` 3) at `default_path(device)`, one file per machine
 (CPU model and count, device, torch and Python versions: `machine_key`). It holds
 
 - `serving`: the cycle a busy server spends per task against the isolated forward pass, for several network
   sizes, and the least-squares line cycle = overhead_ms + slope × pass_ms through them (`served_ms`);
-- `delays`: one-way frontend → server (`out`) and server → frontend (`back`) delays, as quantile samples;
+- `delays`: one-way frontend → server (`out`) and server → frontend (`back`) delays, as quantile samples: to an
+  idle server one task at a time, and (`under_load`, what the simulator draws) under serving traffic — Poisson
+  arrivals over several servers at two levels of core utilization, interpolated between them
+  (`out_ms_samples(utilization)`);
 - `slicing`: how a pass stretches with k other busy servers, and the OS's time slice (`quantum_ms`);
 - `dispatcher`: the frontend's CPU share, base_cores + cpu_ms_per_task × task rate (`server_cores`).
 
@@ -28,9 +31,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_VERSION = 2  # 2: the wake-up section
+SCHEMA_VERSION = 3  # 2: the wake-up section; 3: delays under serving traffic (delays.under_load)
+QUANTILES = 200  # length of a stored or interpolated delay sample
 MACHINE_FIELDS = ("cpu_model", "cpu_count", "device", "torch", "python")
 
 
@@ -78,10 +82,33 @@ class Delay(_Strict):
     samples_ms: list[float] = Field(min_length=1, description="evenly spaced quantiles of the measured delays")
 
 
+class DelayLevel(_Strict):
+    """One-way delays measured under serving traffic: Poisson arrivals spread over `servers` server processes at
+    `rate_per_ms`, keeping the machine's cores `utilization` busy with passes."""
+
+    utilization: float = Field(ge=0, description="busy share of the machine's cores: Σ in-server pass ms / (span ms "
+                                                 "× CPU count)")
+    rate_per_ms: float = Field(gt=0)
+    servers: int = Field(ge=1)
+    network: str
+    n_tasks: int = Field(ge=1)
+    out: Delay = Field(description="frontend → server, tasks that reached an idle server (the others waited for "
+                                   "a pass, which the simulator queues itself)")
+    back: Delay = Field(description="server → frontend, every answered task")
+
+
 class Delays(_Strict):
     n_tasks: int
     out: Delay
     back: Delay
+    under_load: list[DelayLevel] = Field(default_factory=list, description="increasing utilization")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Delays:
+        levels = [level.utilization for level in self.under_load]
+        if any(b <= a for a, b in zip(levels, levels[1:], strict=False)):
+            raise ValueError("delays.under_load must be in increasing utilization")
+        return self
 
 
 class StretchRow(_Strict):
@@ -155,7 +182,7 @@ class LoadAverage(_Strict):
 
 
 class Calibration(_Strict):
-    schema_version: Literal[2] = SCHEMA_VERSION
+    schema_version: Literal[3] = SCHEMA_VERSION
     machine: Machine
     created: str = Field(description="ISO 8601 time the measurement finished")
     seconds: float = Field(description="wall time the measurement took")
@@ -171,13 +198,21 @@ class Calibration(_Strict):
         """Per-task serving cost for isolated forward-pass samples: overhead_ms + slope × pass, sample by sample."""
         return self.serving.overhead_ms + self.serving.slope * np.asarray(pass_ms, float)
 
-    def out_ms_samples(self) -> np.ndarray:
-        """Frontend → server one-way delays (ms), an empirical sample."""
-        return np.asarray(self.delays.out.samples_ms, float)
+    def out_ms_samples(self, utilization: float | None = None) -> np.ndarray:
+        """Frontend → server one-way delays (ms), an empirical sample: under serving traffic at `utilization` (the
+        busy share of the machine's cores) where the file has such levels, else to an idle server."""
+        return self._delays("out", utilization)
 
-    def back_ms_samples(self) -> np.ndarray:
-        """Server → frontend one-way delays (ms), an empirical sample."""
-        return np.asarray(self.delays.back.samples_ms, float)
+    def back_ms_samples(self, utilization: float | None = None) -> np.ndarray:
+        """Server → frontend one-way delays (ms), an empirical sample (as `out_ms_samples`)."""
+        return self._delays("back", utilization)
+
+    def _delays(self, direction: str, utilization: float | None) -> np.ndarray:
+        levels = self.delays.under_load
+        if utilization is None or not levels:
+            return np.asarray(getattr(self.delays, direction).samples_ms, float)
+        return interpolate_delays([level.utilization for level in levels],
+                                  [getattr(level, direction).samples_ms for level in levels], utilization)
 
     def dispatcher_cores(self, task_rate_per_ms: float) -> float:
         """Cores the frontend takes at `task_rate_per_ms` tasks per ms (never below 0, should noise make the fit's
@@ -199,6 +234,23 @@ class Calibration(_Strict):
     def quantum_ms(self) -> float:
         """The time slice the OS gives a process when more processes than cores compete (measured median run)."""
         return self.slicing.quantum_ms
+
+
+def interpolate_delays(utilizations: list[float], samples: list[list[float]], utilization: float,
+                       n: int = QUANTILES) -> np.ndarray:
+    """`n` evenly spaced quantiles of the delay at `utilization`, between the measured levels: each level's
+    quantile function interpolated linearly in utilization (quantile by quantile), held at the nearest level
+    outside the measured range (never extrapolated)."""
+    if not utilizations or len(utilizations) != len(samples):
+        raise ValueError("interpolate_delays needs one sample per utilization level")
+    if not np.isfinite(utilization) or utilization < 0:
+        raise ValueError(f"utilization must be finite and >= 0, not {utilization!r}")
+    probs = np.linspace(0.0, 1.0, n)
+    curves = np.array([np.quantile(np.asarray(s, float), probs) for s in samples])
+    if len(utilizations) == 1:
+        return curves[0]
+    u = np.asarray(utilizations, float)
+    return np.array([np.interp(utilization, u, curves[:, k]) for k in range(n)])
 
 
 # -------------------------------------------------------------------------------------------- machine

@@ -9,7 +9,10 @@ chosen network). Steps, each a second or two:
 2. per size, twice (sizes in order, then reversed), one server kept busy (tasks in bursts faster than it
    serves): its cycle per task from its own stamps (`analysis.cycles_ms`), then cycle = overhead + slope × pass
    fitted over the sizes;
-3. one idle server, tasks one at a time: one-way out / back delays on the host's shared monotonic clock;
+3. one idle server, tasks one at a time: one-way out / back delays on the host's shared monotonic clock; and the
+   same delays under serving traffic (`rehearse`): Poisson arrivals over CPU count + 1 servers of the mid-size
+   network at two rates, keeping about 15 % and 50 % of the cores busy — the delays the simulator draws (a
+   sleeping server wakes slower, and a frontend and servers that compete for the cores answer later);
 4. twice (k up, then down), k = 0..3 other saturated servers of the mid-size network beside a probe server: the
    probe's pass times, over the window in which all of them were busy;
 5. CPU count + 1 busy-spinning processes (`calibration.spin`): descheduled gaps and the runs between them;
@@ -35,11 +38,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from calibration.analysis import cycles_ms, line_fit, quantiles, slice_lengths
+from calibration.analysis import cycles_ms, idle_at_arrival, line_fit, quantiles, slice_lengths
 from calibration.file import (
     Calibration,
     CalibrationError,
     Delay,
+    DelayLevel,
     Delays,
     Dispatcher,
     DispatcherRun,
@@ -59,6 +63,8 @@ MID = "cnn-w48"
 SMALL = "cnn-w2"
 WAKE_NET = "cnn-w16"  # wake-up costs measured on a network the size of the default experts
 OTHERS = (0, 1, 2, 3)
+REHEARSAL_UTILIZATION = (0.15, 0.5)  # busy share of the cores in the two delay rehearsals
+REHEARSAL_MS = 5000.0  # simulated span of each rehearsal (its tasks: rate x span, at most 4,000)
 SPIN_THRESHOLD_S = 50e-6
 LEAD_MS = 100.0
 
@@ -158,6 +164,35 @@ def delays_from(out: np.ndarray, back: np.ndarray) -> Delays:
                      mean_ms=float(values.mean()), samples_ms=quantiles(values, 200).round(5).tolist())
 
     return Delays(n_tasks=n, out=delay(out), back=delay(back))
+
+
+def _delay(values: np.ndarray, what: str) -> Delay:
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) < 20:
+        raise CalibrationError(f"{what}: only {len(values)} one-way delays could be timed")
+    return Delay(median_ms=float(np.median(values)), p99_ms=float(np.quantile(values, 0.99)),
+                 mean_ms=float(values.mean()), samples_ms=quantiles(values, 200).round(5).tolist())
+
+
+def rehearse(sockets: list[Any], net: int, name: str, rate_per_ms: float, cpus: int, span_ms: float = REHEARSAL_MS,
+             seed: int = 0) -> DelayLevel:
+    """Serve Poisson arrivals at `rate_per_ms`, spread evenly at random over every server in `sockets`, all running
+    network `net`, and keep the one-way delays as serving sees them: out of the tasks that reached an idle server
+    (a busy one reads its socket only after its pass, which the simulator queues itself), back of every answered
+    task; the utilization is the servers' pass time over the span and the `cpus` cores."""
+    rng = np.random.default_rng(seed)
+    n = int(np.clip(rate_per_ms * span_ms, 200, 4000))
+    arrival = np.cumsum(rng.exponential(1.0 / rate_per_ms, n))
+    tasks, _ = run_stream(sockets, net, arrival, rng.integers(0, len(sockets), n))
+    recv, start, end = _stamps(tasks)
+    idle = idle_at_arrival(tasks["server"].to_numpy(), recv, end)
+    span = float(np.nanmax(end) - np.nanmin(recv))
+    busy = float(np.nansum(tasks["compute_ms"].to_numpy(float)))
+    where = f"delays under traffic at {rate_per_ms:.3g} tasks/ms"
+    return DelayLevel(utilization=busy / (span * cpus), rate_per_ms=rate_per_ms, servers=len(sockets), network=name,
+                      n_tasks=len(tasks), out=_delay(tasks["out_ms"].to_numpy(float)[idle], where),
+                      back=_delay(tasks["back_ms"].to_numpy(float), where))
 
 
 def measure_delays(sockets: list[Any], net: int, n: int = 150, seed: int = 0) -> Delays:
@@ -311,8 +346,8 @@ def measure_dispatcher(sockets: list[Any], net: int, rates_per_ms: tuple[float, 
 
 
 def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
-    """Measure this machine's serving costs on `device` ('cpu', 'cuda', 'cuda:N' or 'auto'); about half a minute on
-    2 idle cores. Servers are stopped on return, on errors and on Ctrl-C; nothing is written."""
+    """Measure this machine's serving costs on `device` ('cpu', 'cuda', 'cuda:N' or 'auto'); about 40 s on 2 idle
+    cores. Servers are stopped on return, on errors and on Ctrl-C; nothing is written."""
     from models.networks import pick_device
     from models.profile import profile_interleaved
     from testbed import LocalCluster, ServerSpec
@@ -320,7 +355,7 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
     began, load_start = time.perf_counter(), _load()
     dev = pick_device(device)
     cpus = os.cpu_count() or 1
-    steps = 1 + 1 + 2 * len(SIZES) + 1 + 1 + 2 * len(OTHERS) + 1 + 1
+    steps = 1 + 1 + 2 * len(SIZES) + 1 + 1 + 2 * len(OTHERS) + 1 + 1 + len(REHEARSAL_UTILIZATION)
     bar = tqdm(total=steps, desc="calibrate", unit="step", file=sys.stderr, disable=not progress)
 
     def step(label: str) -> None:
@@ -371,8 +406,8 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                 bar.update(1)
 
                 step("one-way delays")
-                # three windows (here, after the time-slicing step, at the end) so that a passing disturbance
-                # of the host weighs on a third of the samples, not all of them
+                # two windows (here and after the dispatcher step) so that a passing disturbance of the host
+                # weighs on half the samples, not all of them
                 windows = [delay_samples(cluster.sockets, index[SMALL], seed=0)]
                 bar.update(1)
 
@@ -395,7 +430,6 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                                            stretch_median=med / base.median_ms if base else 1.0,
                                            stretch_p99=p99 / base.p99_ms if base else 1.0))
 
-                windows.append(delay_samples(cluster.sockets, index[SMALL], seed=1))
                 step(f"{cpus + 1} spinning processes")
                 spin = measure_slicing(cpus + 1)
                 slicing = Slicing(network=MID, isolated_median_ms=mid, stretch=rows, **spin)
@@ -403,9 +437,21 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
 
                 step("dispatcher share")
                 dispatcher = measure_dispatcher(cluster.sockets, index[SMALL])
-                windows.append(delay_samples(cluster.sockets, index[SMALL], seed=2))
-                delays = delays_from(*(np.concatenate(parts) for parts in zip(*windows, strict=True)))
+                windows.append(delay_samples(cluster.sockets, index[SMALL], seed=1))
                 bar.update(1)
+
+                mid_cycle = serving.points[names.index(MID)].cycle_mean_ms
+                levels, crowd = [], cluster.sockets[:min(cpus + 1, len(cluster.sockets))]
+                for k, share in enumerate(REHEARSAL_UTILIZATION):
+                    step(f"delays under traffic, {share:.0%} of the cores busy")
+                    rate = share * min(cpus, len(crowd)) / mid_cycle
+                    levels.append(rehearse(crowd, index[MID], MID, rate, cpus, seed=k))
+                    bar.update(1)
+                levels.sort(key=lambda level: level.utilization)
+                if any(b.utilization <= a.utilization for a, b in zip(levels, levels[1:], strict=False)):
+                    raise CalibrationError("the delay rehearsals did not reach distinct core utilizations")
+                delays = delays_from(*(np.concatenate(parts) for parts in zip(*windows, strict=True)))
+                delays = delays.model_copy(update={"under_load": levels})
     finally:
         bar.close()
     machine = Machine.model_validate(machine_key(str(dev)))

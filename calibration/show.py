@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calibration.file import Calibration
+import numpy as np
+
+from calibration.file import Calibration, Delays
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -16,6 +18,19 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _ms(value: float) -> str:
     return f"{value:.3f}"
+
+
+def _under_load(d: Delays) -> list[str]:
+    if not d.under_load:
+        return ["  (no delays under serving traffic: the simulator draws the idle-server ones)"]
+    level = d.under_load[0]
+    return [f"one-way delays (ms) under serving traffic — Poisson arrivals over {level.servers} servers of "
+            f"{level.network}; out of tasks that reached an idle server, back of every task; what the simulator "
+            "draws, interpolated to a point's core utilization:",
+            *_table(["cores busy", "tasks/ms", "tasks", "out p50", "out p90", "out p99", "back p50", "back p99"],
+                    [[f"{x.utilization:.0%}", f"{x.rate_per_ms:.3f}", str(x.n_tasks), _ms(x.out.median_ms),
+                      _ms(float(np.quantile(x.out.samples_ms, 0.9))), _ms(x.out.p99_ms), _ms(x.back.median_ms),
+                      _ms(x.back.p99_ms)] for x in d.under_load])]
 
 
 def describe(cal: Calibration, path: Path | str | None = None) -> str:
@@ -39,6 +54,7 @@ def describe(cal: Calibration, path: Path | str | None = None) -> str:
              *_table(["direction", "median", "p99", "mean"],
                      [[name, _ms(x.median_ms), _ms(x.p99_ms), _ms(x.mean_ms)]
                       for name, x in (("out (frontend → server)", d.out), ("back (server → frontend)", d.back))]),
+             *_under_load(d),
              "",
              f"time slicing: pass of {sl.network} (isolated p50 {sl.isolated_median_ms:.3f} ms) on a probe server "
              "beside k other saturated servers (ms)",

@@ -485,6 +485,7 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
     points = scenario.sweep_points()
     for values, table in points if only is None else [points[only]]:
         own_cores = "cores" in table.get("service", {})  # a scenario's own service.cores wins
+        own_network = "network" in table  # and its own one-way delays
         for key, value in physical.items():  # the scenario's own [sim] settings win over the calibration's
             if key in ("service", "stragglers"):
                 table[key] = {**value, **table.get(key, {})}
@@ -496,6 +497,9 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
                                 backup_service=backup_service, capacity=capacity)
         if calibration is not None and not own_cores:
             config = served_model.with_served_cores(config, calibration, facts.device if facts else "cpu")
+        if calibration is not None and facts is not None and not own_network:
+            served_mean = float(np.mean([np.mean(s["samples_ms"]) for s in expert_service]))
+            config = served_model.with_served_delays(config, calibration, facts.device, served_mean)
         check_point_capacity(scenario, config, values, served=calibration is not None)
         if pools is not None:
             config = config.model_copy(update={"traffic": config.traffic.model_copy(

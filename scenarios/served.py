@@ -8,8 +8,10 @@ query travels as it would through a real dispatcher:
 - a task holds its server for the served cost the calibration's line gives for its isolated pass sample
   (`Calibration.served_ms`: the pass plus the server's own per-task work — sending the output, reading its
   socket, being scheduled again), and longer when its server sat idle before it (the measured wake-up cost);
-- each task takes a one-way dispatch delay to reach its server and a return delay to come back (the
-  calibration's measured samples), and a cancelled pass runs to its end, as a real pass cannot be interrupted;
+- each task takes a one-way dispatch delay to reach its server and a return delay to come back: the calibration's
+  samples measured under serving traffic, interpolated to the point's core utilization (`with_served_delays`:
+  a busier machine answers later, a sleeping one wakes slower), and a cancelled pass runs to its end, as a real
+  pass cannot be interrupted;
 - the servers share the cores the dispatcher leaves them, time-sliced in the quantum the calibration measured
   the OS to give competing processes;
 - `traffic.load` is a fraction of the *served* capacity: the largest rate both the expert servers (at their
@@ -67,6 +69,25 @@ def physical_table(calibration: Any, device: str) -> dict[str, Any]:
                     "back": {"kind": "empirical", "samples_ms": list(map(float, calibration.back_ms_samples()))}},
         "service": service,
     }
+
+
+def core_utilization(config: SimConfig, served_mean_ms: float, cores: float) -> float:
+    """The busy share of the machine's `cores` that the primary tasks of this point keep computing: task rate ×
+    mean served cost / cores (the quantity the calibration's delay levels are indexed by)."""
+    return float(task_rate_per_ms(config) * served_mean_ms / max(cores, 1e-9))
+
+
+def with_served_delays(config: SimConfig, calibration: Any, device: str, served_mean_ms: float) -> SimConfig:
+    """The point's config with one-way delays drawn from the calibration's samples at this point's core
+    utilization (interpolated between its measured levels; its idle-server samples when it has none)."""
+    from sim.config import Network
+
+    cores = 1.0 if device.startswith("cuda") else float(calibration.machine.cpu_count)
+    u = core_utilization(config, served_mean_ms, cores)
+    network = Network.model_validate({
+        "out": {"kind": "empirical", "samples_ms": list(map(float, calibration.out_ms_samples(u)))},
+        "back": {"kind": "empirical", "samples_ms": list(map(float, calibration.back_ms_samples(u)))}})
+    return config.model_copy(update={"network": network})
 
 
 def routed_capacity(calibration: Any, device: str) -> Any:
@@ -150,9 +171,13 @@ def describe(calibration: Any, path: Path | None, latency_model: str) -> dict[st
 def brief(calibration: Any) -> dict[str, Any]:
     """The calibration's key numbers, as summary.json and the report quote them."""
     out, back = calibration.out_ms_samples(), calibration.back_ms_samples()
+    levels = [{"utilization": level.utilization, "out_ms_median": level.out.median_ms,
+               "out_ms_p99": level.out.p99_ms, "back_ms_median": level.back.median_ms, "back_ms_p99": level.back.p99_ms}
+              for level in calibration.delays.under_load]
     return {"machine": calibration.machine.model_dump(), "created": calibration.created,
             "served_overhead_ms": calibration.serving.overhead_ms, "served_slope": calibration.serving.slope,
             "out_ms_median": float(np.median(out)), "back_ms_median": float(np.median(back)),
+            "delays_under_load": levels,
             "quantum_ms": calibration.quantum_ms,
             "dispatcher_base_cores": calibration.dispatcher.base_cores,
             "dispatcher_cpu_ms_per_task": calibration.dispatcher.cpu_ms_per_task}

@@ -189,19 +189,12 @@ def overlaps(tasks: pd.DataFrame) -> np.ndarray:
 def idle_arrivals(tasks: pd.DataFrame) -> np.ndarray:
     """Per task: did it reach a server that was idle (its previous task had ended)? A server reads its socket
     only between passes, so only for such tasks does the server's receive stamp time the message's arrival."""
-    out = np.zeros(len(tasks), bool)
+    from calibration.analysis import idle_at_arrival
+
     start = (tasks["server_recv_clock_ms"] + tasks["queue_ms"]).to_numpy()
     end = start + (tasks["compute_ms"] + tasks["held_ms"]).to_numpy()
-    recv = tasks["server_recv_clock_ms"].to_numpy()
     keys = tasks[["repeat", "policy", "server"]].astype(str).agg("/".join, axis=1).to_numpy()
-    for key in np.unique(keys):
-        rows = np.flatnonzero(keys == key)
-        rows = rows[np.argsort(recv[rows])]
-        finished = np.fmax.accumulate(np.where(np.isfinite(end[rows]), end[rows], -np.inf))
-        out[rows[1:]] = recv[rows[1:]] > finished[:-1]
-        if len(rows):
-            out[rows[0]] = True
-    return out
+    return idle_at_arrival(keys, tasks["server_recv_clock_ms"].to_numpy(), end)
 
 
 def cycles(tasks: pd.DataFrame) -> np.ndarray:

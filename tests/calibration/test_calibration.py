@@ -72,7 +72,7 @@ def test_round_trip(tmp_path):
     cal = sample()
     path = save_calibration(cal, tmp_path / "sub" / "cal.json")
     assert load_calibration(path, expect_machine=machine_key("cpu")) == cal
-    assert json.loads(path.read_text())["schema_version"] == 2
+    assert json.loads(path.read_text())["schema_version"] == 3
     assert set(json.loads(path.read_text())) == {"schema_version", "machine", "created", "seconds", "load_average",
                                                  "serving", "delays", "slicing", "dispatcher", "wake"}
 
@@ -85,8 +85,8 @@ def test_unusable_files_are_refused_with_one_line(tmp_path):
     assert "corrupt" in _one_line_error(path)
     path.write_text(good[: len(good) // 2])
     assert "truncated" in _one_line_error(path)
-    path.write_text(good.replace('"schema_version": 2', '"schema_version": 1'))
-    assert "schema_version 1" in _one_line_error(path)
+    path.write_text(good.replace('"schema_version": 3', '"schema_version": 2'))
+    assert "schema_version 2" in _one_line_error(path)  # a file made before delays under traffic: re-made
     path.write_text(good.replace('"overhead_ms": 0.3', '"overhead_ms": NaN'))
     assert "non-finite" in _one_line_error(path)
     path.write_text(good.replace('"overhead_ms": 0.3', '"overhead_ms": 1e999'))  # parses as inf
@@ -205,6 +205,68 @@ def test_cli_reuses_a_valid_cached_calibration(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- one real step
+
+
+def test_delays_under_load_interpolate_quantile_by_quantile():
+    # two levels: out 1 ms everywhere at 20 % busy, 1..5 ms (uniform quantiles) at 60 % busy
+    low, high = [1.0] * 50, list(np.linspace(1.0, 5.0, 50))
+    got = calfile.interpolate_delays([0.2, 0.6], [low, high], 0.5, n=5)
+    # at 0.5 the weight on the busier level is (0.5 - 0.2) / 0.4 = 3/4: quantiles 1 + 3/4 x (0, 1, 2, 3, 4)
+    assert got == pytest.approx([1.0, 1.75, 2.5, 3.25, 4.0])
+    assert calfile.interpolate_delays([0.2, 0.6], [low, high], 0.0, n=5) == pytest.approx([1.0] * 5)  # held
+    assert calfile.interpolate_delays([0.2, 0.6], [low, high], 3.0, n=5) == pytest.approx([1, 2, 3, 4, 5])
+    with pytest.raises(ValueError, match="finite"):
+        calfile.interpolate_delays([0.2, 0.6], [low, high], float("nan"))
+
+
+def _level(u: float, out_ms: float) -> dict:
+    return {"utilization": u, "rate_per_ms": 1.0, "servers": 3, "network": "b", "n_tasks": 100,
+            "out": _delay(out_ms), "back": _delay(out_ms / 2)}
+
+
+def test_calibration_draws_delays_at_a_utilization_and_idle_ones_without_levels():
+    data = sample().model_dump()
+    data["delays"]["under_load"] = [_level(0.1, 1.0), _level(0.5, 3.0)]
+    cal = Calibration.model_validate(data)
+    # _delay(x) stores ten samples evenly from 0.5x to 1.4x, so its quantile at p is x (0.5 + 0.9 p); at u = 0.2,
+    # a quarter of the way from the 1 ms level to the 3 ms one: 3/4 (0.5 + 0.9 p) + 1/4 x 3 (0.5 + 0.9 p)
+    probs = np.linspace(0, 1, 200)
+    assert cal.out_ms_samples(0.2) == pytest.approx(1.5 * (0.5 + 0.9 * probs))
+    assert cal.back_ms_samples(0.2) == pytest.approx(0.75 * (0.5 + 0.9 * probs))  # back levels are half
+    assert np.array_equal(cal.out_ms_samples(), np.asarray(_delay(0.4)["samples_ms"]))  # no utilization: idle
+    assert np.array_equal(sample().out_ms_samples(0.3), np.asarray(_delay(0.4)["samples_ms"]))  # no levels
+    data["delays"]["under_load"] = [_level(0.5, 3.0), _level(0.1, 1.0)]
+    with pytest.raises(ValueError, match="increasing utilization"):
+        Calibration.model_validate(data)
+
+
+def test_idle_at_arrival_on_a_hand_trace():
+    from calibration.analysis import idle_at_arrival
+
+    # server 0: task a received at 0 ends at 2; b received at 1 (a busy) ends 4; c at 5 (idle again);
+    # server 1: d at 3 (its first: idle); e at 3.5 after d failed (no end: it never finished, so e found it busy
+    # only if d's end were known — an unknown end never makes a server busy)
+    server = np.array([0, 0, 0, 1, 1])
+    recv = np.array([0.0, 1.0, 5.0, 3.0, 3.5])
+    end = np.array([2.0, 4.0, 6.0, np.nan, 5.0])
+    assert idle_at_arrival(server, recv, end).tolist() == [True, False, True, True, True]
+    order = np.array([2, 0, 4, 1, 3])  # any order of rows gives the same answer per row
+    assert idle_at_arrival(server[order], recv[order], end[order]).tolist() == [True, True, True, False, True]
+
+
+def test_rehearsal_under_traffic_on_real_servers(tmp_path):
+    from calibration.measure import SIZES, SMALL, rehearse, save_size_networks
+    from testbed import LocalCluster, ServerSpec
+
+    _, folders, inputs = save_size_networks(tmp_path)
+    small = folders[list(SIZES).index(SMALL)]
+    with LocalCluster([ServerSpec((small,))] * 2, inputs) as cluster:
+        level = rehearse(cluster.sockets, 0, SMALL, rate_per_ms=1.0, cpus=2, span_ms=200.0)
+    assert level.n_tasks == 200 and level.servers == 2 and level.rate_per_ms == 1.0
+    # 200 passes of well under a millisecond over ~200 ms and 2 cores: busy, but far from all the time
+    assert 0.0 < level.utilization < 1.0
+    for d in (level.out, level.back):
+        assert 0 < d.median_ms <= d.p99_ms < 1000 and len(d.samples_ms) == 200
 
 
 def test_one_way_delays_of_a_real_server(tmp_path):

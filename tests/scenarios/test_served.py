@@ -120,6 +120,37 @@ def test_load_is_a_fraction_of_the_served_capacity() -> None:
     assert config8.traffic.rate_per_ms == pytest.approx(0.3 * (1 / 1.7 + 1 / 3.2))
 
 
+def _levels(*pairs: tuple[float, float]) -> dict:
+    def delay(ms: float) -> dict:
+        return {"median_ms": ms, "p99_ms": ms, "mean_ms": ms, "samples_ms": [ms] * 5}
+
+    return {"n_tasks": 5, "out": delay(cu.OUT_MS), "back": delay(cu.BACK_MS),
+            "under_load": [{"utilization": u, "rate_per_ms": 1.0, "servers": 3, "network": "mid", "n_tasks": 100,
+                            "out": delay(ms), "back": delay(ms / 2)} for u, ms in pairs]}
+
+
+def test_delays_follow_the_points_core_utilization() -> None:
+    from scenarios.runner import build_point_configs
+
+    machine = dict(cu.calibration_dict()["machine"], cpu_count=2)
+    # out 1 ms at 10 % of the cores busy, 3 ms at 50 %; back half that
+    cal = cu.hand_calibration(machine=machine, delays=_levels((0.1, 1.0), (0.5, 3.0)))
+    for load, expected in ((0.05, 1.0), (0.3, 1.8965), (0.7, 3.0)):
+        scenario = _networks_scenario(load)
+        facts = _facts(scenario, (1.0, 2.0))
+        (_, config), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+        # served costs {1.7, 3.2} ms, mean 2.45; the routed rate as in test_load_is_a_fraction_of_the_served_capacity
+        # (load x 1.9 / 2.5 per ms); u = rate x 2.45 / 2 cores: 0.0466 (below the levels: held at 1 ms), 0.2793
+        # (1 + 2 x (0.2793 - 0.1) / 0.4 = 1.8965 ms), 0.652 (above: held at 3 ms)
+        assert config.network.out.samples_ms == pytest.approx([expected] * 200)
+        assert config.network.back.mean() == pytest.approx(expected / 2)
+    # a scenario's own delays win over the calibration's
+    own = scenario.model_copy(update={"sim": scenario.sim | {"network": {"out": {"kind": "deterministic",
+                                                                                 "value_ms": 7.0}}}})
+    (_, config), *_ = build_point_configs(own, facts, calibration=cal)  # type: ignore[arg-type]
+    assert config.network.out.mean() == pytest.approx(7.0) and config.network.back is None
+
+
 def test_served_capacity_refusal_names_it() -> None:
     from scenarios.runner import build_point_configs
     from scenarios.schema import ScenarioError
