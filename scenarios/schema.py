@@ -14,13 +14,14 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 import tomllib
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.config import ConfigError, ZooConfig, read_zoo_file, validation_problems, zoo_config_from_dict
 from models.given import GivenZooConfig
@@ -166,6 +167,15 @@ class Scenario(_Strict):
     testbed: TestbedSpec = TestbedSpec()
     sim: dict[str, Any]
     sweep: SweepSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # the results folder is `--out / name`: a name is one folder name, never a path out of `--out`
+        if not re.fullmatch(r"\w[\w .+-]{0,99}", value) or ".." in value or value != value.strip():
+            raise ValueError(f"name {value!r} must be a plain folder name (letters, digits, spaces, '.', '_', '+', "
+                             "'-'; at most 100 characters; no '/', '\\' or '..'): results are written under --out")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
@@ -475,7 +485,7 @@ def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = N
     if isinstance(name_or_path, str) and source.startswith("scenario"):
         data.setdefault("name", name_or_path)
     elif "name" not in data:
-        data["name"] = Path(name_or_path).stem
+        data["name"] = re.sub(r"[^\w .+-]|\.\.", "_", Path(name_or_path).stem).strip(" .")[:100] or "scenario"
     if isinstance(data.get("models"), dict):  # the zoo's seed is the file's, whatever the overrides do to `seed`
         data["models"].setdefault("seed", data.get("seed", 0))
     for dotted, value in (overrides or {}).items():

@@ -371,6 +371,13 @@ class Traffic(_Model):
     )
     ensemble_sample_pool: int = Field(default=DEFAULT_SAMPLE_POOL, ge=1)
 
+    @field_validator("trace_csv")
+    @classmethod
+    def _local_file(cls, value: str | None) -> str | None:
+        if value is not None and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+            raise ValueError(f"trace_csv must be a local file, not a URL ({value!r}): a run reads nothing remote")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Traffic:
         if self.kind == "trace":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -96,7 +97,7 @@ def _read_trace(cfg: SimConfig) -> tuple[np.ndarray, np.ndarray]:
     if tr.trace_times_ms is not None:
         return np.asarray(tr.trace_times_ms, float), np.asarray(tr.trace_models, np.int64)
     try:
-        df = pd.read_csv(tr.trace_csv)
+        df = pd.read_csv(Path(tr.trace_csv).expanduser())  # a Path: pandas opens it locally, never as a URL
     except (OSError, ValueError) as e:
         raise SimConfigError(f"sim config: cannot read trace {tr.trace_csv}: {e}") from None
     if not {"timestamp_ms", "model"} <= set(df.columns):

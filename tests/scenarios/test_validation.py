@@ -151,6 +151,60 @@ def test_trace_with_no_arrival_inside_the_horizon(home: Path, no_work: None) -> 
     refused(run_args(write(home, dict(SIM, sim=sim)), home / "out"), home, expect="no arrivals in the horizon")
 
 
+def test_a_trace_url_is_refused_and_never_fetched(home: Path, no_work: None) -> None:
+    """A scenario reads local files only: a trace given as a URL is refused, and no request reaches the server."""
+    import http.server
+    import threading
+
+    hits = []
+
+    class Count(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the handler's name is http.server's)
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"timestamp_ms,model\n1.0,0\n2.0,1\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Count)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/trace.csv"
+        sim = dict(SIM["sim"], traffic={"kind": "trace", "trace_csv": url})
+        del sim["n_queries"]
+        refused(run_args(write(home, dict(SIM, sim=sim)), home / "out"), home, expect="not a URL")
+        from sim import SimConfigError
+        from sim.config import SimConfig, Traffic
+        from sim.draws import _read_trace  # below the validator too: pandas is handed a local path
+
+        traffic = Traffic.model_construct(kind="trace", trace_csv=url, trace_times_ms=None)
+        config = SimConfig.model_construct(traffic=traffic, n_experts=2, model_names=None)
+        with pytest.raises(SimConfigError, match="cannot read trace"):
+            _read_trace(config)
+    finally:
+        server.shutdown()
+    assert hits == []
+
+
+@pytest.mark.parametrize("name", ["../escape", "../../tmp/x", "/abs/path", "a/b", "..", ".hidden", "c:\\d"])
+def test_a_scenario_name_is_a_folder_name_not_a_path(home: Path, no_work: None, name: str) -> None:
+    out = home / "deep" / "out"
+    out.mkdir(parents=True)
+    refused(run_args(write(home, dict(SIM, name=name)), out), home, out=out, expect="plain folder name")
+    assert sorted(p.name for p in (home / "deep").iterdir()) == ["out"] and not any(out.iterdir())
+    assert not (home / "tmp").exists() and not Path("/abs").exists()
+
+
+def test_a_file_stem_that_is_no_folder_name_is_made_one(home: Path) -> None:
+    table = {k: v for k, v in SIM.items() if k not in ("name", "sweep")}
+    path = write(home, table, name="run(1)..v2.toml")
+    result = CliRunner().invoke(cli, run_args(path, home / "out"))
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (home / "out").iterdir()] == ["run_1__v2"]
+
+
 def test_loading_a_scenario_reads_its_trace(home: Path) -> None:
     """scenario_from_dict itself (not only the CLI's later checks) refuses a trace it cannot use."""
     from scenarios.schema import ScenarioError, scenario_from_dict

@@ -317,11 +317,12 @@ def test_a_straggling_experts_query_is_answered_by_the_least_loaded_backup(clust
 def test_the_backup_answers_a_whole_ensemble_query(cluster, nets, dispatch):
     # an ensemble query goes to both experts and one backup; expert 0 straggles, so the backup's single output
     # answers the whole query. The second is answered by both experts (its backup copy, if sent, is slow)
-    work = _trace([0.0, 300.0], [-1, -1], [[2000.0, 1, 1], [1, 1, 20.0]])
-    policy = Policy("backup", "backup", dispatch, (0, 1, -3), 2, delay_ms=(10.0, 10.0), backup_net=2)
+    # (a hedge after 30 ms: a loaded machine can take over 10 ms to answer query 1 with both experts)
+    work = _trace([0.0, 300.0], [-1, -1], [[20000.0, 1, 1], [1, 1, 20.0]])
+    policy = Policy("backup", "backup", dispatch, (0, 1, -3), 2, delay_ms=(30.0, 30.0), backup_net=2)
     result = serve(cluster.sockets, policy, work)
     real, tasks = result.records, result.tasks.set_index(["query_id", "server"])
-    sim = _simulated({"kind": "backup", "dispatch": dispatch, "delay_ms": 10.0, "name": "backup"}, work,
+    sim = _simulated({"kind": "backup", "dispatch": dispatch, "delay_ms": 30.0, "name": "backup"}, work,
                      float(result.tasks["compute_ms"].median()))
     assert list(real["answered_by"]) == ["backup", "direct"] == list(sim["answered_by"])
     assert [_servers(m) for m in real["answer_mask"]] == ["2", "0,1"] == list(sim["servers_used"])
