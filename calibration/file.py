@@ -230,6 +230,20 @@ class Calibration(_Strict):
         """The simulator's `service.wake` table (idle ms -> extra pass ms)."""
         return {"idle_ms": list(self.wake.idle_ms), "extra_ms": list(self.wake.extra_ms)}
 
+    def corun_slowdown(self) -> list[float]:
+        """The simulator's `service.corun_slowdown`: how many times slower a pass runs with j = 1 .. CPU count − 1
+        other servers computing on the other cores (the time-slicing step's median stretch, at least 1: a
+        neighbour cannot speed a pass up); empty on a GPU, or where no row was measured."""
+        if self.machine.device != "cpu":
+            return []
+        rows = {row.others: row for row in self.slicing.stretch}
+        out = []
+        for others in range(1, self.machine.cpu_count):
+            if others not in rows:
+                break
+            out.append(max(1.0, float(rows[others].stretch_median)))
+        return out
+
     @property
     def quantum_ms(self) -> float:
         """The time slice the OS gives a process when more processes than cores compete (measured median run)."""
@@ -326,6 +340,9 @@ def load_calibration(path: Path | str, expect_machine: dict[str, Any] | None = N
         data = json.loads(text, parse_constant=_refuse_constant)
     except _NonFinite as error:
         raise CalibrationError(f"calibration file {path} holds a non-finite number ({error}); "
+                               "run coinsim calibrate --force") from None
+    except RecursionError:
+        raise CalibrationError(f"calibration file {path} is nested too deeply to be a calibration; "
                                "run coinsim calibrate --force") from None
     except ValueError as error:
         cut = isinstance(error, json.JSONDecodeError) and text.strip() != "" and (

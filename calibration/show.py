@@ -61,6 +61,9 @@ def describe(cal: Calibration, path: Path | str | None = None) -> str:
              *_table(["k others", "passes", "p50", "p90", "p99", "mean", "p50 ×", "p99 ×"],
                      [[str(r.others), str(r.n), _ms(r.median_ms), _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.mean_ms),
                        f"{r.stretch_median:.2f}", f"{r.stretch_p99:.2f}"] for r in sl.stretch]),
+             "simulator's service.corun_slowdown (a pass's p50 × with j others computing, j below the CPU count; "
+             "at least 1): " + (", ".join(f"{j} other{'s' if j > 1 else ''} ×{f:.2f}"
+                                          for j, f in enumerate(cal.corun_slowdown(), start=1)) or "none"),
              f"OS time slice: {sl.spinners} spinning processes for {sl.spin_s:g} s, {sl.n_runs} runs between "
              f"descheduled gaps (> {sl.threshold_ms:g} ms): quantum (median run) {sl.quantum_ms:.3f} ms, "
              f"mean run {sl.run_mean_ms:.3f}, p90 run {sl.run_p90_ms:.3f}; gap median {sl.gap_median_ms:.3f}, "

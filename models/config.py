@@ -158,6 +158,8 @@ def read_zoo_file(path: str | Path) -> tuple[dict, str]:
         return tomllib.loads(path.read_text(encoding="utf-8")), str(path)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: malformed TOML: {error}") from None
+    except RecursionError:  # the parser recurses once per level of nested arrays or inline tables
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply to read") from None
 
 
 def zoo_config_from_dict(data: dict, source: str = "config", overrides: dict | None = None) -> ZooConfig:

@@ -353,14 +353,20 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - unreadable, or torch refused to unpickle it without running code
         raise DataError(f"checkpoint {path} cannot be read as weights only ({_first_line(error)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DataError(f"checkpoint {path} does not hold a state dict (names → tensors)")
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        names = ", ".join(list(bad)[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DataError(f"checkpoint {path} holds {sum(bad.values())} non-finite weight(s) (NaN or inf) in {names}")
     return state
 
 
@@ -459,6 +465,9 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if np.issubdtype(x.dtype, np.floating):
         if x.ndim != 4:
             raise DataError(f"{path}: float x must be model inputs N×C×H×W, got shape {x.shape}")
+        bad = int((~np.isfinite(x)).sum())
+        if bad:
+            raise DataError(f"{path}: x holds {bad} non-finite value(s) (NaN or inf)")
     elif x.dtype != np.uint8 or x.ndim not in (3, 4):
         raise DataError(f"{path}: x must be uint8 images (N×H×W or N×H×W×C) or float inputs (N×C×H×W), "
                         f"got {x.dtype} {x.shape}")
@@ -542,11 +551,26 @@ def _sources(config: GivenZooConfig, expert: GivenExpertSpec) -> tuple[DataSourc
 # ------------------------------------------------------------------------------------------ the whole check
 
 
+def every_sample_checked(source: DataSource) -> torch.Tensor:
+    """Decode and preprocess every sample of `source` once (a broken image file, a non-finite value or a sample
+    of another shape is a DataError naming it); the first sample's input."""
+    first = source.sample(0)
+    for row in range(1, len(source)):
+        shape = tuple(source.sample(row).shape)
+        if shape != tuple(first.shape):
+            index = int(source.keep[row])
+            where = source.files[index] if source.files is not None else f"{source.path} row {index}"
+            raise DataError(f"{where} is {'×'.join(map(str, shape))} after preprocessing, the first sample "
+                            f"{'×'.join(map(str, first.shape))}; add resize and center_crop steps")
+    return first
+
+
 def given_problems(config: GivenZooConfig) -> list[str]:
     """Everything that would stop the given networks from loading, one short line each (empty: all good).
 
-    Builds the architecture once, reads checkpoint headers, lists the data, decodes one sample per source and
-    runs one forward pass: no training, no full data loading.
+    Builds the architecture once, reads every checkpoint (shapes, then finiteness), lists the data, decodes and
+    preprocesses every sample of every source (file, shape) and runs one forward pass: everything loading would
+    meet, without training.
     """
     problems: list[str] = []
     net = None
@@ -570,13 +594,18 @@ def given_problems(config: GivenZooConfig) -> list[str]:
         problem = fit_problem(expected, found) if expected is not None else None
         if problem:
             problems.append(f"{where}: {path} does not fit {config.architecture.label()}: {problem}")
+            continue
+        try:
+            read_checkpoint(path)  # every weight read once: a non-finite one is refused here, not after the work
+        except DataError as error:
+            problems.append(f"{where}: {error}")
 
     first: dict[str, tuple[torch.Tensor, DataSource]] = {}
     for i, expert in enumerate(config.experts):
         for kind, raw in (("train", expert.train), ("test", expert.test)):
             try:
                 source = DataSource(config.path(raw), config.classes, config.steps(expert), expert.labels)
-                first[f"experts.{i}.{kind}"] = (source.sample(0), source)
+                first[f"experts.{i}.{kind}"] = (every_sample_checked(source), source)
             except DataError as error:
                 problems.append(f"experts.{i}.{kind}: {error}")
     shapes = {where: tuple(x.shape) for where, (x, _) in first.items()}

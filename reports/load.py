@@ -356,6 +356,8 @@ def load_result(result_dir: Path | str) -> ResultData:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         msg = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
         raise _fail(str(spath), f"not valid JSON ({msg})") from exc
+    except RecursionError:  # json recurses once per level of nesting
+        raise _fail(str(spath), "not valid JSON (nested too deeply to read)") from None
     legacy = isinstance(raw, dict) and "schema_version" not in raw
     data = ResultData(path=path, summary=check_summary(raw, str(spath)))
     toml = path / "scenario.toml"

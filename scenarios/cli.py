@@ -235,6 +235,8 @@ def _parse_sets(items: tuple[str, ...]) -> dict:
             out[key.strip()] = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             out[key.strip()] = text
+        except RecursionError:
+            raise click.UsageError(f"--set {key.strip()}: value nested too deeply to read") from None
     return out
 
 
@@ -315,8 +317,9 @@ def _overrides(sets: tuple[str, ...], seed: int | None, device: str | None) -> d
     samples), --zoo-seed the networks' (a scenario file's own models.seed, if it has one, is kept otherwise)."""
     overrides = _parse_sets(sets)
     if seed is not None:
-        overrides["seed"] = seed
-        overrides["models.seed"] = seed
+        from scenarios.schema import EVERY_SEED
+
+        overrides[EVERY_SEED] = seed
     seeds = click.get_current_context().meta.get("coinsim_seeds", {})
     if "sim_seed" in seeds:
         overrides["seed"] = seeds["sim_seed"]

@@ -476,6 +476,9 @@ def load_zoo_config(name_or_path: str | Path = "quickstart", **overrides) -> Zoo
     return zoo_config_from_dict(data, source, {k: v for k, v in overrides.items() if v is not None})
 
 
+EVERY_SEED = "*seed"  # an override key: every seed the scenario has (`--seed`)
+
+
 def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Scenario, dict]:
     """(validated scenario, the raw table it came from) from a built-in name or a TOML path."""
     try:
@@ -489,5 +492,10 @@ def load_scenario(name_or_path: str | Path, overrides: dict[str, Any] | None = N
     if isinstance(data.get("models"), dict):  # the zoo's seed is the file's, whatever the overrides do to `seed`
         data["models"].setdefault("seed", data.get("seed", 0))
     for dotted, value in (overrides or {}).items():
+        if dotted == EVERY_SEED:  # the scenario's seed and, where it has networks of its own, theirs
+            set_path(data, "seed", value)
+            if isinstance(data.get("models"), dict):
+                set_path(data, "models.seed", value)
+            continue
         set_path(data, dotted, value)
     return scenario_from_dict(data, source), data

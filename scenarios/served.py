@@ -13,7 +13,8 @@ query travels as it would through a real dispatcher:
   a busier machine answers later, a sleeping one wakes slower), and a cancelled pass runs to its end, as a real
   pass cannot be interrupted;
 - the servers share the cores the dispatcher leaves them, time-sliced in the quantum the calibration measured
-  the OS to give competing processes;
+  the OS to give competing processes, and servers computing side by side on different cores slow each other
+  by the calibration's co-running stretch (shared caches, memory bandwidth, SMT siblings);
 - `traffic.load` is a fraction of the *served* capacity: the largest rate both the expert servers (at their
   served cost) and the cores the dispatcher leaves can sustain (`routed_capacity`),
   and a hedge or backup delay given as a percentile ('p95') is that percentile of the primary's served
@@ -63,6 +64,9 @@ def physical_table(calibration: Any, device: str) -> dict[str, Any]:
         quantum = calibration.quantum_ms
         if quantum is not None and math.isfinite(quantum) and quantum > 0:
             service["quantum_ms"] = float(quantum)
+        corun = calibration.corun_slowdown()
+        if any(factor > 1.0 for factor in corun):
+            service["corun_slowdown"] = corun
     return {
         "stragglers": {"extra_of": "pass"},  # a served straggler holds (f - 1) x its pass as it ran (the testbed's)
         "network": {"out": {"kind": "empirical", "samples_ms": list(map(float, calibration.out_ms_samples()))},
@@ -93,15 +97,20 @@ def with_served_delays(config: SimConfig, calibration: Any, device: str, served_
 def routed_capacity(calibration: Any, device: str) -> Any:
     """The served capacity `traffic.load` is a fraction of: the largest routed rate (even split over the experts)
     that both the expert servers (1 / mean served cost each) and the shared cores can sustain, every task at a
-    busy server's cost and the dispatcher taking its share of the cores at that rate."""
+    busy server's cost, the dispatcher taking its share of the cores at that rate and servers that compute side
+    by side slowing each other (the calibration's co-running stretch)."""
+    from sim.config import Service
+
     def capacity(means: list[float]) -> float:
         servers = sum(1.0 / m for m in means)
         if device.startswith("cuda"):
             return servers
         work = float(np.mean(means))  # core-ms per routed query, queries split evenly
-        cores = calibration.machine.cpu_count - calibration.dispatcher.base_cores
+        left = max(calibration.machine.cpu_count - calibration.dispatcher.base_cores, 1e-9)
+        corun = calibration.corun_slowdown()
+        cores = Service(cores=left, corun_slowdown=corun or None).effective_cores()  # servers slowing each other
         per_task = calibration.dispatcher.cpu_ms_per_task
-        return min(servers, max(cores, 0.0) / (work + max(per_task, 0.0)))
+        return min(servers, cores / (work + max(per_task, 0.0)))
 
     return capacity
 

@@ -243,13 +243,35 @@ class Service(_Model):
                     "cores / ceil(cores) each, handed round robin to the runnable servers for up to this much "
                     "wall time at a time; None = processor sharing")
 
+    corun_slowdown: tuple[Annotated[float, Field(ge=1.0)], ...] | None = Field(
+        default=None,
+        description="with cores: a task computes this many times slower while 1, 2, ... other servers compute on "
+                    "the other cores at the same time (entry j for j others, the last one beyond; shared caches, "
+                    "memory bandwidth, SMT siblings — measured by coinsim calibrate); None = no slowdown")
     wake: Wake | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Service:
         if self.quantum_ms is not None and self.cores is None:
             raise ValueError("quantum_ms (time slicing of shared cores) needs cores")
+        if self.corun_slowdown is not None and self.cores is None:
+            raise ValueError("corun_slowdown (servers slowing each other on shared cores) needs cores")
         return self
+
+    def corun_factor(self, computing: int) -> float:
+        """How many times slower each of `computing` servers on the cores at once computes (1 for one)."""
+        table = self.corun_slowdown
+        if not table or computing <= 1:
+            return 1.0
+        return float(table[min(computing - 1, len(table)) - 1])
+
+    def effective_cores(self) -> float:
+        """The most work per ms the shared cores get done: max over k of min(k, cores) / corun_factor(k),
+        k = 1 .. ceil(cores) servers computing; `cores` itself without a co-running slowdown."""
+        cores = float(self.cores) if self.cores is not None else math.inf
+        if not self.corun_slowdown or not math.isfinite(cores):
+            return cores
+        return max(min(k, cores) / self.corun_factor(k) for k in range(1, math.ceil(cores) + 1))
 
     def expert_dist(self, i: int) -> Any:
         return self.experts[i] if self.experts is not None else self.expert
@@ -598,4 +620,6 @@ def load_config(path: str) -> SimConfig:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise SimConfigError(f"sim config: cannot read {path}: {e}") from None
+    except RecursionError:
+        raise SimConfigError(f"sim config: cannot read {path}: nested too deeply") from None
     return parse_config(data)

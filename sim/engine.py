@@ -440,6 +440,8 @@ class FastEngine:
         if plan.wake is not None and plan.max_batch > 1:
             raise ValueError("wake-up costs (service.wake) are not modelled with batching")
         self.quantum = plan.quantum  # time slicing: round robin in quanta instead of processor sharing
+        self.corun = plan.corun or None  # co-running slowdown by the number of other computing servers
+        self.slots_max = math.ceil(self.cores) if self.sharing else 0  # servers that can be on the cores at once
         self.slicing = self.sharing and plan.quantum is not None
         if plan.quantum is not None and not self.sharing:
             raise ValueError("time slicing (service.quantum_ms) needs shared cores (service.cores)")
@@ -535,7 +537,16 @@ class FastEngine:
 
     # ------------------------------------------------------------------------------- shared cores
     def _speed(self, busy: int) -> float:
-        return min(1.0, self.cores / busy) if busy else 1.0
+        """Speed of each of `busy` servers on the cores: its share min(1, C / busy), slowed by the others that
+        compute beside it at that instant (at most ceil(C) - 1 of them)."""
+        if not busy:
+            return 1.0
+        speed = min(1.0, self.cores / busy)
+        if self.corun is not None and busy > 1:
+            others = min(busy, self.slots_max) - 1
+            if others:
+                speed /= self.corun[min(others, len(self.corun)) - 1]
+        return speed
 
     def _respeed(self, now: float, old: float, new: float, skip: _Server | None) -> None:
         """Every busy server's task has done (now - mark) * old of its work; it goes on at `new`."""

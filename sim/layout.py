@@ -129,9 +129,12 @@ def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:
 
     work = sum(routed[i] * least(i) for i in range(n))
     work += cfg.traffic.ensemble_rate_per_ms * sum(sorted(per_server)[:n])
-    if not work < cores:
+    effective = cfg.service.effective_cores()
+    if not work < effective:
+        slowed = (f" (worth {effective:.3g} cores of work with servers slowing each other, "
+                  "service.corun_slowdown)") if effective < cores else ""
         return (f"policy {spec.name!r}: its servers compute {work:.3g} core-ms per ms, but they share "
-                f"service.cores = {cores:.3g} cores")
+                f"service.cores = {cores:.3g} cores{slowed}")
     return None
 
 

@@ -46,6 +46,7 @@ class Plan:
     back_ms: np.ndarray | None = None  # (n, S) server → dispatcher delay
     cores: float | None = None  # servers share this many cores (processor sharing); None = one each
     quantum: float | None = None  # with cores: round robin in quanta of this many ms instead of sharing
+    corun: tuple[float, ...] | None = None  # with cores: slowdown of each computing server by how many others do
     wake: Any = None  # sim.config.Wake: extra compute of a task that starts on a server that sat idle
     finish_pass: bool = False  # a cancel lets the task's pass (pass_ms) end
     stall: bool = False  # with cores: a straggle's extra time (beyond pass_ms) holds the server off the cores
@@ -124,6 +125,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         back_ms=_delays(net.back, draws.net_back_u, base.shape),
         cores=cfg.service.cores,
         quantum=cfg.service.quantum_ms,
+        corun=cfg.service.corun_slowdown,
         wake=cfg.service.wake,
         finish_pass=finish_pass,
         stall=stall,

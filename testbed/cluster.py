@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ class LocalCluster:
         self.context: zmq.Context | None = None
         self.sockets: list[zmq.Socket] = []
         self.facts: list[dict[str, Any]] = []
+        self.token = secrets.token_hex(16).encode()  # STOP is honoured only with it (servers started here)
 
     def __enter__(self) -> LocalCluster:
         try:
@@ -67,7 +69,8 @@ class LocalCluster:
         return [p.pid for p in self.processes]
 
     def _start_local(self) -> None:
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads),
+                   **{wire.TOKEN_ENV: self.token.decode()})
         for spec in self.servers:
             cmd = [sys.executable, "-m", "testbed.server", "--bind", "tcp://127.0.0.1:*", "--inputs",
                    str(self.inputs), "--device", self.device, "--threads", str(self.threads)]
@@ -107,7 +110,7 @@ class LocalCluster:
         for sock in self.sockets:
             try:
                 if self.processes:
-                    sock.send_multipart([wire.STOP], zmq.NOBLOCK)
+                    sock.send_multipart([wire.STOP, self.token], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
             sock.close(linger=100)  # long enough for STOP to leave, so a server ends on its own

@@ -366,6 +366,8 @@ class Frontend:
             status = 0
         elif kind == wire.DROPPED:
             tid, status, recv, start, computed, end, passes = wire.DROPPED_FMT.unpack(frames[1])
+        elif kind == wire.ERROR:  # a frame of ours the server could not act on: a bug here, not a straggler
+            raise RuntimeError(f"testbed: server {s} refused a frame: {frames[1].decode(errors='replace')}")
         else:
             return
         tid -= self.base

@@ -16,9 +16,12 @@ current pass in compute mode), never the first pass.
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
+import math
 import os
 import signal
+import struct
 import sys
 import time
 from collections import deque
@@ -58,10 +61,11 @@ def load_network(folder: Path, device: str):
 class Server:
     """The serving loop; single-threaded, so a task's stamps are not disturbed by a second Python thread."""
 
-    def __init__(self, socket: zmq.Socket, models: list, inputs, device: str) -> None:
+    def __init__(self, socket: zmq.Socket, models: list, inputs, device: str, token: bytes | None = None) -> None:
         import torch
 
         self.socket, self.models, self.inputs, self.device = socket, models, inputs, torch.device(device)
+        self.token = token  # a STOP must carry it; None: STOP frames are ignored (SIGTERM stops the server)
         self.queue: deque[_Task] = deque()
         self.cancelled: set[int] = set()
         self.live: set[int] = set()  # queued or in service
@@ -89,21 +93,44 @@ class Server:
             self._handle(frames, time.perf_counter())
 
     def _handle(self, frames: list[bytes], now: float) -> None:
-        ident, kind = frames[0], frames[1]
-        if kind == wire.TASK:
-            task_id, net, row, factor, mode = wire.TASK_FMT.unpack(frames[2])
+        if len(frames) < 2:
+            return  # not even a kind: nobody to answer
+        ident = frames[0]
+        try:
+            self._act(ident, frames[1], frames[2:], now)
+        except (ValueError, struct.error) as error:  # a malformed frame: say so, keep serving
+            self.socket.send_multipart([ident, wire.ERROR, str(error).encode()[:500]])
+
+    def _act(self, ident: bytes, kind: bytes, body: list[bytes], now: float) -> None:
+        if kind == wire.TASK and len(body) == 1:
+            task_id, net, row, factor, mode = wire.TASK_FMT.unpack(body[0])
+            if not 0 <= net < len(self.models):
+                raise ValueError(f"task {task_id}: network {net} out of range (this server holds {len(self.models)})")
+            if not 0 <= row < len(self.inputs):
+                raise ValueError(f"task {task_id}: input row {row} out of range (0..{len(self.inputs) - 1})")
+            if not (math.isfinite(factor) and 1.0 <= factor <= wire.MAX_FACTOR):
+                raise ValueError(f"task {task_id}: straggle factor {factor!r} is not in [1, {wire.MAX_FACTOR:g}]")
+            if mode not in (wire.MODE_STALL, wire.MODE_COMPUTE):
+                raise ValueError(f"task {task_id}: unknown straggle mode {mode}")
+            if task_id in self.live:
+                raise ValueError(f"task {task_id} is already queued or in service")
             self.queue.append(_Task(ident, task_id, net, row, factor, mode, now))
             self.live.add(task_id)
-        elif kind == wire.CANCEL:
-            task_id = wire.ID_FMT.unpack(frames[2])[0]
+        elif kind == wire.CANCEL and len(body) == 1:
+            task_id = wire.ID_FMT.unpack(body[0])[0]
             if task_id in self.live:  # a cancel for a task already answered is moot
                 self.cancelled.add(task_id)
-        elif kind == wire.PING:
+        elif kind == wire.PING and not body:
             facts = {"pid": os.getpid(), "device": str(self.device), "threads": self._torch.get_num_threads(),
                      "rows": len(self.inputs), "networks": len(self.models)}
             self.socket.send_multipart([ident, wire.PONG, json.dumps(facts).encode()])
         elif kind == wire.STOP:
-            self.running = False
+            if self.token is not None and len(body) == 1 and hmac.compare_digest(body[0], self.token):
+                self.running = False
+            else:
+                raise ValueError("STOP refused: it does not carry this server's token")
+        else:
+            raise ValueError(f"unknown frame: kind {kind[:8]!r} with {len(body)} body frame(s)")
 
     def _drop(self, task: _Task, status: int, start: float, computed: float, passes: int) -> None:
         self.cancelled.discard(task.task_id)
@@ -119,7 +146,7 @@ class Server:
         hold_until = computed + (task.factor - 1.0) * (computed - start)
         while True:
             self._read(0)
-            if task.task_id in self.cancelled:
+            if task.task_id in self.cancelled or not self.running:  # cancelled, or told to stop: cut the straggle
                 self._drop(task, wire.DROPPED_IN_SERVICE, start, computed, passes)
                 return
             now = time.perf_counter()
@@ -182,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     socket.bind(args.bind)
     print(socket.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)  # the port, when --bind asked for any (`*`)
     try:
-        Server(socket, models, inputs, args.device).run()
+        token = os.environ.pop(wire.TOKEN_ENV, "").encode() or None
+        Server(socket, models, inputs, args.device, token).run()
     finally:
         socket.close(0)
         context.term()

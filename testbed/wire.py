@@ -5,10 +5,16 @@ Frontend → server (the server's ROUTER socket prefixes the sender's identity):
                                                     `factor` (1 = no straggle)
   ``[CANCEL, <task_id q>]``                          drop the task if queued, cut its straggle if in service
   ``[PING]`` → ``[PONG, json]``                      readiness and facts (pid, device, network, threads)
-  ``[STOP]``                                         finish the task in hand, then exit
+  ``[STOP, token]``                                  cut the task in hand's straggle, then exit — honoured only
+                                                    with the token the server was started with (its
+                                                    ``COINSIM_SERVER_TOKEN``); a server started without one
+                                                    stops on SIGTERM only
 Server → frontend:
   ``[DONE, <task_id q, recv, start, computed, end d×4, passes I>, float32 output bytes]``
   ``[DROPPED, <task_id q, status B, recv, start, computed, end d×4, passes I>]`` (queued or in service)
+  ``[ERROR, utf-8 text]``                           a frame the server cannot act on (unknown kind, wrong size,
+                                                    network or row out of range, a factor that is not a finite
+                                                    number in [1, MAX_FACTOR]); the server keeps serving
 
 Every task gets exactly one DONE or DROPPED, so the frontend knows when all work has drained. Server stamps are
 `time.perf_counter()` seconds on the server's host: only their differences (queue wait, compute, straggle) are
@@ -22,7 +28,9 @@ import struct
 
 import zmq
 
-TASK, CANCEL, PING, PONG, STOP, DONE, DROPPED = b"T", b"C", b"P", b"p", b"S", b"D", b"X"
+TASK, CANCEL, PING, PONG, STOP, DONE, DROPPED, ERROR = b"T", b"C", b"P", b"p", b"S", b"D", b"X", b"E"
+TOKEN_ENV = "COINSIM_SERVER_TOKEN"  # where a server finds the token a STOP must carry
+MAX_FACTOR = 1e6  # the largest straggle factor a task may ask for
 MODE_STALL, MODE_COMPUTE = 0, 1
 MODES = {"stall": MODE_STALL, "compute": MODE_COMPUTE}
 DROPPED_QUEUED, DROPPED_IN_SERVICE = 1, 2

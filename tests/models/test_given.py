@@ -286,6 +286,34 @@ def test_checkpoint_of_another_architecture_names_first_keys(given_dir, tmp_path
     assert "missing keys" not in line
 
 
+def test_non_finite_weights_are_refused_before_any_work(given_dir, tmp_path):
+    state = load_file(str(given_dir / "checkpoints" / "cd.safetensors"))
+    state["fc.bias"] = state["fc.bias"].clone()
+    state["fc.bias"][1] = float("nan")
+    save_file(state, str(tmp_path / "nan.safetensors"))
+    table = _models_table()
+    table["experts"][1]["checkpoint"] = str(tmp_path / "nan.safetensors")
+    line = _bad_run(given_dir, table, tmp_path)
+    assert "experts.1.checkpoint" in line and "1 non-finite weight(s)" in line and "fc.bias" in line
+    state = torch.load(given_dir / "checkpoints" / "ab.pth", weights_only=True)
+    state["conv1.weight"] = torch.full_like(state["conv1.weight"], float("inf"))
+    torch.save(state, tmp_path / "inf.pth")
+    table = _models_table(base=str(tmp_path / "inf.pth"))
+    line = _bad_run(given_dir, table, tmp_path)
+    assert "base" in line and f"{state['conv1.weight'].numel()} non-finite weight(s)" in line
+
+
+def test_non_finite_inputs_are_refused_before_any_work(given_dir, tmp_path):
+    x, y = (np.load(given_dir / "npz" / "ab" / "test.npz")[k] for k in ("x", "y"))
+    inputs = _normalised(x).numpy()
+    inputs[2, 0, 1, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", x=inputs, y=y)
+    table = _models_table("npz")
+    table["experts"][0]["test"] = str(tmp_path / "nan.npz")
+    line = _bad_run(given_dir, table, tmp_path)
+    assert "experts.0.test" in line and "1 non-finite value(s)" in line
+
+
 def test_import_path_that_does_not_import(given_dir, tmp_path):
     line = _bad_run(given_dir, _models_table(architecture={"factory": "no_such_package.nets:make", "width": 3}),
                     tmp_path)
@@ -315,6 +343,29 @@ def test_data_folder_without_images(given_dir, tmp_path):
     table["experts"][0]["test"] = str(empty)
     line = _bad_run(given_dir, table, tmp_path)
     assert "experts.0.test" in line and "holds no images" in line
+
+
+@pytest.mark.parametrize("bad", ["broken", "other-size"])
+def test_every_image_is_decoded_before_any_work(given_dir, tmp_path, bad):
+    """Not only the first: the last image of a folder (by name) broken, or of another size, is refused before
+    anything is trained or written — by run and by validate alike."""
+    import shutil
+
+    folder = tmp_path / "test"
+    shutil.copytree(given_dir / "png" / "ab" / "test", folder)
+    last = folder / "1" / "zzz.png"
+    if bad == "broken":
+        last.write_bytes(b"\x89PNG not really")
+    else:
+        Image.fromarray(np.zeros((SIDE + 4, SIDE + 4, 3), np.uint8)).save(last)
+    table = _models_table()
+    table["experts"][0]["test"] = str(folder)
+    line = _bad_run(given_dir, table, tmp_path)
+    expect = "cannot be read as an image" if bad == "broken" else f"is 3×{SIDE + 4}×{SIDE + 4} after preprocessing"
+    assert "experts.0.test" in line and "zzz.png" in line and expect in line, line
+    scenario = given_dir / "bad.toml"
+    result = CliRunner().invoke(cli, ["validate", str(scenario), "--out", str(tmp_path / "v")])
+    assert result.exit_code == 2 and result.output.strip().splitlines() == [line], result.output
 
 
 def test_data_with_classes_the_network_cannot_output(given_dir, tmp_path):

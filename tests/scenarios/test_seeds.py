@@ -33,6 +33,22 @@ def test_seed_options(monkeypatch, tmp_path, args, sim_seed, zoo_seed):
     assert (seen["sim"], seen["zoo"]) == (sim_seed, zoo_seed)
 
 
+@pytest.mark.parametrize("args, sim_seed", [(["--seed", "5"], 5), (["--sim-seed", "6"], 6),
+                                            (["--seed", "5", "--sim-seed", "6"], 6)])
+def test_seed_on_a_pure_simulation_sets_its_seed(monkeypatch, tmp_path, args, sim_seed):
+    """A scenario without networks has one seed: --seed sets it (and asks for no networks' seed)."""
+    seen = {}
+
+    def fake_run(scenario, raw, out_root, **_kwargs):
+        seen["sim"], seen["models"], seen["raw"] = scenario.seed, scenario.models, raw
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_scenario", fake_run)
+    result = CliRunner().invoke(cli, ["run", "sim-what-if", "--out", str(tmp_path), *args])
+    assert result.exit_code == 130, result.output
+    assert seen["sim"] == sim_seed and seen["models"] is None and "models" not in seen["raw"]
+
+
 def test_a_files_own_zoo_seed_is_kept():
     scenario, _ = load_scenario("quickstart", {"seed": 4, "models.seed": 2})
     assert (scenario.seed, scenario.models.seed) == (4, 2)

@@ -164,3 +164,21 @@ def test_served_capacity_refusal_names_it() -> None:
     cal = cu.hand_calibration(machine=dict(cu.calibration_dict()["machine"], cpu_count=2))
     with pytest.raises(ScenarioError, match="unstable load.*model 1 gets.*served capacity"):
         build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+
+
+def test_servers_slowing_each_other_lower_the_served_capacity() -> None:
+    from scenarios.runner import build_point_configs
+
+    machine = dict(cu.calibration_dict()["machine"], cpu_count=2)
+    slicing = cu.calibration_dict()["slicing"]
+    row = slicing["stretch"][0]
+    slicing = dict(slicing, stretch=[row, dict(row, others=1, median_ms=1.5, stretch_median=1.5)])
+    cal = cu.hand_calibration(machine=machine, slicing=slicing)
+    assert served.physical_table(cal, "cpu")["service"]["corun_slowdown"] == [1.5]
+    assert "corun_slowdown" not in served.physical_table(cal, "cuda")["service"]
+    scenario = _networks_scenario(0.3)
+    (_, config), = build_point_configs(scenario, _facts(scenario, (1.0, 2.0)), calibration=cal)  # type: ignore
+    # as in test_load_is_a_fraction_of_the_served_capacity, but the 1.9 cores the dispatcher leaves do the work
+    # of max(1, 1.9 / 1.5) = 1.267 when two servers compute at once: (1.9 / 1.5) / (mean(1.7, 3.2) + 0.05)
+    assert config.traffic.rate_per_ms == pytest.approx(0.3 * (1.9 / 1.5) / 2.5)
+    assert config.service.corun_slowdown == (1.5,)

@@ -500,6 +500,31 @@ def test_allow_unstable_is_documented() -> None:
     assert "traffic.load >= 1" in Scenario.model_fields["allow_unstable"].description
 
 
+# ------------------------------------------------------------------------------ nesting the parsers cannot read
+DEEP = 3000  # levels: past Python's recursion limit in tomllib and json alike
+
+
+def test_a_scenario_nested_too_deeply(home: Path, no_work: None) -> None:
+    scenario = home / "deep.toml"
+    scenario.write_text("x = " + "[" * DEEP + "]" * DEEP + "\n" + tomli_w.dumps(SIM))
+    refused(run_args(scenario, home / "out"), home, expect="nested too deeply")
+
+
+def test_a_set_value_nested_too_deeply(home: Path, no_work: None) -> None:
+    scenario = write(home, SIM)
+    refused(run_args(scenario, home / "out", "--set", "sim.x=" + "[" * DEEP + "]" * DEEP), home,
+            expect="nested too deeply")
+
+
+def test_a_summary_nested_too_deeply(home: Path) -> None:
+    folder = home / "result"
+    folder.mkdir()
+    (folder / "summary.json").write_text('{"a": ' + "[" * DEEP + "]" * DEEP + "}")
+    line = one_error_line(CliRunner().invoke(cli, ["report", str(folder)]))
+    assert "summary.json" in line and "nested too deeply" in line
+    assert sorted(p.name for p in folder.iterdir()) == ["summary.json"]
+
+
 # ---------------------------------------------------------------------------------------- 7. not UTF-8 text
 @pytest.mark.parametrize("command", ["run", "sweep"])
 def test_scenario_file_that_is_not_utf8(home: Path, no_work: None, command: str) -> None:
