@@ -505,7 +505,8 @@ def report(result_dir: Path) -> None:
 @click.pass_context
 def calibrate_command(ctx: click.Context, device: str, out: Path | None, force: bool, show: str | None) -> None:
     """Measure, once per machine and device, what serving costs beyond a network's isolated forward pass: the
-    per-task cycle against pass time, one-way delays, time slicing of several servers, the dispatcher's CPU share
+    per-task cycle against pass time, one-way delays (idle and under traffic), time slicing of several servers and
+    how servers computing side by side slow each other, the dispatcher's CPU share
     (real server processes over ZeroMQ; about half a minute on 2 cores)."""
     import time
 

@@ -172,8 +172,8 @@ def describe(calibration: Any, path: Path | None, latency_model: str) -> dict[st
     if latency_model != "served" or calibration is None:
         return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
     return {"name": "served", "meaning": "predicted served latency: isolated profile + this machine's serving "
-                                         "calibration (per-task serving cost, one-way delays, cores left by the "
-                                         "dispatcher, time slicing)",
+                                         "calibration (per-task serving cost, one-way delays under traffic, cores "
+                                         "left by the dispatcher, time slicing, co-running slowdown)",
             "calibration": {"path": str(path) if path is not None else None, **brief(calibration)}}
 
 
@@ -188,5 +188,6 @@ def brief(calibration: Any) -> dict[str, Any]:
             "out_ms_median": float(np.median(out)), "back_ms_median": float(np.median(back)),
             "delays_under_load": levels,
             "quantum_ms": calibration.quantum_ms,
+            "corun_slowdown": calibration.corun_slowdown(),
             "dispatcher_base_cores": calibration.dispatcher.base_cores,
             "dispatcher_cpu_ms_per_task": calibration.dispatcher.cpu_ms_per_task}
