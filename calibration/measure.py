@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from calibration.analysis import cycles_ms, idle_at_arrival, line_fit, quantiles, slice_lengths
 from calibration.file import (
+    QUANTILES,
     Calibration,
     CalibrationError,
     Delay,
@@ -154,25 +155,19 @@ def delay_samples(sockets: list[Any], net: int, n: int = 200, every_ms: tuple[fl
 
 def delays_from(out: np.ndarray, back: np.ndarray) -> Delays:
     """The calibration's delay section from pooled (out, back) samples."""
-    n = len(out)
-
-    def delay(values: np.ndarray) -> Delay:
-        values = values[np.isfinite(values) & (values > 0)]
-        if len(values) < max(5, n // 2):
-            raise CalibrationError(f"only {len(values)} of {n} one-way delays could be timed")
-        return Delay(median_ms=float(np.median(values)), p99_ms=float(np.quantile(values, 0.99)),
-                     mean_ms=float(values.mean()), samples_ms=quantiles(values, 200).round(5).tolist())
-
-    return Delays(n_tasks=n, out=delay(out), back=delay(back))
+    n, least = len(out), max(5, len(out) // 2)
+    return Delays(n_tasks=n, out=_delay(out, f"one-way delays of {n} tasks", least),
+                  back=_delay(back, f"one-way delays of {n} tasks", least))
 
 
-def _delay(values: np.ndarray, what: str) -> Delay:
+def _delay(values: np.ndarray, what: str, least: int = 20) -> Delay:
+    """One direction's delays as the file stores them (finite, positive values only; at least `least` of them)."""
     values = np.asarray(values, float)
     values = values[np.isfinite(values) & (values > 0)]
-    if len(values) < 20:
-        raise CalibrationError(f"{what}: only {len(values)} one-way delays could be timed")
+    if len(values) < least:
+        raise CalibrationError(f"{what}: only {len(values)} could be timed (at least {least} needed)")
     return Delay(median_ms=float(np.median(values)), p99_ms=float(np.quantile(values, 0.99)),
-                 mean_ms=float(values.mean()), samples_ms=quantiles(values, 200).round(5).tolist())
+                 mean_ms=float(values.mean()), samples_ms=quantiles(values, QUANTILES).round(5).tolist())
 
 
 def rehearse(sockets: list[Any], net: int, name: str, rate_per_ms: float, cpus: int, span_ms: float = REHEARSAL_MS,
