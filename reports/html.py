@@ -577,6 +577,16 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
             _num(cal.get("served_slope")), _num(cal.get("out_ms_median")), _num(cal.get("back_ms_median")),
             _num(cal.get("quantum_ms")), _num(cal.get("dispatcher_base_cores")),
             _num(cal.get("dispatcher_cpu_ms_per_task")))
+        levels = [lv for lv in cal.get("delays_under_load") or [] if isinstance(lv, Mapping)]
+        if levels:
+            text += Markup(" Under serving traffic the one-way delays reach p99 {} ms out at {} % of the cores busy "
+                           "(each point draws them at its own utilization).").format(
+                _num(levels[-1].get("out_ms_p99")),
+                f"{100 * levels[-1]['utilization']:.0f}" if finite(levels[-1].get("utilization")) else "?")
+        corun = [float(f) for f in cal.get("corun_slowdown") or [] if isinstance(f, int | float)]
+        if corun:
+            text += Markup(" Servers computing side by side slow each other: ×{} with one other.").format(
+                _num(corun[0]))
     elif name == "compute":
         text += Markup(" Served on this machine, latencies would be longer: run without "
                        "<code>--latency-model compute</code> for the served prediction.")

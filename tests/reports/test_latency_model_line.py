@@ -15,6 +15,17 @@ def test_served_line_quotes_the_calibration() -> None:
     assert "<strong>served</strong>" in text and "AMD EPYC (2 cores, cpu, torch 2.14.1)" in text
     assert "0.042 ms + 1.127 × its isolated pass" in text and "0.379 / 0.219 ms" in text
     assert "time slice 3.947 ms" in text and "0.048 cores + 0.221 ms per task" in text
+    assert "under serving traffic" not in text.lower() and "side by side" not in text  # older summaries
+
+
+def test_served_line_quotes_delays_under_traffic_and_the_corun_slowdown() -> None:
+    cal = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"},
+           "delays_under_load": [{"utilization": 0.178, "out_ms_p99": 3.222},
+                                 {"utilization": 0.5737, "out_ms_p99": 3.6757}],
+           "corun_slowdown": [1.3842]}
+    text = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal}}))
+    assert "p99 3.676 ms out at 57 % of the cores busy" in text  # the busiest level measured
+    assert "×1.384 with one other" in text
 
 
 def test_compute_line_points_to_the_served_prediction_and_old_folders_have_none() -> None:
