@@ -302,7 +302,10 @@ def test_a_straggling_experts_query_is_answered_by_the_least_loaded_backup(clust
         assert statuses == ["dropped_in_service", "dropped_in_service", "dropped_queued"]
     else:  # sent together: a loaded machine may deliver the cancel before the expert has read its task
         assert set(statuses[:2]) <= CANCELLED and statuses[2] == "dropped_queued"
-    assert tasks.loc[(0, 0), "held_ms"] < 0.5 * 3999 * tasks.loc[(0, 0), "compute_ms"]
+    if statuses[0] == "dropped_in_service":  # its straggle was cut, not served to the end
+        assert tasks.loc[(0, 0), "held_ms"] < 0.5 * 3999 * tasks.loc[(0, 0), "compute_ms"]
+    else:  # dropped before it ran: it never held the server
+        assert np.isnan(tasks.loc[(0, 0), "held_ms"])
     assert real["latency_ms"].iloc[0] < (12.0 if dispatch == "hedged" else 2.0) + 20 * c
     # the generalist's real output came back and nothing from the cancelled expert
     x = np.load(nets[1])
