@@ -297,14 +297,33 @@ class PointStore:
         self.folder = folder
 
     def finished(self) -> int:
-        """How many finished points the folder holds."""
+        """How many finished points the folder holds (intact or not)."""
         return len(list(self.folder.glob("point-*.json"))) if self.folder.is_dir() else 0
 
     def _paths(self, index: int) -> tuple[Path, Path]:
         return self.folder / f"point-{index:04d}.parquet", self.folder / f"point-{index:04d}.json"
 
     def done(self, index: int) -> bool:
-        return self._paths(index)[1].is_file()
+        return self._paths(index)[1].is_file() and self.intact(index)
+
+    def intact(self, index: int) -> bool:
+        """Whether point `index`'s summary parses as a JSON object and its records' parquet footer reads: a
+        file truncated or overwritten after the run stopped is not a finished point, and is run again."""
+        import pyarrow.parquet as pq
+
+        table, meta = self._paths(index)
+        try:
+            ok = isinstance(json.loads(meta.read_text()), dict)
+            pq.read_metadata(table)
+        except Exception:  # OSError, JSON errors, RecursionError and pyarrow's own
+            return False
+        return ok
+
+    def damaged(self) -> list[int]:
+        """Indexes of the points whose files are there but unreadable."""
+        found = sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("point-*.json")
+                       if p.stem.split("-")[1].isdigit()) if self.folder.is_dir() else []
+        return [i for i in found if not self.intact(i)]
 
     def save(self, index: int, records: pd.DataFrame, summary: dict[str, Any]) -> None:
         table, meta = self._paths(index)
@@ -571,13 +590,21 @@ def _work_folder(out_root: Path, scenario_name: str, raw: dict[str, Any]) -> Pat
 
 def check_unfinished(out_root: Path, scenario_name: str, raw: dict[str, Any], resume: bool) -> None:
     """Refuse to start over when an interrupted run of the same resolved scenario left finished points."""
+    from scenarios.schema import ScenarioError
+
     work = _work_folder(out_root, scenario_name, raw)
     done = PointStore(work).finished()
     if done and not resume:
-        from scenarios.schema import ScenarioError
-
         raise ScenarioError(f"{work} holds {done} finished point(s) of an interrupted run of this scenario: add "
                             "--resume to continue it, or delete that folder to start over")
+    if resume:  # what the finished points were made with must still read, or they cannot be joined by new ones
+        for name, read in (("profile.csv", pd.read_csv), ("calibration.json", lambda p: json.loads(p.read_text()))):
+            if (work / name).is_file():
+                try:
+                    read(work / name)
+                except (OSError, ValueError, RecursionError, UnicodeDecodeError, pd.errors.ParserError):
+                    raise ScenarioError(f"{work / name} of the interrupted run is damaged: delete {work} to start "
+                                        "over") from None
 
 
 def _remove_if_empty(folders: list[Path]) -> None:
@@ -610,6 +637,9 @@ def run_scenario(
         shutil.rmtree(work, ignore_errors=True)
     created = [folder for folder in (work, *work.parents) if not folder.exists()]  # deepest first
     store = PointStore(work)
+    if resume and (damaged := store.damaged()):
+        _say(f"resuming: the files of point(s) {', '.join(str(i) for i in damaged)} are damaged; they are run again",
+             quiet)
     try:
         if scenario.models is not None and resume and (work / "profile.csv").is_file():
             scenario = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"replay": work})})

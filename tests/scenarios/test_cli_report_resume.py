@@ -82,3 +82,55 @@ def test_resume_through_the_cli_finishes_an_interrupted_run(tmp_path, scenario_f
                                   pd.read_parquet(folder / "sweep.parquet"))
     pd.testing.assert_frame_equal(pd.read_parquet(fresh_folder / "queries.parquet"),
                                   pd.read_parquet(folder / "queries.parquet"))
+
+
+def test_resume_runs_again_the_points_whose_files_were_damaged(tmp_path, scenario_file, monkeypatch):
+    args = ["run", str(scenario_file), "--no-report"]
+    fresh = CliRunner().invoke(cli, ["--quiet", *args, "--out", str(tmp_path / "fresh")])
+    assert fresh.exit_code == 0, fresh.output
+    (fresh_folder,) = (tmp_path / "fresh" / "simonly").iterdir()
+
+    real_run_point, calls, resuming = runner.run_point, [], False
+
+    def interrupted_at_the_third_point(config, seed, answers):
+        calls.append(config.stragglers.p)
+        if len(calls) == 3 and not resuming:
+            raise KeyboardInterrupt
+        return real_run_point(config, seed, answers)
+
+    monkeypatch.setattr(runner, "run_point", interrupted_at_the_third_point)
+    out = tmp_path / "out"
+    assert CliRunner().invoke(cli, ["--quiet", *args, "--out", str(out)]).exit_code == 130
+    (work,) = (out / "simonly").iterdir()
+    first, second = sorted(work.glob("point-*.parquet"))
+    first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])  # a truncated table
+    second.with_suffix(".json").write_text('{"n_queries": 15')  # a summary cut mid-write by another tool
+    calls.clear()
+    resuming = True
+    resumed = CliRunner().invoke(cli, [*args, "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "point(s) 0, 1 are damaged" in resumed.output
+    assert sorted(calls) == sorted([0.0, 0.05, 0.1]), "the two damaged points and the unfinished one are run again"
+    (folder,) = (out / "simonly").iterdir()
+    pd.testing.assert_frame_equal(pd.read_parquet(fresh_folder / "sweep.parquet"),
+                                  pd.read_parquet(folder / "sweep.parquet"))
+
+
+def test_resume_over_a_damaged_profile_is_one_line_before_any_work(tmp_path, scenario_file, monkeypatch):
+    args = ["--quiet", "run", str(scenario_file), "--no-report"]
+    real_run_point, calls = runner.run_point, []
+
+    def interrupted_at_the_second_point(config, seed, answers):
+        calls.append(config.stragglers.p)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_run_point(config, seed, answers)
+
+    monkeypatch.setattr(runner, "run_point", interrupted_at_the_second_point)
+    out = tmp_path / "out"
+    assert CliRunner().invoke(cli, [*args, "--out", str(out)]).exit_code == 130
+    (work,) = (out / "simonly").iterdir()
+    (work / "calibration.json").write_text('{"schema": 3, "cyc')
+    calls.clear()
+    line = _one_error_line(CliRunner().invoke(cli, [*args, "--out", str(out), "--resume"]))
+    assert "calibration.json" in line and "damaged" in line and calls == []
