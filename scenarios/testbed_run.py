@@ -537,6 +537,12 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
         bad = [a for a in addresses if not a.startswith(("tcp://", "ipc://"))]
         if bad:
             raise ScenarioError(f"testbed.addresses: '{bad[0]}' is not a ZeroMQ address (tcp://host:port)")
+        from testbed.cluster import TestbedError, probe
+
+        try:  # servers elsewhere must answer now, not after the networks are trained, coded and profiled
+            probe(addresses)
+        except TestbedError as error:
+            raise ScenarioError(f"testbed.addresses: {error}") from None
     for points in scenario.sweep_points():
         for policy in points[1].get("policies", []):
             if isinstance(policy, dict) and policy.get("dispatch") == "pool":

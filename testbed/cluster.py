@@ -95,16 +95,9 @@ class LocalCluster:
         self.context = zmq.Context()
         deadline = time.monotonic() + self.start_timeout_s
         for s, address in enumerate(self.addresses):
-            sock = self.context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-            sock.connect(address)
+            sock = _dealer(self.context, address)
             self.sockets.append(sock)
-            sock.send_multipart([wire.PING])
-            if not wire.wait_readable([sock], max(0.0, deadline - time.monotonic())):
-                raise TestbedError(f"testbed server {s} at {address} did not answer within {self.start_timeout_s:g} s")
-            kind, body = sock.recv_multipart()
-            self.facts.append(json.loads(body) | {"address": address})
+            self.facts.append(_ping(sock, s, address, deadline, self.start_timeout_s))
 
     def close(self) -> None:
         for sock in self.sockets:
@@ -123,6 +116,53 @@ class LocalCluster:
         for log in self.logs:
             log.close()
         self.logs = []
+
+
+def _dealer(context: zmq.Context, address: str) -> zmq.Socket:
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    try:
+        sock.connect(address)
+    except zmq.ZMQError as error:
+        sock.close()
+        raise TestbedError(f"testbed server address '{address}' cannot be used: {error}") from None
+    return sock
+
+
+def _ping(sock: zmq.Socket, s: int, address: str, deadline: float, timeout_s: float) -> dict[str, Any]:
+    """PING server `s` and return the facts it answers with (its networks, device, threads)."""
+    sock.send_multipart([wire.PING])
+    while True:  # the socket's descriptor can wake without a whole message: wait again until the deadline
+        if wire.wait_readable([sock], max(0.0, deadline - time.monotonic())):
+            frames = sock.recv_multipart()
+            break
+        if time.monotonic() >= deadline:
+            raise TestbedError(f"testbed server {s} at {address} did not answer within {timeout_s:g} s")
+    try:
+        facts = json.loads(frames[1]) if len(frames) == 2 and frames[0] == wire.PONG else None
+    except (ValueError, UnicodeDecodeError):
+        facts = None
+    if not isinstance(facts, dict):
+        raise TestbedError(f"testbed server {s} at {address} answered, but not as a coinsim testbed server")
+    return facts | {"address": address}
+
+
+def probe(addresses: list[str], timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    """Ping servers that run elsewhere, before any work: the facts each answers with, or a TestbedError naming
+    the first that cannot be reached within `timeout_s` seconds."""
+    context = zmq.Context()
+    sockets: list[zmq.Socket] = []
+    try:
+        facts = []
+        for s, address in enumerate(addresses):
+            sockets.append(_dealer(context, address))
+            facts.append(_ping(sockets[-1], s, address, time.monotonic() + timeout_s, timeout_s))
+        return facts
+    finally:
+        for sock in sockets:
+            sock.close(linger=0)
+        context.term()
 
 
 def _read_line(proc: subprocess.Popen, deadline: float) -> str:

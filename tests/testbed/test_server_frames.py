@@ -145,3 +145,31 @@ def test_stop_needs_the_token_and_cuts_a_straggle(tmp_path: Path, served) -> Non
         assert cluster.processes[0].wait(timeout=5) == 0
     finally:
         cluster.close()
+
+
+def test_a_probe_reaches_running_servers_and_names_what_is_not_one(served):
+    from testbed.cluster import TestbedError, probe
+
+    cluster, _, _, _ = served
+    (facts,) = probe(cluster.addresses)
+    assert facts["address"] == cluster.addresses[0] and facts["pid"] == cluster.pids[0]
+    # a ZeroMQ peer that answers, but not with a PONG and its facts
+    context = zmq.Context()
+    impostor = context.socket(zmq.ROUTER)
+    port = impostor.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        import threading
+
+        def answer_wrongly() -> None:
+            if impostor.poll(5000):
+                ident, *_ = impostor.recv_multipart()
+                impostor.send_multipart([ident, b"hello"])
+
+        thread = threading.Thread(target=answer_wrongly)
+        thread.start()
+        with pytest.raises(TestbedError, match="not as a coinsim testbed server"):
+            probe([f"tcp://127.0.0.1:{port}"], timeout_s=5.0)
+        thread.join()
+    finally:
+        impostor.close(0)
+        context.term()

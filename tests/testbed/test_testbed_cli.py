@@ -120,6 +120,14 @@ def sim_all(simulated: pd.DataFrame) -> pd.DataFrame:
         "query_id")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_bad_testbed_input_is_one_line_before_any_work(tiny_cache, tmp_path, monkeypatch):
     import scenarios.testbed_run as tr
 
@@ -130,6 +138,11 @@ def test_bad_testbed_input_is_one_line_before_any_work(tiny_cache, tmp_path, mon
     cases = [
         (["--set", 'testbed.addresses=["tcp://127.0.0.1:1"]'], "lists 1 servers"),
         (["--set", 'testbed.addresses=["a", "b", "c"]'], "not a ZeroMQ address"),
+        # nobody listens there: the probe gives up after its 5 s, long before any network is trained
+        (["--set", f'testbed.addresses=["tcp://127.0.0.1:{_free_port()}", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"]'],
+         "did not answer within 5 s"),
+        (["--set", 'testbed.addresses=["tcp://127.0.0.1:port", "tcp://127.0.0.1:2", "tcp://127.0.0.1:3"]'],
+         "cannot be used"),
         (["--set", 'testbed.straggle="sideways"'], "straggle"),
         (["--out", str(base)], "not a folder"),
         (["--set", 'sim.policies=[{kind="replication", dispatch="pool"}]'], "pool"),
