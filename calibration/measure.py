@@ -27,7 +27,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -346,6 +345,7 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
     from models.networks import pick_device
     from models.profile import profile_interleaved
     from testbed import LocalCluster, ServerSpec
+    from testbed.cluster import scratch_folder
 
     began, load_start = time.perf_counter(), _load()
     dev = pick_device(device)
@@ -357,7 +357,7 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
         bar.set_postfix_str(label)
 
     try:
-        with tempfile.TemporaryDirectory(prefix="coinsim-calibrate-") as tmp:
+        with scratch_folder("coinsim-calibrate-") as tmp:
             step("networks + isolated profile")
             modules, folders, inputs = save_size_networks(Path(tmp))
             x = torch.from_numpy(np.load(inputs))

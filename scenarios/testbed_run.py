@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -585,6 +583,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     from sim import draw
     from sim.plan import make_plan
     from testbed import LocalCluster, ServerSpec, serve
+    from testbed.cluster import scratch_folder
 
     check_testbed(scenario, out_root)
     scenario = with_testbed_hold(scenario)
@@ -597,12 +596,11 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     backup_net = backup_network(facts)
     n_servers = points[0][1].n_experts + points[0][1].r
     offsets = facts.answers.offsets
-    work = Path(tempfile.mkdtemp(prefix="coinsim-testbed-"))
     measured, task_frames, fidelity = [], [], []
     simulated_frames = []
     overheads: dict[str, Any] = {}
     frontend_cpu: dict[int, list[float]] = {}  # per point: the frontend's CPU use, in cores, per run
-    try:
+    with scratch_folder("coinsim-testbed-") as work:  # networks and inputs the servers load
         folders, inputs = save_networks(facts, work)
         cores = os.cpu_count() or 1
         servers = [ServerSpec(tuple(folders), cpu=(s % cores) if spec.pin else None) for s in range(n_servers)]
@@ -676,8 +674,6 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                     sim_records.insert(0, "point", index)
                     simulated_frames.append(sim_records)
                     fidelity += fidelity_rows(index, coords, service, sim_records, records, seed=scenario.seed)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     measured_all = pd.concat(measured, ignore_index=True)
     tasks_all = pd.concat(task_frames, ignore_index=True)
     simulated_all = pd.concat(simulated_frames, ignore_index=True)

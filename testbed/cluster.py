@@ -8,13 +8,16 @@ by address instead (`addresses=`) and are left running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,32 @@ class LocalCluster:
         for log in self.logs:
             log.close()
         self.logs = []
+
+
+@contextlib.contextmanager
+def scratch_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder named after this process (`<prefix><pid>-…`), removed on leaving; first removes the
+    folders of earlier runs whose process is gone (a frontend killed with SIGKILL cannot clean up after itself)."""
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f"{prefix}*"):
+        pid = stale.name[len(prefix):].split("-")[0]
+        if stale.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and not ours to clean
+        return True
+    return True
 
 
 def _dealer(context: zmq.Context, address: str) -> zmq.Socket:
