@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-SCHEMA_VERSION = 3  # 2: the wake-up section; 3: delays under serving traffic (delays.under_load)
+SCHEMA_VERSION = 4  # 2: the wake-up section; 3: delays under serving traffic; 4: co-running per network size
 QUANTILES = 200  # length of a stored or interpolated delay sample
 MACHINE_FIELDS = ("cpu_model", "cpu_count", "device", "torch", "python")
 
@@ -122,6 +122,17 @@ class StretchRow(_Strict):
     stretch_p99: float
 
 
+class CorunRow(_Strict):
+    network: str
+    isolated_median_ms: float = Field(gt=0, description="its isolated pass (median), where the table is read")
+    others: int = Field(ge=0, description="other processes running passes of the same network on other cores")
+    n: int
+    median_ms: float
+    mean_ms: float
+    stretch_median: float = Field(description="median pass / the median with no other process running")
+    stretch_mean: float
+
+
 class Slicing(_Strict):
     network: str
     isolated_median_ms: float
@@ -182,7 +193,7 @@ class LoadAverage(_Strict):
 
 
 class Calibration(_Strict):
-    schema_version: Literal[3] = SCHEMA_VERSION
+    schema_version: Literal[4] = SCHEMA_VERSION
     machine: Machine
     created: str = Field(description="ISO 8601 time the measurement finished")
     seconds: float = Field(description="wall time the measurement took")
@@ -192,6 +203,9 @@ class Calibration(_Strict):
     slicing: Slicing
     dispatcher: Dispatcher
     wake: Wake
+    corun: list[CorunRow] = Field(default_factory=list, description=(
+        "passes run side by side on different cores, no dispatcher (`calibration.loop`): per network size, "
+        "j = 0 .. min(CPU count − 1, 3) others; empty with one CPU"))
 
     # ---------------------------------------------------------------------------------- simulator side
     def served_ms(self, pass_ms: np.ndarray) -> np.ndarray:
@@ -230,18 +244,25 @@ class Calibration(_Strict):
         """The simulator's `service.wake` table (idle ms -> extra pass ms)."""
         return {"idle_ms": list(self.wake.idle_ms), "extra_ms": list(self.wake.extra_ms)}
 
-    def corun_slowdown(self) -> list[float]:
-        """The simulator's `service.corun_slowdown`: how many times slower a pass runs with j = 1 .. CPU count − 1
-        other servers computing on the other cores (the time-slicing step's median stretch, at least 1: a
-        neighbour cannot speed a pass up); empty on a GPU, or where no row was measured."""
-        if self.machine.device != "cpu":
+    def corun_slowdown(self, pass_ms: float) -> list[float]:
+        """The simulator's `service.corun_slowdown` for a network whose isolated pass is `pass_ms`: how many
+        times slower its pass runs with j = 1 .. CPU count − 1 other servers computing on the other cores — the
+        co-running table's median stretch at j others, interpolated in log pass time between the measured sizes
+        (held at the ends; the largest measured j holds beyond), at least 1 (a neighbour cannot speed a pass up).
+        The competition for cores with the dispatcher is not in it: the simulator counts that as the cores the
+        dispatcher leaves. Empty on a GPU, with one CPU, or where nothing was measured."""
+        if self.machine.device != "cpu" or not self.corun:
             return []
-        rows = {row.others: row for row in self.slicing.stretch}
+        measured = sorted({row.others for row in self.corun if row.others > 0})
         out = []
         for others in range(1, self.machine.cpu_count):
-            if others not in rows:
+            j = max((m for m in measured if m <= others), default=None)
+            if j is None:
                 break
-            out.append(max(1.0, float(rows[others].stretch_median)))
+            rows = sorted((r for r in self.corun if r.others == j), key=lambda r: r.isolated_median_ms)
+            x = np.log([r.isolated_median_ms for r in rows])
+            y = [r.stretch_median for r in rows]
+            out.append(max(1.0, float(np.interp(np.log(max(pass_ms, 1e-9)), x, y))))
         return out
 
     @property

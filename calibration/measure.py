@@ -16,7 +16,10 @@ chosen network). Steps, each a second or two:
 4. twice (k up, then down), k = 0..3 other saturated servers of the mid-size network beside a probe server: the
    probe's pass times, over the window in which all of them were busy;
 5. CPU count + 1 busy-spinning processes (`calibration.spin`): descheduled gaps and the runs between them;
-6. two runs at a low and a high task rate: the frontend's CPU seconds split into a base share and a cost per task.
+6. two runs at a low and a high task rate: the frontend's CPU seconds split into a base share and a cost per task;
+7. with the servers stopped, j + 1 processes (j = 0 .. min(CPU count − 1, 3)) running passes of each size side by
+   side on one timetable (`calibration.loop`), no dispatcher: how co-running passes slow each other per size,
+   apart from the competition with the dispatcher for cores that step 6 measures (step 4 has both in it).
 
 Nothing is written here: the caller saves the returned `Calibration` (atomically).
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -42,6 +46,7 @@ from calibration.file import (
     QUANTILES,
     Calibration,
     CalibrationError,
+    CorunRow,
     Delay,
     DelayLevel,
     Delays,
@@ -67,6 +72,8 @@ REHEARSAL_UTILIZATION = (0.15, 0.5)  # busy share of the cores in the two delay 
 REHEARSAL_MS = 5000.0  # simulated span of each rehearsal (its tasks: rate x span, at most 4,000)
 SPIN_THRESHOLD_S = 50e-6
 LEAD_MS = 100.0
+CORUN_ROUNDS = 3  # rounds of the co-running timetable
+CORUN_PHASE_S = 0.3  # seconds per phase of it
 
 
 def _load() -> list[float]:
@@ -319,6 +326,79 @@ def measure_slicing(spinners: int, seconds: float = 2.0) -> dict[str, Any]:
             "gap_mean_ms": float(gap.mean()), "quantum_ms": float(np.median(run))}
 
 
+def corun_phases(n_nets: int, others_max: int, rounds: int) -> list[tuple[int, list[int]]]:
+    """The co-running timetable: per round (sizes in order, then reversed, alternately), per size, j = 0 ..
+    `others_max` others beside a pass — j + 1 of the `others_max` + 1 processes active, which ones rotating with
+    the round so that no core or process is always the one alone."""
+    procs = others_max + 1
+    phases = []
+    for r in range(rounds):
+        for net in (range(n_nets) if r % 2 == 0 else range(n_nets - 1, -1, -1)):
+            for j in range(others_max + 1):
+                phases.append((net, [(r + i) % procs for i in range(j + 1)]))
+    return phases
+
+
+def measure_corun(folders: list[Path], inputs: Path, names: list[str], isolated_ms: dict[str, np.ndarray],
+                  others_max: int, rounds: int = CORUN_ROUNDS, phase_s: float = CORUN_PHASE_S) -> list[CorunRow]:
+    """How passes computing side by side slow each other, per network size, with no dispatcher: `others_max` + 1
+    `calibration.loop` processes follow one timetable (`corun_phases`); a size's stretch at j others is the
+    median pass of the phases with j + 1 active (every active process's passes) over that of the phases with one.
+    The first 2 passes of each process in each phase (after it slept) are dropped."""
+    if others_max < 1:
+        return []
+    phases = corun_phases(len(folders), others_max, rounds)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                       os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    plan_path = inputs.parent / "corun-plan.json"
+    plan = {"folders": [str(f) for f in folders], "inputs": str(inputs), "phases": phases, "phase_s": phase_s}
+    plan_path.write_text(json.dumps(plan))
+    procs: list[subprocess.Popen] = []
+    try:
+        procs = [subprocess.Popen([sys.executable, "-m", "calibration.loop", str(plan_path), str(i)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                  text=True) for i in range(others_max + 1)]
+        deadline = time.monotonic() + 120.0
+        for proc in procs:  # every process has loaded its networks before the timetable starts
+            ready, _, _ = select.select([proc.stdout], [], [], max(deadline - time.monotonic(), 0.0))
+            if not ready or proc.stdout.readline().strip() != "ready":
+                raise CalibrationError("co-running measurement: a pass process did not start: "
+                                       + ((proc.stderr.read() if proc.poll() is not None else "").strip().splitlines()
+                                          or ["no answer within 120 s"])[-1])
+        start = time.perf_counter() + 0.1
+        for proc in procs:
+            proc.stdin.write(f"{start!r}\n")
+            proc.stdin.flush()
+        passes = []
+        for proc in procs:
+            text, err = proc.communicate(timeout=len(phases) * phase_s + 60)
+            if proc.returncode != 0:
+                last = (err.strip().splitlines() or ["no output"])[-1]
+                raise CalibrationError(f"co-running measurement: a pass process failed: {last}")
+            passes.append(json.loads(text)["passes_ms"])
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    rows: list[CorunRow] = []
+    for net, name in enumerate(names):
+        by_j = {j: np.concatenate([np.asarray(passes[i][k][2:], float) for k, (n, active) in enumerate(phases)
+                                   if n == net and len(active) == j + 1 for i in active] or [np.empty(0)])
+                for j in range(others_max + 1)}
+        if any(len(v) < 10 for v in by_j.values()):
+            raise CalibrationError(f"co-running measurement: {name} got under 10 passes in some phase (the machine "
+                                   "was too busy or the timetable started late)")
+        alone = by_j[0]
+        for j, ms in by_j.items():
+            rows.append(CorunRow(network=name, isolated_median_ms=float(np.median(isolated_ms[name])), others=j,
+                                 n=len(ms), median_ms=float(np.median(ms)), mean_ms=float(ms.mean()),
+                                 stretch_median=float(np.median(ms) / np.median(alone)),
+                                 stretch_mean=float(ms.mean() / alone.mean())))
+    return rows
+
+
 def measure_dispatcher(sockets: list[Any], net: int, rates_per_ms: tuple[float, float] = (0.15, 1.5),
                        seconds: float = 1.0, seed: int = 0) -> Dispatcher:
     """The frontend's CPU time in two runs (Poisson arrivals at each rate over two servers), solved for
@@ -350,7 +430,7 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
     began, load_start = time.perf_counter(), _load()
     dev = pick_device(device)
     cpus = os.cpu_count() or 1
-    steps = 1 + 1 + 2 * len(SIZES) + 1 + 1 + 2 * len(OTHERS) + 1 + 1 + len(REHEARSAL_UTILIZATION)
+    steps = 1 + 1 + 2 * len(SIZES) + 1 + 1 + 2 * len(OTHERS) + 1 + 1 + len(REHEARSAL_UTILIZATION) + 1
     bar = tqdm(total=steps, desc="calibrate", unit="step", file=sys.stderr, disable=not progress)
 
     def step(label: str) -> None:
@@ -447,10 +527,15 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                     raise CalibrationError("the delay rehearsals did not reach distinct core utilizations")
                 delays = delays_from(*(np.concatenate(parts) for parts in zip(*windows, strict=True)))
                 delays = delays.model_copy(update={"under_load": levels})
+            step("co-running passes, no dispatcher")  # the servers are stopped: nothing else on the cores
+            corun = measure_corun(folders, inputs, names, iso, min(cpus - 1, max(OTHERS))) \
+                if dev.type == "cpu" else []
+            bar.update(1)
     finally:
         bar.close()
     machine = Machine.model_validate(machine_key(str(dev)))
     return Calibration(machine=machine, created=datetime.now(UTC).isoformat(timespec="seconds"),
                        seconds=round(time.perf_counter() - began, 2),
                        load_average=LoadAverage(start=load_start, end=_load()),
-                       serving=serving, delays=delays, slicing=slicing, dispatcher=dispatcher, wake=wake)
+                       serving=serving, delays=delays, slicing=slicing, dispatcher=dispatcher, wake=wake,
+                       corun=corun)

@@ -33,6 +33,20 @@ def _under_load(d: Delays) -> list[str]:
                       _ms(x.back.p99_ms)] for x in d.under_load])]
 
 
+def _corun(cal: Calibration) -> list[str]:
+    if not cal.corun:
+        return ["co-running: not measured (one CPU, or a GPU): no slowdown of servers computing side by side"]
+    sizes = sorted({(r.isolated_median_ms, r.network) for r in cal.corun})
+    reads = [f"{name} ({ms:.3f} ms) " + ", ".join(f"×{f:.2f}" for f in cal.corun_slowdown(ms)) for ms, name in sizes]
+    return ["co-running: passes of one network run side by side in j + 1 processes on a timetable, no dispatcher "
+            "(its competition for the cores is the dispatcher share below)",
+            *_table(["network", "isolated p50", "j others", "passes", "p50", "mean", "p50 ×", "mean ×"],
+                    [[r.network, _ms(r.isolated_median_ms), str(r.others), str(r.n), _ms(r.median_ms),
+                      _ms(r.mean_ms), f"{r.stretch_median:.2f}", f"{r.stretch_mean:.2f}"] for r in cal.corun]),
+            "simulator's service.corun_slowdown (p50 × for j = 1 .. CPU count − 1 others, at least 1, read in log "
+            "pass time between the sizes): " + "; ".join(reads)]
+
+
 def describe(cal: Calibration, path: Path | str | None = None) -> str:
     """Machine, fitted serving line with its per-size points, one-way delays, time-slicing table, quantum and
     the dispatcher's share, as plain text."""
@@ -61,9 +75,7 @@ def describe(cal: Calibration, path: Path | str | None = None) -> str:
              *_table(["k others", "passes", "p50", "p90", "p99", "mean", "p50 ×", "p99 ×"],
                      [[str(r.others), str(r.n), _ms(r.median_ms), _ms(r.p90_ms), _ms(r.p99_ms), _ms(r.mean_ms),
                        f"{r.stretch_median:.2f}", f"{r.stretch_p99:.2f}"] for r in sl.stretch]),
-             "simulator's service.corun_slowdown (a pass's p50 × with j others computing, j below the CPU count; "
-             "at least 1): " + (", ".join(f"{j} other{'s' if j > 1 else ''} ×{f:.2f}"
-                                          for j, f in enumerate(cal.corun_slowdown(), start=1)) or "none"),
+             *_corun(cal),
              f"OS time slice: {sl.spinners} spinning processes for {sl.spin_s:g} s, {sl.n_runs} runs between "
              f"descheduled gaps (> {sl.threshold_ms:g} ms): quantum (median run) {sl.quantum_ms:.3f} ms, "
              f"mean run {sl.run_mean_ms:.3f}, p90 run {sl.run_p90_ms:.3f}; gap median {sl.gap_median_ms:.3f}, "

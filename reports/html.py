@@ -584,9 +584,12 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
                 _num(levels[-1].get("out_ms_p99")),
                 f"{100 * levels[-1]['utilization']:.0f}" if finite(levels[-1].get("utilization")) else "?")
         corun = [float(f) for f in cal.get("corun_slowdown") or [] if isinstance(f, int | float)]
-        if corun:
-            text += Markup(" Servers computing side by side slow each other: ×{} with one other.").format(
-                _num(corun[0]))
+        if corun and corun[0] > 1.0:
+            text += Markup(" Servers computing side by side slow each other: ×{} with one other (measured without "
+                           "a dispatcher, for this network's pass).").format(_num(corun[0]))
+        elif corun:
+            text += Markup(" Servers computing side by side did not slow each other measurably (×1 with one "
+                           "other, measured without a dispatcher).")
     elif name == "compute":
         text += Markup(" Served on this machine, latencies would be longer: run without "
                        "<code>--latency-model compute</code> for the served prediction.")

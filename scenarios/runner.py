@@ -499,7 +499,7 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
             backup_service = service_of("backup")
         pools = facts.answers.pools
         if calibration is not None:
-            physical = served_model.physical_table(calibration, facts.device)
+            physical = served_model.physical_table(calibration, facts.device, served_model.experts_pass_ms(facts))
     configs = []
     points = scenario.sweep_points()
     for values, table in points if only is None else [points[only]]:
@@ -510,7 +510,7 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
                 table[key] = {**value, **table.get(key, {})}
             else:
                 table.setdefault(key, value)
-        capacity = served_model.routed_capacity(calibration, facts.device) \
+        capacity = served_model.routed_capacity(calibration, facts.device, served_model.experts_pass_ms(facts)) \
             if calibration is not None and facts is not None else None
         config = sim_config_for(scenario, table, expert_service, coded_service, pools, check_capacity=False,
                                 backup_service=backup_service, capacity=capacity)
@@ -693,7 +693,7 @@ def run_scenario(
         "allow_unstable": scenario.allow_unstable,
         "latency_model": served_model.describe(
             calibration, calibration_path if calibration_path is None or calibration_path.parent != work
-            else None, latency_model_name(scenario)),
+            else None, latency_model_name(scenario), served_model.experts_pass_ms(facts) if facts else None),
         "headline_point": headline,
         "policies": with_latency(results[headline][1]),
         "points": [{"point": index, **{axis_column(axis): value for axis, value in values.items()},

@@ -51,10 +51,17 @@ def served_samples(calibration: Any, pass_ms: np.ndarray) -> list[float]:
     return served.tolist()
 
 
-def physical_table(calibration: Any, device: str) -> dict[str, Any]:
+def experts_pass_ms(facts: Any) -> float:
+    """The experts' isolated pass (median over their profiled samples): where the calibration's per-size tables
+    are read for this scenario's networks."""
+    return float(np.median(np.concatenate([np.asarray(facts.profile_ms[e["name"]], float) for e in facts.experts])))
+
+
+def physical_table(calibration: Any, device: str, pass_ms: float) -> dict[str, Any]:
     """What a served run adds to a point's sim table besides service times: the measured one-way delays,
     finish-the-pass cancels and the cores (left by the dispatcher, filled in per point by `with_served_cores`),
-    time-sliced in the measured quantum (on a CPU)."""
+    time-sliced in the measured quantum, servers computing side by side slowed as the calibration measured for a
+    network whose isolated pass is `pass_ms` (on a CPU)."""
     service: dict[str, Any] = {"cancel_in_service": "finish_pass",
                                "cores": 1.0 if device.startswith("cuda") else float(calibration.server_cores(0.0))}
     wake = calibration.wake_table()
@@ -64,7 +71,7 @@ def physical_table(calibration: Any, device: str) -> dict[str, Any]:
         quantum = calibration.quantum_ms
         if quantum is not None and math.isfinite(quantum) and quantum > 0:
             service["quantum_ms"] = float(quantum)
-        corun = calibration.corun_slowdown()
+        corun = calibration.corun_slowdown(pass_ms)
         if any(factor > 1.0 for factor in corun):
             service["corun_slowdown"] = corun
     return {
@@ -94,11 +101,11 @@ def with_served_delays(config: SimConfig, calibration: Any, device: str, served_
     return config.model_copy(update={"network": network})
 
 
-def routed_capacity(calibration: Any, device: str) -> Any:
+def routed_capacity(calibration: Any, device: str, pass_ms: float) -> Any:
     """The served capacity `traffic.load` is a fraction of: the largest routed rate (even split over the experts)
     that both the expert servers (1 / mean served cost each) and the shared cores can sustain, every task at a
     busy server's cost, the dispatcher taking its share of the cores at that rate and servers that compute side
-    by side slowing each other (the calibration's co-running stretch)."""
+    by side slowing each other (the calibration's co-running stretch at an isolated pass of `pass_ms`)."""
     from sim.config import Service
 
     def capacity(means: list[float]) -> float:
@@ -107,7 +114,7 @@ def routed_capacity(calibration: Any, device: str) -> Any:
             return servers
         work = float(np.mean(means))  # core-ms per routed query, queries split evenly
         left = max(calibration.machine.cpu_count - calibration.dispatcher.base_cores, 1e-9)
-        corun = calibration.corun_slowdown()
+        corun = calibration.corun_slowdown(pass_ms)
         cores = Service(cores=left, corun_slowdown=corun or None).effective_cores()  # servers slowing each other
         per_task = calibration.dispatcher.cpu_ms_per_task
         return min(servers, cores / (work + max(per_task, 0.0)))
@@ -167,18 +174,20 @@ def resolve_served_delays(config: SimConfig, seed: int) -> SimConfig:
     return config.model_copy(update={"policies": tuple(policies)})
 
 
-def describe(calibration: Any, path: Path | None, latency_model: str) -> dict[str, Any]:
-    """What summary.json, the CLI and the report say about the latency model and its calibration."""
+def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: float | None = None) -> dict[str, Any]:
+    """What summary.json, the CLI and the report say about the latency model and its calibration (the co-running
+    slowdown as read for an isolated pass of `pass_ms`)."""
     if latency_model != "served" or calibration is None:
         return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
     return {"name": "served", "meaning": "predicted served latency: isolated profile + this machine's serving "
                                          "calibration (per-task serving cost, one-way delays under traffic, cores "
                                          "left by the dispatcher, time slicing, co-running slowdown)",
-            "calibration": {"path": str(path) if path is not None else None, **brief(calibration)}}
+            "calibration": {"path": str(path) if path is not None else None, **brief(calibration, pass_ms)}}
 
 
-def brief(calibration: Any) -> dict[str, Any]:
-    """The calibration's key numbers, as summary.json and the report quote them."""
+def brief(calibration: Any, pass_ms: float | None = None) -> dict[str, Any]:
+    """The calibration's key numbers, as summary.json and the report quote them (the co-running slowdown for an
+    isolated pass of `pass_ms`; none without one)."""
     out, back = calibration.out_ms_samples(), calibration.back_ms_samples()
     levels = [{"utilization": level.utilization, "out_ms_median": level.out.median_ms,
                "out_ms_p99": level.out.p99_ms, "back_ms_median": level.back.median_ms, "back_ms_p99": level.back.p99_ms}
@@ -188,6 +197,7 @@ def brief(calibration: Any) -> dict[str, Any]:
             "out_ms_median": float(np.median(out)), "back_ms_median": float(np.median(back)),
             "delays_under_load": levels,
             "quantum_ms": calibration.quantum_ms,
-            "corun_slowdown": calibration.corun_slowdown(),
+            "corun_slowdown": calibration.corun_slowdown(pass_ms) if pass_ms else [],
+            "corun_pass_ms": pass_ms,
             "dispatcher_base_cores": calibration.dispatcher.base_cores,
             "dispatcher_cpu_ms_per_task": calibration.dispatcher.cpu_ms_per_task}

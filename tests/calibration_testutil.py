@@ -32,7 +32,7 @@ def calibration_dict(machine: dict[str, Any] | None = None, **changes: Any) -> d
     row = {"others": 0, "n": 100, "median_ms": 1.0, "p90_ms": 1.0, "p99_ms": 1.0, "mean_ms": 1.0,
            "stretch_median": 1.0, "stretch_p99": 1.0}
     data = {
-        "schema_version": 3,
+        "schema_version": 4,
         "machine": machine or machine_key("cpu"),
         "created": "2026-12-03T00:00:00+00:00",
         "seconds": 1.0,

@@ -54,6 +54,9 @@ def sample(machine: dict | None = None) -> Calibration:
                  "rows": [{"gap_ms": 2.0, "n": 50, "idle_median_ms": 2.1, "compute_median_ms": 1.2, "cost_ms": 1.2,
                            "extra_ms": 0.2}],
                  "idle_ms": [2.1], "extra_ms": [0.2]},
+        "corun": [{"network": name, "isolated_median_ms": ms, "others": j, "n": 40, "median_ms": ms * f,
+                   "mean_ms": ms * f, "stretch_median": f, "stretch_mean": f}
+                  for name, ms, one in (("a", 0.1, 1.0), ("c", 3.0, 1.3)) for j, f in enumerate((1.0, one))],
     })
 
 
@@ -72,9 +75,9 @@ def test_round_trip(tmp_path):
     cal = sample()
     path = save_calibration(cal, tmp_path / "sub" / "cal.json")
     assert load_calibration(path, expect_machine=machine_key("cpu")) == cal
-    assert json.loads(path.read_text())["schema_version"] == 3
+    assert json.loads(path.read_text())["schema_version"] == 4
     assert set(json.loads(path.read_text())) == {"schema_version", "machine", "created", "seconds", "load_average",
-                                                 "serving", "delays", "slicing", "dispatcher", "wake"}
+                                                 "serving", "delays", "slicing", "dispatcher", "wake", "corun"}
 
 
 def test_unusable_files_are_refused_with_one_line(tmp_path):
@@ -85,8 +88,8 @@ def test_unusable_files_are_refused_with_one_line(tmp_path):
     assert "corrupt" in _one_line_error(path)
     path.write_text(good[: len(good) // 2])
     assert "truncated" in _one_line_error(path)
-    path.write_text(good.replace('"schema_version": 3', '"schema_version": 2'))
-    assert "schema_version 2" in _one_line_error(path)  # a file made before delays under traffic: re-made
+    path.write_text(good.replace('"schema_version": 4', '"schema_version": 3'))
+    assert "schema_version 3" in _one_line_error(path)  # a file made before the co-running table: re-made
     path.write_text(good.replace('"overhead_ms": 0.3', '"overhead_ms": NaN'))
     assert "non-finite" in _one_line_error(path)
     path.write_text(good.replace('"overhead_ms": 0.3', '"overhead_ms": 1e999'))  # parses as inf
@@ -188,6 +191,7 @@ def test_cli_show_prints_tables_and_refuses_corrupt_files(tmp_path):
     assert result.exit_code == 0, result.output
     assert "cycle = 0.300 + 1.500 × isolated pass" in result.output
     assert "quantum (median run) 4.000 ms" in result.output and "0.050 cores + 0.200 ms" in result.output
+    assert "c (3.000 ms) ×1.30" in result.output and "a (0.100 ms) ×1.00" in result.output  # read per size
     path.write_text(path.read_text()[:100])
     result = CliRunner().invoke(cli, ["calibrate", "--show", str(path)], obj={})
     assert result.exit_code == 2
@@ -298,3 +302,49 @@ def test_wake_curve_is_increasing_and_never_negative():
     # the first point high (a nearly saturated server): pooled over the first three
     _, extra = wake_curve(np.array([0.07, 0.5, 1.0, 2.0]), np.array([0.125, 0.033, 0.047, 0.14]))
     assert extra == pytest.approx([0.205 / 3] * 3 + [0.14], abs=1e-5)
+
+
+def test_the_corun_timetable_rotates_who_runs_alone_and_reverses_the_sizes():
+    from calibration.measure import corun_phases
+
+    assert corun_phases(2, 1, 2) == [(0, [0]), (0, [0, 1]), (1, [0]), (1, [0, 1]),
+                                     (1, [1]), (1, [1, 0]), (0, [1]), (0, [1, 0])]
+    assert [len(active) for _, active in corun_phases(1, 3, 1)] == [1, 2, 3, 4]
+
+
+def test_a_pass_process_runs_only_in_its_phases(tmp_path):
+    """`calibration.loop` on a real network: passes in the phases it is active in, none in the others, each phase's
+    passes inside its window; the first phase is late by no more than the time it was told to wait."""
+    import subprocess
+    import sys
+    import time
+
+    from calibration.measure import SIZES, SMALL, save_size_networks
+
+    _, folders, inputs = save_size_networks(tmp_path)
+    small = folders[list(SIZES).index(SMALL)]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"folders": [str(small)], "inputs": str(inputs), "phase_s": 0.2,
+                                "phases": [[0, [1]], [0, [0, 1]], [0, [1]]]}))
+    proc = subprocess.Popen([sys.executable, "-m", "calibration.loop", str(plan), "0"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    out, _ = proc.communicate(f"{time.perf_counter() + 0.05!r}\n", timeout=60)
+    first, second, third = json.loads(out)["passes_ms"]
+    assert first == [] and third == []  # process 0 is not active there: it slept
+    assert len(second) > 20 and all(0 < ms < 200 for ms in second) and sum(second) <= 200 + max(second)
+
+
+def test_corun_rows_from_real_pass_processes(tmp_path):
+    from calibration.measure import SIZES, measure_corun, save_size_networks
+
+    _, folders, inputs = save_size_networks(tmp_path)
+    names = list(SIZES)[:2]
+    iso = {name: np.array([0.1 * (k + 1)] * 5) for k, name in enumerate(names)}
+    rows = measure_corun(folders[:2], inputs, names, iso, others_max=1, rounds=2, phase_s=0.15)
+    assert [(r.network, r.others) for r in rows] == [(names[0], 0), (names[0], 1), (names[1], 0), (names[1], 1)]
+    for r in rows:
+        assert r.n >= 10 and 0 < r.median_ms < 100 and r.isolated_median_ms == iso[r.network][0]
+        # j = 0 is the reference; with one other on the second core a pass is neither stopped nor sped up much
+        assert r.stretch_median == 1.0 if r.others == 0 else 0.3 < r.stretch_median < 5
+    assert measure_corun(folders[:2], inputs, names, iso, others_max=0) == []  # one CPU: nothing side by side

@@ -26,6 +26,9 @@ def test_served_line_quotes_delays_under_traffic_and_the_corun_slowdown() -> Non
     text = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal}}))
     assert "p99 3.676 ms out at 57 % of the cores busy" in text  # the busiest level measured
     assert "×1.384 with one other" in text
+    flat = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal | {
+        "corun_slowdown": [1.0]}}}))
+    assert "did not slow each other measurably" in flat and "×1.384" not in flat
 
 
 def test_compute_line_points_to_the_served_prediction_and_old_folders_have_none() -> None:

@@ -63,14 +63,14 @@ def test_server_cores_leave_the_dispatcher_its_share() -> None:
 
 def test_physical_table_switches_on_serving() -> None:
     cal = cu.hand_calibration()
-    table = served.physical_table(cal, "cpu")
+    table = served.physical_table(cal, "cpu", 1.0)
     assert table["service"] == {"cancel_in_service": "finish_pass", "quantum_ms": cu.QUANTUM_MS,
                                 "cores": pytest.approx(cal.machine.cpu_count - cu.BASE_CORES),
                                 "wake": {"idle_ms": list(cu.WAKE_IDLE_MS), "extra_ms": list(cu.WAKE_EXTRA_MS)}}
     assert table["stragglers"] == {"extra_of": "pass"}
     assert set(table["network"]["out"]["samples_ms"]) == {cu.OUT_MS}
     assert set(table["network"]["back"]["samples_ms"]) == {cu.BACK_MS}
-    assert "quantum_ms" not in served.physical_table(cal, "cuda")["service"]
+    assert "quantum_ms" not in served.physical_table(cal, "cuda", 1.0)["service"]
 
 
 def _networks_scenario(load: float, **profile):
@@ -170,15 +170,19 @@ def test_servers_slowing_each_other_lower_the_served_capacity() -> None:
     from scenarios.runner import build_point_configs
 
     machine = dict(cu.calibration_dict()["machine"], cpu_count=2)
-    slicing = cu.calibration_dict()["slicing"]
-    row = slicing["stretch"][0]
-    slicing = dict(slicing, stretch=[row, dict(row, others=1, median_ms=1.5, stretch_median=1.5)])
-    cal = cu.hand_calibration(machine=machine, slicing=slicing)
-    assert served.physical_table(cal, "cpu")["service"]["corun_slowdown"] == [1.5]
-    assert "corun_slowdown" not in served.physical_table(cal, "cuda")["service"]
+    # a network of 0.5 ms does not slow its neighbour; one of 4.5 ms doubles it. The experts' passes (1 and 2 ms,
+    # median 1.5) sit halfway between in log pass time: x1.5
+    corun = [{"network": name, "isolated_median_ms": ms, "others": j, "n": 50, "median_ms": ms * f, "mean_ms": ms * f,
+              "stretch_median": f, "stretch_mean": f}
+             for name, ms, one in (("small", 0.5, 1.0), ("large", 4.5, 2.0)) for j, f in enumerate((1.0, one))]
+    cal = cu.hand_calibration(machine=machine, corun=corun)
+    assert served.physical_table(cal, "cpu", 1.5)["service"]["corun_slowdown"] == pytest.approx([1.5])
+    assert "corun_slowdown" not in served.physical_table(cal, "cpu", 0.5)["service"]  # x1: nothing to slow
+    assert served.physical_table(cal, "cpu", 9.0)["service"]["corun_slowdown"] == pytest.approx([2.0])
+    assert "corun_slowdown" not in served.physical_table(cal, "cuda", 1.5)["service"]
     scenario = _networks_scenario(0.3)
     (_, config), = build_point_configs(scenario, _facts(scenario, (1.0, 2.0)), calibration=cal)  # type: ignore
     # as in test_load_is_a_fraction_of_the_served_capacity, but the 1.9 cores the dispatcher leaves do the work
     # of max(1, 1.9 / 1.5) = 1.267 when two servers compute at once: (1.9 / 1.5) / (mean(1.7, 3.2) + 0.05)
     assert config.traffic.rate_per_ms == pytest.approx(0.3 * (1.9 / 1.5) / 2.5)
-    assert config.service.corun_slowdown == (1.5,)
+    assert config.service.corun_slowdown == pytest.approx((1.5,))

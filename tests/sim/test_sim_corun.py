@@ -93,21 +93,32 @@ def test_bad_corun_is_one_config_error_line(bad, word):
         parse_config(table | {"service": table["service"] | bad})
 
 
-def test_the_calibration_hands_its_median_stretch_never_below_one():
+def test_the_calibration_hands_the_stretch_of_the_networks_size_never_below_one():
+    import math
+
     from calibration import Calibration, machine_key
     from tests import calibration_testutil as cu
 
-    rows = [{"others": k, "n": 100, "median_ms": s, "p90_ms": s, "p99_ms": s, "mean_ms": s, "stretch_median": s,
-             "stretch_p99": s} for k, s in enumerate((1.0, 1.3, 0.9, 2.0))]
+    # two sizes, isolated passes 0.1 and 1.0 ms: with j others the small one stretches (1.0, 0.9, 1.1), the
+    # large one (1.4, 2.0, 2.6) — a pass between them reads the line in log pass time
+    stretch = {0.1: (1.0, 1.0, 0.9, 1.1), 1.0: (1.0, 1.4, 2.0, 2.6)}
+    rows = [{"network": f"n{ms}", "isolated_median_ms": ms, "others": j, "n": 100, "median_ms": ms * f,
+             "mean_ms": ms * f, "stretch_median": f, "stretch_mean": f}
+            for ms, factors in stretch.items() for j, f in enumerate(factors)]
 
-    def calibration(cpus: int, device: str = "cpu") -> Calibration:
+    def calibration(cpus: int, device: str = "cpu", table: list | None = None) -> Calibration:
         data = cu.calibration_dict(machine=dict(machine_key("cpu"), cpu_count=cpus, device=device))
-        data["slicing"]["stretch"] = rows
+        data["corun"] = rows if table is None else table
         return Calibration.model_validate(data)
 
-    assert calibration(2).corun_slowdown() == [1.3]
-    assert calibration(4).corun_slowdown() == [1.3, 1.0, 2.0]  # 0.9 is noise: a neighbour cannot speed a pass up
-    assert calibration(8).corun_slowdown() == [1.3, 1.0, 2.0]  # measured up to 3 others: the last holds beyond
-    assert calibration(1).corun_slowdown() == []
-    assert calibration(2, "cuda").corun_slowdown() == []
-    assert cu.hand_calibration().corun_slowdown() == []  # only a row of no others: nothing to hand on
+    assert calibration(2).corun_slowdown(1.0) == [1.4]
+    assert calibration(2).corun_slowdown(50.0) == [1.4] and calibration(2).corun_slowdown(0.01) == [1.0]  # held
+    mid = math.sqrt(0.1 * 1.0)  # halfway in log pass time
+    assert calibration(4).corun_slowdown(mid) == pytest.approx([1.2, 1.45, 1.85])
+    assert calibration(4).corun_slowdown(0.1) == pytest.approx([1.0, 1.0, 1.1])  # 0.9 is noise: never below 1
+    assert calibration(8).corun_slowdown(1.0) == pytest.approx([1.4, 2.0, 2.6, 2.6, 2.6, 2.6, 2.6])  # j = 3 holds
+    only_one = [r for r in rows if r["others"] <= 1]
+    assert calibration(4, table=only_one).corun_slowdown(1.0) == [1.4, 1.4, 1.4]
+    assert calibration(1).corun_slowdown(1.0) == []
+    assert calibration(2, "cuda").corun_slowdown(1.0) == []
+    assert calibration(2, table=[]).corun_slowdown(1.0) == []  # not measured: nothing to hand on
