@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import re
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Literal
@@ -203,6 +202,9 @@ class Calibration(_Strict):
     slicing: Slicing
     dispatcher: Dispatcher
     wake: Wake
+    wake_sizes: list[Wake] = Field(default_factory=list, description=(
+        "the wake-up curve of every calibration network (the one in `wake` included), so that a network's is read "
+        "at its isolated pass: an idle server's caches lose more of a larger network"))
     corun: list[CorunRow] = Field(default_factory=list, description=(
         "passes run side by side on different cores, no dispatcher (`calibration.loop`): per network size, "
         "j = 0 .. min(CPU count − 1, 3) others; empty with one CPU"))
@@ -240,9 +242,22 @@ class Calibration(_Strict):
             return 1.0
         return max(0.5, self.machine.cpu_count - self.dispatcher_cores(task_rate_per_ms))
 
-    def wake_table(self) -> dict[str, list[float]]:
-        """The simulator's `service.wake` table (idle ms -> extra pass ms)."""
-        return {"idle_ms": list(self.wake.idle_ms), "extra_ms": list(self.wake.extra_ms)}
+    def wake_table(self, pass_ms: float | None = None) -> dict[str, list[float]]:
+        """The simulator's `service.wake` table (idle ms -> extra pass ms) for a network whose isolated pass is
+        `pass_ms`: on every idle time any size measured, each size's curve (held at its ends) read across the
+        sizes in log pass time (held at the ends), then made non-decreasing and at least 0. Without `pass_ms`, or
+        with fewer than two sizes measured, the `wake` network's own curve."""
+        isolated = {p.name: p.isolated_median_ms for p in self.serving.points}
+        curves = sorted((isolated[w.network], w) for w in self.wake_sizes if w.network in isolated)
+        if pass_ms is None or len(curves) < 2:
+            return {"idle_ms": list(self.wake.idle_ms), "extra_ms": list(self.wake.extra_ms)}
+        grid = np.unique(np.concatenate([np.asarray(w.idle_ms, float) for _, w in curves]))
+        per_size = np.array([np.interp(grid, w.idle_ms, w.extra_ms) for _, w in curves])  # sizes x grid
+        x = np.log([ms for ms, _ in curves])
+        at = np.log(max(pass_ms, 1e-9))
+        extra = np.array([np.interp(at, x, per_size[:, k]) for k in range(len(grid))])
+        extra = np.maximum.accumulate(np.maximum(extra, 0.0))
+        return {"idle_ms": grid.tolist(), "extra_ms": extra.tolist()}
 
     def corun_slowdown(self, pass_ms: float) -> list[float]:
         """The simulator's `service.corun_slowdown` for a network whose isolated pass is `pass_ms`: how many
@@ -403,20 +418,6 @@ def _refuse_constant(name: str) -> float:
 def save_calibration(cal: Calibration, path: Path | str) -> Path:
     """Write `cal` to `path` atomically: a temporary file in the same folder, flushed, then renamed over the
     target, so an interrupted or failed write leaves any previous file as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = cal.model_dump_json(indent=1) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    import atomic
+
+    return atomic.write_text(path, cal.model_dump_json(indent=1) + "\n")

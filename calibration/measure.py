@@ -9,17 +9,19 @@ chosen network). Steps, each a second or two:
 2. per size, twice (sizes in order, then reversed), one server kept busy (tasks in bursts faster than it
    serves): its cycle per task from its own stamps (`analysis.cycles_ms`), then cycle = overhead + slope × pass
    fitted over the sizes;
-3. one idle server, tasks one at a time: one-way out / back delays on the host's shared monotonic clock; and the
+3. per size, one server given tasks after idle gaps of 0.25–16 ms: what a task costs after sitting idle
+   (the server process's CPU time per task), against the same server kept busy;
+4. one idle server, tasks one at a time: one-way out / back delays on the host's shared monotonic clock; and the
    same delays under serving traffic (`rehearse`): Poisson arrivals over CPU count + 1 servers of the mid-size
    network at two rates, keeping about 15 % and 50 % of the cores busy — the delays the simulator draws (a
    sleeping server wakes slower, and a frontend and servers that compete for the cores answer later);
-4. twice (k up, then down), k = 0..3 other saturated servers of the mid-size network beside a probe server: the
+5. twice (k up, then down), k = 0..3 other saturated servers of the mid-size network beside a probe server: the
    probe's pass times, over the window in which all of them were busy;
-5. CPU count + 1 busy-spinning processes (`calibration.spin`): descheduled gaps and the runs between them;
-6. two runs at a low and a high task rate: the frontend's CPU seconds split into a base share and a cost per task;
-7. with the servers stopped, j + 1 processes (j = 0 .. min(CPU count − 1, 3)) running passes of each size side by
+6. CPU count + 1 busy-spinning processes (`calibration.spin`): descheduled gaps and the runs between them;
+7. two runs at a low and a high task rate: the frontend's CPU seconds split into a base share and a cost per task;
+8. with the servers stopped, j + 1 processes (j = 0 .. min(CPU count − 1, 3)) running passes of each size side by
    side on one timetable (`calibration.loop`), no dispatcher: how co-running passes slow each other per size,
-   apart from the competition with the dispatcher for cores that step 6 measures (step 4 has both in it).
+   apart from the competition with the dispatcher for cores that step 7 measures (step 5 has both in it).
 
 Nothing is written here: the caller saves the returned `Calibration` (atomically).
 """
@@ -430,7 +432,7 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
     began, load_start = time.perf_counter(), _load()
     dev = pick_device(device)
     cpus = os.cpu_count() or 1
-    steps = 1 + 1 + 2 * len(SIZES) + 1 + 1 + 2 * len(OTHERS) + 1 + 1 + len(REHEARSAL_UTILIZATION) + 1
+    steps = 1 + 1 + 2 * len(SIZES) + len(SIZES) + 1 + 2 * len(OTHERS) + 1 + 1 + len(REHEARSAL_UTILIZATION) + 1
     bar = tqdm(total=steps, desc="calibrate", unit="step", file=sys.stderr, disable=not progress)
 
     def step(label: str) -> None:
@@ -473,12 +475,16 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                               n_cycles=len(c), residual_ms=float(res))
                     for (name, i, c, comp), res in zip(points, residuals, strict=True)])
 
-                step("wake-up after idle")
-                warm = serving.points[names.index(WAKE_NET)]
-                wake = measure_wake(cluster.sockets, index[WAKE_NET], WAKE_NET,
-                                    float(np.median(np.concatenate([c for _, c in got[WAKE_NET]]))),
-                                    warm.cycle_median_ms, pid=cluster.pids[0] if cluster.pids else None)
-                bar.update(1)
+                wakes = {}
+                for name in [WAKE_NET] + [n for n in names if n != WAKE_NET]:  # every size: a larger network
+                    step(f"wake-up after idle, {name}")  # loses more of itself from the caches while idle
+                    point = serving.points[names.index(name)]
+                    wakes[name] = measure_wake(cluster.sockets, index[name], name,
+                                               float(np.median(np.concatenate([c for _, c in got[name]]))),
+                                               point.cycle_median_ms, pid=cluster.pids[0] if cluster.pids else None,
+                                               n=80 if name == WAKE_NET else 50)
+                    bar.update(1)
+                wake = wakes[WAKE_NET]
 
                 step("one-way delays")
                 # two windows (here and after the dispatcher step) so that a passing disturbance of the host
@@ -538,4 +544,4 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                        seconds=round(time.perf_counter() - began, 2),
                        load_average=LoadAverage(start=load_start, end=_load()),
                        serving=serving, delays=delays, slicing=slicing, dispatcher=dispatcher, wake=wake,
-                       corun=corun)
+                       wake_sizes=[wakes[name] for name in names], corun=corun)

@@ -94,4 +94,10 @@ def describe(cal: Calibration, path: Path | str | None = None) -> str:
                         f"{r.extra_ms:+.3f}"] for r in wake.rows]),
               "  simulator's service.wake: " + ", ".join(f"{i:.2f} ms idle -> +{e:.3f} ms"
                                                         for i, e in zip(wake.idle_ms, wake.extra_ms, strict=True))]
+    others = [w for w in cal.wake_sizes if w.network != wake.network]
+    if others:
+        lines += ["  the same curve for the other sizes (extra ms after each idle time, ms):",
+                  *("  " + row for row in _table(
+                      ["network", "kept busy", *(f"{r.gap_ms:g} ms" for r in others[0].rows)],
+                      [[w.network, _ms(w.warm_cost_ms), *(f"{r.extra_ms:+.3f}" for r in w.rows)] for w in others]))]
     return "\n".join(lines)

@@ -11,15 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+import atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +76,13 @@ class ModelCache:
 
     def save(self, role: str, key: str, model: nn.Module, meta: dict[str, Any]) -> Path:
         """Write weights + sidecar atomically (temp folder, then rename)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        final = self.entry(role, key)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{role}-", dir=self.root))
-        try:
+        def fill(tmp: Path) -> None:
             state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS))
             sidecar = dict(meta, key=key, role=role, weights_sha256=_file_sha256(tmp / WEIGHTS))
             (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, sort_keys=True, default=str))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return final
+
+        return atomic.publish_folder(self.entry(role, key), fill, replace=True)
 
     def entries(self) -> list[dict[str, Any]]:
         """Sidecars of every entry (unreadable ones skipped), for `coinsim models list`."""

@@ -17,10 +17,7 @@ back through the given-networks loader and compared with the zoo bit for bit.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -28,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+import atomic
 from models.config import ConfigError
 from models.given import given_config_from_table, load_given_zoo
 from models.networks import NetworkSpec
@@ -127,9 +125,9 @@ def export_zoo(zoo: Zoo, scenario: dict[str, Any], out: Path, data_format: DataF
         + [{"op": "to_tensor"}, {"op": "normalize", "mean": [0.5] * channels, "std": [0.5] * channels}],
         "experts": [],
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    scenario_file_name = f"{name}.toml"
+
+    def fill(tmp: Path) -> None:
         (tmp / "checkpoints").mkdir()
 
         def save(model: torch.nn.Module, path: Path) -> None:
@@ -152,15 +150,12 @@ def export_zoo(zoo: Zoo, scenario: dict[str, Any], out: Path, data_format: DataF
                     entry[split] = f"data/{safe}/{split}.npz"
             models["experts"].append(entry)
         table["models"] = models
-        scenario_file = tmp / f"{name}.toml"
+        scenario_file = tmp / scenario_file_name
         scenario_file.write_text(scenario_toml(table), encoding="utf-8")
         _verify(zoo, table, scenario_file)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out / scenario_file.name
+
+    atomic.publish_folder(out, fill)  # out is new or empty (checked before any work)
+    return out / scenario_file_name
 
 
 def _inline(value: Any) -> str:

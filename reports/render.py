@@ -8,8 +8,6 @@ render timestamp), so rendering twice gives identical bytes.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,33 +15,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+import atomic
 from reports import figures as F
 from reports.html import FigureEntry, build_html
 from reports.load import ResultData, load_result, main_point
 
 FIGURE_NAMES = ("frontier", "frontier_agreement", "latency_ccdf", "tail_vs_sweep", "accuracy_vs_sweep",
                 "answer_mix", "extra_load_vs_sweep", "traffic_over_time", "nda_bars")
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def png_bytes(fig: Figure) -> bytes:
@@ -187,7 +165,7 @@ def render(result_dir: Path | str) -> Path:
             data.notes.append(f"figure {name} could not be drawn: {type(exc).__name__}: {exc}")
             continue
         png = png_bytes(fig)
-        _atomic_write(fig_dir / f"{name}.png", png)
+        atomic.write_bytes(fig_dir / f"{name}.png", png)
         entries.append(FigureEntry(name, png, caption, alt))
     drawn = {e.name for e in entries}
     for stale in FIGURE_NAMES:  # a figure from an earlier render that this folder no longer supports
@@ -200,5 +178,5 @@ def render(result_dir: Path | str) -> Path:
     colors = F.policy_colors(data.policy_order, data.policy_kinds)
     html = build_html(data, entries, colors, F.nda_table(data.summary.get("coding"), data.nda))
     out = path / "report.html"
-    _atomic_write(out, html.encode("utf-8"))
+    atomic.write_bytes(out, html.encode("utf-8"))
     return out

@@ -20,9 +20,10 @@ import pandas as pd
 from jinja2 import Environment, select_autoescape
 from matplotlib.figure import Figure
 
+import atomic
 from reports.html import CSS
 from reports.load import ReportError
-from reports.render import _atomic_write, png_bytes
+from reports.render import png_bytes
 
 SERVICE_STYLE: dict[str, tuple[str, Any]] = {
     "isolated": ("sim: isolated profile", "--"), "in_situ": ("sim: in-situ service", ":"),
@@ -241,7 +242,7 @@ def render_testbed(result_dir: Path | str) -> Path:
         label = ", ".join(f"{c} = {g[c].iloc[0]}" for c in coord_cols) or "single point"
         png = png_bytes(_cdf_figure(measured[measured["point"] == point], simulated[simulated["point"] == point],
                                     policies, head))
-        _atomic_write(fig_dir / f"testbed_cdf_{point}.png", png)
+        atomic.write_bytes(fig_dir / f"testbed_cdf_{point}.png", png)
         head_rows, other_rows = [], []
         for (policy, service), h in g.groupby(["policy", "service"], sort=False):
             by = h.set_index("metric")
@@ -278,7 +279,7 @@ def render_testbed(result_dir: Path | str) -> Path:
         max_half_width=f"{summary.get('max_half_width_pct', 20.0):g}",
         load=", ".join(f"{v:.2f}" for v in load) if load else "n/a")
     out = path / "report.html"
-    _atomic_write(out, html.encode("utf-8"))
+    atomic.write_bytes(out, html.encode("utf-8"))
     return out
 
 

@@ -13,10 +13,8 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import click
 import torch
 
+import atomic
 import coin
 
 DEFAULT_METHODS = ("coin", "vanilla", "task_arithmetic", "regmean", "distill", "fisher")
@@ -198,18 +197,6 @@ def format_table(result: dict) -> str:
     return "\n".join(out)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(result: dict, out: Path) -> list[Path]:
     """nda.csv (one row per seed × P × method × expert), coding.json (everything, incl. λ/α grids and
     distillation histories) and distill_epochs.csv when distillation ran; each written atomically."""
@@ -219,9 +206,9 @@ def write_results(result: dict, out: Path) -> list[Path]:
     for r in result["records"]:
         w.writerow({k: r[k] for k in CSV_FIELDS})
     paths = [out / "nda.csv", out / "coding.json"]
-    _atomic_write(paths[0], buf.getvalue())
+    atomic.write_text(paths[0], buf.getvalue())
     payload = {**result, "summary": summarize(result)}
-    _atomic_write(paths[1], json.dumps(payload, indent=1, default=float) + "\n")
+    atomic.write_text(paths[1], json.dumps(payload, indent=1, default=float) + "\n")
     hist = [(run["seed"], run["samples"], h) for run in result["runs"] if run["method"] == "distill"
             for h in run["info"].get("history", [])]
     if hist:
@@ -232,7 +219,7 @@ def write_results(result: dict, out: Path) -> list[Path]:
         for seed, p, h in hist:
             w.writerow({"seed": seed, "samples": p, **h})
         paths.append(out / "distill_epochs.csv")
-        _atomic_write(paths[-1], buf.getvalue())
+        atomic.write_text(paths[-1], buf.getvalue())
     return paths
 
 

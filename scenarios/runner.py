@@ -15,11 +15,9 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -32,6 +30,7 @@ import numpy as np
 import pandas as pd
 import tomli_w
 
+import atomic
 from scenarios import served as served_model
 from scenarios.points import AnswerTables, run_point
 from scenarios.schema import Scenario, axis_column, sim_config_for
@@ -328,18 +327,12 @@ class PointStore:
     def save(self, index: int, records: pd.DataFrame, summary: dict[str, Any]) -> None:
         table, meta = self._paths(index)
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(table, lambda path: records.to_parquet(path, index=False))
-        _atomic_write(meta, lambda path: path.write_text(json.dumps(_jsonable(summary))))
+        atomic.write_with(table, lambda path: records.to_parquet(path, index=False))
+        atomic.write_with(meta, lambda path: path.write_text(json.dumps(_jsonable(summary))))
 
     def load(self, index: int) -> tuple[pd.DataFrame, dict[str, Any]]:
         table, meta = self._paths(index)
         return pd.read_parquet(table), json.loads(meta.read_text())
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _execute(points: list[tuple[dict[str, Any], SimConfig]], seed: int, answers: AnswerTables | None,
@@ -647,9 +640,9 @@ def run_scenario(
         facts = prepare_networks(scenario, quiet) if scenario.models is not None else None
         if facts is not None and not (work / "profile.csv").is_file():
             work.mkdir(parents=True, exist_ok=True)
-            _atomic_write(work / "profile.csv", lambda path: _profile_frame(facts).to_csv(path, index=False))
+            atomic.write_with(work / "profile.csv", lambda path: _profile_frame(facts).to_csv(path, index=False))
         if calibration is not None and not (work / "calibration.json").is_file():
-            _atomic_write(work / "calibration.json", lambda path: path.write_text(calibration.model_dump_json(
+            atomic.write_with(work / "calibration.json", lambda path: path.write_text(calibration.model_dump_json(
                 indent=2)))
         points = build_point_configs(scenario, facts, calibration=calibration)
         _say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", quiet)
@@ -758,22 +751,9 @@ def run_scenario(
                                 backup_outputs=a.backup_outs,
                                 **({} if a.task_classes is None else {"task_classes": a.task_classes}))
 
-    final = publish(out_root / scenario.name / datetime.now().strftime("%Y%m%d-%H%M%S-%f"), write)
+    final = atomic.publish_folder(out_root / scenario.name / datetime.now().strftime("%Y%m%d-%H%M%S-%f"), write)
     shutil.rmtree(work, ignore_errors=True)
     render_or_warn(final, render)
-    return final
-
-
-def publish(final: Path, write: Callable[[Path], Any]) -> Path:
-    """Write a result folder atomically: `write` fills a hidden sibling folder, which then becomes `final`
-    in one rename (an error or an interrupt leaves no folder, partial or named)."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=final.parent))
-    try:
-        write(tmp)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 

@@ -64,7 +64,7 @@ def physical_table(calibration: Any, device: str, pass_ms: float) -> dict[str, A
     network whose isolated pass is `pass_ms` (on a CPU)."""
     service: dict[str, Any] = {"cancel_in_service": "finish_pass",
                                "cores": 1.0 if device.startswith("cuda") else float(calibration.server_cores(0.0))}
-    wake = calibration.wake_table()
+    wake = calibration.wake_table(pass_ms)
     if any(extra > 0 for extra in wake["extra_ms"]):
         service["wake"] = wake
     if not device.startswith("cuda"):

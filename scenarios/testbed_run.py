@@ -33,6 +33,7 @@ import click
 import numpy as np
 import pandas as pd
 
+import atomic
 from scenarios import served as served_model
 from scenarios.points import AnswerTables, join_correctness, run_point, solve_missing
 from scenarios.runner import (
@@ -45,7 +46,6 @@ from scenarios.runner import (
     build_point_configs,
     latency_model_name,
     prepare_networks,
-    publish,
     render_or_warn,
     serving_calibration,
 )
@@ -698,7 +698,8 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
         if calibration is not None:
             (tmp / "calibration.json").write_text(calibration.model_dump_json(indent=2))
 
-    final = publish(out_root / scenario.name / ("testbed-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)
+    final = atomic.publish_folder(
+        out_root / scenario.name / ("testbed-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)
     render_or_warn(final, render)
     return final
 

@@ -1,4 +1,5 @@
-"""The fast engine: SimPy's event loop with long-lived, callback-driven servers and lazy cancellation.
+"""The fast engine: SimPy's event loop (through `sim.clock`) with long-lived, callback-driven servers and lazy
+cancellation.
 
 No process per customer: an arrival is one Timeout whose callback dispatches tasks; a server is an object
 whose completion Timeout calls back into it. Cancelling a queued task only flips its `active` flag (it is
@@ -12,13 +13,12 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from heapq import heappop, heappush
 from typing import Any
 
 import numpy as np
-import simpy
-from simpy.events import NORMAL, Timeout
+from simpy.events import Timeout
 
+from sim.clock import Clock, Due
 from sim.draws import EPISODES, FAILURES, Draws, Timeline, stream
 from sim.layout import BACKUP, CODED
 from sim.plan import (
@@ -113,17 +113,6 @@ class _Station:
                 srv.pull()
 
 
-class _Due:
-    """Minimal completion event. SimPy's `Environment.step` only reads `callbacks` and `_ok`, so pushing
-    this onto its queue (as `Environment.schedule` would) skips Timeout's constructor on the hot path."""
-
-    __slots__ = ("callbacks",)
-    _ok = True
-
-    def __init__(self, cb: Callable[[Any], None]) -> None:
-        self.callbacks = [cb]
-
-
 class _Server:
     __slots__ = (
         "idx",
@@ -137,8 +126,6 @@ class _Server:
         "slow",
         "slowdown",
         "host",
-        "heap",
-        "eid",
         "draw",
         "pass_draw",
         "work",
@@ -154,7 +141,7 @@ class _Server:
     )
 
     def __init__(
-        self, idx: int, env: simpy.Environment, eng: FastEngine, station: _Station, host: int, draw: list[float]
+        self, idx: int, env: Clock, eng: FastEngine, station: _Station, host: int, draw: list[float]
     ) -> None:
         self.idx = idx
         self.env = env
@@ -167,22 +154,20 @@ class _Server:
         self.slow: Timeline | None = None
         self.slowdown = 1.0
         self.host = host
-        self.heap = env._queue
-        self.eid = env._eid
         self.draw = draw  # this server's task times, by query id
         self.pass_draw: list[float] | None = None  # the same without the straggle factor (finish_pass)
         self.work = self.mark = self.total = 0.0  # shared cores: work left at time `mark`, the task's full work
         self.extra = 0.0  # shared cores, stalling stragglers: the stall that follows the pass
         self.rr = 0  # time slicing: 0 not runnable (idle or stalled), 1 holds a CPU slot, 2 in the run queue
         self.q0 = 0.0  # time slicing: start of the current quantum (while holding a slot)
-        self.qev: _Due | None = None  # time slicing: pending end of the current quantum, if one is armed
+        self.qev: Due | None = None  # time slicing: pending end of the current quantum, if one is armed
         self.free_at = 0.0  # when the server last became free (wake-up costs: how long it sat idle)
         self.woke = 0.0  # wake-up cost added to the current task's pass
         self.factor = 1.0  # stragglers.extra_of = "pass": the current task's straggle factor
 
     def start(self, task: _Task) -> None:
         env = self.env
-        now = env._now
+        now = env.now
         self.cur = task
         task.server = self
         self.t0 = now
@@ -191,7 +176,7 @@ class _Server:
             d *= self.slowdown
         wake = self.eng.wake
         woke = self.woke = wake.extra(now - self.free_at) if wake is not None else 0.0  # 0 straight on
-        ev = self.ev = _Due(self.finish)
+        ev = self.ev = Due(self.finish)
         if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included
             pass_ms = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke  # type: ignore[index]
             self.factor = d / (pass_ms - woke) if pass_ms > woke else 1.0
@@ -206,11 +191,11 @@ class _Server:
                     woke = 0.0
                 if d - pass_ms > 1e-12:
                     self.extra = d - pass_ms  # of_pass: set again when the pass ends, from its wall time
-                    ev = self.ev = _Due(self._stall)
+                    ev = self.ev = Due(self._stall)
                     d = pass_ms
             self.eng.busy_up(self, d + woke, ev)
             return
-        heappush(self.heap, (now + d + woke, NORMAL, next(self.eid), ev))
+        self.env.at(now + d + woke, ev)
 
     def pull(self) -> None:
         q = self.station.queue
@@ -221,8 +206,8 @@ class _Server:
                 return
 
     def _stop(self) -> float:
-        self.free_at = self.env._now
-        dt = self.env._now - self.t0
+        self.free_at = self.env.now
+        dt = self.env.now - self.t0
         self.eng.busy[self.idx] += dt
         self.eng.ms[self.cur.q.qid] += dt  # type: ignore[union-attr]
         self.cur = None
@@ -231,12 +216,12 @@ class _Server:
             self.eng.busy_down(self)
         return dt
 
-    def finish(self, ev: _Due) -> None:
+    def finish(self, ev: Due) -> None:
         if ev is not self.ev:
             return  # stale completion of preempted work
         task: _Task = self.cur  # type: ignore[assignment]
         eng = self.eng
-        now = self.free_at = self.env._now  # _stop(), inlined on the hot path
+        now = self.free_at = self.env.now  # _stop(), inlined on the hot path
         dt = now - self.t0
         eng.busy[self.idx] += dt
         eng.ms[task.q.qid] += dt
@@ -252,7 +237,7 @@ class _Server:
         elif eng.single_task and q.model >= 0:  # the query's only task: answer inline, nothing to cancel
             qid = q.qid
             q.done = True
-            eng.finish_ms[qid] = self.env._now
+            eng.finish_ms[qid] = self.env.now
             eng.how[qid] = HOW_DIRECT if self.idx < eng.N else HOW_REPLICA
             eng.mask[qid] = 1 << self.idx
             eng.n_done += 1
@@ -280,30 +265,30 @@ class _Server:
                 self.eng.finish_pass_shared(self, pass_ms)
                 return
             end = self.t0 + pass_ms
-            if self.env._now < end:
+            if self.env.now < end:
                 self.eng.finishing += 1
-                ev = self.ev = _Due(self._pass_done)
-                heappush(self.heap, (end, NORMAL, next(self.eid), ev))
+                ev = self.ev = Due(self._pass_done)
+                self.env.at(end, ev)
                 return
         self.eng.cancelled[self.idx] += self._stop()
         if self.up:
             self.pull()
 
-    def _stall(self, ev: _Due) -> None:
+    def _stall(self, ev: Due) -> None:
         """Shared cores, stalling straggler: the pass is over, the server holds the task without computing."""
         if ev is not self.ev:
             return
         self.eng.busy_down(self)
         if self.eng.of_pass:  # held (f - 1) x as long as the pass took on its server, waits for the cores included
-            self.extra = (self.factor - 1.0) * (self.env._now - self.t0)
-        ev = self.ev = _Due(self.finish)
-        heappush(self.heap, (self.env._now + self.extra, NORMAL, next(self.eid), ev))
+            self.extra = (self.factor - 1.0) * (self.env.now - self.t0)
+        ev = self.ev = Due(self.finish)
+        self.env.at(self.env.now + self.extra, ev)
 
-    def _slice_end(self, ev: _Due) -> None:
+    def _slice_end(self, ev: Due) -> None:
         if ev is self.qev:
             self.eng.slice_over(self)
 
-    def _pass_done(self, ev: _Due) -> None:
+    def _pass_done(self, ev: Due) -> None:
         if ev is not self.ev:
             return  # rescheduled (shared cores) or the server failed meanwhile
         eng = self.eng
@@ -344,7 +329,7 @@ class _BatchServer(_Server):
         self._run([task])
 
     def _run(self, tasks: list[_Task]) -> None:
-        now = self.env._now
+        now = self.env.now
         self.batch = tasks
         self.cur = tasks[0]
         for t in tasks:
@@ -354,8 +339,8 @@ class _BatchServer(_Server):
         d = max(draw[t.q.qid] for t in tasks) * (1.0 + self.extra * (len(tasks) - 1))
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
-        ev = self.ev = _Due(self.finish)
-        heappush(self.heap, (now + d, NORMAL, next(self.eid), ev))
+        ev = self.ev = Due(self.finish)
+        self.env.at(now + d, ev)
 
     def pull(self) -> None:
         q = self.station.queue
@@ -368,7 +353,7 @@ class _BatchServer(_Server):
             self._run(got)
 
     def _stop(self) -> float:
-        dt = self.env._now - self.t0
+        dt = self.env.now - self.t0
         eng = self.eng
         eng.busy[self.idx] += dt
         share = dt / len(self.batch)
@@ -381,7 +366,7 @@ class _BatchServer(_Server):
     def holds(self, task: _Task) -> bool:
         return self.cur is not None and task in self.batch
 
-    def finish(self, ev: _Due) -> None:
+    def finish(self, ev: Due) -> None:
         if ev is not self.ev:
             return
         eng = self.eng
@@ -420,7 +405,7 @@ class FastEngine:
     def __init__(self, plan: Plan, draws: Draws) -> None:
         self.plan = plan
         self.draws = draws
-        self.env = env = simpy.Environment()
+        self.env = env = Clock()
         self.n = draws.n
         self.N = plan.n_experts
         self.kind = plan.kind
@@ -513,7 +498,7 @@ class FastEngine:
 
     # -------------------------------------------------------------------------------------- plumbing
     def _schedule_toggle(self, srv: _Server, tl: Timeline, k: int) -> None:
-        ev = Timeout(self.env, tl.switch_after(k) - self.env._now)
+        ev = Timeout(self.env, tl.switch_after(k) - self.env.now)
 
         def toggle(_ev: Timeout) -> None:
             if k & 1:
@@ -550,21 +535,21 @@ class FastEngine:
 
     def _respeed(self, now: float, old: float, new: float, skip: _Server | None) -> None:
         """Every busy server's task has done (now - mark) * old of its work; it goes on at `new`."""
-        heap, eid = self.env._queue, self.env._eid
+        at = self.env.at
         for srv in self.running:
             if srv is skip:
                 continue
             srv.work -= (now - srv.mark) * old
             srv.mark = now
-            ev = srv.ev = _Due(srv.ev.callbacks[0])  # type: ignore[union-attr]
-            heappush(heap, (now + max(srv.work, 0.0) / new, NORMAL, next(eid), ev))
+            ev = srv.ev = Due(srv.ev.callbacks[0])  # type: ignore[union-attr]
+            at(now + max(srv.work, 0.0) / new, ev)
 
-    def busy_up(self, srv: _Server, work: float, ev: _Due) -> None:
+    def busy_up(self, srv: _Server, work: float, ev: Due) -> None:
         if self.slicing:
             srv.work = srv.total = work
             self._runnable(srv)
             return
-        now = self.env._now
+        now = self.env.now
         old = self.rate
         self.running.append(srv)
         new = self.rate = self._speed(len(self.running))
@@ -572,7 +557,7 @@ class FastEngine:
             self._respeed(now, old, new, srv)
         srv.work = srv.total = work
         srv.mark = now
-        heappush(self.env._queue, (now + work / new, NORMAL, next(self.env._eid), ev))
+        self.env.at(now + work / new, ev)
 
     def busy_down(self, srv: _Server) -> None:
         if self.slicing:
@@ -584,7 +569,7 @@ class FastEngine:
         self.running.remove(srv)
         new = self.rate = self._speed(len(self.running))
         if new != old:
-            self._respeed(self.env._now, old, new, None)
+            self._respeed(self.env.now, old, new, None)
 
     def _pass_over(self, srv: _Server, done: float, pass_ms: float) -> bool:
         """A cancelled task whose pass has `done` of its `pass_ms` of work: over (the server moves on, True), or
@@ -600,7 +585,7 @@ class FastEngine:
 
     def finish_pass_shared(self, srv: _Server, pass_ms: float) -> None:
         """finish_pass under shared cores: the server keeps working until the pass's share of work is done."""
-        now = self.env._now
+        now = self.env.now
         if self.slicing:
             self._finish_pass_sliced(srv, pass_ms)
             return
@@ -609,8 +594,8 @@ class FastEngine:
         if self._pass_over(srv, done, pass_ms):
             return
         srv.mark = now
-        ev = srv.ev = _Due(srv._pass_done)
-        heappush(self.env._queue, (now + srv.work / self.rate, NORMAL, next(self.env._eid), ev))
+        ev = srv.ev = Due(srv._pass_done)
+        self.env.at(now + srv.work / self.rate, ev)
 
     # ------------------------------------------------------------------------------ time slicing
     # Invariants: a server holding a slot (rr == 1) has its completion event `ev` in the heap, due when its
@@ -625,7 +610,7 @@ class FastEngine:
         srv.rr = 2
         self.runq.append(srv)
         if len(self.runq) == 1:
-            now, q = self.env._now, self.quantum
+            now, q = self.env.now, self.quantum
             for other in self.running:
                 if other.qev is None:
                     at = other.q0 + (math.floor((now - other.q0) / q) + 1) * q  # type: ignore[operator]
@@ -642,21 +627,21 @@ class FastEngine:
         self._respeed(now, old, new, skip)  # the holders' old completions go stale
 
     def _take_slot(self, srv: _Server) -> None:
-        now = self.env._now
+        now = self.env.now
         self.free_slots -= 1
         self.running.append(srv)
         srv.rr = 1
         srv.mark = srv.q0 = now
         self._reslot(now, srv)
-        heappush(self.env._queue, (now + srv.work / self.slot_speed, NORMAL, next(self.env._eid), srv.ev))
+        self.env.at(now + srv.work / self.slot_speed, srv.ev)
         if self.runq:
             self._arm(srv, now + self.quantum)  # type: ignore[operator]
         else:
             srv.qev = None
 
     def _arm(self, srv: _Server, at: float) -> None:
-        ev = srv.qev = _Due(srv._slice_end)
-        heappush(self.env._queue, (at, NORMAL, next(self.env._eid), ev))
+        ev = srv.qev = Due(srv._slice_end)
+        self.env.at(at, ev)
 
     def _give_slot(self) -> None:
         """A slot was freed: the head of the run queue takes it at once."""
@@ -664,7 +649,7 @@ class FastEngine:
         if self.runq:
             self._take_slot(self.runq.popleft())
         else:
-            self._reslot(self.env._now, None)
+            self._reslot(self.env.now, None)
 
     def _not_runnable(self, srv: _Server) -> None:
         if srv.rr == 1:
@@ -678,7 +663,7 @@ class FastEngine:
 
     def slice_over(self, srv: _Server) -> None:
         """`srv` used up its quantum: it yields the slot to the head of the run queue, or goes on if none waits."""
-        now = self.env._now
+        now = self.env.now
         srv.qev = None
         left = srv.work - (now - srv.mark) * self.slot_speed
         if left <= 1e-12:
@@ -687,14 +672,14 @@ class FastEngine:
             srv.q0 = now
             return
         srv.work = left
-        srv.ev = _Due(srv.ev.callbacks[0])  # type: ignore[union-attr]  # the pending completion goes stale
+        srv.ev = Due(srv.ev.callbacks[0])  # type: ignore[union-attr]  # the pending completion goes stale
         srv.rr = 2
         self.running.remove(srv)
         self.runq.append(srv)
         self._give_slot()
 
     def _finish_pass_sliced(self, srv: _Server, pass_ms: float) -> None:
-        now = self.env._now
+        now = self.env.now
         if srv.rr == 0:  # stalling: its pass is over
             done = pass_ms
         elif srv.rr == 1:
@@ -703,15 +688,14 @@ class FastEngine:
             done = srv.total - srv.work
         if self._pass_over(srv, done, pass_ms):
             return
-        srv.ev = _Due(srv._pass_done)
+        srv.ev = Due(srv._pass_done)
         if srv.rr == 1:  # goes on in its slot, its quantum unchanged, with only the rest of the pass to do
             srv.mark = now
-            heappush(self.env._queue, (now + srv.work / self.slot_speed, NORMAL, next(self.env._eid), srv.ev))
+            self.env.at(now + srv.work / self.slot_speed, srv.ev)
 
     # ------------------------------------------------------------------------------ network delays
     def _later(self, delay: float, callback: Callable[[Any], None]) -> None:
-        env = self.env
-        heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), _Due(callback)))
+        self.env.at(self.env.now + delay, Due(callback))
 
     def _deliver(self, t: _Task) -> None:
         """A task reaches its server's queue (the cancel of a task travels behind it, so it is still live)."""
@@ -747,7 +731,7 @@ class FastEngine:
     def _answer(self, q: _Query, how: int, mask: int) -> None:
         q.done = True
         qid = q.qid
-        self.finish_ms[qid] = self.env._now
+        self.finish_ms[qid] = self.env.now
         self.how[qid] = how
         self.mask[qid] = mask
         self.n_done += 1
@@ -991,16 +975,10 @@ class FastEngine:
         env = self.env
         if self.n == 0:
             raise ValueError("no queries to simulate")
-        heap = env._queue
+        heap, run_due = env.heap, env.run_due
         arrive = self._arrive
         for k, t in enumerate(self.arr):
-            while heap and heap[0][0] <= t:
-                # Environment.step() inlined (hot loop); our events never fail, so its failure check is moot
-                env._now, _, _, ev = heappop(heap)
-                cbs, ev.callbacks = ev.callbacks, None
-                for cb in cbs:
-                    cb(ev)
-            env._now = t  # advance the clock to the arrival (SimPy keeps it in _now)
+            run_due(t)  # events due at or before the arrival first, then the clock moves to it
             arrive(k)
         step = env.step
         while heap and not self.stop:

@@ -77,7 +77,8 @@ def test_round_trip(tmp_path):
     assert load_calibration(path, expect_machine=machine_key("cpu")) == cal
     assert json.loads(path.read_text())["schema_version"] == 4
     assert set(json.loads(path.read_text())) == {"schema_version", "machine", "created", "seconds", "load_average",
-                                                 "serving", "delays", "slicing", "dispatcher", "wake", "corun"}
+                                                 "serving", "delays", "slicing", "dispatcher", "wake", "wake_sizes",
+                                                 "corun"}
 
 
 def test_unusable_files_are_refused_with_one_line(tmp_path):
@@ -348,3 +349,24 @@ def test_corun_rows_from_real_pass_processes(tmp_path):
         # j = 0 is the reference; with one other on the second core a pass is neither stopped nor sped up much
         assert r.stretch_median == 1.0 if r.others == 0 else 0.3 < r.stretch_median < 5
     assert measure_corun(folders[:2], inputs, names, iso, others_max=0) == []  # one CPU: nothing side by side
+
+
+def test_the_wake_curve_is_read_at_the_networks_size():
+    """Two sizes (isolated passes 0.1 and 3.0 ms, curves on different idle times): a network between them reads
+    each curve on the union of idle times, halfway in log pass time; outside them, the nearest size's curve."""
+    import math
+
+    cal = sample()
+    small = cal.wake.model_copy(update={"network": "a", "idle_ms": [1.0, 4.0], "extra_ms": [0.1, 0.3]})
+    large = cal.wake.model_copy(update={"network": "c", "idle_ms": [2.0, 8.0], "extra_ms": [0.5, 1.5]})
+    cal = cal.model_copy(update={"wake_sizes": [large, small]})
+    mid = math.sqrt(0.1 * 3.0)
+    table = cal.wake_table(mid)
+    assert table["idle_ms"] == [1.0, 2.0, 4.0, 8.0]
+    # small held/interpolated on the grid: 0.1, 0.1667, 0.3, 0.3; large: 0.5, 0.5, 0.8333, 1.5; halfway:
+    assert table["extra_ms"] == pytest.approx([0.3, 1 / 3, (0.3 + 0.8333333) / 2, 0.9])
+    assert cal.wake_table(0.01)["extra_ms"] == pytest.approx([0.1, 0.1 + 0.2 / 3, 0.3, 0.3])
+    assert cal.wake_table(30.0)["extra_ms"] == pytest.approx([0.5, 0.5, 0.5 + 1 / 3, 1.5])
+    assert cal.wake_table()["idle_ms"] == list(cal.wake.idle_ms)  # no network: the wake network's own curve
+    only_one = cal.model_copy(update={"wake_sizes": [small]})
+    assert only_one.wake_table(mid)["extra_ms"] == list(cal.wake.extra_ms)
