@@ -80,3 +80,15 @@ def idle_at_arrival(server: np.ndarray, recv: np.ndarray, end: np.ndarray) -> np
         out[rows[0]] = True
         out[rows[1:]] = recv[rows[1:]] > finished[:-1]
     return out
+
+
+def overlaps(start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per task: how many other tasks were computing (any server) at the middle of its pass [start, end), from
+    stamps on one clock; -1 where a stamp is missing."""
+    start, end = np.asarray(start, float), np.asarray(end, float)
+    ok = np.isfinite(start) & np.isfinite(end)
+    mid = (start + end) / 2
+    s, e = np.sort(start[ok]), np.sort(end[ok])
+    count = np.full(len(start), -1)
+    count[ok] = np.searchsorted(s, mid[ok]) - np.searchsorted(e, mid[ok]) - 1
+    return count

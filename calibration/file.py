@@ -96,6 +96,21 @@ class DelayLevel(_Strict):
     back: Delay = Field(description="server → frontend, every answered task")
 
 
+class PassLevel(_Strict):
+    """Forward passes while the machine serves Poisson traffic (the delay rehearsals, per size): the passes that
+    no other server computed beside — so co-running and time slicing, which the simulator models itself, are not
+    in them — against the same network's pass on a server kept busy."""
+
+    network: str
+    utilization: float = Field(ge=0, description="busy share of the cores during the rehearsal")
+    rate_per_ms: float = Field(gt=0)
+    n_lone: int = Field(ge=1, description="passes with no other server computing at their middle")
+    lone_pass_mean_ms: float = Field(gt=0)
+    busy_pass_mean_ms: float = Field(gt=0, description="the same network's pass on a server kept busy (cycle step)")
+    extra_ms: float = Field(description="lone_pass_mean_ms − busy_pass_mean_ms: what serving traffic adds to a pass "
+                                        "(wake-ups after idling, the frontend's and I/O threads' interruptions)")
+
+
 class Delays(_Strict):
     n_tasks: int
     out: Delay
@@ -202,6 +217,9 @@ class Calibration(_Strict):
     slicing: Slicing
     dispatcher: Dispatcher
     wake: Wake
+    passes_under_load: list[PassLevel] = Field(default_factory=list, description=(
+        "per size and utilization, what serving traffic adds to a lone pass; where measured, the simulator adds it "
+        "to every served task at the point's utilization instead of the idle-time wake-up curve"))
     wake_sizes: list[Wake] = Field(default_factory=list, description=(
         "the wake-up curve of every calibration network (the one in `wake` included), so that a network's is read "
         "at its isolated pass: an idle server's caches lose more of a larger network"))
@@ -258,6 +276,24 @@ class Calibration(_Strict):
         extra = np.array([np.interp(at, x, per_size[:, k]) for k in range(len(grid))])
         extra = np.maximum.accumulate(np.maximum(extra, 0.0))
         return {"idle_ms": grid.tolist(), "extra_ms": extra.tolist()}
+
+    def serving_extra_ms(self, pass_ms: float, utilization: float) -> float | None:
+        """What serving traffic adds to a pass of a network whose isolated pass is `pass_ms`, at this busy share
+        of the cores: each size's extra read at `utilization` (linear between its levels, held at the ends), then
+        across the sizes in log pass time (held at the ends), at least 0. None where nothing was measured."""
+        isolated = {p.name: p.isolated_median_ms for p in self.serving.points}
+        by_size: dict[str, list[PassLevel]] = {}
+        for level in self.passes_under_load:
+            if level.network in isolated:
+                by_size.setdefault(level.network, []).append(level)
+        if not by_size:
+            return None
+        sizes = sorted((isolated[name], sorted(levels, key=lambda lv: lv.utilization))
+                       for name, levels in by_size.items())
+        extra = [float(np.interp(utilization, [lv.utilization for lv in levels], [lv.extra_ms for lv in levels]))
+                 for _, levels in sizes]
+        x = np.log([ms for ms, _ in sizes])
+        return max(0.0, float(np.interp(np.log(max(pass_ms, 1e-9)), x, extra)))
 
     def corun_slowdown(self, pass_ms: float) -> list[float]:
         """The simulator's `service.corun_slowdown` for a network whose isolated pass is `pass_ms`: how many

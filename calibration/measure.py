@@ -11,10 +11,11 @@ chosen network). Steps, each a second or two:
    fitted over the sizes;
 3. per size, one server given tasks after idle gaps of 0.25–16 ms: what a task costs after sitting idle
    (the server process's CPU time per task), against the same server kept busy;
-4. one idle server, tasks one at a time: one-way out / back delays on the host's shared monotonic clock; and the
-   same delays under serving traffic (`rehearse`): Poisson arrivals over CPU count + 1 servers of the mid-size
-   network at two rates, keeping about 15 % and 50 % of the cores busy — the delays the simulator draws (a
-   sleeping server wakes slower, and a frontend and servers that compete for the cores answer later);
+4. one idle server, tasks one at a time: one-way out / back delays on the host's shared monotonic clock; and
+   serving traffic (`rehearse`): Poisson arrivals over CPU count + 1 servers of each size at two rates, keeping
+   about 15 % and 50 % of the cores busy — the mid size's one-way delays are the ones the simulator draws (a
+   sleeping server wakes slower, and a frontend and servers that compete for the cores answer later), and every
+   size's passes that ran with no other server beside them tell what serving adds to a pass;
 5. twice (k up, then down), k = 0..3 other saturated servers of the mid-size network beside a probe server: the
    probe's pass times, over the window in which all of them were busy;
 6. CPU count + 1 busy-spinning processes (`calibration.spin`): descheduled gaps and the runs between them;
@@ -43,7 +44,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from calibration.analysis import cycles_ms, idle_at_arrival, line_fit, quantiles, slice_lengths
+from calibration.analysis import cycles_ms, idle_at_arrival, line_fit, overlaps, quantiles, slice_lengths
 from calibration.file import (
     QUANTILES,
     Calibration,
@@ -56,6 +57,7 @@ from calibration.file import (
     DispatcherRun,
     LoadAverage,
     Machine,
+    PassLevel,
     Serving,
     SizePoint,
     Slicing,
@@ -178,24 +180,34 @@ def _delay(values: np.ndarray, what: str, least: int = 20) -> Delay:
                  mean_ms=float(values.mean()), samples_ms=quantiles(values, QUANTILES).round(5).tolist())
 
 
-def rehearse(sockets: list[Any], net: int, name: str, rate_per_ms: float, cpus: int, span_ms: float = REHEARSAL_MS,
-             seed: int = 0) -> DelayLevel:
+def rehearse(sockets: list[Any], net: int, name: str, rate_per_ms: float, cpus: int, busy_pass_ms: float,
+             span_ms: float = REHEARSAL_MS, seed: int = 0) -> tuple[DelayLevel, PassLevel]:
     """Serve Poisson arrivals at `rate_per_ms`, spread evenly at random over every server in `sockets`, all running
-    network `net`, and keep the one-way delays as serving sees them: out of the tasks that reached an idle server
-    (a busy one reads its socket only after its pass, which the simulator queues itself), back of every answered
-    task; the utilization is the servers' pass time over the span and the `cpus` cores."""
+    network `net`, and keep what serving does as serving sees it: the one-way delays (out of the tasks that
+    reached an idle server — a busy one reads its socket only after its pass, which the simulator queues
+    itself — back of every answered task) and the passes no other server computed beside, against
+    `busy_pass_ms`, the same network's pass on a server kept busy. The utilization is the servers' pass time over
+    the span and the `cpus` cores."""
     rng = np.random.default_rng(seed)
     n = int(np.clip(rate_per_ms * span_ms, 200, 4000))
     arrival = np.cumsum(rng.exponential(1.0 / rate_per_ms, n))
     tasks, _ = run_stream(sockets, net, arrival, rng.integers(0, len(sockets), n))
     recv, start, end = _stamps(tasks)
     idle = idle_at_arrival(tasks["server"].to_numpy(), recv, end)
+    compute = tasks["compute_ms"].to_numpy(float)
     span = float(np.nanmax(end) - np.nanmin(recv))
-    busy = float(np.nansum(tasks["compute_ms"].to_numpy(float)))
+    utilization = float(np.nansum(compute)) / (span * cpus)
     where = f"delays under traffic at {rate_per_ms:.3g} tasks/ms"
-    return DelayLevel(utilization=busy / (span * cpus), rate_per_ms=rate_per_ms, servers=len(sockets), network=name,
-                      n_tasks=len(tasks), out=_delay(tasks["out_ms"].to_numpy(float)[idle], where),
-                      back=_delay(tasks["back_ms"].to_numpy(float), where))
+    lone = compute[(overlaps(start, start + compute) == 0) & np.isfinite(compute)]
+    if len(lone) < 20:
+        raise CalibrationError(f"{name} served at {rate_per_ms:.3g} tasks/ms: only {len(lone)} passes ran alone")
+    delays = DelayLevel(utilization=utilization, rate_per_ms=rate_per_ms, servers=len(sockets), network=name,
+                        n_tasks=len(tasks), out=_delay(tasks["out_ms"].to_numpy(float)[idle], where),
+                        back=_delay(tasks["back_ms"].to_numpy(float), where))
+    passes = PassLevel(network=name, utilization=utilization, rate_per_ms=rate_per_ms, n_lone=len(lone),
+                       lone_pass_mean_ms=float(lone.mean()), busy_pass_mean_ms=busy_pass_ms,
+                       extra_ms=float(lone.mean()) - busy_pass_ms)
+    return delays, passes
 
 
 def measure_delays(sockets: list[Any], net: int, n: int = 150, seed: int = 0) -> Delays:
@@ -432,7 +444,8 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
     began, load_start = time.perf_counter(), _load()
     dev = pick_device(device)
     cpus = os.cpu_count() or 1
-    steps = 1 + 1 + 2 * len(SIZES) + len(SIZES) + 1 + 2 * len(OTHERS) + 1 + 1 + len(REHEARSAL_UTILIZATION) + 1
+    steps = (1 + 1 + 2 * len(SIZES) + len(SIZES) + 1 + 2 * len(OTHERS) + 1 + 1
+             + len(SIZES) * len(REHEARSAL_UTILIZATION) + 1)
     bar = tqdm(total=steps, desc="calibrate", unit="step", file=sys.stderr, disable=not progress)
 
     def step(label: str) -> None:
@@ -521,13 +534,18 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                 windows.append(delay_samples(cluster.sockets, index[SMALL], seed=1))
                 bar.update(1)
 
-                mid_cycle = serving.points[names.index(MID)].cycle_mean_ms
-                levels, crowd = [], cluster.sockets[:min(cpus + 1, len(cluster.sockets))]
-                for k, share in enumerate(REHEARSAL_UTILIZATION):
-                    step(f"delays under traffic, {share:.0%} of the cores busy")
-                    rate = share * min(cpus, len(crowd)) / mid_cycle
-                    levels.append(rehearse(crowd, index[MID], MID, rate, cpus, seed=k))
-                    bar.update(1)
+                levels, under_load, crowd = [], [], cluster.sockets[:min(cpus + 1, len(cluster.sockets))]
+                for name in [MID] + [n for n in names if n != MID]:  # the delays from the mid size's rehearsals
+                    point = serving.points[names.index(name)]
+                    for k, share in enumerate(REHEARSAL_UTILIZATION):
+                        step(f"serving traffic, {name}, {share:.0%} of the cores busy")
+                        rate = share * min(cpus, len(crowd)) / point.cycle_mean_ms
+                        delay_level, pass_level = rehearse(crowd, index[name], name, rate, cpus,
+                                                           point.compute_mean_ms, seed=k)
+                        if name == MID:
+                            levels.append(delay_level)
+                        under_load.append(pass_level)
+                        bar.update(1)
                 levels.sort(key=lambda level: level.utilization)
                 if any(b.utilization <= a.utilization for a, b in zip(levels, levels[1:], strict=False)):
                     raise CalibrationError("the delay rehearsals did not reach distinct core utilizations")
@@ -544,4 +562,4 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                        seconds=round(time.perf_counter() - began, 2),
                        load_average=LoadAverage(start=load_start, end=_load()),
                        serving=serving, delays=delays, slicing=slicing, dispatcher=dispatcher, wake=wake,
-                       wake_sizes=[wakes[name] for name in names], corun=corun)
+                       wake_sizes=[wakes[name] for name in names], corun=corun, passes_under_load=under_load)

@@ -509,9 +509,12 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
                                 backup_service=backup_service, capacity=capacity)
         if calibration is not None and not own_cores:
             config = served_model.with_served_cores(config, calibration, facts.device if facts else "cpu")
-        if calibration is not None and facts is not None and not own_network:
+        if calibration is not None and facts is not None:
             served_mean = float(np.mean([np.mean(s["samples_ms"]) for s in expert_service]))
-            config = served_model.with_served_delays(config, calibration, facts.device, served_mean)
+            if not own_network:
+                config = served_model.with_served_delays(config, calibration, facts.device, served_mean)
+            config = served_model.with_served_passes(config, calibration, facts.device,
+                                                     served_model.experts_pass_ms(facts), served_mean)
         check_point_capacity(scenario, config, values, served=calibration is not None)
         if pools is not None:
             config = config.model_copy(update={"traffic": config.traffic.model_copy(

@@ -65,8 +65,8 @@ def physical_table(calibration: Any, device: str, pass_ms: float) -> dict[str, A
     service: dict[str, Any] = {"cancel_in_service": "finish_pass",
                                "cores": 1.0 if device.startswith("cuda") else float(calibration.server_cores(0.0))}
     wake = calibration.wake_table(pass_ms)
-    if any(extra > 0 for extra in wake["extra_ms"]):
-        service["wake"] = wake
+    if not calibration.passes_under_load and any(extra > 0 for extra in wake["extra_ms"]):
+        service["wake"] = wake  # an older calibration: the idle-time curve (what serving adds is in it, partly)
     if not device.startswith("cuda"):
         quantum = calibration.quantum_ms
         if quantum is not None and math.isfinite(quantum) and quantum > 0:
@@ -101,14 +101,40 @@ def with_served_delays(config: SimConfig, calibration: Any, device: str, served_
     return config.model_copy(update={"network": network})
 
 
+def with_served_passes(config: SimConfig, calibration: Any, device: str, pass_ms: float,
+                       served_mean_ms: float) -> SimConfig:
+    """The point's config with what serving traffic adds to a pass (the calibration's lone passes under traffic,
+    read at the experts' isolated pass and this point's core utilization) added to every served sample of every
+    network: wake-ups after idling and the interruptions of the dispatcher and the I/O threads, which an isolated
+    or a busy server's pass does not show. Unchanged where the calibration has no such measurement."""
+    cores = 1.0 if device.startswith("cuda") else float(calibration.machine.cpu_count)
+    extra = calibration.serving_extra_ms(pass_ms, core_utilization(config, served_mean_ms, cores))
+    if not extra:
+        return config
+    service = config.service
+
+    def shifted(dist: Any) -> Any:  # the profiled (empirical) ones; `expert` is an unused default beside `experts`
+        if getattr(dist, "kind", None) != "empirical":
+            return dist
+        return dist.model_copy(update={"samples_ms": tuple(float(x) + extra for x in dist.samples_ms)})
+
+    update = {"expert": shifted(service.expert), "coded": shifted(service.coded), "backup": shifted(service.backup),
+              "experts": tuple(shifted(d) for d in service.experts) if service.experts is not None else None}
+    return config.model_copy(update={"service": service.model_copy(update=update)})
+
+
 def routed_capacity(calibration: Any, device: str, pass_ms: float) -> Any:
     """The served capacity `traffic.load` is a fraction of: the largest routed rate (even split over the experts)
     that both the expert servers (1 / mean served cost each) and the shared cores can sustain, every task at a
-    busy server's cost, the dispatcher taking its share of the cores at that rate and servers that compute side
-    by side slowing each other (the calibration's co-running stretch at an isolated pass of `pass_ms`)."""
+    busy server's cost plus what serving traffic adds to a pass at the busiest level the calibration measured, the
+    dispatcher taking its share of the cores at that rate and servers that compute side by side slowing each
+    other (the calibration's co-running stretch at an isolated pass of `pass_ms`)."""
     from sim.config import Service
 
+    extra = calibration.serving_extra_ms(pass_ms, 1.0) or 0.0  # held at the busiest measured level
+
     def capacity(means: list[float]) -> float:
+        means = [m + extra for m in means]
         servers = sum(1.0 / m for m in means)
         if device.startswith("cuda"):
             return servers

@@ -174,14 +174,10 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
 def overlaps(tasks: pd.DataFrame) -> np.ndarray:
     """Per task: how many other tasks were computing (any server) at the middle of its forward pass, from the
     servers' own stamps (one host's clock)."""
+    from calibration.analysis import overlaps as count
+
     start = (tasks["server_recv_clock_ms"] + tasks["queue_ms"]).to_numpy()
-    end = start + tasks["compute_ms"].to_numpy()
-    ok = np.isfinite(start) & np.isfinite(end)
-    mid = (start + end) / 2
-    s, e = np.sort(start[ok]), np.sort(end[ok])
-    count = np.full(len(tasks), -1)
-    count[ok] = np.searchsorted(s, mid[ok]) - np.searchsorted(e, mid[ok]) - 1
-    return count
+    return count(start, start + tasks["compute_ms"].to_numpy())
 
 
 def idle_arrivals(tasks: pd.DataFrame) -> np.ndarray:

@@ -78,7 +78,7 @@ def test_round_trip(tmp_path):
     assert json.loads(path.read_text())["schema_version"] == 4
     assert set(json.loads(path.read_text())) == {"schema_version", "machine", "created", "seconds", "load_average",
                                                  "serving", "delays", "slicing", "dispatcher", "wake", "wake_sizes",
-                                                 "corun"}
+                                                 "passes_under_load", "corun"}
 
 
 def test_unusable_files_are_refused_with_one_line(tmp_path):
@@ -266,8 +266,12 @@ def test_rehearsal_under_traffic_on_real_servers(tmp_path):
     _, folders, inputs = save_size_networks(tmp_path)
     small = folders[list(SIZES).index(SMALL)]
     with LocalCluster([ServerSpec((small,))] * 2, inputs) as cluster:
-        level = rehearse(cluster.sockets, 0, SMALL, rate_per_ms=1.0, cpus=2, span_ms=200.0)
+        level, passes = rehearse(cluster.sockets, 0, SMALL, rate_per_ms=1.0, cpus=2, busy_pass_ms=0.05,
+                                 span_ms=200.0)
     assert level.n_tasks == 200 and level.servers == 2 and level.rate_per_ms == 1.0
+    # most passes of a small network at ~1 task/ms run with no other beside them; each takes real time
+    assert 20 <= passes.n_lone <= 200 and passes.utilization == level.utilization
+    assert 0 < passes.lone_pass_mean_ms < 100 and passes.extra_ms == pytest.approx(passes.lone_pass_mean_ms - 0.05)
     # 200 passes of well under a millisecond over ~200 ms and 2 cores: busy, but far from all the time
     assert 0.0 < level.utilization < 1.0
     for d in (level.out, level.back):
@@ -370,3 +374,24 @@ def test_the_wake_curve_is_read_at_the_networks_size():
     assert cal.wake_table()["idle_ms"] == list(cal.wake.idle_ms)  # no network: the wake network's own curve
     only_one = cal.model_copy(update={"wake_sizes": [small]})
     assert only_one.wake_table(mid)["extra_ms"] == list(cal.wake.extra_ms)
+
+
+def test_what_serving_adds_to_a_pass_is_read_at_the_size_and_the_utilization():
+    from calibration.file import PassLevel
+
+    def level(network: str, u: float, extra: float) -> PassLevel:
+        return PassLevel(network=network, utilization=u, rate_per_ms=1.0, n_lone=100, lone_pass_mean_ms=1.0 + extra,
+                         busy_pass_mean_ms=1.0, extra_ms=extra)
+
+    # sizes a (0.1 ms) and c (3.0 ms): a adds 0.2 ms at 20 % busy and 0.4 at 60 %; c adds 1.0 and 2.0
+    cal = sample().model_copy(update={"passes_under_load": [level("c", 0.6, 2.0), level("a", 0.2, 0.2),
+                                                            level("a", 0.6, 0.4), level("c", 0.2, 1.0)]})
+    assert cal.serving_extra_ms(0.1, 0.4) == pytest.approx(0.3)
+    assert cal.serving_extra_ms(3.0, 0.1) == pytest.approx(1.0) and cal.serving_extra_ms(3.0, 0.9) == 2.0  # held
+    import math
+
+    assert cal.serving_extra_ms(math.sqrt(0.3), 0.4) == pytest.approx((0.3 + 1.5) / 2)  # halfway in log pass time
+    assert cal.serving_extra_ms(100.0, 0.6) == 2.0 and cal.serving_extra_ms(0.01, 0.6) == pytest.approx(0.4)
+    negative = cal.model_copy(update={"passes_under_load": [level("a", 0.2, -0.3)]})
+    assert negative.serving_extra_ms(0.1, 0.2) == 0.0  # noise below a busy pass: nothing added
+    assert sample().serving_extra_ms(1.0, 0.5) is None  # not measured

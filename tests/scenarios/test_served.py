@@ -186,3 +186,30 @@ def test_servers_slowing_each_other_lower_the_served_capacity() -> None:
     # of max(1, 1.9 / 1.5) = 1.267 when two servers compute at once: (1.9 / 1.5) / (mean(1.7, 3.2) + 0.05)
     assert config.traffic.rate_per_ms == pytest.approx(0.3 * (1.9 / 1.5) / 2.5)
     assert config.service.corun_slowdown == pytest.approx((1.5,))
+
+
+def test_what_serving_adds_to_a_pass_shifts_every_served_sample_and_lowers_the_capacity() -> None:
+    from calibration.file import PassLevel
+    from scenarios.runner import build_point_configs
+
+    machine = dict(cu.calibration_dict()["machine"], cpu_count=2)
+    levels = [PassLevel(network=name, utilization=u, rate_per_ms=1.0, n_lone=100, lone_pass_mean_ms=1.0 + x,
+                        busy_pass_mean_ms=1.0, extra_ms=x)
+              for name in ("small", "mid", "large") for u, x in ((0.0, 0.5), (1.0, 0.5))]
+    plain = cu.hand_calibration(machine=machine)
+    cal = plain.model_copy(update={"passes_under_load": levels})
+    scenario = _networks_scenario(0.3)
+    facts = _facts(scenario, (1.0, 2.0))
+    (_, before), = build_point_configs(scenario, facts, calibration=plain)  # type: ignore[arg-type]
+    (_, after), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    # every served sample 0.5 ms longer, for experts and the coded model alike
+    for dist_before, dist_after in ((before.service.experts[0], after.service.experts[0]),
+                                    (before.service.experts[1], after.service.experts[1]),
+                                    (before.service.coded, after.service.coded)):
+        assert np.allclose(np.array(dist_after.samples_ms) - np.array(dist_before.samples_ms), 0.5)
+    # the capacity counts it: served costs {1.7, 3.2} + 0.5; the cores (1.9 left) bind: 1.9 / (mean + 0.05)
+    assert after.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / (np.mean([2.2, 3.7]) + 0.05))
+    assert before.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / 2.5)
+    # the idle-time wake-up curve gives way to it (it is part of what a pass under traffic measures)
+    assert "wake" in served.physical_table(plain, "cpu", 1.0)["service"]
+    assert "wake" not in served.physical_table(cal, "cpu", 1.0)["service"]
