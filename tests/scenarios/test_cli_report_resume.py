@@ -7,9 +7,8 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 
-import scenarios.runner as runner
 from scenarios.cli import cli
-from tests.scenarios.test_runner import SIM_ONLY
+from tests.scenarios.test_runner import SIM_ONLY, Interrupt
 
 
 @pytest.fixture
@@ -51,15 +50,7 @@ def test_resume_through_the_cli_finishes_an_interrupted_run(tmp_path, scenario_f
     assert fresh.exit_code == 0, fresh.output
     (fresh_folder,) = (tmp_path / "fresh" / "simonly").iterdir()
 
-    real_run_point, calls = runner.run_point, []
-
-    def interrupted_at_the_third_point(config, seed, answers):
-        calls.append(config.stragglers.p)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_run_point(config, seed, answers)
-
-    monkeypatch.setattr(runner, "run_point", interrupted_at_the_third_point)
+    calls = Interrupt(monkeypatch, at=3).calls
     out = tmp_path / "out"
     stopped = CliRunner().invoke(cli, [*args, "--out", str(out)])
     assert stopped.exit_code == 130
@@ -90,15 +81,8 @@ def test_resume_runs_again_the_points_whose_files_were_damaged(tmp_path, scenari
     assert fresh.exit_code == 0, fresh.output
     (fresh_folder,) = (tmp_path / "fresh" / "simonly").iterdir()
 
-    real_run_point, calls, resuming = runner.run_point, [], False
-
-    def interrupted_at_the_third_point(config, seed, answers):
-        calls.append(config.stragglers.p)
-        if len(calls) == 3 and not resuming:
-            raise KeyboardInterrupt
-        return real_run_point(config, seed, answers)
-
-    monkeypatch.setattr(runner, "run_point", interrupted_at_the_third_point)
+    interrupt = Interrupt(monkeypatch, at=3)
+    calls = interrupt.calls
     out = tmp_path / "out"
     assert CliRunner().invoke(cli, ["--quiet", *args, "--out", str(out)]).exit_code == 130
     (work,) = (out / "simonly").iterdir()
@@ -106,7 +90,7 @@ def test_resume_runs_again_the_points_whose_files_were_damaged(tmp_path, scenari
     first.write_bytes(first.read_bytes()[: first.stat().st_size // 2])  # a truncated table
     second.with_suffix(".json").write_text('{"n_queries": 15')  # a summary cut mid-write by another tool
     calls.clear()
-    resuming = True
+    interrupt.armed = False
     resumed = CliRunner().invoke(cli, [*args, "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert "point(s) 0, 1 are damaged" in resumed.output
@@ -118,15 +102,7 @@ def test_resume_runs_again_the_points_whose_files_were_damaged(tmp_path, scenari
 
 def test_resume_over_a_damaged_profile_is_one_line_before_any_work(tmp_path, scenario_file, monkeypatch):
     args = ["--quiet", "run", str(scenario_file), "--no-report"]
-    real_run_point, calls = runner.run_point, []
-
-    def interrupted_at_the_second_point(config, seed, answers):
-        calls.append(config.stragglers.p)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_run_point(config, seed, answers)
-
-    monkeypatch.setattr(runner, "run_point", interrupted_at_the_second_point)
+    calls = Interrupt(monkeypatch, at=2).calls
     out = tmp_path / "out"
     assert CliRunner().invoke(cli, [*args, "--out", str(out)]).exit_code == 130
     (work,) = (out / "simonly").iterdir()

@@ -152,20 +152,28 @@ def test_failed_write_leaves_no_result_folder(tmp_path, monkeypatch):
     assert [p.name[:12] for p in (tmp_path / "simonly").iterdir()] == [".unfinished-"]
 
 
-def test_interrupted_sweep_resumes_without_redoing_finished_points(tmp_path, monkeypatch):
-    import scenarios.runner as runner
+class Interrupt:
+    """Stands in for `scenarios.runner.run_point`: logs each point's straggler p in `calls` and raises
+    KeyboardInterrupt (Ctrl-C) at call number `at` while `armed`."""
 
+    def __init__(self, monkeypatch, at: int) -> None:
+        import scenarios.runner as runner
+
+        self.calls: list[float] = []
+        self.at, self.armed, self.real = at, True, runner.run_point
+        monkeypatch.setattr(runner, "run_point", self)
+
+    def __call__(self, config, seed, answers):
+        self.calls.append(config.stragglers.p)
+        if self.armed and len(self.calls) == self.at:
+            raise KeyboardInterrupt
+        return self.real(config, seed, answers)
+
+
+def test_interrupted_sweep_resumes_without_redoing_finished_points(tmp_path, monkeypatch):
     scenario = scenario_from_dict(SIM_ONLY)
     fresh = pd.read_parquet(run_scenario(scenario, SIM_ONLY, tmp_path / "fresh", quiet=True) / "sweep.parquet")
-    real_run_point, calls = runner.run_point, []
-
-    def interrupted(config, seed, answers):
-        calls.append(config.stragglers.p)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_run_point(config, seed, answers)
-
-    monkeypatch.setattr(runner, "run_point", interrupted)
+    calls = Interrupt(monkeypatch, at=3).calls
     with pytest.raises(KeyboardInterrupt):
         run_scenario(scenario, SIM_ONLY, tmp_path / "out", quiet=True)
     calls.clear()
