@@ -207,7 +207,8 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
         return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
     return {"name": "served", "meaning": "predicted served latency: isolated profile + this machine's serving "
                                          "calibration (per-task serving cost, one-way delays under traffic, cores "
-                                         "left by the dispatcher, time slicing, co-running slowdown)",
+                                         "left by the dispatcher, time slicing, co-running slowdown, what serving "
+                                         "traffic adds to a pass)",
             "calibration": {"path": str(path) if path is not None else None, **brief(calibration, pass_ms)}}
 
 
