@@ -271,9 +271,8 @@ class Calibration(_Strict):
             return {"idle_ms": list(self.wake.idle_ms), "extra_ms": list(self.wake.extra_ms)}
         grid = np.unique(np.concatenate([np.asarray(w.idle_ms, float) for _, w in curves]))
         per_size = np.array([np.interp(grid, w.idle_ms, w.extra_ms) for _, w in curves])  # sizes x grid
-        x = np.log([ms for ms, _ in curves])
-        at = np.log(max(pass_ms, 1e-9))
-        extra = np.array([np.interp(at, x, per_size[:, k]) for k in range(len(grid))])
+        sizes = [ms for ms, _ in curves]
+        extra = np.array([at_size(sizes, per_size[:, k], pass_ms) for k in range(len(grid))])
         extra = np.maximum.accumulate(np.maximum(extra, 0.0))
         return {"idle_ms": grid.tolist(), "extra_ms": extra.tolist()}
 
@@ -292,8 +291,7 @@ class Calibration(_Strict):
                        for name, levels in by_size.items())
         extra = [float(np.interp(utilization, [lv.utilization for lv in levels], [lv.extra_ms for lv in levels]))
                  for _, levels in sizes]
-        x = np.log([ms for ms, _ in sizes])
-        return max(0.0, float(np.interp(np.log(max(pass_ms, 1e-9)), x, extra)))
+        return max(0.0, at_size([ms for ms, _ in sizes], extra, pass_ms))
 
     def corun_slowdown(self, pass_ms: float) -> list[float]:
         """The simulator's `service.corun_slowdown` for a network whose isolated pass is `pass_ms`: how many
@@ -311,15 +309,20 @@ class Calibration(_Strict):
             if j is None:
                 break
             rows = sorted((r for r in self.corun if r.others == j), key=lambda r: r.isolated_median_ms)
-            x = np.log([r.isolated_median_ms for r in rows])
-            y = [r.stretch_median for r in rows]
-            out.append(max(1.0, float(np.interp(np.log(max(pass_ms, 1e-9)), x, y))))
+            out.append(max(1.0, at_size([r.isolated_median_ms for r in rows], [r.stretch_median for r in rows],
+                                        pass_ms)))
         return out
 
     @property
     def quantum_ms(self) -> float:
         """The time slice the OS gives a process when more processes than cores compete (measured median run)."""
         return self.slicing.quantum_ms
+
+
+def at_size(sizes_ms: Any, values: Any, pass_ms: float) -> float:
+    """A quantity measured on networks whose isolated passes are `sizes_ms` (increasing), read for a network whose
+    isolated pass is `pass_ms`: linear in log pass time between them, held at the ends."""
+    return float(np.interp(np.log(max(pass_ms, 1e-9)), np.log(np.asarray(sizes_ms, float)), values))
 
 
 def interpolate_delays(utilizations: list[float], samples: list[list[float]], utilization: float,

@@ -310,10 +310,15 @@ def measure_stretch(sockets: list[Any], net: int, others: int, pass_ms: float, n
     return tasks["compute_ms"].to_numpy(float)[probe]
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a `python -m calibration.…` child: this checkout first on its import path."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
+                                                        os.environ.get("PYTHONPATH", "")]))
+
+
 def measure_slicing(spinners: int, seconds: float = 2.0) -> dict[str, Any]:
     """Run `spinners` busy-spinning processes together for `seconds`; their descheduled gaps and the runs between."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    env = _child_env()
     start = time.perf_counter() + 0.5 + 0.1 * spinners  # time for every interpreter to start
     procs = [subprocess.Popen([sys.executable, "-m", "calibration.spin", repr(start), repr(seconds),
                                repr(SPIN_THRESHOLD_S)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -362,9 +367,7 @@ def measure_corun(folders: list[Path], inputs: Path, names: list[str], isolated_
     if others_max < 1:
         return []
     phases = corun_phases(len(folders), others_max, rounds)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                                       os.environ.get("PYTHONPATH", "")]),
-               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(_child_env(), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     plan_path = inputs.parent / "corun-plan.json"
     plan = {"folders": [str(f) for f in folders], "inputs": str(inputs), "phases": phases, "phase_s": phase_s}
     plan_path.write_text(json.dumps(plan))
