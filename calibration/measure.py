@@ -66,6 +66,7 @@ from calibration.file import (
     WakeRow,
     machine_key,
 )
+from calibration.passes import ServedLevel, ServedPasses
 
 SIZES: dict[str, int] = {"cnn-w2": 2, "cnn-w16": 16, "cnn-w48": 48, "cnn-w96": 96}  # SmallCNN widths, 28×28×1
 MID = "cnn-w48"
@@ -109,10 +110,10 @@ def save_size_networks(folder: Path, seed: int = 0) -> tuple[dict[str, torch.nn.
     return modules, folders, inputs
 
 
-def run_stream(sockets: list[Any], net: int, arrival_ms: np.ndarray, server: np.ndarray) -> tuple[pd.DataFrame,
-                                                                                                   dict[str, Any]]:
+def run_stream(sockets: list[Any], net: int | list[int], arrival_ms: np.ndarray, server: np.ndarray,
+               ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Serve one arrival stream: task k goes to server `server[k]` at `arrival_ms[k]`, every server running
-    network index `net`. Returns the per-task frame and the frontend's facts."""
+    network index `net` (or server s network `net[s]`). Returns the per-task frame and the frontend's facts."""
     from testbed import Policy, Workload
     from testbed.frontend import Frontend
 
@@ -122,7 +123,8 @@ def run_stream(sockets: list[Any], net: int, arrival_ms: np.ndarray, server: np.
     work = Workload(arrival_ms, server, np.arange(len(arrival_ms)) % 64, np.ones((len(arrival_ms), n_servers)))
     policy = Policy("calibrate", "uncoded", "direct", tuple(range(n_servers)), n_servers)
     frontend = Frontend(sockets, policy, work, lead_ms=LEAD_MS)
-    frontend.nets = [net] * n_servers  # every server runs the chosen network, whatever its 'expert' index
+    # every server runs the chosen network, whatever its 'expert' index
+    frontend.nets = [net] * n_servers if isinstance(net, int) else [int(n) for n in net]
     result = frontend.run()
     return result.tasks, result.facts
 
@@ -566,3 +568,66 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                        load_average=LoadAverage(start=load_start, end=_load()),
                        serving=serving, delays=delays, slicing=slicing, dispatcher=dispatcher, wake=wake,
                        wake_sizes=[wakes[name] for name in names], corun=corun, passes_under_load=under_load)
+
+
+SERVED_PROFILE_MS = 4000.0  # span of each served-profile rehearsal (its tasks: rate x span, 300 to 4,000)
+
+
+def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], isolated_ms: dict[str, float],
+                          device: str = "cpu", calibration: Calibration | None = None,
+                          utilizations: tuple[float, ...] = REHEARSAL_UTILIZATION,
+                          span_ms: float = SERVED_PROFILE_MS, seed: int = 0, progress: bool = False,
+                          ) -> dict[str, ServedPasses]:
+    """The served-pass profile (`calibration.passes`) of the networks saved in `folders` (testbed network folders,
+    task-net order, named `names`, isolated mean pass `isolated_ms[name]`): CPU count + 1 real server processes
+    each holding every network serve Poisson arrivals that keep each share in `utilizations` of the cores
+    computing, server s running network s of a group of at most that many networks; per network and level, the
+    passes that ran with no other server computing beside them. A few seconds per group and level; servers
+    stopped on return, on errors and on Ctrl-C."""
+    from testbed import LocalCluster, ServerSpec
+
+    if len(folders) != len(names) or any(name not in isolated_ms for name in names):
+        raise ValueError("served profile: one folder and one isolated pass per network")
+    cpus = 1 if device.startswith("cuda") else (os.cpu_count() or 1)
+    n_servers = max(2, (os.cpu_count() or 1) + 1)
+    groups = [list(range(k, min(k + n_servers, len(names)))) for k in range(0, len(names), n_servers)]
+    lone: dict[str, list[ServedLevel]] = {name: [] for name in names}
+    rng = np.random.default_rng(seed)
+    bar = tqdm(total=len(groups) * len(utilizations), desc="served profile", unit="level", file=sys.stderr,
+               disable=not progress)
+    try:
+        with LocalCluster([ServerSpec(tuple(folders))] * n_servers, inputs, device=device, threads=1) as cluster:
+            for group in groups:
+                nets = [group[s % len(group)] for s in range(n_servers)]
+                passes = np.array([isolated_ms[names[j]] for j in nets], float)
+                served = calibration.served_ms(passes) if calibration is not None else 0.15 + 1.05 * passes
+                per_task = float(np.mean(served - passes))  # the server's own work beside a pass
+                dispatch = max(calibration.dispatcher.cpu_ms_per_task, 0.0) \
+                    if calibration is not None and not device.startswith("cuda") else 0.0  # on the same cores
+                guess = float(np.mean(passes)) * 2.0  # a first guess of the served pass; then the last level's
+                for share in utilizations:
+                    rate = share * min(cpus, n_servers) / (guess + per_task + dispatch)
+                    n = int(np.clip(rate * span_ms, 300, 4000))
+                    arrival = np.cumsum(rng.exponential(1.0 / rate, n))
+                    tasks, _ = run_stream(cluster.sockets, nets, arrival, rng.integers(0, n_servers, n))
+                    _, start, end = _stamps(tasks)
+                    compute = tasks["compute_ms"].to_numpy(float)
+                    span = float(np.nanmax(end) - np.nanmin(start))
+                    # the busy share of the cores as the simulator counts it: tasks x (pass + per-task work)
+                    utilization = (float(np.nansum(compute)) + n * per_task) / (span * cpus)
+                    guess = float(np.nanmean(compute))
+                    alone = (overlaps(start, start + compute) == 0) & np.isfinite(compute) & (compute > 0)
+                    alone[: min(10, n)] = False  # the stream's first tasks: warm-up
+                    ran = np.asarray(nets)[tasks["server"].to_numpy()]
+                    for j in group:
+                        mine = compute[alone & (ran == j)]
+                        if len(mine) < 20:
+                            raise CalibrationError(f"served profile of {names[j]} at {share:.0%} of the cores: only "
+                                                   f"{len(mine)} passes ran with no other server computing")
+                        lone[names[j]].append(ServedLevel(utilization=utilization, rate_per_ms=rate,
+                                                          n_lone=len(mine),
+                                                          samples_ms=tuple(quantiles(mine, QUANTILES).round(5))))
+                    bar.update(1)
+    finally:
+        bar.close()
+    return {name: ServedPasses(levels=tuple(levels)) for name, levels in lone.items()}

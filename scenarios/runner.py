@@ -59,6 +59,7 @@ class NetworkFacts:
     coded_models: list[Any] = field(default_factory=list, repr=False)  # coded model k serves coded server k
     network_spec: Any = None  # models.NetworkSpec of every served network
     backup_name: str = ""  # coding method of the generalist the backup servers host
+    served_passes: dict[str, Any] = field(default_factory=dict)  # name -> calibration.passes.ServedPasses
 
 
 def _say(message: str, quiet: bool) -> None:
@@ -180,6 +181,86 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
                         timings, served, [e.test_x for e in zoo.experts],
                         _multi_decode_table(answers, names) if matrix.shape[0] > 1 else [], coded_models,
                         scenario.models.network, scenario.backup_method)
+
+
+SERVED_PROFILE = "served_profile.csv"
+
+
+def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
+    """Where the served-pass profile of these networks under this calibration is cached: $COINSIM_CACHE/served/
+    <hash of every served network's weights, the device and the calibration's machine and date>.csv."""
+    import hashlib
+
+    from calibration.file import cache_root
+
+    digest = hashlib.sha256(json.dumps([calibration.machine.model_dump(), calibration.created, facts.device],
+                                       sort_keys=True).encode())
+    for name in sorted(facts.profile_ms):
+        digest.update(name.encode())
+        for key, tensor in facts.served[name].state_dict().items():
+            digest.update(key.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return cache_root() / "served" / f"{digest.hexdigest()[:16]}.csv"
+
+
+def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibration: Any, quiet: bool = False,
+                        reuse: Path | None = None) -> dict[str, Any]:
+    """The served-pass profile of the scenario's networks (calibration.passes), or {} when the run does not use
+    one (bare compute, live mode, `profile.served_passes = 'calibration'`): an interrupted run's copy (`reuse`),
+    the replayed run's, the cached one for these networks and calibration, or measured now (a few seconds of real
+    serving) and cached. ScenarioError when a saved one cannot be read."""
+    from calibration.passes import read_served_profile
+    from scenarios.schema import ScenarioError
+
+    if calibration is None or facts is None or scenario.profile.served_passes != "measured":
+        return {}
+    names = sorted(facts.profile_ms)
+    replay = Path(scenario.profile.replay).expanduser() / SERVED_PROFILE if scenario.profile.replay else None
+    cache = served_profile_cache(facts, calibration)
+    for path in (reuse, replay, cache):
+        if path is not None and path.is_file():
+            try:
+                profile = read_served_profile(path)
+            except (OSError, ValueError, pd.errors.ParserError) as error:
+                if path == cache:
+                    break  # a damaged cache entry is measured again
+                raise ScenarioError(f"{path}: not a served-pass profile "
+                                    f"({str(error).strip().splitlines()[0]})") from None
+            if set(names) <= set(profile):
+                return {name: profile[name] for name in names}
+    from calibration.file import CalibrationError
+    from calibration.measure import measure_served_passes
+    from calibration.passes import to_frame
+    from scenarios.networks import save_networks, served_networks
+    from testbed.cluster import scratch_folder
+
+    _say(f"served profile: serving {', '.join(names)} for a few seconds under traffic (cached after)", quiet)
+    order = [name for name, _ in served_networks(facts)]
+    with scratch_folder("coinsim-served-") as tmp:
+        folders, inputs = save_networks(facts, Path(tmp))
+        keep = [k for k, name in enumerate(order) if name in facts.profile_ms]
+        try:
+            profile = measure_served_passes([folders[k] for k in keep], inputs, [order[k] for k in keep],
+                                            {n: float(np.mean(facts.profile_ms[n])) for n in names},
+                                            device=facts.device, calibration=calibration, seed=scenario.seed,
+                                            progress=not quiet)
+        except CalibrationError as error:
+            raise ScenarioError(f"served profile: {error}") from None
+    atomic.write_with(cache, lambda path: to_frame(profile).to_csv(path, index=False))
+    return profile
+
+
+def _read_served(path: Path) -> Any:
+    from calibration.passes import read_served_profile
+
+    return read_served_profile(path)
+
+
+def served_frame(facts: NetworkFacts) -> pd.DataFrame:
+    """The served-pass profile as ``served_profile.csv`` holds it."""
+    from calibration.passes import to_frame
+
+    return to_frame(facts.served_passes)
 
 
 def _profile_frame(facts: NetworkFacts) -> pd.DataFrame:
@@ -479,9 +560,13 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
     one, the bare profiled passes are the service times."""
     expert_service = coded_service = backup_service = pools = None
     physical: dict[str, Any] = {}
+    measured = (getattr(facts, "served_passes", None) or {}) if calibration is not None else {}
     if facts is not None:
         def service_of(name: str) -> dict[str, Any]:
             samples = facts.profile_ms[name]
+            if name in measured:  # at the busiest measured level until the point's utilization is known
+                return {"kind": "empirical", "samples_ms": served_model.served_pass_samples(
+                    calibration, measured[name], samples, None)}
             if calibration is not None:
                 return {"kind": "empirical", "samples_ms": served_model.served_samples(calibration, samples)}
             return {"kind": "empirical", "samples_ms": samples.tolist()}
@@ -503,7 +588,8 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
                 table[key] = {**value, **table.get(key, {})}
             else:
                 table.setdefault(key, value)
-        capacity = served_model.routed_capacity(calibration, facts.device, served_model.experts_pass_ms(facts)) \
+        capacity = served_model.routed_capacity(calibration, facts.device, served_model.experts_pass_ms(facts),
+                                                measured=bool(measured)) \
             if calibration is not None and facts is not None else None
         config = sim_config_for(scenario, table, expert_service, coded_service, pools, check_capacity=False,
                                 backup_service=backup_service, capacity=capacity)
@@ -513,8 +599,11 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
             served_mean = float(np.mean([np.mean(s["samples_ms"]) for s in expert_service]))
             if not own_network:
                 config = served_model.with_served_delays(config, calibration, facts.device, served_mean)
-            config = served_model.with_served_passes(config, calibration, facts.device,
-                                                     served_model.experts_pass_ms(facts), served_mean)
+            if measured:
+                config = served_model.with_measured_passes(config, calibration, facts, served_mean)
+            else:
+                config = served_model.with_served_passes(config, calibration, facts.device,
+                                                         served_model.experts_pass_ms(facts), served_mean)
         check_point_capacity(scenario, config, values, served=calibration is not None)
         if pools is not None:
             config = config.model_copy(update={"traffic": config.traffic.model_copy(
@@ -594,7 +683,8 @@ def check_unfinished(out_root: Path, scenario_name: str, raw: dict[str, Any], re
         raise ScenarioError(f"{work} holds {done} finished point(s) of an interrupted run of this scenario: add "
                             "--resume to continue it, or delete that folder to start over")
     if resume:  # what the finished points were made with must still read, or they cannot be joined by new ones
-        for name, read in (("profile.csv", pd.read_csv), ("calibration.json", lambda p: json.loads(p.read_text()))):
+        for name, read in (("profile.csv", pd.read_csv), ("calibration.json", lambda p: json.loads(p.read_text())),
+                           (SERVED_PROFILE, _read_served)):
             if (work / name).is_file():
                 try:
                     read(work / name)
@@ -647,6 +737,10 @@ def run_scenario(
         if calibration is not None and not (work / "calibration.json").is_file():
             atomic.write_with(work / "calibration.json", lambda path: path.write_text(calibration.model_dump_json(
                 indent=2)))
+        if facts is not None:
+            facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet, reuse=work / SERVED_PROFILE)
+            if facts.served_passes and not (work / SERVED_PROFILE).is_file():
+                atomic.write_with(work / SERVED_PROFILE, lambda path: served_frame(facts).to_csv(path, index=False))
         points = build_point_configs(scenario, facts, calibration=calibration)
         _say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", quiet)
         sim_started = time.perf_counter()
@@ -748,6 +842,8 @@ def run_scenario(
         if facts is not None:
             facts.nda.to_csv(tmp / "nda.csv", index=False)
             _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
+            if facts.served_passes:
+                served_frame(facts).to_csv(tmp / SERVED_PROFILE, index=False)
             a = facts.answers
             np.savez_compressed(tmp / "outputs.npz", labels=a.labels, offsets=a.offsets,
                                 expert_outputs=a.expert_outs, coded_outputs=a.coded_outs, coding_matrix=a.matrix,

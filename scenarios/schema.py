@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import re
 import tomllib
 from importlib import resources
@@ -68,6 +69,13 @@ class ProfileSpec(_Strict):
                               "+ the machine's serving calibration); compute: bare forward passes only")
     calibration: Path | None = Field(None, description="serving calibration file (default: this machine's, "
                                                        "measured first when there is none)")
+    served_passes: Literal["measured", "calibration"] = Field(
+        default_factory=lambda: "calibration" if os.environ.get("COINSIM_SERVED_PASSES") == "calibration"
+        else "measured",
+        description="served latency only — measured: the scenario's own networks served by real server processes "
+                    "under traffic for a few seconds, their passes kept per core utilization (cached per networks "
+                    "and calibration); calibration: the isolated profile plus the calibration's mean extra for a "
+                    "network of that pass time (no servers started; default when $COINSIM_SERVED_PASSES=calibration)")
 
     @model_validator(mode="after")
     def _replayable(self) -> ProfileSpec:

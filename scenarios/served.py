@@ -51,6 +51,40 @@ def served_samples(calibration: Any, pass_ms: np.ndarray) -> list[float]:
     return served.tolist()
 
 
+def served_pass_samples(calibration: Any, passes: Any, isolated_ms: np.ndarray, utilization: float | None,
+                        ) -> list[float]:
+    """A network's served cost per task from its measured served passes (`calibration.passes.ServedPasses`) at
+    this core utilization (None: the busiest measured level): each served pass plus the server's own per-task work
+    beside its pass (the calibration's served cost of the isolated median pass, less that pass)."""
+    pass_ms = float(np.median(np.asarray(isolated_ms, float)))
+    per_task = float(calibration.served_ms(np.array([pass_ms]))[0]) - pass_ms
+    level = passes.levels[-1].samples_ms if utilization is None else passes.samples_at(utilization)
+    served = np.asarray(level, float) + max(per_task, 0.0)
+    if not np.all(np.isfinite(served)) or np.any(served <= 0):
+        raise ValueError("served profile: the served cost of a pass must be finite and > 0")
+    return served.tolist()
+
+
+def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served_mean_ms: float) -> SimConfig:
+    """The point's config with every network's service the served passes measured for it
+    (`facts.served_passes`) at this point's core utilization, plus the per-task work beside the pass."""
+    cores = 1.0 if facts.device.startswith("cuda") else float(calibration.machine.cpu_count)
+    u = core_utilization(config, served_mean_ms, cores)
+    service = config.service
+
+    def at(name: str, dist: Any) -> Any:
+        if dist is None or getattr(dist, "kind", None) != "empirical" or name not in facts.served_passes:
+            return dist
+        samples = served_pass_samples(calibration, facts.served_passes[name], facts.profile_ms[name], u)
+        return dist.model_copy(update={"samples_ms": tuple(samples)})
+
+    names = [e["name"] for e in facts.experts]
+    update = {"coded": at("coded", service.coded), "backup": at("backup", service.backup),
+              "experts": tuple(at(n, d) for n, d in zip(names, service.experts, strict=True))
+              if service.experts is not None else None}
+    return config.model_copy(update={"service": service.model_copy(update=update)})
+
+
 def experts_pass_ms(facts: Any) -> float:
     """The experts' isolated pass (median over their profiled samples): where the calibration's per-size tables
     are read for this scenario's networks."""
@@ -123,15 +157,17 @@ def with_served_passes(config: SimConfig, calibration: Any, device: str, pass_ms
     return config.model_copy(update={"service": service.model_copy(update=update)})
 
 
-def routed_capacity(calibration: Any, device: str, pass_ms: float) -> Any:
+def routed_capacity(calibration: Any, device: str, pass_ms: float, measured: bool = False) -> Any:
     """The served capacity `traffic.load` is a fraction of: the largest routed rate (even split over the experts)
     that both the expert servers (1 / mean served cost each) and the shared cores can sustain, every task at a
     busy server's cost plus what serving traffic adds to a pass at the busiest level the calibration measured, the
     dispatcher taking its share of the cores at that rate and servers that compute side by side slowing each
-    other (the calibration's co-running stretch at an isolated pass of `pass_ms`)."""
+    other (the calibration's co-running stretch at an isolated pass of `pass_ms`). `measured`: the means given
+    are of the networks' measured served passes at their busiest level, so nothing is added to them."""
     from sim.config import Service
 
-    extra = calibration.serving_extra_ms(pass_ms, 1.0) or 0.0  # held at the busiest measured level
+    # held at the busiest measured level; with measured served passes, the means given are already at it
+    extra = 0.0 if measured else (calibration.serving_extra_ms(pass_ms, 1.0) or 0.0)
 
     def capacity(means: list[float]) -> float:
         means = [m + extra for m in means]

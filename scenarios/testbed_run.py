@@ -35,8 +35,10 @@ import pandas as pd
 
 import atomic
 from scenarios import served as served_model
+from scenarios.networks import backup_network, save_networks, served_networks
 from scenarios.points import AnswerTables, join_correctness, run_point, solve_missing
 from scenarios.runner import (
+    SERVED_PROFILE,
     NetworkFacts,
     _clean_toml,
     _jsonable,
@@ -47,6 +49,8 @@ from scenarios.runner import (
     latency_model_name,
     prepare_networks,
     render_or_warn,
+    served_frame,
+    served_pass_profile,
     serving_calibration,
 )
 from scenarios.schema import Scenario, axis_column
@@ -58,43 +62,6 @@ def latency_metrics(latency_ms: np.ndarray) -> dict[str, float]:
     """mean and the percentiles fidelity is judged on (numpy's linear interpolation)."""
     lat = np.asarray(latency_ms, float)
     return {name: float(lat.mean() if q is None else np.percentile(lat, q)) for name, q in METRICS.items()}
-
-
-def served_networks(facts: NetworkFacts) -> list[tuple[str, Any]]:
-    """(name, module) in task-`net` order: expert i is network i, coded model k is N + k, then the generalist
-    backup ('backup') when it is not coded model 0 itself (`coding.backup` names another method)."""
-    coded = facts.coded_models or [facts.served["coded"]]
-    names = ["coded"] + [f"coded-{k + 1}" for k in range(1, len(coded))]
-    backup = [("backup", facts.served["backup"])] if "backup" in facts.served else []
-    return ([(e["name"], facts.served[e["name"]]) for e in facts.experts] + list(zip(names, coded, strict=True))
-            + backup)
-
-
-def backup_network(facts: NetworkFacts) -> int:
-    """The task-`net` index of the network a backup server runs: 'backup' if served on its own, else 'coded'."""
-    names = [name for name, _ in served_networks(facts)]
-    return names.index("backup" if "backup" in names else "coded")
-
-
-def save_networks(facts: NetworkFacts, folder: Path) -> tuple[list[Path], Path]:
-    """Write every served network (network.json + weights.safetensors) and the input rows; return the paths."""
-    import torch
-    from safetensors.torch import save_file
-
-    from models.given import network_recipe
-
-    recipe = network_recipe(facts.network_spec)  # a zoo's NetworkSpec or a user's given architecture
-    paths = []
-    for k, (_, model) in enumerate(served_networks(facts)):
-        net = folder / f"net-{k}"
-        net.mkdir(parents=True, exist_ok=True)
-        (net / "network.json").write_text(recipe)
-        save_file({name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()},
-                  str(net / "weights.safetensors"))
-        paths.append(net)
-    inputs = folder / "inputs.npy"
-    np.save(inputs, torch.cat(facts.test_inputs).cpu().numpy().astype(np.float32))
-    return paths, inputs
 
 
 def policy_of(plan: Any, backup_net: int | None = None) -> Any:
@@ -587,6 +554,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     started = time.perf_counter()
     calibration, calibration_path = serving_calibration(scenario, quiet)
     facts = prepare_networks(scenario, quiet)
+    facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet)
     points = build_point_configs(scenario, facts, calibration=calibration)
     names = [name for name, _ in served_networks(facts)]
     backup_net = backup_network(facts)
@@ -691,6 +659,8 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
         fidelity_table.to_csv(tmp / "fidelity.csv", index=False, float_format="%.6g")
         ranking_table.to_csv(tmp / "ranking.csv", index=False, float_format="%.6g")
         _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
+        if facts.served_passes:
+            served_frame(facts).to_csv(tmp / SERVED_PROFILE, index=False)
         if calibration is not None:
             (tmp / "calibration.json").write_text(calibration.model_dump_json(indent=2))
 

@@ -37,20 +37,23 @@ def tiny_zoo_config(cache_dir, seed: int = 0, **changes) -> ZooConfig:
 @pytest.fixture(scope="session", autouse=True)
 def hand_calibration_file(tmp_path_factory):
     """Every run in the suite predicts served latency from a calibration written by hand for this machine
-    (tests/calibration_testutil.py), so no test measures the machine, and served numbers are worked out on paper.
-    Tests of the measuring and of the cache set COINSIM_CALIBRATION themselves."""
+    (tests/calibration_testutil.py) and the isolated profile (no served-pass profile: no servers started), so no
+    test measures the machine, and served numbers are worked out on paper. Tests of the measuring and of the
+    cache set COINSIM_CALIBRATION / profile.served_passes themselves."""
     import os
 
     from tests.calibration_testutil import write_calibration
 
     path = write_calibration(tmp_path_factory.mktemp("calibration") / "hand.json")
-    previous = os.environ.get("COINSIM_CALIBRATION")
-    os.environ["COINSIM_CALIBRATION"] = str(path)
+    settings = {"COINSIM_CALIBRATION": str(path), "COINSIM_SERVED_PASSES": "calibration"}
+    previous = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
     yield path
-    if previous is None:
-        os.environ.pop("COINSIM_CALIBRATION", None)
-    else:
-        os.environ["COINSIM_CALIBRATION"] = previous
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,109 @@
+"""A network's forward pass as serving shows it: the served-pass profile (no torch; measured by
+`calibration.measure.measure_served_passes`).
+
+An isolated profile times a network's pass back to back in one process, caches warm. A server under real traffic
+runs the same pass after idling, after other servers or the dispatcher used its core, with its socket's I/O
+thread beside it: the pass comes out longer and with a heavier tail, by an amount that depends on the network
+(its weights' footprint against the caches, its layers), not on its isolated time alone. So the served profile
+is measured per network: real server processes holding the scenario's own networks serve Poisson traffic at
+a few core utilizations, and the passes that ran with no other server computing beside them (co-running and
+time slicing are the simulator's own) are kept, per network and level, as an empirical sample.
+
+`samples_at(u)` gives a network's served passes at core utilization u: quantile by quantile, linear between the
+two measured levels around u, held at the ends.
+
+On disk (a result folder's ``served_profile.csv``): one row per (network, level, quantile) with the columns
+model, utilization, rate_per_ms, n_lone, ms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+COLUMNS = ("model", "utilization", "rate_per_ms", "n_lone", "ms")
+
+
+class ServedLevel(BaseModel):
+    """One network's lone passes under traffic that kept `utilization` of the cores computing."""
+
+    model_config = ConfigDict(frozen=True)
+
+    utilization: float = Field(ge=0.0)
+    rate_per_ms: float = Field(gt=0.0)
+    n_lone: int = Field(ge=1)
+    samples_ms: tuple[float, ...] = Field(min_length=1)  # quantiles at (k + ½)/n, increasing
+
+    @field_validator("samples_ms")
+    @classmethod
+    def _finite_positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        a = np.asarray(value, float)
+        if not np.all(np.isfinite(a) & (a > 0)):
+            raise ValueError("served passes must be finite and > 0 ms")
+        return tuple(np.sort(a).tolist())
+
+
+class ServedPasses(BaseModel):
+    """A network's served-pass profile: its levels in increasing utilization."""
+
+    model_config = ConfigDict(frozen=True)
+
+    levels: tuple[ServedLevel, ...] = Field(min_length=1)
+
+    @field_validator("levels")
+    @classmethod
+    def _ordered(cls, value: tuple[ServedLevel, ...]) -> tuple[ServedLevel, ...]:
+        if len({len(level.samples_ms) for level in value}) != 1:
+            raise ValueError("every level of a served profile holds the same number of quantiles")
+        return tuple(sorted(value, key=lambda level: level.utilization))
+
+    def samples_at(self, utilization: float) -> np.ndarray:
+        """Served passes (ms) at this core utilization: the quantiles linear between the measured levels around it,
+        the nearest level's outside them."""
+        levels = self.levels
+        us = [level.utilization for level in levels]
+        if len(levels) == 1 or utilization <= us[0]:
+            return np.asarray(levels[0].samples_ms, float)
+        if utilization >= us[-1]:
+            return np.asarray(levels[-1].samples_ms, float)
+        k = int(np.searchsorted(us, utilization)) - 1
+        w = (utilization - us[k]) / max(us[k + 1] - us[k], 1e-12)
+        return (1 - w) * np.asarray(levels[k].samples_ms, float) + w * np.asarray(levels[k + 1].samples_ms, float)
+
+    def mean_at(self, utilization: float) -> float:
+        return float(self.samples_at(utilization).mean())
+
+    @property
+    def busiest_mean_ms(self) -> float:
+        """The mean served pass at the busiest measured level (what the capacity is counted at)."""
+        return float(np.mean(self.levels[-1].samples_ms))
+
+
+def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
+    """The served profile as ``served_profile.csv`` stores it."""
+    rows = [(name, level.utilization, level.rate_per_ms, level.n_lone, ms)
+            for name, passes in profile.items() for level in passes.levels for ms in level.samples_ms]
+    return pd.DataFrame(rows, columns=list(COLUMNS))
+
+
+def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
+    """The served profile from its table (ValueError naming what is wrong when it is not one)."""
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"needs the columns {', '.join(COLUMNS)} (missing {', '.join(missing)})")
+    out: dict[str, ServedPasses] = {}
+    for name, rows in table.groupby(table["model"].astype(str), sort=False):
+        levels = []
+        for (u, rate, n), level in rows.groupby(["utilization", "rate_per_ms", "n_lone"], sort=True):
+            levels.append(ServedLevel(utilization=float(u), rate_per_ms=float(rate), n_lone=int(n),
+                                      samples_ms=tuple(pd.to_numeric(level["ms"], errors="coerce").astype(float))))
+        out[str(name)] = ServedPasses(levels=tuple(levels))
+    return out
+
+
+def read_served_profile(path: Path) -> dict[str, ServedPasses]:
+    """``served_profile.csv`` (ValueError / OSError when it cannot be read or is not one)."""
+    return from_frame(pd.read_csv(path))
