@@ -582,7 +582,8 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
     task-net order, named `names`, isolated mean pass `isolated_ms[name]`): CPU count + 1 real server processes
     each holding every network serve Poisson arrivals that keep each share in `utilizations` of the cores
     computing, server s running network s of a group of at most that many networks; per network and level, the
-    passes that ran with no other server computing beside them. A few seconds per group and level; servers
+    passes that ran with no other server computing beside them, and the group's one-way delays (out: of tasks
+    that reached an idle server, back: of every answered task). A few seconds per group and level; servers
     stopped on return, on errors and on Ctrl-C."""
     from testbed import LocalCluster, ServerSpec
 
@@ -610,8 +611,12 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     n = int(np.clip(rate * span_ms, 300, 4000))
                     arrival = np.cumsum(rng.exponential(1.0 / rate, n))
                     tasks, _ = run_stream(cluster.sockets, nets, arrival, rng.integers(0, n_servers, n))
-                    _, start, end = _stamps(tasks)
+                    recv, start, end = _stamps(tasks)
                     compute = tasks["compute_ms"].to_numpy(float)
+                    idle = idle_at_arrival(tasks["server"].to_numpy(), recv, end)
+                    where = f"served profile at {share:.0%} of the cores"
+                    out = _delay(tasks["out_ms"].to_numpy(float)[idle], where).samples_ms
+                    back = _delay(tasks["back_ms"].to_numpy(float), where).samples_ms
                     span = float(np.nanmax(end) - np.nanmin(start))
                     # the busy share of the cores as the simulator counts it: tasks x (pass + per-task work)
                     utilization = (float(np.nansum(compute)) + n * per_task) / (span * cpus)
@@ -626,7 +631,8 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                                                    f"{len(mine)} passes ran with no other server computing")
                         lone[names[j]].append(ServedLevel(utilization=utilization, rate_per_ms=rate,
                                                           n_lone=len(mine),
-                                                          samples_ms=tuple(quantiles(mine, QUANTILES).round(5))))
+                                                          samples_ms=tuple(quantiles(mine, QUANTILES).round(5)),
+                                                          out_ms=tuple(out), back_ms=tuple(back)))
                     bar.update(1)
     finally:
         bar.close()

@@ -12,8 +12,12 @@ time slicing are the simulator's own) are kept, per network and level, as an emp
 `samples_at(u)` gives a network's served passes at core utilization u: quantile by quantile, linear between the
 two measured levels around u, held at the ends.
 
+The same traffic's one-way delays are kept beside the passes (out: tasks that reached an idle server; back:
+every answered task): how late a frontend and servers that compete for the cores answer depends on what the
+servers compute, so they are measured on the scenario's own networks too.
+
 On disk (a result folder's ``served_profile.csv``): one row per (network, level, quantile) with the columns
-model, utilization, rate_per_ms, n_lone, ms.
+model, utilization, rate_per_ms, n_lone, ms (the pass) and out_ms, back_ms (the delays).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 COLUMNS = ("model", "utilization", "rate_per_ms", "n_lone", "ms")
+DELAY_COLUMNS = ("out_ms", "back_ms")
 
 
 class ServedLevel(BaseModel):
@@ -36,14 +41,24 @@ class ServedLevel(BaseModel):
     rate_per_ms: float = Field(gt=0.0)
     n_lone: int = Field(ge=1)
     samples_ms: tuple[float, ...] = Field(min_length=1)  # quantiles at (k + ½)/n, increasing
+    # one-way delays of the same traffic, as many quantiles (out: tasks that reached an idle server; back: every
+    # answered task); empty when not measured
+    out_ms: tuple[float, ...] = ()
+    back_ms: tuple[float, ...] = ()
 
-    @field_validator("samples_ms")
+    @field_validator("samples_ms", "out_ms", "back_ms")
     @classmethod
     def _finite_positive(cls, value: tuple[float, ...]) -> tuple[float, ...]:
         a = np.asarray(value, float)
         if not np.all(np.isfinite(a) & (a > 0)):
-            raise ValueError("served passes must be finite and > 0 ms")
+            raise ValueError("served passes and delays must be finite and > 0 ms")
         return tuple(np.sort(a).tolist())
+
+    @model_validator(mode="after")
+    def _delays_alike(self) -> ServedLevel:
+        if len(self.out_ms) != len(self.back_ms) or (self.out_ms and len(self.out_ms) != len(self.samples_ms)):
+            raise ValueError("a level's out and back delays hold as many quantiles as its passes, or none")
+        return self
 
 
 class ServedPasses(BaseModel):
@@ -63,15 +78,30 @@ class ServedPasses(BaseModel):
     def samples_at(self, utilization: float) -> np.ndarray:
         """Served passes (ms) at this core utilization: the quantiles linear between the measured levels around it,
         the nearest level's outside them."""
+        return self._at(utilization, "samples_ms")
+
+    @property
+    def has_delays(self) -> bool:
+        return all(level.out_ms for level in self.levels)
+
+    def delays_at(self, utilization: float) -> tuple[np.ndarray, np.ndarray]:
+        """(out, back) one-way delays (ms) of this network's traffic at this core utilization, interpolated as
+        `samples_at`; ValueError when they were not measured."""
+        if not self.has_delays:
+            raise ValueError("this served profile has no delays")
+        return self._at(utilization, "out_ms"), self._at(utilization, "back_ms")
+
+    def _at(self, utilization: float, field: str) -> np.ndarray:
         levels = self.levels
         us = [level.utilization for level in levels]
         if len(levels) == 1 or utilization <= us[0]:
-            return np.asarray(levels[0].samples_ms, float)
+            return np.asarray(getattr(levels[0], field), float)
         if utilization >= us[-1]:
-            return np.asarray(levels[-1].samples_ms, float)
+            return np.asarray(getattr(levels[-1], field), float)
         k = int(np.searchsorted(us, utilization)) - 1
         w = (utilization - us[k]) / max(us[k + 1] - us[k], 1e-12)
-        return (1 - w) * np.asarray(levels[k].samples_ms, float) + w * np.asarray(levels[k + 1].samples_ms, float)
+        return (1 - w) * np.asarray(getattr(levels[k], field), float) + w * np.asarray(getattr(levels[k + 1], field),
+                                                                                      float)
 
     def mean_at(self, utilization: float) -> float:
         return float(self.samples_at(utilization).mean())
@@ -84,9 +114,15 @@ class ServedPasses(BaseModel):
 
 def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
     """The served profile as ``served_profile.csv`` stores it."""
-    rows = [(name, level.utilization, level.rate_per_ms, level.n_lone, ms)
-            for name, passes in profile.items() for level in passes.levels for ms in level.samples_ms]
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    frames = []
+    for name, passes in profile.items():
+        for level in passes.levels:
+            frame = pd.DataFrame({"model": name, "utilization": level.utilization, "rate_per_ms": level.rate_per_ms,
+                                  "n_lone": level.n_lone, "ms": level.samples_ms})
+            if passes.has_delays:
+                frame["out_ms"], frame["back_ms"] = level.out_ms, level.back_ms
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
 
 
 def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
@@ -98,8 +134,11 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
     for name, rows in table.groupby(table["model"].astype(str), sort=False):
         levels = []
         for (u, rate, n), level in rows.groupby(["utilization", "rate_per_ms", "n_lone"], sort=True):
+            delays = {c: tuple(pd.to_numeric(level[c], errors="coerce").astype(float))
+                      for c in DELAY_COLUMNS if c in level.columns}
             levels.append(ServedLevel(utilization=float(u), rate_per_ms=float(rate), n_lone=int(n),
-                                      samples_ms=tuple(pd.to_numeric(level["ms"], errors="coerce").astype(float))))
+                                      samples_ms=tuple(pd.to_numeric(level["ms"], errors="coerce").astype(float)),
+                                      **delays))
         out[str(name)] = ServedPasses(levels=tuple(levels))
     return out
 

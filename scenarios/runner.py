@@ -184,6 +184,7 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 SERVED_PROFILE = "served_profile.csv"
+SERVED_PROFILE_FORMAT = 2  # 2: with the traffic's one-way delays
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
@@ -193,8 +194,8 @@ def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
 
     from calibration.file import cache_root
 
-    digest = hashlib.sha256(json.dumps([calibration.machine.model_dump(), calibration.created, facts.device],
-                                       sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps([SERVED_PROFILE_FORMAT, calibration.machine.model_dump(), calibration.created,
+                                        facts.device], sort_keys=True).encode())
     for name in sorted(facts.profile_ms):
         digest.update(name.encode())
         for key, tensor in facts.served[name].state_dict().items():
@@ -246,6 +247,7 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
                                             progress=not quiet)
         except CalibrationError as error:
             raise ScenarioError(f"served profile: {error}") from None
+    profile = {name: profile[name] for name in names}  # one order, measured or read back
     atomic.write_with(cache, lambda path: to_frame(profile).to_csv(path, index=False))
     return profile
 
@@ -599,8 +601,9 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
             served_mean = float(np.mean([np.mean(s["samples_ms"]) for s in expert_service]))
             if not own_network:
                 config = served_model.with_served_delays(config, calibration, facts.device, served_mean)
-            if measured:
-                config = served_model.with_measured_passes(config, calibration, facts, served_mean)
+            if measured:  # the networks' own served passes (and their traffic's delays, unless the scenario's)
+                config = served_model.with_measured_passes(config, calibration, facts, served_mean,
+                                                           delays=not own_network)
             else:
                 config = served_model.with_served_passes(config, calibration, facts.device,
                                                          served_model.experts_pass_ms(facts), served_mean)
@@ -783,7 +786,8 @@ def run_scenario(
         "allow_unstable": scenario.allow_unstable,
         "latency_model": served_model.describe(
             calibration, calibration_path if calibration_path is None or calibration_path.parent != work
-            else None, latency_model_name(scenario), served_model.experts_pass_ms(facts) if facts else None),
+            else None, latency_model_name(scenario), served_model.experts_pass_ms(facts) if facts else None,
+            facts.served_passes if facts else None),
         "headline_point": headline,
         "policies": with_latency(results[headline][1]),
         "points": [{"point": index, **{axis_column(axis): value for axis, value in values.items()},

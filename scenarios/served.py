@@ -5,9 +5,14 @@ serving that network on this machine costs.
 (`"served"`) every simulated task is what a real server process on this machine would spend on it, and every
 query travels as it would through a real dispatcher:
 
-- a task holds its server for the served cost the calibration's line gives for its isolated pass sample
-  (`Calibration.served_ms`: the pass plus the server's own per-task work — sending the output, reading its
-  socket, being scheduled again), and longer when its server sat idle before it (the measured wake-up cost);
+- a task holds its server for its network's pass as serving shows it plus the server's own per-task work
+  (sending the output, reading its socket, being scheduled again: the calibration's line `Calibration.served_ms`
+  less the isolated pass). The served pass is measured on the scenario's own networks (`with_measured_passes`,
+  calibration.passes: real servers under Poisson traffic, lone passes per core utilization, read at the point's
+  utilization) — a pass after idling or after other processes used the core runs longer, by an amount that
+  depends on the network, not on its isolated time alone. Without that profile (`profile.served_passes =
+  "calibration"`), the isolated sample on the calibration's line plus what serving adds to a pass of that
+  isolated time in the calibration's own random-weight networks (`with_served_passes`);
 - each task takes a one-way dispatch delay to reach its server and a return delay to come back: the calibration's
   samples measured under serving traffic, interpolated to the point's core utilization (`with_served_delays`:
   a busier machine answers later, a sleeping one wakes slower), and a cancelled pass runs to its end, as a real
@@ -65,12 +70,23 @@ def served_pass_samples(calibration: Any, passes: Any, isolated_ms: np.ndarray, 
     return served.tolist()
 
 
-def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served_mean_ms: float) -> SimConfig:
+def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served_mean_ms: float,
+                         delays: bool = True) -> SimConfig:
     """The point's config with every network's service the served passes measured for it
-    (`facts.served_passes`) at this point's core utilization, plus the per-task work beside the pass."""
+    (`facts.served_passes`) at this point's core utilization, plus the per-task work beside the pass; and with
+    `delays`, the one-way delays measured in the experts' own traffic at that utilization (their quantiles
+    averaged over the experts) where the profile has them."""
+    from sim.config import Network
+
     cores = 1.0 if facts.device.startswith("cuda") else float(calibration.machine.cpu_count)
     u = core_utilization(config, served_mean_ms, cores)
     service = config.service
+    experts = [facts.served_passes.get(e["name"]) for e in facts.experts]
+    if delays and all(p is not None and p.has_delays for p in experts):
+        out, back = (np.mean(parts, axis=0) for parts in zip(*(p.delays_at(u) for p in experts), strict=True))
+        config = config.model_copy(update={"network": Network.model_validate({
+            "out": {"kind": "empirical", "samples_ms": out.tolist()},
+            "back": {"kind": "empirical", "samples_ms": back.tolist()}})})
 
     def at(name: str, dist: Any) -> Any:
         if dist is None or getattr(dist, "kind", None) != "empirical" or name not in facts.served_passes:
@@ -236,16 +252,31 @@ def resolve_served_delays(config: SimConfig, seed: int) -> SimConfig:
     return config.model_copy(update={"policies": tuple(policies)})
 
 
-def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: float | None = None) -> dict[str, Any]:
+def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: float | None = None,
+             served_passes: dict[str, Any] | None = None) -> dict[str, Any]:
     """What summary.json, the CLI and the report say about the latency model and its calibration (the co-running
-    slowdown as read for an isolated pass of `pass_ms`)."""
+    slowdown as read for an isolated pass of `pass_ms`), and the networks' measured served passes when the run
+    has them (`served_passes`: name -> calibration.passes.ServedPasses)."""
     if latency_model != "served" or calibration is None:
         return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
-    return {"name": "served", "meaning": "predicted served latency: isolated profile + this machine's serving "
-                                         "calibration (per-task serving cost, one-way delays under traffic, cores "
-                                         "left by the dispatcher, time slicing, co-running slowdown, what serving "
-                                         "traffic adds to a pass)",
-            "calibration": {"path": str(path) if path is not None else None, **brief(calibration, pass_ms)}}
+    if served_passes:
+        meaning = ("predicted served latency: the networks' own passes served under traffic (served_profile.csv) + "
+                   "this machine's serving calibration (per-task serving cost, one-way delays under traffic, cores "
+                   "left by the dispatcher, time slicing, co-running slowdown)")
+    else:
+        meaning = ("predicted served latency: isolated profile + this machine's serving calibration (per-task "
+                   "serving cost, one-way delays under traffic, cores left by the dispatcher, time slicing, "
+                   "co-running slowdown, what serving traffic adds to a pass)")
+    out = {"name": "served", "meaning": meaning,
+           "calibration": {"path": str(path) if path is not None else None, **brief(calibration, pass_ms)}}
+    if served_passes:
+        out["served_passes"] = {name: [{"utilization": level.utilization, "rate_per_ms": level.rate_per_ms,
+                                        "n_lone": level.n_lone, "mean_ms": float(np.mean(level.samples_ms)),
+                                        "p50_ms": float(np.median(level.samples_ms)),
+                                        "p99_ms": float(np.quantile(level.samples_ms, 0.99))}
+                                       for level in passes.levels]
+                                for name, passes in served_passes.items()}
+    return out
 
 
 def brief(calibration: Any, pass_ms: float | None = None) -> dict[str, Any]:

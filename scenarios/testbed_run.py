@@ -646,7 +646,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     summary = _testbed_summary(scenario, facts, measured_all, simulated_all, tasks_all, fidelity_table, overheads,
                                time.perf_counter() - started, ranking_table)
     summary["latency_model"] = served_model.describe(calibration, calibration_path, latency_model_name(scenario),
-                                                     served_model.experts_pass_ms(facts))
+                                                     served_model.experts_pass_ms(facts), facts.served_passes)
     def write(tmp: Path) -> None:
         import tomli_w
 

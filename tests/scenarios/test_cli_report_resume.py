@@ -100,13 +100,15 @@ def test_resume_runs_again_the_points_whose_files_were_damaged(tmp_path, scenari
                                   pd.read_parquet(folder / "sweep.parquet"))
 
 
-def test_resume_over_a_damaged_profile_is_one_line_before_any_work(tmp_path, scenario_file, monkeypatch):
+@pytest.mark.parametrize(("name", "text"), [("calibration.json", '{"schema": 3, "cyc'),
+                                            ("served_profile.csv", "model,ms\nlow,0.5\n")])
+def test_resume_over_a_damaged_profile_is_one_line_before_any_work(tmp_path, scenario_file, monkeypatch, name, text):
     args = ["--quiet", "run", str(scenario_file), "--no-report"]
     calls = Interrupt(monkeypatch, at=2).calls
     out = tmp_path / "out"
     assert CliRunner().invoke(cli, [*args, "--out", str(out)]).exit_code == 130
     (work,) = (out / "simonly").iterdir()
-    (work / "calibration.json").write_text('{"schema": 3, "cyc')
+    (work / name).write_text(text)
     calls.clear()
     line = _one_error_line(CliRunner().invoke(cli, [*args, "--out", str(out), "--resume"]))
-    assert "calibration.json" in line and "damaged" in line and calls == []
+    assert name in line and "damaged" in line and calls == []

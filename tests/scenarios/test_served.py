@@ -213,3 +213,52 @@ def test_what_serving_adds_to_a_pass_shifts_every_served_sample_and_lowers_the_c
     # the idle-time wake-up curve gives way to it (it is part of what a pass under traffic measures)
     assert "wake" in served.physical_table(plain, "cpu", 1.0)["service"]
     assert "wake" not in served.physical_table(cal, "cpu", 1.0)["service"]
+
+
+def test_measured_served_passes_replace_the_isolated_profile_at_the_points_utilization() -> None:
+    from calibration.file import PassLevel
+    from calibration.passes import ServedLevel, ServedPasses
+    from scenarios.runner import build_point_configs
+
+    machine = dict(cu.calibration_dict()["machine"], cpu_count=2)
+    # a calibration-wide extra that must NOT be added on top of passes measured on the networks themselves
+    extra = [PassLevel(network=name, utilization=u, rate_per_ms=1.0, n_lone=100, lone_pass_mean_ms=1.5,
+                       busy_pass_mean_ms=1.0, extra_ms=0.5) for name in ("small", "mid", "large") for u in (0.0, 1.0)]
+    cal = cu.hand_calibration(machine=machine).model_copy(update={"passes_under_load": extra})
+    scenario = _networks_scenario(0.3)
+    facts = _facts(scenario, (1.0, 2.0))
+    names = [e["name"] for e in facts.experts]
+
+    def passes(idle: float, busy: float, out: float = 0.5) -> ServedPasses:
+        # every quantile alike: 'idle' at u = 0, 'busy' at u = 1; delays out 'out' then 'out' + 1, back half that
+        return ServedPasses(levels=(
+            ServedLevel(utilization=0.0, rate_per_ms=0.1, n_lone=50, samples_ms=(idle,) * 4, out_ms=(out,) * 4,
+                        back_ms=(out / 2,) * 4),
+            ServedLevel(utilization=1.0, rate_per_ms=1.0, n_lone=50, samples_ms=(busy,) * 4, out_ms=(out + 1,) * 4,
+                        back_ms=((out + 1) / 2,) * 4)))
+
+    facts.served_passes = {names[0]: passes(1.0, 2.0), names[1]: passes(2.0, 3.0, out=1.5),
+                           "coded": passes(1.0, 2.0)}
+    (_, config), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    # per task beside its pass: the calibration line at the isolated median less that pass, 0.2 + 0.5 x pass:
+    # 0.7 ms for the 1 ms networks, 1.2 ms for the 2 ms one. Capacity at the busiest level: costs 2 + 0.7 = 2.7 and
+    # 3 + 1.2 = 4.2 ms; servers 1/2.7 + 1/4.2 = 0.61/ms, cores (1.9 left) 1.9 / (3.45 + 0.05) = 0.543/ms bind
+    rate = 0.3 * 1.9 / 3.5
+    assert config.traffic.rate_per_ms == pytest.approx(rate)
+    # the point keeps u = rate x 3.45 / 2 cores of the machine busy; the passes there: idle + u x (busy - idle)
+    u = rate * 3.45 / 2
+    assert config.service.experts[0].samples_ms == pytest.approx([1.0 + u + 0.7] * 4)
+    assert config.service.experts[1].samples_ms == pytest.approx([2.0 + u + 1.2] * 4)
+    assert config.service.coded.samples_ms == pytest.approx([1.0 + u + 0.7] * 4)
+    # the experts' own traffic's delays at u, their quantiles averaged: out (0.5 + u + 1.5 + u) / 2, back half that
+    assert config.network.out.samples_ms == pytest.approx([1.0 + u] * 4)
+    assert config.network.back.samples_ms == pytest.approx([(1.0 + u) / 2] * 4)
+    # a scenario's own delays win over them
+    own = scenario.model_copy(update={"sim": scenario.sim | {"network": {"out": {"kind": "deterministic",
+                                                                                 "value_ms": 7.0}}}})
+    (_, mine), = build_point_configs(own, facts, calibration=cal)  # type: ignore[arg-type]
+    assert mine.network.out.mean() == pytest.approx(7.0) and mine.network.back is None
+    # without a measured profile the same calibration adds its extra to the isolated passes instead
+    facts.served_passes = {}
+    (_, plain), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    assert np.allclose(plain.service.experts[0].samples_ms, 1.7 + 0.5)

@@ -77,3 +77,38 @@ def test_no_calibration_for_compute_or_live() -> None:
 
     assert serving_calibration(_scenario(latency_model="compute")) == (None, None)
     assert serving_calibration(_scenario(mode="live")) == (None, None)
+
+
+def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: Path, tiny_cache: Path) -> None:
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from scenarios.cli import cli
+
+    table = networks_scenario()
+    table["models"]["cache_dir"] = str(tiny_cache)  # the session's trained tiny zoo
+    table["profile"] = {**table["profile"], "served_passes": "measured"}
+    table["sim"] = {**table["sim"], "n_queries": 300}
+    path = write(home, table)
+    first = CliRunner().invoke(cli, ["run", str(path), "--out", str(home / "a"), "--no-report"])
+    assert first.exit_code == 0, first.output
+    assert "served profile: serving coded, high, low" in first.output
+    (folder,) = (home / "a" / "nets").iterdir()
+    profile = pd.read_csv(folder / "served_profile.csv")
+    assert set(profile["model"]) == {"low", "high", "coded"}
+    assert (profile.groupby("model")["utilization"].nunique() == 2).all() and (profile["ms"] > 0).all()
+    assert len(list((home / "cache" / "served").glob("*.csv"))) == 1
+    # the same networks under the same calibration: the cached profile, no servers started
+    second = CliRunner().invoke(cli, ["run", str(path), "--out", str(home / "b"), "--no-report"])
+    assert second.exit_code == 0, second.output
+    assert "served profile" not in second.output
+    (again,) = (home / "b" / "nets").iterdir()
+    assert (again / "served_profile.csv").read_bytes() == (folder / "served_profile.csv").read_bytes()
+    # and a replay of the first run uses its own copy
+    table["profile"]["replay"] = str(folder)
+    third = CliRunner().invoke(cli, ["run", str(write(home, table, "r.toml")), "--out", str(home / "c"),
+                                     "--no-report"])
+    assert third.exit_code == 0, third.output
+    (replayed,) = (home / "c" / "nets").iterdir()
+    pd.testing.assert_frame_equal(pd.read_parquet(replayed / "sweep.parquet"),
+                                  pd.read_parquet(folder / "sweep.parquet"))

@@ -1,0 +1,96 @@
+"""The served-pass profile: its table and interpolation checked by hand, and one real measurement with server
+processes whose two networks differ tenfold in size (so a pass credited to the wrong network shows)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from calibration.passes import ServedLevel, ServedPasses, from_frame, read_served_profile, to_frame
+
+
+def _profile() -> ServedPasses:
+    return ServedPasses(levels=(ServedLevel(utilization=0.5, rate_per_ms=2.0, n_lone=40, samples_ms=(2, 4, 6, 8),
+                                            out_ms=(1, 1, 1, 3), back_ms=(1, 1, 1, 1)),
+                                ServedLevel(utilization=0.1, rate_per_ms=0.5, n_lone=90, samples_ms=(1, 2, 3, 4),
+                                            out_ms=(1, 1, 1, 1), back_ms=(0.5, 0.5, 0.5, 0.5))))
+
+
+def test_samples_are_linear_between_levels_and_held_outside() -> None:
+    passes = _profile()
+    assert [level.utilization for level in passes.levels] == [0.1, 0.5]  # sorted on the way in
+    assert passes.samples_at(0.3).tolist() == pytest.approx([1.5, 3.0, 4.5, 6.0])  # halfway, quantile by quantile
+    assert passes.samples_at(0.2).tolist() == pytest.approx([1.25, 2.5, 3.75, 5.0])
+    assert passes.samples_at(0.0).tolist() == [1, 2, 3, 4]
+    assert passes.samples_at(3.0).tolist() == [2, 4, 6, 8]
+    assert passes.mean_at(0.3) == pytest.approx(3.75)
+    assert passes.busiest_mean_ms == pytest.approx(5.0)
+    out, back = passes.delays_at(0.3)
+    assert out.tolist() == pytest.approx([1, 1, 1, 2]) and back.tolist() == pytest.approx([0.75] * 4)
+
+
+def test_delays_hold_as_many_quantiles_as_the_passes_or_none() -> None:
+    bare = ServedLevel(utilization=0.1, rate_per_ms=1.0, n_lone=20, samples_ms=(1.0, 2.0))
+    assert not ServedPasses(levels=(bare,)).has_delays
+    with pytest.raises(ValueError, match="no delays"):
+        ServedPasses(levels=(bare,)).delays_at(0.1)
+    with pytest.raises(ValidationError, match="as many quantiles"):
+        ServedLevel(utilization=0.1, rate_per_ms=1.0, n_lone=20, samples_ms=(1.0, 2.0), out_ms=(1.0,), back_ms=(1.0,))
+
+
+@pytest.mark.parametrize("samples", [(1.0, 0.0), (1.0, float("nan")), (1.0, -2.0), ()])
+def test_a_level_holds_positive_finite_passes(samples) -> None:
+    with pytest.raises(ValidationError):
+        ServedLevel(utilization=0.1, rate_per_ms=1.0, n_lone=20, samples_ms=samples)
+
+
+def test_levels_of_one_network_hold_as_many_quantiles() -> None:
+    with pytest.raises(ValidationError, match="same number"):
+        ServedPasses(levels=(ServedLevel(utilization=0.1, rate_per_ms=1.0, n_lone=20, samples_ms=(1.0, 2.0)),
+                             ServedLevel(utilization=0.5, rate_per_ms=1.0, n_lone=20, samples_ms=(1.0,))))
+
+
+def test_the_table_reads_back_and_a_wrong_one_is_named(tmp_path: Path) -> None:
+    table = to_frame({"a": _profile(), "b": _profile()})
+    assert list(table.columns) == ["model", "utilization", "rate_per_ms", "n_lone", "ms", "out_ms", "back_ms"]
+    assert len(table) == 16
+    path = tmp_path / "served_profile.csv"
+    table.to_csv(path, index=False)
+    back = read_served_profile(path)
+    assert set(back) == {"a", "b"} and back["a"] == _profile()
+    with pytest.raises(ValueError, match="missing ms"):
+        from_frame(table.drop(columns=["ms"]))
+    broken = table.astype({"ms": object})
+    broken.loc[3, "ms"] = "x"  # a time that is not a number
+    with pytest.raises(ValueError):
+        from_frame(broken)
+
+
+def test_real_servers_credit_each_network_its_own_passes(tmp_path: Path) -> None:
+    import torch
+
+    from calibration.measure import measure_served_passes, save_size_networks
+    from models.profile import profile_interleaved
+
+    modules, folders, inputs = save_size_networks(tmp_path)
+    names = list(modules)
+    small, large = names.index("cnn-w2"), names.index("cnn-w48")
+    picked = {"cnn-w2": modules["cnn-w2"], "cnn-w48": modules["cnn-w48"]}
+    iso = profile_interleaved(picked, torch.from_numpy(np.load(inputs)), torch.device("cpu"), samples=40, threads=1)
+    isolated = {name: float(np.mean(ms)) for name, ms in iso.items()}
+    profile = measure_served_passes([folders[small], folders[large]], inputs, ["cnn-w2", "cnn-w48"], isolated,
+                                    span_ms=600.0)
+    assert set(profile) == {"cnn-w2", "cnn-w48"}
+    for passes in profile.values():
+        assert len(passes.levels) == 2 and passes.has_delays
+        assert passes.levels[0].utilization < passes.levels[1].utilization
+        assert all(level.n_lone >= 20 for level in passes.levels)
+    # the wide network's passes are several times the narrow one's at every level (isolated: ~7x here); a pass
+    # credited to the wrong network, or every server running the same one, would make them alike
+    for low, high in zip(profile["cnn-w2"].levels, profile["cnn-w48"].levels, strict=True):
+        assert np.median(high.samples_ms) > 2.5 * np.median(low.samples_ms)
+    # and each served pass is at least the network's bare pass (a server adds to a pass, never takes from it)
+    assert np.median(profile["cnn-w48"].levels[0].samples_ms) > 0.8 * np.median(iso["cnn-w48"])
