@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from jinja2 import Environment, select_autoescape
+from jinja2 import Environment, Undefined, select_autoescape
 from matplotlib.figure import Figure
 
 import atomic
@@ -86,28 +86,29 @@ over repeats; spread = (max − min) / median of the repeats.{% endif %}</p>
 <div class="takeaway">Worst |relative error| over all points and policies —
 {% for service, worst in s.worst_abs_rel_error_pct.items() %}<b>{{ service }}</b>{{ " (in-sample)" if service in
 in_sample }}:
-{% for m, v in worst.items() %}{{ m }} {{ "%.1f"|format(v) }} %{{ ", " if not loop.last }}{% endfor %}
+{% for m, v in worst.items() %}{{ m }} {{ v|num(1) }} %{{ ", " if not loop.last }}{% endfor %}
 {{ "; " if not loop.last }}{% endfor %}</div>
 <h2>Service times: isolated profile vs in situ</h2>
 <div class="tablewrap"><table><thead><tr><th>network</th><th>isolated mean ms</th><th>in-situ mean ms</th>
 <th>shift</th><th>in situ, no other server computing, mean ms</th><th>in-situ cycle (server taken per task) mean ms</th>
 </tr></thead><tbody>
-{% for name, v in s.service_ms.items() %}<tr><td>{{ name }}</td><td>{{ "%.3f"|format(v.isolated_mean_ms) }}</td>
-<td>{{ "%.3f"|format(v.in_situ_mean_ms) }}</td>
+{% for name, v in s.service_ms.items() %}<tr><td>{{ name }}</td><td>{{ v.isolated_mean_ms|num(3) }}</td>
+<td>{{ v.in_situ_mean_ms|num(3) }}</td>
 <td>{{ "%+.1f"|format(100 * (v.in_situ_mean_ms / v.isolated_mean_ms - 1)) }} %</td>
-<td>{{ "%.3f"|format(v.in_situ_alone_mean_ms) }}</td><td>{{ "%.3f"|format(v.in_situ_cycle_mean_ms) }}</td></tr>
+<td>{{ v.in_situ_alone_mean_ms|num(3) }}</td><td>{{ v.in_situ_cycle_mean_ms|num(3) }}</td></tr>
 {% endfor %}
 </tbody></table></div>
 <h2>Dispatch and transport overheads (measured)</h2>
 <div class="tablewrap"><table><thead><tr><th>point</th><th>dispatch lateness median ms</th><th>p99 ms</th>
 <th>transport median ms</th><th>p99 ms</th><th>frontend CPU, cores</th><th>cores left to servers</th>
-<th>median compute ms with 0 / 1 / 2 other servers computing</th></tr></thead><tbody>
-{% for p, o in s.overheads.items() %}<tr><td>{{ p }}</td><td>{{ "%.3f"|format(o.dispatch_lateness_ms_median) }}</td>
-<td>{{ "%.3f"|format(o.dispatch_lateness_ms_p99) }}</td><td>{{ "%.3f"|format(o.transport_ms_median) }}</td>
-<td>{{ "%.3f"|format(o.transport_ms_p99) }}</td><td>{{ "%.2f"|format(o.frontend_cores_median) }}</td>
-<td>{{ "%.2f"|format(o.shared_cores) }}</td>
-<td>{% for k, v in o.compute_ms_by_overlap.items() %}{{ "%.3f"|format(v) }}{{ " / " if not loop.last }}{% endfor %}
-</td></tr>{% endfor %}
+<th>median compute ms with 0 / 1 / 2 other servers computing</th><th>other processes, cores: median / max</th>
+</tr></thead><tbody>
+{% for p, o in s.overheads.items() %}<tr><td>{{ p }}</td><td>{{ o.dispatch_lateness_ms_median|num(3) }}</td>
+<td>{{ o.dispatch_lateness_ms_p99|num(3) }}</td><td>{{ o.transport_ms_median|num(3) }}</td>
+<td>{{ o.transport_ms_p99|num(3) }}</td><td>{{ o.frontend_cores_median|num(2) }}</td>
+<td>{{ o.shared_cores|num(2) }}</td>
+<td>{% for k, v in o.compute_ms_by_overlap.items() %}{{ v|num(3) }}{{ " / " if not loop.last }}{% endfor %}
+</td><td>{{ o.other_cores_median|num(2) }} / {{ o.other_cores_max|num(2) }}</td></tr>{% endfor %}
 </tbody></table></div>
 {% for block in points %}
 <h2>Point {{ block.point }}: {{ block.label }}</h2>
@@ -157,6 +158,13 @@ def _normalised(fidelity: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
 def _marked(error: float, verdict: Any) -> tuple[str, str]:
     mark, cls = MARK.get(verdict, ("", "")) if isinstance(verdict, str) else ("", "")
     return f"{error:+.1f} % {mark}".rstrip(), cls
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    """A measured figure with `digits` decimals; a dash where the run had none (e.g. no pass ran alone)."""
+    if value is None or isinstance(value, Undefined) or (isinstance(value, float) and not np.isfinite(value)):
+        return "—"  # also a folder written before the figure was recorded
+    return f"{float(value):.{digits}f}"
 
 
 def _ranking(path: Path, summary: dict[str, Any], head: str | None) -> dict[str, Any] | None:
@@ -272,6 +280,7 @@ def render_testbed(result_dir: Path | str) -> Path:
                 "in_sample": head in IN_SAMPLE, "counts": _headline_counts(fidelity, head, metrics),
                 "ranking": _ranking(path, summary, head)}
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
+    env.filters["num"] = _number
     load = summary.get("load_average")
     html = env.from_string(TEMPLATE).render(
         s={"worst_abs_rel_error_pct": {}, **summary}, css=CSS, points=blocks, metrics=metrics, head=headline,

@@ -206,6 +206,20 @@ def pin_hedge_delays(config: Any, plans: list[Any]) -> Any:
     return config.model_copy(update={"policies": policies})
 
 
+NOISY_CORES = 0.2  # other processes' CPU during a run above which the run is said to be disturbed
+
+
+def host_summary(loads: list[Any]) -> dict[str, Any]:
+    """Per point: the cores other processes kept busy and the hypervisor stole during its runs (median, max over
+    the runs; None where the OS does not tell)."""
+    out: dict[str, Any] = {}
+    for key in ("other_cores", "steal_cores"):
+        values = [getattr(load, key) for load in loads if getattr(load, key) is not None]
+        out[f"{key}_median"] = float(np.median(values)) if values else None
+        out[f"{key}_max"] = float(np.max(values)) if values else None
+    return out
+
+
 def shared_cores(device: str, frontend_cores: list[float]) -> float:
     """Cores the servers share: the machine's CPUs minus what the frontend process used (median over runs);
     on a GPU, the one device every server's kernels share."""
@@ -547,6 +561,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     from sim.plan import make_plan
     from testbed import LocalCluster, ServerSpec, serve
     from testbed.cluster import scratch_folder
+    from testbed.host import HostMeter
 
     check_testbed(scenario, out_root)
     scenario = with_testbed_hold(scenario)
@@ -564,6 +579,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     simulated_frames = []
     overheads: dict[str, Any] = {}
     frontend_cpu: dict[int, list[float]] = {}  # per point: the frontend's CPU use, in cores, per run
+    host_load: dict[int, list[Any]] = {}  # per point: what else the host's CPUs did during each run
     with scratch_folder("coinsim-testbed-") as work:  # networks and inputs the servers load
         folders, inputs = save_networks(facts, work)
         cores = os.cpu_count() or 1
@@ -585,7 +601,13 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                         policy = policy_of(plan, backup_net)
                         _say(f"testbed: point {index + 1}/{len(points)} {coords} repeat {repeat + 1}/"
                              f"{spec.repeats}: {plan.name} ({draws.n} queries)", quiet)
+                        meter = HostMeter([os.getpid(), *cluster.pids])
                         result = serve(cluster.sockets, policy, workload, spec.lead_ms)
+                        load = meter.stop()
+                        host_load.setdefault(index, []).append(load)
+                        if load.other_cores is not None and load.other_cores > NOISY_CORES:
+                            _say(f"testbed: other processes kept {load.other_cores:.2f} cores busy during this run "
+                                 "(its latencies include their interference)", quiet)
                         frontend_cpu.setdefault(index, []).append(result.facts["frontend_cpu_s"]
                                                                   / result.facts["served_s"])
                         rec = result.records
@@ -615,6 +637,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                 in_situ = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms))
                 alone = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms, True))
                 cores = shared_cores(device, frontend_cpu[index])
+                overheads[str(index)] |= host_summary(host_load[index])
                 overheads[str(index)] |= {"frontend_cores_median": float(np.median(frontend_cpu[index])),
                                           "shared_cores": cores,
                                           "compute_ms_by_overlap": {int(k): float(v) for k, v in tasks[

@@ -311,3 +311,19 @@ def test_an_old_fidelity_csv_still_renders(tmp_path):
     assert (f"{row['measured_ms']:.2f} · {row['simulated_ms']:.2f} · {row['rel_error_pct']:+.1f} %, "
             f"±{row['repeat_spread_pct']:.0f} % spread") in html
     assert "Point 3: load = 0.2, straggler_p = 0.05" in html
+
+
+def test_figures_a_run_did_not_have_render_as_a_dash(tmp_path):
+    """A network that never ran alone (no in-situ lone passes) and a host figure from an older folder: the report
+    still renders, with a dash in their cells; the host's other load is shown where the run recorded it."""
+    folder = _testbed_folder(tmp_path / "bed", {"isolated": 0.5, "predicted": 1.1})
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["service_ms"]["low"]["in_situ_alone_mean_ms"] = None
+    base = {"dispatch_lateness_ms_median": 0.1, "dispatch_lateness_ms_p99": 0.5, "transport_ms_median": 0.4,
+            "transport_ms_p99": 2.0, "frontend_cores_median": 0.2, "shared_cores": 1.8,
+            "compute_ms_by_overlap": {"0": 1.0}}
+    summary["overheads"] = {"0": base, "1": base | {"other_cores_median": 0.31, "other_cores_max": 0.77}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    html = _text(render_testbed(folder).read_text())
+    assert "<td>0.800</td> <td>1.500</td> <td>+87.5 %</td> <td>—</td><td>1.600</td>" in html  # alone: none
+    assert "<td>— / —</td>" in html and "<td>0.31 / 0.77</td>" in html
