@@ -3,21 +3,19 @@
 Task `net` k names the k-th of `served_networks`: expert i is network i, coded model k is N + k, then the
 generalist backup when it is another network. `save_networks` writes them as server processes load them
 (testbed.server: network.json + weights.safetensors per folder, the input rows as one .npy); the testbed and the
-served-pass profile both start servers from these folders.
+served-pass profile both start servers from these folders. `facts` is the runner's NetworkFacts (taken by its
+fields, so this room needs nothing from the runner).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # the facts are made by the runner, which starts servers from these folders
-    from scenarios.runner import NetworkFacts
 
-
-def served_networks(facts: NetworkFacts) -> list[tuple[str, Any]]:
+def served_networks(facts: Any) -> list[tuple[str, Any]]:
     """(name, module) in task-`net` order: expert i is network i, coded model k is N + k, then the generalist
     backup ('backup') when it is not coded model 0 itself (`coding.backup` names another method)."""
     coded = facts.coded_models or [facts.served["coded"]]
@@ -27,13 +25,13 @@ def served_networks(facts: NetworkFacts) -> list[tuple[str, Any]]:
             + backup)
 
 
-def backup_network(facts: NetworkFacts) -> int:
+def backup_network(facts: Any) -> int:
     """The task-`net` index of the network a backup server runs: 'backup' if served on its own, else 'coded'."""
     names = [name for name, _ in served_networks(facts)]
     return names.index("backup" if "backup" in names else "coded")
 
 
-def save_networks(facts: NetworkFacts, folder: Path) -> tuple[list[Path], Path]:
+def save_networks(facts: Any, folder: Path) -> tuple[list[Path], Path]:
     """Write every served network (network.json + weights.safetensors) and the input rows; return the paths."""
     import torch
     from safetensors.torch import save_file
