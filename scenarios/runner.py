@@ -237,13 +237,14 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
 
     _say(f"served profile: serving {', '.join(names)} for a few seconds under traffic (cached after)", quiet)
     order = [name for name, _ in served_networks(facts)]
+    device = "cuda" if facts.device.startswith("cuda") else "cpu"  # a server process takes the device kind
     with scratch_folder("coinsim-served-") as tmp:
         folders, inputs = save_networks(facts, Path(tmp))
         keep = [k for k, name in enumerate(order) if name in facts.profile_ms]
         try:
             profile = measure_served_passes([folders[k] for k in keep], inputs, [order[k] for k in keep],
                                             {n: float(np.mean(facts.profile_ms[n])) for n in names},
-                                            device=facts.device, calibration=calibration, seed=scenario.seed,
+                                            device=device, calibration=calibration, seed=scenario.seed,
                                             progress=not quiet)
         except CalibrationError as error:
             raise ScenarioError(f"served profile: {error}") from None
