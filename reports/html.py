@@ -578,7 +578,10 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
             _num(cal.get("quantum_ms")), _num(cal.get("dispatcher_base_cores")),
             _num(cal.get("dispatcher_cpu_ms_per_task")))
         levels = [lv for lv in cal.get("delays_under_load") or [] if isinstance(lv, Mapping)]
-        if levels:
+        served = model.get("served_passes")
+        if isinstance(served, Mapping) and served:
+            text += _served_passes_text(served)
+        elif levels:
             text += Markup(" Under serving traffic the one-way delays reach p99 {} ms out at {} % of the cores busy "
                            "(each point draws them at its own utilization).").format(
                 _num(levels[-1].get("out_ms_p99")),
@@ -594,6 +597,22 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
         text += Markup(" Served on this machine, latencies would be longer: run without "
                        "<code>--latency-model compute</code> for the served prediction.")
     return text
+
+
+def _served_passes_text(served: Mapping[str, Any]) -> Markup:
+    """The networks' served passes (summary.json latency_model.served_passes: per network, its levels)."""
+    parts = []
+    for name, levels in served.items():
+        rows = [lv for lv in levels if isinstance(lv, Mapping)] if isinstance(levels, list) else []
+        if rows:
+            parts.append(Markup("{} {}").format(name, " / ".join(
+                f"{_num(lv.get('mean_ms'))} ms at {100 * lv['utilization']:.0f} %" if finite(lv.get("utilization"))
+                else _num(lv.get("mean_ms")) for lv in rows)))
+    if not parts:
+        return Markup("")
+    return Markup(" Passes and one-way delays are the networks' own, served under traffic (mean pass at each "
+                  "measured core utilization: {}; each point draws them at its own utilization).").format(
+        Markup("; ").join(parts))
 
 
 def _meta(s: Mapping[str, Any]) -> list[str]:

@@ -260,9 +260,9 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
     if latency_model != "served" or calibration is None:
         return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
     if served_passes:
-        meaning = ("predicted served latency: the networks' own passes served under traffic (served_profile.csv) + "
-                   "this machine's serving calibration (per-task serving cost, one-way delays under traffic, cores "
-                   "left by the dispatcher, time slicing, co-running slowdown)")
+        meaning = ("predicted served latency: the networks' own passes and one-way delays served under traffic "
+                   "(served_profile.csv) + this machine's serving calibration (per-task serving cost, cores left by "
+                   "the dispatcher, time slicing, co-running slowdown)")
     else:
         meaning = ("predicted served latency: isolated profile + this machine's serving calibration (per-task "
                    "serving cost, one-way delays under traffic, cores left by the dispatcher, time slicing, "

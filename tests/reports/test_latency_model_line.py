@@ -38,3 +38,16 @@ def test_compute_line_points_to_the_served_prediction_and_old_folders_have_none(
     assert latency_model_line({}) is None
     # a name from the summary is escaped, not trusted as HTML
     assert "<b>" not in str(latency_model_line({"latency_model": {"name": "<b>x</b>", "meaning": ""}}))
+
+
+def test_served_line_quotes_the_networks_own_served_passes_instead_of_the_calibrations_delays() -> None:
+    cal = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"},
+           "delays_under_load": [{"utilization": 0.5737, "out_ms_p99": 3.6757}]}
+    served = {"digits-0-4": [{"utilization": 0.115, "mean_ms": 0.48}, {"utilization": 0.334, "mean_ms": 0.413}],
+              "<i>coded</i>": [{"utilization": 0.115, "mean_ms": 0.481}]}
+    text = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
+                                                     "served_passes": served}}))
+    assert "the networks' own, served under traffic" in text
+    assert "digits-0-4 0.480 ms at 12 % / 0.413 ms at 33 %" in text
+    assert "<i>" not in text and "&lt;i&gt;coded&lt;/i&gt; 0.481 ms at 12 %" in text  # names are escaped
+    assert "3.676" not in text  # the calibration's delays are not what the points drew
