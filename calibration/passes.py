@@ -103,14 +103,6 @@ class ServedPasses(BaseModel):
         return (1 - w) * np.asarray(getattr(levels[k], field), float) + w * np.asarray(getattr(levels[k + 1], field),
                                                                                       float)
 
-    def mean_at(self, utilization: float) -> float:
-        return float(self.samples_at(utilization).mean())
-
-    @property
-    def busiest_mean_ms(self) -> float:
-        """The mean served pass at the busiest measured level (what the capacity is counted at)."""
-        return float(np.mean(self.levels[-1].samples_ms))
-
 
 def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
     """The served profile as ``served_profile.csv`` stores it."""

@@ -31,6 +31,7 @@ import pandas as pd
 import tomli_w
 
 import atomic
+from calibration.passes import read_served_profile, to_frame
 from scenarios import served as served_model
 from scenarios.points import AnswerTables, run_point
 from scenarios.schema import Scenario, axis_column, sim_config_for
@@ -210,7 +211,6 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
     one (bare compute, live mode, `profile.served_passes = 'calibration'`): an interrupted run's copy (`reuse`),
     the replayed run's, the cached one for these networks and calibration, or measured now (a few seconds of real
     serving) and cached. ScenarioError when a saved one cannot be read."""
-    from calibration.passes import read_served_profile
     from scenarios.schema import ScenarioError
 
     if calibration is None or facts is None or scenario.profile.served_passes != "measured":
@@ -231,7 +231,6 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
                 return {name: profile[name] for name in names}
     from calibration.file import CalibrationError
     from calibration.measure import measure_served_passes
-    from calibration.passes import to_frame
     from scenarios.networks import save_networks, served_networks
     from testbed.cluster import scratch_folder
 
@@ -253,16 +252,8 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
     return profile
 
 
-def _read_served(path: Path) -> Any:
-    from calibration.passes import read_served_profile
-
-    return read_served_profile(path)
-
-
 def served_frame(facts: NetworkFacts) -> pd.DataFrame:
     """The served-pass profile as ``served_profile.csv`` holds it."""
-    from calibration.passes import to_frame
-
     return to_frame(facts.served_passes)
 
 
@@ -688,7 +679,7 @@ def check_unfinished(out_root: Path, scenario_name: str, raw: dict[str, Any], re
                             "--resume to continue it, or delete that folder to start over")
     if resume:  # what the finished points were made with must still read, or they cannot be joined by new ones
         for name, read in (("profile.csv", pd.read_csv), ("calibration.json", lambda p: json.loads(p.read_text())),
-                           (SERVED_PROFILE, _read_served)):
+                           (SERVED_PROFILE, read_served_profile)):
             if (work / name).is_file():
                 try:
                     read(work / name)
