@@ -51,7 +51,8 @@ straggle mode {{ s.straggle }} · device {{ s.device }} · {{ s.cpu_count }} CPU
 {% if head.service %}<p>Headline variant: <b>{{ head.service }}</b> ({{ head.label }}).
 {% if head.in_sample %}It is <b>in-sample</b>: its parameters come from the very run it is compared with, so its
 agreement is a diagnostic of the model's structure, not a prediction.{% else %}It is simulated from the per-machine
-calibration and the isolated profile only: nothing from this run goes into it.{% endif %}</p>
+calibration and the networks' profiles measured before serving (isolated, and served under rehearsal traffic
+where the run has a served profile) only: nothing from this run goes into it.{% endif %}</p>
 {% else %}<p>No headline variant (neither <i>predicted</i> nor <i>model</i> was simulated).</p>{% endif %}
 {% if head.counts %}<div class="tablewrap"><table><thead><tr><th>metric</th><th>limit</th>
 {% for v in verdicts %}<th>{{ v }}</th>{% endfor %}</tr></thead><tbody>
@@ -71,14 +72,15 @@ against the median over repeats.</p>{% endif %}
 </div>
 <p class="lead">Every point was served for real: one OS process per server doing real forward passes, a frontend
 replaying the simulator's own arrivals and straggler draws in wall-clock time over ZeroMQ. The simulator then ran
-the same draws under several variants: with the latency profile timed in isolation (what <code>coinsim run</code>
-uses);{% if "predicted" in services %} from a per-machine calibration and the isolated profile only
-(<i>predicted</i>, the headline);{% endif %} and, as <b>in-sample diagnostics</b> that take their parameters from
-this very run, with the service times the servers measured while serving (<i>in_situ</i>); with those plus the
-measured dispatcher → server and server → dispatcher delays and cancels that let a forward pass finish, as the
-servers do (<i>in_situ+network</i>); and the full model (<i>model</i>): uncontended in-situ service (passes during
-which no other server computed), the network model, and the servers sharing the machine's cores less the
-frontend's measured share (processor sharing when more servers are busy than there are cores).
+the same draws under several variants: with the latency profile timed in isolation (what <code>coinsim run
+--latency-model compute</code> uses);{% if "predicted" in services %} from a per-machine calibration and the networks'
+profiles measured before serving only (<i>predicted</i>, the headline);{% endif %} and, as <b>in-sample
+diagnostics</b> that take their parameters from this very run, with the service times the servers measured while
+serving (<i>in_situ</i>); with those plus the measured dispatcher → server and server → dispatcher delays and cancels
+that let a forward pass finish, as the servers do (<i>in_situ+network</i>); and the full model (<i>model</i>):
+uncontended in-situ service (passes during which no other server computed), the network model, and the servers sharing
+the machine's cores less the frontend's measured share (processor sharing when more servers are busy than there are
+cores).
 {% if pooled %}Relative error = (simulated − measured) / measured, measured = the metric of all repeats' queries
 pooled, with its 95 % bootstrap interval (repeats resampled, then queries within each); spread = (max − min) /
 median of the repeats' own values.{% else %}Relative error = (simulated − measured) / measured, measured = median
