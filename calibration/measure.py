@@ -570,21 +570,25 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
                        wake_sizes=[wakes[name] for name in names], corun=corun, passes_under_load=under_load)
 
 
-SERVED_PROFILE_MS = 4000.0  # span of each served-profile rehearsal (its tasks: rate x span, 300 to 4,000)
+SERVED_PROFILE_MS = 4000.0  # least span of each served-profile rehearsal (its tasks: rate x span, 300 at least)
+SERVED_MIN_LONE = 400  # lone passes aimed at per network and level (their quantiles are the simulator's samples)
+SERVED_MAX_MS = 30_000.0  # ... but no level runs longer than this
 
 
 def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], isolated_ms: dict[str, float],
                           device: str = "cpu", calibration: Calibration | None = None,
                           utilizations: tuple[float, ...] = REHEARSAL_UTILIZATION,
                           span_ms: float = SERVED_PROFILE_MS, seed: int = 0, progress: bool = False,
-                          ) -> dict[str, ServedPasses]:
+                          min_lone: int = SERVED_MIN_LONE) -> dict[str, ServedPasses]:
     """The served-pass profile (`calibration.passes`) of the networks saved in `folders` (testbed network folders,
     task-net order, named `names`, isolated mean pass `isolated_ms[name]`): CPU count + 1 real server processes
     each holding every network serve Poisson arrivals that keep each share in `utilizations` of the cores
     computing, server s running network s of a group of at most that many networks; per network and level, the
     passes that ran with no other server computing beside them, and the group's one-way delays (out: of tasks
-    that reached an idle server, back: of every answered task). A few seconds per group and level; servers
-    stopped on return, on errors and on Ctrl-C."""
+    that reached an idle server, back: of every answered task). Each level runs `span_ms` at least, longer where
+    that is needed for about `min_lone` lone passes per network (the tail quantiles of a few dozen passes are
+    their largest few), at most SERVED_MAX_MS: a few seconds per group and level for small networks, up to half
+    a minute for large ones. Servers stopped on return, on errors and on Ctrl-C."""
     from testbed import LocalCluster, ServerSpec
 
     if len(folders) != len(names) or any(name not in isolated_ms for name in names):
@@ -608,7 +612,10 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                 guess = float(np.mean(passes)) * 2.0  # a first guess of the served pass; then the last level's
                 for share in utilizations:
                     rate = share * min(cpus, n_servers) / (guess + per_task + dispatch)
-                    n = int(np.clip(rate * span_ms, 300, 4000))
+                    # a pass runs alone while none of the other servers computes, each busy ~ share x cpus / servers
+                    lone_share = (1.0 - share * min(cpus, n_servers) / n_servers) ** (n_servers - 1)
+                    wanted = min_lone * n_servers / max(lone_share, 0.05)  # tasks spread evenly over the servers
+                    n = int(max(300, min(max(rate * span_ms, wanted), rate * max(span_ms, SERVED_MAX_MS))))
                     arrival = np.cumsum(rng.exponential(1.0 / rate, n))
                     tasks, _ = run_stream(cluster.sockets, nets, arrival, rng.integers(0, n_servers, n))
                     recv, start, end = _stamps(tasks)

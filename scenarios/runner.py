@@ -185,7 +185,7 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 SERVED_PROFILE = "served_profile.csv"
-SERVED_PROFILE_FORMAT = 2  # 2: with the traffic's one-way delays
+SERVED_PROFILE_FORMAT = 3  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
@@ -556,13 +556,15 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
     physical: dict[str, Any] = {}
     measured = (getattr(facts, "served_passes", None) or {}) if calibration is not None else {}
     if facts is not None:
+        overhead = served_model.per_task_ms(calibration, served_model.experts_pass_ms(facts)) \
+            if calibration is not None else 0.0  # service.overhead_ms: beside every pass (physical_table)
+
         def service_of(name: str) -> dict[str, Any]:
             samples = facts.profile_ms[name]
             if name in measured:  # at the busiest measured level until the point's utilization is known
-                return {"kind": "empirical", "samples_ms": served_model.served_pass_samples(
-                    calibration, measured[name], samples, None)}
+                return {"kind": "empirical", "samples_ms": served_model.served_pass_samples(measured[name], None)}
             if calibration is not None:
-                return {"kind": "empirical", "samples_ms": served_model.served_samples(calibration, samples)}
+                return {"kind": "empirical", "samples_ms": served_model.served_samples(calibration, samples, overhead)}
             return {"kind": "empirical", "samples_ms": samples.tolist()}
 
         expert_service = [service_of(e["name"]) for e in facts.experts]
@@ -590,7 +592,8 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
         if calibration is not None and not own_cores:
             config = served_model.with_served_cores(config, calibration, facts.device if facts else "cpu")
         if calibration is not None and facts is not None:
-            served_mean = float(np.mean([np.mean(s["samples_ms"]) for s in expert_service]))
+            served_mean = float(np.mean([np.mean(s["samples_ms"]) for s in expert_service])) \
+                + config.service.overhead_ms
             if not own_network:
                 config = served_model.with_served_delays(config, calibration, facts.device, served_mean)
             if measured:  # the networks' own served passes (and their traffic's delays, unless the scenario's)

@@ -288,7 +288,7 @@ def sim_config_for(
     if load is not None or ensemble_load is not None:
         stand_in = {"rate_per_ms": 1.0} if traffic.get("kind", "poisson") != "trace" else {}
         partial = parse_config({**table, "traffic": {**traffic, **stand_in}, "n_queries": 1, "horizon_ms": None})
-        means = [partial.service.expert_dist(i).mean() for i in range(partial.n_experts)]
+        means = [partial.service.expert_dist(i).mean() + partial.service.overhead_ms for i in range(partial.n_experts)]
         if load is not None:  # routed queries: a fraction of the N experts' combined capacity
             routed_capacity = sum(1.0 / m for m in means) if capacity is None else capacity(means)
             traffic["rate_per_ms"] = load * routed_capacity

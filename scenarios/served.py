@@ -5,14 +5,15 @@ serving that network on this machine costs.
 (`"served"`) every simulated task is what a real server process on this machine would spend on it, and every
 query travels as it would through a real dispatcher:
 
-- a task holds its server for its network's pass as serving shows it plus the server's own per-task work
-  (sending the output, reading its socket, being scheduled again: the calibration's line `Calibration.served_ms`
-  less the isolated pass). The served pass is measured on the scenario's own networks (`with_measured_passes`,
+- a task holds its server for its network's pass as serving shows it plus the server's own per-task work (sending the
+  output, reading its socket, being scheduled again: the calibration's line `Calibration.served_ms` less the isolated
+  pass, at the experts' isolated pass: `service.overhead_ms`, which a straggle does not stretch — a served straggler
+  is held (f - 1) x its pass). The served pass is measured on the scenario's own networks (`with_measured_passes`,
   calibration.passes: real servers under Poisson traffic, lone passes per core utilization, read at the point's
-  utilization) — a pass after idling or after other processes used the core runs longer, by an amount that
-  depends on the network, not on its isolated time alone. Without that profile (`profile.served_passes =
-  "calibration"`), the isolated sample on the calibration's line plus what serving adds to a pass of that
-  isolated time in the calibration's own random-weight networks (`with_served_passes`);
+  utilization) — a pass after idling or after other processes used the core runs longer, by an amount that depends on
+  the network, not on its isolated time alone. Without that profile (`profile.served_passes = "calibration"`), the
+  isolated sample on the calibration's line plus what serving adds to a pass of that isolated time in the
+  calibration's own random-weight networks (`with_served_passes`);
 - each task takes a one-way dispatch delay to reach its server and a return delay to come back: the calibration's
   samples measured under serving traffic, interpolated to the point's core utilization (`with_served_delays`:
   a busier machine answers later, a sleeping one wakes slower), and a cancelled pass runs to its end, as a real
@@ -48,23 +49,29 @@ MEANINGS = {
 }  # the pilot policy whose latency defines a served percentile delay
 
 
-def served_samples(calibration: Any, pass_ms: np.ndarray) -> list[float]:
-    """The served cost of every isolated pass sample, as the empirical service distribution's samples."""
-    served = np.asarray(calibration.served_ms(np.asarray(pass_ms, float)), float)
+def per_task_ms(calibration: Any, pass_ms: float) -> float:
+    """The server's own work per task beside a pass of `pass_ms` isolated (reading the task, sending the output,
+    being scheduled again): the calibration's served cost of that pass, less the pass. The simulator adds it to
+    every task as `service.overhead_ms`, which a straggle does not stretch (a testbed server holds a straggler
+    for (f - 1) x its forward pass, not x its bookkeeping)."""
+    return max(float(calibration.served_ms(np.array([float(pass_ms)]))[0]) - float(pass_ms), 0.0)
+
+
+def served_samples(calibration: Any, pass_ms: np.ndarray, overhead_ms: float = 0.0) -> list[float]:
+    """The served cost of every isolated pass sample, less the per-task work `overhead_ms` the simulator adds to
+    every task beside it: the empirical service distribution's samples."""
+    served = np.asarray(calibration.served_ms(np.asarray(pass_ms, float)), float) - overhead_ms
     if served.shape != np.shape(pass_ms) or not np.all(np.isfinite(served)) or np.any(served <= 0):
         raise ValueError("calibration: the served cost of a pass must be finite and > 0")
     return served.tolist()
 
 
-def served_pass_samples(calibration: Any, passes: Any, isolated_ms: np.ndarray, utilization: float | None,
-                        ) -> list[float]:
-    """A network's served cost per task from its measured served passes (`calibration.passes.ServedPasses`) at
-    this core utilization (None: the busiest measured level): each served pass plus the server's own per-task work
-    beside its pass (the calibration's served cost of the isolated median pass, less that pass)."""
-    pass_ms = float(np.median(np.asarray(isolated_ms, float)))
-    per_task = float(calibration.served_ms(np.array([pass_ms]))[0]) - pass_ms
+def served_pass_samples(passes: Any, utilization: float | None) -> list[float]:
+    """A network's served passes (`calibration.passes.ServedPasses`) at this core utilization (None: the busiest
+    measured level), as the empirical service distribution's samples; the server's work beside the pass is
+    `service.overhead_ms` (`per_task_ms`)."""
     level = passes.levels[-1].samples_ms if utilization is None else passes.samples_at(utilization)
-    served = np.asarray(level, float) + max(per_task, 0.0)
+    served = np.asarray(level, float)
     if not np.all(np.isfinite(served)) or np.any(served <= 0):
         raise ValueError("served profile: the served cost of a pass must be finite and > 0")
     return served.tolist()
@@ -73,7 +80,8 @@ def served_pass_samples(calibration: Any, passes: Any, isolated_ms: np.ndarray, 
 def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served_mean_ms: float,
                          delays: bool = True) -> SimConfig:
     """The point's config with every network's service the served passes measured for it
-    (`facts.served_passes`) at this point's core utilization, plus the per-task work beside the pass; and with
+    (`facts.served_passes`) at this point's core utilization (the per-task work beside the pass is the config's
+    `service.overhead_ms`); and with
     `delays`, the one-way delays measured in the experts' own traffic at that utilization (their quantiles
     averaged over the experts) where the profile has them."""
     from sim.config import Network
@@ -91,7 +99,7 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
     def at(name: str, dist: Any) -> Any:
         if dist is None or getattr(dist, "kind", None) != "empirical" or name not in facts.served_passes:
             return dist
-        samples = served_pass_samples(calibration, facts.served_passes[name], facts.profile_ms[name], u)
+        samples = served_pass_samples(facts.served_passes[name], u)
         return dist.model_copy(update={"samples_ms": tuple(samples)})
 
     names = [e["name"] for e in facts.experts]
@@ -108,11 +116,12 @@ def experts_pass_ms(facts: Any) -> float:
 
 
 def physical_table(calibration: Any, device: str, pass_ms: float) -> dict[str, Any]:
-    """What a served run adds to a point's sim table besides service times: the measured one-way delays,
+    """What a served run adds to a point's sim table besides service times: the server's per-task work beside
+    the pass (`per_task_ms` at the experts' isolated pass `pass_ms`), the measured one-way delays,
     finish-the-pass cancels and the cores (left by the dispatcher, filled in per point by `with_served_cores`),
     time-sliced in the measured quantum, servers computing side by side slowed as the calibration measured for a
     network whose isolated pass is `pass_ms` (on a CPU)."""
-    service: dict[str, Any] = {"cancel_in_service": "finish_pass",
+    service: dict[str, Any] = {"cancel_in_service": "finish_pass", "overhead_ms": per_task_ms(calibration, pass_ms),
                                "cores": 1.0 if device.startswith("cuda") else float(calibration.server_cores(0.0))}
     wake = calibration.wake_table(pass_ms)
     if not calibration.passes_under_load and any(extra > 0 for extra in wake["extra_ms"]):

@@ -199,7 +199,12 @@ class Wake(_Model):
 
 
 class Service(_Model):
-    """Service time of a task = dist.ppf(u) * scale[server] * (per-task slowdown) * (episode slowdown).
+    """Service time of a task = (dist.ppf(u) * scale[server] * (per-task slowdown) + overhead_ms) * (episode
+    slowdown).
+
+    `overhead_ms` is the server's own work per task beside its forward pass (reading the task, sending the
+    output, being scheduled again): it holds the server and, with `cores`, computes on them, but a straggle never
+    stretches it — a straggling pass runs long, the bookkeeping around it does not.
 
     `cancel_in_service` says what a cancel does to a task being served: ``preempt`` frees the server at once;
     ``finish_pass`` lets the task's forward pass (its time without the straggle factor) run to its end and cuts
@@ -230,6 +235,10 @@ class Service(_Model):
     scale: tuple[Annotated[float, Field(gt=0)], ...] | None = Field(
         default=None, description="per-server multiplier, len N + r"
     )
+    overhead_ms: float = Field(
+        default=0.0, ge=0,
+        description="per-task work of a server beside the pass (ms): added to every task, never stretched by a "
+                    "straggle; the served latency model sets it from the calibration")
     max_batch: int = Field(default=1, ge=1, description="dynamic batching: tasks a free server takes at once")
     batch_cost_per_extra: float = Field(default=0.25, ge=0, description="batch time = max draw * (1 + cost * (b - 1))")
     cancel_in_service: Literal["preempt", "finish_pass"] = "preempt"

@@ -138,6 +138,7 @@ class _Server:
         "free_at",
         "woke",
         "factor",
+        "share",
     )
 
     def __init__(
@@ -164,6 +165,7 @@ class _Server:
         self.free_at = 0.0  # when the server last became free (wake-up costs: how long it sat idle)
         self.woke = 0.0  # wake-up cost added to the current task's pass
         self.factor = 1.0  # stragglers.extra_of = "pass": the current task's straggle factor
+        self.share = 1.0  # ... and its pass's share of its work on the cores (the rest: overhead, not stretched)
 
     def start(self, task: _Task) -> None:
         env = self.env
@@ -177,14 +179,19 @@ class _Server:
         wake = self.eng.wake
         woke = self.woke = wake.extra(now - self.free_at) if wake is not None else 0.0  # 0 straight on
         ev = self.ev = Due(self.finish)
-        if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included
-            pass_ms = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke  # type: ignore[index]
-            self.factor = d / (pass_ms - woke) if pass_ms > woke else 1.0
-            d, woke = pass_ms * self.factor, 0.0
+        if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included, and not the
+            ov = self.eng.overhead  # server's work beside it (both slowed alike by an episode)
+            qid = task.q.qid
+            pass_ms = d * (self.pass_draw[qid] - ov) / self.draw[qid] + woke  # type: ignore[index]
+            ov = ov * d / self.draw[qid] if ov else 0.0
+            self.factor = (d - ov) / (pass_ms - woke) if pass_ms > woke else 1.0
+            self.share = pass_ms / (pass_ms + ov) if ov else 1.0
+            work = pass_ms + ov
+            d, woke = pass_ms * self.factor + ov, 0.0
         if self.eng.sharing:  # the task's work is done at the shared cores' current speed
             if self.eng.stall:  # ... and a straggle's extra time is spent off the cores
                 if self.eng.of_pass:
-                    pass_ms = d / self.factor
+                    pass_ms = work
                 else:
                     pass_ms = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke  # type: ignore[index]
                     d += woke
@@ -280,7 +287,8 @@ class _Server:
             return
         self.eng.busy_down(self)
         if self.eng.of_pass:  # held (f - 1) x as long as the pass took on its server, waits for the cores included
-            self.extra = (self.factor - 1.0) * (self.env.now - self.t0)
+            # (the pass's share of the wall time its work took: the overhead beside it is not stretched)
+            self.extra = (self.factor - 1.0) * (self.env.now - self.t0) * self.share
         ev = self.ev = Due(self.finish)
         self.env.at(self.env.now + self.extra, ev)
 
@@ -422,6 +430,7 @@ class FastEngine:
         self.rate = 1.0  # speed of every busy server while sharing
         self.wake = plan.wake  # extra compute of a task that starts on a server that sat idle
         self.of_pass = plan.extra_of_pass  # a straggle is (f - 1) x the pass as it ran, not as drawn
+        self.overhead = plan.overhead_ms  # each task's work beside its pass (in its draw), never stretched
         if plan.wake is not None and plan.max_batch > 1:
             raise ValueError("wake-up costs (service.wake) are not modelled with batching")
         self.quantum = plan.quantum  # time slicing: round robin in quanta instead of processor sharing

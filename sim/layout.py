@@ -50,12 +50,15 @@ def layout(cfg: SimConfig, spec: PolicySpec) -> Layout:
     scale = cfg.service.scale or (1.0,) * (n + r)
     strag = cfg.stragglers
     means = []
+    overhead = cfg.service.overhead_ms
     for s, h in enumerate(hosts):
         m = server_dist(cfg, h).mean() * scale[s]
         if strag.servers is None or s in strag.servers:
-            m *= strag.task_factor_mean()
+            m = m * strag.task_factor_mean() + overhead
             if strag.episodes is not None:
                 m *= strag.episodes.mean_factor()
+        else:
+            m += overhead
         means.append(m)
     return Layout(tuple(hosts), tuple(means))
 
@@ -114,7 +117,7 @@ def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:
         m = server_dist(cfg, lay.hosts[s]).mean() * scale[s]
         if strag.hold == "compute" and (strag.servers is None or s in strag.servers):
             m *= strag.task_factor_mean()
-        return m
+        return m + cfg.service.overhead_ms
 
     per_server = [on_core(s) for s in range(len(lay.hosts))]
     routed = cfg.traffic.routed_rate() * cfg.traffic.mean_shares(n)

@@ -41,7 +41,8 @@ class Plan:
     affected: frozenset[int]  # servers subject to episodes/failures
     max_batch: int = 1
     batch_cost_per_extra: float = 0.0
-    pass_ms: np.ndarray | None = None  # (n, S) task time without the straggle factor, when cancels finish the pass
+    pass_ms: np.ndarray | None = None  # (n, S) task time without the straggle factor (pass + overhead_ms), when
+    # cancels finish the pass
     out_ms: np.ndarray | None = None  # (n, S) dispatcher → server delay per (query, server)
     back_ms: np.ndarray | None = None  # (n, S) server → dispatcher delay
     cores: float | None = None  # servers share this many cores (processor sharing); None = one each
@@ -51,6 +52,7 @@ class Plan:
     finish_pass: bool = False  # a cancel lets the task's pass (pass_ms) end
     stall: bool = False  # with cores: a straggle's extra time (beyond pass_ms) holds the server off the cores
     extra_of_pass: bool = False  # a straggle's extra time is (f - 1) x the pass's own time on its server
+    overhead_ms: float = 0.0  # in every task time: the server's work beside the pass, never stretched
 
     @property
     def n_servers(self) -> int:
@@ -85,7 +87,8 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
     base = np.empty_like(draws.service_u)
     for s, h in enumerate(lay.hosts):
         base[:, s] = server_dist(cfg, h).ppf(draws.service_u[:, s]) * scale[s]
-    svc = base * draws.task_factor
+    overhead = cfg.service.overhead_ms  # beside the pass: never stretched by a straggle
+    svc = base * draws.task_factor + overhead
     net = cfg.network
     finish_pass = cfg.service.cancel_in_service == "finish_pass"
     stall = cfg.service.cores is not None and cfg.stragglers.hold == "stall"
@@ -120,7 +123,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         affected=frozenset(range(s_tot) if st.servers is None else st.servers),
         max_batch=cfg.service.max_batch,
         batch_cost_per_extra=cfg.service.batch_cost_per_extra,
-        pass_ms=base if finish_pass or stall or of_pass else None,
+        pass_ms=base + overhead if finish_pass or stall or of_pass else None,
         out_ms=_delays(net.out, draws.net_out_u, base.shape),
         back_ms=_delays(net.back, draws.net_back_u, base.shape),
         cores=cfg.service.cores,
@@ -130,6 +133,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         finish_pass=finish_pass,
         stall=stall,
         extra_of_pass=of_pass,
+        overhead_ms=overhead,
     )
 
 

@@ -82,7 +82,7 @@ def test_real_servers_credit_each_network_its_own_passes(tmp_path: Path) -> None
     iso = profile_interleaved(picked, torch.from_numpy(np.load(inputs)), torch.device("cpu"), samples=40, threads=1)
     isolated = {name: float(np.mean(ms)) for name, ms in iso.items()}
     profile = measure_served_passes([folders[small], folders[large]], inputs, ["cnn-w2", "cnn-w48"], isolated,
-                                    span_ms=600.0)
+                                    span_ms=600.0, min_lone=0)
     assert set(profile) == {"cnn-w2", "cnn-w48"}
     for passes in profile.values():
         assert len(passes.levels) == 2 and passes.has_delays

@@ -153,6 +153,13 @@ def test_fast_engine_matches_idiomatic_simpy_with_batching_and_unequal_servers(p
     _engines_agree(pol, {"max_batch": 3, "batch_cost_per_extra": 0.3, "scale": [1.0, 1.3, 0.8, 0.5, 1.6]})
 
 
+@pytest.mark.parametrize("pol", POLICIES, ids=_pol_id)
+def test_fast_engine_matches_idiomatic_simpy_with_overhead(pol):
+    """A per-task overhead beside every pass (not stretched by stragglers, slowed by episodes) on servers of
+    unequal speed."""
+    _engines_agree(pol, {"overhead_ms": 0.3, "scale": [1.0, 1.3, 0.8, 0.5, 1.6]})
+
+
 BASE = {
     "n_experts": 2,
     "r": 1,
