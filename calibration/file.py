@@ -232,6 +232,16 @@ class Calibration(_Strict):
         """Per-task serving cost for isolated forward-pass samples: overhead_ms + slope × pass, sample by sample."""
         return self.serving.overhead_ms + self.serving.slope * np.asarray(pass_ms, float)
 
+    def work_beside_pass_ms(self, pass_ms: float) -> float:
+        """What a busy server spends per task beside the forward pass itself — reading the task, sending the
+        output, looking for the next one — for a network whose isolated pass is `pass_ms`: each measured size's
+        mean cycle less its mean pass *in service* (not its isolated pass: how serving stretches the pass is the
+        pass's, measured on the network itself by the served profile), linear in log pass time between the sizes,
+        held at the ends, at least 0."""
+        points = sorted(self.serving.points, key=lambda p: p.isolated_mean_ms)
+        return max(0.0, at_size([p.isolated_mean_ms for p in points],
+                                [p.cycle_mean_ms - p.compute_mean_ms for p in points], pass_ms))
+
     def out_ms_samples(self, utilization: float | None = None) -> np.ndarray:
         """Frontend → server one-way delays (ms), an empirical sample: under serving traffic at `utilization` (the
         busy share of the machine's cores) where the file has such levels, else to an idle server."""

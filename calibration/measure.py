@@ -605,8 +605,8 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
             for group in groups:
                 nets = [group[s % len(group)] for s in range(n_servers)]
                 passes = np.array([isolated_ms[names[j]] for j in nets], float)
-                served = calibration.served_ms(passes) if calibration is not None else 0.15 + 1.05 * passes
-                per_task = float(np.mean(served - passes))  # the server's own work beside a pass
+                per_task = float(np.mean([calibration.work_beside_pass_ms(p) for p in passes])) \
+                    if calibration is not None else 0.1  # the server's own work beside a pass
                 dispatch = max(calibration.dispatcher.cpu_ms_per_task, 0.0) \
                     if calibration is not None and not device.startswith("cuda") else 0.0  # on the same cores
                 guess = float(np.mean(passes)) * 2.0  # a first guess of the served pass; then the last level's

@@ -13,32 +13,37 @@ from coin.params import check_beta, check_experts
 from coin.task import CodingTask, EncodeResult
 
 MethodFn = Callable[..., EncodeResult]
-_METHODS: dict[str, MethodFn] = {}
+_ADDED: dict[str, MethodFn] = {}  # methods registered at run time, beside the built-in table
 
 
 def register(name: str) -> Callable[[MethodFn], MethodFn]:
-    """Decorator: make ``fn(task, **options) -> EncodeResult`` available as ``name``."""
+    """Decorator: make ``fn(task, **options) -> EncodeResult`` available as ``name`` (a method of your own; the
+    built-in ones are listed in coin.methods.METHODS)."""
 
     def deco(fn: MethodFn) -> MethodFn:
-        _METHODS[name] = fn
+        _ADDED[name] = fn
         return fn
 
     return deco
 
 
-def available() -> list[str]:
-    """Registered method names, in registration order."""
-    import coin.methods  # noqa: F401  (registers the built-in methods)
+def _methods() -> dict[str, MethodFn]:
+    from coin.methods import METHODS  # torch-heavy: loaded when a method is first asked for
 
-    return list(_METHODS)
+    return {**METHODS, **_ADDED}
+
+
+def available() -> list[str]:
+    """Method names: the built-in ones in their table's order, then any registered at run time."""
+    return list(_methods())
 
 
 def get_method(name: str) -> MethodFn:
-    """The method registered as ``name``; CodingError listing the choices otherwise."""
-    names = available()
-    if name not in _METHODS:
-        raise CodingError(f"unknown coding method '{name}'; choose from {', '.join(names)}")
-    return _METHODS[name]
+    """The method named ``name``; CodingError listing the choices otherwise."""
+    methods = _methods()
+    if name not in methods:
+        raise CodingError(f"unknown coding method '{name}'; choose from {', '.join(methods)}")
+    return methods[name]
 
 
 def encode(

@@ -22,7 +22,6 @@ import copy
 import importlib
 import json
 import re
-import sys
 import time
 from collections.abc import Callable
 from difflib import get_close_matches
@@ -36,6 +35,7 @@ from torch import nn
 
 from models.config import ConfigError, format_validation
 from models.data import DataError
+from models.progress import say
 
 if TYPE_CHECKING:
     from models.networks import NetworkSpec
@@ -638,11 +638,6 @@ def given_problems(config: GivenZooConfig) -> list[str]:
 # ---------------------------------------------------------------------------------------------- the zoo
 
 
-def _say(message: str, progress: bool) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
-
-
 def load_given_zoo(config: GivenZooConfig, device: str | torch.device = "auto", progress: bool = True) -> Zoo:
     """The given base and experts as a Zoo: the same fields `prepare_networks` reads from a trained zoo."""
     from models.networks import pick_device
@@ -651,7 +646,7 @@ def load_given_zoo(config: GivenZooConfig, device: str | torch.device = "auto", 
 
     device = device if isinstance(device, torch.device) else pick_device(device)
     started = time.perf_counter()
-    _say(f"loading given base and {len(config.experts)} experts ({config.architecture.label()})", progress)
+    say(f"loading given base and {len(config.experts)} experts ({config.architecture.label()})", progress)
     base_path = config.path(config.base)
     base = load_strict(config.architecture.build(), base_path, "base").to(device).eval()
     loaded = []
@@ -668,5 +663,5 @@ def load_given_zoo(config: GivenZooConfig, device: str | torch.device = "auto", 
     for spec, model, train_x, train_y, test_x, test_y, path in loaded:
         zoo.experts.append(Expert(spec, model, train_x, train_y, test_x, test_y,  # type: ignore[arg-type]
                                   accuracy(model, test_x, test_y, device), path, "given", 0.0))
-    _say(f"given networks and data loaded in {time.perf_counter() - started:.1f} s", progress)
+    say(f"given networks and data loaded in {time.perf_counter() - started:.1f} s", progress)
     return zoo

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from models.cache import ModelCache, Status, config_key
 from models.config import ExpertSpec, ZooConfig
 from models.data import ImageData, adapt_images, load_dataset, select_labels
 from models.networks import build_network, pick_device
+from models.progress import say
 from models.training import accuracy, train
 
 if TYPE_CHECKING:
@@ -108,11 +108,6 @@ def _base_split(config: ZooConfig, data: dict[str, ImageData]):
     return torch.cat(xs), torch.cat(ys), torch.cat(tx), torch.cat(ty)
 
 
-def _say(message: str, progress: bool) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
-
-
 def build_zoo(config: ZooConfig | GivenZooConfig, device: str | torch.device = "auto", progress: bool = True) -> Zoo:
     """Base + experts for `config`, reusing cached weights whose recorded provenance matches exactly.
 
@@ -144,7 +139,7 @@ def build_zoo(config: ZooConfig | GivenZooConfig, device: str | torch.device = "
     base = build_network(config.network)
     status, meta = cache.load("base", base_key, base)
     if meta is None:
-        _say(f"training base model on {len(base_x)} images ({', '.join(config.base_datasets())})", progress)
+        say(f"training base model on {len(base_x)} images ({', '.join(config.base_datasets())})", progress)
         result = train(base, base_x, base_y, config.base.train, derive_seed(config.seed, "base-train"), device,
                        label="base", progress=progress)
         base_acc = accuracy(base, base_tx, base_ty, device)
@@ -167,7 +162,7 @@ def build_zoo(config: ZooConfig | GivenZooConfig, device: str | torch.device = "
         model = copy.deepcopy(base)
         status, meta = cache.load("expert", key, model)
         if meta is None:
-            _say(f"fine-tuning expert '{spec.name}' on {spec.partition()} ({len(train_x)} images)", progress)
+            say(f"fine-tuning expert '{spec.name}' on {spec.partition()} ({len(train_x)} images)", progress)
             started = time.perf_counter()
             model.load_state_dict(base.state_dict())
             result = train(model, train_x, train_y, config.finetune, derive_seed(config.seed, "expert", spec.name),

@@ -16,6 +16,8 @@ from typing import Any
 
 import click
 
+from scenarios.overrides import parse_sets
+
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean 'the user asked for something impossible', not 'coinsim has a bug'.
@@ -222,24 +224,6 @@ def _print_table(header: list[str], rows: list[tuple]) -> None:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
 
 
-def _parse_sets(items: tuple[str, ...]) -> dict:
-    """--set a.b=VALUE pairs; VALUE is read as TOML (numbers, strings, lists), else kept as a string."""
-    import tomllib
-
-    out = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise click.UsageError(f"--set expects KEY=VALUE, got '{item}'")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = text
-        except RecursionError:
-            raise click.UsageError(f"--set {key.strip()}: value nested too deeply to read") from None
-    return out
-
-
 def _run_options(command):
     """Options shared by `run` and `sweep`."""
     options = [
@@ -315,7 +299,7 @@ _zoo_seed_option = click.option(
 def _overrides(sets: tuple[str, ...], seed: int | None, device: str | None) -> dict:
     """--set pairs plus the seed options: --seed sets every seed, --sim-seed the scenario's (simulation, coding
     samples), --zoo-seed the networks' (a scenario file's own models.seed, if it has one, is kept otherwise)."""
-    overrides = _parse_sets(sets)
+    overrides = parse_sets(sets)
     if seed is not None:
         from scenarios.schema import EVERY_SEED
 
@@ -345,7 +329,7 @@ def _sweep_overrides(overrides: dict, grids: tuple[str, ...], workers: int | Non
             key, sep, text = item.partition("=")
             if not sep or not key.strip() or not text.strip():
                 raise click.UsageError(f"--grid expects KEY=V1,V2,..., got '{item}'")
-            grid[key.strip()] = [_parse_sets((f"v={v}",))["v"] for v in text.split(",")]
+            grid[key.strip()] = [parse_sets((f"v={v}",))["v"] for v in text.split(",")]
         overrides["sweep.axis"] = None
         overrides["sweep.values"] = None
         overrides["sweep.grid"] = grid
@@ -550,12 +534,53 @@ def calibrate_command(ctx: click.Context, device: str, out: Path | None, force: 
     click.echo(f"\nmeasured in {time.perf_counter() - started:.1f} s; saved {path}")
 
 
+@cli.command("testbed")
+@click.argument("scenario", default="testbed")
+@click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Results go to OUT/<scenario>/testbed-<timestamp>/.")
+@click.option("--seed", type=int, default=None, help="Every seed: the networks' (retrains) and the simulation's.")
+@click.option("--sim-seed", type=int, default=None, expose_value=False, callback=_seed_callback,
+              help="Seed of the served draws and the coding samples only; the experts are not retrained.")
+@click.option("--zoo-seed", type=int, default=None, expose_value=False, callback=_seed_callback,
+              help="Seed of the base model and experts only.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field.")
+@click.option("--latency-model", type=click.Choice(["served", "compute"]), default=None, expose_value=False,
+              callback=_latency_callback,
+              help="served (default): the headline `predicted` variant from the machine's serving calibration.")
+@click.option("--calibration", type=click.Path(path_type=Path), default=None, expose_value=False,
+              callback=_latency_callback, help="Serving calibration file to use.")
+@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Identical repeats (default: scenario's).")
+@click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)")
+@click.option("--no-report", is_flag=True, help="Skip figures and the HTML report.")
+@_threads_option
+@click.pass_context
+def testbed_command(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
+                    repeats: int | None, device: str | None, no_report: bool) -> None:
+    """Serve SCENARIO's points for real (one process per server) and measure the simulator against it."""
+    from scenarios.schema import load_scenario
+    from scenarios.testbed_run import check_testbed, fidelity_folder_text, run_testbed
+
+    overrides = _overrides(sets, seed, device)
+    if repeats is not None:
+        overrides["testbed.repeats"] = repeats
+    config, raw = load_scenario(scenario, overrides)
+    check_testbed(config, out_root)
+    render = None
+    if not no_report:
+        from reports.testbed import render_testbed as render
+    try:
+        folder = run_testbed(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: servers stopped, nothing written (a testbed run is not resumable)", err=True)
+        ctx.exit(130)
+    click.echo(fidelity_folder_text(folder))
+    click.echo(f"\nresults: {folder}")
+
+
 def _register_commands() -> None:
     from scenarios.coding import code
-    from scenarios.testbed_run import testbed_command
 
-    cli.add_command(_threads_option(code))  # --threads after these subcommands too
-    cli.add_command(_threads_option(testbed_command))
+    cli.add_command(_threads_option(code))  # --threads after this subcommand too
 
 
 _register_commands()

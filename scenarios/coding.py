@@ -24,30 +24,12 @@ import torch
 
 import atomic
 import coin
+from scenarios.overrides import nested, parse_sets
 
 DEFAULT_METHODS = ("coin", "vanilla", "task_arithmetic", "regmean", "distill", "fisher")
 # percent as *_pct and seconds as *_s (issue 11: one unit, one name); the same names as summary.json's coding
 CSV_FIELDS = ("scenario", "seed", "samples", "method", "expert", "name", "nda_pct", "decoded_acc_pct",
               "expert_acc_pct", "n", "encode_s")
-
-
-def _parse_overrides(items: Sequence[str]) -> dict:
-    """``key.sub=value`` strings → nested dict; values parsed as JSON when possible (numbers, bools)."""
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise click.UsageError(f"--set expects key=value, got '{item}'")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return out
 
 
 def _deep_update(base: dict, upd: dict) -> dict:
@@ -258,7 +240,7 @@ def code(ctx: click.Context, scenario: str, methods: str, samples: str, seeds: i
         samples=_csv_list(samples, int, "--samples"),
         seeds=seeds,
         beta=None if beta is None else _csv_list(beta, float, "--beta"),
-        overrides=_parse_overrides(sets),
+        overrides=nested(parse_sets(sets)),
         device=device,
         progress=not quiet and sys.stderr.isatty(),
         lambda_study=lambda_study,

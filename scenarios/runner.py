@@ -32,9 +32,10 @@ import tomli_w
 
 import atomic
 from calibration.passes import read_served_profile, to_frame
+from models.progress import say
 from scenarios import served as served_model
 from scenarios.points import AnswerTables, run_point
-from scenarios.schema import Scenario, axis_column, sim_config_for
+from scenarios.schema import Scenario, axis_column, read_profile, sim_config_for
 from sim import SimConfig, simulate
 
 LATENCY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms")
@@ -61,11 +62,6 @@ class NetworkFacts:
     network_spec: Any = None  # models.NetworkSpec of every served network
     backup_name: str = ""  # coding method of the generalist the backup servers host
     served_passes: dict[str, Any] = field(default_factory=dict)  # name -> calibration.passes.ServedPasses
-
-
-def _say(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
 
 
 def coding_matrix(scenario: Scenario, n: int) -> np.ndarray:
@@ -129,7 +125,7 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
     rows, coded_models, built = [], [], {}
     for method in dict.fromkeys([scenario.coding.method, *scenario.coding.compare]):
-        _say(f"coding {n} experts with {method} (P={scenario.coding.samples})", quiet)
+        say(f"coding {n} experts with {method} (P={scenario.coding.samples})", not quiet)
         result = encode(method, matrix[0])
         built[method] = result.model
         for row in coin.evaluate(result.model, zoo.models, torch.tensor(matrix[0]), tests):
@@ -139,7 +135,7 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
         if method == scenario.coding.method:
             coded_models.append(result.model)
     for k in range(1, matrix.shape[0]):
-        _say(f"coding coded model {k + 1}/{matrix.shape[0]} with {scenario.coding.method}", quiet)
+        say(f"coding coded model {k + 1}/{matrix.shape[0]} with {scenario.coding.method}", not quiet)
         coded_models.append(encode(scenario.coding.method, matrix[k]).model)
     # the generalist a backup server hosts: coded model 0 itself, or the network of another method (β = row 0)
     if scenario.backup_is_coded:
@@ -147,7 +143,7 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     elif scenario.backup_method in built:
         generalist = built[scenario.backup_method]
     else:
-        _say(f"coding the generalist backup with {scenario.backup_method}", quiet)
+        say(f"coding the generalist backup with {scenario.backup_method}", not quiet)
         generalist = encode(scenario.backup_method, matrix[0]).model
     timings["coding_s"] = time.perf_counter() - started - timings["models_s"]
 
@@ -185,7 +181,8 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 SERVED_PROFILE = "served_profile.csv"
-SERVED_PROFILE_FORMAT = 3  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level
+SERVED_PROFILE_FORMAT = 4  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
+# 4: levels indexed by a utilization that counts the work beside the pass as the simulator does
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
@@ -234,7 +231,7 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
     from scenarios.networks import save_networks, served_networks
     from testbed.cluster import scratch_folder
 
-    _say(f"served profile: serving {', '.join(names)} for a few seconds under traffic (cached after)", quiet)
+    say(f"served profile: serving {', '.join(names)} for a few seconds under traffic (cached after)", not quiet)
     order = [name for name, _ in served_networks(facts)]
     device = "cuda" if facts.device.startswith("cuda") else "cpu"  # a server process takes the device kind
     with scratch_folder("coinsim-served-") as tmp:
@@ -260,31 +257,6 @@ def served_frame(facts: NetworkFacts) -> pd.DataFrame:
 def _profile_frame(facts: NetworkFacts) -> pd.DataFrame:
     return pd.DataFrame([(name, ms) for name, times in facts.profile_ms.items() for ms in times],
                         columns=["model", "ms"])
-
-
-def read_profile(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
-    """Latency samples saved by an earlier run, so a run can be repeated number for number.
-
-    ScenarioError when profile.csv cannot be read, lacks a network or holds a time that is not a positive number.
-    """
-    from scenarios.schema import ScenarioError
-
-    path = folder / "profile.csv"
-    try:
-        table = pd.read_csv(path)
-    except (OSError, ValueError) as error:  # pandas' parser and decoding errors are ValueErrors
-        raise ScenarioError(f"profile.replay: cannot read {path}: {str(error).strip().splitlines()[0]}") from None
-    if not {"model", "ms"} <= set(table.columns):
-        raise ScenarioError(f"profile.replay: {path} needs the columns model, ms")
-    missing = [n for n in names if n not in set(table["model"].astype(str))]
-    if missing:
-        raise ScenarioError(f"profile.replay: {path} has no samples for {', '.join(missing)}")
-    samples = {n: pd.to_numeric(table.loc[table["model"].astype(str) == n, "ms"], errors="coerce").to_numpy(float)
-               for n in names}
-    bad = [n for n, ms in samples.items() if not np.all(np.isfinite(ms) & (ms > 0))]
-    if bad:
-        raise ScenarioError(f"profile.replay: {path} has times that are not positive numbers for {', '.join(bad)}")
-    return samples
 
 
 class LiveForwardTimes:
@@ -418,7 +390,7 @@ def _execute(points: list[tuple[dict[str, Any], SimConfig]], seed: int, answers:
 
     todo = [i for i in range(len(points)) if not store.done(i)]
     if len(todo) < len(points):
-        _say(f"resuming: {len(points) - len(todo)} of {len(points)} point(s) already done", quiet)
+        say(f"resuming: {len(points) - len(todo)} of {len(points)} point(s) already done", not quiet)
     bar = tqdm(total=len(points), initial=len(points) - len(todo), desc="sweep", unit="point", file=sys.stderr,
                disable=quiet or not sys.stderr.isatty() or len(points) == 1)
     sweep = scenario.sweep
@@ -531,14 +503,14 @@ def serving_calibration(scenario: Scenario, quiet: bool = False, reuse: Path | N
         try:
             return load_calibration(path, expect_machine=machine), path
         except CalibrationError as error:
-            _say(f"calibration: {error}; measuring this machine again", quiet)
+            say(f"calibration: {error}; measuring this machine again", not quiet)
     else:
-        _say("calibration: none for this machine and device yet; measuring how it serves, once", quiet)
+        say("calibration: none for this machine and device yet; measuring how it serves, once", not quiet)
     from calibration.measure import calibrate
 
     calibration = calibrate(device, progress=not quiet)
     save_calibration(calibration, path)
-    _say(f"calibration: saved {path} (coinsim calibrate --show)", quiet)
+    say(f"calibration: saved {path} (coinsim calibrate --show)", not quiet)
     return calibration, path
 
 
@@ -722,8 +694,8 @@ def run_scenario(
     created = [folder for folder in (work, *work.parents) if not folder.exists()]  # deepest first
     store = PointStore(work)
     if resume and (damaged := store.damaged()):
-        _say(f"resuming: the files of point(s) {', '.join(str(i) for i in damaged)} are damaged; they are run again",
-             quiet)
+        say(f"resuming: the files of point(s) {', '.join(str(i) for i in damaged)} are damaged; they are run again",
+            not quiet)
     try:
         if scenario.models is not None and resume and (work / "profile.csv").is_file():
             scenario = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"replay": work})})
@@ -740,7 +712,7 @@ def run_scenario(
             if facts.served_passes and not (work / SERVED_PROFILE).is_file():
                 atomic.write_with(work / SERVED_PROFILE, lambda path: served_frame(facts).to_csv(path, index=False))
         points = build_point_configs(scenario, facts, calibration=calibration)
-        _say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", quiet)
+        say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", not quiet)
         sim_started = time.perf_counter()
         _execute(points, scenario.seed, facts.answers if facts else None, scenario, store, quiet)
         sim_seconds = time.perf_counter() - sim_started
@@ -792,7 +764,7 @@ def run_scenario(
                     "total_s": time.perf_counter() - started},
     }
     if facts is not None and scenario.profile.live_check_queries > 0:
-        _say(f"live check: replaying {scenario.profile.live_check_queries} queries with real forward passes", quiet)
+        say(f"live check: replaying {scenario.profile.live_check_queries} queries with real forward passes", not quiet)
         summary["live_check"] = {**live_check(scenario, facts, points[headline][1]), "point": headline}
     if facts is not None:
         percent = {"accuracy": "accuracy_pct", "nda": "nda_pct", "decoded_acc": "decoded_acc_pct",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.config import ConfigError, ZooConfig, read_zoo_file, validation_problems, zoo_config_from_dict
@@ -379,10 +380,33 @@ def non_finite_fields(value: Any, path: str = "") -> list[tuple[str, float]]:
     return []
 
 
+def read_profile(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
+    """Latency samples saved by an earlier run, so a run can be repeated number for number.
+
+    ScenarioError when profile.csv cannot be read, lacks a network or holds a time that is not a positive number.
+    """
+    import pandas as pd
+
+    path = folder / "profile.csv"
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as error:  # pandas' parser and decoding errors are ValueErrors
+        raise ScenarioError(f"profile.replay: cannot read {path}: {str(error).strip().splitlines()[0]}") from None
+    if not {"model", "ms"} <= set(table.columns):
+        raise ScenarioError(f"profile.replay: {path} needs the columns model, ms")
+    missing = [n for n in names if n not in set(table["model"].astype(str))]
+    if missing:
+        raise ScenarioError(f"profile.replay: {path} has no samples for {', '.join(missing)}")
+    samples = {n: pd.to_numeric(table.loc[table["model"].astype(str) == n, "ms"], errors="coerce").to_numpy(float)
+               for n in names}
+    bad = [n for n, ms in samples.items() if not np.all(np.isfinite(ms) & (ms > 0))]
+    if bad:
+        raise ScenarioError(f"profile.replay: {path} has times that are not positive numbers for {', '.join(bad)}")
+    return samples
+
+
 def _check_replay(scenario: Scenario) -> None:
     """profile.replay must hold latency samples for every network this scenario serves."""
-    from scenarios.runner import read_profile
-
     assert scenario.models is not None and scenario.profile.replay is not None
     read_profile(Path(scenario.profile.replay).expanduser(), scenario.served_names())
 

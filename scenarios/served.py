@@ -6,14 +6,14 @@ serving that network on this machine costs.
 query travels as it would through a real dispatcher:
 
 - a task holds its server for its network's pass as serving shows it plus the server's own per-task work (sending the
-  output, reading its socket, being scheduled again: the calibration's line `Calibration.served_ms` less the isolated
-  pass, at the experts' isolated pass: `service.overhead_ms`, which a straggle does not stretch — a served straggler
-  is held (f - 1) x its pass). The served pass is measured on the scenario's own networks (`with_measured_passes`,
-  calibration.passes: real servers under Poisson traffic, lone passes per core utilization, read at the point's
-  utilization) — a pass after idling or after other processes used the core runs longer, by an amount that depends on
-  the network, not on its isolated time alone. Without that profile (`profile.served_passes = "calibration"`), the
-  isolated sample on the calibration's line plus what serving adds to a pass of that isolated time in the
-  calibration's own random-weight networks (`with_served_passes`);
+  output, reading its socket, being scheduled again: a busy server's cycle less its pass in service, measured by the
+  calibration and read at the experts' isolated pass: `service.overhead_ms`, which a straggle does not stretch — a
+  served straggler is held (f - 1) x its pass). The served pass is measured on the scenario's own networks
+  (`with_measured_passes`, calibration.passes: real servers under Poisson traffic, lone passes per core utilization,
+  read at the point's utilization) — a pass after idling or after other processes used the core runs longer, by an
+  amount that depends on the network, not on its isolated time alone. Without that profile (`profile.served_passes =
+  "calibration"`), the isolated sample on the calibration's line plus what serving adds to a pass of that isolated
+  time in the calibration's own random-weight networks (`with_served_passes`);
 - each task takes a one-way dispatch delay to reach its server and a return delay to come back: the calibration's
   samples measured under serving traffic, interpolated to the point's core utilization (`with_served_delays`:
   a busier machine answers later, a sleeping one wakes slower), and a cancelled pass runs to its end, as a real
@@ -51,10 +51,11 @@ MEANINGS = {
 
 def per_task_ms(calibration: Any, pass_ms: float) -> float:
     """The server's own work per task beside a pass of `pass_ms` isolated (reading the task, sending the output,
-    being scheduled again): the calibration's served cost of that pass, less the pass. The simulator adds it to
-    every task as `service.overhead_ms`, which a straggle does not stretch (a testbed server holds a straggler
-    for (f - 1) x its forward pass, not x its bookkeeping)."""
-    return max(float(calibration.served_ms(np.array([float(pass_ms)]))[0]) - float(pass_ms), 0.0)
+    looking for the next one): the calibration's busy-server cycle less the pass as it ran in service
+    (`Calibration.work_beside_pass_ms`). The simulator adds it to every task as `service.overhead_ms`, which a
+    straggle does not stretch (a testbed server holds a straggler for (f - 1) x its forward pass, not x its
+    bookkeeping)."""
+    return float(calibration.work_beside_pass_ms(float(pass_ms)))
 
 
 def served_samples(calibration: Any, pass_ms: np.ndarray, overhead_ms: float = 0.0) -> list[float]:

@@ -29,11 +29,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import pandas as pd
 
 import atomic
+from models.progress import say
 from scenarios import served as served_model
 from scenarios.networks import backup_network, save_networks, served_networks
 from scenarios.points import AnswerTables, join_correctness, run_point, solve_missing
@@ -43,7 +43,6 @@ from scenarios.runner import (
     _clean_toml,
     _jsonable,
     _profile_frame,
-    _say,
     _versions,
     build_point_configs,
     latency_model_name,
@@ -454,6 +453,13 @@ def ranking_summary(ranking: pd.DataFrame) -> dict[str, Any]:
             for service, g in ranking.groupby("service", sort=False)}
 
 
+def fidelity_folder_text(folder: Path) -> str:
+    """`fidelity_table_text` of a testbed result folder (its fidelity.csv and, when there, ranking.csv)."""
+    table = pd.read_csv(folder / "fidelity.csv")
+    ranking = pd.read_csv(folder / "ranking.csv") if (folder / "ranking.csv").is_file() else pd.DataFrame()
+    return fidelity_table_text(table, ranking)
+
+
 def fidelity_table_text(fidelity_table: pd.DataFrame, ranking: pd.DataFrame) -> str:
     """The CLI's table: relative error per metric with its verdict mark, the headline variant first, then the
     ranking agreement per variant."""
@@ -536,7 +542,7 @@ def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: An
     short = config.model_copy(update={"n_queries": min(300, config.n_queries or 300)})
     draws = draw(short, seed)
     workload = workload_of(draws, offsets, spec.straggle)
-    _say("testbed: warm-up run (discarded)", quiet)
+    say("testbed: warm-up run (discarded)", not quiet)
     for p in short.policies:
         serve(cluster.sockets, policy_of(make_plan(short, p, draws), backup_net), workload, spec.lead_ms)
 
@@ -585,7 +591,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
         cores = os.cpu_count() or 1
         servers = [ServerSpec(tuple(folders), cpu=(s % cores) if spec.pin else None) for s in range(n_servers)]
         device = "cuda" if facts.device.startswith("cuda") else "cpu"
-        _say(f"testbed: starting {n_servers} server processes", quiet)
+        say(f"testbed: starting {n_servers} server processes", not quiet)
         with LocalCluster(servers, inputs, device=device, threads=spec.threads, addresses=spec.addresses) as cluster:
             _warm_up(cluster, points[0][1], scenario.seed, offsets, spec, quiet, backup_net)
             for index, (values, config) in enumerate(points):
@@ -599,15 +605,15 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                     order = plans[repeat % len(plans):] + plans[: repeat % len(plans)]
                     for plan in order:
                         policy = policy_of(plan, backup_net)
-                        _say(f"testbed: point {index + 1}/{len(points)} {coords} repeat {repeat + 1}/"
-                             f"{spec.repeats}: {plan.name} ({draws.n} queries)", quiet)
+                        say(f"testbed: point {index + 1}/{len(points)} {coords} repeat {repeat + 1}/"
+                             f"{spec.repeats}: {plan.name} ({draws.n} queries)", not quiet)
                         meter = HostMeter([os.getpid(), *cluster.pids])
                         result = serve(cluster.sockets, policy, workload, spec.lead_ms)
                         load = meter.stop()
                         host_load.setdefault(index, []).append(load)
                         if load.other_cores is not None and load.other_cores > NOISY_CORES:
-                            _say(f"testbed: other processes kept {load.other_cores:.2f} cores busy during this run "
-                                 "(its latencies include their interference)", quiet)
+                            say(f"testbed: other processes kept {load.other_cores:.2f} cores busy during this run "
+                                 "(its latencies include their interference)", not quiet)
                         frontend_cpu.setdefault(index, []).append(result.facts["frontend_cpu_s"]
                                                                   / result.facts["served_s"])
                         rec = result.records
@@ -728,59 +734,3 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
             "fidelity_summary": fidelity_summary(fidelity),
             "ranking": ranking_summary(ranking) if ranking is not None and len(ranking) else {},
             "limits_pct": LIMITS_PCT, "max_half_width_pct": MAX_HALF_WIDTH_PCT, "seconds": seconds}
-
-
-def _seed(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
-    from scenarios.cli import _seed_callback
-
-    return _seed_callback(ctx, param, value)
-
-
-def _latency(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    from scenarios.cli import _latency_callback
-
-    return _latency_callback(ctx, param, value)
-
-
-@click.command("testbed")
-@click.argument("scenario", default="testbed")
-@click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
-              help="Results go to OUT/<scenario>/testbed-<timestamp>/.")
-@click.option("--seed", type=int, default=None, help="Every seed: the networks' (retrains) and the simulation's.")
-@click.option("--sim-seed", type=int, default=None, expose_value=False, callback=lambda c, p, v: _seed(c, p, v),
-              help="Seed of the served draws and the coding samples only; the experts are not retrained.")
-@click.option("--zoo-seed", type=int, default=None, expose_value=False, callback=lambda c, p, v: _seed(c, p, v),
-              help="Seed of the base model and experts only.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field.")
-@click.option("--latency-model", type=click.Choice(["served", "compute"]), default=None, expose_value=False,
-              callback=lambda c, p, v: _latency(c, p, v),
-              help="served (default): the headline `predicted` variant from the machine's serving calibration.")
-@click.option("--calibration", type=click.Path(path_type=Path), default=None, expose_value=False,
-              callback=lambda c, p, v: _latency(c, p, v), help="Serving calibration file to use.")
-@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Identical repeats (default: scenario's).")
-@click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)")
-@click.option("--no-report", is_flag=True, help="Skip figures and the HTML report.")
-@click.pass_context
-def testbed_command(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
-                    repeats: int | None, device: str | None, no_report: bool) -> None:
-    """Serve SCENARIO's points for real (one process per server) and measure the simulator against it."""
-    from scenarios.cli import _overrides
-    from scenarios.schema import load_scenario
-
-    overrides = _overrides(sets, seed, device)
-    if repeats is not None:
-        overrides["testbed.repeats"] = repeats
-    config, raw = load_scenario(scenario, overrides)
-    check_testbed(config, out_root)
-    render = None
-    if not no_report:
-        from reports.testbed import render_testbed as render
-    try:
-        folder = run_testbed(config, raw, out_root, quiet=ctx.obj.get("quiet", False), render=render)
-    except KeyboardInterrupt:
-        click.echo("\ninterrupted: servers stopped, nothing written (a testbed run is not resumable)", err=True)
-        ctx.exit(130)
-    table = pd.read_csv(folder / "fidelity.csv")
-    ranking = pd.read_csv(folder / "ranking.csv") if (folder / "ranking.csv").is_file() else pd.DataFrame()
-    click.echo(fidelity_table_text(table, ranking))
-    click.echo(f"\nresults: {folder}")

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from scipy.special import ndtri
 
 from sim.errors import SimConfigError
+from sim.layout import check_stability
 
 POLICY_KINDS = ("uncoded", "replication", "hedged", "coded", "backup")
 DISPATCH = {
@@ -595,8 +596,6 @@ class SimConfig(_Model):
         if not explicit:
             if tr.kind != "trace":
                 object.__setattr__(self, "n_queries", DEFAULT_N_QUERIES)
-            from sim.layout import check_stability  # late import: layout imports this module
-
             problem = check_stability(self)
             if problem:
                 raise ValueError(f"unstable load: {problem}; set n_queries or horizon_ms to simulate a transient")

@@ -8,11 +8,12 @@ per-server random numbers (common random numbers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sim.config import PolicySpec, SimConfig
+if TYPE_CHECKING:  # annotations only: config checks stability through this module
+    from sim.config import PolicySpec, SimConfig
 
 BACKUP = -3
 SPARE = -2

@@ -1,7 +1,32 @@
-"""Built-in coding methods, one per module; importing this package registers them all.
+"""Built-in coding methods, one per module, and the table that names them (`METHODS`, read by coin.registry).
 
-Besides the paper's methods: ``ties`` and ``dare`` (task-vector merges, issue 10) and ``ensemble``, the exact
-Σβᵢfᵢ from running every expert — the ceiling row of an NDA table, not a deployable coded model."""
+Besides the paper's methods: ``ties`` and ``dare`` (task-vector merges) and ``ensemble``, the exact Σβᵢfᵢ from
+running every expert — the ceiling row of an NDA table, not a deployable coded model. A method is a function
+``fn(task, **options) -> EncodeResult``; adding one is a module here and a line in `METHODS`.
+"""
 
-import coin.methods.aligned_coin as _aligned_coin  # noqa: F401  (registers aligned_coin and ot_fusion, issue 6)
-from coin.methods import coin, dare, distill, ensemble, fisher, regmean, task_arithmetic, ties, vanilla  # noqa: F401
+from coin.methods.aligned_coin import aligned_coin
+from coin.methods.coin import coin
+from coin.methods.dare import dare
+from coin.methods.distill import distill
+from coin.methods.ensemble import ensemble
+from coin.methods.fisher import fisher
+from coin.methods.ot_fusion import ot_fusion
+from coin.methods.regmean import regmean
+from coin.methods.task_arithmetic import task_arithmetic
+from coin.methods.ties import ties
+from coin.methods.vanilla import vanilla
+
+METHODS = {
+    "coin": coin,
+    "ot_fusion": ot_fusion,
+    "aligned_coin": aligned_coin,
+    "dare": dare,
+    "distill": distill,
+    "ensemble": ensemble,
+    "fisher": fisher,
+    "regmean": regmean,
+    "task_arithmetic": task_arithmetic,
+    "ties": ties,
+    "vanilla": vanilla,
+}

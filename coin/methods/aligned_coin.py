@@ -12,11 +12,9 @@ from __future__ import annotations
 from coin.methods.coin import coin
 from coin.methods.ot_fusion import alignment_info
 from coin.otfusion import Metric, Solver, align_all
-from coin.registry import register
 from coin.task import CodingTask, EncodeResult
 
 
-@register("aligned_coin")
 def aligned_coin(
     task: CodingTask, metric: Metric = "weight", solver: Solver = "emd", reg: float = 0.01, **coin_options
 ) -> EncodeResult:

@@ -15,7 +15,6 @@ from torch import Tensor
 from coin.errors import CodingError
 from coin.jacobian import output_fisher
 from coin.params import ParamDict, build_coded, merge_buffers, params_of
-from coin.registry import register
 from coin.selection import pick
 from coin.task import CodingTask, EncodeResult
 
@@ -49,7 +48,6 @@ def mean_fisher(fishers: Sequence[ParamDict], beta: Tensor) -> float:
     return total / max(count, 1)
 
 
-@register("coin")
 def coin(
     task: CodingTask,
     lam: float | None = None,

@@ -26,7 +26,6 @@ from torch import Tensor
 
 from coin.errors import CodingError
 from coin.params import ParamDict, add_scaled, build_coded, merge_buffers, params_of, task_vectors
-from coin.registry import register
 from coin.selection import pick
 from coin.task import CodingTask, EncodeResult
 
@@ -59,7 +58,6 @@ def weighted_sum(taus: Sequence[ParamDict], beta: Tensor) -> ParamDict:
     return {n: sum(b * t[n] for b, t in zip(w, taus, strict=True)) for n in taus[0]}
 
 
-@register("dare")
 def dare(
     task: CodingTask,
     p: float | None = None,

@@ -17,11 +17,9 @@ import torch
 
 from coin.errors import CodingError
 from coin.params import build_coded, merge_buffers, params_of, weighted_average
-from coin.registry import register
 from coin.task import CodingTask, EncodeResult
 
 
-@register("distill")
 def distill(
     task: CodingTask,
     epochs: int = 20,

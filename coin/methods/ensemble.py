@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from coin.errors import CodingError
-from coin.registry import register
 from coin.task import CodingTask, EncodeResult
 
 
@@ -38,7 +37,6 @@ class OutputEnsemble(nn.Module):
         return total
 
 
-@register("ensemble")
 def ensemble(task: CodingTask) -> EncodeResult:
     """The exact target Σβᵢfᵢ as one module, in eval mode (the ceiling, not a coded model)."""
     return EncodeResult("ensemble", OutputEnsemble(task.experts, task.beta.tolist()).eval(),

@@ -14,7 +14,6 @@ from torch import Tensor
 from coin.jacobian import categorical_fisher
 from coin.methods.coin import coin_merge
 from coin.params import ParamDict, build_coded, merge_buffers, params_of
-from coin.registry import register
 from coin.task import CodingTask, EncodeResult
 
 
@@ -24,7 +23,6 @@ def fisher_merge(thetas: Sequence[ParamDict], fishers: Sequence[ParamDict], beta
     return coin_merge(thetas, fishers, beta, floor)
 
 
-@register("fisher")
 def fisher(task: CodingTask, floor: float = 1e-6, chunk_size: int | None = None) -> EncodeResult:
     """Exact-Fisher merging; needs no labels and no hyperparameter search."""
     thetas = [params_of(m) for m in task.experts]

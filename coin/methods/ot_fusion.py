@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from coin.otfusion import Metric, Solver, fuse
-from coin.registry import register
 from coin.task import CodingTask, EncodeResult
 
 
@@ -13,7 +12,6 @@ def alignment_info(alignments: list) -> dict:
             "identity_fraction": [a.identity_fraction for a in alignments[1:]]}
 
 
-@register("ot_fusion")
 def ot_fusion(task: CodingTask, metric: Metric = "weight", solver: Solver = "emd", reg: float = 0.01) -> EncodeResult:
     """Data-free with the weight metric; the activation metric uses the P coding samples."""
     fusion = fuse(task.experts, task.beta, metric=metric, solver=solver, reg=reg, x=task.x)

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from coin.params import ParamDict, build_coded, merge_buffers, params_of, weighted_average
-from coin.registry import register
 from coin.task import CodingTask, EncodeResult
 
 
@@ -92,7 +91,6 @@ def regmean_merge(
     return merged
 
 
-@register("regmean")
 def regmean(task: CodingTask, nondiag: float = 0.9, ridge: float = 1e-4) -> EncodeResult:
     """Gram matrices of each expert's own layer inputs over the P samples, then the closed form."""
     layers = regmean_layers(task.experts[0])

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 from coin.errors import CodingError
 from coin.params import ParamDict, build_coded, merge_buffers, params_of
-from coin.registry import register
 from coin.selection import pick
 from coin.task import CodingTask, EncodeResult
 
@@ -21,7 +20,6 @@ def task_arithmetic_merge(base: ParamDict, thetas: Sequence[ParamDict], alpha: f
     return {n: base[n] + alpha * sum(th[n] - base[n] for th in thetas) for n in base}
 
 
-@register("task_arithmetic")
 def task_arithmetic(task: CodingTask, alpha: float | None = None, grid: Sequence[float] = ALPHA_GRID,
                     rule: str = "score") -> EncodeResult:
     """Needs the base model (``task.base``); α fixed or picked on the P samples."""

@@ -28,7 +28,6 @@ from torch import Tensor
 
 from coin.errors import CodingError
 from coin.params import ParamDict, add_scaled, build_coded, merge_buffers, params_of, task_vectors
-from coin.registry import register
 from coin.selection import pick
 from coin.task import CodingTask, EncodeResult
 
@@ -87,7 +86,6 @@ def ties_vector(taus: Sequence[ParamDict], beta: Tensor, k: float) -> tuple[Para
     return elect_and_merge([trim(t, k) for t in taus], beta)
 
 
-@register("ties")
 def ties(
     task: CodingTask,
     k: float | None = None,

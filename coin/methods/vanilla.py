@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from coin.params import build_coded, merge_buffers, params_of, weighted_average
-from coin.registry import register
 from coin.task import CodingTask, EncodeResult
 
 
-@register("vanilla")
 def vanilla(task: CodingTask) -> EncodeResult:
     """β-weighted parameter average; needs no data."""
     thetas = [params_of(m) for m in task.experts]

@@ -66,3 +66,23 @@ def test_single_expert_and_bad_lambda(x6):
     with pytest.raises(coin.CodingError) as e:
         coin.encode("coin", [nn.Linear(6, 4), nn.Linear(6, 4)], [0.5, 0.5], x6, lam=-1.0)
     one_line(e)
+
+
+def test_a_method_of_ones_own_is_chosen_by_name(x6):
+    # the first expert as the "coded model": encode runs it by name and times it, and it is listed after the
+    # built-in table (whose order is the table's)
+    from coin.registry import _ADDED
+
+    @coin.register("first-expert")
+    def first(task):
+        return coin.EncodeResult(method="", model=task.experts[0])
+
+    try:
+        experts = [nn.Linear(6, 4), nn.Linear(6, 4)]
+        res = coin.encode("first-expert", experts, [0.5, 0.5], x6)
+        assert res.model is experts[0] and res.method == "first-expert" and res.seconds >= 0
+        names = coin.available()
+        assert names[0] == "coin" and names[-1] == "first-expert" and "vanilla" in names
+    finally:
+        _ADDED.pop("first-expert")
+    assert "first-expert" not in coin.available()

@@ -10,6 +10,9 @@ from scenarios import served
 from sim import parse_config, simulate
 from tests import calibration_testutil as cu
 
+# the work beside the pass at an isolated pass of 1.5 ms: between the hand calibration's sizes 1 ms (0.6) and 4 ms
+# (1.8), linear in log pass time
+OV_15 = 0.6 + np.log(1.5) / np.log(4.0) * (1.8 - 0.6)
 
 def _pure_sim(rates=(0.05, 0.05), means=(1.0, 1.0), **extra) -> dict:
     return {"n_experts": 2, "r": 1, "n_queries": 4000, "warmup_fraction": 0.0,
@@ -26,8 +29,11 @@ def test_served_samples_follow_the_calibration_line() -> None:
     assert served.served_samples(cal, np.array([0.1, 1.0, 2.0])) == pytest.approx([0.35, 1.7, 3.2])
     # less the per-task work the simulator adds beside every pass (service.overhead_ms)
     assert served.served_samples(cal, np.array([0.1, 1.0, 2.0]), 0.3) == pytest.approx([0.05, 1.4, 2.9])
-    assert served.per_task_ms(cal, 1.0) == pytest.approx(0.2 + 0.5 * 1.0)
-    assert served.per_task_ms(cal, 0.0) == pytest.approx(0.2)
+    # the work beside the pass: a busy server's cycle (0.2 + 1.5 x pass) less its pass in service (1.1 x pass), at
+    # the measured sizes 0.1 / 1 / 4 ms, linear in log pass between them and held beyond
+    assert served.per_task_ms(cal, 1.0) == pytest.approx(0.2 + 0.4 * 1.0)
+    assert served.per_task_ms(cal, 2.0) == pytest.approx(0.6 + 0.5 * (1.8 - 0.6))  # log 2 is half way to log 4
+    assert served.per_task_ms(cal, 0.01) == pytest.approx(0.2 + 0.4 * 0.1)
 
 
 def test_percentile_delay_is_of_the_primary_served_response() -> None:
@@ -68,8 +74,9 @@ def test_server_cores_leave_the_dispatcher_its_share() -> None:
 def test_physical_table_switches_on_serving() -> None:
     cal = cu.hand_calibration()
     table = served.physical_table(cal, "cpu", 1.0)
-    # a pass of 1 ms costs its server 0.2 + 1.5 x 1 ms served: 0.7 ms of it is per-task work beside the pass
-    assert table["service"] == {"cancel_in_service": "finish_pass", "quantum_ms": cu.QUANTUM_MS, "overhead_ms": 0.7,
+    # a pass of 1 ms costs a busy server 0.2 + 1.5 x 1 ms, of which 1.1 ms is its pass in service: 0.6 ms beside it
+    assert table["service"] == {"cancel_in_service": "finish_pass", "quantum_ms": cu.QUANTUM_MS,
+                                "overhead_ms": pytest.approx(0.6),
                                 "cores": pytest.approx(cal.machine.cpu_count - cu.BASE_CORES),
                                 "wake": {"idle_ms": list(cu.WAKE_IDLE_MS), "extra_ms": list(cu.WAKE_EXTRA_MS)}}
     assert table["stragglers"] == {"extra_of": "pass"}
@@ -114,8 +121,8 @@ def test_load_is_a_fraction_of_the_served_capacity() -> None:
     assert config.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / 2.5)
     # of the 3.2 ms, the per-task work beside the pass (0.2 + 0.5 x 1.5 ms at the experts' median isolated pass)
     # is the overhead a straggle does not stretch; the rest is the drawn pass
-    assert config.service.overhead_ms == pytest.approx(0.95)
-    assert config.service.expert_dist(1).mean() == pytest.approx(3.2 - 0.95)
+    assert config.service.overhead_ms == pytest.approx(OV_15)
+    assert config.service.expert_dist(1).mean() == pytest.approx(3.2 - OV_15)
     assert config.service.cancel_in_service == "finish_pass" and config.service.quantum_ms == cu.QUANTUM_MS
     assert config.service.cores == pytest.approx(2 - cu.BASE_CORES - config.traffic.rate_per_ms * cu.CPU_MS_PER_TASK)
     assert config.network.out is not None and bare.network.out is None
@@ -248,14 +255,15 @@ def test_measured_served_passes_replace_the_isolated_profile_at_the_points_utili
     facts.served_passes = {names[0]: passes(1.0, 2.0), names[1]: passes(2.0, 3.0, out=1.5),
                            "coded": passes(1.0, 2.0)}
     (_, config), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
-    # per task beside its pass: the calibration line at the experts' isolated median (1.5 ms) less that pass,
-    # 0.2 + 0.5 x 1.5 = 0.95 ms, for every network. Capacity at the busiest level: costs 2 + 0.95 and 3 + 0.95 ms;
-    # servers 1/2.95 + 1/3.95 = 0.59/ms, cores (1.9 left) 1.9 / (3.45 + 0.05) = 0.543/ms bind
-    rate = 0.3 * 1.9 / 3.5
+    # per task beside its pass, for every network: the calibration's work beside the pass at the experts' isolated
+    # median (1.5 ms), OV_15. Capacity at the busiest level: costs 2 + OV_15 and 3 + OV_15 ms; the cores (1.9
+    # left) bind: 1.9 / (2.5 + OV_15 + 0.05) per ms
+    rate = 0.3 * 1.9 / (2.5 + OV_15 + 0.05)
     assert config.traffic.rate_per_ms == pytest.approx(rate)
-    assert config.service.overhead_ms == pytest.approx(0.95)
-    # the point keeps u = rate x 3.45 / 2 cores of the machine busy; the passes there: idle + u x (busy - idle)
-    u = rate * 3.45 / 2
+    assert config.service.overhead_ms == pytest.approx(OV_15)
+    # the point keeps u = rate x (2.5 + OV_15) / 2 cores of the machine busy; the passes there: idle + u x (busy -
+    # idle)
+    u = rate * (2.5 + OV_15) / 2
     assert config.service.experts[0].samples_ms == pytest.approx([1.0 + u] * 4)
     assert config.service.experts[1].samples_ms == pytest.approx([2.0 + u] * 4)
     assert config.service.coded.samples_ms == pytest.approx([1.0 + u] * 4)
@@ -270,5 +278,5 @@ def test_measured_served_passes_replace_the_isolated_profile_at_the_points_utili
     # without a measured profile the same calibration adds its extra to the isolated passes instead
     facts.served_passes = {}
     (_, plain), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
-    assert np.allclose(plain.service.experts[0].samples_ms, 1.7 - 0.95 + 0.5)
-    assert plain.service.overhead_ms == pytest.approx(0.95)
+    assert np.allclose(plain.service.experts[0].samples_ms, 1.7 - OV_15 + 0.5)
+    assert plain.service.overhead_ms == pytest.approx(OV_15)
