@@ -231,7 +231,7 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
     from scenarios.networks import save_networks, served_networks
     from testbed.cluster import scratch_folder
 
-    say(f"served profile: serving {', '.join(names)} for a few seconds under traffic (cached after)", not quiet)
+    say(f"served profile: serving {', '.join(names)} under traffic to time their passes (cached after)", not quiet)
     order = [name for name, _ in served_networks(facts)]
     device = "cuda" if facts.device.startswith("cuda") else "cpu"  # a server process takes the device kind
     with scratch_folder("coinsim-served-") as tmp:
@@ -758,8 +758,11 @@ def run_scenario(
         "headline_point": headline,
         "policies": with_latency(results[headline][1]),
         "points": [{"point": index, **{axis_column(axis): value for axis, value in values.items()},
+                    "rate_per_ms": config.traffic.routed_rate(),  # routed queries per ms the load came to
+                    "ensemble_rate_per_ms": config.traffic.ensemble_rate_per_ms,
                     "policies": with_latency(point_summary)}
-                   for index, ((values, _), (_, point_summary)) in enumerate(zip(points, results, strict=True))],
+                   for index, ((values, config), (_, point_summary)) in enumerate(zip(points, results,
+                                                                                        strict=True))],
         "timings": {**(facts.timings if facts else {}), "simulation_s": sim_seconds,
                     "total_s": time.perf_counter() - started},
     }

@@ -298,6 +298,7 @@ def brief(calibration: Any, pass_ms: float | None = None) -> dict[str, Any]:
               for level in calibration.delays.under_load]
     return {"machine": calibration.machine.model_dump(), "created": calibration.created,
             "served_overhead_ms": calibration.serving.overhead_ms, "served_slope": calibration.serving.slope,
+            "work_beside_pass_ms": per_task_ms(calibration, pass_ms) if pass_ms else None,
             "out_ms_median": float(np.median(out)), "back_ms_median": float(np.median(back)),
             "delays_under_load": levels,
             "quantum_ms": calibration.quantum_ms,

@@ -10,10 +10,11 @@ def test_served_line_quotes_the_calibration() -> None:
         "machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"},
         "created": "2026-12-03T09:01:51+00:00", "served_overhead_ms": 0.0417, "served_slope": 1.12663,
         "out_ms_median": 0.379, "back_ms_median": 0.219, "quantum_ms": 3.9472, "dispatcher_base_cores": 0.0478611,
-        "dispatcher_cpu_ms_per_task": 0.2213}}}
+        "dispatcher_cpu_ms_per_task": 0.2213, "work_beside_pass_ms": 0.0812}}}
     text = str(latency_model_line(summary))
     assert "<strong>served</strong>" in text and "AMD EPYC (2 cores, cpu, torch 2.14.1)" in text
-    assert "0.042 ms + 1.127 × its isolated pass" in text and "0.379 / 0.219 ms" in text
+    assert "0.042 ms + 1.127 × its isolated pass, of which 0.081 ms is its work beside the pass" in text
+    assert "0.379 / 0.219 ms" in text
     assert "time slice 3.947 ms" in text and "0.048 cores + 0.221 ms per task" in text
     assert "under serving traffic" not in text.lower() and "side by side" not in text  # older summaries
 

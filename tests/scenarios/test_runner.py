@@ -253,6 +253,11 @@ def test_networks_run_joins_real_answers(tmp_path, zoo_cache):
     for method, rows in nda.groupby("method"):
         assert dict(zip(rows["expert"], rows["nda_pct"], strict=True)) == summary["coding"][method]["nda_pct"]
     assert set(summary["profile"]) == {"low", "high", "coded"}
+    for point in summary["points"]:  # the query rate the load came to, against the arrivals actually drawn
+        arrivals = queries.loc[(queries.point == point["point"]) & (queries.policy == "uncoded"), "arrival_ms"]
+        n = len(arrivals)
+        assert point["rate_per_ms"] > 0 and point["ensemble_rate_per_ms"] == 0
+        assert (n - 1) / (arrivals.max() - arrivals.min()) == pytest.approx(point["rate_per_ms"], rel=5 / n ** 0.5)
     measured = queries[~queries["warmup"]]
     for policy, stats in summary["policies"].items():
         rows = measured[measured.policy == policy]
