@@ -569,15 +569,17 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
     cal = model.get("calibration")
     if isinstance(cal, Mapping):
         machine = cal.get("machine") or {}
+        beside = cal.get("work_beside_pass_ms")  # absent from summaries written before it was recorded
         text += Markup(" Calibration of {} ({} cores, {}, torch {}), made {}: a task costs a busy server "
-                       "{} ms + {} × its isolated pass, of which {} ms is its work beside the pass (no straggle "
-                       "stretches it); one-way delays {} / {} ms median; OS time slice {} ms; the dispatcher takes "
-                       "{} cores + {} ms per task.").format(
+                       "{} ms + {} × its isolated pass{}; one-way delays {} / {} ms median; OS time slice {} ms; "
+                       "the dispatcher takes {} cores + {} ms per task.").format(
             machine.get("cpu_model", "?"), machine.get("cpu_count", "?"), machine.get("device", "?"),
             machine.get("torch", "?"), cal.get("created", "?"), _num(cal.get("served_overhead_ms")),
-            _num(cal.get("served_slope")), _num(cal.get("work_beside_pass_ms")), _num(cal.get("out_ms_median")),
-            _num(cal.get("back_ms_median")), _num(cal.get("quantum_ms")), _num(cal.get("dispatcher_base_cores")),
-            _num(cal.get("dispatcher_cpu_ms_per_task")))
+            _num(cal.get("served_slope")),
+            Markup(", of which {} ms is its work beside the pass (no straggle stretches it)").format(_num(beside))
+            if finite(beside) else "",
+            _num(cal.get("out_ms_median")), _num(cal.get("back_ms_median")), _num(cal.get("quantum_ms")),
+            _num(cal.get("dispatcher_base_cores")), _num(cal.get("dispatcher_cpu_ms_per_task")))
         levels = [lv for lv in cal.get("delays_under_load") or [] if isinstance(lv, Mapping)]
         served = model.get("served_passes")
         if isinstance(served, Mapping) and served:

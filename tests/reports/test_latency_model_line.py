@@ -17,6 +17,9 @@ def test_served_line_quotes_the_calibration() -> None:
     assert "0.379 / 0.219 ms" in text
     assert "time slice 3.947 ms" in text and "0.048 cores + 0.221 ms per task" in text
     assert "under serving traffic" not in text.lower() and "side by side" not in text  # older summaries
+    del summary["latency_model"]["calibration"]["work_beside_pass_ms"]  # ... which did not record it
+    older = str(latency_model_line(summary))
+    assert "1.127 × its isolated pass; one-way" in older and "beside" not in older and "?" not in older
 
 
 def test_served_line_quotes_delays_under_traffic_and_the_corun_slowdown() -> None:
