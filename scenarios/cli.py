@@ -224,6 +224,10 @@ def _print_table(header: list[str], rows: list[tuple]) -> None:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip())
 
 
+SET_HELP = ("Override a scenario field by its dotted path; VALUE is read as TOML (numbers, true/false, [lists], "
+            '"strings"), e.g. --set sim.n_queries=5000 --set sweep.values=[0,0.1]. Repeatable.')
+
+
 def _run_options(command):
     """Options shared by `run` and `sweep`."""
     options = [
@@ -236,8 +240,7 @@ def _run_options(command):
         _zoo_seed_option,
         _latency_model_option,
         _calibration_option,
-        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-                     help="Override a scenario field, e.g. sim.n_queries=5000"),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP),
         click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)"),
         click.option("--no-report", is_flag=True, help="Skip figures and the HTML report."),
         click.option("--resume", is_flag=True, help="Continue an interrupted run of the same scenario."),
@@ -373,16 +376,19 @@ def _run(ctx: click.Context, scenario: str, overrides: dict, out_root: Path, no_
     _print_run_summary(folder)
 
 
-@cli.command("run")
+@cli.command("run", short_help="The main job: experts, coding, served simulation, report.")
 @_run_options
 @click.pass_context
 def run(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
         device: str | None, no_report: bool, resume: bool) -> None:
-    """Run SCENARIO (a built-in name or a TOML file): experts, coding, simulation, joined per query."""
+    """Run SCENARIO (a built-in name or a TOML file; default: quickstart, `coinsim scenarios` lists them all):
+    train or take the experts, code them, profile them, simulate every policy at every sweep point as served on
+    this machine, join each answer with its correctness, and write OUT/<scenario>/<timestamp>/ with
+    summary.json, queries.parquet and report.html."""
     _run(ctx, scenario, _overrides(sets, seed, device), out_root, no_report, resume)
 
 
-@cli.command("sweep")
+@cli.command("sweep", short_help="The same run over a grid of points (local or Dask).")
 @_run_options
 @_sweep_options(grid_required=True)
 @click.pass_context
@@ -394,7 +400,7 @@ def sweep(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, s
     _run(ctx, scenario, overrides, out_root, no_report, resume)
 
 
-@cli.command("scenarios")
+@cli.command("scenarios", short_help="List the built-in scenarios.")
 def scenarios_list() -> None:
     """List the built-in scenarios."""
     from scenarios.schema import builtin_names, read_toml
@@ -406,7 +412,7 @@ def scenarios_list() -> None:
     _print_table(["scenario", "description"], rows)
 
 
-@cli.command("validate")
+@cli.command("validate", short_help="Check a scenario without running anything.")
 @_run_options
 @_sweep_options(grid_required=False)
 def validate(scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...], device: str | None,
@@ -456,7 +462,7 @@ def _print_run_summary(folder: Path) -> None:
         click.echo(f"report:  {folder / 'report.html'}")
 
 
-@cli.command("report")
+@cli.command("report", short_help="Re-render the figures and report of a result folder.")
 @click.argument("result_dir", type=click.Path(path_type=Path))
 def report(result_dir: Path) -> None:
     """(Re-)render figures and report.html of a result folder."""
@@ -479,7 +485,7 @@ def report(result_dir: Path) -> None:
     click.echo(render_testbed(result_dir) if is_testbed_folder(result_dir) else render(result_dir))
 
 
-@cli.command("calibrate")
+@cli.command("calibrate", short_help="Measure what serving costs on this machine (once).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N]")
 @click.option("--out", "out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Calibration file (default: $COINSIM_CACHE/calibration/<machine hash>.json).")
@@ -534,7 +540,7 @@ def calibrate_command(ctx: click.Context, device: str, out: Path | None, force: 
     click.echo(f"\nmeasured in {time.perf_counter() - started:.1f} s; saved {path}")
 
 
-@cli.command("testbed")
+@cli.command("testbed", short_help="Serve a scenario for real and judge the simulator.")
 @click.argument("scenario", default="testbed")
 @click.option("--out", "out_root", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
               help="Results go to OUT/<scenario>/testbed-<timestamp>/.")
@@ -543,7 +549,7 @@ def calibrate_command(ctx: click.Context, device: str, out: Path | None, force: 
               help="Seed of the served draws and the coding samples only; the experts are not retrained.")
 @click.option("--zoo-seed", type=int, default=None, expose_value=False, callback=_seed_callback,
               help="Seed of the base model and experts only.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a scenario field.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--latency-model", type=click.Choice(["served", "compute"]), default=None, expose_value=False,
               callback=_latency_callback,
               help="served (default): the headline `predicted` variant from the machine's serving calibration.")

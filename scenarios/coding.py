@@ -215,7 +215,7 @@ def _csv_list(value: str, kind: type, what: str) -> list:
     return items
 
 
-@click.command("code")
+@click.command("code", short_help="NDA table of coding methods on a scenario's experts.")
 @click.argument("scenario", default="quickstart")
 @click.option("--methods", default=",".join(DEFAULT_METHODS), show_default=True,
               help="Comma-separated coding methods.")
@@ -224,7 +224,8 @@ def _csv_list(value: str, kind: type, what: str) -> list:
 @click.option("--seeds", default=1, show_default=True, type=int, help="Seeds: scenario seed, +1, ...")
 @click.option("--beta", default=None, help="Coding weights β, comma-separated (default uniform).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a [models] entry, e.g. finetune.epochs=10 (repeatable).")
+              help="Override a [models] entry by its dotted path, VALUE read as TOML, e.g. finetune.epochs=10 "
+                   "(repeatable).")
 @click.option("--lambda-study", is_flag=True, help="Also measure test NDA at every λ of COIN's grid.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:i]")
 @click.option("--out", type=click.Path(path_type=Path), default=None,

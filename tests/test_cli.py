@@ -76,3 +76,13 @@ def test_models_train_prints_table_then_reuses_cache(tmp_path):
     assert second.exit_code == 0 and second.output.count(" hit ") == 3
     listed = CliRunner().invoke(cli, ["models", "list", "--cache-dir", str(tmp_path / "c")])
     assert "clitest" in listed.output and "high" in listed.output
+
+
+def test_help_lists_every_command_uncut_and_run_help_names_its_defaults():
+    # an 80-column terminal: click cuts a description that does not fit with "..."
+    listing = CliRunner().invoke(cli, ["--help"], terminal_width=80).output
+    commands = listing.split("Commands:")[1].strip().splitlines()
+    assert {line.split()[0] for line in commands} == set(cli.commands)
+    assert not any(line.rstrip().endswith("...") for line in commands), commands
+    run_help = CliRunner().invoke(cli, ["run", "--help"], terminal_width=80).output
+    assert "quickstart" in run_help and "TOML" in run_help and "sim.n_queries=5000" in run_help
