@@ -584,9 +584,10 @@ def testbed_command(ctx: click.Context, scenario: str, out_root: Path, seed: int
 
 
 def _register_commands() -> None:
-    from scenarios.coding import code
+    from scenarios.coding import code, parity
 
-    cli.add_command(_threads_option(code))  # --threads after this subcommand too
+    cli.add_command(_threads_option(code))  # --threads after these subcommands too
+    cli.add_command(_threads_option(parity))
 
 
 _register_commands()

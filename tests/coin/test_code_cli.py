@@ -120,3 +120,31 @@ def test_scenario_compare_accepts_the_new_methods_and_serves_the_ensemble(fake_z
     assert list(dict.fromkeys(facts.nda["method"])) == ["ensemble", "ties", "dare", "vanilla"]
     assert (facts.nda.loc[facts.nda["method"] == "ensemble", "nda_pct"] == 100.0).all()
     assert facts.coded_name == "ensemble" and "coded" in facts.profile_ms
+
+
+def test_parity_trains_scores_and_writes_its_table(fake_zoo, tmp_path):
+    from scenarios.coding import parity
+
+    res = CliRunner().invoke(parity, ["--k", "2,3", "--inits", "scratch,base", "--epochs", "3",
+                                      "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(tmp_path / "parity.csv")))
+    assert len(rows) == 2 * 2 * 2  # experts x k x starts
+    assert {(r["name"], r["k"], r["init"]) for r in rows} == {(e, k, i) for e in ("e0", "e1") for k in ("2", "3")
+                                                             for i in ("scratch", "base")}
+    for r in rows:
+        # the stand-in experts' labels are their own argmax: an expert is 100 % right on its queries
+        assert float(r["expert_accuracy_pct"]) == 100.0 and int(r["train_samples"]) == 40 and r["epochs"] == "3"
+        assert 0 <= float(r["degraded_accuracy_pct"]) <= 100 and float(r["train_s"]) > 0
+        assert int(r["n"]) == 30 // int(r["k"]) * int(r["k"])
+    assert "degraded acc %" in res.output
+
+
+@pytest.mark.parametrize("args, word", [(["--k", "1"], "k ≥ 2"), (["--encoders", "xor"], "encoder"),
+                                        (["--inits", "warm"], "start"), (["--epochs", "0"], "epochs")])
+def test_parity_bad_input_is_refused_before_training(fake_zoo, tmp_path, args, word):
+    from scenarios.cli import cli
+
+    res = CliRunner().invoke(cli, ["parity", *args, "--out", str(tmp_path / "p")])
+    assert res.exit_code == 2 and word in res.output and fake_zoo == []
+    assert not (tmp_path / "p").exists()
