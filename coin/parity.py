@@ -104,8 +104,8 @@ def train_parity(expert: nn.Module, x: Tensor, k: int, encoder: str = "sum", ini
     Timed on the wall clock, everything included."""
     if init is None:
         init = copy.deepcopy(expert)
-        for module in init.modules():
-            if hasattr(module, "reset_parameters") and module is not init:
+        for module in init.modules():  # the network itself included (a bare layer is its own only module)
+            if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     parity = copy.deepcopy(init)
     check_parity(k, encoder, x, parity, expert)

@@ -98,3 +98,61 @@ def test_concat_that_does_not_tile_is_refused() -> None:
     x = torch.randn(10, 1, 3, 5)
     with pytest.raises(CodingError, match="cannot tile"):
         train_parity(expert, x, 2, "concat", epochs=1)
+
+
+def test_scratch_starts_fresh_and_lr_zero_trains_nothing() -> None:
+    # lr 0: the parity network stays where it started, and each epoch's loss is the plain MSE of that start,
+    # recomputed here from the groups the same seed draws
+    expert, k = _linear_expert(), 2
+    x, _ = _data(40)
+    result = train_parity(expert, x, k, epochs=2, lr=0.0, batch_size=8, seed=3)
+    start = result.model
+    assert not torch.allclose(start.weight, expert.weight)  # 'scratch' is freshly initialised, not the expert
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for epoch in result.history:
+            idx = groups(len(x), k, g)
+            want = (start(x[idx].sum(1)) - expert(x)[idx].sum(1)).pow(2).sum(-1).mean()
+            assert epoch["train_loss"] == pytest.approx(float(want), rel=1e-5)
+
+
+def test_exactly_k_queries_are_enough_and_k_minus_one_are_not() -> None:
+    x, _ = _data(3)
+    assert train_parity(_linear_expert(), x, 3, epochs=1).samples == 3
+    with pytest.raises(CodingError, match="at least 3"):
+        train_parity(_linear_expert(), x[:2], 3, epochs=1)
+
+
+def test_degraded_mode_is_the_same_for_the_same_seed() -> None:
+    expert, k = _linear_expert(), 2
+    parity = nn.Linear(6, 4)  # a poor parity network: which queries share a group changes the answers
+    x, y = _data(300)
+    first = degraded_accuracy(parity, expert, x, y, k, seed=7)
+    assert degraded_accuracy(parity, expert, x, y, k, seed=7) == first
+    others = {degraded_accuracy(parity, expert, x, y, k, seed=s)["agreement_pct"] for s in range(8, 14)}
+    assert others != {first["agreement_pct"]}
+
+
+def test_training_leaves_its_start_alone_and_reports_what_it_did() -> None:
+    import time
+
+    expert, base = _linear_expert(0), _linear_expert(9)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    x, _ = _data(64)
+    t0 = time.perf_counter()
+    result = train_parity(expert, x, 2, "sum", init=base, init_name="base", epochs=3, lr=0.05)
+    wall = time.perf_counter() - t0
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())  # the base model is untouched
+    assert not torch.equal(result.model.weight, base.weight)  # ... and the parity network moved from it
+    assert [h["epoch"] for h in result.history] == [1, 2, 3] and result.epochs == 3
+    assert (result.k, result.encoder, result.init) == (2, "sum", "base") and 0 < result.seconds <= wall
+    assert not any(p.requires_grad for p in result.model.parameters())
+
+
+def test_concat_keeps_batches_and_channels_apart() -> None:
+    # k = 2 queries, a batch of 2, 3 channels: every (query, item, channel) keeps its own tile
+    xs = torch.arange(2 * 2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 2, 3, 2, 2)
+    out = concat_encoder(xs)
+    assert out.shape == (2, 3, 2, 2)
+    for j in range(2):  # query j -> row j (a 2 x 1 grid), its two rows averaged
+        assert torch.allclose(out[:, :, j, :], xs[j].mean(dim=2))
