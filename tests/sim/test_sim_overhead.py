@@ -17,52 +17,53 @@ from sim.layout import _cores_problem, layout
 from tests.sim.test_sim_slicing import _trace
 
 PASS = {"kind": "deterministic", "value_ms": 1.0}
+PASS2 = {"kind": "deterministic", "value_ms": 2.0}  # a pass of 2 ms: x / pass and x * pass differ
 WAKE = {"idle_ms": [2.0, 6.0], "extra_ms": [0.5, 1.0]}
 
 
 @pytest.mark.parametrize("extra_of", ["draw", "pass"])
 def test_a_straggle_does_not_stretch_the_overhead(extra_of) -> None:
-    # one server, a 1 ms pass + 0.5 ms beside it. Query 0 (t = 0) straggles x3: 3 + 0.5 = 3.5 (not 1.5 x 3 = 4.5);
-    # query 1 (t = 0.1) waits for it and takes 1 + 0.5 -> 5.0; both ways of stretching agree without a wake-up
+    # one server, a 2 ms pass + 0.5 ms beside it. Query 0 (t = 0) straggles x3: 6 + 0.5 = 6.5 (not 2.5 x 3 = 7.5);
+    # query 1 (t = 0.1) waits for it and takes 2 + 0.5 -> 9.0; both ways of stretching agree without a wake-up
     table = {"n_experts": 1, "r": 0, "policies": ["uncoded"], "stragglers": {"extra_of": extra_of},
-             "service": {"expert": PASS, "overhead_ms": 0.5}}
+             "service": {"expert": PASS2, "overhead_ms": 0.5}}
     out = _trace(table, [0.0, 0.1], [0, 0], np.array([[3.0], [1.0]]))
-    np.testing.assert_allclose(out.finish_ms, [3.5, 5.0], atol=1e-9)
-    np.testing.assert_allclose(out.busy_ms, [5.0], atol=1e-9)
+    np.testing.assert_allclose(out.finish_ms, [6.5, 9.0], atol=1e-9)
+    np.testing.assert_allclose(out.busy_ms, [9.0], atol=1e-9)
 
 
-@pytest.mark.parametrize("extra_of, finish", [("draw", 5.0 + 3.0 + 0.875 + 0.5),
-                                              ("pass", 5.0 + (1.0 + 0.875) * 3.0 + 0.5)])
+@pytest.mark.parametrize("extra_of, finish", [("draw", 5.0 + 6.0 + 0.875 + 0.5),
+                                              ("pass", 5.0 + (2.0 + 0.875) * 3.0 + 0.5)])
 def test_the_woken_pass_is_stretched_and_the_overhead_is_not(extra_of, finish) -> None:
-    # idle 5 ms before t = 5: the pass computes 0.875 ms longer (WAKE); a x3 straggle of the pass as it ran
-    # stretches 1.875 ms, of the draw only the drawn 1 ms; the 0.5 ms overhead is added once either way
+    # idle 5 ms before t = 5: the 2 ms pass computes 0.875 ms longer (WAKE); a x3 straggle of the pass as it ran
+    # stretches 2.875 ms, of the draw only the drawn 2 ms; the 0.5 ms overhead is added once either way
     table = {"n_experts": 1, "r": 0, "policies": ["uncoded"], "stragglers": {"extra_of": extra_of},
-             "service": {"expert": PASS, "wake": WAKE, "overhead_ms": 0.5}}
+             "service": {"expert": PASS2, "wake": WAKE, "overhead_ms": 0.5}}
     out = _trace(table, [5.0], [0], np.array([[3.0]]))
     np.testing.assert_allclose(out.finish_ms, [finish], atol=1e-9)
 
 
 def test_a_stall_follows_the_pass_share_of_the_wall_time() -> None:
-    # one core, quantum 0.4 ms, every task 1 ms of pass + 0.5 ms of overhead on the core. A (server 0, t = 0)
-    # straggles x3 held as a stall; B (server 1, t = 0.2) does not. Round robin: A 0-0.4, B 0.4-0.8, A 0.8-1.2,
-    # B 1.2-1.6, A 1.6-2.0, B 2.0-2.4, A 2.4-2.7 (its 1.5 ms of work done after 2.7 ms of wall time, of which
-    # the pass's share is 1 / 1.5): A stalls 2 x 2.7 x 2/3 = 3.6 ms -> 6.3; B alone finishes its last 0.3 -> 3.0
+    # one core, quantum 0.4 ms, every task 2 ms of pass + 0.5 ms of overhead on the core. A (server 0, t = 1)
+    # straggles x3 held as a stall; B (server 1, t = 1.2) does not. Round robin in 0.4 ms turns from t = 1: after
+    # six turns each, A has 0.1 ms left and finishes at 5.9 (its 2.5 ms of work took 4.9 ms of wall time, of which
+    # the pass's share is 2 / 2.5): A stalls 2 x 4.9 x 0.8 = 7.84 ms -> 13.74; B finishes its last 0.1 -> 6.0
     table = {"n_experts": 2, "r": 0, "policies": ["uncoded"], "stragglers": {"hold": "stall", "extra_of": "pass"},
-             "service": {"expert": PASS, "cores": 1.0, "quantum_ms": 0.4, "overhead_ms": 0.5}}
-    out = _trace(table, [0.0, 0.2], [0, 1], np.array([[3.0, 1.0], [1.0, 1.0]]))
-    np.testing.assert_allclose(out.finish_ms, [6.3, 3.0], atol=1e-9)
-    np.testing.assert_allclose(out.busy_ms, [6.3, 2.8], atol=1e-9)
+             "service": {"expert": PASS2, "cores": 1.0, "quantum_ms": 0.4, "overhead_ms": 0.5}}
+    out = _trace(table, [1.0, 1.2], [0, 1], np.array([[3.0, 1.0], [1.0, 1.0]]))
+    np.testing.assert_allclose(out.finish_ms, [13.74, 6.0], atol=1e-9)
+    np.testing.assert_allclose(out.busy_ms, [12.74, 4.8], atol=1e-9)
 
 
-@pytest.mark.parametrize("cancel, replica_busy", [("finish_pass", 1.5), ("preempt", 1.0)])
+@pytest.mark.parametrize("cancel, replica_busy", [("finish_pass", 2.5), ("preempt", 2.0)])
 def test_a_cancelled_pass_ends_with_its_overhead(cancel, replica_busy) -> None:
-    # hedged at 0.5 ms: expert 0 answers at 5 + 1.5. The replica's copy (sent at 5.5) straggles x3 and is
-    # cancelled at 6.5: finishing its pass it holds its server pass + overhead (1.5 ms, to 7.0), preempted 1.0 ms
+    # hedged at 0.5 ms: expert 0 answers at 5 + 2.5. The replica's copy (sent at 5.5) straggles x3 and is
+    # cancelled at 7.5: finishing its pass it holds its server pass + overhead (2.5 ms, to 8.0), preempted 2.0 ms
     table = {"n_experts": 1, "r": 1, "policies": [{"kind": "hedged", "delay_ms": 0.5}],
-             "service": {"expert": PASS, "overhead_ms": 0.5, "cancel_in_service": cancel}}
+             "service": {"expert": PASS2, "overhead_ms": 0.5, "cancel_in_service": cancel}}
     out = _trace(table, [5.0], [0], np.array([[1.0, 3.0]]))
-    np.testing.assert_allclose(out.finish_ms, [6.5], atol=1e-9)
-    np.testing.assert_allclose(out.busy_ms, [1.5, replica_busy], atol=1e-9)
+    np.testing.assert_allclose(out.finish_ms, [7.5], atol=1e-9)
+    np.testing.assert_allclose(out.busy_ms, [2.5, replica_busy], atol=1e-9)
 
 
 def test_the_layout_counts_the_overhead_once_per_task() -> None:
