@@ -59,13 +59,18 @@ def concat_encoder(xs: Tensor) -> Tensor:
 ENCODERS: dict[str, Callable[[Tensor], Tensor]] = {"sum": sum_encoder, "concat": concat_encoder}
 
 
-def check_parity(k: int, encoder: str, sample: Tensor, parity: nn.Module, expert: nn.Module) -> None:
-    """Refuse, before any training, what cannot be a parity code: k < 2, an unknown encoder, an encoder that does
-    not fit the input shape, a parity network whose output is not the expert's."""
+def check_code(k: int, encoder: str) -> None:
+    """Refuse a parity code that cannot be one whatever the networks: k < 2, an unknown encoder."""
     if not isinstance(k, int) or k < 2:
         raise CodingError(f"a parity code needs k ≥ 2 queries per parity query, got {k!r}")
     if encoder not in ENCODERS:
         raise CodingError(f"unknown parity encoder '{encoder}'; choose from {', '.join(ENCODERS)}")
+
+
+def check_parity(k: int, encoder: str, sample: Tensor, parity: nn.Module, expert: nn.Module) -> None:
+    """Refuse, before any training, what cannot be a parity code: `check_code`, an encoder that does not fit the
+    input shape, a parity network whose output is not the expert's."""
+    check_code(k, encoder)
     xs = sample[:1].unsqueeze(0).expand(k, *sample[:1].shape)
     encoded = ENCODERS[encoder](xs)
     with torch.no_grad():

@@ -263,15 +263,13 @@ def run_parity(scenario: str = "quickstart", ks: Sequence[int] = (2, 3, 4), enco
     point ('scratch': the expert's architecture freshly initialised; 'base': the base model), trained on the
     expert's training pool and scored in degraded mode on its test partition. Bad input is refused before any
     training (CodingError / UsageError)."""
-    from coin.parity import ENCODERS, degraded_accuracy, train_parity
+    from coin.parity import check_code, degraded_accuracy, train_parity
     from models.networks import pick_device
     from models.zoo import build_zoo
 
-    if any(k < 2 for k in ks):
-        raise coin.CodingError(f"a parity code needs k ≥ 2 queries per parity query, got {min(ks)}")
-    for name in encoders:
-        if name not in ENCODERS:
-            raise coin.CodingError(f"unknown parity encoder '{name}'; choose from {', '.join(ENCODERS)}")
+    for k in ks:
+        for name in encoders:
+            check_code(k, name)
     for name in inits:
         if name not in ("scratch", "base"):
             raise coin.CodingError(f"unknown parity start '{name}'; choose scratch or base")

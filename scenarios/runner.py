@@ -528,8 +528,9 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
     physical: dict[str, Any] = {}
     measured = (getattr(facts, "served_passes", None) or {}) if calibration is not None else {}
     if facts is not None:
-        overhead = served_model.per_task_ms(calibration, served_model.experts_pass_ms(facts)) \
-            if calibration is not None else 0.0  # service.overhead_ms: beside every pass (physical_table)
+        if calibration is not None:
+            physical = served_model.physical_table(calibration, facts.device, served_model.experts_pass_ms(facts))
+        overhead = physical.get("service", {}).get("overhead_ms", 0.0)  # beside every pass, never stretched
 
         def service_of(name: str) -> dict[str, Any]:
             samples = facts.profile_ms[name]
@@ -544,8 +545,6 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
         if "backup" in facts.profile_ms:  # a generalist other than the coded model, profiled on its own
             backup_service = service_of("backup")
         pools = facts.answers.pools
-        if calibration is not None:
-            physical = served_model.physical_table(calibration, facts.device, served_model.experts_pass_ms(facts))
     configs = []
     points = scenario.sweep_points()
     for values, table in points if only is None else [points[only]]:

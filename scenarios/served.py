@@ -49,15 +49,6 @@ MEANINGS = {
 }  # the pilot policy whose latency defines a served percentile delay
 
 
-def per_task_ms(calibration: Any, pass_ms: float) -> float:
-    """The server's own work per task beside a pass of `pass_ms` isolated (reading the task, sending the output,
-    looking for the next one): the calibration's busy-server cycle less the pass as it ran in service
-    (`Calibration.work_beside_pass_ms`). The simulator adds it to every task as `service.overhead_ms`, which a
-    straggle does not stretch (a testbed server holds a straggler for (f - 1) x its forward pass, not x its
-    bookkeeping)."""
-    return float(calibration.work_beside_pass_ms(float(pass_ms)))
-
-
 def served_samples(calibration: Any, pass_ms: np.ndarray, overhead_ms: float = 0.0) -> list[float]:
     """The served cost of every isolated pass sample, less the per-task work `overhead_ms` the simulator adds to
     every task beside it: the empirical service distribution's samples."""
@@ -70,7 +61,7 @@ def served_samples(calibration: Any, pass_ms: np.ndarray, overhead_ms: float = 0
 def served_pass_samples(passes: Any, utilization: float | None) -> list[float]:
     """A network's served passes (`calibration.passes.ServedPasses`) at this core utilization (None: the busiest
     measured level), as the empirical service distribution's samples; the server's work beside the pass is
-    `service.overhead_ms` (`per_task_ms`)."""
+    `service.overhead_ms` (`Calibration.work_beside_pass_ms`)."""
     level = passes.levels[-1].samples_ms if utilization is None else passes.samples_at(utilization)
     served = np.asarray(level, float)
     if not np.all(np.isfinite(served)) or np.any(served <= 0):
@@ -118,11 +109,13 @@ def experts_pass_ms(facts: Any) -> float:
 
 def physical_table(calibration: Any, device: str, pass_ms: float) -> dict[str, Any]:
     """What a served run adds to a point's sim table besides service times: the server's per-task work beside
-    the pass (`per_task_ms` at the experts' isolated pass `pass_ms`), the measured one-way delays,
-    finish-the-pass cancels and the cores (left by the dispatcher, filled in per point by `with_served_cores`),
-    time-sliced in the measured quantum, servers computing side by side slowed as the calibration measured for a
-    network whose isolated pass is `pass_ms` (on a CPU)."""
-    service: dict[str, Any] = {"cancel_in_service": "finish_pass", "overhead_ms": per_task_ms(calibration, pass_ms),
+    the pass (`Calibration.work_beside_pass_ms` at the experts' isolated pass `pass_ms`; no straggle stretches it:
+    a testbed server holds a straggler (f - 1) x its forward pass, not x its bookkeeping), the measured one-way
+    delays, finish-the-pass cancels and the cores (left by the dispatcher, filled in per point by
+    `with_served_cores`), time-sliced in the measured quantum, servers computing side by side slowed as the
+    calibration measured for a network whose isolated pass is `pass_ms` (on a CPU)."""
+    service: dict[str, Any] = {"cancel_in_service": "finish_pass",
+                               "overhead_ms": calibration.work_beside_pass_ms(pass_ms),
                                "cores": 1.0 if device.startswith("cuda") else float(calibration.server_cores(0.0))}
     wake = calibration.wake_table(pass_ms)
     if not calibration.passes_under_load and any(extra > 0 for extra in wake["extra_ms"]):
@@ -298,7 +291,7 @@ def brief(calibration: Any, pass_ms: float | None = None) -> dict[str, Any]:
               for level in calibration.delays.under_load]
     return {"machine": calibration.machine.model_dump(), "created": calibration.created,
             "served_overhead_ms": calibration.serving.overhead_ms, "served_slope": calibration.serving.slope,
-            "work_beside_pass_ms": per_task_ms(calibration, pass_ms) if pass_ms else None,
+            "work_beside_pass_ms": calibration.work_beside_pass_ms(pass_ms) if pass_ms else None,
             "out_ms_median": float(np.median(out)), "back_ms_median": float(np.median(back)),
             "delays_under_load": levels,
             "quantum_ms": calibration.quantum_ms,

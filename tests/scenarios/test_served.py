@@ -31,9 +31,9 @@ def test_served_samples_follow_the_calibration_line() -> None:
     assert served.served_samples(cal, np.array([0.1, 1.0, 2.0]), 0.3) == pytest.approx([0.05, 1.4, 2.9])
     # the work beside the pass: a busy server's cycle (0.2 + 1.5 x pass) less its pass in service (1.1 x pass), at
     # the measured sizes 0.1 / 1 / 4 ms, linear in log pass between them and held beyond
-    assert served.per_task_ms(cal, 1.0) == pytest.approx(0.2 + 0.4 * 1.0)
-    assert served.per_task_ms(cal, 2.0) == pytest.approx(0.6 + 0.5 * (1.8 - 0.6))  # log 2 is half way to log 4
-    assert served.per_task_ms(cal, 0.01) == pytest.approx(0.2 + 0.4 * 0.1)
+    assert cal.work_beside_pass_ms(1.0) == pytest.approx(0.2 + 0.4 * 1.0)
+    assert cal.work_beside_pass_ms(2.0) == pytest.approx(0.6 + 0.5 * (1.8 - 0.6))  # log 2 is half way to log 4
+    assert cal.work_beside_pass_ms(0.01) == pytest.approx(0.2 + 0.4 * 0.1)
 
 
 def test_percentile_delay_is_of_the_primary_served_response() -> None:
