@@ -66,7 +66,7 @@ from calibration.file import (
     WakeRow,
     machine_key,
 )
-from calibration.passes import ServedLevel, ServedPasses
+from calibration.passes import ServedLevel, ServedPasses, idle_before, wake_extra, wake_from
 
 SIZES: dict[str, int] = {"cnn-w2": 2, "cnn-w16": 16, "cnn-w48": 48, "cnn-w96": 96}  # SmallCNN widths, 28×28×1
 MID = "cnn-w48"
@@ -596,7 +596,7 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
     cpus = 1 if device.startswith("cuda") else (os.cpu_count() or 1)
     n_servers = max(2, (os.cpu_count() or 1) + 1)
     groups = [list(range(k, min(k + n_servers, len(names)))) for k in range(0, len(names), n_servers)]
-    lone: dict[str, list[ServedLevel]] = {name: [] for name in names}
+    raw: dict[str, list[dict[str, Any]]] = {name: [] for name in names}  # per level: its lone passes
     rng = np.random.default_rng(seed)
     bar = tqdm(total=len(groups) * len(utilizations), desc="served profile", unit="level", file=sys.stderr,
                disable=not progress)
@@ -621,6 +621,7 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     recv, start, end = _stamps(tasks)
                     compute = tasks["compute_ms"].to_numpy(float)
                     idle = idle_at_arrival(tasks["server"].to_numpy(), recv, end)
+                    slept = idle_before(tasks["server"].to_numpy(), start, end)  # each pass's idle gap before it
                     where = f"served profile at {share:.0%} of the cores"
                     out = _delay(tasks["out_ms"].to_numpy(float)[idle], where).samples_ms
                     back = _delay(tasks["back_ms"].to_numpy(float), where).samples_ms
@@ -636,11 +637,27 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                         if len(mine) < 20:
                             raise CalibrationError(f"served profile of {names[j]} at {share:.0%} of the cores: only "
                                                    f"{len(mine)} passes ran with no other server computing")
-                        lone[names[j]].append(ServedLevel(utilization=utilization, rate_per_ms=rate,
-                                                          n_lone=len(mine),
-                                                          samples_ms=tuple(quantiles(mine, QUANTILES).round(5)),
-                                                          out_ms=tuple(out), back_ms=tuple(back)))
+                        raw[names[j]].append({"utilization": utilization, "rate_per_ms": rate, "passes": mine,
+                                              "slept": slept[alone & (ran == j)], "out_ms": out, "back_ms": back})
                     bar.update(1)
     finally:
         bar.close()
-    return {name: ServedPasses(levels=tuple(levels)) for name, levels in lone.items()}
+    return {name: served_passes(levels) for name, levels in raw.items()}
+
+
+def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
+    """A network's served-pass profile from its levels' lone passes (`passes`, ms) and the idle gap before each
+    (`slept`): the wake curve from all of them (`calibration.passes.wake_from`), then per level the passes with
+    their own gap's extra taken off, as QUANTILES quantiles, beside the level's delays."""
+    passes = np.concatenate([np.asarray(level["passes"], float) for level in levels])
+    slept = np.concatenate([np.asarray(level["slept"], float) for level in levels])
+    curve = wake_from(slept, passes)
+    out = []
+    for level in levels:
+        mine = np.asarray(level["passes"], float)
+        warm = mine - wake_extra(curve, np.asarray(level["slept"], float))
+        warm = np.maximum(warm, 0.05 * mine)  # what a longer sleep adds is a median shift; no pass goes below 0
+        out.append(ServedLevel(utilization=level["utilization"], rate_per_ms=level["rate_per_ms"], n_lone=len(mine),
+                               samples_ms=tuple(quantiles(warm, QUANTILES).round(5)),
+                               out_ms=tuple(level["out_ms"]), back_ms=tuple(level["back_ms"])))
+    return ServedPasses(levels=tuple(out), wake_idle_ms=curve[0], wake_extra_ms=curve[1])

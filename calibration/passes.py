@@ -16,8 +16,18 @@ The same traffic's one-way delays are kept beside the passes (out: tasks that re
 every answered task): how late a frontend and servers that compete for the cores answer depends on what the
 servers compute, so they are measured on the scenario's own networks too.
 
+A pass also runs longer the longer its server slept before it (its caches and TLB refilled by other processes,
+its core idle or clocked down): in a testbed run of the default experts, lone passes after 4-8 ms idle take 0.35 ms
+at the median, after 32-64 ms 0.46 ms, after more than 64 ms 0.57 ms. Which idle gaps a server sees depends on
+how traffic is spread over the servers (an expert's server idles a few ms, a coded server that only takes hedges
+idles for tens), not on the machine's utilization alone, so the profile keeps this apart: its `wake` curve is the
+median pass after each range of idle gaps less the median pass of a server that went straight on (or slept
+least), measured on the same lone passes, and each level's samples are the passes with their own gap's extra
+taken off. The simulator adds the curve back at the idle gap each simulated task finds (`service.wake`).
+
 On disk (a result folder's ``served_profile.csv``): one row per (network, level, quantile) with the columns
-model, utilization, rate_per_ms, n_lone, ms (the pass) and out_ms, back_ms (the delays).
+model, utilization, rate_per_ms, n_lone, ms (the pass) and out_ms, back_ms (the delays); the wake curve in the
+columns wake_idle_ms, wake_extra_ms of a network's first rows (empty in the others).
 """
 
 from __future__ import annotations
@@ -30,6 +40,71 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 COLUMNS = ("model", "utilization", "rate_per_ms", "n_lone", "ms")
 DELAY_COLUMNS = ("out_ms", "back_ms")
+WAKE_COLUMNS = ("wake_idle_ms", "wake_extra_ms")
+WAKE_EDGES_MS = (0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)  # idle-gap ranges of the curve
+WAKE_LEAST = 20  # passes a range needs to give a point of the curve
+
+
+def idle_before(server: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per task: how long its server sat idle before it started (its start less the latest end of the server's
+    earlier-started tasks, at least 0); NaN for a server's first task and where a stamp is missing. One clock."""
+    server, start, end = np.asarray(server), np.asarray(start, float), np.asarray(end, float)
+    out = np.full(len(start), np.nan)
+    for s in np.unique(server):
+        rows = np.flatnonzero((server == s) & np.isfinite(start))
+        rows = rows[np.argsort(start[rows], kind="stable")]
+        if len(rows) < 2:
+            continue
+        ended = np.fmax.accumulate(np.where(np.isfinite(end[rows]), end[rows], -np.inf))[:-1]
+        gap = start[rows[1:]] - ended
+        out[rows[1:]] = np.where(np.isfinite(gap), np.maximum(gap, 0.0), np.nan)
+    return out
+
+
+def wake_from(idle_ms: np.ndarray, pass_ms: np.ndarray, edges: tuple[float, ...] = WAKE_EDGES_MS,
+              least: int = WAKE_LEAST) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The wake curve of passes that followed idle gaps `idle_ms`: for every idle range (cut at `edges`) holding
+    at least `least` passes, its median gap and its median pass less that of the first such range (a server that
+    went straight on, or slept least); made non-decreasing (pooled adjacent violators: a longer sleep does not
+    make a pass faster, what says otherwise is noise) and at least 0. Empty when fewer than two ranges qualify."""
+    idle, passes = np.asarray(idle_ms, float), np.asarray(pass_ms, float)
+    ok = np.isfinite(idle) & np.isfinite(passes)
+    idle, passes = idle[ok], passes[ok]
+    which = np.searchsorted(np.asarray(edges, float), idle, side="left")
+    gaps, medians, counts = [], [], []
+    for k in np.unique(which):
+        mine = which == k
+        if mine.sum() >= least:
+            gaps.append(float(np.median(idle[mine])))
+            medians.append(float(np.median(passes[mine])))
+            counts.append(int(mine.sum()))
+    if len(gaps) < 2:
+        return (), ()
+    extra = np.asarray(medians) - medians[0]
+    blocks: list[list[float]] = []  # [sum, weight]: pooled adjacent violators, weighted by the passes
+    for value, weight in zip(extra, counts, strict=True):
+        blocks.append([value * weight, float(weight), 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, w, n = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += w
+            blocks[-1][2] += n
+    fitted = np.concatenate([np.full(int(n), total / w) for total, w, n in blocks])
+    idle_points = np.maximum.accumulate(np.asarray(gaps))  # medians of ordered ranges increase; kept strict below
+    keep = np.concatenate([[True], np.diff(idle_points) > 0])
+    return (tuple(np.round(idle_points[keep], 5).tolist()),
+            tuple(np.round(np.clip(fitted[keep], 0.0, None), 5).tolist()))
+
+
+def wake_extra(curve: tuple[tuple[float, ...], tuple[float, ...]], idle_ms: np.ndarray) -> np.ndarray:
+    """The curve's extra pass (ms) after idle gaps `idle_ms` (0 before its first point and for a missing gap,
+    linear between points, the last value beyond them): the simulator's `service.wake` reading."""
+    idle = np.asarray(idle_ms, float)
+    points, extra = curve
+    if not points:
+        return np.zeros(len(idle))
+    out = np.interp(np.where(np.isfinite(idle), idle, 0.0), (0.0, *points), (0.0, *extra))
+    return np.where(np.isfinite(idle), out, 0.0)
 
 
 class ServedLevel(BaseModel):
@@ -62,11 +137,31 @@ class ServedLevel(BaseModel):
 
 
 class ServedPasses(BaseModel):
-    """A network's served-pass profile: its levels in increasing utilization."""
+    """A network's served-pass profile: its levels in increasing utilization, and the wake curve (extra pass ms
+    after an idle gap; the levels' samples have it taken off). Empty curve: not measured (an older profile)."""
 
     model_config = ConfigDict(frozen=True)
 
     levels: tuple[ServedLevel, ...] = Field(min_length=1)
+    wake_idle_ms: tuple[float, ...] = ()
+    wake_extra_ms: tuple[float, ...] = ()
+
+    @model_validator(mode="after")
+    def _wake(self) -> ServedPasses:
+        idle, extra = np.asarray(self.wake_idle_ms, float), np.asarray(self.wake_extra_ms, float)
+        if len(idle) != len(extra):
+            raise ValueError("a wake curve holds as many idle gaps as extra passes")
+        if not (np.all(np.isfinite(idle)) and np.all(np.isfinite(extra)) and np.all(idle >= 0)
+                and np.all(extra >= 0) and np.all(np.diff(idle) > 0)):
+            raise ValueError("a wake curve's idle gaps increase from 0 and its extra passes are finite and >= 0 ms")
+        return self
+
+    @property
+    def wake(self) -> dict[str, list[float]] | None:
+        """The simulator's `service.wake` table, or None without a curve."""
+        if not self.wake_idle_ms:
+            return None
+        return {"idle_ms": list(self.wake_idle_ms), "extra_ms": list(self.wake_extra_ms)}
 
     @field_validator("levels")
     @classmethod
@@ -113,6 +208,11 @@ def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
                                   "n_lone": level.n_lone, "ms": level.samples_ms})
             if passes.has_delays:
                 frame["out_ms"], frame["back_ms"] = level.out_ms, level.back_ms
+            if passes.wake_idle_ms:
+                blank = [np.nan] * len(frame)
+                k = len(passes.wake_idle_ms) if level is passes.levels[0] else 0
+                frame["wake_idle_ms"] = (list(passes.wake_idle_ms) + blank)[: len(frame)] if k else blank
+                frame["wake_extra_ms"] = (list(passes.wake_extra_ms) + blank)[: len(frame)] if k else blank
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
 
@@ -131,7 +231,12 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
             levels.append(ServedLevel(utilization=float(u), rate_per_ms=float(rate), n_lone=int(n),
                                       samples_ms=tuple(pd.to_numeric(level["ms"], errors="coerce").astype(float)),
                                       **delays))
-        out[str(name)] = ServedPasses(levels=tuple(levels))
+        wake: dict[str, tuple[float, ...]] = {}
+        if all(c in rows.columns for c in WAKE_COLUMNS):
+            points = rows[list(WAKE_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+            points = points[points["wake_idle_ms"].notna() | points["wake_extra_ms"].notna()]
+            wake = {c: tuple(points[c].astype(float)) for c in WAKE_COLUMNS}
+        out[str(name)] = ServedPasses(levels=tuple(levels), **wake)
     return out
 
 

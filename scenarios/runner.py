@@ -181,8 +181,8 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 SERVED_PROFILE = "served_profile.csv"
-SERVED_PROFILE_FORMAT = 4  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
-# 4: levels indexed by a utilization that counts the work beside the pass as the simulator does
+SERVED_PROFILE_FORMAT = 5  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
+# 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:

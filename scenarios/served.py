@@ -10,10 +10,12 @@ query travels as it would through a real dispatcher:
   calibration and read at the experts' isolated pass: `service.overhead_ms`, which a straggle does not stretch — a
   served straggler is held (f - 1) x its pass). The served pass is measured on the scenario's own networks
   (`with_measured_passes`, calibration.passes: real servers under Poisson traffic, lone passes per core utilization,
-  read at the point's utilization) — a pass after idling or after other processes used the core runs longer, by an
-  amount that depends on the network, not on its isolated time alone. Without that profile (`profile.served_passes =
-  "calibration"`), the isolated sample on the calibration's line plus what serving adds to a pass of that isolated
-  time in the calibration's own random-weight networks (`with_served_passes`);
+  read at the point's utilization) — a pass after other processes used the core runs longer, by an amount that
+  depends on the network, not on its isolated time alone; and a pass after its server slept runs longer the longer
+  it slept, by the network's measured wake curve, added at the idle gap each simulated task finds (so a coded or
+  backup server that sits idle between hedges computes them slower than a busy expert's server). Without that
+  profile (`profile.served_passes = "calibration"`), the isolated sample on the calibration's line plus what
+  serving adds to a pass of that isolated time in the calibration's own random-weight networks (`with_served_passes`);
 - each task takes a one-way dispatch delay to reach its server and a return delay to come back: the calibration's
   samples measured under serving traffic, interpolated to the point's core utilization (`with_served_delays`:
   a busier machine answers later, a sleeping one wakes slower), and a cancelled pass runs to its end, as a real
@@ -98,7 +100,24 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
     update = {"coded": at("coded", service.coded), "backup": at("backup", service.backup),
               "experts": tuple(at(n, d) for n, d in zip(names, service.experts, strict=True))
               if service.experts is not None else None}
+    wake = experts_wake(experts)
+    if wake is not None:
+        update["wake"] = wake
     return config.model_copy(update={"service": service.model_copy(update=update)})
+
+
+def experts_wake(experts: list[Any]) -> Any:
+    """The wake curve every simulated server draws on (`service.wake`: one for all servers): the experts' measured
+    curves (`ServedPasses.wake`) averaged at the union of their idle gaps; None when any expert has none."""
+    from calibration.passes import wake_extra
+    from sim.config import Wake
+
+    curves = [p.wake if p is not None else None for p in experts]
+    if not curves or any(c is None for c in curves):
+        return None
+    idle = np.unique(np.concatenate([c["idle_ms"] for c in curves]))
+    extra = np.mean([wake_extra((tuple(c["idle_ms"]), tuple(c["extra_ms"])), idle) for c in curves], axis=0)
+    return Wake(idle_ms=tuple(idle.tolist()), extra_ms=tuple(np.maximum(extra, 0.0).tolist()))
 
 
 def experts_pass_ms(facts: Any) -> float:

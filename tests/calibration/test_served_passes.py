@@ -94,3 +94,72 @@ def test_real_servers_credit_each_network_its_own_passes(tmp_path: Path) -> None
         assert np.median(high.samples_ms) > 2.5 * np.median(low.samples_ms)
     # and each served pass is at least the network's bare pass (a server adds to a pass, never takes from it)
     assert np.median(profile["cnn-w48"].levels[0].samples_ms) > 0.8 * np.median(iso["cnn-w48"])
+
+
+def test_idle_before_is_the_gap_since_the_servers_latest_end() -> None:
+    from calibration.passes import idle_before
+
+    server = np.array([0, 1, 0, 0, 1, 1])
+    start = np.array([0.0, 1.0, 5.0, 5.5, 2.0, 9.0])
+    end = np.array([3.0, 1.5, 6.0, 7.0, np.nan, 9.5])
+    gap = idle_before(server, start, end)
+    # server 0: first task; 5 - 3; 5.5 starts while the 5.0 task runs (0); server 1: first; 2 - 1.5; 9 - 1.5
+    # (the 2.0 task's end is missing, so the latest known end is the first task's)
+    assert np.isnan(gap[0]) and np.isnan(gap[1])
+    assert gap[2:].tolist() == pytest.approx([2.0, 0.0, 0.5, 7.5])
+
+
+def test_the_wake_curve_recovers_a_known_extra_per_idle_range() -> None:
+    from calibration.passes import wake_extra, wake_from
+
+    rng = np.random.default_rng(3)
+    idle = np.concatenate([rng.uniform(0, 0.04, 400), rng.uniform(5, 7, 400), rng.uniform(40, 60, 400),
+                           rng.uniform(300, 400, 400)])
+    truth = np.select([idle < 1, idle < 10, idle < 100], [0.0, 0.10, 0.30], 0.80)
+    passes = 1.0 + truth + rng.normal(0, 0.02, len(idle))
+    points, extra = wake_from(idle, passes)
+    assert len(points) == 4 and np.all(np.diff(points) > 0)
+    assert points[1] == pytest.approx(6.0, abs=0.3) and points[3] == pytest.approx(350, abs=15)
+    assert extra == pytest.approx((0.0, 0.10, 0.30, 0.80), abs=0.01)
+    # read back between and beyond the points; 0 for a missing gap and before the first point
+    got = wake_extra((points, extra), np.array([np.nan, 0.0, (points[1] + points[2]) / 2, 1e4]))
+    assert got.tolist() == pytest.approx([0.0, 0.0, 0.20, 0.80], abs=0.01)
+
+
+def test_a_wake_curve_never_falls_and_needs_two_ranges() -> None:
+    from calibration.passes import wake_from
+
+    idle = np.repeat([0.01, 3.0, 12.0], 30)
+    passes = np.repeat([1.0, 1.3, 1.1], 30)  # the 8-16 ms range faster than the 2-4 ms one: noise, pooled
+    points, extra = wake_from(idle, passes)
+    assert extra == pytest.approx((0.0, 0.2, 0.2))
+    assert wake_from(np.full(50, 3.0), np.ones(50)) == ((), ())  # one range only: no curve
+    assert wake_from(np.repeat([0.01, 3.0], [30, 19]), np.ones(49)) == ((), ())  # the second range too thin
+
+
+def test_levels_lose_their_own_gaps_extra_and_the_curve_reads_back(tmp_path: Path) -> None:
+    from calibration.measure import served_passes
+
+    rng = np.random.default_rng(0)
+    levels = []
+    for u, long_share in ((0.1, 0.8), (0.5, 0.1)):  # the quiet level's servers sleep long far more often
+        warm = rng.uniform(2.0, 3.0, 600)
+        slept = np.where(rng.random(600) < long_share, rng.uniform(50, 60, 600), rng.uniform(0.0, 0.04, 600))
+        levels.append({"utilization": u, "rate_per_ms": u, "passes": warm + np.where(slept > 1, 0.6, 0.0),
+                       "slept": slept, "out_ms": (1.0,) * 200, "back_ms": (1.0,) * 200, "warm": warm})
+    profile = served_passes(levels)
+    assert profile.wake_extra_ms == pytest.approx((0.0, 0.6), abs=0.08)
+    for level, made in zip(levels, profile.levels, strict=True):  # each level's warm passes, not its mix
+        assert np.median(made.samples_ms) == pytest.approx(np.median(level["warm"]), abs=0.08)
+    path = tmp_path / "served_profile.csv"
+    to_frame({"a": profile, "b": _profile()}).to_csv(path, index=False)
+    back = read_served_profile(path)
+    assert back["a"].wake == profile.wake and back["b"].wake is None
+    assert back["a"].wake_idle_ms == pytest.approx(profile.wake_idle_ms)
+
+
+@pytest.mark.parametrize("idle, extra", [((1.0, 0.5), (0.0, 0.1)), ((1.0,), (-0.1,)), ((1.0, 2.0), (0.1,)),
+                                         ((float("nan"),), (0.1,))])
+def test_a_wake_curve_that_is_not_one_is_refused(idle, extra) -> None:
+    with pytest.raises(ValidationError, match="wake curve"):
+        ServedPasses(levels=_profile().levels, wake_idle_ms=idle, wake_extra_ms=extra)
