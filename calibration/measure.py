@@ -66,7 +66,7 @@ from calibration.file import (
     WakeRow,
     machine_key,
 )
-from calibration.passes import ServedLevel, ServedPasses, idle_before, wake_extra, wake_from
+from calibration.passes import ServedLevel, ServedPasses, others_busy_before, wake_extra, wake_from
 
 SIZES: dict[str, int] = {"cnn-w2": 2, "cnn-w16": 16, "cnn-w48": 48, "cnn-w96": 96}  # SmallCNN widths, 28×28×1
 MID = "cnn-w48"
@@ -617,11 +617,12 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     wanted = min_lone * n_servers / max(lone_share, 0.05)  # tasks spread evenly over the servers
                     n = int(max(300, min(max(rate * span_ms, wanted), rate * max(span_ms, SERVED_MAX_MS))))
                     arrival = np.cumsum(rng.exponential(1.0 / rate, n))
-                    tasks, _ = run_stream(cluster.sockets, nets, arrival, rng.integers(0, n_servers, n))
+                    tasks, _ = run_stream(cluster.sockets, nets, arrival, uneven_servers(rng, n, n_servers))
                     recv, start, end = _stamps(tasks)
                     compute = tasks["compute_ms"].to_numpy(float)
                     idle = idle_at_arrival(tasks["server"].to_numpy(), recv, end)
-                    slept = idle_before(tasks["server"].to_numpy(), start, end)  # each pass's idle gap before it
+                    # the other servers' passes while each pass's server sat idle before it
+                    slept = others_busy_before(tasks["server"].to_numpy(), start, start + compute)
                     where = f"served profile at {share:.0%} of the cores"
                     out = _delay(tasks["out_ms"].to_numpy(float)[idle], where).samples_ms
                     back = _delay(tasks["back_ms"].to_numpy(float), where).samples_ms
@@ -645,10 +646,31 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
     return {name: served_passes(levels) for name, levels in raw.items()}
 
 
+RARE_SHARE = 0.1  # of the traffic a server gets in its third of a served-profile stream
+
+
+def uneven_servers(rng: np.random.Generator, n: int, servers: int, rare: float = RARE_SHARE) -> np.ndarray:
+    """Which server each of `n` tasks goes to: the stream in `servers` equal blocks, in block b server b takes
+    `rare` of the tasks and the others share the rest evenly — every server a third of the time the rarely used
+    one (as a coded or backup server is), whose passes follow long gaps while the others compute; over the whole
+    stream each server takes 1 / servers of the tasks."""
+    if servers < 2:
+        return np.zeros(n, np.int64)
+    block = np.minimum(np.arange(n) * servers // max(n, 1), servers - 1)
+    out = np.empty(n, np.int64)
+    for b in range(servers):
+        rows = np.flatnonzero(block == b)
+        p = np.full(servers, (1.0 - rare) / (servers - 1))
+        p[b] = rare
+        out[rows] = rng.choice(servers, size=len(rows), p=p)
+    return out
+
+
 def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
-    """A network's served-pass profile from its levels' lone passes (`passes`, ms) and the idle gap before each
-    (`slept`): the wake curve from all of them (`calibration.passes.wake_from`), then per level the passes with
-    their own gap's extra taken off, as QUANTILES quantiles, beside the level's delays."""
+    """A network's served-pass profile from its levels' lone passes (`passes`, ms) and the other servers' busy
+    time while each one's server sat idle before it (`slept`): the wake curve from all of them
+    (`calibration.passes.wake_from`), then per level the passes with their own extra taken off, as QUANTILES
+    quantiles, beside the level's delays."""
     passes = np.concatenate([np.asarray(level["passes"], float) for level in levels])
     slept = np.concatenate([np.asarray(level["slept"], float) for level in levels])
     curve = wake_from(slept, passes)
@@ -660,4 +682,4 @@ def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
         out.append(ServedLevel(utilization=level["utilization"], rate_per_ms=level["rate_per_ms"], n_lone=len(mine),
                                samples_ms=tuple(quantiles(warm, QUANTILES).round(5)),
                                out_ms=tuple(level["out_ms"]), back_ms=tuple(level["back_ms"])))
-    return ServedPasses(levels=tuple(out), wake_idle_ms=curve[0], wake_extra_ms=curve[1])
+    return ServedPasses(levels=tuple(out), wake_busy_ms=curve[0], wake_extra_ms=curve[1])

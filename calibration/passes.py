@@ -16,23 +16,27 @@ The same traffic's one-way delays are kept beside the passes (out: tasks that re
 every answered task): how late a frontend and servers that compete for the cores answer depends on what the
 servers compute, so they are measured on the scenario's own networks too.
 
-A pass also runs longer the longer its server slept before it (its caches and TLB refilled by other processes,
-its core idle or clocked down): in a testbed run of the default experts, lone passes after 4-8 ms idle take 0.35 ms
-at the median, after 32-64 ms 0.46 ms, after more than 64 ms 0.57 ms. Which idle gaps a server sees depends on
-how traffic is spread over the servers (an expert's server idles a few ms, a coded server that only takes hedges
-idles for tens), not on the machine's utilization alone, so the profile keeps this apart: its `wake` curve is the
-median pass after each range of idle gaps less the median pass of a server that went straight on (or slept
-least), measured on the same lone passes, and each level's samples are the passes with their own gap's extra
-taken off. The simulator adds the curve back at the idle gap each simulated task finds (`service.wake`).
+A pass also runs longer when other servers computed while its server sat idle: their weights and activations
+evict its own from the caches. In a testbed run of the heavy CNN, lone passes after 32-64 ms idle take 2.65 ms at
+the median when the other servers computed 2-8 ms meanwhile and 3.20 ms when they computed 32-64 ms; after more
+than 64 ms idle, 2.96 and 4.0 ms. How much others compute while a server idles depends on how traffic is spread
+over the servers (an expert's server idles a few ms, a coded server that only takes hedges idles while the
+experts work for tens), not on the machine's utilization alone, so the profile keeps it apart: its `wake` curve
+is the median pass after each range of the others' busy time during the idle gap, less the median pass of a
+server that went straight on (or saw least), measured on the same lone passes, and each level's samples are the
+passes with their own extra taken off. The simulator adds the curve back at the others' busy time each simulated
+task's server saw (`service.wake`, by "others_busy"). The profile sends each server, a third of the time, a tenth
+of the traffic, so that long gaps with the others busy are measured too.
 
 On disk (a result folder's ``served_profile.csv``): one row per (network, level, quantile) with the columns
 model, utilization, rate_per_ms, n_lone, ms (the pass) and out_ms, back_ms (the delays); the wake curve in the
-columns wake_idle_ms, wake_extra_ms of a network's first rows (empty in the others).
+columns wake_busy_ms, wake_extra_ms of a network's first rows (empty in the others).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,9 +44,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 COLUMNS = ("model", "utilization", "rate_per_ms", "n_lone", "ms")
 DELAY_COLUMNS = ("out_ms", "back_ms")
-WAKE_COLUMNS = ("wake_idle_ms", "wake_extra_ms")
+WAKE_COLUMNS = ("wake_busy_ms", "wake_extra_ms")
 WAKE_EDGES_MS = (0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)  # idle-gap ranges of the curve
 WAKE_LEAST = 20  # passes a range needs to give a point of the curve
+
+
+def others_busy_before(server: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per task: the busy time (ms, summed over servers) of every other server's passes [start, end) while its
+    own server sat idle before it (from the latest end of its earlier tasks to its start); NaN for a server's
+    first task and where a stamp is missing. One clock."""
+    start, end = np.asarray(start, float), np.asarray(end, float)
+    ok = np.isfinite(start) & np.isfinite(end)
+    s, e = np.sort(start[ok]), np.sort(end[ok])
+    cs, ce = np.concatenate([[0.0], np.cumsum(s)]), np.concatenate([[0.0], np.cumsum(e)])
+
+    def busy_until(t: np.ndarray) -> np.ndarray:  # every pass's time before t
+        k, j = np.searchsorted(s, t), np.searchsorted(e, t)
+        return (k * t - cs[k]) - (j * t - ce[j])
+
+    gap = idle_before(server, start, end)
+    out = np.full(len(start), np.nan)
+    has = np.isfinite(gap)
+    out[has] = busy_until(start[has]) - busy_until(start[has] - gap[has])
+    return np.maximum(out, 0.0)
 
 
 def idle_before(server: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -137,31 +161,32 @@ class ServedLevel(BaseModel):
 
 
 class ServedPasses(BaseModel):
-    """A network's served-pass profile: its levels in increasing utilization, and the wake curve (extra pass ms
-    after an idle gap; the levels' samples have it taken off). Empty curve: not measured (an older profile)."""
+    """A network's served-pass profile: its levels in increasing utilization, and the wake curve (extra pass ms by
+    the other servers' busy ms while its server sat idle; the levels' samples have it taken off). Empty curve: not
+    measured (an older profile)."""
 
     model_config = ConfigDict(frozen=True)
 
     levels: tuple[ServedLevel, ...] = Field(min_length=1)
-    wake_idle_ms: tuple[float, ...] = ()
+    wake_busy_ms: tuple[float, ...] = ()
     wake_extra_ms: tuple[float, ...] = ()
 
     @model_validator(mode="after")
     def _wake(self) -> ServedPasses:
-        idle, extra = np.asarray(self.wake_idle_ms, float), np.asarray(self.wake_extra_ms, float)
+        idle, extra = np.asarray(self.wake_busy_ms, float), np.asarray(self.wake_extra_ms, float)
         if len(idle) != len(extra):
-            raise ValueError("a wake curve holds as many idle gaps as extra passes")
+            raise ValueError("a wake curve holds as many busy times as extra passes")
         if not (np.all(np.isfinite(idle)) and np.all(np.isfinite(extra)) and np.all(idle >= 0)
                 and np.all(extra >= 0) and np.all(np.diff(idle) > 0)):
-            raise ValueError("a wake curve's idle gaps increase from 0 and its extra passes are finite and >= 0 ms")
+            raise ValueError("a wake curve's busy times increase from 0 and its extra passes are finite and >= 0 ms")
         return self
 
     @property
-    def wake(self) -> dict[str, list[float]] | None:
-        """The simulator's `service.wake` table, or None without a curve."""
-        if not self.wake_idle_ms:
+    def wake(self) -> dict[str, Any] | None:
+        """The simulator's `service.wake` table (read at the others' busy time), or None without a curve."""
+        if not self.wake_busy_ms:
             return None
-        return {"idle_ms": list(self.wake_idle_ms), "extra_ms": list(self.wake_extra_ms)}
+        return {"idle_ms": list(self.wake_busy_ms), "extra_ms": list(self.wake_extra_ms), "by": "others_busy"}
 
     @field_validator("levels")
     @classmethod
@@ -208,10 +233,10 @@ def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
                                   "n_lone": level.n_lone, "ms": level.samples_ms})
             if passes.has_delays:
                 frame["out_ms"], frame["back_ms"] = level.out_ms, level.back_ms
-            if passes.wake_idle_ms:
+            if passes.wake_busy_ms:
                 blank = [np.nan] * len(frame)
-                k = len(passes.wake_idle_ms) if level is passes.levels[0] else 0
-                frame["wake_idle_ms"] = (list(passes.wake_idle_ms) + blank)[: len(frame)] if k else blank
+                k = len(passes.wake_busy_ms) if level is passes.levels[0] else 0
+                frame["wake_busy_ms"] = (list(passes.wake_busy_ms) + blank)[: len(frame)] if k else blank
                 frame["wake_extra_ms"] = (list(passes.wake_extra_ms) + blank)[: len(frame)] if k else blank
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
@@ -234,7 +259,7 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
         wake: dict[str, tuple[float, ...]] = {}
         if all(c in rows.columns for c in WAKE_COLUMNS):
             points = rows[list(WAKE_COLUMNS)].apply(pd.to_numeric, errors="coerce")
-            points = points[points["wake_idle_ms"].notna() | points["wake_extra_ms"].notna()]
+            points = points[points["wake_busy_ms"].notna() | points["wake_extra_ms"].notna()]
             wake = {c: tuple(points[c].astype(float)) for c in WAKE_COLUMNS}
         out[str(name)] = ServedPasses(levels=tuple(levels), **wake)
     return out

@@ -11,9 +11,10 @@ query travels as it would through a real dispatcher:
   served straggler is held (f - 1) x its pass). The served pass is measured on the scenario's own networks
   (`with_measured_passes`, calibration.passes: real servers under Poisson traffic, lone passes per core utilization,
   read at the point's utilization) — a pass after other processes used the core runs longer, by an amount that
-  depends on the network, not on its isolated time alone; and a pass after its server slept runs longer the longer
-  it slept, by the network's measured wake curve, added at the idle gap each simulated task finds (so a coded or
-  backup server that sits idle between hedges computes them slower than a busy expert's server). Without that
+  depends on the network, not on its isolated time alone; and a pass runs longer the more the other servers
+  computed while its server sat idle (they evict its caches), by the network's measured wake curve, added at the
+  others' busy time each simulated task's server saw (so a coded or backup server that sits idle between hedges
+  while the experts work computes them slower than a busy expert's server). Without that
   profile (`profile.served_passes = "calibration"`), the isolated sample on the calibration's line plus what
   serving adds to a pass of that isolated time in the calibration's own random-weight networks (`with_served_passes`);
 - each task takes a one-way dispatch delay to reach its server and a return delay to come back: the calibration's
@@ -107,8 +108,9 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
 
 
 def experts_wake(experts: list[Any]) -> Any:
-    """The wake curve every simulated server draws on (`service.wake`: one for all servers): the experts' measured
-    curves (`ServedPasses.wake`) averaged at the union of their idle gaps; None when any expert has none."""
+    """The wake curve every simulated server draws on (`service.wake`, read at the other servers' busy time while
+    it sat idle; one for all servers): the experts' measured curves (`ServedPasses.wake`) averaged at the union of
+    their points; None when any expert has none."""
     from calibration.passes import wake_extra
     from sim.config import Wake
 
@@ -117,7 +119,7 @@ def experts_wake(experts: list[Any]) -> Any:
         return None
     idle = np.unique(np.concatenate([c["idle_ms"] for c in curves]))
     extra = np.mean([wake_extra((tuple(c["idle_ms"]), tuple(c["extra_ms"])), idle) for c in curves], axis=0)
-    return Wake(idle_ms=tuple(idle.tolist()), extra_ms=tuple(np.maximum(extra, 0.0).tolist()))
+    return Wake(idle_ms=tuple(idle.tolist()), extra_ms=tuple(np.maximum(extra, 0.0).tolist()), by="others_busy")
 
 
 def experts_pass_ms(facts: Any) -> float:

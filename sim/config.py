@@ -179,10 +179,15 @@ ServiceDist = Annotated[
 
 
 class Wake(_Model):
-    """Extra compute (ms) of a task that starts on a server idle for `idle_ms` before it (see Service)."""
+    """Extra compute (ms) of a task that starts on a server idle for `idle_ms` before it (see Service); with
+    `by = "others_busy"`, `idle_ms` is instead the other servers' busy time (summed over them, ms) while this one
+    sat idle — what evicts its caches."""
 
     idle_ms: tuple[Annotated[float, Field(ge=0)], ...] = Field(min_length=1)
     extra_ms: tuple[Annotated[float, Field(ge=0)], ...] = Field(min_length=1)
+    by: Literal["idle", "others_busy"] = Field(
+        default="idle", description="what the curve is read at: how long the server sat idle, or how much busy "
+                                    "time the other servers spent meanwhile")
 
     @model_validator(mode="after")
     def _check(self) -> Wake:
@@ -224,7 +229,8 @@ class Service(_Model):
     `wake` (measured by `coinsim calibrate`): a server that sat idle for g ms before a task starts computes that
     task `extra_ms(g)` ms longer (linear between the given points, the last value beyond them; 0 for a server
     that goes straight on from its previous task) — a process that slept finds its caches cold and its core
-    clocked down or taken back by the host, so its first pass is slower.
+    clocked down or taken back by the host, so its first pass is slower. With `wake.by = "others_busy"` g is the
+    busy time the other servers spent (summed) while this one sat idle: their work is what evicts its caches.
     """
 
     expert: ServiceDist = Field(default_factory=lambda: Exponential(mean_ms=1.0))

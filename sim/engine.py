@@ -136,6 +136,7 @@ class _Server:
         "q0",
         "qev",
         "free_at",
+        "seen",
         "woke",
         "factor",
         "share",
@@ -164,6 +165,7 @@ class _Server:
         self.qev: Due | None = None  # time slicing: pending end of the current quantum, if one is armed
         self.free_at = 0.0  # when the server last became free (wake-up costs: how long it sat idle)
         self.woke = 0.0  # wake-up cost added to the current task's pass
+        self.seen = 0.0  # every server's busy time so far when this one became free (wake by the others' work)
         self.factor = 1.0  # stragglers.extra_of = "pass": the current task's straggle factor
         self.share = 1.0  # ... and its pass's share of its work on the cores (the rest: overhead, not stretched)
 
@@ -177,7 +179,12 @@ class _Server:
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
         wake = self.eng.wake
-        woke = self.woke = wake.extra(now - self.free_at) if wake is not None else 0.0  # 0 straight on
+        if wake is None:
+            woke = self.woke = 0.0
+        elif self.eng.wake_others:  # by the other servers' busy time while this one sat idle (cache eviction)
+            woke = self.woke = wake.extra(self.eng.busy_clock() - self.seen) if now > self.free_at else 0.0
+        else:
+            woke = self.woke = wake.extra(now - self.free_at)  # 0 straight on
         ev = self.ev = Due(self.finish)
         if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included, and not the
             ov = self.eng.overhead  # server's work beside it (both slowed alike by an episode)
@@ -216,9 +223,12 @@ class _Server:
         self.free_at = self.env.now
         dt = self.env.now - self.t0
         self.eng.busy[self.idx] += dt
+        self.eng.busy_done += dt
         self.eng.ms[self.cur.q.qid] += dt  # type: ignore[union-attr]
         self.cur = None
         self.ev = None
+        if self.eng.wake_others:
+            self.seen = self.eng.busy_clock()
         if self.eng.sharing:
             self.eng.busy_down(self)
         return dt
@@ -231,9 +241,12 @@ class _Server:
         now = self.free_at = self.env.now  # _stop(), inlined on the hot path
         dt = now - self.t0
         eng.busy[self.idx] += dt
+        eng.busy_done += dt
         eng.ms[task.q.qid] += dt
         self.cur = None
         self.ev = None
+        if eng.wake_others:
+            self.seen = eng.busy_clock()
         if eng.sharing:
             eng.busy_down(self)
         task.active = False
@@ -429,6 +442,8 @@ class FastEngine:
         self.stall = plan.stall
         self.rate = 1.0  # speed of every busy server while sharing
         self.wake = plan.wake  # extra compute of a task that starts on a server that sat idle
+        self.wake_others = plan.wake is not None and plan.wake.by == "others_busy"
+        self.busy_done = 0.0  # every server's busy time in ended service periods
         self.of_pass = plan.extra_of_pass  # a straggle is (f - 1) x the pass as it ran, not as drawn
         self.overhead = plan.overhead_ms  # each task's work beside its pass (in its draw), never stretched
         if plan.wake is not None and plan.max_batch > 1:
@@ -528,6 +543,11 @@ class FastEngine:
             return
         st.n_live += 1  # the dispatcher counts it from the moment it is sent
         self._later(self.out[q.qid * self.S + st.servers[0].idx], lambda _ev: self._deliver(t))
+
+    def busy_clock(self) -> float:
+        """Every server's busy time so far: ended service periods plus the ones under way."""
+        now = self.env.now
+        return self.busy_done + sum(now - srv.t0 for srv in self.servers if srv.cur is not None)
 
     # ------------------------------------------------------------------------------- shared cores
     def _speed(self, busy: int) -> float:

@@ -109,6 +109,33 @@ def test_idle_before_is_the_gap_since_the_servers_latest_end() -> None:
     assert gap[2:].tolist() == pytest.approx([2.0, 0.0, 0.5, 7.5])
 
 
+def test_others_busy_is_what_the_other_servers_computed_while_one_sat_idle() -> None:
+    from calibration.passes import others_busy_before
+
+    # server 0 runs 0-1 and 10-11; server 1 runs 2-4 and 5-12; server 2 runs 0.5-3 and 11.5-12
+    server = np.array([0, 0, 1, 1, 2, 2])
+    start = np.array([0.0, 10.0, 2.0, 5.0, 0.5, 11.5])
+    end = np.array([1.0, 11.0, 4.0, 12.0, 3.0, 12.0])
+    busy = others_busy_before(server, start, end)
+    # server 0 idle 1-10: server 1 computed 2-4 and 5-10 (7), server 2 1-3 (2); server 1 idle 4-5: nobody;
+    # server 2 idle 3-11.5: server 0 10-11 (1), server 1 3-4 and 5-11.5 (7.5)
+    assert np.isnan(busy[[0, 2, 4]]).all()
+    assert busy[[1, 3, 5]].tolist() == pytest.approx([9.0, 0.0, 8.5])
+
+
+def test_the_profile_makes_each_server_the_rarely_used_one_a_third_of_the_time() -> None:
+    from calibration.measure import uneven_servers
+
+    got = uneven_servers(np.random.default_rng(1), 30_000, 3, rare=0.1)
+    for b in range(3):
+        block = got[b * 10_000:(b + 1) * 10_000]
+        share = np.bincount(block, minlength=3) / len(block)
+        assert share[b] == pytest.approx(0.1, abs=0.01)
+        assert np.delete(share, b) == pytest.approx([0.45, 0.45], abs=0.015)
+    assert np.bincount(got) / len(got) == pytest.approx([1 / 3] * 3, abs=0.01)
+    assert (uneven_servers(np.random.default_rng(1), 5, 1) == 0).all()
+
+
 def test_the_wake_curve_recovers_a_known_extra_per_idle_range() -> None:
     from calibration.passes import wake_extra, wake_from
 
@@ -155,11 +182,11 @@ def test_levels_lose_their_own_gaps_extra_and_the_curve_reads_back(tmp_path: Pat
     to_frame({"a": profile, "b": _profile()}).to_csv(path, index=False)
     back = read_served_profile(path)
     assert back["a"].wake == profile.wake and back["b"].wake is None
-    assert back["a"].wake_idle_ms == pytest.approx(profile.wake_idle_ms)
+    assert back["a"].wake_busy_ms == pytest.approx(profile.wake_busy_ms)
 
 
 @pytest.mark.parametrize("idle, extra", [((1.0, 0.5), (0.0, 0.1)), ((1.0,), (-0.1,)), ((1.0, 2.0), (0.1,)),
                                          ((float("nan"),), (0.1,))])
 def test_a_wake_curve_that_is_not_one_is_refused(idle, extra) -> None:
     with pytest.raises(ValidationError, match="wake curve"):
-        ServedPasses(levels=_profile().levels, wake_idle_ms=idle, wake_extra_ms=extra)
+        ServedPasses(levels=_profile().levels, wake_busy_ms=idle, wake_extra_ms=extra)

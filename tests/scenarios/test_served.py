@@ -295,7 +295,7 @@ def test_the_experts_wake_curves_are_averaged_into_every_servers_wake() -> None:
                         back_ms=(0.5,) * 4)
 
     def passes(idle: tuple[float, ...] = (), extra: tuple[float, ...] = ()) -> ServedPasses:
-        return ServedPasses(levels=(level,), wake_idle_ms=idle, wake_extra_ms=extra)
+        return ServedPasses(levels=(level,), wake_busy_ms=idle, wake_extra_ms=extra)
 
     facts.served_passes = {names[0]: passes((2.0, 20.0), (0.0, 0.4)), names[1]: passes((10.0,), (0.2,)),
                            "coded": passes()}
@@ -303,7 +303,7 @@ def test_the_experts_wake_curves_are_averaged_into_every_servers_wake() -> None:
     wake = config.service.wake
     # at the union of the points, the mean of the two curves (each linear from (0, 0), held beyond its last point):
     # at 2: (0 + 0.04) / 2; at 10: ((10 - 2) / 18 x 0.4 + 0.2) / 2; at 20: (0.4 + 0.2) / 2
-    assert wake.idle_ms == (2.0, 10.0, 20.0)
+    assert wake.idle_ms == (2.0, 10.0, 20.0) and wake.by == "others_busy"  # read at the others' busy time
     assert wake.extra_ms == pytest.approx((0.02, (8 / 18 * 0.4 + 0.2) / 2, 0.3))
     assert wake.extra(5.0) == pytest.approx(0.02 + 3 / 8 * (wake.extra_ms[1] - 0.02))
     # an expert without a curve (an older profile): no wake from the profile at all, the calibration's own stays

@@ -89,3 +89,21 @@ def test_a_stall_follows_the_pass_wall_time(extra_of, finish) -> None:
              "service": {"expert": {"kind": "deterministic", "value_ms": 1.0}, "cores": 1.0, "quantum_ms": 0.4}}
     out = _trace(table, [0.0, 0.2], [0, 1], np.array([[3.0, 1.0], [1.0, 1.0]]))
     np.testing.assert_allclose(out.finish_ms, finish, atol=1e-9)
+
+
+def test_wake_by_the_other_servers_busy_time() -> None:
+    # wake.by = "others_busy": the curve is read at the busy time the OTHER servers spent while this one sat idle.
+    # Two experts, 1 ms a pass. t = 0 -> server 0, nobody ran before: 1.0. t = 0.5 -> server 1, server 0 has been
+    # busy 0.5 ms meanwhile (+0.125) -> 1.625. t = 3 -> server 0, idle 2 ms (by idle time +0.5), but the other
+    # server was busy only 1.0-1.625 meanwhile (+0.15625) -> 4.15625; t = 3.5 queued, straight on -> 5.15625.
+    # t = 10 -> server 1: server 0 was busy 1.15625 + 1.0 since 1.625 (+0.5 + 0.5 x 0.15625 / 4) -> 11.51953125.
+    wake = WAKE | {"by": "others_busy"}
+    service = {"expert": {"kind": "deterministic", "value_ms": 1.0}, "wake": wake}
+    table = {"n_experts": 2, "r": 0, "policies": ["uncoded"], "service": service}
+    out = _trace(table, [0.0, 0.5, 3.0, 3.5, 10.0], [0, 1, 0, 0, 1], np.ones((5, 2)))
+    np.testing.assert_allclose(out.finish_ms, [1.0, 1.625, 4.15625, 5.15625, 10.0 + 1.0 + 0.5 + 0.5 * 0.15625 / 4],
+                               atol=1e-9)
+    # read by idle time, the same trace wakes longer where a server idled long while the other did little
+    idle = _trace({**table, "service": {**service, "wake": WAKE}}, [0.0, 0.5, 3.0, 3.5, 10.0], [0, 1, 0, 0, 1],
+                  np.ones((5, 2)))
+    assert idle.finish_ms[2] == pytest.approx(4.5)
