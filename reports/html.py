@@ -584,6 +584,7 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
         served = model.get("served_passes")
         if isinstance(served, Mapping) and served:
             text += _served_passes_text(served)
+            text += _wake_text(model.get("served_wake"))
         elif levels:
             text += Markup(" Under serving traffic the one-way delays reach p99 {} ms out at {} % of the cores busy "
                            "(each point draws them at its own utilization).").format(
@@ -600,6 +601,25 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
         text += Markup(" Served on this machine, latencies would be longer: run without "
                        "<code>--latency-model compute</code> for the served prediction.")
     return text
+
+
+def _wake_text(wake: Any) -> Markup:
+    """The largest extra pass of the networks' wake curves (summary.json latency_model.served_wake), or nothing."""
+    if not isinstance(wake, Mapping):
+        return Markup("")
+    best = None
+    for name, curve in wake.items():
+        if not isinstance(curve, Mapping):
+            continue
+        busy, extra = curve.get("others_busy_ms") or [], curve.get("extra_ms") or []
+        if busy and len(busy) == len(extra) and finite(busy[-1]) and finite(extra[-1]) and (
+                best is None or extra[-1] > best[2]):
+            best = (name, busy[-1], extra[-1])
+    if best is None:
+        return Markup("")
+    return Markup(" A pass runs longer when the other servers computed while its server sat idle (they evict its "
+                  "caches): up to {} ms for {} after {} ms of their work.").format(_num(best[2]), best[0],
+                                                                                   _num(best[1]))
 
 
 def _served_passes_text(served: Mapping[str, Any]) -> Markup:

@@ -300,6 +300,9 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
                                         "p99_ms": float(np.quantile(level.samples_ms, 0.99))}
                                        for level in passes.levels]
                                 for name, passes in served_passes.items()}
+        out["served_wake"] = {name: {"others_busy_ms": list(passes.wake_busy_ms),
+                                     "extra_ms": list(passes.wake_extra_ms)}
+                              for name, passes in served_passes.items() if passes.wake_busy_ms}
     return out
 
 
