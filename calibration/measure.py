@@ -66,7 +66,7 @@ from calibration.file import (
     WakeRow,
     machine_key,
 )
-from calibration.passes import ServedLevel, ServedPasses, others_busy_before, wake_extra, wake_from
+from calibration.passes import ServedLevel, ServedPasses, idle_before, others_busy_before, wake_extra, wake_two
 
 SIZES: dict[str, int] = {"cnn-w2": 2, "cnn-w16": 16, "cnn-w48": 48, "cnn-w96": 96}  # SmallCNN widths, 28×28×1
 MID = "cnn-w48"
@@ -621,8 +621,9 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     recv, start, end = _stamps(tasks)
                     compute = tasks["compute_ms"].to_numpy(float)
                     idle = idle_at_arrival(tasks["server"].to_numpy(), recv, end)
-                    # the other servers' passes while each pass's server sat idle before it
-                    slept = others_busy_before(tasks["server"].to_numpy(), start, start + compute)
+                    # how long each pass's server sat idle before it, and the other servers' passes meanwhile
+                    slept = idle_before(tasks["server"].to_numpy(), start, end)
+                    others = others_busy_before(tasks["server"].to_numpy(), start, start + compute)
                     where = f"served profile at {share:.0%} of the cores"
                     out = _delay(tasks["out_ms"].to_numpy(float)[idle], where).samples_ms
                     back = _delay(tasks["back_ms"].to_numpy(float), where).samples_ms
@@ -639,14 +640,15 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                             raise CalibrationError(f"served profile of {names[j]} at {share:.0%} of the cores: only "
                                                    f"{len(mine)} passes ran with no other server computing")
                         raw[names[j]].append({"utilization": utilization, "rate_per_ms": rate, "passes": mine,
-                                              "slept": slept[alone & (ran == j)], "out_ms": out, "back_ms": back})
+                                              "slept": slept[alone & (ran == j)],
+                                              "others": others[alone & (ran == j)], "out_ms": out, "back_ms": back})
                     bar.update(1)
     finally:
         bar.close()
     return {name: served_passes(levels) for name, levels in raw.items()}
 
 
-RARE_SHARE = 0.1  # of the traffic a server gets in its third of a served-profile stream
+RARE_SHARE = 0.05  # of the traffic a server gets in its third of a served-profile stream
 
 
 def uneven_servers(rng: np.random.Generator, n: int, servers: int, rare: float = RARE_SHARE) -> np.ndarray:
@@ -667,19 +669,22 @@ def uneven_servers(rng: np.random.Generator, n: int, servers: int, rare: float =
 
 
 def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
-    """A network's served-pass profile from its levels' lone passes (`passes`, ms) and the other servers' busy
-    time while each one's server sat idle before it (`slept`): the wake curve from all of them
-    (`calibration.passes.wake_from`), then per level the passes with their own extra taken off, as QUANTILES
-    quantiles, beside the level's delays."""
-    passes = np.concatenate([np.asarray(level["passes"], float) for level in levels])
-    slept = np.concatenate([np.asarray(level["slept"], float) for level in levels])
-    curve = wake_from(slept, passes)
+    """A network's served-pass profile from its levels' lone passes (`passes`, ms), how long each one's server
+    sat idle before it (`slept`) and the other servers' busy time meanwhile (`others`): the wake's two curves from
+    all of them (`calibration.passes.wake_two`), then per level the passes with their own extra taken off, as
+    QUANTILES quantiles, beside the level's delays."""
+    def joined(key: str) -> np.ndarray:
+        return np.concatenate([np.asarray(level[key], float) for level in levels])
+
+    idle, busy = wake_two(joined("slept"), joined("others"), joined("passes"))
     out = []
     for level in levels:
         mine = np.asarray(level["passes"], float)
-        warm = mine - wake_extra(curve, np.asarray(level["slept"], float))
+        warm = mine - wake_extra(idle, np.asarray(level["slept"], float)) - wake_extra(busy, np.asarray(
+            level["others"], float))
         warm = np.maximum(warm, 0.05 * mine)  # what a longer sleep adds is a median shift; no pass goes below 0
         out.append(ServedLevel(utilization=level["utilization"], rate_per_ms=level["rate_per_ms"], n_lone=len(mine),
                                samples_ms=tuple(quantiles(warm, QUANTILES).round(5)),
                                out_ms=tuple(level["out_ms"]), back_ms=tuple(level["back_ms"])))
-    return ServedPasses(levels=tuple(out), wake_busy_ms=curve[0], wake_extra_ms=curve[1])
+    return ServedPasses(levels=tuple(out), wake_idle_ms=idle[0], wake_idle_extra_ms=idle[1], wake_busy_ms=busy[0],
+                        wake_busy_extra_ms=busy[1])

@@ -16,21 +16,23 @@ The same traffic's one-way delays are kept beside the passes (out: tasks that re
 every answered task): how late a frontend and servers that compete for the cores answer depends on what the
 servers compute, so they are measured on the scenario's own networks too.
 
-A pass also runs longer when other servers computed while its server sat idle: their weights and activations
-evict its own from the caches. In a testbed run of the heavy CNN, lone passes after 32-64 ms idle take 2.65 ms at
-the median when the other servers computed 2-8 ms meanwhile and 3.20 ms when they computed 32-64 ms; after more
-than 64 ms idle, 2.96 and 4.0 ms. How much others compute while a server idles depends on how traffic is spread
-over the servers (an expert's server idles a few ms, a coded server that only takes hedges idles while the
-experts work for tens), not on the machine's utilization alone, so the profile keeps it apart: its `wake` curve
-is the median pass after each range of the others' busy time during the idle gap, less the median pass of a
-server that went straight on (or saw least), measured on the same lone passes, and each level's samples are the
-passes with their own extra taken off. The simulator adds the curve back at the others' busy time each simulated
-task's server saw (`service.wake`, by "others_busy"). The profile sends each server, a third of the time, a tenth
-of the traffic, so that long gaps with the others busy are measured too.
+A pass also runs longer after its server sat idle, and longer still when other servers computed meanwhile: the core
+may have idled or been clocked down, and their weights and activations evict its own from the caches. In a testbed
+run of the heavy CNN, lone passes after 32-64 ms idle take 2.65 ms at the median when the other servers computed 2-8
+ms meanwhile and 3.20 ms when they computed 32-64 ms; after more than 64 ms idle, 2.96 and 4.0 ms (after 4-16 ms
+idle with 2-8 ms of the others' work, 2.50 ms). How long a server idles and how much the others compute meanwhile
+depends on how traffic is spread over the servers (an expert's server idles a few ms, a coded server that only takes
+hedges idles while the experts work for tens), not on the machine's utilization alone, so the profile keeps it
+apart: its wake is the sum of two curves fitted together on the same lone passes (`wake_two`), one read at the idle
+time, one at the others' busy time during it, each the median pass over a range less that of a server that went
+straight on; each level's samples are the passes with their own extra taken off. The simulator adds both back at the
+idle time and the others' busy time each simulated task's server saw (`service.wake`). The profile sends each
+server, a third of the time, a twentieth of the traffic, so that long gaps with the others busy are measured too.
 
 On disk (a result folder's ``served_profile.csv``): one row per (network, level, quantile) with the columns
-model, utilization, rate_per_ms, n_lone, ms (the pass) and out_ms, back_ms (the delays); the wake curve in the
-columns wake_busy_ms, wake_extra_ms of a network's first rows (empty in the others).
+model, utilization, rate_per_ms, n_lone, ms (the pass) and out_ms, back_ms (the delays); the wake's two curves in
+the columns wake_idle_ms, wake_idle_extra_ms, wake_busy_ms (the others' busy time), wake_busy_extra_ms of a
+network's first rows (empty in the others).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 COLUMNS = ("model", "utilization", "rate_per_ms", "n_lone", "ms")
 DELAY_COLUMNS = ("out_ms", "back_ms")
-WAKE_COLUMNS = ("wake_busy_ms", "wake_extra_ms")
+WAKE_COLUMNS = ("wake_idle_ms", "wake_idle_extra_ms", "wake_busy_ms", "wake_busy_extra_ms")
 WAKE_EDGES_MS = (0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)  # idle-gap ranges of the curve
 WAKE_LEAST = 20  # passes a range needs to give a point of the curve
 
@@ -120,6 +122,24 @@ def wake_from(idle_ms: np.ndarray, pass_ms: np.ndarray, edges: tuple[float, ...]
             tuple(np.round(np.clip(fitted[keep], 0.0, None), 5).tolist()))
 
 
+Curve = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def wake_two(idle_ms: np.ndarray, busy_ms: np.ndarray, pass_ms: np.ndarray, rounds: int = 4) -> tuple[Curve, Curve]:
+    """Both parts of the wake from the same passes: extra = f(idle time) + g(the others' busy time meanwhile),
+    each a `wake_from` curve fitted to the passes less the other part (backfitting, `rounds` times, g first
+    taken as 0). Either empty when its variable gives fewer than two ranges; then both are."""
+    idle, busy, passes = (np.asarray(a, float) for a in (idle_ms, busy_ms, pass_ms))
+    g: Curve = ((), ())
+    f: Curve = ((), ())
+    for _ in range(rounds):
+        f = wake_from(idle, passes - wake_extra(g, busy))
+        g = wake_from(busy, passes - wake_extra(f, idle))
+    if not f[0] or not g[0]:
+        return ((), ()), ((), ())
+    return f, g
+
+
 def wake_extra(curve: tuple[tuple[float, ...], tuple[float, ...]], idle_ms: np.ndarray) -> np.ndarray:
     """The curve's extra pass (ms) after idle gaps `idle_ms` (0 before its first point and for a missing gap,
     linear between points, the last value beyond them): the simulator's `service.wake` reading."""
@@ -168,25 +188,31 @@ class ServedPasses(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     levels: tuple[ServedLevel, ...] = Field(min_length=1)
-    wake_busy_ms: tuple[float, ...] = ()
-    wake_extra_ms: tuple[float, ...] = ()
+    wake_idle_ms: tuple[float, ...] = ()  # the idle-time curve: idle ms -> extra pass ms
+    wake_idle_extra_ms: tuple[float, ...] = ()
+    wake_busy_ms: tuple[float, ...] = ()  # the others' busy time curve: their busy ms -> extra pass ms
+    wake_busy_extra_ms: tuple[float, ...] = ()
 
     @model_validator(mode="after")
     def _wake(self) -> ServedPasses:
-        idle, extra = np.asarray(self.wake_busy_ms, float), np.asarray(self.wake_extra_ms, float)
-        if len(idle) != len(extra):
-            raise ValueError("a wake curve holds as many busy times as extra passes")
-        if not (np.all(np.isfinite(idle)) and np.all(np.isfinite(extra)) and np.all(idle >= 0)
-                and np.all(extra >= 0) and np.all(np.diff(idle) > 0)):
-            raise ValueError("a wake curve's busy times increase from 0 and its extra passes are finite and >= 0 ms")
+        for x, y in ((self.wake_idle_ms, self.wake_idle_extra_ms), (self.wake_busy_ms, self.wake_busy_extra_ms)):
+            at, extra = np.asarray(x, float), np.asarray(y, float)
+            if len(at) != len(extra):
+                raise ValueError("a wake curve holds as many points as extra passes")
+            if not (np.all(np.isfinite(at)) and np.all(np.isfinite(extra)) and np.all(at >= 0)
+                    and np.all(extra >= 0) and np.all(np.diff(at) > 0)):
+                raise ValueError("a wake curve's points increase from 0 and its extra passes are finite and >= 0 ms")
+        if bool(self.wake_idle_ms) != bool(self.wake_busy_ms):
+            raise ValueError("a wake curve comes with both parts (idle time and the others' busy time) or none")
         return self
 
     @property
     def wake(self) -> dict[str, Any] | None:
-        """The simulator's `service.wake` table (read at the others' busy time), or None without a curve."""
-        if not self.wake_busy_ms:
+        """The simulator's `service.wake` table (both parts), or None without a curve."""
+        if not self.wake_idle_ms:
             return None
-        return {"idle_ms": list(self.wake_busy_ms), "extra_ms": list(self.wake_extra_ms), "by": "others_busy"}
+        return {"idle_ms": list(self.wake_idle_ms), "extra_ms": list(self.wake_idle_extra_ms),
+                "others_busy_ms": list(self.wake_busy_ms), "others_extra_ms": list(self.wake_busy_extra_ms)}
 
     @field_validator("levels")
     @classmethod
@@ -233,11 +259,11 @@ def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
                                   "n_lone": level.n_lone, "ms": level.samples_ms})
             if passes.has_delays:
                 frame["out_ms"], frame["back_ms"] = level.out_ms, level.back_ms
-            if passes.wake_busy_ms:
+            if passes.wake_idle_ms:
                 blank = [np.nan] * len(frame)
-                k = len(passes.wake_busy_ms) if level is passes.levels[0] else 0
-                frame["wake_busy_ms"] = (list(passes.wake_busy_ms) + blank)[: len(frame)] if k else blank
-                frame["wake_extra_ms"] = (list(passes.wake_extra_ms) + blank)[: len(frame)] if k else blank
+                first = level is passes.levels[0]
+                for column in WAKE_COLUMNS:
+                    frame[column] = (list(getattr(passes, column)) + blank)[: len(frame)] if first else blank
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
 
@@ -258,9 +284,10 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
                                       **delays))
         wake: dict[str, tuple[float, ...]] = {}
         if all(c in rows.columns for c in WAKE_COLUMNS):
-            points = rows[list(WAKE_COLUMNS)].apply(pd.to_numeric, errors="coerce")
-            points = points[points["wake_busy_ms"].notna() | points["wake_extra_ms"].notna()]
-            wake = {c: tuple(points[c].astype(float)) for c in WAKE_COLUMNS}
+            for at, extra in (WAKE_COLUMNS[:2], WAKE_COLUMNS[2:]):
+                points = rows[[at, extra]].apply(pd.to_numeric, errors="coerce")
+                points = points[points[at].notna() | points[extra].notna()]
+                wake |= {c: tuple(points[c].astype(float)) for c in (at, extra)}
         out[str(name)] = ServedPasses(levels=tuple(levels), **wake)
     return out
 

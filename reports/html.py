@@ -604,14 +604,15 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
 
 
 def _wake_text(wake: Any) -> Markup:
-    """The largest extra pass of the networks' wake curves (summary.json latency_model.served_wake), or nothing."""
+    """The largest extra pass of the networks' wake by the others' busy time (summary.json
+    latency_model.served_wake), or nothing."""
     if not isinstance(wake, Mapping):
         return Markup("")
     best = None
     for name, curve in wake.items():
         if not isinstance(curve, Mapping):
             continue
-        busy, extra = curve.get("others_busy_ms") or [], curve.get("extra_ms") or []
+        busy, extra = curve.get("others_busy_ms") or [], curve.get("others_extra_ms") or []
         if busy and len(busy) == len(extra) and finite(busy[-1]) and finite(extra[-1]) and (
                 best is None or extra[-1] > best[2]):
             best = (name, busy[-1], extra[-1])

@@ -11,9 +11,9 @@ query travels as it would through a real dispatcher:
   served straggler is held (f - 1) x its pass). The served pass is measured on the scenario's own networks
   (`with_measured_passes`, calibration.passes: real servers under Poisson traffic, lone passes per core utilization,
   read at the point's utilization) — a pass after other processes used the core runs longer, by an amount that
-  depends on the network, not on its isolated time alone; and a pass runs longer the more the other servers
-  computed while its server sat idle (they evict its caches), by the network's measured wake curve, added at the
-  others' busy time each simulated task's server saw (so a coded or backup server that sits idle between hedges
+  depends on the network, not on its isolated time alone; and a pass runs longer the longer its server sat idle
+  and the more the other servers computed meanwhile (they evict its caches), by the network's measured wake,
+  added at what each simulated task's server saw (so a coded or backup server that sits idle between hedges
   while the experts work computes them slower than a busy expert's server). Without that
   profile (`profile.served_passes = "calibration"`), the isolated sample on the calibration's line plus what
   serving adds to a pass of that isolated time in the calibration's own random-weight networks (`with_served_passes`);
@@ -108,18 +108,23 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
 
 
 def experts_wake(experts: list[Any]) -> Any:
-    """The wake curve every simulated server draws on (`service.wake`, read at the other servers' busy time while
-    it sat idle; one for all servers): the experts' measured curves (`ServedPasses.wake`) averaged at the union of
-    their points; None when any expert has none."""
+    """The wake every simulated server draws on (`service.wake`, one for all servers: extra pass after an idle time
+    plus extra after the other servers' busy time meanwhile): the experts' measured curves (`ServedPasses.wake`)
+    averaged part by part at the union of their points; None when any expert has none."""
     from calibration.passes import wake_extra
     from sim.config import Wake
 
     curves = [p.wake if p is not None else None for p in experts]
     if not curves or any(c is None for c in curves):
         return None
-    idle = np.unique(np.concatenate([c["idle_ms"] for c in curves]))
-    extra = np.mean([wake_extra((tuple(c["idle_ms"]), tuple(c["extra_ms"])), idle) for c in curves], axis=0)
-    return Wake(idle_ms=tuple(idle.tolist()), extra_ms=tuple(np.maximum(extra, 0.0).tolist()), by="others_busy")
+
+    def mean(at: str, extra: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        points = np.unique(np.concatenate([c[at] for c in curves]))
+        values = np.mean([wake_extra((tuple(c[at]), tuple(c[extra])), points) for c in curves], axis=0)
+        return tuple(points.tolist()), tuple(np.maximum(values, 0.0).tolist())
+
+    idle, busy = mean("idle_ms", "extra_ms"), mean("others_busy_ms", "others_extra_ms")
+    return Wake(idle_ms=idle[0], extra_ms=idle[1], others_busy_ms=busy[0], others_extra_ms=busy[1])
 
 
 def experts_pass_ms(facts: Any) -> float:
@@ -300,9 +305,7 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
                                         "p99_ms": float(np.quantile(level.samples_ms, 0.99))}
                                        for level in passes.levels]
                                 for name, passes in served_passes.items()}
-        out["served_wake"] = {name: {"others_busy_ms": list(passes.wake_busy_ms),
-                                     "extra_ms": list(passes.wake_extra_ms)}
-                              for name, passes in served_passes.items() if passes.wake_busy_ms}
+        out["served_wake"] = {name: passes.wake for name, passes in served_passes.items() if passes.wake}
     return out
 
 

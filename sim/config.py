@@ -179,22 +179,23 @@ ServiceDist = Annotated[
 
 
 class Wake(_Model):
-    """Extra compute (ms) of a task that starts on a server idle for `idle_ms` before it (see Service); with
-    `by = "others_busy"`, `idle_ms` is instead the other servers' busy time (summed over them, ms) while this one
-    sat idle — what evicts its caches."""
+    """Extra compute (ms) of a task that starts on a server idle for `idle_ms` before it (see Service), plus, when
+    `others_busy_ms` is given, `others_extra_ms` read at the busy time the other servers spent (summed over them)
+    while this one sat idle — their work evicts its caches."""
 
     idle_ms: tuple[Annotated[float, Field(ge=0)], ...] = Field(min_length=1)
     extra_ms: tuple[Annotated[float, Field(ge=0)], ...] = Field(min_length=1)
-    by: Literal["idle", "others_busy"] = Field(
-        default="idle", description="what the curve is read at: how long the server sat idle, or how much busy "
-                                    "time the other servers spent meanwhile")
+    others_busy_ms: tuple[Annotated[float, Field(ge=0)], ...] = ()
+    others_extra_ms: tuple[Annotated[float, Field(ge=0)], ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> Wake:
-        if len(self.idle_ms) != len(self.extra_ms):
-            raise ValueError(f"wake: {len(self.idle_ms)} idle_ms points but {len(self.extra_ms)} extra_ms values")
-        if any(b <= a for a, b in zip(self.idle_ms, self.idle_ms[1:], strict=False)):
-            raise ValueError("wake.idle_ms must increase")
+        for x, y, name in ((self.idle_ms, self.extra_ms, "idle_ms"),
+                           (self.others_busy_ms, self.others_extra_ms, "others_busy_ms")):
+            if len(x) != len(y):
+                raise ValueError(f"wake: {len(x)} {name} points but {len(y)} extra values")
+            if any(b <= a for a, b in zip(x, x[1:], strict=False)):
+                raise ValueError(f"wake.{name} must increase")
         return self
 
     def extra(self, idle_ms: float) -> float:
@@ -202,6 +203,12 @@ class Wake(_Model):
         if idle_ms <= 0:
             return 0.0
         return float(np.interp(idle_ms, (0.0, *self.idle_ms), (0.0, *self.extra_ms)))
+
+    def extra_others(self, busy_ms: float) -> float:
+        """The extra compute after the other servers were busy `busy_ms` while this one sat idle."""
+        if busy_ms <= 0 or not self.others_busy_ms:
+            return 0.0
+        return float(np.interp(busy_ms, (0.0, *self.others_busy_ms), (0.0, *self.others_extra_ms)))
 
 
 class Service(_Model):
@@ -229,8 +236,9 @@ class Service(_Model):
     `wake` (measured by `coinsim calibrate`): a server that sat idle for g ms before a task starts computes that
     task `extra_ms(g)` ms longer (linear between the given points, the last value beyond them; 0 for a server
     that goes straight on from its previous task) — a process that slept finds its caches cold and its core
-    clocked down or taken back by the host, so its first pass is slower. With `wake.by = "others_busy"` g is the
-    busy time the other servers spent (summed) while this one sat idle: their work is what evicts its caches.
+    clocked down or taken back by the host, so its first pass is slower; with `wake.others_busy_ms` it computes
+    `others_extra_ms(b)` longer on top, b the busy time the other servers spent (summed) while it sat idle: their
+    work is what evicts its caches.
     """
 
     expert: ServiceDist = Field(default_factory=lambda: Exponential(mean_ms=1.0))

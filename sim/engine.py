@@ -181,10 +181,11 @@ class _Server:
         wake = self.eng.wake
         if wake is None:
             woke = self.woke = 0.0
-        elif self.eng.wake_others:  # by the other servers' busy time while this one sat idle (cache eviction)
-            woke = self.woke = wake.extra(self.eng.busy_clock() - self.seen) if now > self.free_at else 0.0
         else:
-            woke = self.woke = wake.extra(now - self.free_at)  # 0 straight on
+            woke = wake.extra(now - self.free_at)  # 0 straight on
+            if self.eng.wake_others and now > self.free_at:  # and the others' busy time meanwhile (cache eviction)
+                woke += wake.extra_others(self.eng.busy_clock() - self.seen)
+            self.woke = woke
         ev = self.ev = Due(self.finish)
         if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included, and not the
             ov = self.eng.overhead  # server's work beside it (both slowed alike by an episode)
@@ -442,7 +443,7 @@ class FastEngine:
         self.stall = plan.stall
         self.rate = 1.0  # speed of every busy server while sharing
         self.wake = plan.wake  # extra compute of a task that starts on a server that sat idle
-        self.wake_others = plan.wake is not None and plan.wake.by == "others_busy"
+        self.wake_others = plan.wake is not None and bool(plan.wake.others_busy_ms)
         self.busy_done = 0.0  # every server's busy time in ended service periods
         self.of_pass = plan.extra_of_pass  # a straggle is (f - 1) x the pass as it ran, not as drawn
         self.overhead = plan.overhead_ms  # each task's work beside its pass (in its draw), never stretched

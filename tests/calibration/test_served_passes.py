@@ -164,29 +164,57 @@ def test_a_wake_curve_never_falls_and_needs_two_ranges() -> None:
     assert wake_from(np.repeat([0.01, 3.0], [30, 19]), np.ones(49)) == ((), ())  # the second range too thin
 
 
-def test_levels_lose_their_own_gaps_extra_and_the_curve_reads_back(tmp_path: Path) -> None:
+def test_two_wake_parts_are_told_apart_when_idle_time_and_the_others_work_vary_apart() -> None:
+    from calibration.passes import wake_two
+
+    # every combination of short / long idle and little / much of the others' work, with a known additive extra:
+    # +0.2 after 50 ms idle, +0.5 after 40 ms of the others' work (they are correlated in practice, not here)
+    rng = np.random.default_rng(5)
+    n = 2400
+    idle = np.where(rng.random(n) < 0.5, rng.uniform(0.0, 0.04, n), rng.uniform(45, 55, n))
+    busy = np.where(rng.random(n) < 0.5, rng.uniform(0.0, 0.04, n), rng.uniform(35, 45, n))
+    passes = 1.0 + np.where(idle > 1, 0.2, 0.0) + np.where(busy > 1, 0.5, 0.0) + rng.normal(0, 0.02, n)
+    (ip, ie), (bp, be) = wake_two(idle, busy, passes)
+    assert ie == pytest.approx((0.0, 0.2), abs=0.02) and be == pytest.approx((0.0, 0.5), abs=0.02)
+    assert ip[1] == pytest.approx(50, abs=1) and bp[1] == pytest.approx(40, abs=1)
+    # one variable that never varies: no wake at all (both parts or none)
+    assert wake_two(idle, np.zeros(n), passes) == (((), ()), ((), ()))
+
+
+def test_levels_lose_their_own_extra_and_the_curves_read_back(tmp_path: Path) -> None:
     from calibration.measure import served_passes
 
     rng = np.random.default_rng(0)
     levels = []
     for u, long_share in ((0.1, 0.8), (0.5, 0.1)):  # the quiet level's servers sleep long far more often
         warm = rng.uniform(2.0, 3.0, 600)
-        slept = np.where(rng.random(600) < long_share, rng.uniform(50, 60, 600), rng.uniform(0.0, 0.04, 600))
-        levels.append({"utilization": u, "rate_per_ms": u, "passes": warm + np.where(slept > 1, 0.6, 0.0),
-                       "slept": slept, "out_ms": (1.0,) * 200, "back_ms": (1.0,) * 200, "warm": warm})
+        long = rng.random(600) < long_share
+        slept = np.where(long, rng.uniform(50, 60, 600), rng.uniform(0.0, 0.04, 600))
+        others = np.where(long & (rng.random(600) < 0.5), rng.uniform(20, 30, 600), rng.uniform(0.0, 0.04, 600))
+        extra = np.where(slept > 1, 0.6, 0.0) + np.where(others > 1, 0.3, 0.0)
+        levels.append({"utilization": u, "rate_per_ms": u, "passes": warm + extra, "slept": slept,
+                       "others": others, "out_ms": (1.0,) * 200, "back_ms": (1.0,) * 200, "warm": warm})
     profile = served_passes(levels)
-    assert profile.wake_extra_ms == pytest.approx((0.0, 0.6), abs=0.08)
+    assert profile.wake_idle_extra_ms == pytest.approx((0.0, 0.6), abs=0.08)
+    assert profile.wake_busy_extra_ms == pytest.approx((0.0, 0.3), abs=0.08)
     for level, made in zip(levels, profile.levels, strict=True):  # each level's warm passes, not its mix
         assert np.median(made.samples_ms) == pytest.approx(np.median(level["warm"]), abs=0.08)
     path = tmp_path / "served_profile.csv"
     to_frame({"a": profile, "b": _profile()}).to_csv(path, index=False)
     back = read_served_profile(path)
-    assert back["a"].wake == profile.wake and back["b"].wake is None
-    assert back["a"].wake_busy_ms == pytest.approx(profile.wake_busy_ms)
+    assert back["a"].wake is not None and back["b"].wake is None
+    for key in ("idle_ms", "extra_ms", "others_busy_ms", "others_extra_ms"):
+        assert back["a"].wake[key] == pytest.approx(profile.wake[key])
 
 
 @pytest.mark.parametrize("idle, extra", [((1.0, 0.5), (0.0, 0.1)), ((1.0,), (-0.1,)), ((1.0, 2.0), (0.1,)),
                                          ((float("nan"),), (0.1,))])
 def test_a_wake_curve_that_is_not_one_is_refused(idle, extra) -> None:
     with pytest.raises(ValidationError, match="wake curve"):
-        ServedPasses(levels=_profile().levels, wake_busy_ms=idle, wake_extra_ms=extra)
+        ServedPasses(levels=_profile().levels, wake_idle_ms=(1.0,), wake_idle_extra_ms=(0.1,), wake_busy_ms=idle,
+                     wake_busy_extra_ms=extra)
+    with pytest.raises(ValidationError, match="wake curve"):
+        ServedPasses(levels=_profile().levels, wake_idle_ms=idle, wake_idle_extra_ms=extra, wake_busy_ms=(1.0,),
+                     wake_busy_extra_ms=(0.1,))
+    with pytest.raises(ValidationError, match="both parts"):
+        ServedPasses(levels=_profile().levels, wake_idle_ms=(1.0,), wake_idle_extra_ms=(0.1,))

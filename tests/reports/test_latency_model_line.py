@@ -60,9 +60,9 @@ def test_served_line_quotes_the_networks_own_served_passes_instead_of_the_calibr
 def test_served_line_names_the_largest_wake_extra_and_skips_a_broken_curve() -> None:
     cal = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"}}
     served = {"a": [{"utilization": 0.1, "mean_ms": 0.4}]}
-    wake = {"a": {"others_busy_ms": [0.0, 5.0, 40.0], "extra_ms": [0.0, 0.02, 0.11]},
-            "<b>": {"others_busy_ms": [0.0, 30.0], "extra_ms": [0.0, 0.25]},
-            "c": {"others_busy_ms": [0.0, 9.0], "extra_ms": [0.0]}}  # lengths differ: ignored
+    wake = {"a": {"others_busy_ms": [0.0, 5.0, 40.0], "others_extra_ms": [0.0, 0.02, 0.11], "extra_ms": [9.0]},
+            "<b>": {"others_busy_ms": [0.0, 30.0], "others_extra_ms": [0.0, 0.25]},
+            "c": {"others_busy_ms": [0.0, 9.0], "others_extra_ms": [0.0]}}  # lengths differ: ignored
     text = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
                                                      "served_passes": served, "served_wake": wake}}))
     assert "up to 0.250 ms for &lt;b&gt; after 30.000 ms of their work" in text

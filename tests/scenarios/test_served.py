@@ -294,21 +294,24 @@ def test_the_experts_wake_curves_are_averaged_into_every_servers_wake() -> None:
     level = ServedLevel(utilization=0.2, rate_per_ms=0.1, n_lone=50, samples_ms=(1.0,) * 4, out_ms=(0.5,) * 4,
                         back_ms=(0.5,) * 4)
 
-    def passes(idle: tuple[float, ...] = (), extra: tuple[float, ...] = ()) -> ServedPasses:
-        return ServedPasses(levels=(level,), wake_busy_ms=idle, wake_extra_ms=extra)
+    def passes(idle: tuple[float, ...] = (), extra: tuple[float, ...] = (), busy: tuple[float, ...] = (),
+               busy_extra: tuple[float, ...] = ()) -> ServedPasses:
+        return ServedPasses(levels=(level,), wake_idle_ms=idle, wake_idle_extra_ms=extra, wake_busy_ms=busy,
+                            wake_busy_extra_ms=busy_extra)
 
-    facts.served_passes = {names[0]: passes((2.0, 20.0), (0.0, 0.4)), names[1]: passes((10.0,), (0.2,)),
-                           "coded": passes()}
+    facts.served_passes = {names[0]: passes((2.0, 20.0), (0.0, 0.4), (5.0,), (0.1,)),
+                           names[1]: passes((10.0,), (0.2,), (5.0,), (0.3,)), "coded": passes()}
     (_, config), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
     wake = config.service.wake
     # at the union of the points, the mean of the two curves (each linear from (0, 0), held beyond its last point):
-    # at 2: (0 + 0.04) / 2; at 10: ((10 - 2) / 18 x 0.4 + 0.2) / 2; at 20: (0.4 + 0.2) / 2
-    assert wake.idle_ms == (2.0, 10.0, 20.0) and wake.by == "others_busy"  # read at the others' busy time
+    # at 2: (0 + 0.04) / 2; at 10: ((10 - 2) / 18 x 0.4 + 0.2) / 2; at 20: (0.4 + 0.2) / 2; the others' part alike
+    assert wake.idle_ms == (2.0, 10.0, 20.0)
     assert wake.extra_ms == pytest.approx((0.02, (8 / 18 * 0.4 + 0.2) / 2, 0.3))
     assert wake.extra(5.0) == pytest.approx(0.02 + 3 / 8 * (wake.extra_ms[1] - 0.02))
+    assert wake.others_busy_ms == (5.0,) and wake.others_extra_ms == pytest.approx((0.2,))
     # an expert without a curve (an older profile): no wake from the profile at all, the calibration's own stays
     # (this hand calibration has no passes under load, so it is an older one whose idle curve is used)
     facts.served_passes[names[1]] = passes()
     (_, older), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
-    assert older.service.wake is not None and older.service.wake != wake
+    assert older.service.wake is not None and older.service.wake != wake and not older.service.wake.others_busy_ms
     assert list(older.service.wake.idle_ms) == cal.wake_table(1.5)["idle_ms"]

@@ -58,7 +58,9 @@ def test_finish_pass_cancel_waits_for_the_woken_pass() -> None:
 
 @pytest.mark.parametrize("wake, match", [
     ({"idle_ms": [2.0, 1.0], "extra_ms": [0.1, 0.2]}, "increase"),
-    ({"idle_ms": [2.0], "extra_ms": [0.1, 0.2]}, "extra_ms values"),
+    ({"idle_ms": [2.0], "extra_ms": [0.1, 0.2]}, "extra values"),
+    ({"idle_ms": [2.0], "extra_ms": [0.1], "others_busy_ms": [3.0, 1.0], "others_extra_ms": [0.1, 0.2]}, "increase"),
+    ({"idle_ms": [2.0], "extra_ms": [0.1], "others_busy_ms": [3.0]}, "extra values"),
     ({"idle_ms": [2.0], "extra_ms": [-0.1]}, "greater than or equal"),
     ({"idle_ms": [2.0], "extra_ms": [float("nan")]}, "finite"),
 ])
@@ -92,12 +94,13 @@ def test_a_stall_follows_the_pass_wall_time(extra_of, finish) -> None:
 
 
 def test_wake_by_the_other_servers_busy_time() -> None:
-    # wake.by = "others_busy": the curve is read at the busy time the OTHER servers spent while this one sat idle.
+    # wake.others_busy_ms: a curve read at the busy time the OTHER servers spent while this one sat idle (here with
+    # an idle-time curve that adds nothing).
     # Two experts, 1 ms a pass. t = 0 -> server 0, nobody ran before: 1.0. t = 0.5 -> server 1, server 0 has been
     # busy 0.5 ms meanwhile (+0.125) -> 1.625. t = 3 -> server 0, idle 2 ms (by idle time +0.5), but the other
     # server was busy only 1.0-1.625 meanwhile (+0.15625) -> 4.15625; t = 3.5 queued, straight on -> 5.15625.
     # t = 10 -> server 1: server 0 was busy 1.15625 + 1.0 since 1.625 (+0.5 + 0.5 x 0.15625 / 4) -> 11.51953125.
-    wake = WAKE | {"by": "others_busy"}
+    wake = {"idle_ms": [1.0], "extra_ms": [0.0], "others_busy_ms": WAKE["idle_ms"], "others_extra_ms": WAKE["extra_ms"]}
     service = {"expert": {"kind": "deterministic", "value_ms": 1.0}, "wake": wake}
     table = {"n_experts": 2, "r": 0, "policies": ["uncoded"], "service": service}
     out = _trace(table, [0.0, 0.5, 3.0, 3.5, 10.0], [0, 1, 0, 0, 1], np.ones((5, 2)))
@@ -107,3 +110,9 @@ def test_wake_by_the_other_servers_busy_time() -> None:
     idle = _trace({**table, "service": {**service, "wake": WAKE}}, [0.0, 0.5, 3.0, 3.5, 10.0], [0, 1, 0, 0, 1],
                   np.ones((5, 2)))
     assert idle.finish_ms[2] == pytest.approx(4.5)
+    # both: the extras add. Server 1 at t = 0.5: idle 0.5 (+0.125) and server 0 busy 0.5 (+0.125) -> 1.75; server 0
+    # at t = 3: idle 2 ms (+0.5) and server 1 busy 1.0-1.75 meanwhile (+0.1875) -> 4.6875
+    both = _trace({**table, "service": {**service, "wake": WAKE | {k: wake[k] for k in ("others_busy_ms",
+                                                                                       "others_extra_ms")}}},
+                  [0.0, 0.5, 3.0], [0, 1, 0], np.ones((3, 2)))
+    assert both.finish_ms.tolist() == pytest.approx([1.0, 1.75, 3.0 + 1.0 + 0.5 + 0.1875])
