@@ -571,7 +571,10 @@ def calibrate(device: str = "cpu", progress: bool = True) -> Calibration:
 
 
 SERVED_PROFILE_MS = 4000.0  # least span of each served-profile rehearsal (its tasks: rate x span, 300 at least)
-SERVED_MIN_LONE = 400  # lone passes aimed at per network and level (their quantiles are the simulator's samples)
+SERVED_MIN_LONE = 1500  # lone passes aimed at per network and level (their quantiles are the simulator's samples:
+# with a few hundred, a level's p99 is its fifth-largest pass, and two profiles of the same networks differed by up
+# to 70 % there)
+SERVED_QUANTILES = 1000  # quantiles kept per level, so that the tail of 1,500 passes is kept, not cut at its p99.75
 SERVED_MAX_MS = 30_000.0  # ... but no level runs longer than this
 
 
@@ -625,8 +628,8 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     slept = idle_before(tasks["server"].to_numpy(), start, end)
                     others = others_busy_before(tasks["server"].to_numpy(), start, start + compute)
                     where = f"served profile at {share:.0%} of the cores"
-                    out = _delay(tasks["out_ms"].to_numpy(float)[idle], where).samples_ms
-                    back = _delay(tasks["back_ms"].to_numpy(float), where).samples_ms
+                    out = _served_delay(tasks["out_ms"].to_numpy(float)[idle], where)
+                    back = _served_delay(tasks["back_ms"].to_numpy(float), where)
                     span = float(np.nanmax(end) - np.nanmin(start))
                     # the busy share of the cores as the simulator counts it: tasks x (pass + per-task work)
                     utilization = (float(np.nansum(compute)) + n * per_task) / (span * cpus)
@@ -668,11 +671,18 @@ def uneven_servers(rng: np.random.Generator, n: int, servers: int, rare: float =
     return out
 
 
+def _served_delay(values: np.ndarray, what: str) -> tuple[float, ...]:
+    """A served-profile level's one-way delays (checked as `_delay` checks them) as SERVED_QUANTILES quantiles."""
+    _delay(values, what)
+    values = np.asarray(values, float)
+    return tuple(quantiles(values[np.isfinite(values) & (values > 0)], SERVED_QUANTILES).round(5))
+
+
 def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
     """A network's served-pass profile from its levels' lone passes (`passes`, ms), how long each one's server
     sat idle before it (`slept`) and the other servers' busy time meanwhile (`others`): the wake's two curves from
     all of them (`calibration.passes.wake_two`), then per level the passes with their own extra taken off, as
-    QUANTILES quantiles, beside the level's delays."""
+    SERVED_QUANTILES quantiles, beside the level's delays."""
     def joined(key: str) -> np.ndarray:
         return np.concatenate([np.asarray(level[key], float) for level in levels])
 
@@ -684,7 +694,7 @@ def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
             level["others"], float))
         warm = np.maximum(warm, 0.05 * mine)  # what a longer sleep adds is a median shift; no pass goes below 0
         out.append(ServedLevel(utilization=level["utilization"], rate_per_ms=level["rate_per_ms"], n_lone=len(mine),
-                               samples_ms=tuple(quantiles(warm, QUANTILES).round(5)),
+                               samples_ms=tuple(quantiles(warm, SERVED_QUANTILES).round(5)),
                                out_ms=tuple(level["out_ms"]), back_ms=tuple(level["back_ms"])))
     return ServedPasses(levels=tuple(out), wake_idle_ms=idle[0], wake_idle_extra_ms=idle[1], wake_busy_ms=busy[0],
                         wake_busy_extra_ms=busy[1])

@@ -181,10 +181,10 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 SERVED_PROFILE = "served_profile.csv"
-SERVED_PROFILE_FORMAT = 7  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
+SERVED_PROFILE_FORMAT = 8  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
 # 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 # by idle gap; 6: by the other servers' busy time, each server the rarely used one a third of the stream;
-# 7: both parts (idle time and the others' busy time), fitted together
+# 7: both parts (idle time and the others' busy time), fitted together; 8: 1,500 lone passes, 1,000 quantiles
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:

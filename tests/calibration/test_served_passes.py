@@ -193,7 +193,7 @@ def test_levels_lose_their_own_extra_and_the_curves_read_back(tmp_path: Path) ->
         others = np.where(long & (rng.random(600) < 0.5), rng.uniform(20, 30, 600), rng.uniform(0.0, 0.04, 600))
         extra = np.where(slept > 1, 0.6, 0.0) + np.where(others > 1, 0.3, 0.0)
         levels.append({"utilization": u, "rate_per_ms": u, "passes": warm + extra, "slept": slept,
-                       "others": others, "out_ms": (1.0,) * 200, "back_ms": (1.0,) * 200, "warm": warm})
+                       "others": others, "out_ms": (1.0,) * 1000, "back_ms": (1.0,) * 1000, "warm": warm})
     profile = served_passes(levels)
     assert profile.wake_idle_extra_ms == pytest.approx((0.0, 0.6), abs=0.08)
     assert profile.wake_busy_extra_ms == pytest.approx((0.0, 0.3), abs=0.08)
