@@ -695,6 +695,7 @@ def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
         warm = np.maximum(warm, 0.05 * mine)  # what a longer sleep adds is a median shift; no pass goes below 0
         out.append(ServedLevel(utilization=level["utilization"], rate_per_ms=level["rate_per_ms"], n_lone=len(mine),
                                samples_ms=tuple(quantiles(warm, SERVED_QUANTILES).round(5)),
+                               served_mean_ms=round(float(np.mean(mine)), 5),
                                out_ms=tuple(level["out_ms"]), back_ms=tuple(level["back_ms"])))
     return ServedPasses(levels=tuple(out), wake_idle_ms=idle[0], wake_idle_extra_ms=idle[1], wake_busy_ms=busy[0],
                         wake_busy_extra_ms=busy[1])

@@ -30,7 +30,8 @@ idle time and the others' busy time each simulated task's server saw (`service.w
 server, a third of the time, a twentieth of the traffic, so that long gaps with the others busy are measured too.
 
 On disk (a result folder's ``served_profile.csv``): one row per (network, level, quantile) with the columns
-model, utilization, rate_per_ms, n_lone, ms (the pass) and out_ms, back_ms (the delays); the wake's two curves in
+model, utilization, rate_per_ms, n_lone, ms (the pass), served_mean_ms (the mean pass as it ran, wake included) and
+out_ms, back_ms (the delays); the wake's two curves in
 the columns wake_idle_ms, wake_idle_extra_ms, wake_busy_ms (the others' busy time), wake_busy_extra_ms of a
 network's first rows (empty in the others).
 """
@@ -164,6 +165,9 @@ class ServedLevel(BaseModel):
     # answered task); empty when not measured
     out_ms: tuple[float, ...] = ()
     back_ms: tuple[float, ...] = ()
+    # the mean of the level's lone passes as they ran, wake included (the samples have it taken off); what a pass
+    # costs a server at this level, read for the served capacity. None: an older profile (the samples' mean)
+    served_mean_ms: float | None = Field(default=None, gt=0.0, allow_inf_nan=False)
 
     @field_validator("samples_ms", "out_ms", "back_ms")
     @classmethod
@@ -221,6 +225,13 @@ class ServedPasses(BaseModel):
             raise ValueError("every level of a served profile holds the same number of quantiles")
         return tuple(sorted(value, key=lambda level: level.utilization))
 
+    @property
+    def busiest_mean_ms(self) -> float:
+        """The mean pass at the busiest measured level as it ran (wake included): the served cost the capacity
+        is read at."""
+        level = self.levels[-1]
+        return float(level.served_mean_ms if level.served_mean_ms is not None else np.mean(level.samples_ms))
+
     def samples_at(self, utilization: float) -> np.ndarray:
         """Served passes (ms) at this core utilization: the quantiles linear between the measured levels around it,
         the nearest level's outside them."""
@@ -257,6 +268,8 @@ def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
         for level in passes.levels:
             frame = pd.DataFrame({"model": name, "utilization": level.utilization, "rate_per_ms": level.rate_per_ms,
                                   "n_lone": level.n_lone, "ms": level.samples_ms})
+            if level.served_mean_ms is not None:
+                frame["served_mean_ms"] = level.served_mean_ms
             if passes.has_delays:
                 frame["out_ms"], frame["back_ms"] = level.out_ms, level.back_ms
             if passes.wake_idle_ms:
@@ -279,8 +292,11 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
         for (u, rate, n), level in rows.groupby(["utilization", "rate_per_ms", "n_lone"], sort=True):
             delays = {c: tuple(pd.to_numeric(level[c], errors="coerce").astype(float))
                       for c in DELAY_COLUMNS if c in level.columns}
+            mean = pd.to_numeric(level["served_mean_ms"], errors="coerce").iloc[0] \
+                if "served_mean_ms" in level.columns else None
             levels.append(ServedLevel(utilization=float(u), rate_per_ms=float(rate), n_lone=int(n),
                                       samples_ms=tuple(pd.to_numeric(level["ms"], errors="coerce").astype(float)),
+                                      served_mean_ms=None if mean is None or pd.isna(mean) else float(mean),
                                       **delays))
         wake: dict[str, tuple[float, ...]] = {}
         if all(c in rows.columns for c in WAKE_COLUMNS):

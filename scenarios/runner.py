@@ -181,10 +181,11 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 SERVED_PROFILE = "served_profile.csv"
-SERVED_PROFILE_FORMAT = 8  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
+SERVED_PROFILE_FORMAT = 9  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
 # 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 # by idle gap; 6: by the other servers' busy time, each server the rarely used one a third of the stream;
-# 7: both parts (idle time and the others' busy time), fitted together; 8: 1,500 lone passes, 1,000 quantiles
+# 7: both parts (idle time and the others' busy time), fitted together; 8: 1,500 lone passes, 1,000 quantiles;
+# 9: each level's mean pass as it ran
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
@@ -560,12 +561,16 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
         capacity = served_model.routed_capacity(calibration, facts.device, served_model.experts_pass_ms(facts),
                                                 measured=bool(measured)) \
             if calibration is not None and facts is not None else None
+        if capacity is not None and measured:  # read at the passes as they ran at the busiest level (their wake in)
+            capacity = served_model.at_means(capacity, [measured[e["name"]].busiest_mean_ms for e in facts.experts],
+                                             [np.mean(s["samples_ms"]) for s in expert_service])
         config = sim_config_for(scenario, table, expert_service, coded_service, pools, check_capacity=False,
                                 backup_service=backup_service, capacity=capacity)
         if calibration is not None and not own_cores:
             config = served_model.with_served_cores(config, calibration, facts.device if facts else "cpu")
         if calibration is not None and facts is not None:
-            served_mean = float(np.mean([np.mean(s["samples_ms"]) for s in expert_service])) \
+            served_mean = float(np.mean([measured[e["name"]].busiest_mean_ms if measured else np.mean(s["samples_ms"])
+                                         for e, s in zip(facts.experts, expert_service, strict=True)])) \
                 + config.service.overhead_ms
             if not own_network:
                 config = served_model.with_served_delays(config, calibration, facts.device, served_mean)

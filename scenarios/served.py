@@ -229,6 +229,19 @@ def routed_capacity(calibration: Any, device: str, pass_ms: float, measured: boo
     return capacity
 
 
+def at_means(capacity: Any, means_ms: list[float], samples_means_ms: list[float]) -> Any:
+    """The capacity function read, expert by expert, at `means_ms` (the experts' passes as they ran at the busiest
+    measured level, wake included) instead of the means of the samples it is given (`samples_means_ms`, the same
+    order; the per-task work beside the pass is kept): a load stays the fraction of the rate the servers sustained
+    at that level, whatever part of their passes the wake curve explains."""
+    shifts = [float(m - s) for m, s in zip(means_ms, samples_means_ms, strict=True)]
+
+    def read(means: list[float]) -> float:
+        return float(capacity([m + d for m, d in zip(means, shifts, strict=True)]))
+
+    return read
+
+
 def task_rate_per_ms(config: SimConfig) -> float:
     """Tasks the dispatcher sends per ms at the least: one per routed query, N per ensemble query (the primary
     path of every policy)."""
@@ -300,7 +313,10 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
            "calibration": {"path": str(path) if path is not None else None, **brief(calibration, pass_ms)}}
     if served_passes:
         out["served_passes"] = {name: [{"utilization": level.utilization, "rate_per_ms": level.rate_per_ms,
-                                        "n_lone": level.n_lone, "mean_ms": float(np.mean(level.samples_ms)),
+                                        "n_lone": level.n_lone,  # the mean as the passes ran; the rest: warm
+                                        "mean_ms": float(level.served_mean_ms if level.served_mean_ms is not None
+                                                         else np.mean(level.samples_ms)),
+                                        "warm_mean_ms": float(np.mean(level.samples_ms)),
                                         "p50_ms": float(np.median(level.samples_ms)),
                                         "p99_ms": float(np.quantile(level.samples_ms, 0.99))}
                                        for level in passes.levels]

@@ -195,6 +195,9 @@ def test_levels_lose_their_own_extra_and_the_curves_read_back(tmp_path: Path) ->
         levels.append({"utilization": u, "rate_per_ms": u, "passes": warm + extra, "slept": slept,
                        "others": others, "out_ms": (1.0,) * 1000, "back_ms": (1.0,) * 1000, "warm": warm})
     profile = served_passes(levels)
+    for level, made in zip(levels, profile.levels, strict=True):  # the mean as the passes ran, wake included
+        assert made.served_mean_ms == pytest.approx(np.mean(level["passes"]), abs=1e-4)
+    assert profile.busiest_mean_ms == pytest.approx(np.mean(levels[1]["passes"]), abs=1e-4)
     assert profile.wake_idle_extra_ms == pytest.approx((0.0, 0.6), abs=0.08)
     assert profile.wake_busy_extra_ms == pytest.approx((0.0, 0.3), abs=0.08)
     for level, made in zip(levels, profile.levels, strict=True):  # each level's warm passes, not its mix
@@ -203,6 +206,10 @@ def test_levels_lose_their_own_extra_and_the_curves_read_back(tmp_path: Path) ->
     to_frame({"a": profile, "b": _profile()}).to_csv(path, index=False)
     back = read_served_profile(path)
     assert back["a"].wake is not None and back["b"].wake is None
+    assert [lv.served_mean_ms for lv in back["a"].levels] == pytest.approx([lv.served_mean_ms for lv in
+                                                                          profile.levels])
+    assert back["b"].levels[-1].served_mean_ms is None  # an older level: its samples' mean stands in
+    assert back["b"].busiest_mean_ms == pytest.approx(5.0)
     for key in ("idle_ms", "extra_ms", "others_busy_ms", "others_extra_ms"):
         assert back["a"].wake[key] == pytest.approx(profile.wake[key])
 

@@ -315,3 +315,30 @@ def test_the_experts_wake_curves_are_averaged_into_every_servers_wake() -> None:
     (_, older), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
     assert older.service.wake is not None and older.service.wake != wake and not older.service.wake.others_busy_ms
     assert list(older.service.wake.idle_ms) == cal.wake_table(1.5)["idle_ms"]
+
+
+def test_load_is_read_at_the_passes_as_they_ran_wake_included() -> None:
+    from calibration.passes import ServedLevel, ServedPasses
+    from scenarios.runner import build_point_configs
+
+    machine = dict(cu.calibration_dict()["machine"], cpu_count=2)
+    cal = cu.hand_calibration(machine=machine)
+    scenario = _networks_scenario(0.3)
+    facts = _facts(scenario, (1.0, 2.0))
+    names = [e["name"] for e in facts.experts]
+
+    def passes(warm: float, ran: float | None) -> ServedPasses:
+        # the samples are the warm passes (wake taken off); `ran` is the busiest level's mean as it ran
+        return ServedPasses(levels=(ServedLevel(utilization=0.0, rate_per_ms=0.1, n_lone=50, samples_ms=(warm,) * 4),
+                                    ServedLevel(utilization=1.0, rate_per_ms=1.0, n_lone=50, samples_ms=(warm,) * 4,
+                                                served_mean_ms=ran)))
+
+    facts.served_passes = {names[0]: passes(2.0, 2.4), names[1]: passes(3.0, 3.4), "coded": passes(2.0, 2.4)}
+    (_, config), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    # the cores bind as in the test above, at the passes as they ran: 1.9 / ((2.4 + 3.4) / 2 + OV_15 + 0.05)
+    assert config.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / (2.9 + OV_15 + 0.05))
+    assert config.service.experts[0].samples_ms == pytest.approx([2.0] * 4)  # the draws stay the warm passes
+    # an older profile without the mean as it ran: the samples' mean, as before
+    facts.served_passes = {names[0]: passes(2.0, None), names[1]: passes(3.0, None), "coded": passes(2.0, None)}
+    (_, older), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    assert older.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / (2.5 + OV_15 + 0.05))
