@@ -3,6 +3,8 @@ numbers worked out on paper (tests/calibration_testutil.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -282,15 +284,19 @@ def test_measured_served_passes_replace_the_isolated_profile_at_the_points_utili
     assert plain.service.overhead_ms == pytest.approx(OV_15)
 
 
+def _two_core_point() -> tuple[Any, Any, Any, list[str]]:
+    """A hand calibration of a 2-core machine, the two-network scenario at load 0.3, its facts, the experts' names."""
+    cal = cu.hand_calibration(machine=dict(cu.calibration_dict()["machine"], cpu_count=2))
+    scenario = _networks_scenario(0.3)
+    facts = _facts(scenario, (1.0, 2.0))
+    return cal, scenario, facts, [e["name"] for e in facts.experts]
+
+
 def test_the_experts_wake_curves_are_averaged_into_every_servers_wake() -> None:
     from calibration.passes import ServedLevel, ServedPasses
     from scenarios.runner import build_point_configs
 
-    machine = dict(cu.calibration_dict()["machine"], cpu_count=2)
-    cal = cu.hand_calibration(machine=machine)
-    scenario = _networks_scenario(0.3)
-    facts = _facts(scenario, (1.0, 2.0))
-    names = [e["name"] for e in facts.experts]
+    cal, scenario, facts, names = _two_core_point()
     level = ServedLevel(utilization=0.2, rate_per_ms=0.1, n_lone=50, samples_ms=(1.0,) * 4, out_ms=(0.5,) * 4,
                         back_ms=(0.5,) * 4)
 
@@ -321,11 +327,7 @@ def test_load_is_read_at_the_passes_as_they_ran_wake_included() -> None:
     from calibration.passes import ServedLevel, ServedPasses
     from scenarios.runner import build_point_configs
 
-    machine = dict(cu.calibration_dict()["machine"], cpu_count=2)
-    cal = cu.hand_calibration(machine=machine)
-    scenario = _networks_scenario(0.3)
-    facts = _facts(scenario, (1.0, 2.0))
-    names = [e["name"] for e in facts.experts]
+    cal, scenario, facts, names = _two_core_point()
 
     def passes(warm: float, ran: float | None) -> ServedPasses:
         # the samples are the warm passes (wake taken off); `ran` is the busiest level's mean as it ran
