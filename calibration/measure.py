@@ -66,7 +66,15 @@ from calibration.file import (
     WakeRow,
     machine_key,
 )
-from calibration.passes import ServedLevel, ServedPasses, idle_before, others_busy_before, wake_extra, wake_two
+from calibration.passes import (
+    ServedLevel,
+    ServedPasses,
+    idle_before,
+    isotonic,
+    others_busy_before,
+    wake_extra,
+    wake_two,
+)
 
 SIZES: dict[str, int] = {"cnn-w2": 2, "cnn-w16": 16, "cnn-w48": 48, "cnn-w96": 96}  # SmallCNN widths, 28×28×1
 MID = "cnn-w48"
@@ -220,25 +228,13 @@ def measure_delays(sockets: list[Any], net: int, n: int = 150, seed: int = 0) ->
 WAKE_GAPS_MS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
-def _isotonic(values: np.ndarray) -> np.ndarray:
-    """The least-squares non-decreasing fit (adjacent violators pooled into their mean)."""
-    blocks: list[list[float]] = []  # [sum, count]
-    for v in values:
-        blocks.append([float(v), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, count = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += count
-    return np.concatenate([np.full(int(c), t / c) for t, c in blocks])
-
-
 def wake_curve(gaps_ms: np.ndarray, extra_ms: np.ndarray) -> tuple[list[float], list[float]]:
     """The simulator's wake table from measured (idle, extra) medians: idle times increasing, extras clipped at
     zero and made non-decreasing by isotonic regression (a longer sleep never wakes to a faster core; what is
     left is noise)."""
     order = np.argsort(gaps_ms)
     idle = np.asarray(gaps_ms, float)[order]
-    extra = np.clip(_isotonic(np.asarray(extra_ms, float)[order]), 0.0, None)
+    extra = np.clip(isotonic(np.asarray(extra_ms, float)[order]), 0.0, None)
     keep = np.concatenate([[True], np.diff(idle) > 0])
     return idle[keep].round(5).tolist(), extra[keep].round(5).tolist()
 
@@ -626,7 +622,7 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     idle = idle_at_arrival(tasks["server"].to_numpy(), recv, end)
                     # how long each pass's server sat idle before it, and the other servers' passes meanwhile
                     slept = idle_before(tasks["server"].to_numpy(), start, end)
-                    others = others_busy_before(tasks["server"].to_numpy(), start, start + compute)
+                    others = others_busy_before(tasks["server"].to_numpy(), start, start + compute, slept)
                     where = f"served profile at {share:.0%} of the cores"
                     out = _served_delay(tasks["out_ms"].to_numpy(float)[idle], where)
                     back = _served_delay(tasks["back_ms"].to_numpy(float), where)

@@ -52,10 +52,27 @@ WAKE_EDGES_MS = (0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0) 
 WAKE_LEAST = 20  # passes a range needs to give a point of the curve
 
 
-def others_busy_before(server: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+def isotonic(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """The weighted least-squares non-decreasing fit of `values` (pooled adjacent violators: each violating run
+    replaced by its weighted mean; unit weights when none are given)."""
+    values = np.asarray(values, float)
+    weights = np.ones(len(values)) if weights is None else np.asarray(weights, float)
+    blocks: list[list[float]] = []  # [weighted sum, weight, count]
+    for value, weight in zip(values, weights, strict=True):
+        blocks.append([value * weight, weight, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, w, n = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += w
+            blocks[-1][2] += n
+    return np.concatenate([np.full(int(n), total / w) for total, w, n in blocks]) if blocks else values
+
+
+def others_busy_before(server: np.ndarray, start: np.ndarray, end: np.ndarray,
+                       gap: np.ndarray | None = None) -> np.ndarray:
     """Per task: the busy time (ms, summed over servers) of every other server's passes [start, end) while its
-    own server sat idle before it (from the latest end of its earlier tasks to its start); NaN for a server's
-    first task and where a stamp is missing. One clock."""
+    own server sat idle before it (from the latest end of its earlier tasks to its start: `gap`, else
+    `idle_before` of these stamps); NaN for a server's first task and where a stamp is missing. One clock."""
     start, end = np.asarray(start, float), np.asarray(end, float)
     ok = np.isfinite(start) & np.isfinite(end)
     s, e = np.sort(start[ok]), np.sort(end[ok])
@@ -65,7 +82,7 @@ def others_busy_before(server: np.ndarray, start: np.ndarray, end: np.ndarray) -
         k, j = np.searchsorted(s, t), np.searchsorted(e, t)
         return (k * t - cs[k]) - (j * t - ce[j])
 
-    gap = idle_before(server, start, end)
+    gap = idle_before(server, start, end) if gap is None else np.asarray(gap, float)
     out = np.full(len(start), np.nan)
     has = np.isfinite(gap)
     out[has] = busy_until(start[has]) - busy_until(start[has] - gap[has])
@@ -107,16 +124,7 @@ def wake_from(idle_ms: np.ndarray, pass_ms: np.ndarray, edges: tuple[float, ...]
             counts.append(int(mine.sum()))
     if len(gaps) < 2:
         return (), ()
-    extra = np.asarray(medians) - medians[0]
-    blocks: list[list[float]] = []  # [sum, weight]: pooled adjacent violators, weighted by the passes
-    for value, weight in zip(extra, counts, strict=True):
-        blocks.append([value * weight, float(weight), 1])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            total, w, n = blocks.pop()
-            blocks[-1][0] += total
-            blocks[-1][1] += w
-            blocks[-1][2] += n
-    fitted = np.concatenate([np.full(int(n), total / w) for total, w, n in blocks])
+    fitted = isotonic(np.asarray(medians) - medians[0], np.asarray(counts, float))
     idle_points = np.maximum.accumulate(np.asarray(gaps))  # medians of ordered ranges increase; kept strict below
     keep = np.concatenate([[True], np.diff(idle_points) > 0])
     return (tuple(np.round(idle_points[keep], 5).tolist()),

@@ -183,8 +183,11 @@ class _Server:
             woke = self.woke = 0.0
         else:
             woke = wake.extra(now - self.free_at)  # 0 straight on
-            if self.eng.wake_others and now > self.free_at:  # and the others' busy time meanwhile (cache eviction)
-                woke += wake.extra_others(self.eng.busy_clock() - self.seen)
+            if self.eng.wake_others:  # and the others' busy time meanwhile (cache eviction)
+                if now > self.free_at:
+                    woke += wake.extra_others(self.eng.busy_clock() - self.seen)
+                self.eng.busy_n += 1  # this server's service period is under way from now
+                self.eng.busy_t0 += now
             self.woke = woke
         ev = self.ev = Due(self.finish)
         if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included, and not the
@@ -229,6 +232,8 @@ class _Server:
         self.cur = None
         self.ev = None
         if self.eng.wake_others:
+            self.eng.busy_n -= 1
+            self.eng.busy_t0 -= self.t0
             self.seen = self.eng.busy_clock()
         if self.eng.sharing:
             self.eng.busy_down(self)
@@ -247,6 +252,8 @@ class _Server:
         self.cur = None
         self.ev = None
         if eng.wake_others:
+            eng.busy_n -= 1
+            eng.busy_t0 -= self.t0
             self.seen = eng.busy_clock()
         if eng.sharing:
             eng.busy_down(self)
@@ -445,6 +452,8 @@ class FastEngine:
         self.wake = plan.wake  # extra compute of a task that starts on a server that sat idle
         self.wake_others = plan.wake is not None and bool(plan.wake.others_busy_ms)
         self.busy_done = 0.0  # every server's busy time in ended service periods
+        self.busy_n = 0  # wake by the others' work: service periods under way, and the sum of their starts
+        self.busy_t0 = 0.0
         self.of_pass = plan.extra_of_pass  # a straggle is (f - 1) x the pass as it ran, not as drawn
         self.overhead = plan.overhead_ms  # each task's work beside its pass (in its draw), never stretched
         if plan.wake is not None and plan.max_batch > 1:
@@ -546,9 +555,9 @@ class FastEngine:
         self._later(self.out[q.qid * self.S + st.servers[0].idx], lambda _ev: self._deliver(t))
 
     def busy_clock(self) -> float:
-        """Every server's busy time so far: ended service periods plus the ones under way."""
-        now = self.env.now
-        return self.busy_done + sum(now - srv.t0 for srv in self.servers if srv.cur is not None)
+        """Every server's busy time so far: ended service periods plus the ones under way (kept as a count and a sum
+        of starts while the wake reads the others' work, so reading it is O(1))."""
+        return self.busy_done + self.busy_n * self.env.now - self.busy_t0
 
     # ------------------------------------------------------------------------------- shared cores
     def _speed(self, busy: int) -> float:
