@@ -21,9 +21,12 @@ query travels as it would through a real dispatcher:
   samples measured under serving traffic, interpolated to the point's core utilization (`with_served_delays`:
   a busier machine answers later, a sleeping one wakes slower), and a cancelled pass runs to its end, as a real
   pass cannot be interrupted;
-- the servers share the cores the dispatcher leaves them, time-sliced in the quantum the calibration measured
-  the OS to give competing processes, and servers computing side by side on different cores slow each other
-  by the calibration's co-running stretch (shared caches, memory bandwidth, SMT siblings);
+- the servers share the cores, time-sliced in the quantum the calibration measured the OS to give competing
+  processes; the dispatcher's CPU work per task (the calibration's, half at the send and half when the output
+  comes back) runs on them with priority, preempting a server, as a real-time frontend does — so a burst of
+  arrivals takes a core from the servers exactly when their queues grow; and servers computing side by side on
+  different cores slow each other by the calibration's co-running stretch (shared caches, memory bandwidth, SMT
+  siblings);
 - `traffic.load` is a fraction of the *served* capacity: the largest rate both the expert servers (at their
   served cost) and the cores the dispatcher leaves can sustain (`routed_capacity`),
   and a hedge or backup delay given as a percentile ('p95') is that percentile of the primary's served
@@ -150,6 +153,7 @@ def physical_table(calibration: Any, device: str, pass_ms: float) -> dict[str, A
         quantum = calibration.quantum_ms
         if quantum is not None and math.isfinite(quantum) and quantum > 0:
             service["quantum_ms"] = float(quantum)
+            service["dispatcher"] = dispatcher_work(calibration)
         corun = calibration.corun_slowdown(pass_ms)
         if any(factor > 1.0 for factor in corun):
             service["corun_slowdown"] = corun
@@ -159,6 +163,14 @@ def physical_table(calibration: Any, device: str, pass_ms: float) -> dict[str, A
                     "back": {"kind": "empirical", "samples_ms": list(map(float, calibration.back_ms_samples()))}},
         "service": service,
     }
+
+
+def dispatcher_work(calibration: Any) -> dict[str, float]:
+    """The dispatcher's CPU work per task as the simulator takes it (`service.dispatcher`): the calibration's
+    CPU per task (frontend process, all threads), half when the task is sent and half when its output is taken
+    back — the calibration measures the sum, not the split."""
+    per_task = max(float(calibration.dispatcher.cpu_ms_per_task), 0.0)
+    return {"send_ms": per_task / 2.0, "return_ms": per_task / 2.0}
 
 
 def core_utilization(config: SimConfig, served_mean_ms: float, cores: float) -> float:
@@ -249,18 +261,20 @@ def task_rate_per_ms(config: SimConfig) -> float:
 
 
 def server_cores(calibration: Any, config: SimConfig, device: str) -> float:
-    """Cores the servers share at this point: the machine's, less the dispatcher's share at its task rate; on a
-    GPU, the one device every server's kernels share."""
+    """Cores the servers share at this point: the machine's, less the dispatcher's share — its steady part only
+    when the simulator runs its per-task work on the cores (`service.dispatcher`), else its share at the point's
+    task rate; on a GPU, the one device every server's kernels share."""
     if device.startswith("cuda"):
         return 1.0
-    return float(calibration.server_cores(task_rate_per_ms(config)))
+    rate = 0.0 if config.service.dispatcher is not None else task_rate_per_ms(config)
+    return float(calibration.server_cores(rate))
 
 
 def with_served_cores(config: SimConfig, calibration: Any, device: str) -> SimConfig:
-    """The point's config with the servers sharing the cores the dispatcher leaves them at its task rate."""
+    """The point's config with the servers sharing the cores the dispatcher leaves them."""
     cores = server_cores(calibration, config, device)
     service = config.service.model_copy(update={"cores": cores})
-    if service.quantum_ms is not None and cores >= config.n_experts + config.r:
+    if service.quantum_ms is not None and service.dispatcher is None and cores >= config.n_experts + config.r:
         service = service.model_copy(update={"quantum_ms": None})  # a core per server: nothing to slice
     return config.model_copy(update={"service": service})
 

@@ -211,6 +211,18 @@ class Wake(_Model):
         return float(np.interp(busy_ms, (0.0, *self.others_busy_ms), (0.0, *self.others_extra_ms)))
 
 
+class Dispatcher(_Model):
+    """The dispatcher's (frontend's) own CPU work on the cores the servers share, per task: `send_ms` when it sends
+    a task to a server, `return_ms` when it takes an output back (at the moment the output reaches it). It runs
+    with priority over the servers, as a frontend at real-time priority does: while it has work it holds one CPU
+    slot, taking a free one or preempting the server that took its slot last (that server waits at the head of the
+    run queue, its quantum lost), and does its work in arrival order at full speed. Its work does not delay the
+    tasks it sends or receives (the network delays stand for that). Needs time slicing (`quantum_ms`)."""
+
+    send_ms: float = Field(ge=0)
+    return_ms: float = Field(ge=0)
+
+
 class Service(_Model):
     """Service time of a task = (dist.ppf(u) * scale[server] * (per-task slowdown) + overhead_ms) * (episode
     slowdown).
@@ -273,11 +285,18 @@ class Service(_Model):
                     "the other cores at the same time (entry j for j others, the last one beyond; shared caches, "
                     "memory bandwidth, SMT siblings — measured by coinsim calibrate); None = no slowdown")
     wake: Wake | None = None
+    dispatcher: Dispatcher | None = Field(
+        default=None,
+        description="with cores and quantum_ms: the dispatcher's CPU work per task sent and per output returned, "
+                    "preempting a server on the cores (a real-time frontend); None = it takes no share of them "
+                    "(or a steady one, by giving fewer cores)")
 
     @model_validator(mode="after")
     def _check(self) -> Service:
         if self.quantum_ms is not None and self.cores is None:
             raise ValueError("quantum_ms (time slicing of shared cores) needs cores")
+        if self.dispatcher is not None and self.quantum_ms is None:
+            raise ValueError("dispatcher (its CPU work on the shared cores) needs time slicing: cores and quantum_ms")
         if self.corun_slowdown is not None and self.cores is None:
             raise ValueError("corun_slowdown (servers slowing each other on shared cores) needs cores")
         return self

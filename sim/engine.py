@@ -470,12 +470,19 @@ class FastEngine:
         # the holders only when they are more than C, as processor sharing does
         self.slot_speed = 1.0
         self.runq: deque[_Server] = deque()  # time slicing: runnable servers waiting for a slot, FIFO
+        self.disp = plan.dispatcher  # (send_ms, return_ms): the dispatcher's CPU work, with priority on a slot
+        if self.disp is not None and not self.slicing:
+            raise ValueError("the dispatcher's CPU work (service.dispatcher) needs time slicing (service.quantum_ms)")
+        self.disp_end = 0.0  # when the dispatcher's work so far is done (it holds a slot until then)
+        self.disp_on = False
+        self.disp_ev: Due | None = None
         self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
         if self.net and self.batching:
             raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
-        self.uncoded = plan.kind == "uncoded" and not self.batching and not self.net
+        inline = not self.batching and not self.net and self.disp is None  # sends and answers need no hooks
+        self.uncoded = plan.kind == "uncoded" and inline
         # routed queries that only ever get one task (no copies to cancel, any completion answers)
-        self.single_task = not self.batching and not self.net and (
+        self.single_task = inline and (
             self.uncoded or (plan.kind == "replication" and plan.dispatch in ("jsq", "pool"))
         )
         self.out = plan.out_ms.ravel().tolist() if plan.out_ms is not None else None  # flat: [qid * S + server]
@@ -548,6 +555,8 @@ class FastEngine:
         q.tasks.append(t)
         self.ntask[q.qid] += 1
         self.live += 1
+        if self.disp is not None:
+            self._dispatcher_work(self.disp[0])
         if self.out is None:
             st.submit(t)
             return
@@ -649,11 +658,54 @@ class FastEngine:
         srv.rr = 2
         self.runq.append(srv)
         if len(self.runq) == 1:
-            now, q = self.env.now, self.quantum
-            for other in self.running:
-                if other.qev is None:
-                    at = other.q0 + (math.floor((now - other.q0) / q) + 1) * q  # type: ignore[operator]
-                    self._arm(other, at if at > now else now)
+            self._arm_holders()
+
+    def _arm_holders(self) -> None:
+        """Someone started waiting: every slot holder's quantum now ends at its next boundary q0 + k * quantum."""
+        now, q = self.env.now, self.quantum
+        for other in self.running:
+            if other.qev is None:
+                at = other.q0 + (math.floor((now - other.q0) / q) + 1) * q  # type: ignore[operator]
+                self._arm(other, at if at > now else now)
+
+    def _dispatcher_work(self, ms: float) -> None:
+        """The dispatcher has `ms` more CPU work: it holds a slot until its backlog is done (at full speed, in
+        arrival order), taking a free slot or, with none free, the slot of the server that took its own last."""
+        if ms <= 0:
+            return
+        now = self.env.now
+        if self.disp_on:
+            self.disp_end += ms
+        else:
+            self.disp_on = True
+            self.disp_end = now + ms
+            if self.free_slots:
+                self.free_slots -= 1
+                self._reslot(now, None)
+            else:
+                self._preempt_holder(now)
+        ev = self.disp_ev = Due(self._dispatcher_done)  # the previous end goes stale
+        self.env.at(self.disp_end, ev)
+
+    def _preempt_holder(self, now: float) -> None:
+        """The dispatcher takes the slot of the server that took its slot last: that server's work so far is done,
+        it waits at the head of the run queue (its quantum lost) and the other holders keep theirs."""
+        srv = self.running.pop()
+        srv.work = max(srv.work - (now - srv.mark) * self.slot_speed, 0.0)
+        srv.ev = Due(srv.ev.callbacks[0])  # type: ignore[union-attr]  # the pending completion goes stale
+        srv.qev = None
+        srv.rr = 2
+        self.runq.appendleft(srv)
+        self._reslot(now, None)
+        if len(self.runq) == 1:
+            self._arm_holders()
+
+    def _dispatcher_done(self, ev: Due) -> None:
+        if ev is not self.disp_ev:
+            return
+        self.disp_on = False
+        self.disp_ev = None
+        self._give_slot()
 
     def _reslot(self, now: float, skip: _Server | None) -> None:
         """The number of slot holders changed: each now runs at min(1, C / holders); the others' pending
@@ -958,6 +1010,8 @@ class FastEngine:
 
     # -------------------------------------------------------------------------------------- completion
     def complete(self, task: _Task, srv: _Server) -> None:
+        if self.disp is not None:  # the dispatcher takes the output in
+            self._dispatcher_work(self.disp[1])
         q = task.q
         if q.done:
             return  # uncancelled leftover copy

@@ -49,6 +49,7 @@ class Plan:
     quantum: float | None = None  # with cores: round robin in quanta of this many ms instead of sharing
     corun: tuple[float, ...] | None = None  # with cores: slowdown of each computing server by how many others do
     wake: Any = None  # sim.config.Wake: extra compute of a task that starts on a server that sat idle
+    dispatcher: tuple[float, float] | None = None  # with time slicing: the dispatcher's CPU ms per send, per return
     finish_pass: bool = False  # a cancel lets the task's pass (pass_ms) end
     stall: bool = False  # with cores: a straggle's extra time (beyond pass_ms) holds the server off the cores
     extra_of_pass: bool = False  # a straggle's extra time is (f - 1) x the pass's own time on its server
@@ -130,6 +131,8 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         quantum=cfg.service.quantum_ms,
         corun=cfg.service.corun_slowdown,
         wake=cfg.service.wake,
+        dispatcher=None if cfg.service.dispatcher is None else (cfg.service.dispatcher.send_ms,
+                                                                cfg.service.dispatcher.return_ms),
         finish_pass=finish_pass,
         stall=stall,
         extra_of_pass=of_pass,

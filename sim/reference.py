@@ -62,9 +62,9 @@ class ReferenceEngine:
         if plan.failures is not None:
             raise NotImplementedError("the reference engine does not model server failures")
         if any(x is not None for x in (plan.out_ms, plan.back_ms, plan.pass_ms, plan.cores, plan.quantum,
-                                          plan.wake)) or plan.extra_of_pass:
+                                          plan.wake, plan.dispatcher)) or plan.extra_of_pass:
             raise NotImplementedError("the reference engine does not model network delays, finish_pass cancels, "
-                                      "shared cores, time slicing or wake-up costs")
+                                      "shared cores, time slicing, wake-up costs or the dispatcher's CPU work")
         self.plan, self.draws = plan, draws
         self.env = simpy.Environment()
         self.N = plan.n_experts

@@ -10,6 +10,7 @@ import pytest
 
 from scenarios import served
 from sim import parse_config, simulate
+from sim.config import Dispatcher
 from tests import calibration_testutil as cu
 
 # the work beside the pass at an isolated pass of 1.5 ms: between the hand calibration's sizes 1 ms (0.6) and 4 ms
@@ -71,6 +72,13 @@ def test_server_cores_leave_the_dispatcher_its_share() -> None:
     with_cores = served.with_served_cores(config, cal, "cpu")
     assert with_cores.service.cores == pytest.approx(cores)
     assert served.server_cores(cal, config, "cuda:0") == 1.0
+    # with the dispatcher's per-task work run on the cores (its own simulated load), only its steady part is
+    # taken off them, and slicing stays on though every server could have a core of its own
+    explicit = config.model_copy(update={"service": config.service.model_copy(update={
+        "cores": 2.0, "quantum_ms": 4.0, "dispatcher": Dispatcher(send_ms=0.025, return_ms=0.025)})})
+    assert served.server_cores(cal, explicit, "cpu") == pytest.approx(cal.machine.cpu_count - 0.1)
+    sliced = served.with_served_cores(explicit, cal, "cpu").service
+    assert sliced.quantum_ms == 4.0 and sliced.cores == pytest.approx(cal.machine.cpu_count - 0.1)
 
 
 def test_physical_table_switches_on_serving() -> None:
@@ -80,7 +88,9 @@ def test_physical_table_switches_on_serving() -> None:
     assert table["service"] == {"cancel_in_service": "finish_pass", "quantum_ms": cu.QUANTUM_MS,
                                 "overhead_ms": pytest.approx(0.6),
                                 "cores": pytest.approx(cal.machine.cpu_count - cu.BASE_CORES),
-                                "wake": {"idle_ms": list(cu.WAKE_IDLE_MS), "extra_ms": list(cu.WAKE_EXTRA_MS)}}
+                                "wake": {"idle_ms": list(cu.WAKE_IDLE_MS), "extra_ms": list(cu.WAKE_EXTRA_MS)},
+                                # the calibration's 0.05 ms of dispatcher CPU per task, half each way
+                                "dispatcher": {"send_ms": pytest.approx(0.025), "return_ms": pytest.approx(0.025)}}
     assert table["stragglers"] == {"extra_of": "pass"}
     assert set(table["network"]["out"]["samples_ms"]) == {cu.OUT_MS}
     assert set(table["network"]["back"]["samples_ms"]) == {cu.BACK_MS}
@@ -126,7 +136,11 @@ def test_load_is_a_fraction_of_the_served_capacity() -> None:
     assert config.service.overhead_ms == pytest.approx(OV_15)
     assert config.service.expert_dist(1).mean() == pytest.approx(3.2 - OV_15)
     assert config.service.cancel_in_service == "finish_pass" and config.service.quantum_ms == cu.QUANTUM_MS
-    assert config.service.cores == pytest.approx(2 - cu.BASE_CORES - config.traffic.rate_per_ms * cu.CPU_MS_PER_TASK)
+    # the dispatcher's per-task CPU runs on the cores as its own work (half at each send, half at each output
+    # back); only its steady share is taken off them
+    assert config.service.cores == pytest.approx(2 - cu.BASE_CORES)
+    assert config.service.dispatcher.send_ms == config.service.dispatcher.return_ms == pytest.approx(
+        cu.CPU_MS_PER_TASK / 2)
     assert config.network.out is not None and bare.network.out is None
     delays = config.policy("hedged").delay_ms
     assert isinstance(delays, tuple) and delays[1] > delays[0] > 1.7 + cu.OUT_MS + cu.BACK_MS - 1e-9
