@@ -204,6 +204,9 @@ class ServedPasses(BaseModel):
     wake_idle_extra_ms: tuple[float, ...] = ()
     wake_busy_ms: tuple[float, ...] = ()  # the others' busy time curve: their busy ms -> extra pass ms
     wake_busy_extra_ms: tuple[float, ...] = ()
+    # the network's isolated median pass on this machine when the profile was measured: a cached profile is
+    # stale once the machine runs the network's isolated pass differently (None: not recorded, an older profile)
+    isolated_p50_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _wake(self) -> ServedPasses:
@@ -280,6 +283,8 @@ def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
                 frame["served_mean_ms"] = level.served_mean_ms
             if passes.has_delays:
                 frame["out_ms"], frame["back_ms"] = level.out_ms, level.back_ms
+            if passes.isolated_p50_ms is not None:
+                frame["isolated_p50_ms"] = passes.isolated_p50_ms
             if passes.wake_idle_ms:
                 blank = [np.nan] * len(frame)
                 first = level is passes.levels[0]
@@ -312,7 +317,10 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
                 points = rows[[at, extra]].apply(pd.to_numeric, errors="coerce")
                 points = points[points[at].notna() | points[extra].notna()]
                 wake |= {c: tuple(points[c].astype(float)) for c in (at, extra)}
-        out[str(name)] = ServedPasses(levels=tuple(levels), **wake)
+        isolated = pd.to_numeric(rows["isolated_p50_ms"], errors="coerce").iloc[0] \
+            if "isolated_p50_ms" in rows.columns else np.nan
+        out[str(name)] = ServedPasses(levels=tuple(levels), **wake,
+                                      isolated_p50_ms=None if pd.isna(isolated) else float(isolated))
     return out
 
 

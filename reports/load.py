@@ -31,14 +31,13 @@ from typing import Any
 
 import pandas as pd
 
+from resultschema import ANSWER_KINDS, NDA, QUERIES, SCENARIO, SCHEMA_VERSION, SUMMARY, SWEEP
+
 
 class ReportError(ValueError):
     """A result folder that cannot be rendered; the message is one line meant for the user."""
 
 
-SCHEMA_VERSION = 2  # the newest summary.json layout this reader knows (scenarios.runner.SCHEMA_VERSION)
-LATENCY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms")
-ANSWER_KINDS = ("direct", "replica", "hedge", "decoded", "backup")  # sim.plan.HOW (this package imports no sim)
 PCT_KEYS = ("accuracy_pct", "utilization_pct", "extra_load_vs_uncoded_pct", *(f"{k}_pct" for k in ANSWER_KINDS))
 
 # version 1 name -> (version 2 name, factor to percent); applied by name to policies and sweep.parquet columns
@@ -348,7 +347,7 @@ def load_result(result_dir: Path | str) -> ResultData:
     path = Path(result_dir)
     if not path.is_dir():
         raise ReportError(f"reports: {path}: not a result folder (no such directory)")
-    spath = path / "summary.json"
+    spath = path / SUMMARY
     if not spath.is_file():
         raise ReportError(f"reports: {path}: no summary.json (is this a result folder?)")
     try:
@@ -360,16 +359,16 @@ def load_result(result_dir: Path | str) -> ResultData:
         raise _fail(str(spath), "not valid JSON (nested too deeply to read)") from None
     legacy = isinstance(raw, dict) and "schema_version" not in raw
     data = ResultData(path=path, summary=check_summary(raw, str(spath)))
-    toml = path / "scenario.toml"
+    toml = path / SCENARIO
     if toml.is_file():
         data.scenario_toml = toml.read_text(encoding="utf-8", errors="replace")
-    data.queries = _read_table(path / "queries.parquet", ("policy", "latency_ms"))
-    data.sweep = _read_table(path / "sweep.parquet", ("point", "policy"))
-    data.nda = _read_table(path / "nda.csv", ("method", "expert"))
+    data.queries = _read_table(path / QUERIES, ("policy", "latency_ms"))
+    data.sweep = _read_table(path / SWEEP, ("point", "policy"))
+    data.nda = _read_table(path / NDA, ("method", "expert"))
     if data.nda is not None:
         data.nda = data.nda.rename(columns={k: v for k, v in _NDA_CSV_LEGACY.items() if v not in data.nda.columns})
         if "nda_pct" not in data.nda.columns:
-            raise _fail(str(path / "nda.csv"), "missing column nda_pct (or nda, before the rename)")
+            raise _fail(str(path / NDA), "missing column nda_pct (or nda, before the rename)")
     if data.queries is not None:
         q = data.queries
         q["policy"] = q["policy"].astype(str)

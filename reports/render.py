@@ -19,6 +19,7 @@ import atomic
 from reports import figures as F
 from reports.html import FigureEntry, build_html
 from reports.load import ResultData, load_result, main_point
+from resultschema import QUERIES, SCENARIO, SWEEP
 
 FIGURE_NAMES = ("frontier", "frontier_agreement", "latency_ccdf", "tail_vs_sweep", "accuracy_vs_sweep",
                 "answer_mix", "extra_load_vs_sweep", "traffic_over_time", "nda_bars")
@@ -171,8 +172,8 @@ def render(result_dir: Path | str) -> Path:
     for stale in FIGURE_NAMES:  # a figure from an earlier render that this folder no longer supports
         if stale not in drawn:
             (fig_dir / f"{stale}.png").unlink(missing_ok=True)
-    for fname, what in (("queries.parquet", "latency distribution"), ("sweep.parquet", "sweep figures"),
-                        ("scenario.toml", "scenario listing")):
+    for fname, what in ((QUERIES, "latency distribution"), (SWEEP, "sweep figures"),
+                        (SCENARIO, "scenario listing")):
         if not (path / fname).exists():
             data.notes.append(f"no {fname} in this folder: {what} skipped.")
     colors = F.policy_colors(data.policy_order, data.policy_kinds)

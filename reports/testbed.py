@@ -24,6 +24,7 @@ import atomic
 from reports.html import CSS
 from reports.load import ReportError
 from reports.render import png_bytes
+from resultschema import SUMMARY
 
 SERVICE_STYLE: dict[str, tuple[str, Any]] = {
     "isolated": ("sim: isolated profile", "--"), "in_situ": ("sim: in-situ service", ":"),
@@ -229,7 +230,7 @@ def render_testbed(result_dir: Path | str) -> Path:
     """Write figures/testbed_cdf_<point>.png and report.html into a testbed result folder; return the HTML path."""
     path = Path(result_dir)
     try:
-        summary = json.loads((path / "summary.json").read_text())
+        summary = json.loads((path / SUMMARY).read_text())
         measured = pd.read_parquet(path / "testbed.parquet")
         simulated = pd.read_parquet(path / "simulated.parquet")
         fidelity, pooled = _normalised(pd.read_csv(path / "fidelity.csv"))

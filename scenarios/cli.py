@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from resultschema import SUMMARY, SWEEP
 from scenarios.overrides import parse_sets
 
 
@@ -431,7 +432,7 @@ def _print_run_summary(folder: Path) -> None:
     """The NDA table and every sweep point's numbers, from the files just written (same names and units)."""
     import json
 
-    summary = json.loads((folder / "summary.json").read_text())
+    summary = json.loads((folder / SUMMARY).read_text())
     model = summary.get("latency_model") or {}
     if model:
         cal = model.get("calibration") or {}
@@ -450,7 +451,7 @@ def _print_run_summary(folder: Path) -> None:
         click.echo("")
     import pandas as pd
 
-    sweep = pd.read_parquet(folder / "sweep.parquet")
+    sweep = pd.read_parquet(folder / SWEEP)
     backup = "backup_pct" if "kind" in sweep and (sweep["kind"] == "backup").any() else None
     cols = [c for c in [*axes, "policy", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "accuracy_pct", "decoded_pct",
                         backup, "extra_load_vs_uncoded_pct"] if c and c in sweep]

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import sys
@@ -33,15 +34,23 @@ import tomli_w
 import atomic
 from calibration.passes import read_served_profile, to_frame
 from models.progress import say
+from resultschema import (
+    CALIBRATION,
+    LATENCY_KEYS,
+    NDA,
+    OUTPUTS,
+    PROFILE,
+    QUERIES,
+    SCENARIO,
+    SCHEMA_VERSION,
+    SERVED_PROFILE,
+    SUMMARY,
+    SWEEP,
+)
 from scenarios import served as served_model
 from scenarios.points import AnswerTables, run_point
 from scenarios.schema import Scenario, axis_column, read_profile, sim_config_for
 from sim import SimConfig, simulate
-
-LATENCY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "p999_ms")
-# summary.json layout: 2 = every sweep point under `points`, `headline_point`, accuracies, NDA and fractions in
-# percent named *_pct, `n_queries` simulated vs `n_measured` after warm-up. Folders without the field are 1.
-SCHEMA_VERSION = 2
 
 
 @dataclass
@@ -180,7 +189,6 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
                         scenario.models.network, scenario.backup_method)
 
 
-SERVED_PROFILE = "served_profile.csv"
 SERVED_PROFILE_FORMAT = 9  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
 # 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 # by idle gap; 6: by the other servers' busy time, each server the rarely used one a third of the stream;
@@ -227,8 +235,13 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
                     break  # a damaged cache entry is measured again
                 raise ScenarioError(f"{path}: not a served-pass profile "
                                     f"({str(error).strip().splitlines()[0]})") from None
-            if set(names) <= set(profile):
-                return {name: profile[name] for name in names}
+            if not set(names) <= set(profile):
+                continue
+            if path == cache and (stale := served_profile_drift(profile, facts.profile_ms,
+                                                                 scenario.profile.served_drift_pct)):
+                say(f"served profile: {stale}; measuring it again", not quiet)
+                break
+            return {name: profile[name] for name in names}
     from calibration.file import CalibrationError
     from calibration.measure import measure_served_passes
     from scenarios.networks import save_networks, served_networks
@@ -247,9 +260,36 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
                                             progress=not quiet)
         except CalibrationError as error:
             raise ScenarioError(f"served profile: {error}") from None
-    profile = {name: profile[name] for name in names}  # one order, measured or read back
+    profile = {name: profile[name].model_copy(update={"isolated_p50_ms": float(np.median(facts.profile_ms[name]))})
+               for name in names}  # one order, measured or read back, with the isolated pass it was measured at
     atomic.write_with(cache, lambda path: to_frame(profile).to_csv(path, index=False))
     return profile
+
+
+def served_profile_drift(profile: dict[str, Any], isolated_ms: dict[str, Any], limit_pct: float) -> str | None:
+    """Why a cached served profile no longer describes this machine, or None while it does: a network's isolated
+    median pass now (`isolated_ms`, this run's profile) differs from the one measured with the profile by more than
+    `limit_pct` plus the half-width of the 95 % interval of this run's median (distribution-free, from its sample
+    size: a short profile's median moves on its own), or the profile did not record it. Served passes move more
+    than isolated ones when the machine changes (measured here: isolated passes 7 % slower came with served passes
+    13-21 % slower)."""
+    for name, samples in isolated_ms.items():
+        if name not in profile:
+            continue
+        then = profile[name].isolated_p50_ms
+        if then is None:
+            return f"the cached profile of {name} does not say at which isolated pass it was measured"
+        x = np.sort(np.asarray(samples, float))
+        now = float(np.median(x))
+        reach = 1.96 * math.sqrt(len(x)) / 2.0  # ranks of the median's 95 % interval: n/2 -+ 1.96 sqrt(n) / 2
+        lo, hi = x[max(int(len(x) / 2 - reach), 0)], x[min(math.ceil(len(x) / 2 + reach), len(x) - 1)]
+        noise_pct = 100.0 * (hi - lo) / (2.0 * now)
+        change = 100.0 * (now / then - 1.0)
+        if abs(change) > limit_pct + noise_pct:
+            return (f"{name}'s isolated pass is {now:.3f} ms now, {then:.3f} ms when its served passes were measured "
+                    f"({change:+.0f} %, more than the {limit_pct:g} % profile.served_drift_pct allows, beyond the "
+                    f"±{noise_pct:.1f} % its median's interval spans)")
+    return None
 
 
 def served_frame(facts: NetworkFacts) -> pd.DataFrame:
@@ -659,7 +699,7 @@ def check_unfinished(out_root: Path, scenario_name: str, raw: dict[str, Any], re
         raise ScenarioError(f"{work} holds {done} finished point(s) of an interrupted run of this scenario: add "
                             "--resume to continue it, or delete that folder to start over")
     if resume:  # what the finished points were made with must still read, or they cannot be joined by new ones
-        for name, read in (("profile.csv", pd.read_csv), ("calibration.json", lambda p: json.loads(p.read_text())),
+        for name, read in ((PROFILE, pd.read_csv), (CALIBRATION, lambda p: json.loads(p.read_text())),
                            (SERVED_PROFILE, read_served_profile)):
             if (work / name).is_file():
                 try:
@@ -703,20 +743,7 @@ def run_scenario(
         say(f"resuming: the files of point(s) {', '.join(str(i) for i in damaged)} are damaged; they are run again",
             not quiet)
     try:
-        if scenario.models is not None and resume and (work / "profile.csv").is_file():
-            scenario = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"replay": work})})
-        calibration, calibration_path = serving_calibration(scenario, quiet, reuse=work / "calibration.json")
-        facts = prepare_networks(scenario, quiet) if scenario.models is not None else None
-        if facts is not None and not (work / "profile.csv").is_file():
-            work.mkdir(parents=True, exist_ok=True)
-            atomic.write_with(work / "profile.csv", lambda path: _profile_frame(facts).to_csv(path, index=False))
-        if calibration is not None and not (work / "calibration.json").is_file():
-            atomic.write_with(work / "calibration.json", lambda path: path.write_text(calibration.model_dump_json(
-                indent=2)))
-        if facts is not None:
-            facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet, reuse=work / SERVED_PROFILE)
-            if facts.served_passes and not (work / SERVED_PROFILE).is_file():
-                atomic.write_with(work / SERVED_PROFILE, lambda path: served_frame(facts).to_csv(path, index=False))
+        scenario, calibration, calibration_path, facts = _prepare_run(scenario, work, resume, quiet)
         points = build_point_configs(scenario, facts, calibration=calibration)
         say(f"simulating {len(points)} point(s) × {len(points[0][1].policies)} policies", not quiet)
         sim_started = time.perf_counter()
@@ -726,8 +753,47 @@ def run_scenario(
         _remove_if_empty(created)  # a failure before anything was saved leaves no empty folders behind
         raise
     results = [store.load(i) for i in range(len(points))]
+    queries, sweep = _result_tables(scenario, points, results)
+    summary = _run_summary(scenario, facts, calibration, calibration_path if calibration_path is None
+                           or calibration_path.parent != work else None, points, results)
+    summary["timings"] = {**(facts.timings if facts else {}), "simulation_s": sim_seconds,
+                          "total_s": time.perf_counter() - started}
+    if facts is not None and scenario.profile.live_check_queries > 0:
+        say(f"live check: replaying {scenario.profile.live_check_queries} queries with real forward passes", not quiet)
+        summary["live_check"] = {**live_check(scenario, facts, points[-1][1]), "point": summary["headline_point"]}
+    if facts is not None:
+        summary.update(networks_summary(scenario, facts))
+    write = _result_writer(scenario, raw, summary, queries, sweep, calibration, facts)
+    final = atomic.publish_folder(out_root / scenario.name / datetime.now().strftime("%Y%m%d-%H%M%S-%f"), write)
+    shutil.rmtree(work, ignore_errors=True)
+    render_or_warn(final, render)
+    return final
 
-    columns = scenario.sweep.columns if scenario.sweep else []
+
+def _prepare_run(scenario: Scenario, work: Path, resume: bool, quiet: bool
+                 ) -> tuple[Scenario, Any, Path | None, NetworkFacts | None]:
+    """The serving calibration, the networks (trained or loaded, coded, profiled) and their served profile, each
+    kept in the work folder as soon as it exists so an interrupted run resumes with the same ones."""
+    if scenario.models is not None and resume and (work / PROFILE).is_file():
+        scenario = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"replay": work})})
+    calibration, calibration_path = serving_calibration(scenario, quiet, reuse=work / CALIBRATION)
+    facts = prepare_networks(scenario, quiet) if scenario.models is not None else None
+    if facts is not None and not (work / PROFILE).is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        atomic.write_with(work / PROFILE, lambda path: _profile_frame(facts).to_csv(path, index=False))
+    if calibration is not None and not (work / CALIBRATION).is_file():
+        atomic.write_with(work / CALIBRATION, lambda path: path.write_text(calibration.model_dump_json(
+            indent=2)))
+    if facts is not None:
+        facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet, reuse=work / SERVED_PROFILE)
+        if facts.served_passes and not (work / SERVED_PROFILE).is_file():
+            atomic.write_with(work / SERVED_PROFILE, lambda path: served_frame(facts).to_csv(path, index=False))
+    return scenario, calibration, calibration_path, facts
+
+
+def _result_tables(scenario: Scenario, points: list[tuple[dict[str, Any], SimConfig]],
+                   results: list[tuple[pd.DataFrame, dict[str, Any]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every point's query records in one frame and one row per (point, policy), both with the sweep coordinates."""
     frames, sweep_rows = [], []
     for index, ((values, _), (records, summary)) in enumerate(zip(points, results, strict=True)):
         coords = {axis_column(axis): value for axis, value in values.items()}
@@ -737,16 +803,23 @@ def run_scenario(
         frames.append(records)
         for policy, stats in summary.items():
             sweep_rows.append({"point": index, **coords, "policy": policy, **stats})
-    queries = pd.concat(frames, ignore_index=True)
-    sweep = pd.DataFrame(sweep_rows)
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(sweep_rows)
 
-    def with_latency(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {policy: {**stats, "latency_ms": {key.removesuffix("_ms"): stats[key] for key in LATENCY_KEYS
-                                                 if key in stats}}
-                for policy, stats in policies.items()}
 
+def _with_latency(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per policy: its statistics plus their latency keys grouped under `latency_ms` (p99_ms -> latency_ms.p99)."""
+    return {policy: {**stats, "latency_ms": {key.removesuffix("_ms"): stats[key] for key in LATENCY_KEYS
+                                             if key in stats}}
+            for policy, stats in policies.items()}
+
+
+def _run_summary(scenario: Scenario, facts: NetworkFacts | None, calibration: Any, calibration_path: Path | None,
+                 points: list[tuple[dict[str, Any], SimConfig]],
+                 results: list[tuple[pd.DataFrame, dict[str, Any]]]) -> dict[str, Any]:
+    """summary.json's simulation part: what ran, the latency model, every point's statistics per policy."""
+    columns = scenario.sweep.columns if scenario.sweep else []
     headline = len(points) - 1  # the last sweep point, as before points were all written
-    summary: dict[str, Any] = {
+    return {
         "schema_version": SCHEMA_VERSION,
         "scenario": scenario.name,
         "description": scenario.description,
@@ -758,82 +831,85 @@ def run_scenario(
         "sweep_axes": columns,
         "allow_unstable": scenario.allow_unstable,
         "latency_model": served_model.describe(
-            calibration, calibration_path if calibration_path is None or calibration_path.parent != work
-            else None, latency_model_name(scenario), served_model.experts_pass_ms(facts) if facts else None,
-            facts.served_passes if facts else None),
+            calibration, calibration_path, latency_model_name(scenario),
+            served_model.experts_pass_ms(facts) if facts else None, facts.served_passes if facts else None),
         "headline_point": headline,
-        "policies": with_latency(results[headline][1]),
+        "policies": _with_latency(results[headline][1]),
         "points": [{"point": index, **{axis_column(axis): value for axis, value in values.items()},
                     "rate_per_ms": config.traffic.routed_rate(),  # routed queries per ms the load came to
                     "ensemble_rate_per_ms": config.traffic.ensemble_rate_per_ms,
-                    "policies": with_latency(point_summary)}
+                    "policies": _with_latency(point_summary)}
                    for index, ((values, config), (_, point_summary)) in enumerate(zip(points, results,
                                                                                         strict=True))],
-        "timings": {**(facts.timings if facts else {}), "simulation_s": sim_seconds,
-                    "total_s": time.perf_counter() - started},
     }
-    if facts is not None and scenario.profile.live_check_queries > 0:
-        say(f"live check: replaying {scenario.profile.live_check_queries} queries with real forward passes", not quiet)
-        summary["live_check"] = {**live_check(scenario, facts, points[headline][1]), "point": headline}
-    if facts is not None:
-        percent = {"accuracy": "accuracy_pct", "nda": "nda_pct", "decoded_acc": "decoded_acc_pct",
-                   "expert_acc": "expert_acc_pct"}  # the networks side measures these in percent already
-        summary["experts"] = [{percent.get(k, k): v for k, v in e.items()} for e in facts.experts]
-        summary["coded_method"] = facts.coded_name
-        a, names = facts.answers, [e["name"] for e in facts.experts]
-        summary["backup"] = {  # the generalist on each expert's own test partition, answering alone (argmax)
+
+
+def networks_summary(scenario: Scenario, facts: NetworkFacts) -> dict[str, Any]:
+    """summary.json's networks part: the experts, the coded and backup networks' accuracy, the coding matrix,
+    every coding method's NDA and the latency profile."""
+    percent = {"accuracy": "accuracy_pct", "nda": "nda_pct", "decoded_acc": "decoded_acc_pct",
+               "expert_acc": "expert_acc_pct"}  # the networks side measures these in percent already
+    a, names = facts.answers, [e["name"] for e in facts.experts]
+    out: dict[str, Any] = {
+        "experts": [{percent.get(k, k): v for k, v in e.items()} for e in facts.experts],
+        "coded_method": facts.coded_name,
+        "backup": {  # the generalist on each expert's own test partition, answering alone (argmax)
             "method": facts.backup_name,
             "network": "coded" if "backup" not in facts.profile_ms else "backup",
             "classes": "all" if a.task_classes is None else "task",
             "accuracy_pct": _backup_accuracy(a, names, task=True),  # as a backup answers a routed query
             "accuracy_all_classes_pct": _backup_accuracy(a, names, task=False),  # argmax over every class
-        }
-        summary["coding_matrix"] = facts.answers.matrix.tolist()
-        if facts.multi_decode:
-            from coin.multicode import worst_condition
+        },
+        "coding_matrix": a.matrix.tolist(),
+    }
+    if facts.multi_decode:
+        from coin.multicode import worst_condition
 
-            summary["multi_decode"] = [{percent.get(k, k): v for k, v in row.items()} for row in facts.multi_decode]
-            summary["coding_matrix_worst_condition"] = worst_condition(facts.answers.matrix)
-        summary["coding"] = {
-            method: {"nda_pct": dict(zip(g["expert"], g["nda_pct"], strict=True)),
-                     "nda_avg_pct": float(g["nda_pct"].mean()),
-                     "decoded_acc_pct": dict(zip(g["expert"], g["decoded_acc_pct"], strict=True)),
-                     "expert_acc_pct": dict(zip(g["expert"], g["expert_acc_pct"], strict=True)),
-                     "encode_s": float(g["encode_s"].iloc[0])}
-            for method, g in facts.nda.groupby("method", sort=False)
-        }
-        summary["profile"] = {
-            name: {"mean_ms": float(t.mean()), "p50_ms": float(np.percentile(t, 50)),
-                   "p99_ms": float(np.percentile(t, 99)), "batch_size": scenario.profile.batch_size,
-                   "device": facts.device, "n_samples": int(len(t))}
-            for name, t in facts.profile_ms.items()
-        }
+        out["multi_decode"] = [{percent.get(k, k): v for k, v in row.items()} for row in facts.multi_decode]
+        out["coding_matrix_worst_condition"] = worst_condition(a.matrix)
+    out["coding"] = {
+        method: {"nda_pct": dict(zip(g["expert"], g["nda_pct"], strict=True)),
+                 "nda_avg_pct": float(g["nda_pct"].mean()),
+                 "decoded_acc_pct": dict(zip(g["expert"], g["decoded_acc_pct"], strict=True)),
+                 "expert_acc_pct": dict(zip(g["expert"], g["expert_acc_pct"], strict=True)),
+                 "encode_s": float(g["encode_s"].iloc[0])}
+        for method, g in facts.nda.groupby("method", sort=False)
+    }
+    out["profile"] = {
+        name: {"mean_ms": float(t.mean()), "p50_ms": float(np.percentile(t, 50)),
+               "p99_ms": float(np.percentile(t, 99)), "batch_size": scenario.profile.batch_size,
+               "device": facts.device, "n_samples": int(len(t))}
+        for name, t in facts.profile_ms.items()
+    }
+    return out
+
+
+def _result_writer(scenario: Scenario, raw: dict[str, Any], summary: dict[str, Any], queries: pd.DataFrame,
+                   sweep: pd.DataFrame, calibration: Any, facts: NetworkFacts | None) -> Callable[[Path], None]:
+    """What fills a result folder (given the temporary folder the atomic publish renames into place)."""
 
     def write(tmp: Path) -> None:
         resolved = dict(raw, seed=scenario.seed, coinsim_version=summary["versions"].get("coinsim", "?"))
         if scenario.models is not None and "architecture" in raw.get("models", {}):  # given networks: pin the
             resolved["models"] = dict(raw["models"], root=str(Path(scenario.models.root).resolve()))  # paths
-        (tmp / "scenario.toml").write_text(tomli_w.dumps(_clean_toml(_jsonable(resolved))))
-        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=False))
-        queries.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / "queries.parquet", index=False)
-        sweep.to_parquet(tmp / "sweep.parquet", index=False)
+        (tmp / SCENARIO).write_text(tomli_w.dumps(_clean_toml(_jsonable(resolved))))
+        (tmp / SUMMARY).write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=False))
+        queries.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / QUERIES, index=False)
+        sweep.to_parquet(tmp / SWEEP, index=False)
         if calibration is not None:
-            (tmp / "calibration.json").write_text(calibration.model_dump_json(indent=2))
+            (tmp / CALIBRATION).write_text(calibration.model_dump_json(indent=2))
         if facts is not None:
-            facts.nda.to_csv(tmp / "nda.csv", index=False)
-            _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
+            facts.nda.to_csv(tmp / NDA, index=False)
+            _profile_frame(facts).to_csv(tmp / PROFILE, index=False)
             if facts.served_passes:
                 served_frame(facts).to_csv(tmp / SERVED_PROFILE, index=False)
             a = facts.answers
-            np.savez_compressed(tmp / "outputs.npz", labels=a.labels, offsets=a.offsets,
+            np.savez_compressed(tmp / OUTPUTS, labels=a.labels, offsets=a.offsets,
                                 expert_outputs=a.expert_outs, coded_outputs=a.coded_outs, coding_matrix=a.matrix,
                                 backup_outputs=a.backup_outs,
                                 **({} if a.task_classes is None else {"task_classes": a.task_classes}))
 
-    final = atomic.publish_folder(out_root / scenario.name / datetime.now().strftime("%Y%m%d-%H%M%S-%f"), write)
-    shutil.rmtree(work, ignore_errors=True)
-    render_or_warn(final, render)
-    return final
+    return write
 
 
 def render_or_warn(final: Path, render: Callable[[Path], Path] | None) -> None:

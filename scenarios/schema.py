@@ -77,6 +77,11 @@ class ProfileSpec(_Strict):
                     "under traffic for a few seconds, their passes kept per core utilization (cached per networks "
                     "and calibration); calibration: the isolated profile plus the calibration's mean extra for a "
                     "network of that pass time (no servers started; default when $COINSIM_SERVED_PASSES=calibration)")
+    served_drift_pct: float = Field(
+        5.0, ge=0, le=100,
+        description="a cached served profile is used while every network's isolated median pass is within this "
+                    "many percent of the one measured with it; beyond, the machine has changed and the served "
+                    "profile is measured again")
 
     @model_validator(mode="after")
     def _replayable(self) -> ProfileSpec:

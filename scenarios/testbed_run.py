@@ -34,11 +34,11 @@ import pandas as pd
 
 import atomic
 from models.progress import say
+from resultschema import CALIBRATION, PROFILE, SCENARIO, SERVED_PROFILE, SUMMARY
 from scenarios import served as served_model
 from scenarios.networks import backup_network, save_networks, served_networks
 from scenarios.points import AnswerTables, join_correctness, run_point, solve_missing
 from scenarios.runner import (
-    SERVED_PROFILE,
     NetworkFacts,
     _clean_toml,
     _jsonable,
@@ -565,9 +565,8 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     """Serve every point for real, simulate it, write the comparison; returns the result folder."""
     from sim import draw
     from sim.plan import make_plan
-    from testbed import LocalCluster, ServerSpec, serve
+    from testbed import LocalCluster, ServerSpec
     from testbed.cluster import scratch_folder
-    from testbed.host import HostMeter
 
     check_testbed(scenario, out_root)
     scenario = with_testbed_hold(scenario)
@@ -577,15 +576,10 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     facts = prepare_networks(scenario, quiet)
     facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet)
     points = build_point_configs(scenario, facts, calibration=calibration)
-    names = [name for name, _ in served_networks(facts)]
     backup_net = backup_network(facts)
     n_servers = points[0][1].n_experts + points[0][1].r
-    offsets = facts.answers.offsets
-    measured, task_frames, fidelity = [], [], []
-    simulated_frames = []
+    measured, task_frames, fidelity, simulated_frames = [], [], [], []
     overheads: dict[str, Any] = {}
-    frontend_cpu: dict[int, list[float]] = {}  # per point: the frontend's CPU use, in cores, per run
-    host_load: dict[int, list[Any]] = {}  # per point: what else the host's CPUs did during each run
     with scratch_folder("coinsim-testbed-") as work:  # networks and inputs the servers load
         folders, inputs = save_networks(facts, work)
         cores = os.cpu_count() or 1
@@ -593,80 +587,20 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
         device = "cuda" if facts.device.startswith("cuda") else "cpu"
         say(f"testbed: starting {n_servers} server processes", not quiet)
         with LocalCluster(servers, inputs, device=device, threads=spec.threads, addresses=spec.addresses) as cluster:
-            _warm_up(cluster, points[0][1], scenario.seed, offsets, spec, quiet, backup_net)
+            _warm_up(cluster, points[0][1], scenario.seed, facts.answers.offsets, spec, quiet, backup_net)
             for index, (values, config) in enumerate(points):
                 coords = {axis_column(a): v for a, v in values.items()}
                 draws = draw(config, scenario.seed)
-                workload = workload_of(draws, offsets, spec.straggle)
                 plans = [make_plan(config, p, draws) for p in config.policies]
-                n_warm = int(config.warmup_fraction * draws.n)
-                point_records, point_tasks = [], []
-                for repeat in range(spec.repeats):
-                    order = plans[repeat % len(plans):] + plans[: repeat % len(plans)]
-                    for plan in order:
-                        policy = policy_of(plan, backup_net)
-                        say(f"testbed: point {index + 1}/{len(points)} {coords} repeat {repeat + 1}/"
-                             f"{spec.repeats}: {plan.name} ({draws.n} queries)", not quiet)
-                        meter = HostMeter([os.getpid(), *cluster.pids])
-                        result = serve(cluster.sockets, policy, workload, spec.lead_ms)
-                        load = meter.stop()
-                        host_load.setdefault(index, []).append(load)
-                        if load.other_cores is not None and load.other_cores > NOISY_CORES:
-                            say(f"testbed: other processes kept {load.other_cores:.2f} cores busy during this run "
-                                 "(its latencies include their interference)", not quiet)
-                        frontend_cpu.setdefault(index, []).append(result.facts["frontend_cpu_s"]
-                                                                  / result.facts["served_s"])
-                        rec = result.records
-                        rec["sample_id"] = draws.sample_id
-                        rec["warmup"] = rec["query_id"] < n_warm
-                        rec["correct"] = correct_from_outputs(rec, result.outputs, facts.answers, policy.hosts)
-                        rec["correct_sim_join"] = join_correctness(rec, facts.answers, config.n_experts,
-                                                                   host_names(policy.hosts))
-                        rec.insert(0, "repeat", repeat)
-                        tasks = result.tasks
-                        tasks["net"] = [policy.network_of(s) for s in tasks["server"]]
-                        tasks.insert(0, "repeat", repeat)
-                        point_records.append(rec)
-                        point_tasks.append(tasks)
-                records = pd.concat(point_records, ignore_index=True)
-                tasks = pd.concat(point_tasks, ignore_index=True)
-                for frame in (records, tasks):
-                    frame.insert(0, "point", index)
-                    for position, (column, value) in enumerate(coords.items(), start=1):
-                        frame.insert(position, column, value)
-                measured.append(records)
-                task_frames.append(tasks)
-                overheads[str(index)] = _overheads(tasks, records)
-                tasks["overlap"] = overlaps(tasks)
-                tasks["cycle_ms"] = cycles(tasks)
-                tasks["idle_arrival"] = idle_arrivals(tasks)
-                in_situ = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms))
-                alone = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms, True))
-                cores = shared_cores(device, frontend_cpu[index])
-                overheads[str(index)] |= host_summary(host_load[index])
-                overheads[str(index)] |= {"frontend_cores_median": float(np.median(frontend_cpu[index])),
-                                          "shared_cores": cores,
-                                          "compute_ms_by_overlap": {int(k): float(v) for k, v in tasks[
-                                              tasks["status"] == "done"].groupby("overlap")["compute_ms"]
-                                              .median().items()}}
-                variants = [("isolated", facts, None), ("in_situ", in_situ, None),
-                            ("in_situ+network", in_situ, measured_network(tasks)),
-                            ("model", alone, measured_network(tasks, cores, spec.straggle))]
-                if calibration is not None:  # out of sample: the served config itself, nothing from these runs
-                    variants.insert(0, ("predicted", None, None))
-                for service, source, extra in variants:
-                    if source is None:
-                        config_s = config
-                    else:  # in-sample diagnostics: the served arrival rate and hedge delays, their own service
-                        config_s = pin_hedge_delays(build_point_configs(scenario, source, only=index)[0][1], plans)
-                        config_s = config_s.model_copy(update={"traffic": config.traffic})
-                    if extra is not None:
-                        config_s = config_s.model_copy(update=extra(config_s))
-                    sim_records, _ = run_point(config_s, scenario.seed, facts.answers)
-                    sim_records.insert(0, "service", service)
-                    sim_records.insert(0, "point", index)
-                    simulated_frames.append(sim_records)
-                    fidelity += fidelity_rows(index, coords, service, sim_records, records, seed=scenario.seed)
+                served = _serve_point(cluster, scenario, facts, (index, len(points), coords), config, draws, plans,
+                                      backup_net, quiet)
+                measured.append(served.records)
+                task_frames.append(served.tasks)
+                overheads[str(index)] = _point_overheads(served, device)
+                frames, rows = _simulate_variants(scenario, facts, calibration, index, coords, config, plans,
+                                                  served, _shared_cores(device, served))
+                simulated_frames += frames
+                fidelity += rows
     measured_all = pd.concat(measured, ignore_index=True)
     tasks_all = pd.concat(task_frames, ignore_index=True)
     simulated_all = pd.concat(simulated_frames, ignore_index=True)
@@ -676,22 +610,23 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                                time.perf_counter() - started, ranking_table)
     summary["latency_model"] = served_model.describe(calibration, calibration_path, latency_model_name(scenario),
                                                      served_model.experts_pass_ms(facts), facts.served_passes)
+
     def write(tmp: Path) -> None:
         import tomli_w
 
-        (tmp / "scenario.toml").write_text(tomli_w.dumps(_clean_toml(_jsonable(dict(raw, seed=scenario.seed)))))
-        (tmp / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+        (tmp / SCENARIO).write_text(tomli_w.dumps(_clean_toml(_jsonable(dict(raw, seed=scenario.seed)))))
+        (tmp / SUMMARY).write_text(json.dumps(_jsonable(summary), indent=2))
         measured_all.to_parquet(tmp / "testbed.parquet", index=False)
         tasks_all.to_parquet(tmp / "testbed_tasks.parquet", index=False)
         simulated_all.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / "simulated.parquet",
                                                                                 index=False)
         fidelity_table.to_csv(tmp / "fidelity.csv", index=False, float_format="%.6g")
         ranking_table.to_csv(tmp / "ranking.csv", index=False, float_format="%.6g")
-        _profile_frame(facts).to_csv(tmp / "profile.csv", index=False)
+        _profile_frame(facts).to_csv(tmp / PROFILE, index=False)
         if facts.served_passes:
             served_frame(facts).to_csv(tmp / SERVED_PROFILE, index=False)
         if calibration is not None:
-            (tmp / "calibration.json").write_text(calibration.model_dump_json(indent=2))
+            (tmp / CALIBRATION).write_text(calibration.model_dump_json(indent=2))
 
     final = atomic.publish_folder(
         out_root / scenario.name / ("testbed-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)
@@ -699,6 +634,110 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     return final
 
 
+@dataclasses.dataclass
+class _ServedPoint:
+    """One point served for real under every policy and repeat: its query and task records (point and sweep
+    coordinates in front), what else the host did during each run and the frontend's CPU use in cores."""
+
+    records: pd.DataFrame
+    tasks: pd.DataFrame
+    host_load: list[Any]
+    frontend_cores: list[float]
+
+
+def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: tuple[int, int, dict[str, Any]],
+                 config: Any, draws: Any, plans: list[Any], backup_net: int | None, quiet: bool) -> _ServedPoint:
+    """Serve one point's workload under every policy, `testbed.repeats` times, the policies' order rotating."""
+    from testbed import serve
+    from testbed.host import HostMeter
+
+    index, n_points, coords = where
+    spec = scenario.testbed
+    workload = workload_of(draws, facts.answers.offsets, spec.straggle)
+    n_warm = int(config.warmup_fraction * draws.n)
+    point_records, point_tasks, host_load, frontend_cores = [], [], [], []
+    for repeat in range(spec.repeats):
+        for plan in plans[repeat % len(plans):] + plans[: repeat % len(plans)]:
+            policy = policy_of(plan, backup_net)
+            say(f"testbed: point {index + 1}/{n_points} {coords} repeat {repeat + 1}/{spec.repeats}: {plan.name} "
+                f"({draws.n} queries)", not quiet)
+            meter = HostMeter([os.getpid(), *cluster.pids])
+            result = serve(cluster.sockets, policy, workload, spec.lead_ms)
+            load = meter.stop()
+            host_load.append(load)
+            if load.other_cores is not None and load.other_cores > NOISY_CORES:
+                say(f"testbed: other processes kept {load.other_cores:.2f} cores busy during this run "
+                    "(its latencies include their interference)", not quiet)
+            frontend_cores.append(result.facts["frontend_cpu_s"] / result.facts["served_s"])
+            rec = result.records
+            rec["sample_id"] = draws.sample_id
+            rec["warmup"] = rec["query_id"] < n_warm
+            rec["correct"] = correct_from_outputs(rec, result.outputs, facts.answers, policy.hosts)
+            rec["correct_sim_join"] = join_correctness(rec, facts.answers, config.n_experts, host_names(policy.hosts))
+            rec.insert(0, "repeat", repeat)
+            tasks = result.tasks
+            tasks["net"] = [policy.network_of(s) for s in tasks["server"]]
+            tasks.insert(0, "repeat", repeat)
+            point_records.append(rec)
+            point_tasks.append(tasks)
+    records = pd.concat(point_records, ignore_index=True)
+    tasks = pd.concat(point_tasks, ignore_index=True)
+    for frame in (records, tasks):
+        frame.insert(0, "point", index)
+        for position, (column, value) in enumerate(coords.items(), start=1):
+            frame.insert(position, column, value)
+    tasks["overlap"] = overlaps(tasks)
+    tasks["cycle_ms"] = cycles(tasks)
+    tasks["idle_arrival"] = idle_arrivals(tasks)
+    return _ServedPoint(records, tasks, host_load, frontend_cores)
+
+
+def _shared_cores(device: str, served: _ServedPoint) -> float:
+    """The cores the servers shared in these runs: the machine's less the frontend's measured use."""
+    return shared_cores(device, served.frontend_cores)
+
+
+def _point_overheads(served: _ServedPoint, device: str) -> dict[str, Any]:
+    """summary.json's `overheads` for one point: dispatch and transport, what else the host did, the frontend's
+    cores, the servers' share and the median pass by how many other servers computed beside it."""
+    tasks = served.tasks
+    return (_overheads(tasks, served.records) | host_summary(served.host_load)
+            | {"frontend_cores_median": float(np.median(served.frontend_cores)),
+               "shared_cores": _shared_cores(device, served),
+               "compute_ms_by_overlap": {int(k): float(v) for k, v in tasks[tasks["status"] == "done"]
+                                         .groupby("overlap")["compute_ms"].median().items()}})
+
+
+def _simulate_variants(scenario: Scenario, facts: NetworkFacts, calibration: Any, index: int,
+                       coords: dict[str, Any], config: Any, plans: list[Any], served: _ServedPoint, cores: float
+                       ) -> tuple[list[pd.DataFrame], list[dict[str, Any]]]:
+    """Simulate the point in every variant on the served draws and score each against the measured records:
+    `predicted` (the served config itself, nothing from these runs; with a calibration), then the in-sample
+    diagnostics (the served arrival rate and hedge delays, each with its own service)."""
+    names = [name for name, _ in served_networks(facts)]
+    tasks = served.tasks
+    in_situ = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms))
+    alone = dataclasses.replace(facts, profile_ms=in_situ_service(tasks, names, facts.profile_ms, True))
+    variants = [("isolated", facts, None), ("in_situ", in_situ, None),
+                ("in_situ+network", in_situ, measured_network(tasks)),
+                ("model", alone, measured_network(tasks, cores, scenario.testbed.straggle))]
+    if calibration is not None:  # out of sample: the served config itself, nothing from these runs
+        variants.insert(0, ("predicted", None, None))
+    frames, rows = [], []
+    for service, source, extra in variants:
+        if source is None:
+            config_s = config
+        else:
+            config_s = pin_hedge_delays(build_point_configs(scenario, source, only=index)[0][1], plans)
+            config_s = config_s.model_copy(update={"traffic": config.traffic})
+        if extra is not None:
+            config_s = config_s.model_copy(update=extra(config_s))
+        sim_records, _ = run_point(config_s, scenario.seed, facts.answers)
+        sim_records.insert(0, "service", service)
+        sim_records.insert(0, "point", index)
+        frames.append(sim_records)
+        rows += fidelity_rows(index, coords, service, sim_records, served.records, seed=scenario.seed)
+    return frames, rows
 def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataFrame, simulated: pd.DataFrame,
                      tasks: pd.DataFrame, fidelity: pd.DataFrame, overheads: dict[str, Any],
                      seconds: float, ranking: pd.DataFrame | None = None) -> dict[str, Any]:

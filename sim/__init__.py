@@ -49,7 +49,10 @@ each at speed min(1, C / k), given round robin to the servers with work for up t
 server that loses its slot waits whole quanta (q -> 0 gives processor sharing back);
 ``stragglers.hold = "stall"`` keeps a straggling task's extra time off those cores;
 ``service.wake = {idle_ms = [...], extra_ms = [...]}`` makes a task that starts on a server that sat idle for
-g ms compute extra_ms(g) longer (a process that slept wakes to cold caches and a slower core).
+g ms compute extra_ms(g) longer (a process that slept wakes to cold caches and a slower core);
+``service.dispatcher = {send_ms = a, return_ms = b}`` (with time slicing) runs the dispatcher's own CPU work on
+those cores, a ms per task sent and b per output taken back, ahead of the servers (it preempts one when no core
+is free), as a frontend at real-time priority does.
 
 Minimal scenario (TOML, a [sim] table)::
 

@@ -11,13 +11,14 @@ from typing import Any
 
 import numpy as np
 
+from resultschema import ANSWER_KINDS
 from sim.config import PolicySpec, SimConfig
 from sim.draws import Draws
 from sim.layout import layout, server_dist
 
 ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP, ROLE_BACKUP = 0, 1, 2, 3, 4
 # how a query was answered; a new kind goes at the end (records store the index)
-HOW = ("direct", "replica", "hedge", "decoded", "backup")
+HOW = ANSWER_KINDS
 HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED, HOW_BACKUP = range(5)
 
 

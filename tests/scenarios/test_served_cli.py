@@ -87,7 +87,9 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
 
     table = networks_scenario()
     table["models"]["cache_dir"] = str(tiny_cache)  # the session's trained tiny zoo
-    table["profile"] = {**table["profile"], "served_passes": "measured"}
+    # (drift of the isolated passes between the two runs re-measures, tests/scenarios/test_served_drift.py; a
+    # tiny network's 0.1 ms median moved 8 % between two runs here, so this caching test allows any)
+    table["profile"] = {**table["profile"], "served_passes": "measured", "served_drift_pct": 100.0}
     table["sim"] = {**table["sim"], "n_queries": 300}
     path = write(home, table)
     first = CliRunner().invoke(cli, ["run", str(path), "--out", str(home / "a"), "--no-report"])

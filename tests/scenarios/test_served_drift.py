@@ -1,0 +1,81 @@
+"""A cached served profile is used only while the machine runs the networks' isolated passes as it did when the
+profile was measured; otherwise it is measured again (the served passes moved more than the isolated ones)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from calibration.passes import ServedLevel, ServedPasses, from_frame, to_frame
+from scenarios import runner
+from scenarios.schema import scenario_from_dict
+from tests import calibration_testutil as cu
+from tests.scenarios.test_runner import _tiny_networks
+
+
+def _passes(isolated: float | None) -> ServedPasses:
+    level = ServedLevel(utilization=0.2, rate_per_ms=1.0, n_lone=50, samples_ms=(1.0, 2.0, 3.0))
+    return ServedPasses(levels=(level,), isolated_p50_ms=isolated)
+
+
+def test_the_isolated_pass_is_kept_in_the_table() -> None:
+    back = from_frame(to_frame({"a": _passes(0.25), "b": _passes(None)}))
+    assert back["a"].isolated_p50_ms == 0.25 and back["b"].isolated_p50_ms is None
+    assert "isolated_p50_ms" not in to_frame({"b": _passes(None)}).columns  # an older profile's table
+
+
+@pytest.mark.parametrize("now, stale", [(1.04, False), (0.96, False), (1.06, True), (0.94, True)])
+def test_drift_beyond_the_limit_either_way_is_stale(now: float, stale: bool) -> None:
+    profile = {"a": _passes(1.0), "b": _passes(2.0)}
+    isolated = {"a": [0.99, 1.0, 1.01], "b": [2.0 * now] * 3}  # b's samples agree: no noise to allow for
+    reason = runner.served_profile_drift(profile, isolated, 5.0)
+    assert (reason is not None) == stale
+    if stale:
+        assert "b's isolated pass" in reason and f"{2.0 * now:.3f} ms now" in reason
+    assert runner.served_profile_drift(profile, isolated, 100.0) is None
+
+
+def test_the_medians_own_interval_widens_the_limit() -> None:
+    # 100 samples uniform on 0.9 .. 1.1 (median 1.0): its 95 % interval is ranks 40 .. 60, i.e. 0.98 .. 1.02,
+    # a half-width of 2 %: a change of 6 % is within 5 + 2, one of 8 % is not
+    samples = np.linspace(0.9, 1.1, 101)[:100] + 0.001
+    half = 100 * (np.sort(samples)[60] - np.sort(samples)[40]) / (2 * np.median(samples))
+    assert half == pytest.approx(2.0, abs=0.05)
+    median = float(np.median(samples))
+    assert runner.served_profile_drift({"a": _passes(median / 1.06)}, {"a": samples}, 5.0) is None
+    assert "±2.0 %" in runner.served_profile_drift({"a": _passes(median / 1.08)}, {"a": samples}, 5.0)
+
+
+def test_a_profile_that_does_not_say_is_stale() -> None:
+    assert "does not say" in runner.served_profile_drift({"a": _passes(None)}, {"a": [1.0]}, 5.0)
+
+
+def test_served_pass_profile_measures_again_after_drift(tiny_cache, tmp_path, monkeypatch) -> None:
+    raw = _tiny_networks(tiny_cache)
+    raw["profile"] = dict(raw["profile"], served_passes="measured", served_drift_pct=5.0)
+    scenario = scenario_from_dict(raw)
+    facts = runner.prepare_networks(scenario, quiet=True)
+    calls: list[list[str]] = []
+
+    def measured(folders, inputs, names, isolated, **_):  # the servers' measurement itself: tests/calibration
+        calls.append(list(names))
+        return {name: _passes(None) for name in names}
+
+    monkeypatch.setattr("calibration.measure.measure_served_passes", measured)
+    monkeypatch.setattr(runner, "served_profile_cache", lambda facts, calibration: tmp_path / "cached.csv")
+    cal = cu.hand_calibration()
+    first = runner.served_pass_profile(scenario, facts, cal, quiet=True)
+    assert len(calls) == 1
+    for name, passes in first.items():  # recorded with the isolated pass of the run that measured it
+        assert passes.isolated_p50_ms == pytest.approx(float(np.median(facts.profile_ms[name])))
+    runner.served_pass_profile(scenario, facts, cal, quiet=True)
+    assert len(calls) == 1  # the same machine: the cache
+    # twice as slow (beyond 5 % plus any interval a 30-sample median can have): measured again, cached anew
+    slower = dataclasses.replace(facts, profile_ms={n: np.asarray(t) * 2.0 for n, t in facts.profile_ms.items()})
+    runner.served_pass_profile(scenario, slower, cal, quiet=True)
+    assert len(calls) == 2
+    a_bit = dataclasses.replace(facts, profile_ms={n: np.asarray(t) * 2.06 for n, t in facts.profile_ms.items()})
+    runner.served_pass_profile(scenario, a_bit, cal, quiet=True)
+    assert len(calls) == 2  # 3 % from the new one: the cache
