@@ -559,13 +559,27 @@ def calibrate_command(ctx: click.Context, device: str, out: Path | None, force: 
 @click.option("--repeats", type=click.IntRange(min=1), default=None, help="Identical repeats (default: scenario's).")
 @click.option("--device", default=None, help="auto | cpu | cuda[:N] (default: the scenario's)")
 @click.option("--no-report", is_flag=True, help="Skip figures and the HTML report.")
+@click.option("--resimulate", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Serve nothing: simulate a finished testbed run FOLDER again with this coinsim (its own "
+                   "profiles, calibration and hedge delays) and judge it against its measured queries; writes "
+                   "FOLDER/resimulated-<timestamp>/fidelity.csv.")
 @_threads_option
 @click.pass_context
 def testbed_command(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
-                    repeats: int | None, device: str | None, no_report: bool) -> None:
+                    repeats: int | None, device: str | None, no_report: bool, resimulate: Path | None) -> None:
     """Serve SCENARIO's points for real (one process per server) and measure the simulator against it."""
     from scenarios.schema import load_scenario
     from scenarios.testbed_run import check_testbed, fidelity_folder_text, run_testbed
+
+    if resimulate is not None:
+        from scenarios.testbed_run import resimulate as again
+
+        if not resimulate.is_dir():
+            raise click.BadParameter(f"{resimulate} is not a folder", param_hint="--resimulate")
+        folder = again(resimulate, quiet=ctx.obj.get("quiet", False))
+        click.echo(fidelity_folder_text(folder))
+        click.echo(f"\nresults: {folder}")
+        return
 
     overrides = _overrides(sets, seed, device)
     if repeats is not None:

@@ -773,3 +773,72 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
             "fidelity_summary": fidelity_summary(fidelity),
             "ranking": ranking_summary(ranking) if ranking is not None and len(ranking) else {},
             "limits_pct": LIMITS_PCT, "max_half_width_pct": MAX_HALF_WIDTH_PCT, "seconds": seconds}
+
+
+def served_hedge_delays(tasks: pd.DataFrame, records: pd.DataFrame, policy: str, n_experts: int
+                        ) -> tuple[float, ...] | None:
+    """The hedge delay, per expert, a finished testbed run served `policy` with: the earliest any of its routed
+    queries' later tasks (hedge, decode group, backup) was due after the query's arrival. None when no later task
+    was sent for some expert (its delay then leaves no trace in the records)."""
+    queries = records.loc[(records["policy"] == policy) & (records["model"] >= 0), ["point", "query_id", "model",
+                                                                                    "arrival_ms"]]
+    later = tasks.loc[(tasks["policy"] == policy) & (tasks["role"] != 0), ["point", "query_id", "due_ms"]]
+    joined = later.merge(queries, on=["point", "query_id"])
+    after = (joined["due_ms"] - joined["arrival_ms"]).groupby(joined["model"]).min()
+    if any(i not in after.index for i in range(n_experts)):
+        return None
+    return tuple(float(after[i]) for i in range(n_experts))
+
+
+def resimulate(folder: Path, quiet: bool = False) -> Path:
+    """Simulate a finished testbed run's points again with this coinsim: the `predicted` variant from the run's own
+    scenario, isolated and served profiles and calibration (nothing from its measured records but the hedge delays
+    it served with), judged against its measured queries. Writes fidelity.csv and ranking.csv to
+    FOLDER/resimulated-<timestamp>/ and returns that folder. ScenarioError when FOLDER is not a testbed run."""
+    import tomllib
+
+    from calibration import load_calibration
+    from calibration.passes import read_served_profile
+    from scenarios.schema import ScenarioError, scenario_from_dict
+    from sim.config import PolicySpec
+
+    needed = [SCENARIO, PROFILE, CALIBRATION, "testbed.parquet", "testbed_tasks.parquet"]
+    if missing := [name for name in needed if not (folder / name).is_file()]:
+        raise ScenarioError(f"{folder}: not a served testbed run (no {', '.join(missing)})")
+    try:
+        raw = tomllib.loads((folder / SCENARIO).read_text())
+        calibration = load_calibration(folder / CALIBRATION)
+        served = read_served_profile(folder / SERVED_PROFILE) if (folder / SERVED_PROFILE).is_file() else {}
+        measured = pd.read_parquet(folder / "testbed.parquet")
+        tasks = pd.read_parquet(folder / "testbed_tasks.parquet")
+    except (OSError, ValueError, tomllib.TOMLDecodeError) as error:
+        raise ScenarioError(f"{folder}: cannot read it ({str(error).strip().splitlines()[0]})") from None
+    raw = {key: value for key, value in raw.items() if key != "coinsim_version"}
+    raw["profile"] = dict(raw.get("profile", {}), replay=str(folder), latency_model="served",
+                          served_passes="measured" if served else "calibration")
+    scenario = with_testbed_hold(scenario_from_dict(raw, str(folder / SCENARIO)))
+    facts = prepare_networks(scenario, quiet)
+    facts.served_passes = {name: served[name] for name in facts.profile_ms if name in served}
+    points = build_point_configs(scenario, facts, calibration=calibration)
+    rows: list[dict[str, Any]] = []
+    for index, (values, config) in enumerate(points):
+        coords = {axis_column(a): v for a, v in values.items()}
+        policies = []
+        for spec in config.policies:
+            delays = served_hedge_delays(tasks[tasks["point"] == index], measured[measured["point"] == index],
+                                         spec.name, config.n_experts) if spec.delay_ms is not None else None
+            policies.append(spec if delays is None else PolicySpec.model_validate(
+                {**spec.model_dump(), "delay_ms": delays}))
+        config = config.model_copy(update={"policies": tuple(policies)})
+        say(f"resimulate: point {index + 1}/{len(points)} {coords}", not quiet)
+        simulated, _ = run_point(config, scenario.seed, facts.answers)
+        rows += fidelity_rows(index, coords, "predicted", simulated, measured[measured["point"] == index],
+                              seed=scenario.seed)
+    fidelity_table = pd.DataFrame(rows)
+    ranking_table = ranking_frame(fidelity_table)
+
+    def write(tmp: Path) -> None:
+        fidelity_table.to_csv(tmp / "fidelity.csv", index=False, float_format="%.6g")
+        ranking_table.to_csv(tmp / "ranking.csv", index=False, float_format="%.6g")
+
+    return atomic.publish_folder(folder / ("resimulated-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)

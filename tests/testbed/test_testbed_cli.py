@@ -80,6 +80,21 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
     assert summary["kind"] == "testbed" and summary["repeats"] == 2
     assert summary["headline_service"] == "predicted" and set(summary["ranking"]) == set(fidelity["service"])
     assert (folder / "report.html").read_text().count("<img") == 1
+    # simulated again from the folder alone (its profiles, calibration and the hedge delays it served with, read
+    # off its task records), the predicted variant comes out as the run itself computed it
+    again = CliRunner().invoke(cli, ["--quiet", "testbed", "--resimulate", str(folder)], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    (redo,) = folder.glob("resimulated-*")
+    keys = ["point", "policy", "metric"]
+    second = pd.read_csv(redo / "fidelity.csv").set_index(keys).sort_index()
+    first_run = fidelity[fidelity["service"] == "predicted"].set_index(keys).sort_index()
+    assert set(second["service"]) == {"predicted"} and list(second.index) == list(first_run.index)
+    np.testing.assert_allclose(second["simulated_ms"], first_run["simulated_ms"], rtol=1e-5)
+    np.testing.assert_allclose(second["measured_pooled_ms"], first_run["measured_pooled_ms"], rtol=1e-9)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = CliRunner().invoke(cli, ["testbed", "--resimulate", str(empty)])
+    assert bad.exit_code == 2 and "not a served testbed run" in bad.output
     # what else the host did during the runs, per point: finite, non-negative core counts (Linux)
     host = summary["overheads"]["0"]
     if Path("/proc/stat").exists():
