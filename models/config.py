@@ -160,30 +160,3 @@ def read_zoo_file(path: str | Path) -> tuple[dict, str]:
         raise ConfigError(f"{path}: malformed TOML: {error}") from None
     except RecursionError:  # the parser recurses once per level of nested arrays or inline tables
         raise ConfigError(f"{path}: malformed TOML: nested too deeply to read") from None
-
-
-def zoo_config_from_dict(data: dict, source: str = "config", overrides: dict | None = None) -> ZooConfig:
-    """Validate a zoo table (or a scenario holding one under [models]).
-
-    A table with an `architecture` key describes given networks instead: a models.given.GivenZooConfig.
-    """
-    table = dict(data.get("models", data))
-    if "seed" not in table and "seed" in data:
-        table["seed"] = data["seed"]
-    if "name" not in table:
-        table["name"] = data.get("name", Path(source).stem if source.endswith(".toml") else source)
-    table.update(overrides or {})
-    if "architecture" in table:
-        from models.given import given_config_from_table
-
-        return given_config_from_table(table, source)  # type: ignore[return-value]
-    try:
-        return ZooConfig.model_validate(table)
-    except ValidationError as error:
-        raise ConfigError(format_validation(error, source)) from None
-
-
-def load_zoo_config(path: str | Path, **overrides) -> ZooConfig:
-    """ZooConfig from a TOML file (built-in scenarios are resolved by name in `scenarios`)."""
-    data, source = read_zoo_file(path)
-    return zoo_config_from_dict(data, source, {k: v for k, v in overrides.items() if v is not None})

@@ -27,9 +27,9 @@ import torch
 
 import atomic
 from models.config import ConfigError
+from models.experts import Zoo
 from models.given import given_config_from_table, load_given_zoo
 from models.networks import NetworkSpec
-from models.zoo import Zoo
 
 DataFormat = Literal["auto", "imagefolder", "npz"]
 EXPORT_FACTORY = "models.networks:zoo_network"

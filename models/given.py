@@ -38,8 +38,8 @@ from models.data import DataError
 from models.progress import say
 
 if TYPE_CHECKING:
+    from models.experts import Zoo
     from models.networks import NetworkSpec
-    from models.zoo import Zoo
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 FACTORY_PATTERN = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -640,9 +640,9 @@ def given_problems(config: GivenZooConfig) -> list[str]:
 
 def load_given_zoo(config: GivenZooConfig, device: str | torch.device = "auto", progress: bool = True) -> Zoo:
     """The given base and experts as a Zoo: the same fields `prepare_networks` reads from a trained zoo."""
+    from models.experts import Expert, Zoo
     from models.networks import pick_device
     from models.training import accuracy
-    from models.zoo import Expert, Zoo
 
     device = device if isinstance(device, torch.device) else pick_device(device)
     started = time.perf_counter()

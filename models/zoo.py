@@ -11,70 +11,26 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
-from models.cache import ModelCache, Status, config_key
-from models.config import ExpertSpec, ZooConfig
+from models.cache import ModelCache, config_key
+from models.config import ZooConfig
 from models.data import ImageData, adapt_images, load_dataset, select_labels
+from models.experts import Expert, Zoo
 from models.networks import build_network, pick_device
 from models.progress import say
 from models.training import accuracy, train
 
 if TYPE_CHECKING:
-    from models.given import GivenExpertSpec, GivenZooConfig
-
-Provenance = Status | Literal["given"]  # cache status of a trained network, or 'given' (a user's checkpoint)
-
+    from models.given import GivenZooConfig
 
 def derive_seed(seed: int, *tags: str) -> int:
     """Independent, reproducible sub-seed for one named random stream."""
     digest = hashlib.sha256(":".join([str(seed), *tags]).encode()).digest()
     return int.from_bytes(digest[:8], "big") % (2**63)
-
-
-@dataclass
-class Expert:
-    """A fine-tuned expert with its own train and test partitions (already adapted to the network)."""
-
-    spec: ExpertSpec | GivenExpertSpec
-    model: nn.Module
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    accuracy: float
-    cache_path: Path
-    status: Provenance
-    train_seconds: float
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def partition(self) -> str:
-        return self.spec.partition()
-
-
-@dataclass
-class Zoo:
-    config: ZooConfig | GivenZooConfig
-    device: torch.device
-    base: nn.Module
-    base_accuracy: float
-    base_cache_path: Path
-    base_status: Provenance
-    base_train_seconds: float
-    experts: list[Expert] = field(default_factory=list)
-
-    @property
-    def models(self) -> list[nn.Module]:
-        return [e.model for e in self.experts]
 
 
 def _load_adapted(config: ZooConfig) -> dict[str, ImageData]:

@@ -41,7 +41,7 @@ def _deep_update(base: dict, upd: dict) -> dict:
 
 def load_config(scenario: str, seed: int | None, overrides: dict):
     """The scenario's zoo config with ``--set`` overrides applied to its [models] table and a seed."""
-    from models.config import zoo_config_from_dict
+    from models.tables import zoo_config_from_dict
     from scenarios.schema import read_toml
 
     data, source = read_toml(scenario)

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from models.cache import ModelCache, config_key
-from models.config import ConfigError, load_zoo_config, zoo_config_from_dict
+from models.config import ConfigError
 from models.networks import NetworkSpec, build_network
+from models.tables import load_zoo_config, zoo_config_from_dict
 from models.zoo import build_zoo
 from tests.conftest import tiny_zoo_config
 

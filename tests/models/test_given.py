@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from models.config import ConfigError, zoo_config_from_dict
+from models.config import ConfigError
 from models.given import (
     GivenArchitecture,
     GivenZooConfig,
@@ -31,6 +31,7 @@ from models.given import (
     rebuild_network,
 )
 from models.networks import NetworkSpec, build_network
+from models.tables import zoo_config_from_dict
 from scenarios.cli import cli
 from scenarios.schema import scenario_from_dict
 
@@ -158,7 +159,7 @@ def _reference_inputs(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reference_zoo(root: Path):
-    from models.zoo import Expert, Zoo
+    from models.experts import Expert, Zoo
 
     def net(path: Path) -> torch.nn.Module:
         state = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, weights_only=True)
