@@ -140,9 +140,10 @@ def physical_table(calibration: Any, device: str, pass_ms: float) -> dict[str, A
     """What a served run adds to a point's sim table besides service times: the server's per-task work beside
     the pass (`Calibration.work_beside_pass_ms` at the experts' isolated pass `pass_ms`; no straggle stretches it:
     a testbed server holds a straggler (f - 1) x its forward pass, not x its bookkeeping), the measured one-way
-    delays, finish-the-pass cancels and the cores (left by the dispatcher, filled in per point by
-    `with_served_cores`), time-sliced in the measured quantum, servers computing side by side slowed as the
-    calibration measured for a network whose isolated pass is `pass_ms` (on a CPU)."""
+    delays, finish-the-pass cancels and the cores (less the dispatcher's steady share, filled in per point by
+    `with_served_cores`), time-sliced in the measured quantum with the dispatcher's CPU per task run on them ahead
+    of the servers, servers computing side by side slowed as the calibration measured for a network whose
+    isolated pass is `pass_ms` (on a CPU)."""
     service: dict[str, Any] = {"cancel_in_service": "finish_pass",
                                "overhead_ms": calibration.work_beside_pass_ms(pass_ms),
                                "cores": 1.0 if device.startswith("cuda") else float(calibration.server_cores(0.0))}
@@ -317,12 +318,13 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
         return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
     if served_passes:
         meaning = ("predicted served latency: the networks' own passes and one-way delays served under traffic "
-                   "(served_profile.csv) + this machine's serving calibration (per-task serving cost, cores left by "
-                   "the dispatcher, time slicing, co-running slowdown)")
+                   "(served_profile.csv) + this machine's serving calibration (per-task serving cost, the "
+                   "dispatcher's CPU per task run on the cores ahead of the servers, time slicing, co-running "
+                   "slowdown)")
     else:
         meaning = ("predicted served latency: isolated profile + this machine's serving calibration (per-task "
-                   "serving cost, one-way delays under traffic, cores left by the dispatcher, time slicing, "
-                   "co-running slowdown, what serving traffic adds to a pass)")
+                   "serving cost, one-way delays under traffic, the dispatcher's CPU per task run on the cores ahead "
+                   "of the servers, time slicing, co-running slowdown, what serving traffic adds to a pass)")
     out = {"name": "served", "meaning": meaning,
            "calibration": {"path": str(path) if path is not None else None, **brief(calibration, pass_ms)}}
     if served_passes:
