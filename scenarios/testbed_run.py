@@ -197,9 +197,13 @@ def in_situ_service(tasks: pd.DataFrame, names: list[str], fallback: dict[str, n
 def pin_hedge_delays(config: Any, plans: list[Any]) -> Any:
     """The same hedge delays, in ms, as the testbed served with: a delay given as a percentile ('p95') is of the
     service times of the profile the testbed's plan was made from, and must not move with the variant's own."""
+    return pin_delays(config, {plan.name: plan.delay_ms for plan in plans})
+
+
+def pin_delays(config: Any, delays: dict[str, Any]) -> Any:
+    """The config with each named policy's hedge delay set to the given ms per expert (None or absent: as it is)."""
     from sim.config import PolicySpec
 
-    delays = {plan.name: plan.delay_ms for plan in plans}
     policies = tuple(PolicySpec.model_validate({**p.model_dump(), "delay_ms": tuple(delays[p.name])})
                      if delays.get(p.name) is not None else p for p in config.policies)
     return config.model_copy(update={"policies": policies})
@@ -800,7 +804,6 @@ def resimulate(folder: Path, quiet: bool = False) -> Path:
     from calibration import load_calibration
     from calibration.passes import read_served_profile
     from scenarios.schema import ScenarioError, scenario_from_dict
-    from sim.config import PolicySpec
 
     needed = [SCENARIO, PROFILE, CALIBRATION, "testbed.parquet", "testbed_tasks.parquet"]
     if missing := [name for name in needed if not (folder / name).is_file()]:
@@ -823,13 +826,9 @@ def resimulate(folder: Path, quiet: bool = False) -> Path:
     rows: list[dict[str, Any]] = []
     for index, (values, config) in enumerate(points):
         coords = {axis_column(a): v for a, v in values.items()}
-        policies = []
-        for spec in config.policies:
-            delays = served_hedge_delays(tasks[tasks["point"] == index], measured[measured["point"] == index],
-                                         spec.name, config.n_experts) if spec.delay_ms is not None else None
-            policies.append(spec if delays is None else PolicySpec.model_validate(
-                {**spec.model_dump(), "delay_ms": delays}))
-        config = config.model_copy(update={"policies": tuple(policies)})
+        at = (tasks[tasks["point"] == index], measured[measured["point"] == index])
+        config = pin_delays(config, {spec.name: served_hedge_delays(*at, spec.name, config.n_experts)
+                                     for spec in config.policies if spec.delay_ms is not None})
         say(f"resimulate: point {index + 1}/{len(points)} {coords}", not quiet)
         simulated, _ = run_point(config, scenario.seed, facts.answers)
         rows += fidelity_rows(index, coords, "predicted", simulated, measured[measured["point"] == index],

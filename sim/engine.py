@@ -475,7 +475,6 @@ class FastEngine:
             raise ValueError("the dispatcher's CPU work (service.dispatcher) needs time slicing (service.quantum_ms)")
         self.disp_end = 0.0  # when the dispatcher's work so far is done (it holds a slot until then)
         self.disp_on = False
-        self.disp_ev: Due | None = None
         self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
         if self.net and self.batching:
             raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
@@ -673,19 +672,18 @@ class FastEngine:
         arrival order), taking a free slot or, with none free, the slot of the server that took its own last."""
         if ms <= 0:
             return
-        now = self.env.now
-        if self.disp_on:
+        if self.disp_on:  # its end event, when it comes, finds the longer backlog and waits for it
             self.disp_end += ms
+            return
+        now = self.env.now
+        self.disp_on = True
+        self.disp_end = now + ms
+        if self.free_slots:
+            self.free_slots -= 1
+            self._reslot(now, None)
         else:
-            self.disp_on = True
-            self.disp_end = now + ms
-            if self.free_slots:
-                self.free_slots -= 1
-                self._reslot(now, None)
-            else:
-                self._preempt_holder(now)
-        ev = self.disp_ev = Due(self._dispatcher_done)  # the previous end goes stale
-        self.env.at(self.disp_end, ev)
+            self._preempt_holder(now)
+        self.env.at(self.disp_end, Due(self._dispatcher_done))
 
     def _preempt_holder(self, now: float) -> None:
         """The dispatcher takes the slot of the server that took its slot last: that server's work so far is done,
@@ -700,11 +698,11 @@ class FastEngine:
         if len(self.runq) == 1:
             self._arm_holders()
 
-    def _dispatcher_done(self, ev: Due) -> None:
-        if ev is not self.disp_ev:
+    def _dispatcher_done(self, _ev: Due) -> None:
+        if self.disp_end > self.env.now:  # work came in meanwhile: one event per busy spell, not per item
+            self.env.at(self.disp_end, Due(self._dispatcher_done))
             return
         self.disp_on = False
-        self.disp_ev = None
         self._give_slot()
 
     def _reslot(self, now: float, skip: _Server | None) -> None:
