@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from policies.codes import HOW
 from sim import SimConfig, simulate
-from sim.plan import HOW
 
 
 def solve_missing(expert_outs: np.ndarray, coded_outs: np.ndarray, matrix: np.ndarray, missing: list[int],

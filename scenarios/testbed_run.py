@@ -34,6 +34,7 @@ import pandas as pd
 
 import atomic
 from models.progress import say
+from policies.codes import BACKUP, CODED, host_name
 from resultschema import CALIBRATION, PROFILE, SCENARIO, SERVED_PROFILE, SUMMARY
 from scenarios import served as served_model
 from scenarios.networks import backup_network, save_networks, served_networks
@@ -75,7 +76,7 @@ def policy_of(plan: Any, backup_net: int | None = None) -> Any:
 
 def host_names(hosts: tuple[int, ...]) -> list[str]:
     """The simulator-join's names of what each server hosts ('0'..'N-1', 'coded', 'spare', 'backup')."""
-    return [str(h) if h >= 0 else {-1: "coded", -2: "spare", -3: "backup"}[h] for h in hosts]
+    return [host_name(h) for h in hosts]
 
 
 def workload_of(draws: Any, offsets: np.ndarray, mode: str) -> Any:
@@ -93,7 +94,7 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
     answer is the generalist's own output from the backup server, undecoded, as `AnswerTables.backup_answers`
     judges it)?"""
     n_experts = answers.n_experts
-    coded_servers = [s for s, h in enumerate(hosts) if h == -1]
+    coded_servers = [s for s, h in enumerate(hosts) if h == CODED]
     model = records["model"].to_numpy()
     rows = records["row"].to_numpy()
     labels = answers.labels[rows]
@@ -104,7 +105,7 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
     if by_backup.any():
         index = np.flatnonzero(by_backup)
         server = np.array([int(m).bit_length() - 1 for m in masks[index]])  # the one backup server that answered
-        if not all(hosts[s] == -3 for s in server) or (masks[index] != 1 << server).any():
+        if not all(hosts[s] == BACKUP for s in server) or (masks[index] != 1 << server).any():
             raise ValueError("testbed: a backup answer must come from exactly one backup server")
         pred = answers.generalist_answers(outputs[index, server].astype(np.float64), model[index])
         correct[index] = pred == labels[index]

@@ -9,16 +9,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from policies.codes import BACKUP, CODED, HOW, SPARE, host_name
 from sim.config import MAX_SERVERS, SimConfig, parse_config
 from sim.draws import Draws, draw
 from sim.engine import FastEngine, RunOutput
 from sim.errors import SimConfigError
-from sim.layout import BACKUP, CODED, SPARE
-from sim.plan import HOW, Plan, make_plan
+from sim.plan import Plan, make_plan
 from sim.stats import across_replications, latency_summary
 
 Engine = Literal["fast", "reference"]
-HOST_NAMES = {CODED: "coded", SPARE: "spare", BACKUP: "backup"}  # the servers table's name of a non-expert host
 
 
 @dataclass
@@ -134,7 +133,7 @@ def simulate(
                 {
                     "policy": plan.name,
                     "server": np.arange(plan.n_servers),
-                    "hosts": [HOST_NAMES.get(h, str(h)) for h in plan.hosts],
+                    "hosts": [host_name(h) for h in plan.hosts],
                     "busy_ms": out.busy_ms,
                     "utilization_pct": out.busy_ms / out.end_ms * 100,
                     "cancelled_ms": out.cancelled_ms,

@@ -15,21 +15,11 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from scipy.special import ndtri
 
+from policies import RULES
+from policies.codes import SPARE
 from sim.errors import SimConfigError
 from sim.layout import check_stability
 
-POLICY_KINDS = ("uncoded", "replication", "hedged", "coded", "backup")
-DISPATCH = {
-    "uncoded": ("direct",),
-    "replication": ("redundant", "jsq", "pool"),
-    "hedged": ("hedged",),
-    "coded": ("redundant", "hedged", "sed"),
-    "backup": ("hedged", "redundant"),
-}
-# kinds whose r extra servers do work (every kind but uncoded needs r >= 1)
-EXTRA_SERVER_KINDS = tuple(k for k in POLICY_KINDS if k != "uncoded")
-# (kind, dispatch) pairs that wait `delay_ms` before sending their second path
-DELAYED = {("hedged", "hedged"), ("coded", "hedged"), ("backup", "hedged")}
 DEFAULT_N_QUERIES = 100_000
 MAX_SERVERS = 63  # answer masks are int64 bitmasks with one bit per server
 DEFAULT_SAMPLE_POOL = 1_000_000_000
@@ -506,7 +496,8 @@ class PolicySpec(_Model):
     cancel: cancel outstanding copies once answered (queued ones are dropped, in-service ones preempted).
     """
 
-    kind: Literal["uncoded", "replication", "hedged", "coded", "backup"]
+    kind: str = Field(description="a policy kind of the registry (policies/): uncoded, replication, hedged, coded, "
+                                  "backup, or one registered there")
     name: str | None = None
     dispatch: str | None = None
     delay_ms: float | str | tuple[float, ...] | None = None
@@ -521,16 +512,24 @@ class PolicySpec(_Model):
             return {"kind": v}
         return v
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in RULES:
+            raise ValueError(f"unknown policy kind {v!r} (choose from {', '.join(RULES)})")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> PolicySpec:
-        allowed = DISPATCH[self.kind]
+        rules = RULES[self.kind]  # the registry (policies/): its dispatch rules, the first the default
+        allowed = rules.dispatches
         d = self.dispatch or allowed[0]
         if d not in allowed:
             raise ValueError(f"policy {self.kind!r}: unknown dispatch {d!r} (choose from {', '.join(allowed)})")
         object.__setattr__(self, "dispatch", d)
         if self.name is None:
             object.__setattr__(self, "name", self.kind if d == allowed[0] else f"{self.kind}-{d}")
-        needs_delay = (self.kind, d) in DELAYED
+        needs_delay = d in rules.delayed  # waits delay_ms before its second path
         if needs_delay:
             dl = self.delay_ms if self.delay_ms is not None else "p95"
             if isinstance(dl, str):
@@ -614,7 +613,7 @@ class SimConfig(_Model):
         if len(set(names)) != len(names):
             raise ValueError(f"policy names must be unique (got {names}); set `name` to tell variants apart")
         for p in self.policies:
-            if p.kind in EXTRA_SERVER_KINDS and self.r == 0:
+            if RULES[p.kind].extra_host != SPARE and self.r == 0:  # its r extra servers do work
                 raise ValueError(f"policy {p.name!r} needs r >= 1 extra servers")
             if isinstance(p.replica_of, tuple):
                 if len(p.replica_of) != self.r or any(m < 0 or m >= n for m in p.replica_of):

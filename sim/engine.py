@@ -18,21 +18,11 @@ from typing import Any
 import numpy as np
 from simpy.events import Timeout
 
+from policies import rules_for
+from policies.codes import BACKUP, CODED, HOW_DIRECT, HOW_REPLICA, ROLE_DIRECT
 from sim.clock import Clock, Due
 from sim.draws import EPISODES, FAILURES, Draws, Timeline, stream
-from sim.layout import BACKUP, CODED
-from sim.plan import (
-    HOW_BACKUP,
-    HOW_DECODED,
-    HOW_DIRECT,
-    HOW_HEDGE,
-    HOW_REPLICA,
-    ROLE_BACKUP,
-    ROLE_DIRECT,
-    ROLE_GROUP,
-    ROLE_HEDGE,
-    Plan,
-)
+from sim.plan import Plan
 
 
 @dataclass
@@ -478,12 +468,11 @@ class FastEngine:
         self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
         if self.net and self.batching:
             raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
+        self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)
         inline = not self.batching and not self.net and self.disp is None  # sends and answers need no hooks
-        self.uncoded = plan.kind == "uncoded" and inline
+        self.uncoded = plan.kind == "uncoded" and inline  # the uncoded rules, inlined on the hot path
         # routed queries that only ever get one task (no copies to cancel, any completion answers)
-        self.single_task = inline and (
-            self.uncoded or (plan.kind == "replication" and plan.dispatch in ("jsq", "pool"))
-        )
+        self.single_task = inline and self.rules.one_task_routed
         self.out = plan.out_ms.ravel().tolist() if plan.out_ms is not None else None  # flat: [qid * S + server]
         self.back = plan.back_ms.ravel().tolist() if plan.back_ms is not None else None
         self.S = plan.n_servers
@@ -504,13 +493,14 @@ class FastEngine:
         for st in self.stations:
             st.single = st.servers[0] if len(st.servers) == 1 else None
             st.mean_ms = float(np.mean([plan.mean_ms[s.idx] for s in st.servers])) / len(st.servers)
-        self.hosts_st = [[self.stations[k] for k in plan.host_stations(i)] for i in range(self.N)]
-        self.coded_st = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == CODED]
-        self.backup_st = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == BACKUP]
-        self.expert_st = [self.stations[plan.station_of[i]] for i in range(self.N)]
+        # the policy's view of the system (policies.Serving): targets are stations
+        self.n_experts, self.fanout, self.delay_ms = self.N, plan.fanout, plan.delay_ms
+        self.hosts = [[self.stations[k] for k in plan.host_stations(i)] for i in range(self.N)]
+        self.coded = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == CODED]
+        self.backups = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == BACKUP]
+        self.experts = [self.stations[plan.station_of[i]] for i in range(self.N)]
         self.arr = draws.arrival_ms.tolist()
         self.models = draws.model.tolist()
-        self.delay = plan.delay_ms
         n, S = self.n, plan.n_servers
         self.finish_ms = [0.0] * n
         self.how = [0] * n
@@ -549,7 +539,7 @@ class FastEngine:
 
         ev.callbacks.append(toggle)  # type: ignore[union-attr]
 
-    def _send(self, q: _Query, st: _Station, role: int) -> None:
+    def send(self, q: _Query, st: _Station, role: int) -> None:
         t = _Task(q, st, role)
         q.tasks.append(t)
         self.ntask[q.qid] += 1
@@ -817,7 +807,7 @@ class FastEngine:
         if self.live == 0 and self.n_done == self.n and not self.finishing:
             self.stop = True
 
-    def _answer(self, q: _Query, how: int, mask: int) -> None:
+    def answer(self, q: _Query, how: int, mask: int) -> None:
         q.done = True
         qid = q.qid
         self.finish_ms[qid] = self.env.now
@@ -857,9 +847,9 @@ class FastEngine:
         m = self.models[k]
         q = _Query(k, m)
         if m < 0:
-            self._ensemble(q)
+            self.rules.ensemble(q)
         elif self.uncoded:  # the hot single-task path: _send() and submit() inlined
-            st = self.expert_st[m]
+            st = self.experts[m]
             t = _Task(q, st, ROLE_DIRECT)
             self.ntask[k] = 1
             self.live += 1
@@ -870,190 +860,32 @@ class FastEngine:
             else:
                 st.queue.append(t)
         else:
-            self._route(q)
+            self.rules.routed(q)
 
-    def _route(self, q: _Query) -> None:
-        i, kind, d = q.model, self.kind, self.dispatch
-        if kind == "uncoded":
-            self._send(q, self.expert_st[i], ROLE_DIRECT)
-        elif kind == "replication":
-            hs = self.hosts_st[i]
-            if d == "redundant":
-                for st in hs:
-                    self._send(q, st, ROLE_DIRECT)
-            else:  # jsq (ties -> expert's own server) or pool (one shared station)
-                best = hs[0]
-                for st in hs:
-                    if st.n_live < best.n_live:
-                        best = st
-                self._send(q, best, ROLE_DIRECT)
-        elif kind == "hedged":
-            self._send(q, self.expert_st[i], ROLE_DIRECT)
-            if len(self.hosts_st[i]) > 1:
-                Timeout(self.env, self.delay[i], q).callbacks.append(self._hedge)  # type: ignore
-        elif kind == "backup":
-            self._send(q, self.expert_st[i], ROLE_DIRECT)
-            if d == "redundant":
-                self._send(q, self._backup_pick(), ROLE_BACKUP)
-            else:  # hedged
-                Timeout(self.env, self.delay[i], q).callbacks.append(self._hedge)  # type: ignore
-        else:  # coded
-            if d == "redundant":
-                self._send(q, self.expert_st[i], ROLE_DIRECT)
-                self._group(q)
-            elif d == "hedged":
-                self._send(q, self.expert_st[i], ROLE_DIRECT)
-                Timeout(self.env, self.delay[i], q).callbacks.append(self._hedge)  # type: ignore
-            else:  # sed: only the path with the shorter expected delay
-                own = self.expert_st[i]
-                e_direct = (own.n_live + 1) * own.mean_ms
-                e_group = 0.0
-                for j, st in enumerate(self.expert_st):
-                    if j != i:
-                        e_group = max(e_group, (st.n_live + 1) * st.mean_ms)
-                for st in self._coded_pick():
-                    e_group = max(e_group, (st.n_live + 1) * st.mean_ms)
-                if e_group < e_direct:
-                    self._group(q)
-                else:
-                    self._send(q, own, ROLE_DIRECT)
+    # ------------------------------------------------------------------- the policy's view (policies.Serving)
+    def load(self, st: _Station) -> int:
+        return st.n_live
 
-    def _coded_pick(self) -> list[_Station]:
-        """The `fanout` least-loaded coded stations (ties -> lower index)."""
-        cs = self.coded_st
-        f = self.plan.fanout
-        if f >= len(cs):
-            return cs
-        return sorted(cs, key=lambda st: (st.n_live, st.idx))[:f]
+    def expected_ms(self, st: _Station) -> float:
+        return (st.n_live + 1) * st.mean_ms
 
-    def _backup_pick(self) -> _Station:
-        """The backup station with the fewest live tasks (ties -> lower index)."""
-        best = self.backup_st[0]
-        for st in self.backup_st:
-            if st.n_live < best.n_live:
-                best = st
-        return best
+    def index(self, st: _Station) -> int:
+        return st.idx
 
-    def _group(self, q: _Query) -> None:
-        for j, st in enumerate(self.expert_st):
-            if j != q.model:
-                self._send(q, st, ROLE_GROUP)
-        for st in self._coded_pick():
-            self._send(q, st, ROLE_GROUP)
+    def hedge_after(self, q: _Query, delay_ms: float) -> None:
+        Timeout(self.env, delay_ms, q).callbacks.append(self._hedge)  # type: ignore[union-attr]
 
     def _hedge(self, ev: Timeout) -> None:
-        q: _Query = ev._value  # type: ignore[assignment]
-        if q.done:
-            return
-        if self.kind == "backup":  # one copy to a backup answers a routed or an ensemble query alike
-            self._send(q, self._backup_pick(), ROLE_BACKUP)
-            return
-        if self.kind == "coded":
-            if q.model >= 0:
-                self._group(q)
-            else:
-                for st in self.coded_st:
-                    self._send(q, st, ROLE_GROUP)
-            return
-        models = [q.model] if q.model >= 0 else [m for m in range(self.N) if not (q.cover >> m) & 1]
-        for m in models:
-            reps = self.hosts_st[m][1:]
-            if reps:
-                best = reps[0]
-                for st in reps:
-                    if st.n_live < best.n_live:
-                        best = st
-                self._send(q, best, ROLE_HEDGE)
-
-    def _ensemble(self, q: _Query) -> None:
-        kind, d = self.kind, self.dispatch
-        if kind == "uncoded":
-            for i in range(self.N):
-                self._send(q, self.expert_st[i], ROLE_DIRECT)
-        elif kind == "replication":
-            for i in range(self.N):
-                hs = self.hosts_st[i]
-                if d == "redundant":
-                    for st in hs:
-                        self._send(q, st, ROLE_DIRECT)
-                else:
-                    best = hs[0]
-                    for st in hs:
-                        if st.n_live < best.n_live:
-                            best = st
-                    self._send(q, best, ROLE_DIRECT)
-        elif kind == "hedged":
-            for i in range(self.N):
-                self._send(q, self.expert_st[i], ROLE_DIRECT)
-            Timeout(self.env, max(self.delay), q).callbacks.append(self._hedge)  # type: ignore
-        elif kind == "backup":
-            for i in range(self.N):
-                self._send(q, self.expert_st[i], ROLE_DIRECT)
-            if d == "redundant":
-                self._send(q, self._backup_pick(), ROLE_BACKUP)
-            else:
-                Timeout(self.env, max(self.delay), q).callbacks.append(self._hedge)  # type: ignore
-        else:
-            if d == "redundant":
-                for st in self.stations:
-                    self._send(q, st, ROLE_GROUP)
-            elif d == "hedged":
-                for i in range(self.N):
-                    self._send(q, self.expert_st[i], ROLE_GROUP)
-                Timeout(self.env, max(self.delay), q).callbacks.append(self._hedge)  # type: ignore
-            else:  # sed: the N stations with the shortest expected delay
-                order = sorted(self.stations, key=lambda st: ((st.n_live + 1) * st.mean_ms, st.idx))
-                for st in order[: self.N]:
-                    self._send(q, st, ROLE_GROUP)
+        q: _Query = ev.value
+        if not q.done:
+            self.rules.hedge(q)
 
     # -------------------------------------------------------------------------------------- completion
     def complete(self, task: _Task, srv: _Server) -> None:
         if self.disp is not None:  # the dispatcher takes the output in
             self._dispatcher_work(self.disp[1])
-        q = task.q
-        if q.done:
-            return  # uncancelled leftover copy
-        bit = 1 << srv.idx
-        if q.model >= 0:
-            if self.kind == "coded":
-                if task.role == ROLE_DIRECT:
-                    self._answer(q, HOW_DIRECT, bit)
-                else:
-                    q.got += 1
-                    q.mask |= bit
-                    if q.got >= self.N:
-                        self._answer(q, HOW_DECODED, q.mask)
-            elif task.role == ROLE_HEDGE:
-                self._answer(q, HOW_HEDGE, bit)
-            elif task.role == ROLE_BACKUP:
-                self._answer(q, HOW_BACKUP, bit)
-            else:
-                self._answer(q, HOW_DIRECT if srv.idx < self.N else HOW_REPLICA, bit)
-            return
-        # ensemble query
-        if self.kind == "coded":
-            q.got += 1
-            q.mask |= bit
-            if srv.host == CODED:
-                q.how = HOW_DECODED
-            if q.got >= self.N:
-                self._answer(q, q.how, q.mask)
-            return
-        if task.role == ROLE_BACKUP:  # the generalist's one output answers the whole ensemble query
-            self._answer(q, HOW_BACKUP, bit)
-            return
-        m = srv.host
-        if (q.cover >> m) & 1:
-            return
-        q.cover |= 1 << m
-        q.got += 1
-        q.mask |= bit
-        if task.role == ROLE_HEDGE:
-            q.how = HOW_HEDGE
-        elif srv.idx >= self.N and q.how == HOW_DIRECT:
-            q.how = HOW_REPLICA
-        if q.got == self.N:
-            self._answer(q, q.how, q.mask)
+        if not task.q.done:  # else an uncancelled leftover copy
+            self.rules.output(task.q, task.role, srv.idx, srv.host)
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self) -> RunOutput:

@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from policies import RULES
+from policies.codes import BACKUP, CODED, SPARE
+from policies.rules import Offered
+
 if TYPE_CHECKING:  # annotations only: config checks stability through this module
     from sim.config import PolicySpec, SimConfig
 
-BACKUP = -3
-SPARE = -2
-CODED = -1
-# what each kind of policy puts on the r extra servers (replication: replicas, see replica_models)
-EXTRA_HOST = {"uncoded": SPARE, "coded": CODED, "backup": BACKUP}
 
 
 @dataclass(frozen=True)
@@ -44,10 +43,8 @@ def replica_models(cfg: SimConfig, spec: PolicySpec) -> list[int]:
 def layout(cfg: SimConfig, spec: PolicySpec) -> Layout:
     n, r = cfg.n_experts, cfg.r
     hosts = list(range(n))
-    if spec.kind in EXTRA_HOST:
-        hosts += [EXTRA_HOST[spec.kind]] * r
-    else:
-        hosts += replica_models(cfg, spec)
+    extra = RULES[spec.kind].extra_host  # what the policy puts on the r extra servers (None: replicas)
+    hosts += replica_models(cfg, spec) if extra is None else [extra] * r
     scale = cfg.service.scale or (1.0,) * (n + r)
     strag = cfg.stragglers
     means = []
@@ -73,35 +70,18 @@ def server_dist(cfg: SimConfig, host: int) -> Any:
     return cfg.service.expert_dist(host)
 
 
-def backup_demand(lam_routed: np.ndarray, lam_ens: float, cap_expert: list[float]) -> float:
-    """The least rate of queries (per ms) the backup servers must answer because the experts cannot.
-
-    Model i's routed queries (rate lam_routed[i]) are answered by expert i or by a backup; an ensemble query
-    (rate lam_ens) by all N experts or by one backup. With a share y of ensemble queries sent to the backups,
-    expert i can keep at most cap_expert[i] of its demand lam_routed[i] + (1 - y) lam_ens and the rest goes to
-    the backups, so the backups need g(y) = Σᵢ max(0, lam_routed[i] + (1 - y) lam_ens - cap_expert[i]) + y lam_ens
-    below the backups' capacity for some y in [0, 1]: min g is what this returns. g is convex and piecewise
-    linear, so its minimum is at y = 0, y = 1 or a kink.
-    """
-    candidates = {0.0, 1.0}
-    if lam_ens > 0:
-        for lam, cap in zip(lam_routed, cap_expert, strict=True):
-            y = 1.0 - (cap - lam) / lam_ens
-            if 0.0 < y < 1.0:
-                candidates.add(y)
-
-    def g(y: float) -> float:
-        return sum(max(0.0, lam + (1 - y) * lam_ens - cap) for lam, cap in zip(lam_routed, cap_expert, strict=True)) \
-            + y * lam_ens
-
-    return min(g(y) for y in candidates)
-
-
 def _availability(cfg: SimConfig, s: int) -> float:
     f = cfg.stragglers.failures
     if f is None or (cfg.stragglers.servers is not None and s not in cfg.stragglers.servers):
         return 1.0
     return f.availability()
+
+
+def _offered(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> Offered:
+    """The policy's servers and the mean traffic offered to them, as the policy's capacity rules read them."""
+    tr = cfg.traffic
+    routed = tr.routed_rate() * tr.mean_shares(cfg.n_experts)
+    return Offered(str(spec.name), lay.hosts, [float(x) for x in routed], float(tr.ensemble_rate_per_ms))
 
 
 def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:
@@ -123,15 +103,9 @@ def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:
     per_server = [on_core(s) for s in range(len(lay.hosts))]
     routed = cfg.traffic.routed_rate() * cfg.traffic.mean_shares(n)
 
-    def least(i: int) -> float:  # the cheapest way a routed query for model i can be answered
-        own = min(per_server[s] for s in lay.servers_of(i))
-        if spec.kind == "backup":
-            return min(own, *per_server[n:])
-        if spec.kind == "coded":  # decoded: N outputs of the other experts and the coded servers
-            return min(own, sum(sorted(per_server[:i] + per_server[i + 1:])[:n]))
-        return own
-
-    work = sum(routed[i] * least(i) for i in range(n))
+    rules, offered = RULES[spec.kind], _offered(cfg, spec, lay)
+    # each routed query at the cheapest answer its policy allows
+    work = sum(routed[i] * rules.least_work_ms(offered, i, per_server) for i in range(n))
     work += cfg.traffic.ensemble_rate_per_ms * sum(sorted(per_server)[:n])
     effective = cfg.service.effective_cores()
     if not work < effective:
@@ -151,8 +125,6 @@ def check_stability(cfg: SimConfig) -> str | None:
     tr = cfg.traffic
     if tr.kind == "trace":
         return None
-    n = cfg.n_experts
-    lam = tr.routed_rate() * tr.mean_shares(n) + tr.ensemble_rate_per_ms
     for spec in cfg.policies:
         lay = layout(cfg, spec)
         problem = _cores_problem(cfg, spec, lay)
@@ -163,29 +135,7 @@ def check_stability(cfg: SimConfig) -> str | None:
         cap = [
             boost * _availability(cfg, s) / m if np.isfinite(m) and m > 0 else 0.0 for s, m in enumerate(lay.mean_ms)
         ]
-        if spec.kind == "backup":
-            # the backups take what the experts cannot: a necessary condition whatever the dispatch rule
-            routed = tr.routed_rate() * tr.mean_shares(n)
-            cap_backup = sum(cap[n:])
-            left = backup_demand(routed, tr.ensemble_rate_per_ms, cap[:n])
-            if left > 0 and not left < cap_backup:
-                return (f"policy {spec.name!r}: the experts leave at least {left:.4g}/ms of queries to the backup, "
-                        f"but its {cfg.r} server(s) serve at most {cap_backup:.4g}/ms")
-            continue
-        if spec.kind == "coded":
-            # every routed query needs >= 1 task, every ensemble query >= N tasks of the N + r servers
-            work = sum(tr.routed_rate() * tr.mean_shares(n)[i] * lay.mean_ms[i] for i in range(n))
-            work += tr.ensemble_rate_per_ms * sum(sorted(lay.mean_ms)[:n])
-            if not work < sum(c * m for c, m in zip(cap, lay.mean_ms, strict=True)):
-                return f"policy {spec.name!r}: offered work {work:.3g} >= {n + cfg.r} servers"
-            continue
-        for i in range(n):
-            hosts = lay.servers_of(i)
-            c = sum(cap[s] for s in hosts)
-            if not lam[i] < c:
-                rho = lam[i] * lay.mean_ms[i]
-                return (
-                    f"policy {spec.name!r}: model {i} gets {lam[i]:.4g}/ms but its {len(hosts)} server(s) "
-                    f"serve at most {c:.4g}/ms (load {rho:.3g})"
-                )
+        problem = RULES[spec.kind].capacity_problem(_offered(cfg, spec, lay), cap, lay.mean_ms)
+        if problem:
+            return problem
     return None

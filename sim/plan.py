@@ -11,15 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from resultschema import ANSWER_KINDS
+from policies import RULES
 from sim.config import PolicySpec, SimConfig
 from sim.draws import Draws
 from sim.layout import layout, server_dist
-
-ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP, ROLE_BACKUP = 0, 1, 2, 3, 4
-# how a query was answered; a new kind goes at the end (records store the index)
-HOW = ANSWER_KINDS
-HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED, HOW_BACKUP = range(5)
 
 
 @dataclass
@@ -95,7 +90,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
     finish_pass = cfg.service.cancel_in_service == "finish_pass"
     stall = cfg.service.cores is not None and cfg.stragglers.hold == "stall"
     of_pass = cfg.stragglers.extra_of == "pass"
-    if spec.kind == "replication" and spec.dispatch == "pool":
+    if spec.dispatch in RULES[spec.kind].pooled:  # an expert's servers share one queue (one station)
         stations = [[s for s, h in enumerate(lay.hosts) if h == i] for i in range(n)]
     else:
         stations = [[s] for s in range(s_tot)]

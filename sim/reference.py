@@ -19,21 +19,11 @@ from typing import Any
 import numpy as np
 import simpy
 
+from policies import rules_for
+from policies.codes import BACKUP, CODED, HOW_DIRECT
 from sim.draws import EPISODES, Draws, Timeline, stream
 from sim.engine import RunOutput
-from sim.layout import BACKUP, CODED
-from sim.plan import (
-    HOW_BACKUP,
-    HOW_DECODED,
-    HOW_DIRECT,
-    HOW_HEDGE,
-    HOW_REPLICA,
-    ROLE_BACKUP,
-    ROLE_DIRECT,
-    ROLE_GROUP,
-    ROLE_HEDGE,
-    Plan,
-)
+from sim.plan import Plan
 
 
 class _Q:
@@ -41,6 +31,7 @@ class _Q:
         self.qid, self.model, self.done = qid, model, done
         self.got, self.mask, self.cover, self.how = 0, 0, 0, HOW_DIRECT
         self.copies: list[Any] = []  # copy processes, or _Tickets when batching
+        self.hedge_ms: float | None = None  # the hedge timer the policy armed on arrival
 
 
 class _Ticket:
@@ -74,6 +65,11 @@ class ReferenceEngine:
         self.coded = [plan.station_of[s] for s, h in enumerate(plan.hosts) if h == CODED]
         self.backups = [plan.station_of[s] for s, h in enumerate(plan.hosts) if h == BACKUP]
         self.hosts = [plan.host_stations(i) for i in range(self.N)]
+        # the rest of the policy's view (policies.Serving): targets are station indices
+        self.n_experts, self.dispatch, self.fanout, self.delay_ms = self.N, plan.dispatch, plan.fanout, plan.delay_ms
+        self.experts = [plan.station_of[i] for i in range(self.N)]
+        self.stations = list(range(len(plan.stations)))
+        self.rules = rules_for(plan.kind)(self)
         n, S = draws.n, plan.n_servers
         self.out = {
             "finish": np.zeros(n),
@@ -192,46 +188,14 @@ class ReferenceEngine:
             self.cancelled[srv] += dt
 
     def _result(self, q: _Q, srv: int, role: int) -> None:
-        bit, host, N = 1 << srv, self.plan.hosts[srv], self.N
-        if role == ROLE_BACKUP:  # the generalist answers a routed or an ensemble query on its own
-            return self._answer(q, HOW_BACKUP, bit)
-        if q.model >= 0:
-            if self.plan.kind == "coded":
-                if role == ROLE_DIRECT:
-                    return self._answer(q, HOW_DIRECT, bit)
-                q.got += 1
-                q.mask |= bit
-                if q.got >= N:
-                    self._answer(q, HOW_DECODED, q.mask)
-                return
-            how = HOW_HEDGE if role == ROLE_HEDGE else (HOW_DIRECT if srv < N else HOW_REPLICA)
-            return self._answer(q, how, bit)
-        if self.plan.kind == "coded":
-            q.got += 1
-            q.mask |= bit
-            if host == CODED:
-                q.how = HOW_DECODED
-            if q.got >= N:
-                self._answer(q, q.how, q.mask)
-            return
-        if (q.cover >> host) & 1:
-            return
-        q.cover |= 1 << host
-        q.got += 1
-        q.mask |= bit
-        if role == ROLE_HEDGE:
-            q.how = HOW_HEDGE
-        elif srv >= N and q.how == HOW_DIRECT:
-            q.how = HOW_REPLICA
-        if q.got == N:
-            self._answer(q, q.how, q.mask)
+        self.rules.output(q, role, srv, self.plan.hosts[srv])
 
-    def _answer(self, q: _Q, how: int, mask: int) -> None:
+    def answer(self, q: _Q, how: int, mask: int) -> None:
         o = self.out
         o["finish"][q.qid], o["how"][q.qid], o["mask"][q.qid] = self.env.now, how, mask
         q.done.succeed()
 
-    def _send(self, q: _Q, st: int, role: int) -> None:
+    def send(self, q: _Q, st: int, role: int) -> None:
         self.out["ntask"][q.qid] += 1
         if self.batching:
             t = _Ticket(q, role)
@@ -241,93 +205,30 @@ class ReferenceEngine:
             return
         q.copies.append(self.env.process(self._copy(q, st, role)))
 
-    def _jsq(self, stations: list[int]) -> int:
-        return min(stations, key=lambda s: (self._load(s), stations.index(s)))
+    # ------------------------------------------------------------------- the policy's view (policies.Serving)
+    def load(self, st: int) -> int:
+        return self._load(st)
 
-    def _group(self, q: _Q) -> None:
-        for j in range(self.N):
-            if j != q.model:
-                self._send(q, self.plan.station_of[j], ROLE_GROUP)
-        for st in self._coded_pick():
-            self._send(q, st, ROLE_GROUP)
+    def expected_ms(self, st: int) -> float:
+        return self._ed(st)
 
-    def _coded_pick(self) -> list[int]:
-        return sorted(self.coded, key=lambda s: (self._load(s), s))[: self.plan.fanout]
+    def index(self, st: int) -> int:
+        return st
 
-    def _replicate(self, q: _Q, i: int) -> None:
-        """Model i's work under replication: a copy to every host (redundant) or to the shortest queue (jsq)."""
-        if self.plan.dispatch == "redundant":
-            for st in self.hosts[i]:
-                self._send(q, st, ROLE_DIRECT)
-        else:
-            self._send(q, self._jsq(self.hosts[i]), ROLE_DIRECT)
+    def hedge_after(self, q: _Q, delay_ms: float) -> None:
+        q.hedge_ms = delay_ms  # the query's process waits for it after the arrival rules ran
 
     def _query(self, k: int, model: int) -> Generator[Any, Any, None]:
-        env, plan, N = self.env, self.plan, self.N
+        env, plan = self.env, self.plan
         q = _Q(k, model, env.event())
-        kind, d = plan.kind, plan.dispatch
-        hedge_after: float | None = None
         if model >= 0:
-            i = model
-            if kind == "uncoded":
-                self._send(q, i, ROLE_DIRECT)
-            elif kind == "replication":
-                self._replicate(q, i)
-            elif kind == "hedged":
-                self._send(q, i, ROLE_DIRECT)
-                if len(self.hosts[i]) > 1:
-                    hedge_after = plan.delay_ms[i]  # type: ignore[index]
-            elif kind == "backup":
-                self._send(q, i, ROLE_DIRECT)
-                if d == "redundant":
-                    self._send(q, self._jsq(self.backups), ROLE_BACKUP)
-                else:
-                    hedge_after = plan.delay_ms[i]  # type: ignore[index]
-            elif d == "redundant":
-                self._send(q, i, ROLE_DIRECT)
-                self._group(q)
-            elif d == "hedged":
-                self._send(q, i, ROLE_DIRECT)
-                hedge_after = plan.delay_ms[i]  # type: ignore[index]
-            else:
-                e_group = max([self._ed(j) for j in range(N) if j != i] + [self._ed(s) for s in self._coded_pick()])
-                if e_group < self._ed(i):
-                    self._group(q)
-                else:
-                    self._send(q, i, ROLE_DIRECT)
+            self.rules.routed(q)
         else:
-            if kind == "uncoded":
-                for i in range(N):
-                    self._send(q, i, ROLE_DIRECT)
-            elif kind == "replication":
-                for i in range(N):
-                    self._replicate(q, i)
-            elif kind == "hedged":
-                for i in range(N):
-                    self._send(q, i, ROLE_DIRECT)
-                hedge_after = max(plan.delay_ms)  # type: ignore[arg-type]
-            elif kind == "backup":
-                for i in range(N):
-                    self._send(q, i, ROLE_DIRECT)
-                if d == "redundant":
-                    self._send(q, self._jsq(self.backups), ROLE_BACKUP)
-                else:
-                    hedge_after = max(plan.delay_ms)  # type: ignore[arg-type]
-            elif d == "redundant":
-                for st in range(len(plan.stations)):
-                    self._send(q, st, ROLE_GROUP)
-            elif d == "hedged":
-                for i in range(N):
-                    self._send(q, i, ROLE_GROUP)
-                hedge_after = max(plan.delay_ms)  # type: ignore[arg-type]
-            else:
-                order = sorted(range(len(plan.stations)), key=lambda s: (self._ed(s), s))
-                for st in order[:N]:
-                    self._send(q, st, ROLE_GROUP)
-        if hedge_after is not None:
-            yield q.done | env.timeout(hedge_after)
+            self.rules.ensemble(q)
+        if q.hedge_ms is not None:
+            yield q.done | env.timeout(q.hedge_ms)
             if not q.done.triggered:
-                self._hedge(q)
+                self.rules.hedge(q)
         yield q.done
         if plan.cancel:
             for p in q.copies:
@@ -335,23 +236,6 @@ class ReferenceEngine:
                     self._cancel_ticket(p)
                 elif p.is_alive:
                     p.interrupt()
-
-    def _hedge(self, q: _Q) -> None:
-        if self.plan.kind == "backup":
-            self._send(q, self._jsq(self.backups), ROLE_BACKUP)
-            return
-        if self.plan.kind == "coded":
-            if q.model >= 0:
-                self._group(q)
-            else:
-                for st in self.coded:
-                    self._send(q, st, ROLE_GROUP)
-            return
-        models = [q.model] if q.model >= 0 else [m for m in range(self.N) if not (q.cover >> m) & 1]
-        for m in models:
-            reps = self.hosts[m][1:]
-            if reps:
-                self._send(q, self._jsq(reps), ROLE_HEDGE)
 
     def run(self) -> RunOutput:
         self.env.process(self._source())

@@ -35,12 +35,10 @@ import numpy as np
 import pandas as pd
 import zmq
 
+from policies import rules_for
+from policies.codes import BACKUP, CODED, HOW, HOW_DIRECT
 from testbed import wire
 
-CODED, SPARE, BACKUP = -1, -2, -3
-ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP, ROLE_BACKUP = 0, 1, 2, 3, 4
-HOW = ("direct", "replica", "hedge", "decoded", "backup")  # the simulator's names, in its order
-HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED, HOW_BACKUP = range(5)
 STATUS = ("done", "dropped_queued", "dropped_in_service")
 
 
@@ -49,7 +47,7 @@ class Policy:
     """One serving policy, in plain values (the simulator's Plan says the same)."""
 
     name: str
-    kind: str  # uncoded | replication | hedged | coded | backup
+    kind: str  # a policy kind of the registry (policies/)
     dispatch: str
     hosts: tuple[int, ...]  # per server: expert index, CODED, SPARE or BACKUP
     n_experts: int
@@ -112,8 +110,9 @@ class Frontend:
 
     def __init__(self, sockets: list[zmq.Socket], policy: Policy, work: Workload, lead_ms: float = 200.0,
                  drain_timeout_s: float = 60.0) -> None:
-        if policy.kind == "replication" and policy.dispatch == "pool":
-            raise ValueError("testbed: replication with dispatch = 'pool' (a shared queue) is not served for real")
+        if policy.dispatch in rules_for(policy.kind).pooled:
+            raise ValueError(f"testbed: {policy.kind} with dispatch = {policy.dispatch!r} (a shared queue) is not "
+                             "served for real")
         if policy.kind == "backup" and (BACKUP not in policy.hosts or policy.dispatch not in ("hedged", "redundant")
                                         or (policy.dispatch == "hedged" and policy.delay_ms is None)):
             raise ValueError("testbed: a backup policy needs backup servers, dispatch hedged (with delay_ms) or "
@@ -124,9 +123,15 @@ class Frontend:
         self.sockets, self.p, self.w = sockets, policy, work
         self.lead_ms, self.drain_timeout_s = lead_ms, drain_timeout_s
         self.N, self.S = policy.n_experts, len(policy.hosts)
-        self.hosts_of = [policy.servers_of(i) for i in range(self.N)]
+        # the policy's view of the servers (policies.Serving): targets are server indices
+        self.n_experts, self.dispatch, self.fanout = self.N, policy.dispatch, policy.fanout
+        self.delay_ms = policy.delay_ms
+        self.experts = list(range(self.N))
+        self.hosts = [policy.servers_of(i) for i in range(self.N)]
         self.coded = [s for s, h in enumerate(policy.hosts) if h == CODED]
         self.backups = [s for s, h in enumerate(policy.hosts) if h == BACKUP]
+        self.stations = list(range(self.S))
+        self.rules = rules_for(policy.kind)(self)
         self.nets = [policy.network_of(s) for s in range(self.S)]
         self.mode = wire.MODES[work.mode]
         self.n_live = [0] * self.S
@@ -161,7 +166,7 @@ class Frontend:
         return (time.perf_counter() - self.zero) * 1000.0
 
     # --------------------------------------------------------------------------------------------- sending
-    def _send(self, q: _Query, s: int, role: int) -> None:
+    def send(self, q: _Query, s: int, role: int) -> None:
         tid = len(self.t_query)
         self.t_query.append(q.qid)
         self.t_server.append(s)
@@ -184,119 +189,21 @@ class Frontend:
         if np.isnan(self.dispatched[q.qid]):
             self.dispatched[q.qid] = sent
 
-    def _least_loaded(self, servers: list[int]) -> int:
-        best = servers[0]
-        for s in servers:
-            if self.n_live[s] < self.n_live[best]:
-                best = s
-        return best
+    # ------------------------------------------------------------------- the policy's view (policies.Serving)
+    def load(self, s: int) -> int:
+        return self.n_live[s]
 
-    def _coded_pick(self) -> list[int]:
-        if self.p.fanout >= len(self.coded):
-            return self.coded
-        return sorted(self.coded, key=lambda s: (self.n_live[s], s))[: self.p.fanout]
-
-    def _backup_pick(self) -> int:
-        """The backup server with the fewest live tasks, ties to the lowest index (the simulator's rule)."""
-        return self._least_loaded(self.backups)
-
-    def _group(self, q: _Query) -> None:
-        for j in range(self.N):
-            if j != q.model:
-                self._send(q, j, ROLE_GROUP)
-        for s in self._coded_pick():
-            self._send(q, s, ROLE_GROUP)
-
-    def _timer(self, q: _Query, delay: float) -> None:
-        heapq.heappush(self.timers, (self.w.arrival_ms[q.qid] + delay, q.qid, q.qid))
-
-    def _expected(self, s: int) -> float:
+    def expected_ms(self, s: int) -> float:
         return (self.n_live[s] + 1) * self.p.mean_ms[s]
 
-    # -------------------------------------------------------------------------------------------- arrivals
-    def _arrive(self, q: _Query) -> None:
-        kind, d, i = self.p.kind, self.p.dispatch, q.model
-        if i < 0:
-            self._ensemble(q)
-        elif kind == "uncoded":
-            self._send(q, i, ROLE_DIRECT)
-        elif kind == "replication":
-            if d == "redundant":
-                for s in self.hosts_of[i]:
-                    self._send(q, s, ROLE_DIRECT)
-            else:
-                self._send(q, self._least_loaded(self.hosts_of[i]), ROLE_DIRECT)
-        elif kind == "hedged":
-            self._send(q, i, ROLE_DIRECT)
-            if len(self.hosts_of[i]) > 1:
-                self._timer(q, self.p.delay_ms[i])
-        elif kind == "backup":
-            self._send(q, i, ROLE_DIRECT)
-            if d == "redundant":
-                self._send(q, self._backup_pick(), ROLE_BACKUP)
-            else:  # hedged
-                self._timer(q, self.p.delay_ms[i])
-        elif d == "redundant":
-            self._send(q, i, ROLE_DIRECT)
-            self._group(q)
-        elif d == "hedged":
-            self._send(q, i, ROLE_DIRECT)
-            self._timer(q, self.p.delay_ms[i])
-        else:  # sed
-            e_group = max([self._expected(j) for j in range(self.N) if j != i]
-                          + [self._expected(s) for s in self._coded_pick()], default=0.0)
-            if e_group < self._expected(i):
-                self._group(q)
-            else:
-                self._send(q, i, ROLE_DIRECT)
+    def index(self, s: int) -> int:
+        return s
 
-    def _ensemble(self, q: _Query) -> None:
-        kind, d = self.p.kind, self.p.dispatch
-        if kind == "uncoded" or kind == "hedged" or (kind == "coded" and d == "hedged"):
-            for i in range(self.N):
-                self._send(q, i, ROLE_GROUP if kind == "coded" else ROLE_DIRECT)
-            if kind != "uncoded":
-                self._timer(q, max(self.p.delay_ms))
-        elif kind == "replication":
-            for i in range(self.N):
-                servers = self.hosts_of[i] if d == "redundant" else [self._least_loaded(self.hosts_of[i])]
-                for s in servers:
-                    self._send(q, s, ROLE_DIRECT)
-        elif kind == "backup":  # the N experts, and one backup copy whose output answers the whole query
-            for i in range(self.N):
-                self._send(q, i, ROLE_DIRECT)
-            if d == "redundant":
-                self._send(q, self._backup_pick(), ROLE_BACKUP)
-            else:
-                self._timer(q, max(self.p.delay_ms))
-        elif d == "redundant":
-            for s in range(self.S):
-                self._send(q, s, ROLE_GROUP)
-        else:  # sed: the N servers with the shortest expected delay
-            for s in sorted(range(self.S), key=lambda s: (self._expected(s), s))[: self.N]:
-                self._send(q, s, ROLE_GROUP)
-
-    def _hedge(self, q: _Query) -> None:
-        if q.done:
-            return
-        if self.p.kind == "backup":  # one copy to a backup answers a routed or an ensemble query alike
-            self._send(q, self._backup_pick(), ROLE_BACKUP)
-            return
-        if self.p.kind == "coded":
-            if q.model >= 0:
-                self._group(q)
-            else:
-                for s in self.coded:
-                    self._send(q, s, ROLE_GROUP)
-            return
-        models = [q.model] if q.model >= 0 else [m for m in range(self.N) if not (q.cover >> m) & 1]
-        for m in models:
-            replicas = self.hosts_of[m][1:]
-            if replicas:
-                self._send(q, self._least_loaded(replicas), ROLE_HEDGE)
+    def hedge_after(self, q: _Query, delay_ms: float) -> None:
+        heapq.heappush(self.timers, (self.w.arrival_ms[q.qid] + delay_ms, q.qid, q.qid))
 
     # ------------------------------------------------------------------------------------------ completions
-    def _answer(self, q: _Query, how: int, mask: int) -> None:
+    def answer(self, q: _Query, how: int, mask: int) -> None:
         q.done = True
         self.finish[q.qid] = self.now()
         self.how[q.qid] = how
@@ -316,47 +223,7 @@ class Frontend:
             return  # a copy that was not cancelled
         assert self.outputs is not None
         self.outputs[q.qid, s] = output
-        bit = 1 << s
-        role = self.t_role[tid]
-        if q.model >= 0:
-            if self.p.kind == "coded":
-                if role == ROLE_DIRECT:
-                    self._answer(q, HOW_DIRECT, bit)
-                else:
-                    q.got += 1
-                    q.mask |= bit
-                    if q.got >= self.N:
-                        self._answer(q, HOW_DECODED, q.mask)
-            elif role == ROLE_HEDGE:
-                self._answer(q, HOW_HEDGE, bit)
-            elif role == ROLE_BACKUP:
-                self._answer(q, HOW_BACKUP, bit)
-            else:
-                self._answer(q, HOW_DIRECT if s < self.N else HOW_REPLICA, bit)
-            return
-        if self.p.kind == "coded":
-            q.got += 1
-            q.mask |= bit
-            if self.p.hosts[s] == CODED:
-                q.how = HOW_DECODED
-            if q.got >= self.N:
-                self._answer(q, q.how, q.mask)
-            return
-        if role == ROLE_BACKUP:  # the generalist's one output answers the whole ensemble query
-            self._answer(q, HOW_BACKUP, bit)
-            return
-        m = self.p.hosts[s]
-        if (q.cover >> m) & 1:
-            return
-        q.cover |= 1 << m
-        q.got += 1
-        q.mask |= bit
-        if role == ROLE_HEDGE:
-            q.how = HOW_HEDGE
-        elif s >= self.N and q.how == HOW_DIRECT:
-            q.how = HOW_REPLICA
-        if q.got == self.N:
-            self._answer(q, q.how, q.mask)
+        self.rules.output(q, self.t_role[tid], s, self.p.hosts[s])
 
     def _receive(self, s: int, frames: list[bytes]) -> None:
         back = self.now()
@@ -419,11 +286,16 @@ class Frontend:
             now = self.now()
             while k < n and arrivals[k] <= now:
                 self._due = arrivals[k]
-                self._arrive(self.queries[k])
+                q = self.queries[k]
+                if q.model >= 0:
+                    self.rules.routed(q)
+                else:
+                    self.rules.ensemble(q)
                 k += 1
             while self.timers and self.timers[0][0] <= now:
                 self._due, _, qid = heapq.heappop(self.timers)
-                self._hedge(self.queries[qid])
+                if not self.queries[qid].done:
+                    self.rules.hedge(self.queries[qid])
             if self._drain():
                 last_progress = time.monotonic()
                 continue

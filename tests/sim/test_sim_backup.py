@@ -10,8 +10,9 @@ import pytest
 from sim_testutil import iid_mean_ci, measured
 
 import sim
+from policies.backup import backup_demand
 from sim import SimConfigError
-from sim.layout import backup_demand, check_stability
+from sim.layout import check_stability
 
 
 def _zero_load(cfg: dict, n: int = 40_000, model: int = 0, gap_ms: float = 200.0) -> sim.SimResult:

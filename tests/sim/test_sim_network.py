@@ -13,10 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from policies.codes import HOW
 from sim import parse_config, simulate
 from sim.api import run_plan
 from sim.draws import Draws
-from sim.plan import HOW, make_plan
+from sim.plan import make_plan
 
 
 def _mm1(net: dict | None, n: int = 4000, seed: int = 0):

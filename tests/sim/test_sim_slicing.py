@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from sim_testutil import lindley
 
+from policies.codes import HOW
 from sim import SimConfigError, parse_config, simulate
 from sim.api import run_plan
 from sim.draws import Draws, draw
-from sim.plan import HOW, make_plan
+from sim.plan import make_plan
 
 
 def _trace(table: dict, arrivals, models, factors):

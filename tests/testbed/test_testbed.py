@@ -94,10 +94,11 @@ def test_compute_mode_keeps_computing(cluster):
 
 def _simulated(policy_table: dict, work: Workload, service_ms: float, n_experts: int = 2) -> pd.DataFrame:
     """The simulator on exactly this trace and these straggler factors, deterministic service (N + r = 3)."""
+    from policies.codes import HOW
     from sim import parse_config
     from sim.api import run_plan
     from sim.draws import Draws
-    from sim.plan import HOW, make_plan
+    from sim.plan import make_plan
 
     cfg = parse_config({"n_experts": n_experts, "r": 3 - n_experts, "policies": [policy_table],
                         "traffic": {"kind": "trace", "trace_times_ms": work.arrival_ms.tolist(),

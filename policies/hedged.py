@@ -1,0 +1,35 @@
+"""hedged: the expert's own server first; after `delay_ms`, if still unanswered, a copy to the least-loaded
+replica (the r extra servers hold replicas, as under replication)."""
+
+from __future__ import annotations
+
+from policies.codes import ROLE_DIRECT, ROLE_HEDGE
+from policies.rules import Query, Rules, least_loaded
+
+
+class Hedged(Rules):
+    kind = "hedged"
+    dispatches = ("hedged",)
+    delayed = frozenset({"hedged"})
+    extra_host = None  # replicas
+    summary = "the expert first; a copy to the least-loaded replica after delay_ms"
+
+    def routed(self, q: Query) -> None:
+        s = self.s
+        s.send(q, s.experts[q.model], ROLE_DIRECT)
+        if len(s.hosts[q.model]) > 1:
+            s.hedge_after(q, s.delay_ms[q.model])  # type: ignore[index]
+
+    def ensemble(self, q: Query) -> None:
+        s = self.s
+        for t in s.experts:
+            s.send(q, t, ROLE_DIRECT)
+        s.hedge_after(q, max(s.delay_ms))  # type: ignore[arg-type]
+
+    def hedge(self, q: Query) -> None:
+        s = self.s
+        models = [q.model] if q.model >= 0 else [m for m in range(s.n_experts) if not (q.cover >> m) & 1]
+        for m in models:
+            replicas = s.hosts[m][1:]
+            if replicas:
+                s.send(q, least_loaded(s, replicas), ROLE_HEDGE)

@@ -1,0 +1,186 @@
+"""The rules of a serving policy, written once for every system that serves it: the fast engine, the reference
+engine and the testbed's frontend. Standard library only.
+
+A policy's rules say what to send where when a query arrives (routed to one expert, or an ensemble query for
+all N), what to send when its hedge timer fires, and whether an output that came back answers the query. They
+act only through the `Serving` view the system hands them — its servers (stations), their loads, and the
+send / timer / answer operations — so the three systems differ only in their clocks and in how they count a
+server's load.
+
+Adding a policy is one new module with a `Rules` subclass, named in `policies/__init__.py`'s registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+from policies.codes import (
+    HOW_BACKUP,
+    HOW_DIRECT,
+    HOW_HEDGE,
+    HOW_REPLICA,
+    ROLE_BACKUP,
+    ROLE_GROUP,
+    ROLE_HEDGE,
+)
+
+
+class Query(Protocol):
+    """What rules read and keep on a query (each system's query object has these)."""
+
+    model: int  # the expert it is routed to; -1 for an ensemble query
+    got: int  # outputs counted towards the answer so far
+    mask: int  # bitmask of the servers whose outputs are counted
+    cover: int  # ensemble queries: bitmask of the experts whose outputs are in
+    how: int  # ensemble queries: how the answer is being made (a HOW_* code)
+
+
+class Serving(Protocol):
+    """What a policy sees of the system serving it. A target is whatever the system sends tasks to (a station of
+    the fast or reference engine, a server of the testbed); `index` orders targets for ties."""
+
+    n_experts: int
+    dispatch: str
+    fanout: int
+    delay_ms: Sequence[float] | None  # per expert
+    experts: Sequence[Any]  # expert i's own target
+    hosts: Sequence[Sequence[Any]]  # per expert: every target holding it, its own first
+    coded: Sequence[Any]
+    backups: Sequence[Any]
+    stations: Sequence[Any]  # every target, by index
+
+    def load(self, target: Any) -> int: ...  # tasks live at the target, as the dispatcher counts them
+
+    def expected_ms(self, target: Any) -> float: ...  # (load + 1) x the target's mean task time
+
+    def index(self, target: Any) -> int: ...
+
+    def send(self, q: Any, target: Any, role: int) -> None: ...
+
+    def hedge_after(self, q: Any, delay_ms: float) -> None: ...  # call Rules.hedge(q) then, unless answered
+
+    def answer(self, q: Any, how: int, mask: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class Offered:
+    """A policy's servers and the traffic offered to them, in plain numbers (rates per ms), for the necessary
+    conditions of stability a policy states about itself."""
+
+    name: str  # the policy's name, for messages
+    hosts: Sequence[int]  # per server: an expert index, or CODED / SPARE / BACKUP
+    routed_per_ms: Sequence[float]  # per expert: its routed queries' mean rate
+    ensemble_per_ms: float
+
+    @property
+    def n_experts(self) -> int:
+        return len(self.routed_per_ms)
+
+    def servers_of(self, model: int) -> list[int]:
+        return [s for s, h in enumerate(self.hosts) if h == model]
+
+
+class Rules:
+    """One policy kind's rules, bound to the system serving it. Subclasses set the class facts and override the
+    events that differ; the defaults are an uncoded expert's (one output per expert answers)."""
+
+    kind: ClassVar[str]
+    dispatches: ClassVar[tuple[str, ...]]  # the dispatch rules it knows; the first is the default
+    delayed: ClassVar[frozenset[str]] = frozenset()  # dispatches that wait `delay_ms` before their second path
+    pooled: ClassVar[frozenset[str]] = frozenset()  # dispatches under which an expert's servers share one queue
+    extra_host: ClassVar[int | None] = None  # what the r extra servers host (None: replicas of experts)
+    summary: ClassVar[str] = ""  # one line for help texts
+
+    def __init__(self, serving: Serving) -> None:
+        self.s = serving
+
+    # ---- what the policy needs of the servers (class level: checked before anything runs)
+    @classmethod
+    def least_work_ms(cls, offered: Offered, model: int, work_ms: Sequence[float]) -> float:
+        """The least server time (work_ms: each server's per task) a routed query for `model` can be answered
+        with. Default: one task on a server holding the model."""
+        return min(work_ms[s] for s in offered.servers_of(model))
+
+    @classmethod
+    def capacity_problem(cls, offered: Offered, cap_per_ms: Sequence[float], mean_ms: Sequence[float]) -> str | None:
+        """A necessary condition of stability, as a message when it fails (cap_per_ms: each server's most tasks
+        per ms; mean_ms: its mean task time). Default: each expert's queries, routed and ensemble, within the
+        summed capacity of the servers holding it."""
+        for i in range(offered.n_experts):
+            hosts = offered.servers_of(i)
+            lam = offered.routed_per_ms[i] + offered.ensemble_per_ms
+            c = sum(cap_per_ms[s] for s in hosts)
+            if not lam < c:
+                return (f"policy {offered.name!r}: model {i} gets {lam:.4g}/ms but its {len(hosts)} server(s) "
+                        f"serve at most {c:.4g}/ms (load {lam * mean_ms[i]:.3g})")
+        return None
+
+    @property
+    def one_task_routed(self) -> bool:
+        """True when a routed query only ever gets one task, answered by whichever output it is (so a system may
+        take a shortcut: nothing to cancel, no answer rule to ask)."""
+        return False
+
+    def routed(self, q: Query) -> None:
+        """A query for expert q.model arrives."""
+        raise NotImplementedError
+
+    def ensemble(self, q: Query) -> None:
+        """A query for all N experts arrives."""
+        raise NotImplementedError
+
+    def hedge(self, q: Query) -> None:
+        """The hedge timer of an unanswered query fires."""
+
+    def output(self, q: Query, role: int, server: int, host: int) -> None:
+        """An output of an unanswered query came back from `server` (hosting `host`), sent with `role`.
+
+        Default: the output of a backup answers on its own; a routed query is answered by its first output; an
+        ensemble query once one output of each expert is in."""
+        s, bit = self.s, 1 << server
+        if role == ROLE_BACKUP:  # the generalist's one output answers a routed or an ensemble query
+            s.answer(q, HOW_BACKUP, bit)
+            return
+        n = s.n_experts
+        if q.model >= 0:
+            s.answer(q, HOW_HEDGE if role == ROLE_HEDGE else HOW_DIRECT if server < n else HOW_REPLICA, bit)
+            return
+        if (q.cover >> host) & 1:
+            return
+        q.cover |= 1 << host
+        q.got += 1
+        q.mask |= bit
+        if role == ROLE_HEDGE:
+            q.how = HOW_HEDGE
+        elif server >= n and q.how == HOW_DIRECT:
+            q.how = HOW_REPLICA
+        if q.got == n:
+            s.answer(q, q.how, q.mask)
+
+
+# ------------------------------------------------------------------------------------------- shared choices
+def least_loaded(s: Serving, targets: Sequence[Any]) -> Any:
+    """The target with the fewest live tasks; ties to the earliest in `targets`."""
+    best = targets[0]
+    for t in targets:
+        if s.load(t) < s.load(best):
+            best = t
+    return best
+
+
+def coded_pick(s: Serving) -> Sequence[Any]:
+    """The `fanout` least-loaded coded targets (ties -> lower index)."""
+    if s.fanout >= len(s.coded):
+        return s.coded
+    return sorted(s.coded, key=lambda t: (s.load(t), s.index(t)))[: s.fanout]
+
+
+def send_group(s: Serving, q: Query) -> None:
+    """The decode group of a routed query: the other N - 1 experts and the picked coded targets, same input."""
+    for j, t in enumerate(s.experts):
+        if j != q.model:
+            s.send(q, t, ROLE_GROUP)
+    for t in coded_pick(s):
+        s.send(q, t, ROLE_GROUP)

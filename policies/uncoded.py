@@ -1,0 +1,24 @@
+"""uncoded: each expert on its own server; the r extra servers stay idle (spares)."""
+
+from __future__ import annotations
+
+from policies.codes import ROLE_DIRECT, SPARE
+from policies.rules import Query, Rules
+
+
+class Uncoded(Rules):
+    kind = "uncoded"
+    dispatches = ("direct",)
+    extra_host = SPARE
+    summary = "each expert on its own server; the extra servers stay idle"
+
+    @property
+    def one_task_routed(self) -> bool:
+        return True
+
+    def routed(self, q: Query) -> None:
+        self.s.send(q, self.s.experts[q.model], ROLE_DIRECT)
+
+    def ensemble(self, q: Query) -> None:
+        for t in self.s.experts:
+            self.s.send(q, t, ROLE_DIRECT)
