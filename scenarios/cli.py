@@ -425,7 +425,7 @@ def validate(scenario: str, out_root: Path, seed: int | None, sets: tuple[str, .
     config, _ = _checked(scenario, overrides, out_root, resume)
     points = len(config.sweep_points())
     click.echo(f"{scenario}: ok ({config.n_experts} experts, {points} point(s), "
-               f"{len(config.sim.get('policies', []))} policies)")
+               f"{len(config.sim.policies)} policies)")
 
 
 def _print_run_summary(folder: Path) -> None:

@@ -87,7 +87,7 @@ def coding_matrix(scenario: Scenario, n: int) -> np.ndarray:
 
 def coded_servers(scenario: Scenario) -> int:
     """How many coded models the scenario serves: the extra servers r (at least one, for the NDA table)."""
-    return max(1, int(scenario.sim.get("r", 1)))
+    return max(1, scenario.sim.r)
 
 
 def _multi_decode_table(answers: AnswerTables, names: list[str]) -> list[dict[str, Any]]:
@@ -642,7 +642,7 @@ def check_point_capacity(scenario: Scenario, config: SimConfig, values: dict[str
         return
     problem = check_stability(config)
     if problem:
-        load = scenario.sim.get("traffic", {}).get("load")
+        load = scenario.sim.traffic.load
         load = values.get("traffic.load", load)
         where = f"sim.traffic.load = {load!r}: " if load is not None else ""
         note = (" (against the served capacity: latency model 'served', each task costing its server the "

@@ -29,6 +29,7 @@ from models.config import ConfigError, ZooConfig, read_zoo_file, validation_prob
 from models.given import GivenZooConfig
 from models.tables import zoo_config_from_dict
 from sim import SimConfig, SimConfigError, parse_config
+from sim.config import PolicySpec
 
 
 class ScenarioError(ValueError):
@@ -165,6 +166,35 @@ class SweepSpec(_Strict):
         return [axis_column(a) for a in self.axes()]
 
 
+class TrafficTable(BaseModel):
+    """[sim.traffic]: the simulator's traffic table (sim.config checks every other key at each point, before any
+    work) and the scenario's own loads, which become rates once the pass times are known."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    load: float | None = Field(None, description="routed queries as a fraction of the N experts' capacity")
+    ensemble_load: float | None = Field(None, description="ensemble queries as a fraction of the slowest expert's")
+
+
+class SimTable(BaseModel):
+    """[sim]: the simulator's table as a scenario gives it. The fields the scenario layer reads are typed here;
+    the rest is the simulator's own config (sim.SimConfig), checked whole at every sweep point before any work,
+    once the runner has filled in the experts and their measured service."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    n_experts: int | None = Field(None, ge=1, description="N, for a scenario without [models]")
+    r: int = Field(1, ge=0, description="extra servers: replicas, coded servers, backups or spares")
+    policies: list[PolicySpec] = Field(default_factory=lambda: [PolicySpec(kind="uncoded"), PolicySpec(kind="coded")])
+    traffic: TrafficTable = Field(default_factory=TrafficTable)
+
+    _validate_policies = field_validator("policies", mode="before")(
+        classmethod(lambda cls, v: [v] if isinstance(v, str | dict) else v))
+
+    def table(self) -> dict[str, Any]:
+        """The table as given (keys the scenario set, nothing filled in), for a point to change and the simulator
+        to read."""
+        return self.model_dump(exclude_unset=True, exclude_none=False)
+
+
 class Scenario(_Strict):
     name: str = "scenario"
     description: str = ""
@@ -180,7 +210,7 @@ class Scenario(_Strict):
     coding: CodingSpec = CodingSpec()
     profile: ProfileSpec = ProfileSpec()
     testbed: TestbedSpec = TestbedSpec()
-    sim: dict[str, Any]
+    sim: SimTable
     sweep: SweepSpec | None = None
 
     @field_validator("name")
@@ -198,18 +228,18 @@ class Scenario(_Strict):
             n = len(self.models.experts)
             if self.coding.beta is not None and len(self.coding.beta) != n:
                 raise ValueError(f"coding.beta has {len(self.coding.beta)} weights for {n} experts")
-            r = max(1, int(self.sim.get("r", 1)))
+            r = max(1, self.sim.r)
             if self.coding.betas is not None and (len(self.coding.betas) != r or
                                                   any(len(b) != n for b in self.coding.betas)):
                 raise ValueError(f"coding.betas must hold r = {r} vectors of {n} weights")
         else:
-            if "n_experts" not in self.sim:
+            if self.sim.n_experts is None:
                 raise ValueError("a scenario without [models] needs sim.n_experts and sim.service")
         return self
 
     @property
     def n_experts(self) -> int:
-        return len(self.models.experts) if self.models is not None else int(self.sim["n_experts"])
+        return len(self.models.experts) if self.models is not None else int(self.sim.n_experts or 0)
 
     @property
     def backup_method(self) -> str:
@@ -230,11 +260,11 @@ class Scenario(_Strict):
     def sweep_points(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """({axis: value}, sim table) for every grid point; one point with no values when not sweeping."""
         if self.sweep is None:
-            return [({}, copy.deepcopy(self.sim))]
+            return [({}, self.sim.table())]
         axes = self.sweep.axes()
         points = []
         for combo in itertools.product(*axes.values()):
-            table = copy.deepcopy(self.sim)
+            table = self.sim.table()
             for axis, value in zip(axes, combo, strict=True):
                 set_path(table, axis, value)
             points.append((dict(zip(axes, combo, strict=True)), table))

@@ -53,7 +53,7 @@ from scenarios.runner import (
     served_pass_profile,
     serving_calibration,
 )
-from scenarios.schema import Scenario, axis_column
+from scenarios.schema import Scenario, SimTable, axis_column
 
 METRICS = {"mean": None, "p50": 50.0, "p95": 95.0, "p99": 99.0, "p999": 99.9}
 
@@ -514,7 +514,7 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
     check_output(out_root, scenario.name)
     check_memory(scenario)
     check_calibration(scenario)
-    n_servers = scenario.n_experts + int(scenario.sim.get("r", 1))
+    n_servers = scenario.n_experts + scenario.sim.r
     addresses = scenario.testbed.addresses
     if addresses is not None:
         if len(addresses) != n_servers:
@@ -555,14 +555,12 @@ def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: An
 def with_testbed_hold(scenario: Scenario) -> Scenario:
     """The scenario whose stragglers are held the way the testbed serves them (`testbed.straggle`, by default the
     scenario's own `sim.stragglers.hold`), so simulation and serving straggle alike."""
-    import copy
-
-    sim = copy.deepcopy(scenario.sim)
+    sim = scenario.sim.table()
     stragglers = sim.setdefault("stragglers", {})
     hold = scenario.testbed.straggle or stragglers.get("hold", "compute")
     stragglers["hold"] = hold
     testbed = scenario.testbed.model_copy(update={"straggle": hold})
-    return scenario.model_copy(update={"sim": sim, "testbed": testbed})
+    return scenario.model_copy(update={"sim": SimTable.model_validate(sim), "testbed": testbed})
 
 
 def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("results"), quiet: bool = False,

@@ -165,6 +165,33 @@ def test_jsq_sends_the_second_query_to_the_replica(cluster):
     assert result.records["latency_ms"].iloc[1] < result.records["latency_ms"].iloc[0]
 
 
+def test_a_policy_added_in_one_class_is_served_for_real_as_simulated(cluster, monkeypatch):
+    # the frontend dispatches through the policy registry: a policy registered only here (every query to its
+    # expert's last replica) is served, and the simulator on the same trace answers each query the same way
+    import policies
+    from policies.codes import ROLE_DIRECT
+    from policies.rules import Rules
+
+    class Mirror(Rules):
+        kind, dispatches = "mirror", ("direct",)
+
+        def routed(self, q):
+            self.s.send(q, self.s.hosts[q.model][-1], ROLE_DIRECT)
+
+        def ensemble(self, q):
+            for hosts in self.s.hosts:
+                self.s.send(q, hosts[-1], ROLE_DIRECT)
+
+    monkeypatch.setitem(policies.RULES, "mirror", Mirror)
+    work = _trace([0.0, 0.1, 0.2], [0, 1, -1], [[1, 1, 1]] * 3)
+    result = serve(cluster.sockets, Policy("mirror", "mirror", "direct", (0, 1, 0), 2), work)
+    assert list(result.tasks["server"]) == [2, 1, 2, 1]
+    sim = _simulated({"kind": "mirror", "replica_of": [0]}, work, float(result.tasks["compute_ms"].median()))
+    assert list(result.records["answered_by"]) == list(sim["answered_by"]) == ["replica", "direct", "replica"]
+    servers = [",".join(str(b) for b in range(3) if (int(m) >> b) & 1) for m in result.records["answer_mask"]]
+    assert servers == list(sim["servers_used"]) == ["2", "1", "1,2"]
+
+
 def test_ctrl_c_leaves_no_process(nets, tmp_path):
     folders, inputs = nets
     script = tmp_path / "serve_forever.py"
