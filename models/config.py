@@ -139,9 +139,17 @@ class ZooConfig(_Strict):
 
 
 def validation_problems(error: ValidationError) -> list[str]:
-    """Every problem pydantic found, as 'a.b: message'."""
-    return [f"{'.'.join(str(p) for p in item['loc']) or 'top level'}: {item['msg'].removeprefix('Value error, ')}"
-            for item in error.errors()]
+    """Every problem pydantic found, as 'a.b: message' (a nested model that condensed its own error into one with
+    `loc` and `detail`, as the simulator's config does, has its location spliced under ours)."""
+    out = []
+    for item in error.errors():
+        loc, inner = ".".join(str(p) for p in item["loc"]), (item.get("ctx") or {}).get("error")
+        if hasattr(inner, "detail"):
+            loc, message = ".".join(x for x in (loc, getattr(inner, "loc", "")) if x), inner.detail
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+        out.append(f"{loc or 'top level'}: {message}")
+    return out
 
 
 def format_validation(error: ValidationError, source: str) -> str:

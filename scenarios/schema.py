@@ -194,6 +194,10 @@ class SimTable(BaseModel):
         to read."""
         return self.model_dump(exclude_unset=True, exclude_none=False)
 
+    def updated(self, changes: dict[str, Any]) -> SimTable:
+        """This table with top-level keys replaced by `changes`, validated again."""
+        return SimTable.model_validate(self.table() | changes)
+
 
 class Scenario(_Strict):
     name: str = "scenario"

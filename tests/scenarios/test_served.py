@@ -176,8 +176,8 @@ def test_delays_follow_the_points_core_utilization() -> None:
         assert config.network.out.samples_ms == pytest.approx([expected] * 200)
         assert config.network.back.mean() == pytest.approx(expected / 2)
     # a scenario's own delays win over the calibration's
-    own = scenario.model_copy(update={"sim": scenario.sim | {"network": {"out": {"kind": "deterministic",
-                                                                                 "value_ms": 7.0}}}})
+    own = scenario.model_copy(update={"sim": scenario.sim.updated({"network": {"out": {
+        "kind": "deterministic", "value_ms": 7.0}}})})
     (_, config), *_ = build_point_configs(own, facts, calibration=cal)  # type: ignore[arg-type]
     assert config.network.out.mean() == pytest.approx(7.0) and config.network.back is None
 
@@ -189,7 +189,7 @@ def test_served_capacity_refusal_names_it() -> None:
     # nine queries in ten for expert 1 at load 0.8: served, both experts cost 1.7 ms; the capacity is
     # min(2 / 1.7, 1.9 / 1.75) = 1.086/ms on two cores, so expert 1 gets 0.9 * 0.8 * 1.086 = 0.78/ms > 1 / 1.7
     scenario = _networks_scenario(0.8)
-    table = scenario.sim | {"traffic": {"kind": "poisson", "load": 0.8, "weights": [0.1, 0.9]}}
+    table = scenario.sim.updated({"traffic": {"kind": "poisson", "load": 0.8, "weights": [0.1, 0.9]}})
     scenario = scenario.model_copy(update={"sim": table})
     facts = _facts(scenario)
     cal = cu.hand_calibration(machine=dict(cu.calibration_dict()["machine"], cpu_count=2))
@@ -287,8 +287,8 @@ def test_measured_served_passes_replace_the_isolated_profile_at_the_points_utili
     assert config.network.out.samples_ms == pytest.approx([1.0 + u] * 4)
     assert config.network.back.samples_ms == pytest.approx([(1.0 + u) / 2] * 4)
     # a scenario's own delays win over them
-    own = scenario.model_copy(update={"sim": scenario.sim | {"network": {"out": {"kind": "deterministic",
-                                                                                 "value_ms": 7.0}}}})
+    own = scenario.model_copy(update={"sim": scenario.sim.updated({"network": {"out": {
+        "kind": "deterministic", "value_ms": 7.0}}})})
     (_, mine), = build_point_configs(own, facts, calibration=cal)  # type: ignore[arg-type]
     assert mine.network.out.mean() == pytest.approx(7.0) and mine.network.back is None
     # without a measured profile the same calibration adds its extra to the isolated passes instead

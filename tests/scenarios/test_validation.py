@@ -741,3 +741,33 @@ def test_measured_pass_times_outside_the_capacity_region_are_refused_before_simu
         build_point_configs(scenario, facts)  # type: ignore[arg-type]
     profile[names[1]] = rng.uniform(0.9, 1.1, 200)
     assert len(build_point_configs(scenario, facts)) == 1  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------- the typed [sim] table
+@pytest.mark.parametrize("setting, expect", [
+    ("sim.r=-1", "sim.r: Input should be greater than or equal to 0"),
+    ("sim.r=1.5", "sim.r: Input should be a valid integer"),
+    ('sim.policies=["magic"]', "sim.policies.0.kind: unknown policy kind 'magic' (choose from uncoded"),
+    ('sim.policies=[{kind="coded",dispatch="x"}]', "sim.policies.0: policy 'coded': unknown dispatch 'x'"),
+    ('sim.traffic.load="high"', "sim.traffic.load: Input should be a valid number"),
+])
+def test_the_sim_tables_typed_fields_are_refused_where_they_are(home: Path, no_work: None, setting: str,
+                                                                 expect: str) -> None:
+    # the scenario layer's own fields of [sim] are checked with the scenario, named by their place in it
+    line = refused(run_args(write(home, SIM), home / "out", "--set", setting), home)
+    assert expect in line, line
+
+
+def test_the_sim_table_reads_typed_and_gives_back_only_what_was_set() -> None:
+    from scenarios.schema import SimTable, scenario_from_dict
+
+    scenario = scenario_from_dict(SIM, "inline")
+    assert scenario.sim.r == 1 and scenario.sim.traffic.load == 0.4 and len(scenario.sim.policies) == 2
+    assert scenario.sim.policies[1].delay_ms == "p95" and scenario.sim.policies[1].name == "coded-hedged"
+    # the simulator's own keys pass through untouched; nothing the scenario did not set is added
+    assert scenario.sim.table() == {**SIM["sim"], "policies": [{"kind": "uncoded"},
+                                                              {"kind": "coded", "dispatch": "hedged",
+                                                               "delay_ms": "p95"}]}
+    assert SimTable.model_validate({}).table() == {}
+    points = scenario.sweep_points()
+    assert [p[1]["stragglers"]["p"] for p in points] == [0.0, 0.1] and scenario.sim.table()["stragglers"]["p"] == 0.0
