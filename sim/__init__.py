@@ -24,7 +24,8 @@ Public API
 Servers 0..N-1 host experts 0..N-1; servers N..N+r-1 are the policy's extra resources (idle spares for
 uncoded, replicas, coded servers, or generalist backups), so every policy uses the same N + r servers.
 
-Policies (``kind``, with its ``dispatch`` rules): ``uncoded`` (direct); ``replication`` (redundant | jsq | pool);
+Policies (``kind``, with its ``dispatch`` rules; each kind's rules live in ``policies/``, shared with the
+testbed): ``uncoded`` (direct); ``replication`` (redundant | jsq | pool);
 ``hedged`` (hedged); ``coded`` (redundant | hedged | sed; answers may be decoded from N outputs); ``backup``
 (hedged | redundant): each extra server hosts one generalist network (by default the coded model used as a
 multi-task model, without decoding) that answers any query on its own — a routed query goes to its expert and

@@ -1,8 +1,8 @@
-"""The fast engine: SimPy's event loop (through `sim.clock`) with long-lived, callback-driven servers and lazy
+"""The fast engine: a bare event loop (`sim.clock`) with long-lived, callback-driven servers and lazy
 cancellation.
 
-No process per customer: an arrival is one Timeout whose callback dispatches tasks; a server is an object
-whose completion Timeout calls back into it. Cancelling a queued task only flips its `active` flag (it is
+No process per customer: arrivals are merged into the loop without events; a server is an object whose
+completion event calls back into it. Cancelling a queued task only flips its `active` flag (it is
 skipped when it reaches the head of the queue); cancelling a task in service makes the server drop its
 pending completion (identity check on the event) and pull the next task at once.
 """
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from simpy.events import Timeout
 
 from policies import rules_for
 from policies.codes import BACKUP, CODED, HOW_DIRECT, HOW_REPLICA, ROLE_DIRECT
@@ -140,7 +139,7 @@ class _Server:
         self.eng = eng
         self.station = station
         self.cur: _Task | None = None
-        self.ev: Timeout | None = None
+        self.ev: Due | None = None
         self.t0 = 0.0
         self.up = True
         self.slow: Timeline | None = None
@@ -528,16 +527,14 @@ class FastEngine:
 
     # -------------------------------------------------------------------------------------- plumbing
     def _schedule_toggle(self, srv: _Server, tl: Timeline, k: int) -> None:
-        ev = Timeout(self.env, tl.switch_after(k) - self.env.now)
-
-        def toggle(_ev: Timeout) -> None:
+        def toggle(_ev: Due) -> None:
             if k & 1:
                 srv.fail()
             else:
                 srv.recover()
             self._schedule_toggle(srv, tl, k + 1)
 
-        ev.callbacks.append(toggle)  # type: ignore[union-attr]
+        self.env.later(tl.switch_after(k) - self.env.now, toggle)
 
     def send(self, q: _Query, st: _Station, role: int) -> None:
         t = _Task(q, st, role)
@@ -774,7 +771,7 @@ class FastEngine:
 
     # ------------------------------------------------------------------------------ network delays
     def _later(self, delay: float, callback: Callable[[Any], None]) -> None:
-        self.env.at(self.env.now + delay, Due(callback))
+        self.env.later(delay, callback)
 
     def _deliver(self, t: _Task) -> None:
         """A task reaches its server's queue (the cancel of a task travels behind it, so it is still live)."""
@@ -873,10 +870,9 @@ class FastEngine:
         return st.idx
 
     def hedge_after(self, q: _Query, delay_ms: float) -> None:
-        Timeout(self.env, delay_ms, q).callbacks.append(self._hedge)  # type: ignore[union-attr]
+        self.env.later(delay_ms, lambda _ev: self._hedge(q))
 
-    def _hedge(self, ev: Timeout) -> None:
-        q: _Query = ev.value
+    def _hedge(self, q: _Query) -> None:
         if not q.done:
             self.rules.hedge(q)
 
@@ -889,7 +885,7 @@ class FastEngine:
 
     # ---------------------------------------------------------------------------------------------- run
     def run(self) -> RunOutput:
-        """Merge the sorted arrival array into SimPy's event loop (arrivals need no events of their own).
+        """Merge the sorted arrival array into the event loop (arrivals need no events of their own).
 
         Events due at or before an arrival run first (departures before arrivals on ties, as in Lindley's
         recursion). The loop stops once every query is answered and no task is left, even though failure
