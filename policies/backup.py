@@ -40,7 +40,7 @@ class Backup(Rules):
 
     def routed(self, q: Query) -> None:
         s = self.s
-        s.send(q, s.experts[q.model], ROLE_DIRECT)
+        s.send(q, self.expert(q, q.model), ROLE_DIRECT)
         if s.dispatch == "redundant":
             self._backup(q)
         else:
@@ -48,8 +48,8 @@ class Backup(Rules):
 
     def ensemble(self, q: Query) -> None:
         s = self.s
-        for t in s.experts:
-            s.send(q, t, ROLE_DIRECT)
+        for i in range(s.n_experts):
+            s.send(q, self.expert(q, i), ROLE_DIRECT)
         if s.dispatch == "redundant":
             self._backup(q)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from policies.codes import CODED, HOW_DECODED, HOW_DIRECT, ROLE_DIRECT, ROLE_GROUP
-from policies.rules import Offered, Query, Rules, coded_pick, send_group
+from policies.rules import Offered, Query, Rules, coded_pick
 
 
 class Coded(Rules):
@@ -37,38 +37,40 @@ class Coded(Rules):
 
     def routed(self, q: Query) -> None:
         s, i = self.s, q.model
-        own = s.experts[i]
         if s.dispatch == "redundant":
-            s.send(q, own, ROLE_DIRECT)
-            send_group(s, q)
+            s.send(q, self.expert(q, i), ROLE_DIRECT)
+            self.send_group(q)
         elif s.dispatch == "hedged":
-            s.send(q, own, ROLE_DIRECT)
+            s.send(q, self.expert(q, i), ROLE_DIRECT)
             s.hedge_after(q, s.delay_ms[i])  # type: ignore[index]
-        else:  # sed: only the path with the shorter expected delay
-            group = [t for j, t in enumerate(s.experts) if j != i] + list(coded_pick(s))
-            if max((s.expected_ms(t) for t in group), default=0.0) < s.expected_ms(own):
-                send_group(s, q)
+        else:  # sed: only the path with the shorter expected delay (each expert's instance as the balancer picks)
+            picks = [self.expert(q, j) for j in range(s.n_experts)]
+            group = [t for j, t in enumerate(picks) if j != i] + list(coded_pick(s))
+            if max((s.expected_ms(t) for t in group), default=0.0) < s.expected_ms(picks[i]):
+                for t in group:
+                    s.send(q, t, ROLE_GROUP)
             else:
-                s.send(q, own, ROLE_DIRECT)
+                s.send(q, picks[i], ROLE_DIRECT)
 
     def ensemble(self, q: Query) -> None:
         s = self.s
+        picks = [self.expert(q, i) for i in range(s.n_experts)]  # one instance of each expert
         if s.dispatch == "redundant":
-            for t in s.stations:
+            for t in [*picks, *s.coded]:
                 s.send(q, t, ROLE_GROUP)
         elif s.dispatch == "hedged":
-            for t in s.experts:
+            for t in picks:
                 s.send(q, t, ROLE_GROUP)
             s.hedge_after(q, max(s.delay_ms))  # type: ignore[arg-type]
-        else:  # sed: the N targets with the shortest expected delay
-            order = sorted(s.stations, key=lambda t: (s.expected_ms(t), s.index(t)))
+        else:  # sed: the N of them and the coded targets with the shortest expected delay
+            order = sorted([*picks, *s.coded], key=lambda t: (s.expected_ms(t), s.index(t)))
             for t in order[: s.n_experts]:
                 s.send(q, t, ROLE_GROUP)
 
     def hedge(self, q: Query) -> None:
         s = self.s
         if q.model >= 0:
-            send_group(s, q)
+            self.send_group(q)
         else:
             for t in s.coded:
                 s.send(q, t, ROLE_GROUP)

@@ -1,4 +1,4 @@
-"""hedged: the expert's own server first; after `delay_ms`, if still unanswered, a copy to the least-loaded
+"""hedged: an instance of the expert first; after `delay_ms`, if still unanswered, a copy to the least-loaded
 replica (the r extra servers hold replicas, as under replication)."""
 
 from __future__ import annotations
@@ -16,20 +16,20 @@ class Hedged(Rules):
 
     def routed(self, q: Query) -> None:
         s = self.s
-        s.send(q, s.experts[q.model], ROLE_DIRECT)
-        if len(s.hosts[q.model]) > 1:
+        s.send(q, self.expert(q, q.model), ROLE_DIRECT)
+        if len(s.hosts[q.model]) > len(s.instances[q.model]):  # it has replicas to hedge to
             s.hedge_after(q, s.delay_ms[q.model])  # type: ignore[index]
 
     def ensemble(self, q: Query) -> None:
         s = self.s
-        for t in s.experts:
-            s.send(q, t, ROLE_DIRECT)
+        for i in range(s.n_experts):
+            s.send(q, self.expert(q, i), ROLE_DIRECT)
         s.hedge_after(q, max(s.delay_ms))  # type: ignore[arg-type]
 
     def hedge(self, q: Query) -> None:
         s = self.s
         models = [q.model] if q.model >= 0 else [m for m in range(s.n_experts) if not (q.cover >> m) & 1]
         for m in models:
-            replicas = s.hosts[m][1:]
+            replicas = s.hosts[m][len(s.instances[m]):]
             if replicas:
                 s.send(q, least_loaded(s, replicas), ROLE_HEDGE)

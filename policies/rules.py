@@ -42,20 +42,23 @@ class Serving(Protocol):
     the fast or reference engine, a server of the testbed); `index` orders targets for ties."""
 
     n_experts: int
+    n_base: int  # servers 0..n_base-1 are the experts' own instances; the extra servers come after them
     dispatch: str
     fanout: int
     delay_ms: Sequence[float] | None  # per expert
-    experts: Sequence[Any]  # expert i's own target
-    hosts: Sequence[Sequence[Any]]  # per expert: every target holding it, its own first
+    balancer: str  # how a query picks one of its expert's instances: jsq | round_robin | power_of_d
+    instances: Sequence[Sequence[Any]]  # per expert: the targets of its own instances
+    hosts: Sequence[Sequence[Any]]  # per expert: every target holding it, its instances first, then replicas
     coded: Sequence[Any]
     backups: Sequence[Any]
-    stations: Sequence[Any]  # every target, by index
 
     def load(self, target: Any) -> int: ...  # tasks live at the target, as the dispatcher counts them
 
     def expected_ms(self, target: Any) -> float: ...  # (load + 1) x the target's mean task time
 
     def index(self, target: Any) -> int: ...
+
+    def balance_u(self, q: Any) -> Sequence[float]: ...  # power_of_d: the query's d uniforms
 
     def send(self, q: Any, target: Any, role: int) -> None: ...
 
@@ -95,6 +98,7 @@ class Rules:
 
     def __init__(self, serving: Serving) -> None:
         self.s = serving
+        self._turn: dict[int, int] = {}  # round robin: each expert's next instance
 
     # ---- what the policy needs of the servers (class level: checked before anything runs)
     @classmethod
@@ -123,6 +127,34 @@ class Rules:
         take a shortcut: nothing to cancel, no answer rule to ask)."""
         return False
 
+    def expert(self, q: Query, i: int) -> Any:
+        """The instance of expert i that gets q's task, by the deployment's balancer."""
+        s = self.s
+        instances = s.instances[i]
+        if len(instances) == 1:
+            return instances[0]
+        if s.balancer == "jsq":
+            return least_loaded(s, instances)
+        if s.balancer == "round_robin":
+            k = self._turn.get(i, 0)
+            self._turn[i] = (k + 1) % len(instances)
+            return instances[k]
+        # power of d: d distinct instances drawn with the query's uniforms, the least loaded (ties: first drawn)
+        left, drawn = list(instances), []
+        for u in s.balance_u(q)[: len(instances)]:
+            drawn.append(left.pop(min(int(u * len(left)), len(left) - 1)))
+        return least_loaded(s, drawn)
+
+    def send_group(self, q: Query) -> None:
+        """The decode group of a routed query: an instance of each of the other N - 1 experts and the picked coded
+        targets, same input."""
+        s = self.s
+        for j in range(s.n_experts):
+            if j != q.model:
+                s.send(q, self.expert(q, j), ROLE_GROUP)
+        for t in coded_pick(s):
+            s.send(q, t, ROLE_GROUP)
+
     def routed(self, q: Query) -> None:
         """A query for expert q.model arrives."""
         raise NotImplementedError
@@ -145,7 +177,7 @@ class Rules:
             return
         n = s.n_experts
         if q.model >= 0:
-            s.answer(q, HOW_HEDGE if role == ROLE_HEDGE else HOW_DIRECT if server < n else HOW_REPLICA, bit)
+            s.answer(q, HOW_HEDGE if role == ROLE_HEDGE else HOW_DIRECT if server < s.n_base else HOW_REPLICA, bit)
             return
         if (q.cover >> host) & 1:
             return
@@ -154,7 +186,7 @@ class Rules:
         q.mask |= bit
         if role == ROLE_HEDGE:
             q.how = HOW_HEDGE
-        elif server >= n and q.how == HOW_DIRECT:
+        elif server >= s.n_base and q.how == HOW_DIRECT:
             q.how = HOW_REPLICA
         if q.got == n:
             s.answer(q, q.how, q.mask)
@@ -175,12 +207,3 @@ def coded_pick(s: Serving) -> Sequence[Any]:
     if s.fanout >= len(s.coded):
         return s.coded
     return sorted(s.coded, key=lambda t: (s.load(t), s.index(t)))[: s.fanout]
-
-
-def send_group(s: Serving, q: Query) -> None:
-    """The decode group of a routed query: the other N - 1 experts and the picked coded targets, same input."""
-    for j, t in enumerate(s.experts):
-        if j != q.model:
-            s.send(q, t, ROLE_GROUP)
-    for t in coded_pick(s):
-        s.send(q, t, ROLE_GROUP)

@@ -17,8 +17,8 @@ class Uncoded(Rules):
         return True
 
     def routed(self, q: Query) -> None:
-        self.s.send(q, self.s.experts[q.model], ROLE_DIRECT)
+        self.s.send(q, self.expert(q, q.model), ROLE_DIRECT)
 
     def ensemble(self, q: Query) -> None:
-        for t in self.s.experts:
-            self.s.send(q, t, ROLE_DIRECT)
+        for i in range(self.s.n_experts):
+            self.s.send(q, self.expert(q, i), ROLE_DIRECT)

@@ -29,7 +29,7 @@ from models.config import ConfigError, ZooConfig, read_zoo_file, validation_prob
 from models.given import GivenZooConfig
 from models.tables import zoo_config_from_dict
 from sim import SimConfig, SimConfigError, parse_config
-from sim.config import PolicySpec
+from sim.config import Deployment, PolicySpec
 
 
 class ScenarioError(ValueError):
@@ -185,6 +185,7 @@ class SimTable(BaseModel):
     r: int = Field(1, ge=0, description="extra servers: replicas, coded servers, backups or spares")
     policies: list[PolicySpec] = Field(default_factory=lambda: [PolicySpec(kind="uncoded"), PolicySpec(kind="coded")])
     traffic: TrafficTable = Field(default_factory=TrafficTable)
+    deployment: Deployment = Field(default_factory=Deployment)
 
     _validate_policies = field_validator("policies", mode="before")(
         classmethod(lambda cls, v: [v] if isinstance(v, str | dict) else v))
@@ -244,6 +245,11 @@ class Scenario(_Strict):
     @property
     def n_experts(self) -> int:
         return len(self.models.experts) if self.models is not None else int(self.sim.n_experts or 0)
+
+    @property
+    def n_servers(self) -> int:
+        """Servers every policy runs on: each expert's instances and the r extra servers."""
+        return sum(self.sim.deployment.counts(self.n_experts)) + self.sim.r
 
     @property
     def backup_method(self) -> str:
@@ -330,11 +336,13 @@ def sim_config_for(
         stand_in = {"rate_per_ms": 1.0} if traffic.get("kind", "poisson") != "trace" else {}
         partial = parse_config({**table, "traffic": {**traffic, **stand_in}, "n_queries": 1, "horizon_ms": None})
         means = [partial.service.expert_dist(i).mean() + partial.service.overhead_ms for i in range(partial.n_experts)]
-        if load is not None:  # routed queries: a fraction of the N experts' combined capacity
-            routed_capacity = sum(1.0 / m for m in means) if capacity is None else capacity(means)
+        counts = partial.instance_counts
+        per_server = [m for m, k in zip(means, counts, strict=True) for _ in range(k)]  # every expert instance
+        if load is not None:  # routed queries: a fraction of the experts' servers' combined capacity
+            routed_capacity = sum(1.0 / m for m in per_server) if capacity is None else capacity(per_server)
             traffic["rate_per_ms"] = load * routed_capacity
         if ensemble_load is not None:  # ensemble queries occupy every expert: limited by the slowest
-            traffic["ensemble_rate_per_ms"] = ensemble_load / max(means)
+            traffic["ensemble_rate_per_ms"] = ensemble_load * min(k / m for m, k in zip(means, counts, strict=True))
     if check_capacity and not scenario.allow_unstable:
         _check_capacity(table, load)
     return parse_config(table)

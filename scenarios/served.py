@@ -275,7 +275,7 @@ def with_served_cores(config: SimConfig, calibration: Any, device: str) -> SimCo
     """The point's config with the servers sharing the cores the dispatcher leaves them."""
     cores = server_cores(calibration, config, device)
     service = config.service.model_copy(update={"cores": cores})
-    if service.quantum_ms is not None and service.dispatcher is None and cores >= config.n_experts + config.r:
+    if service.quantum_ms is not None and service.dispatcher is None and cores >= config.n_servers:
         service = service.model_copy(update={"quantum_ms": None})  # a core per server: nothing to slice
     return config.model_copy(update={"service": service})
 

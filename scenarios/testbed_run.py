@@ -71,7 +71,8 @@ def policy_of(plan: Any, backup_net: int | None = None) -> Any:
 
     return Policy(name=plan.name, kind=plan.kind, dispatch=plan.dispatch, hosts=tuple(plan.hosts),
                   n_experts=plan.n_experts, cancel=plan.cancel, fanout=plan.fanout, mean_ms=tuple(plan.mean_ms),
-                  delay_ms=tuple(plan.delay_ms) if plan.delay_ms is not None else None, backup_net=backup_net)
+                  delay_ms=tuple(plan.delay_ms) if plan.delay_ms is not None else None, backup_net=backup_net,
+                  n_base=plan.base, balancer=plan.balancer)
 
 
 def host_names(hosts: tuple[int, ...]) -> list[str]:
@@ -514,7 +515,7 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
     check_output(out_root, scenario.name)
     check_memory(scenario)
     check_calibration(scenario)
-    n_servers = scenario.n_experts + scenario.sim.r
+    n_servers = scenario.n_servers
     addresses = scenario.testbed.addresses
     if addresses is not None:
         if len(addresses) != n_servers:
@@ -580,7 +581,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet)
     points = build_point_configs(scenario, facts, calibration=calibration)
     backup_net = backup_network(facts)
-    n_servers = points[0][1].n_experts + points[0][1].r
+    n_servers = points[0][1].n_servers
     measured, task_frames, fidelity, simulated_frames = [], [], [], []
     overheads: dict[str, Any] = {}
     with scratch_folder("coinsim-testbed-") as work:  # networks and inputs the servers load

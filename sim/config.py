@@ -472,6 +472,35 @@ class Traffic(_Model):
         return w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)
 
 
+# ------------------------------------------------------------------------------------------ deployment
+class Deployment(_Model):
+    """How many servers each expert has in every policy's base deployment, and how a query picks one of them.
+
+    `instances`: servers per expert (one number, or one per expert); the r extra servers come on top, so every
+    policy still gets the same extra resources. Servers 0..N-1 are each expert's first instance, then the further
+    instances expert by expert, then the r extra servers. `balancer`: which instance gets a query's task for its
+    expert — `jsq` (fewest live tasks, ties to the lowest server), `round_robin` (each expert's instances in turn)
+    or `power_of_d` (the fewest live tasks among `d` instances drawn at random per query, ties to the first drawn).
+    Replication's dispatch rules choose among every host of an expert (its instances and replicas) themselves.
+    """
+
+    instances: int | tuple[int, ...] = Field(1, description="servers per expert: one number, or one per expert")
+    balancer: Literal["jsq", "round_robin", "power_of_d"] = "jsq"
+    d: int = Field(2, ge=1, description="power_of_d: instances drawn per query")
+
+    @field_validator("instances")
+    @classmethod
+    def _positive(cls, v: int | tuple[int, ...]) -> int | tuple[int, ...]:
+        if any(k < 1 for k in (v if isinstance(v, tuple) else (v,))):
+            raise ValueError(f"instances must be >= 1 (got {v!r})")
+        return v
+
+    def counts(self, n_experts: int) -> tuple[int, ...]:
+        """Instances per expert."""
+        k = self.instances
+        return k if isinstance(k, tuple) else (k,) * n_experts
+
+
 # --------------------------------------------------------------------------------------------- policies
 class PolicySpec(_Model):
     """One serving policy. All policies use the same N + r servers and the same random numbers.
@@ -565,6 +594,7 @@ class SimConfig(_Model):
     service: Service = Field(default_factory=Service)
     stragglers: Stragglers = Field(default_factory=Stragglers)
     network: Network = Field(default_factory=Network)
+    deployment: Deployment = Field(default_factory=Deployment)
     policies: tuple[PolicySpec, ...] = Field(default=("uncoded", "coded"), min_length=1, validate_default=True)
     n_queries: int | None = Field(default=None, ge=1)
     horizon_ms: float | None = Field(default=None, gt=0)
@@ -584,7 +614,10 @@ class SimConfig(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
-        n, s = self.n_experts, self.n_experts + self.r
+        n = self.n_experts
+        if isinstance(self.deployment.instances, tuple) and len(self.deployment.instances) != n:
+            raise ValueError(f"deployment.instances has {len(self.deployment.instances)} counts for {n} experts")
+        s = self.n_servers
         if self.service.cores is not None and self.service.max_batch > 1:
             raise ValueError("service.cores (shared cores) is not modelled with max_batch > 1")
         if self.service.wake is not None and self.service.max_batch > 1:
@@ -592,7 +625,8 @@ class SimConfig(_Model):
         if self.service.cancel_in_service == "finish_pass" and self.service.max_batch > 1:
             raise ValueError("service.cancel_in_service = 'finish_pass' is not modelled with max_batch > 1")
         if s > MAX_SERVERS:
-            raise ValueError(f"n_experts + r = {s} servers is over the limit of {MAX_SERVERS} (int64 answer masks)")
+            raise ValueError(f"{self.n_base} expert instances + r = {self.r} makes {s} servers, over the limit of "
+                             f"{MAX_SERVERS} (int64 answer masks)")
         if self.model_names is not None and len(self.model_names) != n:
             raise ValueError(f"model_names has {len(self.model_names)} names for n_experts={n}")
         tr = self.traffic
@@ -632,6 +666,20 @@ class SimConfig(_Model):
             if problem:
                 raise ValueError(f"unstable load: {problem}; set n_queries or horizon_ms to simulate a transient")
         return self
+
+    @property
+    def instance_counts(self) -> tuple[int, ...]:
+        """Servers per expert in the base deployment."""
+        return self.deployment.counts(self.n_experts)
+
+    @property
+    def n_base(self) -> int:
+        """Servers of the base deployment (every expert's instances); the r extra servers follow them."""
+        return sum(self.instance_counts)
+
+    @property
+    def n_servers(self) -> int:
+        return self.n_base + self.r
 
     def policy(self, name: str) -> PolicySpec:
         for p in self.policies:

@@ -19,7 +19,8 @@ import pandas as pd
 from sim.config import SimConfig
 from sim.errors import SimConfigError
 
-ARRIVALS, KIND, SPLIT, HOT, SAMPLES, SERVICE, STRAG_U, STRAG_MAG, EPISODES, FAILURES, NET_OUT, NET_BACK = range(12)
+(ARRIVALS, KIND, SPLIT, HOT, SAMPLES, SERVICE, STRAG_U, STRAG_MAG, EPISODES, FAILURES, NET_OUT, NET_BACK,
+ BALANCE) = range(13)
 _CHUNK = 65_536
 
 
@@ -36,10 +37,11 @@ class Draws:
     arrival_ms: np.ndarray
     model: np.ndarray
     sample_id: np.ndarray
-    service_u: np.ndarray  # (n, N + r) uniforms, mapped through each server's service quantile function
+    service_u: np.ndarray  # (n, servers) uniforms, mapped through each server's service quantile function
     task_factor: np.ndarray  # (n, N + r) per-task straggler slowdown (1.0 = no straggle)
     net_out_u: np.ndarray | None = None  # (n, N + r) uniforms for the dispatcher → server delay
     net_back_u: np.ndarray | None = None  # (n, N + r) uniforms for the server → dispatcher delay
+    balance_u: np.ndarray | None = None  # (n, d) uniforms: the instances a power-of-d balancer draws per query
 
     @property
     def n(self) -> int:
@@ -150,7 +152,7 @@ def _split(cfg: SimConfig, seed: int, t: np.ndarray) -> np.ndarray:
 
 def draw(cfg: SimConfig, seed: int) -> Draws:
     """All per-query random numbers for one run (identical for every policy)."""
-    n_srv = cfg.n_experts + cfg.r
+    n_srv = cfg.n_servers
     tr = cfg.traffic
     if tr.kind == "trace":
         t, model = _read_trace(cfg)
@@ -188,4 +190,6 @@ def draw(cfg: SimConfig, seed: int) -> Draws:
     for k, (purpose, dist) in enumerate(((NET_OUT, cfg.network.out), (NET_BACK, cfg.network.back))):
         if dist is not None:
             net_u[k] = np.column_stack([stream(seed, purpose, s).random(nq) for s in range(n_srv)])
-    return Draws(seed, t, model, sample, u, fac, net_u[0], net_u[1])
+    dep = cfg.deployment
+    balance = stream(seed, BALANCE).random((nq, dep.d)) if dep.balancer == "power_of_d" else None
+    return Draws(seed, t, model, sample, u, fac, net_u[0], net_u[1], balance)

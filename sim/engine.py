@@ -255,7 +255,7 @@ class _Server:
             qid = q.qid
             q.done = True
             eng.finish_ms[qid] = self.env.now
-            eng.how[qid] = HOW_DIRECT if self.idx < eng.N else HOW_REPLICA
+            eng.how[qid] = HOW_DIRECT if self.idx < eng.n_base else HOW_REPLICA
             eng.mask[qid] = 1 << self.idx
             eng.n_done += 1
             self.station.n_live -= 1
@@ -469,7 +469,8 @@ class FastEngine:
             raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
         self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)
         inline = not self.batching and not self.net and self.disp is None  # sends and answers need no hooks
-        self.uncoded = plan.kind == "uncoded" and inline  # the uncoded rules, inlined on the hot path
+        # the uncoded rules, inlined on the hot path (one instance per expert: nothing to balance)
+        self.uncoded = plan.kind == "uncoded" and inline and plan.base == plan.n_experts
         # routed queries that only ever get one task (no copies to cancel, any completion answers)
         self.single_task = inline and self.rules.one_task_routed
         self.out = plan.out_ms.ravel().tolist() if plan.out_ms is not None else None  # flat: [qid * S + server]
@@ -494,6 +495,8 @@ class FastEngine:
             st.mean_ms = float(np.mean([plan.mean_ms[s.idx] for s in st.servers])) / len(st.servers)
         # the policy's view of the system (policies.Serving): targets are stations
         self.n_experts, self.fanout, self.delay_ms = self.N, plan.fanout, plan.delay_ms
+        self.n_base, self.balancer, self.balance = plan.base, plan.balancer, plan.balance_u
+        self.instances = [[self.stations[k] for k in plan.instance_stations(i)] for i in range(self.N)]
         self.hosts = [[self.stations[k] for k in plan.host_stations(i)] for i in range(self.N)]
         self.coded = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == CODED]
         self.backups = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == BACKUP]
@@ -868,6 +871,9 @@ class FastEngine:
 
     def index(self, st: _Station) -> int:
         return st.idx
+
+    def balance_u(self, q: _Query) -> Any:
+        return self.balance[q.qid]  # type: ignore[index]
 
     def hedge_after(self, q: _Query, delay_ms: float) -> None:
         self.env.later(delay_ms, lambda _ev: self._hedge(q))

@@ -40,12 +40,18 @@ def replica_models(cfg: SimConfig, spec: PolicySpec) -> list[int]:
     return [k % n for k in range(r)]
 
 
+def base_hosts(cfg: SimConfig) -> list[int]:
+    """What the base deployment's servers host: each expert's first instance (servers 0..N-1), then the further
+    instances expert by expert."""
+    return list(range(cfg.n_experts)) + [i for i, k in enumerate(cfg.instance_counts) for _ in range(k - 1)]
+
+
 def layout(cfg: SimConfig, spec: PolicySpec) -> Layout:
-    n, r = cfg.n_experts, cfg.r
-    hosts = list(range(n))
+    r = cfg.r
+    hosts = base_hosts(cfg)
     extra = RULES[spec.kind].extra_host  # what the policy puts on the r extra servers (None: replicas)
     hosts += replica_models(cfg, spec) if extra is None else [extra] * r
-    scale = cfg.service.scale or (1.0,) * (n + r)
+    scale = cfg.service.scale or (1.0,) * (len(hosts))
     strag = cfg.stragglers
     means = []
     overhead = cfg.service.overhead_ms

@@ -25,7 +25,7 @@ class Plan:
     cancel: bool
     fanout: int
     n_experts: int
-    hosts: tuple[int, ...]  # per server: model, CODED, SPARE or BACKUP
+    hosts: tuple[int, ...]  # per server: model, CODED, SPARE or BACKUP (the experts' instances first)
     mean_ms: tuple[float, ...]  # per server, for expected-delay dispatch
     stations: list[list[int]]  # servers sharing one FIFO queue (one per server unless dispatch='pool')
     station_of: list[int]  # server -> station
@@ -50,17 +50,34 @@ class Plan:
     stall: bool = False  # with cores: a straggle's extra time (beyond pass_ms) holds the server off the cores
     extra_of_pass: bool = False  # a straggle's extra time is (f - 1) x the pass's own time on its server
     overhead_ms: float = 0.0  # in every task time: the server's work beside the pass, never stretched
+    n_base: int = 0  # servers of the experts' own instances (0: n_experts); the extra servers follow
+    balancer: str = "jsq"  # which instance of an expert gets a task: jsq | round_robin | power_of_d
+    balance_u: np.ndarray | None = None  # (n, d) power_of_d's uniforms per query
 
     @property
     def n_servers(self) -> int:
         return len(self.hosts)
 
+    @property
+    def base(self) -> int:
+        """Servers 0..base-1 are the experts' own instances."""
+        return self.n_base or self.n_experts
+
     def host_stations(self, model: int) -> list[int]:
-        """Stations holding `model`, expert's own first."""
+        """Stations holding `model`: its own instances' first (server order), then its replicas'."""
         out: list[int] = []
         for s, h in enumerate(self.hosts):
             st = self.station_of[s]
             if h == model and st not in out:
+                out.append(st)
+        return out
+
+    def instance_stations(self, model: int) -> list[int]:
+        """Stations of `model`'s own instances (the base deployment's servers hosting it)."""
+        out: list[int] = []
+        for s in range(self.base):
+            st = self.station_of[s]
+            if self.hosts[s] == model and st not in out:
                 out.append(st)
         return out
 
@@ -78,7 +95,7 @@ def _resolve_delay(spec: PolicySpec, service: np.ndarray, n: int) -> list[float]
 
 
 def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
-    n, s_tot = cfg.n_experts, cfg.n_experts + cfg.r
+    n, s_tot = cfg.n_experts, cfg.n_servers
     lay = layout(cfg, spec)
     scale = np.asarray(cfg.service.scale or (1.0,) * s_tot)
     base = np.empty_like(draws.service_u)
@@ -133,6 +150,9 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         stall=stall,
         extra_of_pass=of_pass,
         overhead_ms=overhead,
+        n_base=cfg.n_base,
+        balancer=cfg.deployment.balancer,
+        balance_u=draws.balance_u,
     )
 
 

@@ -67,8 +67,8 @@ class ReferenceEngine:
         self.hosts = [plan.host_stations(i) for i in range(self.N)]
         # the rest of the policy's view (policies.Serving): targets are station indices
         self.n_experts, self.dispatch, self.fanout, self.delay_ms = self.N, plan.dispatch, plan.fanout, plan.delay_ms
-        self.experts = [plan.station_of[i] for i in range(self.N)]
-        self.stations = list(range(len(plan.stations)))
+        self.n_base, self.balancer, self.balance = plan.base, plan.balancer, plan.balance_u
+        self.instances = [plan.instance_stations(i) for i in range(self.N)]
         self.rules = rules_for(plan.kind)(self)
         n, S = draws.n, plan.n_servers
         self.out = {
@@ -214,6 +214,9 @@ class ReferenceEngine:
 
     def index(self, st: int) -> int:
         return st
+
+    def balance_u(self, q: _Q) -> Any:
+        return self.balance[q.qid]  # type: ignore[index]
 
     def hedge_after(self, q: _Q, delay_ms: float) -> None:
         q.hedge_ms = delay_ms  # the query's process waits for it after the arrival rules ran

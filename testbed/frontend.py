@@ -56,6 +56,8 @@ class Policy:
     mean_ms: tuple[float, ...] = ()  # per server, for shortest-expected-delay
     delay_ms: tuple[float, ...] | None = None  # per expert, hedge delay
     backup_net: int | None = None  # the generalist's network (BACKUP servers); None: coded model 0's, N
+    n_base: int = 0  # servers of the experts' own instances (0: n_experts); the extra servers follow
+    balancer: str = "jsq"  # which of an expert's instances gets a task: jsq | round_robin
 
     def network_of(self, server: int) -> int:
         """The network a server runs under this policy: expert i is network i, coded model k is N + k, a backup
@@ -117,6 +119,9 @@ class Frontend:
                                         or (policy.dispatch == "hedged" and policy.delay_ms is None)):
             raise ValueError("testbed: a backup policy needs backup servers, dispatch hedged (with delay_ms) or "
                              "redundant")
+        if policy.balancer == "power_of_d":
+            raise ValueError("testbed: the power_of_d balancer is not served for real (its random draws are not "
+                             "replayed); use jsq or round_robin")
         if len(sockets) != len(policy.hosts) or work.factor.shape[1] != len(policy.hosts):
             raise ValueError(f"testbed: {len(sockets)} servers, policy has {len(policy.hosts)}, "
                              f"draws have {work.factor.shape[1]}")
@@ -126,11 +131,11 @@ class Frontend:
         # the policy's view of the servers (policies.Serving): targets are server indices
         self.n_experts, self.dispatch, self.fanout = self.N, policy.dispatch, policy.fanout
         self.delay_ms = policy.delay_ms
-        self.experts = list(range(self.N))
+        self.n_base, self.balancer = policy.n_base or self.N, policy.balancer
         self.hosts = [policy.servers_of(i) for i in range(self.N)]
+        self.instances = [[s for s in self.hosts[i] if s < self.n_base] for i in range(self.N)]
         self.coded = [s for s, h in enumerate(policy.hosts) if h == CODED]
         self.backups = [s for s, h in enumerate(policy.hosts) if h == BACKUP]
-        self.stations = list(range(self.S))
         self.rules = rules_for(policy.kind)(self)
         self.nets = [policy.network_of(s) for s in range(self.S)]
         self.mode = wire.MODES[work.mode]
@@ -198,6 +203,9 @@ class Frontend:
 
     def index(self, s: int) -> int:
         return s
+
+    def balance_u(self, q: _Query) -> Any:
+        raise NotImplementedError("power_of_d is refused when the frontend is built")
 
     def hedge_after(self, q: _Query, delay_ms: float) -> None:
         heapq.heappush(self.timers, (self.w.arrival_ms[q.qid] + delay_ms, q.qid, q.qid))

@@ -40,15 +40,19 @@ class Q:
 
 
 class View:
-    """Targets are names; servers are numbered in `names` order (experts first, as every system numbers them)."""
+    """Targets are names; servers are numbered in `names` order. Names starting with 'e' are the experts' own
+    instances (they come first, as every system numbers them); the rest are extra servers."""
 
     def __init__(self, names: list[str], hosts: list[int], dispatch: str, loads: dict[str, int] | None = None,
-                 delay_ms: tuple[float, ...] | None = None, fanout: int = 1, mean_ms: float = 1.0) -> None:
+                 delay_ms: tuple[float, ...] | None = None, fanout: int = 1, mean_ms: float = 1.0,
+                 balancer: str = "jsq", balance: dict[int, list[float]] | None = None) -> None:
         self.names, self.host_of = names, dict(zip(names, hosts, strict=True))
         self.n_experts = len({h for h in hosts if h >= 0})
+        self.n_base = sum(1 for n in names if n.startswith("e"))
         self.dispatch, self.fanout, self.delay_ms, self.mean = dispatch, fanout, delay_ms, mean_ms
-        self.experts = [f"e{i}" for i in range(self.n_experts)]
+        self.balancer, self.balance = balancer, balance or {}
         self.hosts = [[n for n in names if self.host_of[n] == i] for i in range(self.n_experts)]
+        self.instances = [[n for n in h if n.startswith("e")] for h in self.hosts]
         self.coded = [n for n in names if self.host_of[n] == CODED]
         self.backups = [n for n in names if self.host_of[n] == -3]
         self.stations = list(names)
@@ -65,6 +69,9 @@ class View:
 
     def index(self, t: str) -> int:
         return self.names.index(t)
+
+    def balance_u(self, q: Any) -> list[float]:
+        return self.balance[id(q)]
 
     def send(self, q: Any, t: str, role: int) -> None:
         self.sent.append((t, role))
@@ -216,3 +223,39 @@ def test_an_unregistered_kind_is_one_line():
     with pytest.raises(sim.SimConfigError, match="unknown policy kind 'mirror'"):
         sim.simulate({"n_experts": 1, "r": 1, "n_queries": 10, "traffic": {"rate_per_ms": 0.5}, "policies": ["mirror"]},
                      seed=0)
+
+
+def test_balancers_pick_an_instance_of_the_expert():
+    names, hosts = ["e0", "e1", "e0b", "e0c", "r0"], [0, 1, 0, 0, 0]
+    # jsq: the fewest live tasks among the expert's own instances (never its replica), ties to the first
+    v = View(names, hosts, "hedged", loads={"e0": 2, "e0b": 1, "e0c": 1, "r0": 0}, delay_ms=(1.0, 1.0))
+    r = rules("hedged", v)
+    r.routed(Q(0))
+    assert v.sent == [("e0b", ROLE_DIRECT)] and v.timers == [1.0]
+    # round robin: each expert's instances in turn, whatever their loads; another expert keeps its own turn
+    v = View(names, hosts, "direct", loads={"e0": 9}, balancer="round_robin")
+    r = rules("uncoded", v)
+    for m in (0, 0, 1, 0, 0):
+        r.routed(Q(m))
+    assert [t for t, _ in v.sent] == ["e0", "e0b", "e1", "e0c", "e0"]
+    # power of d: the instances the query's uniforms draw (without replacement), the least loaded of them
+    q = Q(0)
+    v = View(names, hosts, "direct", loads={"e0": 0, "e0b": 5, "e0c": 3}, balancer="power_of_d",
+             balance={id(q): [0.5, 0.9]})
+    rules("uncoded", v).routed(q)  # 0.5 of [e0, e0b, e0c] -> e0b; 0.9 of [e0, e0c] -> e0c; e0c has fewer
+    assert v.sent == [("e0c", ROLE_DIRECT)]
+
+
+def test_the_decode_group_takes_one_balanced_instance_of_each_other_expert():
+    v = View(["e0", "e1", "e1b", "c0"], [0, 1, 1, CODED], "redundant", loads={"e1": 1})
+    r, q = rules("coded", v), Q(0)
+    r.routed(q)
+    assert v.sent == [("e0", ROLE_DIRECT), ("e1b", ROLE_GROUP), ("c0", ROLE_GROUP)]
+    v.back(r, q, "e1b", ROLE_GROUP)
+    v.back(r, q, "c0", ROLE_GROUP)
+    assert v.answers == [(HOW_DECODED, 0b1100)]
+    # an output of a further instance of the expert is the expert's own answer, not a replica's
+    v2 = View(["e0", "e0b", "r0"], [0, 0, 0], "jsq")
+    v2.back(rules("replication", v2), Q(0), "e0b", ROLE_DIRECT)
+    v2.back(rules("replication", v2), Q(0), "r0", ROLE_DIRECT)
+    assert v2.answers == [(HOW_DIRECT, 0b010), (HOW_REPLICA, 0b100)]

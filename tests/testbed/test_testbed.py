@@ -92,15 +92,18 @@ def test_compute_mode_keeps_computing(cluster):
     assert task["held_ms"] >= 45 * task["compute_ms"] * 0.5
 
 
-def _simulated(policy_table: dict, work: Workload, service_ms: float, n_experts: int = 2) -> pd.DataFrame:
-    """The simulator on exactly this trace and these straggler factors, deterministic service (N + r = 3)."""
+def _simulated(policy_table: dict, work: Workload, service_ms: float, n_experts: int = 2,
+               deployment: dict | None = None) -> pd.DataFrame:
+    """The simulator on exactly this trace and these straggler factors, deterministic service (3 servers)."""
     from policies.codes import HOW
     from sim import parse_config
     from sim.api import run_plan
     from sim.draws import Draws
     from sim.plan import make_plan
 
-    cfg = parse_config({"n_experts": n_experts, "r": 3 - n_experts, "policies": [policy_table],
+    base = sum((deployment or {}).get("instances", [1] * n_experts))
+    cfg = parse_config({"n_experts": n_experts, "r": 3 - base, "policies": [policy_table],
+                        "deployment": deployment or {},
                         "traffic": {"kind": "trace", "trace_times_ms": work.arrival_ms.tolist(),
                                     "trace_models": work.model.tolist()},
                         "service": {"expert": {"kind": "deterministic", "value_ms": service_ms}}})
@@ -190,6 +193,21 @@ def test_a_policy_added_in_one_class_is_served_for_real_as_simulated(cluster, mo
     assert list(result.records["answered_by"]) == list(sim["answered_by"]) == ["replica", "direct", "replica"]
     servers = [",".join(str(b) for b in range(3) if (int(m) >> b) & 1) for m in result.records["answer_mask"]]
     assert servers == list(sim["servers_used"]) == ["2", "1", "1,2"]
+
+
+@pytest.mark.parametrize("balancer, servers", [("round_robin", [0, 2, 1, 0, 2]), ("jsq", [0, 2, 1, 2, 0])])
+def test_an_expert_with_two_instances_is_balanced_as_the_simulator_balances(cluster, balancer, servers):
+    # expert 0 on servers 0 and 2 (its second instance), expert 1 on server 1; query 0 holds server 0 for 500
+    # passes (25-500 ms at 0.05-1 ms a pass), so jsq sends the queries at 0.1 and 5 ms to server 2 (the one at
+    # 1000 ms finds both idle: the first), while round robin takes turns whatever the loads
+    work = _trace([0.0, 0.1, 0.2, 5.0, 1000.0], [0, 0, 1, 0, 0], [[500.0, 1, 1]] + [[1, 1, 1]] * 4)
+    policy = Policy("uncoded", "uncoded", "direct", (0, 1, 0), 2, n_base=3, balancer=balancer)
+    result = serve(cluster.sockets, policy, work)
+    assert list(result.tasks["server"]) == servers
+    sim = _simulated({"kind": "uncoded"}, work, float(result.tasks["compute_ms"].median()),
+                     deployment={"instances": [2, 1], "balancer": balancer})
+    assert list(sim["servers_used"]) == [str(s) for s in servers]
+    assert list(result.records["answered_by"]) == list(sim["answered_by"]) == ["direct"] * 5
 
 
 def test_ctrl_c_leaves_no_process(nets, tmp_path):
