@@ -515,12 +515,15 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
     check_output(out_root, scenario.name)
     check_memory(scenario)
     check_calibration(scenario)
+    if scenario.sim.deployment.balancer == "power_of_d":
+        raise ScenarioError("sim.deployment.balancer = 'power_of_d' is not served by the testbed (its frontend does "
+                            "not replay the random draws); use jsq or round_robin")
     n_servers = scenario.n_servers
     addresses = scenario.testbed.addresses
     if addresses is not None:
         if len(addresses) != n_servers:
-            raise ScenarioError(f"testbed.addresses lists {len(addresses)} servers; the scenario has N + r = "
-                                f"{n_servers}")
+            raise ScenarioError(f"testbed.addresses lists {len(addresses)} servers; the scenario has "
+                                f"{n_servers} (every expert instance and the r extra servers)")
         bad = [a for a in addresses if not a.startswith(("tcp://", "ipc://"))]
         if bad:
             raise ScenarioError(f"testbed.addresses: '{bad[0]}' is not a ZeroMQ address (tcp://host:port)")
