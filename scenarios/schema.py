@@ -305,7 +305,8 @@ def sim_config_for(
 
     `traffic.load` (a fraction of the N experts' capacity) becomes a total routed rate using the mean of the
     expert service distributions, so a scenario means the same thing on a fast GPU and a slow laptop;
-    `capacity(means)`, when given, is that capacity instead (the served model's: servers and shared cores).
+    `capacity(means, counts)`, when given, is that capacity instead (the served model's: servers and shared cores;
+    `counts`: each expert's instances).
     Unless the scenario sets `allow_unstable`, a load of 1 or more is refused, and so, with `check_capacity`, is
     a point outside some policy's capacity region (see sim.layout.check_stability).
     """
@@ -336,10 +337,10 @@ def sim_config_for(
         stand_in = {"rate_per_ms": 1.0} if traffic.get("kind", "poisson") != "trace" else {}
         partial = parse_config({**table, "traffic": {**traffic, **stand_in}, "n_queries": 1, "horizon_ms": None})
         means = [partial.service.expert_dist(i).mean() + partial.service.overhead_ms for i in range(partial.n_experts)]
-        counts = partial.instance_counts
-        per_server = [m for m, k in zip(means, counts, strict=True) for _ in range(k)]  # every expert instance
-        if load is not None:  # routed queries: a fraction of the experts' servers' combined capacity
-            routed_capacity = sum(1.0 / m for m in per_server) if capacity is None else capacity(per_server)
+        counts = list(partial.instance_counts)
+        if load is not None:  # routed queries: a fraction of the combined capacity of every expert instance
+            routed_capacity = (sum(k / m for m, k in zip(means, counts, strict=True)) if capacity is None
+                               else capacity(means, counts))
             traffic["rate_per_ms"] = load * routed_capacity
         if ensemble_load is not None:  # ensemble queries occupy every expert: limited by the slowest
             traffic["ensemble_rate_per_ms"] = ensemble_load * min(k / m for m, k in zip(means, counts, strict=True))

@@ -227,9 +227,10 @@ def routed_capacity(calibration: Any, device: str, pass_ms: float, measured: boo
     # held at the busiest measured level; with measured served passes, the means given are already at it
     extra = 0.0 if measured else (calibration.serving_extra_ms(pass_ms, 1.0) or 0.0)
 
-    def capacity(means: list[float]) -> float:
+    def capacity(means: list[float], counts: list[int] | None = None) -> float:
+        """`means`: each expert's mean served cost; `counts`: its instances (one each by default)."""
         means = [m + extra for m in means]
-        servers = sum(1.0 / m for m in means)
+        servers = sum(k / m for m, k in zip(means, counts or [1] * len(means), strict=True))
         if device.startswith("cuda"):
             return servers
         work = float(np.mean(means))  # core-ms per routed query, queries split evenly
@@ -249,8 +250,8 @@ def at_means(capacity: Any, means_ms: list[float], samples_means_ms: list[float]
     at that level, whatever part of their passes the wake curve explains."""
     shifts = [float(m - s) for m, s in zip(means_ms, samples_means_ms, strict=True)]
 
-    def read(means: list[float]) -> float:
-        return float(capacity([m + d for m, d in zip(means, shifts, strict=True)]))
+    def read(means: list[float], counts: list[int] | None = None) -> float:
+        return float(capacity([m + d for m, d in zip(means, shifts, strict=True)], counts))
 
     return read
 

@@ -1,0 +1,44 @@
+"""A scenario's load counts every instance of every expert, in bare compute and under the served model."""
+
+from __future__ import annotations
+
+import pytest
+
+from scenarios.schema import scenario_from_dict, sim_config_for
+
+
+def _scenario(instances) -> object:
+    return scenario_from_dict({
+        "name": "inst", "sim": {
+            "n_experts": 2, "r": 1, "n_queries": 100, "traffic": {"load": 0.5},
+            "service": {"experts": [{"kind": "exponential", "mean_ms": 2.0}, {"kind": "exponential", "mean_ms": 4.0}]},
+            "deployment": {"instances": instances}}}, "inline")
+
+
+def test_bare_load_is_a_fraction_of_every_instances_capacity():
+    one, more = _scenario(1), _scenario([2, 3])
+    assert sim_config_for(one, one.sim.table()).traffic.rate_per_ms == pytest.approx(0.5 * (1 / 2 + 1 / 4))
+    assert sim_config_for(more, more.sim.table()).traffic.rate_per_ms == pytest.approx(0.5 * (2 / 2 + 3 / 4))
+    assert more.n_servers == 6
+
+
+def test_the_served_capacity_is_handed_the_instance_counts():
+    seen = []
+
+    def capacity(means, counts):
+        seen.append((list(means), list(counts)))
+        return 10.0
+
+    more = _scenario([2, 3])
+    assert sim_config_for(more, more.sim.table(), capacity=capacity).traffic.rate_per_ms == pytest.approx(5.0)
+    assert seen == [([2.0, 4.0], [2, 3])]
+
+
+def test_the_served_models_capacity_counts_instances_on_the_servers_side():
+    from scenarios import served
+    from tests import calibration_testutil as cu
+
+    cal = cu.hand_calibration(machine=dict(cu.calibration_dict()["machine"], cpu_count=64))  # cores never bind
+    capacity = served.routed_capacity(cal, "cpu", pass_ms=1.0, measured=True)
+    assert capacity([2.0, 4.0], [2, 3]) == pytest.approx(2 / 2 + 3 / 4)
+    assert capacity([2.0, 4.0]) == pytest.approx(1 / 2 + 1 / 4)
