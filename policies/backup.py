@@ -15,7 +15,6 @@ class Backup(Rules):
     dispatches = ("hedged", "redundant")
     delayed = frozenset({"hedged"})
     extra_host = BACKUP
-    summary = "the expert and a generalist backup server (after delay_ms, or at once); first answer wins"
 
     @classmethod
     def least_work_ms(cls, offered: Offered, model: int, work_ms: Sequence[float]) -> float:

@@ -17,7 +17,6 @@ class Coded(Rules):
     dispatches = ("redundant", "hedged", "sed")
     delayed = frozenset({"hedged"})
     extra_host = CODED
-    summary = "the expert and/or its decode group (other experts + a coded server); decoded from N outputs"
 
     @classmethod
     def least_work_ms(cls, offered: Offered, model: int, work_ms: Sequence[float]) -> float:

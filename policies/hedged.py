@@ -12,7 +12,6 @@ class Hedged(Rules):
     dispatches = ("hedged",)
     delayed = frozenset({"hedged"})
     extra_host = None  # replicas
-    summary = "the expert first; a copy to the least-loaded replica after delay_ms"
 
     def routed(self, q: Query) -> None:
         s = self.s

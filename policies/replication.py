@@ -12,7 +12,6 @@ class Replication(Rules):
     dispatches = ("redundant", "jsq", "pool")
     pooled = frozenset({"pool"})
     extra_host = None  # replicas
-    summary = "extra servers hold replicas; redundant copies, join-shortest-queue, or a pooled queue"
 
     @property
     def one_task_routed(self) -> bool:

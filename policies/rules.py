@@ -94,7 +94,6 @@ class Rules:
     delayed: ClassVar[frozenset[str]] = frozenset()  # dispatches that wait `delay_ms` before their second path
     pooled: ClassVar[frozenset[str]] = frozenset()  # dispatches under which an expert's servers share one queue
     extra_host: ClassVar[int | None] = None  # what the r extra servers host (None: replicas of experts)
-    summary: ClassVar[str] = ""  # one line for help texts
 
     def __init__(self, serving: Serving) -> None:
         self.s = serving

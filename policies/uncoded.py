@@ -10,7 +10,6 @@ class Uncoded(Rules):
     kind = "uncoded"
     dispatches = ("direct",)
     extra_host = SPARE
-    summary = "each expert on its own server; the extra servers stay idle"
 
     @property
     def one_task_routed(self) -> bool:
