@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from policies.codes import CODED, HOW_DECODED, HOW_DIRECT, ROLE_DIRECT, ROLE_GROUP
-from policies.rules import Offered, Query, Rules, coded_pick
+from policies.rules import Offered, Query, Rules
 
 
 class Coded(Rules):
@@ -20,9 +20,13 @@ class Coded(Rules):
 
     @classmethod
     def least_work_ms(cls, offered: Offered, model: int, work_ms: Sequence[float]) -> float:
-        """Its expert's one task, or decoded: N tasks on the other experts and the coded servers."""
+        """Its expert's one task, or decoded: as many tasks as its code group has experts, on the group's other
+        experts and coded servers."""
         own = super().least_work_ms(offered, model, work_ms)
-        return min(own, sum(sorted(work_ms[:model] + work_ms[model + 1:])[: offered.n_experts]))
+        g = offered.group_of(model)
+        others = [w for s, w in enumerate(work_ms) if s != model and offered.server_group(s) == g
+                  and offered.hosts[s] != model]
+        return min(own, sum(sorted(others)[: len(offered.members(g))]))
 
     @classmethod
     def capacity_problem(cls, offered: Offered, cap_per_ms: Sequence[float], mean_ms: Sequence[float]) -> str | None:
@@ -43,13 +47,12 @@ class Coded(Rules):
             s.send(q, self.expert(q, i), ROLE_DIRECT)
             s.hedge_after(q, s.delay_ms[i])  # type: ignore[index]
         else:  # sed: only the path with the shorter expected delay (each expert's instance as the balancer picks)
-            picks = [self.expert(q, j) for j in range(s.n_experts)]
-            group = [t for j, t in enumerate(picks) if j != i] + list(coded_pick(s))
-            if max((s.expected_ms(t) for t in group), default=0.0) < s.expected_ms(picks[i]):
+            own, group = self.expert(q, i), self.decode_group(q)
+            if max((s.expected_ms(t) for t in group), default=0.0) < s.expected_ms(own):
                 for t in group:
                     s.send(q, t, ROLE_GROUP)
             else:
-                s.send(q, picks[i], ROLE_DIRECT)
+                s.send(q, own, ROLE_DIRECT)
 
     def ensemble(self, q: Query) -> None:
         s = self.s
@@ -61,10 +64,12 @@ class Coded(Rules):
             for t in picks:
                 s.send(q, t, ROLE_GROUP)
             s.hedge_after(q, max(s.delay_ms))  # type: ignore[arg-type]
-        else:  # sed: the N of them and the coded targets with the shortest expected delay
-            order = sorted([*picks, *s.coded], key=lambda t: (s.expected_ms(t), s.index(t)))
-            for t in order[: s.n_experts]:
-                s.send(q, t, ROLE_GROUP)
+        else:  # sed: per code group, as many of its experts' picks and its coded targets as it has experts, the
+            for g, members in enumerate(s.members):  # ones with the shortest expected delay
+                order = sorted([picks[i] for i in members] + list(s.coded_in[g]),
+                               key=lambda t: (s.expected_ms(t), s.index(t)))
+                for t in order[: len(members)]:
+                    s.send(q, t, ROLE_GROUP)
 
     def hedge(self, q: Query) -> None:
         s = self.s
@@ -81,11 +86,12 @@ class Coded(Rules):
             return
         q.got += 1
         q.mask |= bit
-        if q.model >= 0:
-            if q.got >= s.n_experts:
+        if q.model >= 0:  # decoded once as many outputs of its decode group are in as its code group has experts
+            if q.got >= len(s.members[s.group_of[q.model]]):
                 s.answer(q, HOW_DECODED, q.mask)
             return
         if host == CODED:
             q.how = HOW_DECODED
-        if q.got >= s.n_experts:
+        if q.got >= s.n_experts and all(bin(q.mask & m).count("1") >= len(s.members[g])  # every group decodable
+                                        for g, m in enumerate(s.group_masks)):
             s.answer(q, q.how, q.mask)

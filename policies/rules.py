@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from policies.codes import (
+    CODED,
     HOW_BACKUP,
     HOW_DIRECT,
     HOW_HEDGE,
@@ -51,6 +52,10 @@ class Serving(Protocol):
     hosts: Sequence[Sequence[Any]]  # per expert: every target holding it, its instances first, then replicas
     coded: Sequence[Any]
     backups: Sequence[Any]
+    group_of: Sequence[int]  # per expert: its code group
+    members: Sequence[Sequence[int]]  # per code group: its experts
+    coded_in: Sequence[Sequence[Any]]  # per code group: its coded targets
+    group_masks: Sequence[int]  # per code group: bitmask of its servers (its experts' instances, its coded servers)
 
     def load(self, target: Any) -> int: ...  # tasks live at the target, as the dispatcher counts them
 
@@ -67,6 +72,39 @@ class Serving(Protocol):
     def answer(self, q: Any, how: int, mask: int) -> None: ...
 
 
+def server_groups(hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int) -> list[int]:
+    """Each server's code group: its expert's for one of the experts' own instances (servers 0..n_base-1); for an
+    extra server, its place among the extra servers, which come r per group, group by group."""
+    groups = groups or [range(n_experts)]
+    group_of = {i: g for g, members in enumerate(groups) for i in members}
+    per_group = max(1, (len(hosts) - n_base) // len(groups))
+    return [group_of[h] if s < n_base else min((s - n_base) // per_group, len(groups) - 1)
+            for s, h in enumerate(hosts)]
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """The code groups as a system's policy view holds them (`Serving.group_of`, `members`, `group_masks`, and
+    which servers are each group's coded ones)."""
+
+    group_of: list[int]
+    members: list[list[int]]
+    group_masks: list[int]
+    coded_servers: list[list[int]]  # per group: its coded servers (indices)
+
+    @classmethod
+    def of(cls, hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int) -> GroupView:
+        members = [list(g) for g in groups] or [list(range(n_experts))]
+        sg = server_groups(hosts, n_base, members, n_experts)
+        group_of = [0] * n_experts
+        for g, m in enumerate(members):
+            for i in m:
+                group_of[i] = g
+        masks = [sum(1 << s for s in range(len(hosts)) if sg[s] == g) for g in range(len(members))]
+        coded = [[s for s, h in enumerate(hosts) if h == CODED and sg[s] == g] for g in range(len(members))]
+        return cls(group_of, members, masks, coded)
+
+
 @dataclass(frozen=True)
 class Offered:
     """A policy's servers and the traffic offered to them, in plain numbers (rates per ms), for the necessary
@@ -76,6 +114,8 @@ class Offered:
     hosts: Sequence[int]  # per server: an expert index, or CODED / SPARE / BACKUP
     routed_per_ms: Sequence[float]  # per expert: its routed queries' mean rate
     ensemble_per_ms: float
+    n_base: int = 0  # servers of the experts' own instances (0: one each); the extra servers follow, r per group
+    groups: Sequence[Sequence[int]] = ()  # code groups of experts (empty: one group of all)
 
     @property
     def n_experts(self) -> int:
@@ -83,6 +123,15 @@ class Offered:
 
     def servers_of(self, model: int) -> list[int]:
         return [s for s, h in enumerate(self.hosts) if h == model]
+
+    def members(self, group: int) -> Sequence[int]:
+        return self.groups[group] if self.groups else range(self.n_experts)
+
+    def group_of(self, model: int) -> int:
+        return next((g for g, m in enumerate(self.groups) if model in m), 0)
+
+    def server_group(self, server: int) -> int:
+        return server_groups(self.hosts, self.n_base or self.n_experts, self.groups, self.n_experts)[server]
 
 
 class Rules:
@@ -144,15 +193,17 @@ class Rules:
             drawn.append(left.pop(min(int(u * len(left)), len(left) - 1)))
         return least_loaded(s, drawn)
 
-    def send_group(self, q: Query) -> None:
-        """The decode group of a routed query: an instance of each of the other N - 1 experts and the picked coded
-        targets, same input."""
+    def decode_group(self, q: Query) -> list[Any]:
+        """The decode group of a routed query: an instance of each other expert of its code group (by the balancer)
+        and the picked coded targets of that group."""
         s = self.s
-        for j in range(s.n_experts):
-            if j != q.model:
-                s.send(q, self.expert(q, j), ROLE_GROUP)
-        for t in coded_pick(s):
-            s.send(q, t, ROLE_GROUP)
+        g = s.group_of[q.model]
+        return [self.expert(q, j) for j in s.members[g] if j != q.model] + list(coded_pick(s, g))
+
+    def send_group(self, q: Query) -> None:
+        """Send q to its decode group, same input."""
+        for t in self.decode_group(q):
+            self.s.send(q, t, ROLE_GROUP)
 
     def routed(self, q: Query) -> None:
         """A query for expert q.model arrives."""
@@ -201,8 +252,9 @@ def least_loaded(s: Serving, targets: Sequence[Any]) -> Any:
     return best
 
 
-def coded_pick(s: Serving) -> Sequence[Any]:
-    """The `fanout` least-loaded coded targets (ties -> lower index)."""
-    if s.fanout >= len(s.coded):
-        return s.coded
-    return sorted(s.coded, key=lambda t: (s.load(t), s.index(t)))[: s.fanout]
+def coded_pick(s: Serving, group: int = 0) -> Sequence[Any]:
+    """The `fanout` least-loaded coded targets of a code group (ties -> lower index)."""
+    coded = s.coded_in[group]
+    if s.fanout >= len(coded):
+        return coded
+    return sorted(coded, key=lambda t: (s.load(t), s.index(t)))[: s.fanout]

@@ -233,6 +233,9 @@ class Scenario(_Strict):
             n = len(self.models.experts)
             if self.coding.beta is not None and len(self.coding.beta) != n:
                 raise ValueError(f"coding.beta has {len(self.coding.beta)} weights for {n} experts")
+            if self.sim.deployment.groups is not None:
+                raise ValueError("sim.deployment.groups (code groups) is simulated without [models] only: the coding "
+                                 "step builds one code over all experts, not one per group")
             r = max(1, self.sim.r)
             if self.coding.betas is not None and (len(self.coding.betas) != r or
                                                   any(len(b) != n for b in self.coding.betas)):
@@ -249,7 +252,8 @@ class Scenario(_Strict):
     @property
     def n_servers(self) -> int:
         """Servers every policy runs on: each expert's instances and the r extra servers."""
-        return sum(self.sim.deployment.counts(self.n_experts)) + self.sim.r
+        dep = self.sim.deployment
+        return sum(dep.counts(self.n_experts)) + self.sim.r * len(dep.code_groups(self.n_experts))
 
     @property
     def backup_method(self) -> str:

@@ -72,7 +72,7 @@ def policy_of(plan: Any, backup_net: int | None = None) -> Any:
     return Policy(name=plan.name, kind=plan.kind, dispatch=plan.dispatch, hosts=tuple(plan.hosts),
                   n_experts=plan.n_experts, cancel=plan.cancel, fanout=plan.fanout, mean_ms=tuple(plan.mean_ms),
                   delay_ms=tuple(plan.delay_ms) if plan.delay_ms is not None else None, backup_net=backup_net,
-                  n_base=plan.base, balancer=plan.balancer)
+                  n_base=plan.base, balancer=plan.balancer, groups=plan.groups)
 
 
 def host_names(hosts: tuple[int, ...]) -> list[str]:

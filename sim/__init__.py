@@ -40,9 +40,10 @@ restarts with its server's draw after repair (nothing is dropped); hedge delays 
 percentile of the primary's drawn task times; with service.max_batch > 1 a free server takes up to that
 many queued tasks at once (batch time = max draw * (1 + batch_cost_per_extra * (b - 1))).
 
-``deployment = {instances = k | [k_i], balancer = jsq | round_robin | power_of_d, d = 2}``: each expert on k_i
-servers in every policy (servers 0..N-1 their first instances, then the further ones, then the r extra servers);
-the balancer picks which instance gets a task.
+``deployment = {instances = k | [k_i], balancer = jsq | round_robin | power_of_d, d = 2, groups = [[...], ...]}``:
+each expert on k_i servers in every policy (servers 0..N-1 their first instances, then the further ones, then the
+extra servers); the balancer picks which instance gets a task; code groups split the experts into groups coded on
+their own, r extra servers per group.
 
 Physical options measured on the serving testbed (off by default; the reference engine refuses them):
 ``network = {out = DIST, back = DIST}`` delays each task on its way to the server and its output on the way

@@ -487,6 +487,9 @@ class Deployment(_Model):
     instances: int | tuple[int, ...] = Field(1, description="servers per expert: one number, or one per expert")
     balancer: Literal["jsq", "round_robin", "power_of_d"] = "jsq"
     d: int = Field(2, ge=1, description="power_of_d: instances drawn per query")
+    groups: tuple[tuple[int, ...], ...] | None = Field(
+        None, description="code groups: a partition of the experts, each coded on its own by r coded servers "
+                          "(every policy then gets r extra servers per group); default one group of all experts")
 
     @field_validator("instances")
     @classmethod
@@ -494,6 +497,10 @@ class Deployment(_Model):
         if any(k < 1 for k in (v if isinstance(v, tuple) else (v,))):
             raise ValueError(f"instances must be >= 1 (got {v!r})")
         return v
+
+    def code_groups(self, n_experts: int) -> tuple[tuple[int, ...], ...]:
+        """The code groups (one group of every expert by default)."""
+        return self.groups if self.groups is not None else (tuple(range(n_experts)),)
 
     def counts(self, n_experts: int) -> tuple[int, ...]:
         """Instances per expert."""
@@ -617,6 +624,12 @@ class SimConfig(_Model):
         n = self.n_experts
         if isinstance(self.deployment.instances, tuple) and len(self.deployment.instances) != n:
             raise ValueError(f"deployment.instances has {len(self.deployment.instances)} counts for {n} experts")
+        groups = self.deployment.groups
+        if groups is not None:
+            flat = sorted(i for g in groups for i in g)
+            if flat != list(range(n)) or any(not g for g in groups):
+                raise ValueError(f"deployment.groups must split the experts 0..{n - 1} into non-empty groups, each "
+                                 f"expert in exactly one (got {[list(g) for g in groups]})")
         s = self.n_servers
         if self.service.cores is not None and self.service.max_batch > 1:
             raise ValueError("service.cores (shared cores) is not modelled with max_batch > 1")
@@ -625,8 +638,8 @@ class SimConfig(_Model):
         if self.service.cancel_in_service == "finish_pass" and self.service.max_batch > 1:
             raise ValueError("service.cancel_in_service = 'finish_pass' is not modelled with max_batch > 1")
         if s > MAX_SERVERS:
-            raise ValueError(f"{self.n_base} expert instances + r = {self.r} makes {s} servers, over the limit of "
-                             f"{MAX_SERVERS} (int64 answer masks)")
+            raise ValueError(f"{self.n_base} expert instances + {self.n_extra} extra servers makes {s} servers, over "
+                             f"the limit of {MAX_SERVERS} (int64 answer masks)")
         if self.model_names is not None and len(self.model_names) != n:
             raise ValueError(f"model_names has {len(self.model_names)} names for n_experts={n}")
         tr = self.traffic
@@ -650,8 +663,9 @@ class SimConfig(_Model):
             if RULES[p.kind].extra_host != SPARE and self.r == 0:  # its r extra servers do work
                 raise ValueError(f"policy {p.name!r} needs r >= 1 extra servers")
             if isinstance(p.replica_of, tuple):
-                if len(p.replica_of) != self.r or any(m < 0 or m >= n for m in p.replica_of):
-                    raise ValueError(f"policy {p.name!r}: replica_of needs r={self.r} model indices in [0, {n})")
+                if len(p.replica_of) != self.n_extra or any(m < 0 or m >= n for m in p.replica_of):
+                    raise ValueError(f"policy {p.name!r}: replica_of needs {self.n_extra} model indices (one per extra "
+                                     f"server) in [0, {n})")
             if isinstance(p.delay_ms, tuple) and len(p.delay_ms) != n:
                 raise ValueError(f"policy {p.name!r}: delay_ms has {len(p.delay_ms)} values for {n} experts")
             if p.kind == "coded" and p.fanout > self.r:
@@ -679,7 +693,16 @@ class SimConfig(_Model):
 
     @property
     def n_servers(self) -> int:
-        return self.n_base + self.r
+        return self.n_base + self.n_extra
+
+    @property
+    def code_groups(self) -> tuple[tuple[int, ...], ...]:
+        return self.deployment.code_groups(self.n_experts)
+
+    @property
+    def n_extra(self) -> int:
+        """Extra servers of every policy: r per code group."""
+        return self.r * len(self.code_groups)
 
     def policy(self, name: str) -> PolicySpec:
         for p in self.policies:

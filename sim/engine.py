@@ -19,6 +19,7 @@ import numpy as np
 
 from policies import rules_for
 from policies.codes import BACKUP, CODED, HOW_DIRECT, HOW_REPLICA, ROLE_DIRECT
+from policies.rules import GroupView
 from sim.clock import Clock, Due
 from sim.draws import EPISODES, FAILURES, Draws, Timeline, stream
 from sim.plan import Plan
@@ -501,6 +502,9 @@ class FastEngine:
         self.coded = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == CODED]
         self.backups = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == BACKUP]
         self.experts = [self.stations[plan.station_of[i]] for i in range(self.N)]
+        gv = GroupView.of(plan.hosts, plan.base, plan.groups, self.N)
+        self.group_of, self.members, self.group_masks = gv.group_of, gv.members, gv.group_masks
+        self.coded_in = [[self.stations[plan.station_of[s]] for s in servers] for servers in gv.coded_servers]
         self.arr = draws.arrival_ms.tolist()
         self.models = draws.model.tolist()
         n, S = self.n, plan.n_servers

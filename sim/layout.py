@@ -31,7 +31,7 @@ class Layout:
 
 
 def replica_models(cfg: SimConfig, spec: PolicySpec) -> list[int]:
-    n, r = cfg.n_experts, cfg.r
+    n, r = cfg.n_experts, cfg.n_extra
     if isinstance(spec.replica_of, tuple):
         return list(spec.replica_of)
     if spec.replica_of == "hot":
@@ -47,7 +47,7 @@ def base_hosts(cfg: SimConfig) -> list[int]:
 
 
 def layout(cfg: SimConfig, spec: PolicySpec) -> Layout:
-    r = cfg.r
+    r = cfg.n_extra  # r per code group, group by group
     hosts = base_hosts(cfg)
     extra = RULES[spec.kind].extra_host  # what the policy puts on the r extra servers (None: replicas)
     hosts += replica_models(cfg, spec) if extra is None else [extra] * r
@@ -87,7 +87,8 @@ def _offered(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> Offered:
     """The policy's servers and the mean traffic offered to them, as the policy's capacity rules read them."""
     tr = cfg.traffic
     routed = tr.routed_rate() * tr.mean_shares(cfg.n_experts)
-    return Offered(str(spec.name), lay.hosts, [float(x) for x in routed], float(tr.ensemble_rate_per_ms))
+    return Offered(str(spec.name), lay.hosts, [float(x) for x in routed], float(tr.ensemble_rate_per_ms),
+                   cfg.n_base, cfg.code_groups if cfg.deployment.groups is not None else ())
 
 
 def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:

@@ -53,6 +53,7 @@ class Plan:
     n_base: int = 0  # servers of the experts' own instances (0: n_experts); the extra servers follow
     balancer: str = "jsq"  # which instance of an expert gets a task: jsq | round_robin | power_of_d
     balance_u: np.ndarray | None = None  # (n, d) power_of_d's uniforms per query
+    groups: tuple[tuple[int, ...], ...] = ()  # code groups of experts (empty: one group of all)
 
     @property
     def n_servers(self) -> int:
@@ -71,6 +72,10 @@ class Plan:
             if h == model and st not in out:
                 out.append(st)
         return out
+
+    @property
+    def code_groups(self) -> tuple[tuple[int, ...], ...]:
+        return self.groups or (tuple(range(self.n_experts)),)
 
     def instance_stations(self, model: int) -> list[int]:
         """Stations of `model`'s own instances (the base deployment's servers hosting it)."""
@@ -153,6 +158,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         n_base=cfg.n_base,
         balancer=cfg.deployment.balancer,
         balance_u=draws.balance_u,
+        groups=cfg.code_groups if cfg.deployment.groups is not None else (),
     )
 
 

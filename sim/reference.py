@@ -21,6 +21,7 @@ import simpy
 
 from policies import rules_for
 from policies.codes import BACKUP, CODED, HOW_DIRECT
+from policies.rules import GroupView
 from sim.draws import EPISODES, Draws, Timeline, stream
 from sim.engine import RunOutput
 from sim.plan import Plan
@@ -69,6 +70,9 @@ class ReferenceEngine:
         self.n_experts, self.dispatch, self.fanout, self.delay_ms = self.N, plan.dispatch, plan.fanout, plan.delay_ms
         self.n_base, self.balancer, self.balance = plan.base, plan.balancer, plan.balance_u
         self.instances = [plan.instance_stations(i) for i in range(self.N)]
+        gv = GroupView.of(plan.hosts, plan.base, plan.groups, self.N)
+        self.group_of, self.members, self.group_masks = gv.group_of, gv.members, gv.group_masks
+        self.coded_in = [[plan.station_of[s] for s in servers] for servers in gv.coded_servers]
         self.rules = rules_for(plan.kind)(self)
         n, S = draws.n, plan.n_servers
         self.out = {

@@ -37,6 +37,7 @@ import zmq
 
 from policies import rules_for
 from policies.codes import BACKUP, CODED, HOW, HOW_DIRECT
+from policies.rules import GroupView
 from testbed import wire
 
 STATUS = ("done", "dropped_queued", "dropped_in_service")
@@ -58,6 +59,7 @@ class Policy:
     backup_net: int | None = None  # the generalist's network (BACKUP servers); None: coded model 0's, N
     n_base: int = 0  # servers of the experts' own instances (0: n_experts); the extra servers follow
     balancer: str = "jsq"  # which of an expert's instances gets a task: jsq | round_robin
+    groups: tuple[tuple[int, ...], ...] = ()  # code groups of experts (empty: one group of all)
 
     def network_of(self, server: int) -> int:
         """The network a server runs under this policy: expert i is network i, coded model k is N + k, a backup
@@ -134,6 +136,9 @@ class Frontend:
         self.n_base, self.balancer = policy.n_base or self.N, policy.balancer
         self.hosts = [policy.servers_of(i) for i in range(self.N)]
         self.instances = [[s for s in self.hosts[i] if s < self.n_base] for i in range(self.N)]
+        gv = GroupView.of(policy.hosts, self.n_base, policy.groups, self.N)
+        self.group_of, self.members, self.group_masks = gv.group_of, gv.members, gv.group_masks
+        self.coded_in = gv.coded_servers
         self.coded = [s for s, h in enumerate(policy.hosts) if h == CODED]
         self.backups = [s for s, h in enumerate(policy.hosts) if h == BACKUP]
         self.rules = rules_for(policy.kind)(self)

@@ -45,7 +45,8 @@ class View:
 
     def __init__(self, names: list[str], hosts: list[int], dispatch: str, loads: dict[str, int] | None = None,
                  delay_ms: tuple[float, ...] | None = None, fanout: int = 1, mean_ms: float = 1.0,
-                 balancer: str = "jsq", balance: dict[int, list[float]] | None = None) -> None:
+                 balancer: str = "jsq", balance: dict[int, list[float]] | None = None,
+                 groups: list[list[int]] | None = None) -> None:
         self.names, self.host_of = names, dict(zip(names, hosts, strict=True))
         self.n_experts = len({h for h in hosts if h >= 0})
         self.n_base = sum(1 for n in names if n.startswith("e"))
@@ -55,6 +56,13 @@ class View:
         self.instances = [[n for n in h if n.startswith("e")] for h in self.hosts]
         self.coded = [n for n in names if self.host_of[n] == CODED]
         self.backups = [n for n in names if self.host_of[n] == -3]
+        # code groups, written out by hand: coded targets named c<group><k> ("c0", "c1" in group 0 by default)
+        self.members = groups or [list(range(self.n_experts))]
+        self.group_of = [next(g for g, m in enumerate(self.members) if i in m) for i in range(self.n_experts)]
+        self.coded_in = [[n for n in self.coded if groups is None or int(n[1]) == g] for g in range(len(self.members))]
+        self.group_masks = [sum(1 << k for k, n in enumerate(names) if (n in self.coded_in[g]) or
+                                (self.host_of[n] >= 0 and self.group_of[self.host_of[n]] == g))
+                            for g in range(len(self.members))]
         self.stations = list(names)
         self.loads = dict.fromkeys(names, 0) | (loads or {})
         self.sent: list[tuple[str, int]] = []
@@ -259,3 +267,22 @@ def test_the_decode_group_takes_one_balanced_instance_of_each_other_expert():
     v2.back(rules("replication", v2), Q(0), "e0b", ROLE_DIRECT)
     v2.back(rules("replication", v2), Q(0), "r0", ROLE_DIRECT)
     assert v2.answers == [(HOW_DIRECT, 0b010), (HOW_REPLICA, 0b100)]
+
+
+def test_code_groups_decode_within_the_group():
+    # experts 0, 2 coded by c0 (group 0) and 1, 3 by c1 (group 1)
+    names, hosts = ["e0", "e1", "e2", "e3", "c0", "c1"], [0, 1, 2, 3, CODED, CODED]
+    v = View(names, hosts, "redundant", groups=[[0, 2], [1, 3]])
+    r, q = rules("coded", v), Q(2)
+    r.routed(q)
+    assert v.sent == [("e2", ROLE_DIRECT), ("e0", ROLE_GROUP), ("c0", ROLE_GROUP)]
+    v.back(r, q, "e0", ROLE_GROUP)
+    assert v.answers == []
+    v.back(r, q, "c0", ROLE_GROUP)
+    assert v.answers == [(HOW_DECODED, 0b010001)]  # two outputs: its group has two experts
+    ens = Q(-1)
+    for t in ("e0", "c0", "e1"):
+        v.back(r, ens, t, ROLE_GROUP)
+    assert len(v.answers) == 1  # three outputs, but group 1 has only one of the two it needs
+    v.back(r, ens, "c1", ROLE_GROUP)
+    assert v.answers[-1] == (HOW_DECODED, 0b110011)

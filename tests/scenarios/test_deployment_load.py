@@ -42,3 +42,21 @@ def test_the_served_models_capacity_counts_instances_on_the_servers_side():
     capacity = served.routed_capacity(cal, "cpu", pass_ms=1.0, measured=True)
     assert capacity([2.0, 4.0], [2, 3]) == pytest.approx(2 / 2 + 3 / 4)
     assert capacity([2.0, 4.0]) == pytest.approx(1 / 2 + 1 / 4)
+
+
+def test_code_groups_with_networks_are_refused_until_the_coding_step_codes_per_group(tmp_path):
+    from scenarios.schema import ScenarioError
+    from tests.conftest import tiny_zoo_table
+
+    table = {"name": "g", "models": tiny_zoo_table(tmp_path), "sim": {"r": 1, "deployment": {"groups": [[0], [1]]}}}
+    with pytest.raises(ScenarioError, match="code groups.*without \\[models\\]"):
+        scenario_from_dict(table, "inline")
+    plain = _scenario(1).sim.updated({"deployment": {"groups": [[0], [1]]}})
+    assert plain.deployment.code_groups(2) == ((0,), (1,))
+
+
+def test_servers_count_instances_and_r_per_code_group():
+    deployment = {"instances": [1, 2, 1, 1], "groups": [[0, 1], [2, 3]]}
+    s = scenario_from_dict({"name": "g", "sim": {"n_experts": 4, "r": 2, "traffic": {"rate_per_ms": 0.5},
+                                                 "deployment": deployment}}, "inline")
+    assert s.n_servers == 5 + 2 * 2

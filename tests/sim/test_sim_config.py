@@ -159,7 +159,7 @@ def test_more_servers_than_answer_mask_bits_is_refused():
     """Answer masks keep one bit per server in an int64: 64 servers would need bit 63 (a query for expert 63
     used to crash with an OverflowError after simulating)."""
     _bad({"n_experts": 64, "r": 0, "traffic": _one_query_for(63)}, "makes 64 servers", "limit of 63")
-    _bad(OK | {"n_experts": 60, "r": 4}, "60 expert instances + r = 4 makes 64 servers", "limit of 63")
+    _bad(OK | {"n_experts": 60, "r": 4}, "60 expert instances + 4 extra servers makes 64 servers", "limit of 63")
     _bad(OK | {"n_experts": 2, "r": 4, "deployment": {"instances": 30}}, "60 expert instances", "limit of 63")
 
 

@@ -97,7 +97,7 @@ def test_an_answer_from_a_further_instance_is_direct_and_from_a_replica_is_a_rep
 @pytest.mark.parametrize("deployment, needle", [
     ({"instances": 0}, "instances must be >= 1"),
     ({"instances": [1, 2, 3]}, "deployment.instances has 3 counts for 2 experts"),
-    ({"instances": 40}, "80 expert instances + r = 1 makes 81 servers"),
+    ({"instances": 40}, "80 expert instances + 1 extra servers makes 81 servers"),
     ({"balancer": "random"}, "deployment.balancer"),
     ({"d": 0}, "deployment.d"),
 ])
@@ -112,3 +112,78 @@ def test_capacity_counts_every_instance():
     assert sim.simulate({**ok, "n_queries": 100}, seed=0).records["latency_ms"].notna().all()
     with pytest.raises(sim.SimConfigError, match="unstable load.*3 server"):
         sim.simulate({**ok, "traffic": {"rate_per_ms": 3.1}, "n_queries": None}, seed=0)
+
+
+# ------------------------------------------------------------------------------------------------ code groups
+def _grouped(groups, n_queries: int, policies, rate: float = 0.001, **extra) -> dict:
+    return {"n_experts": 4, "r": 1, "n_queries": n_queries, "policies": policies,
+            "traffic": {"rate_per_ms": rate, **extra},
+            "service": {"expert": {"kind": "exponential", "mean_ms": 1.0},
+                        "coded": {"kind": "exponential", "mean_ms": 1.0}},
+            "deployment": {"groups": groups} if groups is not None else {}}
+
+
+@pytest.mark.parametrize("groups, m", [([[0, 1], [2, 3]], 2), (None, 4)])
+def test_code_groups_at_zero_load_follow_the_order_statistics(groups, m):
+    # idle servers, Exp(1) tasks, coded-redundant: a routed query is answered by the first of its expert's task and
+    # the whole decode group (the m - 1 other experts of its code group and the group's coded server), so its
+    # latency is min(X0, max(X1..Xm)) with mean 1 - 1 / (m + 1) = m / (m + 1)
+    from sim_testutil import iid_mean_ci
+
+    res = sim.simulate(_grouped(groups, 60_000, [{"kind": "coded", "dispatch": "redundant"}]), seed=8)
+    x = measured(res, "coded")
+    mean, half = iid_mean_ci(x)
+    assert abs(mean - m / (m + 1)) <= half and half < 0.01, (mean, half)
+    decoded = res.records[res.records["answered_by"] == "decoded"]
+    if groups is not None:  # a decode uses only its own group's servers: experts 0, 1 and coded server 4, or 2, 3, 5
+        assert set(decoded["servers_used"]) <= {"0,1", "0,4", "1,4", "2,3", "2,5", "3,5"}
+        assert res.servers["hosts"].tolist().count("coded") == 2  # r = 1 per group
+
+
+def test_an_ensemble_query_waits_for_every_code_group():
+    # two groups of 2 experts + 1 coded server each; an ensemble query (redundant: all 6 servers) is done once each
+    # group has 2 of its 3 outputs: the larger of two independent 2nd order statistics of 3 Exp(1)
+    from scipy.integrate import quad
+    from sim_testutil import iid_mean_ci
+
+    def f_second_of_three(t):
+        f = 1 - np.exp(-t)
+        return 3 * f**2 * (1 - f) + f**3
+
+    truth = quad(lambda t: 1 - f_second_of_three(t) ** 2, 0, np.inf)[0]
+    cfg = _grouped([[0, 1], [2, 3]], 60_000, [{"kind": "coded", "dispatch": "redundant"}], rate=0.0,
+                   ensemble_rate_per_ms=0.001)
+    x = measured(sim.simulate(cfg, seed=9), "coded")
+    mean, half = iid_mean_ci(x)
+    assert abs(mean - truth) <= half and half < 0.01, (mean, truth, half)
+
+
+def test_every_policy_gets_r_extra_servers_per_group():
+    res = sim.simulate(_grouped([[0, 1], [2, 3]], 200, ["uncoded", "replication", "coded"], rate=0.5), seed=1)
+    hosts = res.servers.groupby("policy", sort=False)["hosts"].apply(list).to_dict()
+    assert hosts == {"uncoded": ["0", "1", "2", "3", "spare", "spare"],
+                     "replication": ["0", "1", "2", "3", "0", "1"],
+                     "coded": ["0", "1", "2", "3", "coded", "coded"]}
+
+
+@pytest.mark.parametrize("policy", [{"kind": "coded", "dispatch": d} for d in ("redundant", "hedged", "sed")]
+                         + [{"kind": "backup", "dispatch": "hedged"}])
+def test_engines_agree_query_for_query_with_code_groups(policy):
+    cfg = parse_config({**_grouped([[0, 2], [1, 3]], 3000, [policy], rate=2.4, ensemble_rate_per_ms=0.05),
+                        "stragglers": {"p": 0.05, "slowdown": 6.0},
+                        "deployment": {"groups": [[0, 2], [1, 3]], "instances": [1, 2, 1, 1]}})
+    d = draw(cfg, seed=4)
+    plan = make_plan(cfg, cfg.policies[0], d)
+    a, b = run_plan(plan, d, "fast"), run_plan(plan, d, "reference")
+    np.testing.assert_allclose(a.finish_ms, b.finish_ms, rtol=0, atol=1e-9)
+    assert (a.how == b.how).all() and (a.mask == b.mask).all() and (a.n_tasks == b.n_tasks).all()
+
+
+@pytest.mark.parametrize("groups, needle", [
+    ([[0, 1], [2]], "each expert in exactly one"),
+    ([[0, 1], [1, 2, 3]], "each expert in exactly one"),
+    ([[0, 1, 2, 3], []], "non-empty"),
+])
+def test_bad_code_groups_are_one_line(groups, needle):
+    with pytest.raises(sim.SimConfigError, match=needle):
+        sim.simulate(_grouped(groups, 10, ["uncoded"]), seed=0)
