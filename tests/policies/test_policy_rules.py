@@ -286,3 +286,23 @@ def test_code_groups_decode_within_the_group():
     assert len(v.answers) == 1  # three outputs, but group 1 has only one of the two it needs
     v.back(r, ens, "c1", ROLE_GROUP)
     assert v.answers[-1] == (HOW_DECODED, 0b110011)
+
+
+@pytest.mark.parametrize("model", [0, 1])
+def test_a_routed_hedge_is_one_copy_to_its_own_experts_least_loaded_replica(model):
+    names, hosts = ["e0", "e1", "r0", "r1a", "r1b"], [0, 1, 0, 1, 1]
+    v = View(names, hosts, "hedged", loads={"r1a": 1}, delay_ms=(3.0, 5.0))
+    r, q = rules("hedged", v), Q(model)
+    r.routed(q)
+    assert v.timers == [(3.0, 5.0)[model]]
+    r.hedge(q)
+    assert v.sent[1:] == [(("r0", "r1b")[model], ROLE_HEDGE)]  # not the other expert's replicas
+
+
+def test_an_ensemble_hedge_skips_exactly_the_covered_experts():
+    names, hosts = ["e0", "e1", "r0", "r1"], [0, 1, 0, 1]
+    v = View(names, hosts, "hedged", delay_ms=(1.0, 1.0))
+    r, q = rules("hedged", v), Q(-1)
+    v.back(r, q, "e1", ROLE_DIRECT)  # expert 1 in, expert 0 missing
+    r.hedge(q)
+    assert v.sent == [("r0", ROLE_HEDGE)]

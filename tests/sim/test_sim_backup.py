@@ -151,6 +151,8 @@ def test_backup_demand_closed_form_with_ensemble_queries():
     assert backup_demand(np.array([0.5, 0.5]), 0.6, [1.0, 1.0]) == pytest.approx(0.1)
     assert backup_demand(np.array([0.5, 0.3]), 0.0, [1.0, 1.0]) == 0.0
     assert backup_demand(np.array([1.5, 0.3]), 0.0, [1.0, 1.0]) == pytest.approx(0.5)
+    # experts with room for every ensemble query: nothing is left to the backups (the minimum at y = 0)
+    assert backup_demand(np.array([0.5, 0.5]), 0.3, [2.0, 2.0]) == 0.0
 
 
 def _capacity_cfg(rate: float, backup_mean: float, ensemble: float = 0.0) -> dict:
