@@ -404,8 +404,8 @@ class Network(_Model):
 class Traffic(_Model):
     """Arrivals. Total routed rate is fixed; `kind` decides how it is split across the N models over time.
 
-    poisson: fixed split (`weights` or per-model `rates_per_ms`); markov_hot: a hot model, changing after
-    Exp(mean_dwell_ms), gets share 1/N + strength*(1 - 1/N); smooth: share_i(t) = (1 + strength *
+    poisson: fixed split (`weights`, per-model `rates_per_ms`, or Zipf popularity `zipf`); markov_hot: a hot
+    model, changing after Exp(mean_dwell_ms), gets share 1/N + strength*(1 - 1/N); smooth: share_i(t) = (1 + strength *
     cos(2 pi t / period_ms - 2 pi i / N)) / N; trace: replay (timestamp_ms, model) from a CSV or lists.
     Ensemble queries (needing all N outputs) arrive as a Poisson stream at ensemble_rate_per_ms.
     """
@@ -414,6 +414,8 @@ class Traffic(_Model):
     rate_per_ms: float | None = Field(default=None, ge=0, description="total routed rate")
     rates_per_ms: tuple[Annotated[float, Field(ge=0)], ...] | None = None
     weights: tuple[Annotated[float, Field(ge=0)], ...] | None = None
+    zipf: float | None = Field(default=None, gt=0, description="poisson: expert i's share proportional to "
+                                                               "1 / (i + 1)^zipf (instead of weights)")
     strength: float = Field(default=0.0, ge=0, le=1)
     mean_dwell_ms: float = Field(default=1000.0, gt=0)
     period_ms: float = Field(default=10_000.0, gt=0)
@@ -451,6 +453,9 @@ class Traffic(_Model):
                 raise ValueError("rates_per_ms is only for kind='poisson' and replaces rate_per_ms")
             if self.weights is not None and sum(self.weights) <= 0:
                 raise ValueError("weights must have a positive sum")
+            if self.zipf is not None and (self.kind != "poisson" or self.weights is not None
+                                          or self.rates_per_ms is not None):
+                raise ValueError("zipf is only for kind='poisson', instead of weights or rates_per_ms")
         pools = (self.sample_pool,) if isinstance(self.sample_pool, int) else self.sample_pool
         if any(p < 1 for p in pools):
             raise ValueError("sample_pool sizes must be >= 1")
@@ -467,6 +472,8 @@ class Traffic(_Model):
             w = np.asarray(self.rates_per_ms, float)
         elif self.kind == "poisson" and self.weights is not None:
             w = np.asarray(self.weights, float)
+        elif self.kind == "poisson" and self.zipf is not None:
+            w = 1.0 / np.arange(1, n + 1) ** self.zipf
         else:
             w = np.ones(n)
         return w / w.sum() if w.sum() > 0 else np.full(n, 1.0 / n)

@@ -187,3 +187,15 @@ def test_engines_agree_query_for_query_with_code_groups(policy):
 def test_bad_code_groups_are_one_line(groups, needle):
     with pytest.raises(sim.SimConfigError, match=needle):
         sim.simulate(_grouped(groups, 10, ["uncoded"]), seed=0)
+
+
+def test_zipf_popularity_splits_routed_traffic_by_rank():
+    # shares 1 / (i + 1)^s, normalised: with s = 1 and 4 experts, 12/25, 6/25, 4/25, 3/25
+    cfg = {"n_experts": 4, "r": 0, "n_queries": 100_000, "policies": ["uncoded"],
+           "traffic": {"rate_per_ms": 0.5, "zipf": 1.0}, "deployment": {"instances": [4, 2, 2, 1]}}
+    model = sim.simulate(cfg, seed=2).records["model"].to_numpy()
+    shares = np.bincount(model, minlength=4) / len(model)
+    expect = np.array([12, 6, 4, 3]) / 25
+    assert np.all(np.abs(shares - expect) < 4 * np.sqrt(expect * (1 - expect) / len(model))), shares
+    with pytest.raises(sim.SimConfigError, match="zipf is only for kind='poisson'"):
+        sim.simulate({**cfg, "traffic": {"rate_per_ms": 0.5, "zipf": 1.0, "weights": [1, 1, 1, 1]}}, seed=0)
