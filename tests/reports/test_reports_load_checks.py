@@ -1,0 +1,34 @@
+"""summary.json's checks name the file and the place, and refuse malformed points (mutants of reports/load.py
+that survived the other report tests)."""
+
+from __future__ import annotations
+
+import pytest
+
+from reports.load import ReportError, check_summary, fmt_value
+
+POLICY = {"mean_ms": 1.0, "p50_ms": 1.0, "p95_ms": 2.0, "p99_ms": 3.0, "p999_ms": 4.0}
+
+
+def _summary(**extra) -> dict:
+    return {"scenario": "s", "schema_version": 2, "policies": {"uncoded": POLICY}, **extra}
+
+
+@pytest.mark.parametrize("points, needle", [
+    ("many", "'points' must be a list of objects"),
+    ([{"policies": "x"}], "points[0].policies must be an object"),
+    ([{"policies": {"uncoded": POLICY}, "point": "first"}], "points[0].point must be an integer"),
+])
+def test_malformed_points_are_refused_naming_the_file(points, needle):
+    with pytest.raises(ReportError) as error:
+        check_summary(_summary(points=points), where="/r/summary.json")
+    assert str(error.value).startswith("reports: /r/summary.json: ") and needle in str(error.value)
+
+
+def test_points_keep_their_index_and_default_to_their_place():
+    out = check_summary(_summary(points=[{"policies": {"uncoded": POLICY}}, {"point": 7, "policies": {}}]))
+    assert [p["point"] for p in out["points"]] == [0, 7]
+
+
+def test_axis_values_read_as_written():
+    assert (fmt_value(0.05), fmt_value(2), fmt_value("poisson"), fmt_value(1e-7)) == ("0.05", "2", "poisson", "1e-07")
