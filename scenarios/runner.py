@@ -813,6 +813,13 @@ def _with_latency(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
             for policy, stats in policies.items()}
 
 
+def deployment_facts(config: SimConfig) -> dict[str, Any]:
+    """What every policy runs on: each expert's instances and its balancer, the code groups, the extra servers."""
+    return {"instances": list(config.instance_counts), "balancer": config.deployment.balancer,
+            "groups": [list(g) for g in config.code_groups], "extra_servers": config.n_extra,
+            "servers": config.n_servers}
+
+
 def _run_summary(scenario: Scenario, facts: NetworkFacts | None, calibration: Any, calibration_path: Path | None,
                  points: list[tuple[dict[str, Any], SimConfig]],
                  results: list[tuple[pd.DataFrame, dict[str, Any]]]) -> dict[str, Any]:
@@ -830,6 +837,7 @@ def _run_summary(scenario: Scenario, facts: NetworkFacts | None, calibration: An
         "sweep_axis": columns[0] if columns else None,
         "sweep_axes": columns,
         "allow_unstable": scenario.allow_unstable,
+        "deployment": deployment_facts(points[headline][1]),
         "latency_model": served_model.describe(
             calibration, calibration_path, latency_model_name(scenario),
             served_model.experts_pass_ms(facts) if facts else None, facts.served_passes if facts else None),

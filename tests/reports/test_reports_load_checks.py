@@ -32,3 +32,14 @@ def test_points_keep_their_index_and_default_to_their_place():
 
 def test_axis_values_read_as_written():
     assert (fmt_value(0.05), fmt_value(2), fmt_value("poisson"), fmt_value(1e-7)) == ("0.05", "2", "poisson", "1e-07")
+
+
+def test_the_report_says_what_the_policies_run_on_only_when_it_is_not_one_server_per_expert():
+    from reports.html import _deployment_sentence
+
+    one = {"instances": [1, 1], "balancer": "jsq", "groups": [[0, 1]], "extra_servers": 1, "servers": 3}
+    assert str(_deployment_sentence(one)) == "" and str(_deployment_sentence(None)) == ""
+    fleet = {"instances": [2, 1, 1, 1], "balancer": "round_robin", "groups": [[0, 1], [2, 3]], "extra_servers": 2,
+             "servers": 7}
+    assert str(_deployment_sentence(fleet)) == (" Every policy runs on 7 servers: 5 expert instances (2 / 1 / 1 / 1 "
+                                                "per expert, balanced by round_robin), coded in 2 groups and 2 extra.")

@@ -60,3 +60,13 @@ def test_servers_count_instances_and_r_per_code_group():
     s = scenario_from_dict({"name": "g", "sim": {"n_experts": 4, "r": 2, "traffic": {"rate_per_ms": 0.5},
                                                  "deployment": deployment}}, "inline")
     assert s.n_servers == 5 + 2 * 2
+
+
+def test_summary_states_the_deployment():
+    from scenarios.runner import deployment_facts
+    from sim import parse_config
+
+    cfg = parse_config({"n_experts": 4, "r": 2, "traffic": {"rate_per_ms": 0.5}, "n_queries": 10,
+                        "deployment": {"instances": [1, 2, 1, 1], "groups": [[0, 1], [2, 3]], "balancer": "jsq"}})
+    assert deployment_facts(cfg) == {"instances": [1, 2, 1, 1], "balancer": "jsq", "groups": [[0, 1], [2, 3]],
+                                     "extra_servers": 4, "servers": 9}
