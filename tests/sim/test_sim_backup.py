@@ -153,6 +153,9 @@ def test_backup_demand_closed_form_with_ensemble_queries():
     assert backup_demand(np.array([1.5, 0.3]), 0.0, [1.0, 1.0]) == pytest.approx(0.5)
     # experts with room for every ensemble query: nothing is left to the backups (the minimum at y = 0)
     assert backup_demand(np.array([0.5, 0.5]), 0.3, [2.0, 2.0]) == 0.0
+    # both experts overloaded even without ensemble queries: the backups take every ensemble query (y = 1) and
+    # the excess, 2 x 0.5 + 0.3 (no y beyond 1 is a choice)
+    assert backup_demand(np.array([1.5, 1.5]), 0.3, [1.0, 1.0]) == pytest.approx(1.3)
 
 
 def _capacity_cfg(rate: float, backup_mean: float, ensemble: float = 0.0) -> dict:
