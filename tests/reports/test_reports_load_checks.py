@@ -3,6 +3,8 @@ that survived the other report tests)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from reports.load import ReportError, check_summary, fmt_value
@@ -43,3 +45,20 @@ def test_the_report_says_what_the_policies_run_on_only_when_it_is_not_one_server
              "servers": 7}
     assert str(_deployment_sentence(fleet)) == (" Every policy runs on 7 servers: 5 expert instances (2 / 1 / 1 / 1 "
                                                 "per expert, balanced by round_robin), coded in 2 groups and 2 extra.")
+
+
+def test_a_coding_table_that_is_not_per_expert_is_refused_naming_the_file():
+    with pytest.raises(ReportError, match=r"^reports: /r/summary\.json: coding\.coin\.nda_pct must be an object"):
+        check_summary(_summary(coding={"coin": {"nda_pct": 97.0}}), where="/r/summary.json")
+
+
+def test_a_table_without_its_columns_is_refused_naming_the_file(tmp_path):
+    import pandas as pd
+
+    from reports.load import _read_table
+
+    path = tmp_path / "sweep.parquet"
+    pd.DataFrame({"policy": ["uncoded"]}).to_parquet(path)
+    with pytest.raises(ReportError, match=rf"^reports: {re.escape(str(path))}: missing column\(s\) p99_ms"):
+        _read_table(path, ("policy", "p99_ms"))
+    assert _read_table(tmp_path / "absent.parquet", ("policy",)) is None
