@@ -43,7 +43,7 @@ class Backup(Rules):
         if s.dispatch == "redundant":
             self._backup(q)
         else:
-            s.hedge_after(q, s.delay_ms[q.model])  # type: ignore[index]
+            s.hedge_after(q, self.hedge_delay(q.model))
 
     def ensemble(self, q: Query) -> None:
         s = self.s
@@ -52,7 +52,7 @@ class Backup(Rules):
         if s.dispatch == "redundant":
             self._backup(q)
         else:
-            s.hedge_after(q, max(s.delay_ms))  # type: ignore[arg-type]
+            s.hedge_after(q, self.hedge_delay(-1))
 
     def hedge(self, q: Query) -> None:
         self._backup(q)  # one copy to a backup answers a routed or an ensemble query alike

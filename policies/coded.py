@@ -45,7 +45,7 @@ class Coded(Rules):
             self.send_group(q)
         elif s.dispatch == "hedged":
             s.send(q, self.expert(q, i), ROLE_DIRECT)
-            s.hedge_after(q, s.delay_ms[i])  # type: ignore[index]
+            s.hedge_after(q, self.hedge_delay(i))
         else:  # sed: only the path with the shorter expected delay (each expert's instance as the balancer picks)
             own, group = self.expert(q, i), self.decode_group(q)
             if max((s.expected_ms(t) for t in group), default=0.0) < s.expected_ms(own):
@@ -63,7 +63,7 @@ class Coded(Rules):
         elif s.dispatch == "hedged":
             for t in picks:
                 s.send(q, t, ROLE_GROUP)
-            s.hedge_after(q, max(s.delay_ms))  # type: ignore[arg-type]
+            s.hedge_after(q, self.hedge_delay(-1))
         else:  # sed: per code group, as many of its experts' picks and its coded targets as it has experts, the
             for g, members in enumerate(s.members):  # ones with the shortest expected delay
                 order = sorted([picks[i] for i in members] + list(s.coded_in[g]),

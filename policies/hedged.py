@@ -17,13 +17,13 @@ class Hedged(Rules):
         s = self.s
         s.send(q, self.expert(q, q.model), ROLE_DIRECT)
         if len(s.hosts[q.model]) > len(s.instances[q.model]):  # it has replicas to hedge to
-            s.hedge_after(q, s.delay_ms[q.model])  # type: ignore[index]
+            s.hedge_after(q, self.hedge_delay(q.model))
 
     def ensemble(self, q: Query) -> None:
         s = self.s
         for i in range(s.n_experts):
             s.send(q, self.expert(q, i), ROLE_DIRECT)
-        s.hedge_after(q, max(s.delay_ms))  # type: ignore[arg-type]
+        s.hedge_after(q, self.hedge_delay(-1))
 
     def hedge(self, q: Query) -> None:
         s = self.s

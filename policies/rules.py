@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import inf as INF
 from typing import Any, ClassVar, Protocol
 
 from policies.codes import (
@@ -26,6 +27,7 @@ from policies.codes import (
     ROLE_GROUP,
     ROLE_HEDGE,
 )
+from policies.delays import RunningDelay
 
 
 class Query(Protocol):
@@ -46,7 +48,9 @@ class Serving(Protocol):
     n_base: int  # servers 0..n_base-1 are the experts' own instances; the extra servers come after them
     dispatch: str
     fanout: int
-    delay_ms: Sequence[float] | None  # per expert
+    delay_ms: Sequence[float] | None  # per expert: the hedge delay (a running delay's start)
+    delay_quantile: float | None  # a running delay's percentile (policies.delays); None: delay_ms stays fixed
+    delay_window: int  # a running delay's window, in routed queries per expert
     balancer: str  # how a query picks one of its expert's instances: jsq | round_robin | power_of_d
     instances: Sequence[Sequence[Any]]  # per expert: the targets of its own instances
     hosts: Sequence[Sequence[Any]]  # per expert: every target holding it, its instances first, then replicas
@@ -147,6 +151,23 @@ class Rules:
     def __init__(self, serving: Serving) -> None:
         self.s = serving
         self._turn: dict[int, int] = {}  # round robin: each expert's next instance
+        running = serving.delay_quantile is not None and serving.delay_ms is not None
+        self.running: RunningDelay | None = (RunningDelay(serving.delay_ms, serving.delay_quantile,  # type: ignore[arg-type]
+                                                          serving.delay_window) if running else None)
+
+    # ---- hedge delays
+    def hedge_delay(self, model: int) -> float:
+        """The hedge delay for a query of `model` now (-1, an ensemble query: the largest of the experts')."""
+        if self.running is not None:
+            return self.running.delay(model)
+        d = self.s.delay_ms
+        return max(d) if model < 0 else d[model]  # type: ignore[index,arg-type]
+
+    def answered(self, q: Query, how: int, latency_ms: float) -> None:
+        """The system answered q after `latency_ms` (call it from every answer when `running` is set): a running
+        delay observes its expert's direct answers, and the others as not answered directly."""
+        if q.model >= 0 and self.running is not None:
+            self.running.observe(q.model, latency_ms if how == HOW_DIRECT else INF)
 
     # ---- what the policy needs of the servers (class level: checked before anything runs)
     @classmethod

@@ -71,7 +71,8 @@ def policy_of(plan: Any, backup_net: int | None = None) -> Any:
 
     return Policy(name=plan.name, kind=plan.kind, dispatch=plan.dispatch, hosts=tuple(plan.hosts),
                   n_experts=plan.n_experts, cancel=plan.cancel, fanout=plan.fanout, mean_ms=tuple(plan.mean_ms),
-                  delay_ms=tuple(plan.delay_ms) if plan.delay_ms is not None else None, backup_net=backup_net,
+                  delay_ms=tuple(plan.delay_ms) if plan.delay_ms is not None else None,
+                  delay_quantile=plan.delay_quantile, delay_window=plan.delay_window, backup_net=backup_net,
                   n_base=plan.base, balancer=plan.balancer, groups=plan.groups)
 
 
@@ -783,18 +784,40 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
 
 
 def served_hedge_delays(tasks: pd.DataFrame, records: pd.DataFrame, policy: str, n_experts: int
-                        ) -> tuple[float, ...] | None:
-    """The hedge delay, per expert, a finished testbed run served `policy` with: the earliest any of its routed
-    queries' later tasks (hedge, decode group, backup) was due after the query's arrival. None when no later task
-    was sent for some expert (its delay then leaves no trace in the records)."""
+                        ) -> tuple[tuple[float, ...], bool] | None:
+    """The hedge delay, per expert, a finished testbed run served `policy` with, and whether it ran: the delay of
+    the first of its routed queries that sent a later task (hedge, decode group, backup) — the start of a running
+    delay — and True when the delays of later queries moved from it (a running delay), False when every one was
+    the same (a fixed delay, or a run made before delays could run). None when no later task was sent for some
+    expert (its delay then leaves no trace in the records)."""
     queries = records.loc[(records["policy"] == policy) & (records["model"] >= 0), ["point", "query_id", "model",
                                                                                     "arrival_ms"]]
     later = tasks.loc[(tasks["policy"] == policy) & (tasks["role"] != 0), ["point", "query_id", "due_ms"]]
-    joined = later.merge(queries, on=["point", "query_id"])
-    after = (joined["due_ms"] - joined["arrival_ms"]).groupby(joined["model"]).min()
-    if any(i not in after.index for i in range(n_experts)):
+    joined = later.merge(queries, on=["point", "query_id"]).sort_values("arrival_ms", kind="stable")
+    joined["after"] = joined["due_ms"] - joined["arrival_ms"]
+    first = joined.groupby("model")["after"].first()
+    if any(i not in first.index for i in range(n_experts)):
         return None
-    return tuple(float(after[i]) for i in range(n_experts))
+    spread = joined.groupby("model")["after"].agg(lambda x: float(x.max() - x.min()))
+    return tuple(float(first[i]) for i in range(n_experts)), bool((spread > 1e-6).any())
+
+
+def pin_served_delays(config: Any, tasks: pd.DataFrame, records: pd.DataFrame) -> Any:
+    """The config with each delayed policy's hedge delays as a finished run served them (`served_hedge_delays`):
+    the same start, running or fixed as it was."""
+    from sim.config import PolicySpec
+
+    policies = []
+    for spec in config.policies:
+        got = served_hedge_delays(tasks, records, str(spec.name), config.n_experts) if spec.delay_ms is not None \
+            else None
+        if got is not None:
+            start, ran = got
+            update = {"delay_ms": start, "delay_update": "running" if ran else "fixed",
+                      "delay_quantile": spec.delay_quantile if ran else None}
+            spec = PolicySpec.model_validate({**spec.model_dump(), **update})
+        policies.append(spec)
+    return config.model_copy(update={"policies": tuple(policies)})
 
 
 def resimulate(folder: Path, quiet: bool = False) -> Path:
@@ -830,8 +853,7 @@ def resimulate(folder: Path, quiet: bool = False) -> Path:
     for index, (values, config) in enumerate(points):
         coords = {axis_column(a): v for a, v in values.items()}
         at = (tasks[tasks["point"] == index], measured[measured["point"] == index])
-        config = pin_delays(config, {spec.name: served_hedge_delays(*at, spec.name, config.n_experts)
-                                     for spec in config.policies if spec.delay_ms is not None})
+        config = pin_served_delays(config, *at)
         say(f"resimulate: point {index + 1}/{len(points)} {coords}", not quiet)
         simulated, _ = run_point(config, scenario.seed, facts.answers)
         rows += fidelity_rows(index, coords, "predicted", simulated, measured[measured["point"] == index],

@@ -535,7 +535,11 @@ class PolicySpec(_Model):
       answered) or redundant (both at once). Ensemble query: the N experts, and one backup copy (after the
       largest per-expert delay, or at once), whose single output answers the whole query. First answer wins.
     delay_ms: a number, one number per expert, or 'pNN' / 'pNN.N' = that percentile of the primary's drawn
-      service times.
+      service times (of its served response, under the served latency model) — the start of a running delay.
+    delay_update: 'running' (the default for a percentile): the delay follows that percentile of the expert's
+      direct answers over its last `delay_window` routed queries while serving (policies/delays.py); 'fixed'
+      (the default for numbers): it stays where it started. `delay_quantile` is the running percentile (set
+      from a 'pNN' delay_ms; given explicitly only beside a delay already resolved to ms).
     cancel: cancel outstanding copies once answered (queued ones are dropped, in-service ones preempted).
     """
 
@@ -544,6 +548,9 @@ class PolicySpec(_Model):
     name: str | None = None
     dispatch: str | None = None
     delay_ms: float | str | tuple[float, ...] | None = None
+    delay_update: Literal["fixed", "running"] | None = None
+    delay_quantile: float | None = Field(default=None, gt=0, lt=100)
+    delay_window: int = Field(default=1000, ge=5)
     cancel: bool = True
     replica_of: Literal["spread", "hot"] | tuple[int, ...] = "spread"
     fanout: int = Field(default=1, ge=1)
@@ -584,7 +591,26 @@ class PolicySpec(_Model):
             elif not (dl >= 0 and math.isfinite(dl)):
                 raise ValueError(f"delay_ms must be >= 0 (got {dl!r})")
             object.__setattr__(self, "delay_ms", dl)
+            self._settle_update(dl)
+        elif self.delay_update is not None or self.delay_quantile is not None:
+            raise ValueError(f"policy {self.name!r}: delay_update / delay_quantile need a dispatch that waits a delay "
+                             f"({', '.join(sorted(rules.delayed)) or 'none for this kind'})")
         return self
+
+    def _settle_update(self, dl: float | str | tuple[float, ...]) -> None:
+        """delay_update and delay_quantile made explicit: running by default for a percentile, fixed for ms."""
+        q = float(dl[1:]) if isinstance(dl, str) else self.delay_quantile
+        if isinstance(dl, str) and self.delay_quantile is not None and self.delay_quantile != q:
+            raise ValueError(f"policy {self.name!r}: delay_quantile {self.delay_quantile:g} disagrees with delay_ms "
+                             f"{dl!r}")
+        update = self.delay_update or ("running" if q is not None else "fixed")
+        if update == "running" and q is None:
+            raise ValueError(f"policy {self.name!r}: delay_update = 'running' follows a percentile; give delay_ms "
+                             "as one, e.g. 'p95'")
+        if update == "running" and not 0 < q < 100:  # type: ignore[operator]
+            raise ValueError(f"policy {self.name!r}: the delay's percentile must be in (0, 100), got {q:g}")
+        object.__setattr__(self, "delay_update", update)
+        object.__setattr__(self, "delay_quantile", q if update == "running" else None)
 
 
 def _policy_list(v: Any) -> Any:

@@ -38,6 +38,7 @@ class RunOutput:
     cancelled_ms: np.ndarray  # per server: work thrown away by cancellation
     lost_ms: np.ndarray  # per server: work lost to failures
     end_ms: float
+    delay_end_ms: list[float] | None = None  # per expert: the hedge delay at the end (a running delay's last)
 
 
 class _Query:
@@ -468,6 +469,7 @@ class FastEngine:
         self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
         if self.net and self.batching:
             raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
+        self.delay_ms, self.delay_quantile, self.delay_window = plan.delay_ms, plan.delay_quantile, plan.delay_window
         self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)
         inline = not self.batching and not self.net and self.disp is None  # sends and answers need no hooks
         # the uncoded rules, inlined on the hot path (one instance per expert: nothing to balance)
@@ -495,7 +497,7 @@ class FastEngine:
             st.single = st.servers[0] if len(st.servers) == 1 else None
             st.mean_ms = float(np.mean([plan.mean_ms[s.idx] for s in st.servers])) / len(st.servers)
         # the policy's view of the system (policies.Serving): targets are stations
-        self.n_experts, self.fanout, self.delay_ms = self.N, plan.fanout, plan.delay_ms
+        self.n_experts, self.fanout = self.N, plan.fanout
         self.n_base, self.balancer, self.balance = plan.base, plan.balancer, plan.balance_u
         self.instances = [[self.stations[k] for k in plan.instance_stations(i)] for i in range(self.N)]
         self.hosts = [[self.stations[k] for k in plan.host_stations(i)] for i in range(self.N)]
@@ -815,6 +817,8 @@ class FastEngine:
         q.done = True
         qid = q.qid
         self.finish_ms[qid] = self.env.now
+        if self.rules.running is not None:
+            self.rules.answered(q, how, self.env.now - self.arr[qid])
         self.how[qid] = how
         self.mask[qid] = mask
         self.n_done += 1
@@ -922,4 +926,5 @@ class FastEngine:
             cancelled_ms=np.asarray(self.cancelled),
             lost_ms=np.asarray(self.lost),
             end_ms=float(env.now),
+            delay_end_ms=self.rules.running.delays() if self.rules.running is not None else self.delay_ms,
         )

@@ -30,7 +30,7 @@ class Plan:
     stations: list[list[int]]  # servers sharing one FIFO queue (one per server unless dispatch='pool')
     station_of: list[int]  # server -> station
     service_ms: np.ndarray  # (n, S) task time before slow-episode factor
-    delay_ms: list[float] | None  # per model hedge delay
+    delay_ms: list[float] | None  # per model hedge delay (a running delay's start)
     seed: int
     episodes: tuple[float, float, float] | None  # mean_normal, mean_slow, slowdown
     failures: tuple[float, float] | None  # mean_up, mean_down
@@ -48,6 +48,8 @@ class Plan:
     dispatcher: tuple[float, float] | None = None  # with time slicing: the dispatcher's CPU ms per send, per return
     finish_pass: bool = False  # a cancel lets the task's pass (pass_ms) end
     stall: bool = False  # with cores: a straggle's extra time (beyond pass_ms) holds the server off the cores
+    delay_quantile: float | None = None  # the hedge delay runs at this percentile of direct answers (policies.delays)
+    delay_window: int = 1000  # ... over this many routed queries per expert
     extra_of_pass: bool = False  # a straggle's extra time is (f - 1) x the pass's own time on its server
     overhead_ms: float = 0.0  # in every task time: the server's work beside the pass, never stretched
     n_base: int = 0  # servers of the experts' own instances (0: n_experts); the extra servers follow
@@ -136,6 +138,8 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         station_of=station_of,
         service_ms=svc,
         delay_ms=_resolve_delay(spec, svc, n),
+        delay_quantile=spec.delay_quantile,
+        delay_window=spec.delay_window,
         seed=draws.seed,
         episodes=None if ep is None else (ep.mean_normal_ms, ep.mean_slow_ms, ep.slowdown),
         failures=None if fl is None else (fl.mean_up_ms, fl.mean_down_ms),

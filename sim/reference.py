@@ -68,6 +68,7 @@ class ReferenceEngine:
         self.hosts = [plan.host_stations(i) for i in range(self.N)]
         # the rest of the policy's view (policies.Serving): targets are station indices
         self.n_experts, self.dispatch, self.fanout, self.delay_ms = self.N, plan.dispatch, plan.fanout, plan.delay_ms
+        self.delay_quantile, self.delay_window = plan.delay_quantile, plan.delay_window
         self.n_base, self.balancer, self.balance = plan.base, plan.balancer, plan.balance_u
         self.instances = [plan.instance_stations(i) for i in range(self.N)]
         gv = GroupView.of(plan.hosts, plan.base, plan.groups, self.N)
@@ -197,6 +198,8 @@ class ReferenceEngine:
     def answer(self, q: _Q, how: int, mask: int) -> None:
         o = self.out
         o["finish"][q.qid], o["how"][q.qid], o["mask"][q.qid] = self.env.now, how, mask
+        if self.rules.running is not None:
+            self.rules.answered(q, how, self.env.now - self.draws.arrival_ms[q.qid])
         q.done.succeed()
 
     def send(self, q: _Q, st: int, role: int) -> None:
@@ -258,4 +261,5 @@ class ReferenceEngine:
             cancelled_ms=self.cancelled,
             lost_ms=np.zeros_like(self.busy),
             end_ms=float(self.env.now),
+            delay_end_ms=self.rules.running.delays() if self.rules.running is not None else self.delay_ms,
         )

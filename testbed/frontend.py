@@ -55,7 +55,9 @@ class Policy:
     cancel: bool = True
     fanout: int = 1
     mean_ms: tuple[float, ...] = ()  # per server, for shortest-expected-delay
-    delay_ms: tuple[float, ...] | None = None  # per expert, hedge delay
+    delay_ms: tuple[float, ...] | None = None  # per expert, hedge delay (a running delay's start)
+    delay_quantile: float | None = None  # the delay runs at this percentile of direct answers (policies.delays)
+    delay_window: int = 1000  # ... over this many routed queries per expert
     backup_net: int | None = None  # the generalist's network (BACKUP servers); None: coded model 0's, N
     n_base: int = 0  # servers of the experts' own instances (0: n_experts); the extra servers follow
     balancer: str = "jsq"  # which of an expert's instances gets a task: jsq | round_robin
@@ -132,7 +134,8 @@ class Frontend:
         self.N, self.S = policy.n_experts, len(policy.hosts)
         # the policy's view of the servers (policies.Serving): targets are server indices
         self.n_experts, self.dispatch, self.fanout = self.N, policy.dispatch, policy.fanout
-        self.delay_ms = policy.delay_ms
+        self.delay_ms, self.delay_quantile, self.delay_window = (policy.delay_ms, policy.delay_quantile,
+                                                                 policy.delay_window)
         self.n_base, self.balancer = policy.n_base or self.N, policy.balancer
         self.hosts = [policy.servers_of(i) for i in range(self.N)]
         self.instances = [[s for s in self.hosts[i] if s < self.n_base] for i in range(self.N)]
@@ -218,7 +221,9 @@ class Frontend:
     # ------------------------------------------------------------------------------------------ completions
     def answer(self, q: _Query, how: int, mask: int) -> None:
         q.done = True
-        self.finish[q.qid] = self.now()
+        self.finish[q.qid] = now = self.now()
+        if self.rules.running is not None:
+            self.rules.answered(q, how, now - self.w.arrival_ms[q.qid])
         self.how[q.qid] = how
         self.mask[q.qid] = mask
         self.n_done += 1

@@ -46,8 +46,10 @@ class View:
     def __init__(self, names: list[str], hosts: list[int], dispatch: str, loads: dict[str, int] | None = None,
                  delay_ms: tuple[float, ...] | None = None, fanout: int = 1, mean_ms: float = 1.0,
                  balancer: str = "jsq", balance: dict[int, list[float]] | None = None,
-                 groups: list[list[int]] | None = None) -> None:
+                 groups: list[list[int]] | None = None, delay_quantile: float | None = None,
+                 delay_window: int = 1000) -> None:
         self.names, self.host_of = names, dict(zip(names, hosts, strict=True))
+        self.delay_quantile, self.delay_window = delay_quantile, delay_window
         self.n_experts = len({h for h in hosts if h >= 0})
         self.n_base = sum(1 for n in names if n.startswith("e"))
         self.dispatch, self.fanout, self.delay_ms, self.mean = dispatch, fanout, delay_ms, mean_ms

@@ -97,6 +97,7 @@ POLICIES = [
     {"kind": "replication", "dispatch": "jsq", "replica_of": "hot"},
     {"kind": "replication", "dispatch": "pool"},
     {"kind": "hedged", "delay_ms": 0.7},
+    {"kind": "hedged", "delay_ms": "p80", "delay_window": 40, "name": "hedged-running"},
     {"kind": "backup", "delay_ms": "p80"},
     {"kind": "backup", "dispatch": "redundant"},
     {"kind": "backup", "dispatch": "redundant", "cancel": False, "name": "backup-keep"},
