@@ -216,10 +216,10 @@ NOISY_CORES = 0.2  # other processes' CPU during a run above which the run is sa
 
 
 def host_summary(loads: list[Any]) -> dict[str, Any]:
-    """Per point: the cores other processes kept busy and the hypervisor stole during its runs (median, max over
-    the runs; None where the OS does not tell)."""
+    """Per point: the cores other processes kept busy and the hypervisor stole during its runs, and the cores the
+    run's own processes used (median, max over the runs; None where the OS does not tell)."""
     out: dict[str, Any] = {}
-    for key in ("other_cores", "steal_cores"):
+    for key in ("other_cores", "steal_cores", "own_cores"):
         values = [getattr(load, key) for load in loads if getattr(load, key) is not None]
         out[f"{key}_median"] = float(np.median(values)) if values else None
         out[f"{key}_max"] = float(np.max(values)) if values else None
@@ -651,6 +651,7 @@ class _ServedPoint:
     tasks: pd.DataFrame
     host_load: list[Any]
     frontend_cores: list[float]
+    own_cores: dict[str, list[float]]  # per policy: the cores the frontend and servers used, run by run
 
 
 def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: tuple[int, int, dict[str, Any]],
@@ -664,6 +665,7 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
     workload = workload_of(draws, facts.answers.offsets, spec.straggle)
     n_warm = int(config.warmup_fraction * draws.n)
     point_records, point_tasks, host_load, frontend_cores = [], [], [], []
+    own_cores: dict[str, list[float]] = {plan.name: [] for plan in plans}
     for repeat in range(spec.repeats):
         for plan in plans[repeat % len(plans):] + plans[: repeat % len(plans)]:
             policy = policy_of(plan, backup_net)
@@ -677,6 +679,8 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
                 say(f"testbed: other processes kept {load.other_cores:.2f} cores busy during this run "
                     "(its latencies include their interference)", not quiet)
             frontend_cores.append(result.facts["frontend_cpu_s"] / result.facts["served_s"])
+            if load.own_cores is not None:
+                own_cores[plan.name].append(load.own_cores)
             rec = result.records
             rec["sample_id"] = draws.sample_id
             rec["warmup"] = rec["query_id"] < n_warm
@@ -697,7 +701,7 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
     tasks["overlap"] = overlaps(tasks)
     tasks["cycle_ms"] = cycles(tasks)
     tasks["idle_arrival"] = idle_arrivals(tasks)
-    return _ServedPoint(records, tasks, host_load, frontend_cores)
+    return _ServedPoint(records, tasks, host_load, frontend_cores, own_cores)
 
 
 def _shared_cores(device: str, served: _ServedPoint) -> float:
@@ -712,6 +716,7 @@ def _point_overheads(served: _ServedPoint, device: str) -> dict[str, Any]:
     return (_overheads(tasks, served.records) | host_summary(served.host_load)
             | {"frontend_cores_median": float(np.median(served.frontend_cores)),
                "shared_cores": _shared_cores(device, served),
+               "own_cores_by_policy": {name: float(np.median(v)) for name, v in served.own_cores.items() if v},
                "compute_ms_by_overlap": {int(k): float(v) for k, v in tasks[tasks["status"] == "done"]
                                          .groupby("overlap")["compute_ms"].median().items()}})
 

@@ -43,11 +43,13 @@ def _process_ticks(pid: int) -> int:
 
 @dataclass(frozen=True)
 class HostLoad:
-    """Cores kept busy by processes other than the run's own, and cores stolen by the hypervisor, over `wall_s`."""
+    """Cores kept busy by processes other than the run's own, and cores stolen by the hypervisor, over `wall_s`;
+    and the cores the run's own processes used (frontend and local servers, every thread: the CPU serving took)."""
 
     other_cores: float | None
     steal_cores: float | None
     wall_s: float
+    own_cores: float | None = None
 
 
 class HostMeter:
@@ -67,4 +69,5 @@ class HostMeter:
         mine = sum(_process_ticks(pid) for pid in self.own) - self.mine
         busy = host[0] - self.host[0]
         other = max(busy - mine, 0) * _TICK_S / wall
-        return HostLoad(other_cores=other, steal_cores=(host[1] - self.host[1]) * _TICK_S / wall, wall_s=wall)
+        return HostLoad(other_cores=other, steal_cores=(host[1] - self.host[1]) * _TICK_S / wall, wall_s=wall,
+                        own_cores=mine * _TICK_S / wall)

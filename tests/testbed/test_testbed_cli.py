@@ -100,6 +100,11 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
     if Path("/proc/stat").exists():
         assert 0 <= host["other_cores_median"] <= host["other_cores_max"] <= (os.cpu_count() or 1)
         assert host["steal_cores_max"] >= 0
+        # the run's own processes: at least the frontend's own CPU (up to a clock tick of 10 ms per second)
+        own = host["own_cores_by_policy"]
+        assert set(own) == {"uncoded", "replication", "coded-hedged"}
+        assert all(host["frontend_cores_median"] - 0.1 <= v <= (os.cpu_count() or 1) for v in own.values())
+        assert host["own_cores_median"] <= host["own_cores_max"]
 
 
 def test_tiny_testbed_serves_the_generalist_backup(tiny_cache, tmp_path):
