@@ -323,7 +323,19 @@ def headline_table(policies: Mapping[str, Mapping[str, Any]], colors: Mapping[st
     if any(finite(p.get("extra_load_vs_uncoded_pct")) and p["extra_load_vs_uncoded_pct"] < 0
            for p in policies.values()):
         notes.append(NEGATIVE_LOAD_NOTE)
+    if waits := hedge_delay_note(policies):
+        notes.append(waits)
     return {"head": head, "rows": rows, "notes": notes}
+
+
+def hedge_delay_note(policies: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Where each delayed policy's hedge delay started and ended (mean over the experts); None without one."""
+    waits = [f"{name} {fmt_ms(p['hedge_delay_start_ms'])} → {fmt_ms(p.get('hedge_delay_end_ms'))} ms"
+             for name, p in policies.items() if finite(p.get("hedge_delay_start_ms"))]
+    if not waits:
+        return None
+    return ("Hedge delays, at the start → at the end of the run (mean over the experts; a delay given as a "
+            "percentile follows that percentile of the expert's direct answers): " + "; ".join(waits) + ".")
 
 
 def takeaway(policies: Mapping[str, Mapping[str, Any]], base: str | None = None) -> Markup:

@@ -98,9 +98,9 @@ def _summary(cfg: SimConfig, plan: Plan, rec: pd.DataFrame, out: RunOutput) -> d
     s["cancelled_ms"] = float(out.cancelled_ms.sum())
     s["lost_ms"] = float(out.lost_ms.sum())
     s["end_ms"] = out.end_ms
-    if plan.delay_ms is not None:  # per expert: where the hedge delay started, and where it ended (running)
-        s["hedge_delay_start_ms"] = [float(x) for x in plan.delay_ms]
-        s["hedge_delay_end_ms"] = [float(x) for x in out.delay_end_ms or plan.delay_ms]
+    if plan.delay_ms is not None:  # the hedge delay where it started and where it ended (running), mean over experts
+        s["hedge_delay_start_ms"] = float(np.mean(plan.delay_ms))
+        s["hedge_delay_end_ms"] = float(np.mean(out.delay_end_ms or plan.delay_ms))
     counts = meas["answered_by"].value_counts(normalize=True)
     for h in HOW:  # direct_pct, replica_pct, hedge_pct, decoded_pct, backup_pct: shares of measured queries
         s[f"{h}_pct"] = float(counts.get(h, 0.0)) * 100

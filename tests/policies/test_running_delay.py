@@ -96,3 +96,22 @@ def test_bad_running_delays_are_one_line(policy, needle):
         sim.parse_config({"n_experts": 2, "r": 1, "n_queries": 100, "traffic": {"rate_per_ms": 1.0},
                           "policies": [policy]})
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_summary_gives_where_the_delay_started_and_ended():
+    """The end delay recomputed from the records alone: per expert, its last 500 routed queries in the order they
+    were answered, each its latency if answered directly else inf, their inverted-CDF 90th percentile."""
+    res = sim.simulate({"n_experts": 2, "r": 2, "n_queries": 6_000, "traffic": {"rate_per_ms": 0.7},
+                        "service": {"expert": {"kind": "exponential", "mean_ms": 1.0}},
+                        "policies": [{"kind": "hedged", "delay_ms": (0.3, 0.5), "delay_update": "running",
+                                      "delay_quantile": 90.0, "delay_window": 500, "name": "h"}]}, 2)
+    rec = res.records
+    routed = rec[rec["model"] >= 0].sort_values("finish_ms", kind="stable")
+    ends = []
+    for i in (0, 1):
+        mine = routed[routed["model"] == i].tail(500)
+        values = np.where(mine["answered_by"] == "direct", mine["latency_ms"], np.inf)
+        ends.append(_independent(list(values), 0.0, 90.0, 500))
+    s = res.summary["h"]
+    assert s["hedge_delay_start_ms"] == pytest.approx(0.4)
+    assert s["hedge_delay_end_ms"] == pytest.approx(float(np.mean(ends)), rel=1e-9)

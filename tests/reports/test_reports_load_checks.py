@@ -62,3 +62,13 @@ def test_a_table_without_its_columns_is_refused_naming_the_file(tmp_path):
     with pytest.raises(ReportError, match=rf"^reports: {re.escape(str(path))}: missing column\(s\) p99_ms"):
         _read_table(path, ("policy", "p99_ms"))
     assert _read_table(tmp_path / "absent.parquet", ("policy",)) is None
+
+
+def test_the_headline_notes_where_hedge_delays_started_and_ended():
+    from reports.html import hedge_delay_note
+
+    note = hedge_delay_note({"uncoded": {"p99_ms": 3.0},
+                             "hedged": {"hedge_delay_start_ms": 2.26, "hedge_delay_end_ms": 3.07},
+                             "backup": {"hedge_delay_start_ms": 12.3, "hedge_delay_end_ms": None}})
+    assert "hedged 2.26 → 3.07 ms" in note and "backup 12.3 → — ms" in note and "uncoded" not in note
+    assert hedge_delay_note({"uncoded": {"p99_ms": 3.0}}) is None
