@@ -18,6 +18,7 @@ from math import inf as INF
 from typing import Any, ClassVar, Protocol
 
 from policies.codes import (
+    BACKUP,
     CODED,
     HOW_BACKUP,
     HOW_DIRECT,
@@ -107,6 +108,35 @@ class GroupView:
         masks = [sum(1 << s for s in range(len(hosts)) if sg[s] == g) for g in range(len(members))]
         coded = [[s for s, h in enumerate(hosts) if h == CODED and sg[s] == g] for g in range(len(members))]
         return cls(group_of, members, masks, coded)
+
+
+class ServingView:
+    """The part of the `Serving` view every system fills the same way, from a policy's plain facts: a system
+    inherits it and calls `bind_view` with how it names its targets (`targets[station_of[server]]`: stations of an
+    engine, where servers sharing a queue share one; a testbed server's own index)."""
+
+    def bind_view(self, *, hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int,
+                  dispatch: str, fanout: int, balancer: str, delay_ms: Sequence[float] | None,
+                  delay_quantile: float | None, delay_window: int, station_of: Sequence[int],
+                  targets: Sequence[Any]) -> None:
+        def holding(i: int, own_only: bool) -> list[Any]:
+            out: list[Any] = []
+            for s, h in enumerate(hosts):
+                t = targets[station_of[s]]
+                if h == i and (s < n_base or not own_only) and t not in out:
+                    out.append(t)
+            return out
+
+        self.n_experts, self.n_base, self.dispatch, self.fanout = n_experts, n_base, dispatch, fanout
+        self.balancer = balancer
+        self.delay_ms, self.delay_quantile, self.delay_window = delay_ms, delay_quantile, delay_window
+        self.hosts = [holding(i, False) for i in range(n_experts)]
+        self.instances = [holding(i, True) for i in range(n_experts)]
+        self.coded = [targets[station_of[s]] for s, h in enumerate(hosts) if h == CODED]
+        self.backups = [targets[station_of[s]] for s, h in enumerate(hosts) if h == BACKUP]
+        gv = GroupView.of(hosts, n_base, groups, n_experts)
+        self.group_of, self.members, self.group_masks = gv.group_of, gv.members, gv.group_masks
+        self.coded_in = [[targets[station_of[s]] for s in servers] for servers in gv.coded_servers]
 
 
 @dataclass(frozen=True)

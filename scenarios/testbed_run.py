@@ -795,10 +795,10 @@ def served_hedge_delays(tasks: pd.DataFrame, records: pd.DataFrame, policy: str,
     delay — and True when the delays of later queries moved from it (a running delay), False when every one was
     the same (a fixed delay, or a run made before delays could run). None when no later task was sent for some
     expert (its delay then leaves no trace in the records)."""
-    queries = records.loc[(records["policy"] == policy) & (records["model"] >= 0), ["point", "query_id", "model",
-                                                                                    "arrival_ms"]]
-    later = tasks.loc[(tasks["policy"] == policy) & (tasks["role"] != 0), ["point", "query_id", "due_ms"]]
-    joined = later.merge(queries, on=["point", "query_id"]).sort_values("arrival_ms", kind="stable")
+    keys = [k for k in ("point", "repeat", "query_id") if k in records.columns and k in tasks.columns]
+    queries = records.loc[(records["policy"] == policy) & (records["model"] >= 0), [*keys, "model", "arrival_ms"]]
+    later = tasks.loc[(tasks["policy"] == policy) & (tasks["role"] != 0), [*keys, "due_ms"]]
+    joined = later.merge(queries, on=keys).sort_values("arrival_ms", kind="stable")
     joined["after"] = joined["due_ms"] - joined["arrival_ms"]
     first = joined.groupby("model")["after"].first()
     if any(i not in first.index for i in range(n_experts)):

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from policies import rules_for
-from policies.codes import BACKUP, CODED, HOW_DIRECT, HOW_REPLICA, ROLE_DIRECT
-from policies.rules import GroupView
+from policies.codes import HOW_DIRECT, HOW_REPLICA, ROLE_DIRECT
+from policies.rules import ServingView
 from sim.clock import Clock, Due
 from sim.draws import EPISODES, FAILURES, Draws, Timeline, stream
 from sim.plan import Plan
@@ -419,7 +419,7 @@ class _BatchServer(_Server):
             self.station.kick()
 
 
-class FastEngine:
+class FastEngine(ServingView):
     """Runs one Plan over one Draws; `run()` returns a RunOutput."""
 
     def __init__(self, plan: Plan, draws: Draws) -> None:
@@ -469,13 +469,6 @@ class FastEngine:
         self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
         if self.net and self.batching:
             raise ValueError("network delays are not modelled together with batching (service.max_batch > 1)")
-        self.delay_ms, self.delay_quantile, self.delay_window = plan.delay_ms, plan.delay_quantile, plan.delay_window
-        self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)
-        inline = not self.batching and not self.net and self.disp is None  # sends and answers need no hooks
-        # the uncoded rules, inlined on the hot path (one instance per expert: nothing to balance)
-        self.uncoded = plan.kind == "uncoded" and inline and plan.base == plan.n_experts
-        # routed queries that only ever get one task (no copies to cancel, any completion answers)
-        self.single_task = inline and self.rules.one_task_routed
         self.out = plan.out_ms.ravel().tolist() if plan.out_ms is not None else None  # flat: [qid * S + server]
         self.back = plan.back_ms.ravel().tolist() if plan.back_ms is not None else None
         self.S = plan.n_servers
@@ -497,16 +490,18 @@ class FastEngine:
             st.single = st.servers[0] if len(st.servers) == 1 else None
             st.mean_ms = float(np.mean([plan.mean_ms[s.idx] for s in st.servers])) / len(st.servers)
         # the policy's view of the system (policies.Serving): targets are stations
-        self.n_experts, self.fanout = self.N, plan.fanout
-        self.n_base, self.balancer, self.balance = plan.base, plan.balancer, plan.balance_u
-        self.instances = [[self.stations[k] for k in plan.instance_stations(i)] for i in range(self.N)]
-        self.hosts = [[self.stations[k] for k in plan.host_stations(i)] for i in range(self.N)]
-        self.coded = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == CODED]
-        self.backups = [self.stations[plan.station_of[s]] for s, h in enumerate(plan.hosts) if h == BACKUP]
+        self.bind_view(hosts=plan.hosts, n_base=plan.base, groups=plan.groups, n_experts=self.N,
+                       dispatch=plan.dispatch, fanout=plan.fanout, balancer=plan.balancer, delay_ms=plan.delay_ms,
+                       delay_quantile=plan.delay_quantile, delay_window=plan.delay_window,
+                       station_of=plan.station_of, targets=self.stations)
+        self.balance = plan.balance_u
         self.experts = [self.stations[plan.station_of[i]] for i in range(self.N)]
-        gv = GroupView.of(plan.hosts, plan.base, plan.groups, self.N)
-        self.group_of, self.members, self.group_masks = gv.group_of, gv.members, gv.group_masks
-        self.coded_in = [[self.stations[plan.station_of[s]] for s in servers] for servers in gv.coded_servers]
+        self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)
+        inline = not self.batching and not self.net and self.disp is None  # sends and answers need no hooks
+        # the uncoded rules, inlined on the hot path (one instance per expert: nothing to balance)
+        self.uncoded = plan.kind == "uncoded" and inline and plan.base == plan.n_experts
+        # routed queries that only ever get one task (no copies to cancel, any completion answers)
+        self.single_task = inline and self.rules.one_task_routed
         self.arr = draws.arrival_ms.tolist()
         self.models = draws.model.tolist()
         n, S = self.n, plan.n_servers

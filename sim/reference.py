@@ -20,8 +20,8 @@ import numpy as np
 import simpy
 
 from policies import rules_for
-from policies.codes import BACKUP, CODED, HOW_DIRECT
-from policies.rules import GroupView
+from policies.codes import HOW_DIRECT
+from policies.rules import ServingView
 from sim.draws import EPISODES, Draws, Timeline, stream
 from sim.engine import RunOutput
 from sim.plan import Plan
@@ -49,7 +49,7 @@ class _Batch:
         self.proc: simpy.Process | None = None
 
 
-class ReferenceEngine:
+class ReferenceEngine(ServingView):
     def __init__(self, plan: Plan, draws: Draws) -> None:
         if plan.failures is not None:
             raise NotImplementedError("the reference engine does not model server failures")
@@ -63,17 +63,12 @@ class ReferenceEngine:
         self.res = [simpy.Resource(self.env, capacity=len(m)) for m in plan.stations]
         self.free = [sorted(m) for m in plan.stations]
         self.st_mean = [float(np.mean([plan.mean_ms[s] for s in m])) / len(m) for m in plan.stations]
-        self.coded = [plan.station_of[s] for s, h in enumerate(plan.hosts) if h == CODED]
-        self.backups = [plan.station_of[s] for s, h in enumerate(plan.hosts) if h == BACKUP]
-        self.hosts = [plan.host_stations(i) for i in range(self.N)]
-        # the rest of the policy's view (policies.Serving): targets are station indices
-        self.n_experts, self.dispatch, self.fanout, self.delay_ms = self.N, plan.dispatch, plan.fanout, plan.delay_ms
-        self.delay_quantile, self.delay_window = plan.delay_quantile, plan.delay_window
-        self.n_base, self.balancer, self.balance = plan.base, plan.balancer, plan.balance_u
-        self.instances = [plan.instance_stations(i) for i in range(self.N)]
-        gv = GroupView.of(plan.hosts, plan.base, plan.groups, self.N)
-        self.group_of, self.members, self.group_masks = gv.group_of, gv.members, gv.group_masks
-        self.coded_in = [[plan.station_of[s] for s in servers] for servers in gv.coded_servers]
+        # the policy's view (policies.Serving): targets are station indices
+        self.bind_view(hosts=plan.hosts, n_base=plan.base, groups=plan.groups, n_experts=self.N,
+                       dispatch=plan.dispatch, fanout=plan.fanout, balancer=plan.balancer, delay_ms=plan.delay_ms,
+                       delay_quantile=plan.delay_quantile, delay_window=plan.delay_window,
+                       station_of=plan.station_of, targets=range(len(plan.stations)))
+        self.balance = plan.balance_u
         self.rules = rules_for(plan.kind)(self)
         n, S = draws.n, plan.n_servers
         self.out = {

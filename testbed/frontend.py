@@ -37,7 +37,7 @@ import zmq
 
 from policies import rules_for
 from policies.codes import BACKUP, CODED, HOW, HOW_DIRECT
-from policies.rules import GroupView
+from policies.rules import ServingView
 from testbed import wire
 
 STATUS = ("done", "dropped_queued", "dropped_in_service")
@@ -111,7 +111,7 @@ class _Query:
         self.tasks: list[int] = []
 
 
-class Frontend:
+class Frontend(ServingView):
     """Serves one Workload under one Policy over the given sockets (one per server, index = server)."""
 
     def __init__(self, sockets: list[zmq.Socket], policy: Policy, work: Workload, lead_ms: float = 200.0,
@@ -133,17 +133,10 @@ class Frontend:
         self.lead_ms, self.drain_timeout_s = lead_ms, drain_timeout_s
         self.N, self.S = policy.n_experts, len(policy.hosts)
         # the policy's view of the servers (policies.Serving): targets are server indices
-        self.n_experts, self.dispatch, self.fanout = self.N, policy.dispatch, policy.fanout
-        self.delay_ms, self.delay_quantile, self.delay_window = (policy.delay_ms, policy.delay_quantile,
-                                                                 policy.delay_window)
-        self.n_base, self.balancer = policy.n_base or self.N, policy.balancer
-        self.hosts = [policy.servers_of(i) for i in range(self.N)]
-        self.instances = [[s for s in self.hosts[i] if s < self.n_base] for i in range(self.N)]
-        gv = GroupView.of(policy.hosts, self.n_base, policy.groups, self.N)
-        self.group_of, self.members, self.group_masks = gv.group_of, gv.members, gv.group_masks
-        self.coded_in = gv.coded_servers
-        self.coded = [s for s, h in enumerate(policy.hosts) if h == CODED]
-        self.backups = [s for s, h in enumerate(policy.hosts) if h == BACKUP]
+        self.bind_view(hosts=policy.hosts, n_base=policy.n_base or self.N, groups=policy.groups, n_experts=self.N,
+                       dispatch=policy.dispatch, fanout=policy.fanout, balancer=policy.balancer,
+                       delay_ms=policy.delay_ms, delay_quantile=policy.delay_quantile,
+                       delay_window=policy.delay_window, station_of=range(self.S), targets=range(self.S))
         self.rules = rules_for(policy.kind)(self)
         self.nets = [policy.network_of(s) for s in range(self.S)]
         self.mode = wire.MODES[work.mode]

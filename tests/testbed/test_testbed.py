@@ -392,8 +392,10 @@ def test_the_backup_answers_a_whole_ensemble_query(cluster, nets, dispatch):
 def test_a_running_hedge_delay_follows_the_direct_answers_served(cluster):
     """Ten ordinary queries for expert 0, 5 ms apart, then one that straggles x2000 on its expert's server. The
     delay starts at 5 s (fixed, the straggler would answer directly after its hold); running at the median of the
-    last five direct answers, it is that median of the real latencies by the straggler's arrival — recomputed here
-    from the records with numpy — so the straggler is hedged to the replica, as the simulator hedges it."""
+    last five answers, it is by the straggler's arrival what numpy makes of the real records (each answer its
+    latency if direct, else inf, in the order answered), so the straggler is hedged to the replica, as the
+    simulator hedges it. (An ordinary query slower than that median is hedged too, and may be answered by its
+    copy: timing decides, so only the straggler's answer is asserted.)"""
     n = 11
     factors = [[1.0, 1.0, 1.0]] * (n - 1) + [[2000.0, 1.0, 1.0]]
     work = _trace([5.0 * k for k in range(n)], [0] * n, factors)
@@ -401,13 +403,17 @@ def test_a_running_hedge_delay_follows_the_direct_answers_served(cluster):
                     delay_window=5)
     result = serve(cluster.sockets, policy, work)
     rec, tasks = result.records, result.tasks
-    assert list(rec["answered_by"]) == ["direct"] * (n - 1) + ["hedge"]
+    assert rec["answered_by"].iloc[-1] == "hedge"
+    before = rec[rec["finish_ms"] <= rec["arrival_ms"].iloc[-1]].sort_values("finish_ms")
+    values = np.where(before["answered_by"] == "direct", before["latency_ms"], np.inf)[-5:]
+    expected = float(np.percentile(values, 50, method="inverted_cdf"))
+    if np.isinf(expected):
+        expected = float(values[np.isfinite(values)].max())
     hedge = tasks[(tasks["query_id"] == n - 1) & (tasks["server"] == 2)].iloc[0]
-    expected = float(np.percentile(rec["latency_ms"].iloc[n - 6:n - 1], 50, method="inverted_cdf"))
     assert hedge["due_ms"] - rec["arrival_ms"].iloc[-1] == pytest.approx(expected, abs=1e-6)
     fixed = serve(cluster.sockets, Policy("hedged", "hedged", "jsq", (0, 1, 0), 2, delay_ms=(5000.0, 5000.0)), work)
-    assert fixed.records["answered_by"].iloc[-1] == "direct"
+    assert set(fixed.records["answered_by"]) == {"direct"}
     sim = _simulated({"kind": "hedged", "delay_ms": 5000.0, "replica_of": [0], "delay_update": "running",
                       "delay_quantile": 50.0, "delay_window": 5, "name": "hedged"}, work,
                      float(tasks["compute_ms"].median()))
-    assert list(sim["answered_by"]) == list(rec["answered_by"])
+    assert sim["answered_by"].iloc[-1] == "hedge"
