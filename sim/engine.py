@@ -497,6 +497,7 @@ class FastEngine(ServingView):
         self.balance = plan.balance_u
         self.experts = [self.stations[plan.station_of[i]] for i in range(self.N)]
         self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)
+        self.observe = self.rules.answered if self.rules.running is not None else None
         inline = not self.batching and not self.net and self.disp is None  # sends and answers need no hooks
         # the uncoded rules, inlined on the hot path (one instance per expert: nothing to balance)
         self.uncoded = plan.kind == "uncoded" and inline and plan.base == plan.n_experts
@@ -812,8 +813,8 @@ class FastEngine(ServingView):
         q.done = True
         qid = q.qid
         self.finish_ms[qid] = self.env.now
-        if self.rules.running is not None:
-            self.rules.answered(q, how, self.env.now - self.arr[qid])
+        if self.observe is not None:  # a running hedge delay watches the answers
+            self.observe(q, how, self.env.now - self.arr[qid])
         self.how[qid] = how
         self.mask[qid] = mask
         self.n_done += 1
