@@ -35,12 +35,11 @@ class RunningDelay:
             raise ValueError(f"running delay: percentile must be in (0, 100), got {quantile}")
         if window < 5:
             raise ValueError(f"running delay: window must hold at least 5 queries, got {window}")
-        self.start = [float(x) for x in start]
         self.quantile, self.window = float(quantile), int(window)
         self.min_count = max(5, window // 5)
-        self._recent: list[deque[float]] = [deque() for _ in self.start]
-        self._sorted: list[list[float]] = [[] for _ in self.start]
-        self._now = list(self.start)
+        self._now = [float(x) for x in start]
+        self._recent: list[deque[float]] = [deque() for _ in self._now]
+        self._sorted: list[list[float]] = [[] for _ in self._now]
 
     def observe(self, expert: int, value_ms: float) -> None:
         """A routed query for `expert` was answered: its latency if directly, else +inf."""

@@ -182,22 +182,29 @@ class Rules:
         self.s = serving
         self._turn: dict[int, int] = {}  # round robin: each expert's next instance
         running = serving.delay_quantile is not None and serving.delay_ms is not None
-        self.running: RunningDelay | None = (RunningDelay(serving.delay_ms, serving.delay_quantile,  # type: ignore[arg-type]
-                                                          serving.delay_window) if running else None)
+        self.running_delay: RunningDelay | None = (
+            RunningDelay(serving.delay_ms, serving.delay_quantile, serving.delay_window)  # type: ignore[arg-type]
+            if running else None)
 
     # ---- hedge delays
     def hedge_delay(self, model: int) -> float:
         """The hedge delay for a query of `model` now (-1, an ensemble query: the largest of the experts')."""
-        if self.running is not None:
-            return self.running.delay(model)
+        if self.running_delay is not None:
+            return self.running_delay.delay(model)
         d = self.s.delay_ms
         return max(d) if model < 0 else d[model]  # type: ignore[index,arg-type]
 
+    def delays_now(self) -> list[float] | None:
+        """Each expert's hedge delay now (a running delay's latest; None for a policy without one)."""
+        if self.running_delay is not None:
+            return self.running_delay.delays()
+        return None if self.s.delay_ms is None else list(self.s.delay_ms)
+
     def answered(self, q: Query, how: int, latency_ms: float) -> None:
-        """The system answered q after `latency_ms` (call it from every answer when `running` is set): a running
-        delay observes its expert's direct answers, and the others as not answered directly."""
-        if q.model >= 0 and self.running is not None:
-            self.running.observe(q.model, latency_ms if how == HOW_DIRECT else INF)
+        """The system answered q after `latency_ms` (every system calls it from every answer): a running delay
+        observes its expert's direct answers, and the others as not answered directly."""
+        if q.model >= 0 and self.running_delay is not None:
+            self.running_delay.observe(q.model, latency_ms if how == HOW_DIRECT else INF)
 
     # ---- what the policy needs of the servers (class level: checked before anything runs)
     @classmethod

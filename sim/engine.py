@@ -497,7 +497,7 @@ class FastEngine(ServingView):
         self.balance = plan.balance_u
         self.experts = [self.stations[plan.station_of[i]] for i in range(self.N)]
         self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)
-        self.observe = self.rules.answered if self.rules.running is not None else None
+        self.observe = self.rules.answered if self.rules.running_delay is not None else None  # hot path: bound once
         inline = not self.batching and not self.net and self.disp is None  # sends and answers need no hooks
         # the uncoded rules, inlined on the hot path (one instance per expert: nothing to balance)
         self.uncoded = plan.kind == "uncoded" and inline and plan.base == plan.n_experts
@@ -922,5 +922,5 @@ class FastEngine(ServingView):
             cancelled_ms=np.asarray(self.cancelled),
             lost_ms=np.asarray(self.lost),
             end_ms=float(env.now),
-            delay_end_ms=self.rules.running.delays() if self.rules.running is not None else self.delay_ms,
+            delay_end_ms=self.rules.delays_now(),
         )

@@ -66,27 +66,9 @@ class Plan:
         """Servers 0..base-1 are the experts' own instances."""
         return self.n_base or self.n_experts
 
-    def host_stations(self, model: int) -> list[int]:
-        """Stations holding `model`: its own instances' first (server order), then its replicas'."""
-        out: list[int] = []
-        for s, h in enumerate(self.hosts):
-            st = self.station_of[s]
-            if h == model and st not in out:
-                out.append(st)
-        return out
-
     @property
     def code_groups(self) -> tuple[tuple[int, ...], ...]:
         return self.groups or (tuple(range(self.n_experts)),)
-
-    def instance_stations(self, model: int) -> list[int]:
-        """Stations of `model`'s own instances (the base deployment's servers hosting it)."""
-        out: list[int] = []
-        for s in range(self.base):
-            st = self.station_of[s]
-            if self.hosts[s] == model and st not in out:
-                out.append(st)
-        return out
 
 
 def _resolve_delay(spec: PolicySpec, service: np.ndarray, n: int) -> list[float] | None:

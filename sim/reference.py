@@ -193,8 +193,7 @@ class ReferenceEngine(ServingView):
     def answer(self, q: _Q, how: int, mask: int) -> None:
         o = self.out
         o["finish"][q.qid], o["how"][q.qid], o["mask"][q.qid] = self.env.now, how, mask
-        if self.rules.running is not None:
-            self.rules.answered(q, how, self.env.now - self.draws.arrival_ms[q.qid])
+        self.rules.answered(q, how, self.env.now - self.draws.arrival_ms[q.qid])
         q.done.succeed()
 
     def send(self, q: _Q, st: int, role: int) -> None:
@@ -256,5 +255,5 @@ class ReferenceEngine(ServingView):
             cancelled_ms=self.cancelled,
             lost_ms=np.zeros_like(self.busy),
             end_ms=float(self.env.now),
-            delay_end_ms=self.rules.running.delays() if self.rules.running is not None else self.delay_ms,
+            delay_end_ms=self.rules.delays_now(),
         )

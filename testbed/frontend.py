@@ -215,8 +215,7 @@ class Frontend(ServingView):
     def answer(self, q: _Query, how: int, mask: int) -> None:
         q.done = True
         self.finish[q.qid] = now = self.now()
-        if self.rules.running is not None:
-            self.rules.answered(q, how, now - self.w.arrival_ms[q.qid])
+        self.rules.answered(q, how, now - self.w.arrival_ms[q.qid])
         self.how[q.qid] = how
         self.mask[q.qid] = mask
         self.n_done += 1
