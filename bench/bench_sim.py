@@ -23,9 +23,9 @@ from collections.abc import Callable
 import numpy as np
 import simpy
 
-from sim.config import parse_config
 from sim.draws import draw
 from sim.engine import FastEngine
+from sim.parse import parse_config
 from sim.plan import make_plan
 from sim.reference import ReferenceEngine
 

@@ -98,7 +98,7 @@ def save_size_networks(folder: Path, seed: int = 0) -> tuple[dict[str, torch.nn.
     (network.json + weights.safetensors) and 64 random input rows; return the modules, folders and inputs path."""
     from safetensors.torch import save_file
 
-    from models.given import network_recipe
+    from models.given_config import network_recipe
     from models.networks import NetworkSpec, build_network
 
     modules, folders = {}, []

@@ -15,7 +15,7 @@ from models.cache import Status
 
 if TYPE_CHECKING:
     from models.config import ExpertSpec, ZooConfig
-    from models.given import GivenExpertSpec, GivenZooConfig
+    from models.given_config import GivenExpertSpec, GivenZooConfig
 
 Provenance = Status | Literal["given"]  # cache status of a trained network, or 'given' (a user's checkpoint)
 

@@ -1,5 +1,5 @@
 """A zoo table as the user writes it (TOML file, or a scenario's [models]) to its validated config: a trained zoo
-(`models.config.ZooConfig`) or, with an `architecture` key, given networks (`models.given.GivenZooConfig`).
+(`models.config.ZooConfig`) or, with an `architecture` key, given networks (`models.given_config.GivenZooConfig`).
 Above both, so neither imports the other for this."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from models.given import given_config_from_table
 def zoo_config_from_dict(data: dict, source: str = "config", overrides: dict | None = None) -> ZooConfig:
     """Validate a zoo table (or a scenario holding one under [models]).
 
-    A table with an `architecture` key describes given networks instead: a models.given.GivenZooConfig.
+    A table with an `architecture` key describes given networks instead: a models.given_config.GivenZooConfig.
     """
     table = dict(data.get("models", data))
     if "seed" not in table and "seed" in data:

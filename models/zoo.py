@@ -25,7 +25,7 @@ from models.progress import say
 from models.training import accuracy, train
 
 if TYPE_CHECKING:
-    from models.given import GivenZooConfig
+    from models.given_config import GivenZooConfig
 
 def derive_seed(seed: int, *tags: str) -> int:
     """Independent, reproducible sub-seed for one named random stream."""

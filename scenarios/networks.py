@@ -36,7 +36,7 @@ def save_networks(facts: Any, folder: Path) -> tuple[list[Path], Path]:
     import torch
     from safetensors.torch import save_file
 
-    from models.given import network_recipe
+    from models.given_config import network_recipe
 
     recipe = network_recipe(facts.network_spec)  # a zoo's NetworkSpec or a user's given architecture
     paths = []

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.config import ConfigError, ZooConfig, read_zoo_file, validation_problems
-from models.given import GivenZooConfig
+from models.given_config import GivenZooConfig
 from models.tables import zoo_config_from_dict
 from sim import SimConfig, SimConfigError, parse_config
 from sim.config import Deployment, PolicySpec

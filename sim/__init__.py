@@ -95,11 +95,10 @@ from sim.config import (
     SimConfig,
     Stragglers,
     Traffic,
-    load_config,
-    parse_config,
 )
 from sim.draws import Draws, draw
 from sim.errors import SimConfigError
+from sim.parse import load_config, parse_config
 
 __all__ = [
     "Deterministic",

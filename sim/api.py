@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 
 from policies.codes import BACKUP, CODED, HOW, SPARE, host_name
-from sim.config import MAX_SERVERS, SimConfig, parse_config
+from sim.config import MAX_SERVERS, SimConfig
 from sim.draws import Draws, draw
 from sim.engine import FastEngine, RunOutput
 from sim.errors import SimConfigError
+from sim.parse import parse_config
 from sim.plan import Plan, make_plan
 from sim.stats import across_replications, latency_summary
 

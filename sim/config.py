@@ -12,13 +12,12 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from scipy.special import ndtri
 
 from policies import RULES
 from policies.codes import SPARE
 from sim.errors import SimConfigError
-from sim.layout import check_stability
 
 DEFAULT_N_QUERIES = 100_000
 MAX_SERVERS = 63  # answer masks are int64 bitmasks with one bit per server
@@ -641,6 +640,7 @@ class SimConfig(_Model):
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
     batches: int = Field(default=20, ge=2, description="batch means for CIs")
     confidence: float = Field(default=0.95, gt=0, lt=1)
+    _default_horizon: bool = PrivateAttr(default=False)
 
     _validate_policies = field_validator("policies", mode="before")(classmethod(lambda cls, v: _policy_list(v)))
 
@@ -705,14 +705,16 @@ class SimConfig(_Model):
                 raise ValueError(f"policy {p.name!r}: fanout {p.fanout} > r={self.r} coded servers")
         if self.n_queries is not None and self.horizon_ms is not None:
             raise ValueError("give n_queries or horizon_ms, not both")
-        explicit = self.n_queries is not None or self.horizon_ms is not None
-        if not explicit:
+        if self.n_queries is None and self.horizon_ms is None:
+            self._default_horizon = True  # parse_config (sim.parse) then demands a stable load
             if tr.kind != "trace":
                 object.__setattr__(self, "n_queries", DEFAULT_N_QUERIES)
-            problem = check_stability(self)
-            if problem:
-                raise ValueError(f"unstable load: {problem}; set n_queries or horizon_ms to simulate a transient")
         return self
+
+    @property
+    def default_horizon(self) -> bool:
+        """True when neither n_queries nor horizon_ms was given: the run must reach a steady state."""
+        return self._default_horizon
 
     @property
     def instance_counts(self) -> tuple[int, ...]:
@@ -742,28 +744,3 @@ class SimConfig(_Model):
             if p.name == name:
                 return p
         raise SimConfigError(f"sim config: no policy named {name!r}")
-
-
-def parse_config(data: Mapping[str, Any] | SimConfig) -> SimConfig:
-    """Build a SimConfig from a mapping (e.g. a TOML table); accepts a top-level [sim] table too."""
-    if isinstance(data, SimConfig):
-        return data
-    if not isinstance(data, Mapping):
-        raise SimConfigError(f"sim config: expected a table, got {type(data).__name__}")
-    if "sim" in data and isinstance(data["sim"], Mapping) and "n_experts" not in data:
-        data = data["sim"]
-    return SimConfig(**dict(data))
-
-
-def load_config(path: str) -> SimConfig:
-    """Read a TOML file (a [sim] table or top-level keys) into a SimConfig."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise SimConfigError(f"sim config: cannot read {path}: {e}") from None
-    except RecursionError:
-        raise SimConfigError(f"sim config: cannot read {path}: nested too deeply") from None
-    return parse_config(data)

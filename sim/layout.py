@@ -8,17 +8,14 @@ per-server random numbers (common random numbers).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from policies import RULES
 from policies.codes import BACKUP, CODED, SPARE
 from policies.rules import Offered
-
-if TYPE_CHECKING:  # annotations only: config checks stability through this module
-    from sim.config import PolicySpec, SimConfig
-
+from sim.config import PolicySpec, SimConfig
 
 
 @dataclass(frozen=True)

@@ -46,12 +46,12 @@ class _Task:
 
 
 def load_network(folder: Path, device: str):
-    """The network saved in `folder` (network.json: models.given.network_recipe; weights.safetensors), in eval
+    """The network saved in `folder` (network.json: models.given_config.network_recipe; weights.safetensors), in eval
     mode on `device`."""
     import torch
     from safetensors.torch import load_file
 
-    from models.given import rebuild_network
+    from models.given_config import rebuild_network
 
     model = rebuild_network((folder / "network.json").read_text())  # the zoo's networks or the user's own
     model.load_state_dict(load_file(str(folder / "weights.safetensors")), strict=True)

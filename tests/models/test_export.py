@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from models.export import architecture_table, png_exact
-from models.given import GivenArchitecture
+from models.given_config import GivenArchitecture
 from models.networks import NetworkSpec, build_network
 from scenarios.cli import cli
 

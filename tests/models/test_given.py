@@ -21,15 +21,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from models.config import ConfigError
-from models.given import (
-    GivenArchitecture,
-    GivenZooConfig,
-    fit_problem,
-    load_given_zoo,
-    network_recipe,
-    pipeline,
-    rebuild_network,
-)
+from models.given import fit_problem, load_given_zoo
+from models.given_config import GivenArchitecture, GivenZooConfig, network_recipe, pipeline, rebuild_network
 from models.networks import NetworkSpec, build_network
 from models.tables import zoo_config_from_dict
 from scenarios.cli import cli
@@ -443,7 +436,7 @@ def test_label_subset_keeps_only_those_labels(given_dir):
 def test_pipeline_steps_by_name():
     gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
     image = Image.fromarray(gray).convert("RGB")
-    from models.given import CenterCrop, Grayscale, Normalize, Resize, ToTensor
+    from models.given_config import CenterCrop, Grayscale, Normalize, Resize, ToTensor
 
     out = pipeline([Grayscale(op="grayscale"), CenterCrop(op="center_crop", size=4), ToTensor(op="to_tensor"),
                     Normalize(op="normalize", mean=[0.5], std=[0.5])])(image)

@@ -76,6 +76,16 @@ def test_unstable_load_needs_an_explicit_horizon():
     assert res.summary["uncoded"]["n_queries"] > 0
 
 
+def test_a_config_built_directly_is_held_to_the_same_stability_rule():
+    """A SimConfig made by hand (not through parse_config) with a default horizon is refused when simulated."""
+    unstable = sim.SimConfig(n_experts=2, r=1, traffic={"rate_per_ms": 2.5}, policies=["uncoded"])
+    assert unstable.default_horizon and unstable.n_queries == 100_000
+    with pytest.raises(SimConfigError, match="unstable load: policy 'uncoded'"):
+        sim.simulate(unstable, seed=0)
+    given = sim.SimConfig(n_experts=2, r=1, traffic={"rate_per_ms": 2.5}, policies=["uncoded"], n_queries=50)
+    assert not given.default_horizon and sim.simulate(given, seed=0).summary["uncoded"]["n_queries"] > 0
+
+
 def test_error_is_a_value_error_and_raised_by_direct_model_construction():
     assert issubclass(SimConfigError, ValueError)
     with pytest.raises(SimConfigError, match="rate_per_ms"):

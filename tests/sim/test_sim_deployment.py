@@ -10,8 +10,8 @@ from sim_testutil import check_stat, measured
 
 import sim
 from sim.api import run_plan
-from sim.config import parse_config
 from sim.draws import draw
+from sim.parse import parse_config
 from sim.plan import make_plan
 
 

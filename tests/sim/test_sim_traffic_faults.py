@@ -9,8 +9,8 @@ import pytest
 from sim_testutil import lindley
 
 import sim
-from sim.config import parse_config
 from sim.draws import EPISODES, FAILURES, Timeline, stream
+from sim.parse import parse_config
 
 
 def _window_counts(d: sim.Draws, n_models: int, width: float) -> np.ndarray:
