@@ -21,3 +21,23 @@ HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED, HOW_BACKUP = (
 def host_name(host: int) -> str:
     """A server's host as results name it: the expert index as text, or 'coded' / 'spare' / 'backup'."""
     return str(host) if host >= 0 else HOST_NAMES[host]
+
+
+# which servers' outputs formed an answer: a bitmask with bit s for server s. Up to 63 servers it is stored as
+# int64; a larger deployment keeps Python ints (object arrays), which have no width limit
+MASK_WORD_SERVERS = 63
+
+
+def mask_dtype(n_servers: int) -> str:
+    """The numpy dtype of a run's answer masks: 'int64' when every bit fits one word, else 'object'."""
+    return "int64" if n_servers <= MASK_WORD_SERVERS else "object"
+
+
+def mask_servers(mask: int) -> list[int]:
+    """The servers whose bits are set in an answer mask, ascending."""
+    mask, found = int(mask), []
+    while mask:
+        low = mask & -mask
+        found.append(low.bit_length() - 1)
+        mask ^= low
+    return found

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from policies.codes import HOW
+from policies.codes import HOW, mask_servers
 from sim import SimConfig, simulate
 
 
@@ -111,7 +111,7 @@ def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
     model = records["model"].to_numpy()
     sample = records["sample_id"].to_numpy().astype(np.int64)
     was_decoded = (records["answered_by"] == "decoded").to_numpy()
-    masks = records["answer_mask"].to_numpy().astype(np.int64)
+    masks = records["answer_mask"].to_numpy()  # int64, or Python ints beyond 63 servers
     rows = np.where(model >= 0, answers.offsets[np.maximum(model, 0)] + sample, sample)
     labels = answers.labels[rows]
     own = np.zeros(len(records), dtype=np.int64)  # what the expert(s) alone would have answered
@@ -126,7 +126,7 @@ def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
     decoded_groups = pd.DataFrame({"model": model, "mask": masks})[(was_decoded | (model < 0)) & ~by_backup]
     for (m, mask), group in decoded_groups.groupby(["model", "mask"]):
         index = group.index.to_numpy()
-        back = [b for b in range(len(hosts)) if (mask >> b) & 1]
+        back = mask_servers(mask)
         experts_back = {int(hosts[b]) for b in back if hosts[b].isdigit()}
         missing = [j for j in range(n_experts) if j not in experts_back]
         coded_back = [coded_rank[b] for b in back if b in coded_rank]

@@ -34,7 +34,7 @@ import pandas as pd
 
 import atomic
 from models.progress import say
-from policies.codes import BACKUP, CODED, host_name
+from policies.codes import BACKUP, CODED, host_name, mask_servers
 from resultschema import CALIBRATION, PROFILE, SCENARIO, SERVED_PROFILE, SUMMARY
 from scenarios import served as served_model
 from scenarios.networks import backup_network, save_networks, served_networks
@@ -106,15 +106,16 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
     correct = np.zeros(len(records), bool)
     if by_backup.any():
         index = np.flatnonzero(by_backup)
-        server = np.array([int(m).bit_length() - 1 for m in masks[index]])  # the one backup server that answered
-        if not all(hosts[s] == BACKUP for s in server) or (masks[index] != 1 << server).any():
+        used = [mask_servers(m) for m in masks[index]]  # the one backup server that answered
+        if any(len(s) != 1 or hosts[s[0]] != BACKUP for s in used):
             raise ValueError("testbed: a backup answer must come from exactly one backup server")
+        server = np.array([s[0] for s in used])
         pred = answers.generalist_answers(outputs[index, server].astype(np.float64), model[index])
         correct[index] = pred == labels[index]
     frame = pd.DataFrame({"m": model, "mask": masks, "dec": decoded})[~by_backup]
     for (m, mask, dec), group in frame.groupby(["m", "mask", "dec"]):
         index = group.index.to_numpy()
-        back = [s for s in range(len(hosts)) if (int(mask) >> s) & 1]
+        back = mask_servers(mask)
         if m >= 0 and not dec:
             correct[index] = outputs[index, back[0]].argmax(-1) == labels[index]
             continue

@@ -9,13 +9,14 @@ Public API
   the same random numbers (same arrivals, same per-(query, server) service and straggler draws).
   ``SimResult.records`` is one row per (policy, query): policy, query_id, kind (routed | ensemble), model
   (-1 = ensemble), model_name, sample_id, arrival_ms, finish_ms, latency_ms, answered_by (direct | replica |
-  hedge | decoded | backup), servers_used ("0,2"), answer_mask, n_tasks, server_ms (cancelled and lost work
-  included), warmup. ``SimResult.summary[policy]`` holds mean/p50/p95/p99/p999 ``*_ms`` with batch-means
-  CIs (``*_ms_lo``, ``*_ms_hi``), server_ms_per_query and, in percent, utilization_pct (mean over servers),
-  utilization_per_server_pct, extra_load_vs_uncoded_pct (server time per query against the uncoded policy's;
-  None without one) and the answer mix direct_pct / replica_pct / hedge_pct / decoded_pct / backup_pct (shares
-  of measured queries). ``SimResult.servers`` is one row per (policy, server): hosts (an expert index, or
-  "coded", "spare", "backup"), busy_ms, utilization_pct, cancelled_ms, lost_ms.
+  hedge | decoded | backup), servers_used ("0,2"), answer_mask (bit s for server s; int64 up to 63 servers,
+  Python ints beyond), n_tasks, server_ms (cancelled and lost work included), warmup.
+  ``SimResult.summary[policy]`` holds mean/p50/p95/p99/p999 ``*_ms`` with batch-means CIs (``*_ms_lo``,
+  ``*_ms_hi``), server_ms_per_query and, in percent, utilization_pct (mean over servers),
+  utilization_per_server_pct, extra_load_vs_uncoded_pct (server time per query against the uncoded policy's; None
+  without one) and the answer mix direct_pct / replica_pct / hedge_pct / decoded_pct / backup_pct (shares of
+  measured queries). ``SimResult.servers`` is one row per (policy, server): hosts (an expert index, or "coded",
+  "spare", "backup"), busy_ms, utilization_pct, cancelled_ms, lost_ms.
 - ``replicate(config, seed, n_replications)``: CIs from independent replications.
 - ``SimConfig`` (pydantic v2) / ``parse_config(mapping)`` / ``load_config(toml_path)``; bad input raises
   ``SimConfigError`` (a ValueError with a one-line message) before anything is simulated.

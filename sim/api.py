@@ -9,8 +9,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from policies.codes import BACKUP, CODED, HOW, SPARE, host_name
-from sim.config import MAX_SERVERS, SimConfig
+from policies.codes import BACKUP, CODED, HOW, SPARE, host_name, mask_servers
+from sim.config import SimConfig
 from sim.draws import Draws, draw
 from sim.engine import FastEngine, RunOutput
 from sim.errors import SimConfigError
@@ -46,7 +46,7 @@ def run_plan(plan: Plan, draws: Draws, engine: Engine = "fast") -> RunOutput:
 
 def _mask_strings(mask: np.ndarray) -> np.ndarray:
     uniq, inv = np.unique(mask, return_inverse=True)
-    names = np.array([",".join(str(b) for b in range(MAX_SERVERS) if (int(m) >> b) & 1) for m in uniq], dtype=object)
+    names = np.array([",".join(map(str, mask_servers(m))) for m in uniq], dtype=object)
     return names[inv]
 
 

@@ -20,7 +20,6 @@ from policies.codes import SPARE
 from sim.errors import SimConfigError
 
 DEFAULT_N_QUERIES = 100_000
-MAX_SERVERS = 63  # answer masks are int64 bitmasks with one bit per server
 DEFAULT_SAMPLE_POOL = 1_000_000_000
 
 
@@ -670,9 +669,6 @@ class SimConfig(_Model):
             raise ValueError("service.wake (wake-up costs) is not modelled with max_batch > 1")
         if self.service.cancel_in_service == "finish_pass" and self.service.max_batch > 1:
             raise ValueError("service.cancel_in_service = 'finish_pass' is not modelled with max_batch > 1")
-        if s > MAX_SERVERS:
-            raise ValueError(f"{self.n_base} expert instances + {self.n_extra} extra servers makes {s} servers, over "
-                             f"the limit of {MAX_SERVERS} (int64 answer masks)")
         if self.model_names is not None and len(self.model_names) != n:
             raise ValueError(f"model_names has {len(self.model_names)} names for n_experts={n}")
         tr = self.traffic

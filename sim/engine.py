@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from policies import rules_for
-from policies.codes import HOW_DIRECT, HOW_REPLICA, ROLE_DIRECT
+from policies.codes import HOW_DIRECT, HOW_REPLICA, ROLE_DIRECT, mask_dtype
 from policies.rules import ServingView
 from sim.clock import Clock, Due
 from sim.draws import EPISODES, FAILURES, Draws, Timeline, stream
@@ -915,7 +915,7 @@ class FastEngine(ServingView):
         return RunOutput(
             finish_ms=np.asarray(self.finish_ms),
             how=np.asarray(self.how, np.int8),
-            mask=np.asarray(self.mask, np.int64),
+            mask=np.asarray(self.mask, mask_dtype(len(self.servers))),
             n_tasks=np.asarray(self.ntask, np.int32),
             server_ms=np.asarray(self.ms),
             busy_ms=np.asarray(self.busy),

@@ -20,7 +20,7 @@ import numpy as np
 import simpy
 
 from policies import rules_for
-from policies.codes import HOW_DIRECT
+from policies.codes import HOW_DIRECT, mask_dtype
 from policies.rules import ServingView
 from sim.draws import EPISODES, Draws, Timeline, stream
 from sim.engine import RunOutput
@@ -74,7 +74,7 @@ class ReferenceEngine(ServingView):
         self.out = {
             "finish": np.zeros(n),
             "how": np.zeros(n, np.int8),
-            "mask": np.zeros(n, np.int64),
+            "mask": np.zeros(n, mask_dtype(S)),
             "ntask": np.zeros(n, np.int32),
             "ms": np.zeros(n),
         }

@@ -36,7 +36,7 @@ import pandas as pd
 import zmq
 
 from policies import rules_for
-from policies.codes import BACKUP, CODED, HOW, HOW_DIRECT
+from policies.codes import BACKUP, CODED, HOW, HOW_DIRECT, mask_dtype
 from policies.rules import ServingView
 from testbed import wire
 
@@ -146,7 +146,7 @@ class Frontend(ServingView):
         self.finish = np.full(n, np.nan)
         self.dispatched = np.full(n, np.nan)
         self.how = np.zeros(n, np.int8)
-        self.mask = np.zeros(n, np.int64)
+        self.mask = np.zeros(n, mask_dtype(self.S))
         self.ntask = np.zeros(n, np.int32)
         self.outputs: np.ndarray | None = None
         self.timers: list[tuple[float, int, int]] = []

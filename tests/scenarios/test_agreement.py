@@ -40,6 +40,23 @@ def test_decoded_answers_can_disagree_with_the_expert_and_direct_ones_cannot():
     assert s["decoded_accuracy_pct"] == pytest.approx(200 / 3) and s["decoded_agreement_pct"] == pytest.approx(200 / 3)
 
 
+def test_answer_masks_beyond_63_servers_join_as_the_same_outputs_do():
+    # the first test's queries on 70 servers: the experts' instances take turns on servers 0-68 and the coded
+    # server is server 69, so the masks are Python ints wider than int64
+    hosts = ["0", "1"] * 34 + ["0", "coded"]
+    assert hosts[67] == "1" and hosts[68] == "0" and len(hosts) == 70
+    records = pd.DataFrame({
+        "model": [0, 0, 0, 1],
+        "sample_id": [1, 1, 2, 0],
+        "answered_by": pd.Categorical(["direct", "decoded", "decoded", "decoded"]),
+        "answer_mask": pd.Series([1 << 2, 1 << 67 | 1 << 69, 1 << 1 | 1 << 69, 1 << 68 | 1 << 69], dtype=object),
+        "warmup": False,
+    })
+    correct, agrees = join_answers(records, _tables(), 2, hosts)
+    assert correct.tolist() == [False, False, True, True]
+    assert agrees.tolist() == [True, False, True, True]
+
+
 def test_paired_accuracy_difference_against_a_paired_t_interval() -> None:
     # 1,000 measured queries served by both policies: 'b' is wrong on 30 that 'a' got right and right on 10 that
     # 'a' got wrong, so it is 2.0 points worse; 50 warm-up queries where 'b' is always wrong must not count
