@@ -20,15 +20,21 @@ def solve_missing(expert_outs: np.ndarray, coded_outs: np.ndarray, matrix: np.nd
                   coded_back: list[int]) -> np.ndarray:
     """Least-squares solve of B[C, M] f_M = f_C − B[C, A] f_A for the missing experts' outputs (|M|, S, K).
 
+    A missing expert that none of the coded outputs back covers (weight 0 in each of their rows: it belongs to
+    another code group) is not an unknown of this system; its rows of the result are NaN.
     The numpy twin of `coin.multicode.decode_missing`, here so workers need not import torch.
     """
-    if len(coded_back) < len(missing):
-        raise ValueError(f"{len(missing)} missing outputs but only {len(coded_back)} coded outputs came back")
+    covered = [j for j in missing if np.any(matrix[coded_back, j] != 0)]
+    if len(coded_back) < len(covered):
+        raise ValueError(f"{len(covered)} missing outputs but only {len(coded_back)} coded outputs came back")
     present = [j for j in range(matrix.shape[1]) if j not in missing]
     rhs = coded_outs[coded_back] - np.einsum("cj,jsk->csk", matrix[np.ix_(coded_back, present)], expert_outs[present])
     c, s, k = rhs.shape
-    solution, *_ = np.linalg.lstsq(matrix[np.ix_(coded_back, missing)], rhs.reshape(c, s * k), rcond=None)
-    return solution.reshape(len(missing), s, k)
+    out = np.full((len(missing), s, k), np.nan)
+    if covered:
+        solution, *_ = np.linalg.lstsq(matrix[np.ix_(coded_back, covered)], rhs.reshape(c, s * k), rcond=None)
+        out[[missing.index(j) for j in covered]] = solution.reshape(len(covered), s, k)
+    return out
 
 
 @dataclass
@@ -137,6 +143,8 @@ def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
             outs = answers.expert_outs[:, rows[index]].copy()
             if missing:
                 outs[missing] = answers.decoded(missing, coded_back, rows[index])
+                if np.isnan(outs[missing]).any():
+                    raise ValueError(f"an ensemble answer from servers {back} leaves an expert undecoded")
             pred[index] = _softmax(outs).sum(0).argmax(-1)
     return pred == labels, pred == own
 

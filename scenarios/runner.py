@@ -73,16 +73,35 @@ class NetworkFacts:
     served_passes: dict[str, Any] = field(default_factory=dict)  # name -> calibration.passes.ServedPasses
 
 
+def code_groups(scenario: Scenario, n: int) -> list[list[int]]:
+    """The experts each code covers: the scenario's code groups (sim.deployment.groups), or one group of all."""
+    groups = scenario.sim.deployment.groups
+    return [list(g) for g in groups] if groups else [list(range(n))]
+
+
 def coding_matrix(scenario: Scenario, n: int) -> np.ndarray:
-    """r × N coding weights: the scenario's, else β (r = 1) or a Cauchy construction (r > 1)."""
+    """(r · groups) × N coding weights; row g·r + j is coded server j of code group g, zero outside the group
+    (the extra servers come r per group, group by group). One group: the scenario's matrix, else β (r = 1) or a
+    Cauchy construction (r > 1); several: per group, β restricted to it and scaled to sum 1 (r = 1), else Cauchy."""
     from coin.multicode import cauchy_coding_matrix, check_coding_matrix
 
     r = coded_servers(scenario)
-    if scenario.coding.betas is not None:
-        return check_coding_matrix(scenario.coding.betas, n)
-    if r == 1 and scenario.coding.beta is not None:
-        return check_coding_matrix([scenario.coding.beta], n)
-    return cauchy_coding_matrix(n, r)
+    groups = code_groups(scenario, n)
+    if len(groups) == 1:
+        if scenario.coding.betas is not None:
+            return check_coding_matrix(scenario.coding.betas, n)
+        if r == 1 and scenario.coding.beta is not None:
+            return check_coding_matrix([scenario.coding.beta], n)
+        return cauchy_coding_matrix(n, r)
+    matrix = np.zeros((r * len(groups), n))
+    for g, members in enumerate(groups):
+        if r == 1 and scenario.coding.beta is not None:
+            beta = np.asarray(scenario.coding.beta, float)[members]
+            block = (beta / beta.sum())[None]
+        else:
+            block = cauchy_coding_matrix(len(members), r)
+        matrix[np.ix_(range(g * r, (g + 1) * r), members)] = block
+    return matrix
 
 
 def coded_servers(scenario: Scenario) -> int:
@@ -90,17 +109,19 @@ def coded_servers(scenario: Scenario) -> int:
     return max(1, scenario.sim.r)
 
 
-def _multi_decode_table(answers: AnswerTables, names: list[str]) -> list[dict[str, Any]]:
-    """Decoded accuracy of every set of up to r missing experts, all r coded outputs back (issue: r > 1)."""
+def _multi_decode_table(answers: AnswerTables, names: list[str], groups: list[list[int]]) -> list[dict[str, Any]]:
+    """Decoded accuracy of every set of up to r missing experts of a code group, all r of its coded outputs back
+    (r > 1)."""
     from itertools import combinations
 
     rows = []
-    n, r = answers.matrix.shape[1], answers.matrix.shape[0]
-    for size in range(1, min(r, n) + 1):
-        for missing in combinations(range(n), size):
+    r = answers.matrix.shape[0] // len(groups)
+    for g, members in enumerate(groups):
+        coded = list(range(g * r, (g + 1) * r))
+        for missing in (m for size in range(1, min(r, len(members)) + 1) for m in combinations(members, size)):
             for position, i in enumerate(missing):
                 part = np.arange(answers.offsets[i], answers.offsets[i + 1])
-                dec = answers.decoded(list(missing), list(range(r)), part)[position]
+                dec = answers.decoded(list(missing), coded, part)[position]
                 labels = answers.labels[part]
                 decoded_acc = float((dec.argmax(-1) == labels).mean() * 100)
                 expert_acc = float((answers.expert_outs[i, part].argmax(-1) == labels).mean() * 100)
@@ -108,6 +129,67 @@ def _multi_decode_table(answers: AnswerTables, names: list[str]) -> list[dict[st
                              "decoded_acc_pct": decoded_acc, "expert_acc_pct": expert_acc,
                              "nda_pct": 100 * decoded_acc / expert_acc if expert_acc else float("nan")})
     return rows
+
+
+def code_experts(scenario: Scenario, zoo: Any, matrix: np.ndarray, quiet: bool = False
+                 ) -> tuple[list[dict[str, Any]], list[Any], Any]:
+    """Code the experts, group by group: (NDA rows of every method, coded model k for each matrix row k, the
+    generalist network a backup server hosts).
+
+    Each code group's coded models merge only its own experts, from coding samples of their own pools; the NDA
+    table decodes each expert from its group's first coded model and the group's other experts. The generalist is
+    coded model 0 (or another method's network on row 0) when one code covers every expert; with several groups it
+    is coded on its own over all experts (weights β, or uniform), since no group's coded model knows every task.
+    """
+    import torch
+
+    import coin
+
+    groups = code_groups(scenario, len(zoo.experts))
+    r = matrix.shape[0] // len(groups)
+    pools = [(e.train_x, e.train_y) for e in zoo.experts]
+    tests = [(e.test_x, e.test_y) for e in zoo.experts]
+    names = [e.name for e in zoo.experts]
+
+    def encoder(members: list[int]) -> Callable[[str, np.ndarray], Any]:
+        x, y, owner = coin.draw_coding_samples([pools[i] for i in members], scenario.coding.samples, scenario.seed)
+        models = [zoo.models[i] for i in members]
+        return lambda method, beta: coin.encode(method, models, [float(b) for b in beta], x, y=y, owner=owner,
+                                                base=zoo.base, seed=scenario.seed)
+
+    rows: list[dict[str, Any]] = []
+    coded_models: list[Any] = [None] * matrix.shape[0]
+    built: dict[str, Any] = {}
+    for g, members in enumerate(groups):
+        encode = encoder(members)
+        where = f" of code group {g + 1}/{len(groups)} ({', '.join(names[i] for i in members)})" \
+            if len(groups) > 1 else ""
+        beta = matrix[g * r, members]
+        for method in dict.fromkeys([scenario.coding.method, *scenario.coding.compare]):
+            say(f"coding {len(members)} experts{where} with {method} (P={scenario.coding.samples})", not quiet)
+            result = encode(method, beta)
+            built[method] = result.model
+            for row in coin.evaluate(result.model, [zoo.models[i] for i in members], torch.tensor(beta),
+                                     [tests[i] for i in members]):
+                rows.append({"method": method, "expert": names[members[row.expert]], "nda_pct": row.nda,
+                             "decoded_acc_pct": row.decoded_acc, "expert_acc_pct": row.expert_acc,
+                             "encode_s": result.seconds, "code_group": g})
+            if method == scenario.coding.method:
+                coded_models[g * r] = result.model
+        for j in range(1, r):
+            say(f"coding coded model {j + 1}/{r}{where} with {scenario.coding.method}", not quiet)
+            coded_models[g * r + j] = encode(scenario.coding.method, matrix[g * r + j, members]).model
+    if scenario.backup_is_coded:
+        return rows, coded_models, coded_models[0]
+    if len(groups) == 1 and scenario.backup_method in built:
+        return rows, coded_models, built[scenario.backup_method]
+    say(f"coding the generalist backup with {scenario.backup_method}", not quiet)
+    if len(groups) == 1:
+        weights = matrix[0]
+    else:
+        weights = np.asarray(scenario.coding.beta if scenario.coding.beta is not None else [1.0] * len(zoo.experts))
+        weights = weights / weights.sum()
+    return rows, coded_models, encoder(list(range(len(zoo.experts))))(scenario.backup_method, weights).model
 
 
 def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
@@ -125,35 +207,8 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     timings["models_s"] = time.perf_counter() - started
     n = len(zoo.experts)
     matrix = coding_matrix(scenario, n)
-    pools = [(e.train_x, e.train_y) for e in zoo.experts]
-    x, y, owner = coin.draw_coding_samples(pools, scenario.coding.samples, scenario.seed)
-    tests = [(e.test_x, e.test_y) for e in zoo.experts]
-
-    def encode(method: str, beta: np.ndarray):
-        return coin.encode(method, zoo.models, beta.tolist(), x, y=y, owner=owner, base=zoo.base, seed=scenario.seed)
-
-    rows, coded_models, built = [], [], {}
-    for method in dict.fromkeys([scenario.coding.method, *scenario.coding.compare]):
-        say(f"coding {n} experts with {method} (P={scenario.coding.samples})", not quiet)
-        result = encode(method, matrix[0])
-        built[method] = result.model
-        for row in coin.evaluate(result.model, zoo.models, torch.tensor(matrix[0]), tests):
-            rows.append({"method": method, "expert": zoo.experts[row.expert].name, "nda_pct": row.nda,
-                         "decoded_acc_pct": row.decoded_acc, "expert_acc_pct": row.expert_acc,
-                         "encode_s": result.seconds})
-        if method == scenario.coding.method:
-            coded_models.append(result.model)
-    for k in range(1, matrix.shape[0]):
-        say(f"coding coded model {k + 1}/{matrix.shape[0]} with {scenario.coding.method}", not quiet)
-        coded_models.append(encode(scenario.coding.method, matrix[k]).model)
-    # the generalist a backup server hosts: coded model 0 itself, or the network of another method (β = row 0)
-    if scenario.backup_is_coded:
-        generalist = coded_models[0]
-    elif scenario.backup_method in built:
-        generalist = built[scenario.backup_method]
-    else:
-        say(f"coding the generalist backup with {scenario.backup_method}", not quiet)
-        generalist = encode(scenario.backup_method, matrix[0]).model
+    groups = code_groups(scenario, n)
+    rows, coded_models, generalist = code_experts(scenario, zoo, matrix, quiet)
     timings["coding_s"] = time.perf_counter() - started - timings["models_s"]
 
     device = zoo.device
@@ -185,7 +240,8 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     served = dict(served_models)
     return NetworkFacts(experts, pd.DataFrame(rows), answers, profile, str(device), scenario.coding.method,
                         timings, served, [e.test_x for e in zoo.experts],
-                        _multi_decode_table(answers, names) if matrix.shape[0] > 1 else [], coded_models,
+                        _multi_decode_table(answers, names, groups) if matrix.shape[0] > len(groups) else [],
+                        coded_models,
                         scenario.models.network, scenario.backup_method)
 
 
@@ -874,13 +930,16 @@ def networks_summary(scenario: Scenario, facts: NetworkFacts) -> dict[str, Any]:
         from coin.multicode import worst_condition
 
         out["multi_decode"] = [{percent.get(k, k): v for k, v in row.items()} for row in facts.multi_decode]
-        out["coding_matrix_worst_condition"] = worst_condition(a.matrix)
+        groups = code_groups(scenario, len(names))
+        r = a.matrix.shape[0] // len(groups)  # the decoding systems that can arise: within one group's block
+        out["coding_matrix_worst_condition"] = max(worst_condition(a.matrix[g * r:(g + 1) * r][:, members])
+                                                   for g, members in enumerate(groups))
     out["coding"] = {
         method: {"nda_pct": dict(zip(g["expert"], g["nda_pct"], strict=True)),
                  "nda_avg_pct": float(g["nda_pct"].mean()),
                  "decoded_acc_pct": dict(zip(g["expert"], g["decoded_acc_pct"], strict=True)),
                  "expert_acc_pct": dict(zip(g["expert"], g["expert_acc_pct"], strict=True)),
-                 "encode_s": float(g["encode_s"].iloc[0])}
+                 "encode_s": float(g.drop_duplicates("code_group")["encode_s"].sum())}  # every group's coding
         for method, g in facts.nda.groupby("method", sort=False)
     }
     out["profile"] = {

@@ -233,9 +233,14 @@ class Scenario(_Strict):
             n = len(self.models.experts)
             if self.coding.beta is not None and len(self.coding.beta) != n:
                 raise ValueError(f"coding.beta has {len(self.coding.beta)} weights for {n} experts")
-            if self.sim.deployment.groups is not None:
-                raise ValueError("sim.deployment.groups (code groups) is simulated without [models] only: the coding "
-                                 "step builds one code over all experts, not one per group")
+            groups = self.sim.deployment.groups
+            if groups is not None:
+                if any(len(g) < 2 for g in groups):
+                    raise ValueError("sim.deployment.groups: with [models] every code group needs at least 2 experts "
+                                     f"(a coded model merges its group's experts; got {[list(g) for g in groups]})")
+                if self.coding.betas is not None:
+                    raise ValueError("coding.betas gives one code over all experts; with sim.deployment.groups give "
+                                     "coding.beta (each group's coded model uses its experts' weights) or neither")
             r = max(1, self.sim.r)
             if self.coding.betas is not None and (len(self.coding.betas) != r or
                                                   any(len(b) != n for b in self.coding.betas)):
@@ -262,8 +267,9 @@ class Scenario(_Strict):
 
     @property
     def backup_is_coded(self) -> bool:
-        """True when the generalist is the coded model itself (one network, profiled once, as 'coded')."""
-        return self.backup_method == self.coding.method
+        """True when the generalist is the coded model itself (one network, profiled once, as 'coded'); never with
+        code groups, where the generalist is coded over every expert and no coded model is."""
+        return self.backup_method == self.coding.method and not self.sim.deployment.groups
 
     def served_names(self) -> list[str]:
         """Names of the networks the latency profile times: the experts, 'coded' and, when it is another

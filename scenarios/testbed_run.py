@@ -133,6 +133,8 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
         missing = [j for j in range(n_experts) if j not in present]
         if missing:
             expert_outs[missing] = solve_missing(expert_outs, coded_outs, answers.matrix, missing, coded_back)
+            if m < 0 and np.isnan(expert_outs[missing]).any():
+                raise ValueError(f"testbed: an ensemble answer from servers {back} leaves an expert undecoded")
         if m >= 0:
             correct[index] = expert_outs[m].argmax(-1) == labels[index]
         else:

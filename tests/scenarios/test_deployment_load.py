@@ -44,13 +44,7 @@ def test_the_served_models_capacity_counts_instances_on_the_servers_side():
     assert capacity([2.0, 4.0]) == pytest.approx(1 / 2 + 1 / 4)
 
 
-def test_code_groups_with_networks_are_refused_until_the_coding_step_codes_per_group(tmp_path):
-    from scenarios.schema import ScenarioError
-    from tests.conftest import tiny_zoo_table
-
-    table = {"name": "g", "models": tiny_zoo_table(tmp_path), "sim": {"r": 1, "deployment": {"groups": [[0], [1]]}}}
-    with pytest.raises(ScenarioError, match="code groups.*without \\[models\\]"):
-        scenario_from_dict(table, "inline")
+def test_code_groups_without_networks_partition_the_experts():
     plain = _scenario(1).sim.updated({"deployment": {"groups": [[0], [1]]}})
     assert plain.deployment.code_groups(2) == ((0,), (1,))
 

@@ -1,0 +1,123 @@
+"""Code groups with real networks: four tiny experts in two code groups, each group coded on its own. Every
+decoded answer is recomputed from the saved outputs alone — from its own group's coded output and experts, by the
+group's weights — and the coding matrix, NDA table and generalist backup are checked against what a group code is.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from scenarios.runner import run_scenario
+from scenarios.schema import ScenarioError, scenario_from_dict
+from tests.conftest import tiny_zoo_table
+
+GROUPS = [[0, 2], [1, 3]]
+
+
+def _raw(cache_dir) -> dict:
+    experts = [{"name": name, "dataset": "mnist5k", "labels": labels}
+               for name, labels in (("a", [0, 1, 2]), ("b", [3, 4]), ("c", [5, 6, 7]), ("d", [8, 9]))]
+    return {
+        "name": "tiny-groups",
+        "seed": 0,
+        "device": "cpu",
+        "models": tiny_zoo_table(cache_dir, experts=experts),
+        "coding": {"method": "coin", "samples": 60},
+        "profile": {"warmup": 2, "samples": 30, "live_check_queries": 0, "latency_model": "compute"},
+        "sim": {
+            "r": 1,
+            "n_queries": 2000,
+            "policies": ["uncoded", {"kind": "coded", "dispatch": "redundant"}, {"kind": "backup"}],
+            "traffic": {"kind": "poisson", "load": 0.2, "ensemble_rate_per_ms": 0.05},
+            "stragglers": {"p": 0.2, "slowdown": 10.0},
+            "deployment": {"groups": GROUPS},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def grouped_run(tiny_cache, tmp_path_factory):
+    raw = _raw(tiny_cache)
+    folder = run_scenario(scenario_from_dict(raw), raw, tmp_path_factory.mktemp("groups"), quiet=True)
+    return folder, pd.read_parquet(folder / "queries.parquet")
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_each_group_is_coded_from_its_own_experts_only(grouped_run):
+    folder, _ = grouped_run
+    summary = json.loads((folder / "summary.json").read_text())
+    matrix = np.array(summary["coding_matrix"])
+    # coded server g codes group g: weight 1/2 on each of its two experts, nothing on the other group's
+    assert matrix.tolist() == [[0.5, 0.0, 0.5, 0.0], [0.0, 0.5, 0.0, 0.5]]
+    assert summary["deployment"]["groups"] == GROUPS and summary["deployment"]["servers"] == 6
+    assert set(summary["coding"]["coin"]["nda_pct"]) == {"a", "b", "c", "d"}  # each decoded within its group
+    nda = pd.read_csv(folder / "nda.csv")
+    assert summary["coding"]["coin"]["encode_s"] == pytest.approx(
+        nda.drop_duplicates("code_group")["encode_s"].sum())  # both groups' coding, not the first one's
+    assert nda.groupby("code_group")["expert"].apply(sorted).tolist() == [["a", "c"], ["b", "d"]]
+    assert "multi_decode" not in summary  # one coded model per group: nothing to decode several at once
+    saved = np.load(folder / "outputs.npz", allow_pickle=False)
+    experts, coded, offsets, labels = (saved[k] for k in ("expert_outputs", "coded_outputs", "offsets", "labels"))
+    # a coded model that merged only its group's experts predicts their sum far better than the other group's
+    for g, members in enumerate(GROUPS):
+        others = GROUPS[1 - g]
+        own = np.abs(coded[g] - experts[members].mean(0)).mean()
+        other = np.abs(coded[g] - experts[others].mean(0)).mean()
+        assert own < 0.5 * other, (g, own, other)
+    # the generalist a backup server hosts covers every task: it is no group's coded model
+    backup = saved["backup_outputs"]
+    assert not np.allclose(backup, coded[0]) and not np.allclose(backup, coded[1])
+    rows = np.arange(offsets[-1])
+    assert (backup.argmax(-1) == labels[rows]).mean() > 0.5
+
+
+def test_every_decoded_answer_uses_its_group_and_is_judged_on_its_own_outputs(grouped_run):
+    folder, queries = grouped_run
+    saved = np.load(folder / "outputs.npz", allow_pickle=False)
+    labels, offsets, experts = saved["labels"], saved["offsets"], saved["expert_outputs"]
+    coded, matrix = saved["coded_outputs"], saved["coding_matrix"]
+    group_of = {i: g for g, m in enumerate(GROUPS) for i in m}
+    coded_server = {4: 0, 5: 1}  # servers 0-3 the experts, then one coded server per group
+    checked = {"routed": 0, "ensemble": 0}
+    for row in queries[queries["policy"] == "coded"].itertuples():
+        servers = [int(s) for s in row.servers_used.split(",")]
+        if row.answered_by != "decoded":
+            continue
+        if row.model >= 0:
+            index = offsets[row.model] + row.sample_id
+            g = group_of[row.model]
+            assert all(s in coded_server and coded_server[s] == g or group_of[s] == g for s in servers), row
+            k = coded_server[next(s for s in servers if s in coded_server)]
+            (partner,) = [j for j in GROUPS[g] if j != row.model]
+            decoded = (coded[k, index] - matrix[k, partner] * experts[partner, index]) / matrix[k, row.model]
+            assert (decoded.argmax() == labels[index]) == row.correct, row
+            checked["routed"] += 1
+        else:
+            index = row.sample_id
+            outs = experts[:, index].copy()
+            for g, members in enumerate(GROUPS):
+                missing = [j for j in members if j not in servers]
+                assert len(missing) <= 1 and (not missing or 4 + g in servers), row
+                if missing:
+                    (m,) = missing
+                    (partner,) = [j for j in members if j != m]
+                    outs[m] = (coded[g, index] - matrix[g, partner] * experts[partner, index]) / matrix[g, m]
+            assert (_softmax(outs).sum(0).argmax() == labels[index]) == row.correct, row
+            checked["ensemble"] += 1
+    assert checked["routed"] > 20 and checked["ensemble"] > 0, checked
+
+
+def test_groups_of_one_expert_and_one_code_over_groups_are_refused(tmp_path):
+    raw = _raw(tmp_path)
+    with pytest.raises(ScenarioError, match="every code group needs at least 2 experts"):
+        scenario_from_dict({**raw, "sim": {**raw["sim"], "deployment": {"groups": [[0], [1, 2, 3]]}}})
+    with pytest.raises(ScenarioError, match="coding.betas gives one code over all experts"):
+        scenario_from_dict({**raw, "coding": {"method": "coin", "betas": [[0.25] * 4]}})
