@@ -6,11 +6,12 @@ from __future__ import annotations
 from policies.backup import Backup
 from policies.coded import Coded
 from policies.hedged import Hedged
+from policies.parity import Parity
 from policies.replication import Replication
 from policies.rules import Rules, Serving
 from policies.uncoded import Uncoded
 
-RULES: dict[str, type[Rules]] = {cls.kind: cls for cls in (Uncoded, Replication, Hedged, Coded, Backup)}
+RULES: dict[str, type[Rules]] = {cls.kind: cls for cls in (Uncoded, Replication, Hedged, Coded, Backup, Parity)}
 KINDS = tuple(RULES)
 
 

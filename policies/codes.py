@@ -6,11 +6,11 @@ from __future__ import annotations
 from resultschema import ANSWER_KINDS
 
 # what a server hosts: an expert index (>= 0), or one of these
-CODED, SPARE, BACKUP = -1, -2, -3
-HOST_NAMES = {CODED: "coded", SPARE: "spare", BACKUP: "backup"}
+CODED, SPARE, BACKUP, PARITY = -1, -2, -3, -4
+HOST_NAMES = {CODED: "coded", SPARE: "spare", BACKUP: "backup", PARITY: "parity"}
 
 # what a task is for
-ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP, ROLE_BACKUP = range(5)
+ROLE_DIRECT, ROLE_REPLICA, ROLE_HEDGE, ROLE_GROUP, ROLE_BACKUP, ROLE_PARITY = range(6)
 
 # how a query was answered: the index into ANSWER_KINDS (records store the index; new kinds go last)
 HOW = ANSWER_KINDS
@@ -19,7 +19,7 @@ HOW_DIRECT, HOW_REPLICA, HOW_HEDGE, HOW_DECODED, HOW_BACKUP = (
 
 
 def host_name(host: int) -> str:
-    """A server's host as results name it: the expert index as text, or 'coded' / 'spare' / 'backup'."""
+    """A server's host as results name it: the expert index as text, or 'coded' / 'spare' / 'backup' / 'parity'."""
     return str(host) if host >= 0 else HOST_NAMES[host]
 
 

@@ -13,7 +13,7 @@ Adding a policy is one new module with a `Rules` subclass, named in `policies/__
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import inf as INF
 from typing import Any, ClassVar, Protocol
 
@@ -24,6 +24,7 @@ from policies.codes import (
     HOW_DIRECT,
     HOW_HEDGE,
     HOW_REPLICA,
+    PARITY,
     ROLE_BACKUP,
     ROLE_GROUP,
     ROLE_HEDGE,
@@ -57,6 +58,8 @@ class Serving(Protocol):
     hosts: Sequence[Sequence[Any]]  # per expert: every target holding it, its instances first, then replicas
     coded: Sequence[Any]
     backups: Sequence[Any]
+    parity: Sequence[Any]  # the targets hosting parity models
+    options: dict[str, Any]  # a policy kind's own settings (parity: k, group_timeout_ms, partial)
     group_of: Sequence[int]  # per expert: its code group
     members: Sequence[Sequence[int]]  # per code group: its experts
     coded_in: Sequence[Sequence[Any]]  # per code group: its coded targets
@@ -73,6 +76,8 @@ class Serving(Protocol):
     def send(self, q: Any, target: Any, role: int) -> None: ...
 
     def hedge_after(self, q: Any, delay_ms: float) -> None: ...  # call Rules.hedge(q) then, unless answered
+
+    def carrier(self, q: Any) -> Any: ...  # a new query no one answers, drawing as q (for work beside the queries)
 
     def answer(self, q: Any, how: int, mask: int) -> None: ...
 
@@ -118,7 +123,7 @@ class ServingView:
     def bind_view(self, *, hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int,
                   dispatch: str, fanout: int, balancer: str, delay_ms: Sequence[float] | None,
                   delay_quantile: float | None, delay_window: int, station_of: Sequence[int],
-                  targets: Sequence[Any]) -> None:
+                  targets: Sequence[Any], options: dict[str, Any] | None = None) -> None:
         def holding(i: int, own_only: bool) -> list[Any]:
             out: list[Any] = []
             for s, h in enumerate(hosts):
@@ -134,6 +139,8 @@ class ServingView:
         self.instances = [holding(i, True) for i in range(n_experts)]
         self.coded = [targets[station_of[s]] for s, h in enumerate(hosts) if h == CODED]
         self.backups = [targets[station_of[s]] for s, h in enumerate(hosts) if h == BACKUP]
+        self.parity = [targets[station_of[s]] for s, h in enumerate(hosts) if h == PARITY]
+        self.options = dict(options or {})
         gv = GroupView.of(hosts, n_base, groups, n_experts)
         self.group_of, self.members, self.group_masks = gv.group_of, gv.members, gv.group_masks
         self.coded_in = [[targets[station_of[s]] for s in servers] for servers in gv.coded_servers]
@@ -150,6 +157,7 @@ class Offered:
     ensemble_per_ms: float
     n_base: int = 0  # servers of the experts' own instances (0: one each); the extra servers follow, r per group
     groups: Sequence[Sequence[int]] = ()  # code groups of experts (empty: one group of all)
+    options: dict[str, Any] = field(default_factory=dict)  # the policy kind's own settings
 
     @property
     def n_experts(self) -> int:

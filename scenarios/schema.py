@@ -233,6 +233,9 @@ class Scenario(_Strict):
             n = len(self.models.experts)
             if self.coding.beta is not None and len(self.coding.beta) != n:
                 raise ValueError(f"coding.beta has {len(self.coding.beta)} weights for {n} experts")
+            if any(p.kind == "parity" for p in self.sim.policies):
+                raise ValueError("the parity policy is simulated without [models] only: judging its decoded answers "
+                                 "needs each group's parity-model pass on its encoded input, not made in runs yet")
             groups = self.sim.deployment.groups
             if groups is not None:
                 if any(len(g) < 2 for g in groups):

@@ -21,6 +21,7 @@ from sim.errors import SimConfigError
 
 DEFAULT_N_QUERIES = 100_000
 DEFAULT_SAMPLE_POOL = 1_000_000_000
+PARITY_OPTIONS = ("k", "group_timeout_ms", "partial")  # PolicySpec fields only the parity policy reads
 
 
 def _one_line(err: ValidationError) -> tuple[str, str]:
@@ -538,6 +539,13 @@ class PolicySpec(_Model):
       direct answers over its last `delay_window` routed queries while serving (policies/delays.py); 'fixed'
       (the default for numbers): it stays where it started. `delay_quantile` is the running percentile (set
       from a 'pNN' delay_ms; given explicitly only beside a delay already resolved to ms).
+    parity: the r extra servers host parity models (coding over queries). Every routed query goes to its expert;
+      routed queries are also gathered into groups of `k` — in arrival order (dispatch any) or per expert
+      (dispatch expert) — and each group's encoded query goes to the least-loaded parity server; with the parity
+      output and k - 1 members' own outputs back, the missing one is decoded. `group_timeout_ms`: a group open
+      that long is closed as it is (`partial` = 'send': encoded if it has two members or more; 'drop': no
+      parity); none: a group waits for its k-th member. No ensemble queries. A parity pass draws from
+      service.coded (a network of the experts' architecture).
     cancel: cancel outstanding copies once answered (queued ones are dropped, in-service ones preempted).
     """
 
@@ -552,6 +560,10 @@ class PolicySpec(_Model):
     cancel: bool = True
     replica_of: Literal["spread", "hot"] | tuple[int, ...] = "spread"
     fanout: int = Field(default=1, ge=1)
+    k: int | None = Field(default=None, ge=2, description="parity: queries per parity group (default 2)")
+    group_timeout_ms: float | None = Field(default=None, gt=0, description="parity: close an open group after")
+    partial: Literal["send", "drop"] | None = Field(default=None, description="parity: a group closed by its "
+                                                                              "timeout is sent or dropped")
 
     @model_validator(mode="before")
     @classmethod
@@ -593,7 +605,18 @@ class PolicySpec(_Model):
         elif self.delay_update is not None or self.delay_quantile is not None:
             raise ValueError(f"policy {self.name!r}: delay_update / delay_quantile need a dispatch that waits a delay "
                              f"({', '.join(sorted(rules.delayed)) or 'none for this kind'})")
+        given = [f for f in PARITY_OPTIONS if getattr(self, f) is not None]
+        if self.kind == "parity":
+            object.__setattr__(self, "k", self.k or 2)
+            object.__setattr__(self, "partial", self.partial or "send")
+        elif given:
+            raise ValueError(f"policy {self.name!r}: {', '.join(given)} belong to the parity policy")
         return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The kind's own settings, as the policy rules read them (`policies.rules.Serving.options`)."""
+        return {f: getattr(self, f) for f in PARITY_OPTIONS} if self.kind == "parity" else {}
 
     def _settle_update(self, dl: float | str | tuple[float, ...]) -> None:
         """delay_update and delay_quantile made explicit: running by default for a percentile, fixed for ms."""
@@ -697,6 +720,9 @@ class SimConfig(_Model):
                                      f"server) in [0, {n})")
             if isinstance(p.delay_ms, tuple) and len(p.delay_ms) != n:
                 raise ValueError(f"policy {p.name!r}: delay_ms has {len(p.delay_ms)} values for {n} experts")
+            if p.kind == "parity" and self.traffic.ensemble_rate_per_ms > 0:
+                raise ValueError(f"policy {p.name!r}: the parity policy has no rule for ensemble queries (set "
+                                 "traffic.ensemble_rate_per_ms = 0)")
             if p.kind == "coded" and p.fanout > self.r:
                 raise ValueError(f"policy {p.name!r}: fanout {p.fanout} > r={self.r} coded servers")
         if self.n_queries is not None and self.horizon_ms is not None:

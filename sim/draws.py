@@ -163,6 +163,8 @@ def draw(cfg: SimConfig, seed: int) -> Draws:
             t, model = t[: cfg.n_queries], model[: cfg.n_queries]
         if len(t) == 0:
             raise SimConfigError("sim config: the trace has no arrivals in the horizon")
+        if (model < 0).any() and any(p.kind == "parity" for p in cfg.policies):
+            raise SimConfigError("sim config: the trace has ensemble queries, for which the parity policy has no rule")
     else:
         lam_r, lam_e = tr.routed_rate(), tr.ensemble_rate_per_ms
         t = _poisson_times(stream(seed, ARRIVALS), lam_r + lam_e, cfg.n_queries, cfg.horizon_ms)

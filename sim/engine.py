@@ -492,6 +492,7 @@ class FastEngine(ServingView):
         # the policy's view of the system (policies.Serving): targets are stations
         self.bind_view(hosts=plan.hosts, n_base=plan.base, groups=plan.groups, n_experts=self.N,
                        dispatch=plan.dispatch, fanout=plan.fanout, balancer=plan.balancer, delay_ms=plan.delay_ms,
+                       options=plan.options,
                        delay_quantile=plan.delay_quantile, delay_window=plan.delay_window,
                        station_of=plan.station_of, targets=self.stations)
         self.balance = plan.balance_u
@@ -881,6 +882,9 @@ class FastEngine(ServingView):
 
     def hedge_after(self, q: _Query, delay_ms: float) -> None:
         self.env.later(delay_ms, lambda _ev: self._hedge(q))
+
+    def carrier(self, q: _Query) -> _Query:
+        return _Query(q.qid, q.model)  # never answered: its tasks outlive q's answer
 
     def _hedge(self, q: _Query) -> None:
         if not q.done:

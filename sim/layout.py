@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from policies import RULES
-from policies.codes import BACKUP, CODED, SPARE
+from policies.codes import BACKUP, CODED, PARITY, SPARE
 from policies.rules import Offered
 from sim.config import PolicySpec, SimConfig
 
@@ -65,10 +65,11 @@ def layout(cfg: SimConfig, spec: PolicySpec) -> Layout:
 
 
 def server_dist(cfg: SimConfig, host: int) -> Any:
-    """The service distribution of a server hosting `host` (a model index, CODED, SPARE or BACKUP)."""
+    """The service distribution of a server hosting `host` (a model index, CODED, SPARE, BACKUP or PARITY: a
+    parity model, of the experts' architecture, draws its passes as a coded model's)."""
     if host == BACKUP:
         return cfg.service.backup_dist()
-    if host in (CODED, SPARE):
+    if host in (CODED, SPARE, PARITY):
         return cfg.service.coded_dist()
     return cfg.service.expert_dist(host)
 
@@ -85,7 +86,7 @@ def _offered(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> Offered:
     tr = cfg.traffic
     routed = tr.routed_rate() * tr.mean_shares(cfg.n_experts)
     return Offered(str(spec.name), lay.hosts, [float(x) for x in routed], float(tr.ensemble_rate_per_ms),
-                   cfg.n_base, cfg.code_groups if cfg.deployment.groups is not None else ())
+                   cfg.n_base, cfg.code_groups if cfg.deployment.groups is not None else (), spec.options)
 
 
 def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:

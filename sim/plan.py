@@ -6,7 +6,7 @@ what makes their records comparable one to one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ class Plan:
     n_base: int = 0  # servers of the experts' own instances (0: n_experts); the extra servers follow
     balancer: str = "jsq"  # which instance of an expert gets a task: jsq | round_robin | power_of_d
     balance_u: np.ndarray | None = None  # (n, d) power_of_d's uniforms per query
+    options: dict[str, Any] = field(default_factory=dict)  # the policy kind's own settings (PolicySpec.options)
     groups: tuple[tuple[int, ...], ...] = ()  # code groups of experts (empty: one group of all)
 
     @property
@@ -113,6 +114,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         dispatch=str(spec.dispatch),
         cancel=spec.cancel,
         fanout=spec.fanout,
+        options=spec.options,
         n_experts=n,
         hosts=lay.hosts,
         mean_ms=lay.mean_ms,

@@ -33,6 +33,7 @@ class _Q:
         self.got, self.mask, self.cover, self.how = 0, 0, 0, HOW_DIRECT
         self.copies: list[Any] = []  # copy processes, or _Tickets when batching
         self.hedge_ms: float | None = None  # the hedge timer the policy armed on arrival
+        self.carrier = False  # a carrier (policies.Serving.carrier) has no process of its own
 
 
 class _Ticket:
@@ -67,7 +68,7 @@ class ReferenceEngine(ServingView):
         self.bind_view(hosts=plan.hosts, n_base=plan.base, groups=plan.groups, n_experts=self.N,
                        dispatch=plan.dispatch, fanout=plan.fanout, balancer=plan.balancer, delay_ms=plan.delay_ms,
                        delay_quantile=plan.delay_quantile, delay_window=plan.delay_window,
-                       station_of=plan.station_of, targets=range(len(plan.stations)))
+                       station_of=plan.station_of, targets=range(len(plan.stations)), options=plan.options)
         self.balance = plan.balance_u
         self.rules = rules_for(plan.kind)(self)
         n, S = draws.n, plan.n_servers
@@ -220,7 +221,19 @@ class ReferenceEngine(ServingView):
         return self.balance[q.qid]  # type: ignore[index]
 
     def hedge_after(self, q: _Q, delay_ms: float) -> None:
-        q.hedge_ms = delay_ms  # the query's process waits for it after the arrival rules ran
+        if q.carrier:
+            self.env.process(self._timer(q, delay_ms))
+        else:
+            q.hedge_ms = delay_ms  # the query's process waits for it after the arrival rules ran
+
+    def _timer(self, q: _Q, delay_ms: float) -> Generator[Any, Any, None]:
+        yield self.env.timeout(delay_ms)
+        self.rules.hedge(q)
+
+    def carrier(self, q: _Q) -> _Q:
+        c = _Q(q.qid, q.model, self.env.event())  # never answered: its copies outlive q's answer
+        c.carrier = True
+        return c
 
     def _query(self, k: int, model: int) -> Generator[Any, Any, None]:
         env, plan = self.env, self.plan

@@ -123,6 +123,9 @@ class Frontend(ServingView):
                                         or (policy.dispatch == "hedged" and policy.delay_ms is None)):
             raise ValueError("testbed: a backup policy needs backup servers, dispatch hedged (with delay_ms) or "
                              "redundant")
+        if policy.kind == "parity":
+            raise ValueError("testbed: the parity policy is not served for real (a server takes one input row per "
+                             "task, not a group's encoded input)")
         if policy.balancer == "power_of_d":
             raise ValueError("testbed: the power_of_d balancer is not served for real (its random draws are not "
                              "replayed); use jsq or round_robin")
@@ -210,6 +213,9 @@ class Frontend(ServingView):
 
     def hedge_after(self, q: _Query, delay_ms: float) -> None:
         heapq.heappush(self.timers, (self.w.arrival_ms[q.qid] + delay_ms, q.qid, q.qid))
+
+    def carrier(self, q: _Query) -> _Query:
+        raise NotImplementedError("testbed: no policy it serves sends work beside its queries")
 
     # ------------------------------------------------------------------------------------------ completions
     def answer(self, q: _Query, how: int, mask: int) -> None:

@@ -193,7 +193,7 @@ def test_backup_sends_one_copy_to_the_least_loaded_backup_and_its_output_answers
 
 
 def test_the_registry_states_each_kinds_facts():
-    assert policies.KINDS == ("uncoded", "replication", "hedged", "coded", "backup")
+    assert policies.KINDS == ("uncoded", "replication", "hedged", "coded", "backup", "parity")
     assert {k: c.delayed for k, c in policies.RULES.items() if c.delayed} == {
         "hedged": {"hedged"}, "coded": {"hedged"}, "backup": {"hedged"}}
     with pytest.raises(KeyError, match="unknown policy kind 'magic'.*uncoded"):
