@@ -28,7 +28,8 @@ class Backup(Rules):
         n = offered.n_experts
         backups = [s for s, h in enumerate(offered.hosts) if h == BACKUP]
         cap_backup = sum(cap_per_ms[s] for s in backups)
-        left = backup_demand(offered.routed_per_ms, offered.ensemble_per_ms, cap_per_ms[:n])
+        cap_expert = [sum(cap_per_ms[s] for s in offered.servers_of(i)) for i in range(n)]  # every instance
+        left = backup_demand(offered.routed_per_ms, offered.ensemble_per_ms, cap_expert)
         if left > 0 and not left < cap_backup:
             return (f"policy {offered.name!r}: the experts leave at least {left:.4g}/ms of queries to the backup, "
                     f"but its {len(backups)} server(s) serve at most {cap_backup:.4g}/ms")

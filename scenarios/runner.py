@@ -105,8 +105,9 @@ def coding_matrix(scenario: Scenario, n: int) -> np.ndarray:
 
 
 def coded_servers(scenario: Scenario) -> int:
-    """How many coded models the scenario serves: the extra servers r (at least one, for the NDA table)."""
-    return max(1, scenario.sim.r)
+    """How many coded models the scenario serves: the extra servers r, the most any sweep point has (at least one,
+    for the NDA table); a point with fewer coded servers uses the first rows of the coding matrix."""
+    return max(1, *(int(table.get("r", scenario.sim.r)) for _, table in scenario.sweep_points()))
 
 
 def _multi_decode_table(answers: AnswerTables, names: list[str], groups: list[list[int]]) -> list[dict[str, Any]]:
@@ -176,8 +177,10 @@ def code_experts(scenario: Scenario, zoo: Any, matrix: np.ndarray, quiet: bool =
                              "encode_s": result.seconds, "code_group": g})
             if method == scenario.coding.method:
                 coded_models[g * r] = result.model
+        if r > 1:
+            say(f"coding coded models 2-{r}{where} with {scenario.coding.method} (one per coding-matrix row)",
+                not quiet)
         for j in range(1, r):
-            say(f"coding coded model {j + 1}/{r}{where} with {scenario.coding.method}", not quiet)
             coded_models[g * r + j] = encode(scenario.coding.method, matrix[g * r + j, members]).model
     if scenario.backup_is_coded:
         return rows, coded_models, coded_models[0]
@@ -471,9 +474,12 @@ class PointStore:
         return [i for i in found if not self.intact(i)]
 
     def save(self, index: int, records: pd.DataFrame, summary: dict[str, Any]) -> None:
+        """Keep a finished point (without answer_mask, which servers_used spells out and no file holds: past 63
+        servers it is a Python int wider than a parquet column)."""
         table, meta = self._paths(index)
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic.write_with(table, lambda path: records.to_parquet(path, index=False))
+        kept = records.drop(columns=["answer_mask"], errors="ignore")
+        atomic.write_with(table, lambda path: kept.to_parquet(path, index=False))
         atomic.write_with(meta, lambda path: path.write_text(json.dumps(_jsonable(summary))))
 
     def load(self, index: int) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -132,11 +132,14 @@ def axis_column(axis: str) -> str:
 
 class SweepSpec(_Strict):
     """A grid over fields of the [sim] table: `axis` + `values` for one axis, or `grid` for several
-    (every combination is a point)."""
+    (every combination is a point). `follow` moves other fields with the one axis: point i sets each of them to
+    its i-th value (e.g. the extra servers r growing with the instances, to keep their share)."""
 
     axis: str | None = None
     values: list[Any] | None = None
     grid: dict[str, list[Any]] | None = None
+    follow: dict[str, list[Any]] | None = Field(None, description="fields set to their i-th value at the axis' "
+                                                                  "i-th point")
     executor: Literal["local", "dask"] = "local"
     workers: int = Field(1, ge=1)
     scheduler: str | None = Field(None, description="address of a running Dask scheduler, tcp://host:port "
@@ -156,6 +159,15 @@ class SweepSpec(_Strict):
             raise ValueError("sweep: needs axis + values or a grid")
         if any(not v for v in self.axes().values()):
             raise ValueError("sweep: every axis needs at least one value")
+        if self.follow is not None:
+            if self.axis is None:
+                raise ValueError("sweep.follow moves fields with one axis: give it with axis + values, not grid")
+            for key, values in self.follow.items():
+                if len(values) != len(self.values or []):
+                    raise ValueError(f"sweep.follow.{key} has {len(values)} values for the axis' "
+                                     f"{len(self.values or [])}")
+                if key == self.axis:
+                    raise ValueError(f"sweep.follow.{key} is the axis itself")
         return self
 
     def axes(self) -> dict[str, list[Any]]:
@@ -237,6 +249,10 @@ class Scenario(_Strict):
                 raise ValueError("the parity policy is simulated without [models] only: judging its decoded answers "
                                  "needs each group's parity-model pass on its encoded input, not made in runs yet")
             groups = self.sim.deployment.groups
+            moving = set(self.sweep.axes()) | set(self.sweep.follow or {}) if self.sweep is not None else set()
+            if groups is not None and "r" in moving:
+                raise ValueError("sim.deployment.groups with r swept: each group's coded servers are numbered by r, so "
+                                 "r must be one value across the sweep when groups are coded with [models]")
             if groups is not None:
                 if any(len(g) < 2 for g in groups):
                     raise ValueError("sim.deployment.groups: with [models] every code group needs at least 2 experts "
@@ -260,8 +276,12 @@ class Scenario(_Strict):
     @property
     def n_servers(self) -> int:
         """Servers every policy runs on: each expert's instances and the r extra servers."""
-        dep = self.sim.deployment
-        return sum(dep.counts(self.n_experts)) + self.sim.r * len(dep.code_groups(self.n_experts))
+        return self.servers_at(self.sim)
+
+    def servers_at(self, sim: SimTable) -> int:
+        """Servers every policy runs on at a point whose [sim] table is `sim`."""
+        dep = sim.deployment
+        return sum(dep.counts(self.n_experts)) + sim.r * len(dep.code_groups(self.n_experts))
 
     @property
     def backup_method(self) -> str:
@@ -285,11 +305,14 @@ class Scenario(_Strict):
         if self.sweep is None:
             return [({}, self.sim.table())]
         axes = self.sweep.axes()
+        follow = self.sweep.follow or {}
         points = []
-        for combo in itertools.product(*axes.values()):
+        for i, combo in enumerate(itertools.product(*axes.values())):
             table = self.sim.table()
             for axis, value in zip(axes, combo, strict=True):
                 set_path(table, axis, value)
+            for key, values in follow.items():  # one axis only: its i-th point
+                set_path(table, key, values[i])
             points.append((dict(zip(axes, combo, strict=True)), table))
         return points
 

@@ -523,6 +523,10 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
         raise ScenarioError("sim.deployment.balancer = 'power_of_d' is not served by the testbed (its frontend does "
                             "not replay the random draws); use jsq or round_robin")
     n_servers = scenario.n_servers
+    counts = {scenario.servers_at(SimTable.model_validate(table)) for _, table in scenario.sweep_points()}
+    if len(counts) > 1:
+        raise ScenarioError(f"the testbed starts its servers once, but the sweep's points have {sorted(counts)} "
+                            "servers; sweep something other than the deployment or r")
     addresses = scenario.testbed.addresses
     if addresses is not None:
         if len(addresses) != n_servers:

@@ -121,3 +121,35 @@ def test_groups_of_one_expert_and_one_code_over_groups_are_refused(tmp_path):
         scenario_from_dict({**raw, "sim": {**raw["sim"], "deployment": {"groups": [[0], [1, 2, 3]]}}})
     with pytest.raises(ScenarioError, match="coding.betas gives one code over all experts"):
         scenario_from_dict({**raw, "coding": {"method": "coin", "betas": [[0.25] * 4]}})
+
+
+def test_r_following_the_fleet_size_codes_for_the_largest_point_and_decodes_by_row(tiny_cache, tmp_path):
+    # one instance per expert and r = 1, then two each and r = 2: two coded models are built (Cauchy rows), the
+    # small point's coded server runs row 0 and the large point's k-th coded server row k
+    raw = {"name": "tiny-fleet", "seed": 0, "device": "cpu", "models": tiny_zoo_table(tiny_cache),
+           "coding": {"method": "coin", "samples": 50},
+           "profile": {"warmup": 2, "samples": 30, "live_check_queries": 0, "latency_model": "compute"},
+           "sim": {"r": 1, "n_queries": 1500, "traffic": {"kind": "poisson", "load": 0.3},
+                   "policies": ["uncoded", {"kind": "coded", "dispatch": "redundant"}],
+                   "stragglers": {"p": 0.2, "slowdown": 10.0}, "deployment": {"balancer": "jsq"}},
+           "sweep": {"axis": "deployment.instances", "values": [1, 2], "follow": {"r": [1, 2]}}}
+    folder = run_scenario(scenario_from_dict(raw), raw, tmp_path, quiet=True)
+    assert json.loads((folder / "summary.json").read_text())["sweep_axes"] == ["deployment_instances"]
+    queries = pd.read_parquet(folder / "queries.parquet")
+    saved = np.load(folder / "outputs.npz", allow_pickle=False)
+    labels, offsets, experts = saved["labels"], saved["offsets"], saved["expert_outputs"]
+    coded, matrix = saved["coded_outputs"], saved["coding_matrix"]
+    assert matrix.shape == (2, 2) and coded.shape[0] == 2
+    used_rows = set()
+    for point, n_base in ((0, 2), (1, 4)):
+        rows = queries[(queries["point"] == point) & (queries["answered_by"] == "decoded")]
+        assert len(rows) > 10
+        for row in rows.itertuples():
+            servers = [int(s) for s in row.servers_used.split(",")]
+            (k,) = [s - n_base for s in servers if s >= n_base]  # fanout 1: one coded server, row k
+            used_rows.add((point, k))
+            index = offsets[row.model] + row.sample_id
+            other = 1 - row.model
+            decoded = (coded[k, index] - matrix[k, other] * experts[other, index]) / matrix[k, row.model]
+            assert (decoded.argmax() == labels[index]) == row.correct, row
+    assert used_rows == {(0, 0), (1, 0), (1, 1)}

@@ -64,3 +64,34 @@ def test_summary_states_the_deployment():
                         "deployment": {"instances": [1, 2, 1, 1], "groups": [[0, 1], [2, 3]], "balancer": "jsq"}})
     assert deployment_facts(cfg) == {"instances": [1, 2, 1, 1], "balancer": "jsq", "groups": [[0, 1], [2, 3]],
                                      "extra_servers": 4, "servers": 9}
+
+
+def test_fields_that_follow_the_sweep_axis_move_with_it_point_by_point():
+    from scenarios.schema import ScenarioError, SimTable
+
+    sim = {"n_experts": 2, "r": 1, "n_queries": 100, "traffic": {"rate_per_ms": 0.5}, "deployment": {"instances": 2}}
+    s = scenario_from_dict({"name": "f", "sim": sim, "sweep": {"axis": "deployment.instances", "values": [2, 4, 8],
+                                                              "follow": {"r": [1, 2, 4]}}}, "inline")
+    points = s.sweep_points()
+    assert [(v, t["r"], t["deployment"]["instances"]) for v, t in points] == [
+        ({"deployment.instances": 2}, 1, 2), ({"deployment.instances": 4}, 2, 4), ({"deployment.instances": 8}, 4, 8)]
+    assert [s.servers_at(SimTable.model_validate(t)) for _, t in points] == [5, 10, 20]  # one extra per four
+    for sweep, needle in (
+        ({"grid": {"r": [1, 2]}, "follow": {"n_queries": [10, 20]}}, "give it with axis \\+ values, not grid"),
+        ({"axis": "r", "values": [1, 2], "follow": {"n_queries": [10]}}, "has 1 values for the axis' 2"),
+        ({"axis": "r", "values": [1, 2], "follow": {"r": [1, 2]}}, "is the axis itself"),
+    ):
+        with pytest.raises(ScenarioError, match=needle):
+            scenario_from_dict({"name": "f", "sim": sim, "sweep": sweep}, "inline")
+
+
+def test_coded_groups_with_r_swept_are_refused(tmp_path):
+    from scenarios.schema import ScenarioError
+    from tests.conftest import tiny_zoo_table
+
+    experts = [{"name": n, "dataset": "mnist5k", "labels": [k]} for k, n in enumerate("abcd")]
+    table = {"name": "g", "models": tiny_zoo_table(tmp_path, experts=experts),
+             "sim": {"r": 1, "deployment": {"groups": [[0, 1], [2, 3]]}},
+             "sweep": {"axis": "stragglers.p", "values": [0.0, 0.1], "follow": {"r": [1, 2]}}}
+    with pytest.raises(ScenarioError, match="r must be one value across the sweep"):
+        scenario_from_dict(table, "inline")

@@ -139,6 +139,16 @@ def test_capacity_counts_every_instance():
         sim.simulate({**ok, "traffic": {"rate_per_ms": 3.1}, "n_queries": None}, seed=0)
 
 
+def test_the_backup_capacity_check_counts_every_instance_of_an_expert():
+    # 3 instances of one expert (3/ms of Exp(1) passes) take 2.7/ms themselves: nothing is left to the backup,
+    # whose own capacity (1/ms) would not cover what one instance (1/ms) leaves behind
+    cfg = {"n_experts": 1, "r": 1, "traffic": {"rate_per_ms": 2.7}, "policies": [{"kind": "backup"}],
+           "service": {"expert": {"kind": "exponential", "mean_ms": 1.0}}, "deployment": {"instances": 3}}
+    assert sim.parse_config(cfg).n_servers == 4
+    with pytest.raises(sim.SimConfigError, match="leave at least 1.8/ms of queries to the backup"):
+        sim.parse_config(cfg | {"traffic": {"rate_per_ms": 4.8}})  # 4.8/ms on 3 instances leaves 1.8 for 1 backup
+
+
 # ------------------------------------------------------------------------------------------------ code groups
 def _grouped(groups, n_queries: int, policies, rate: float = 0.001, **extra) -> dict:
     return {"n_experts": 4, "r": 1, "n_queries": n_queries, "policies": policies,
