@@ -47,7 +47,7 @@ def worst_condition(matrix: np.ndarray) -> float:
     """Largest condition number over all square submatrices (the decoding systems that can arise)."""
     r, n = matrix.shape
     worst = 1.0
-    for size in range(1, r + 1):
+    for size in range(1, min(r, n) + 1):  # a square system is at most as large as the smaller side
         for rows in combinations(range(r), size):
             for cols in combinations(range(n), size):
                 worst = max(worst, float(np.linalg.cond(matrix[np.ix_(rows, cols)])))

@@ -45,3 +45,12 @@ def test_bad_coding_input():
         check_coding_matrix([[0.5, 0.5]], 3)
     with pytest.raises(CodingError, match="at least as many"):
         decode_missing(np.zeros((3, 1, 2)), np.zeros((1, 1, 2)), cauchy_coding_matrix(3, 1), [0, 1], [0])
+
+
+def test_worst_condition_of_many_coded_rows_looks_only_at_systems_that_can_arise():
+    # 30 coded rows for 2 experts: a decode solves at most a 2 x 2 system, so subsets of more than 2 rows never
+    # arise (enumerating them all was 2^30 systems); the worst is over every row, and every pair of rows
+    b = cauchy_coding_matrix(2, 30)
+    by_hand = max(max(np.linalg.cond(b[[i]][:, [j]]) for i in range(30) for j in range(2)),
+                  max(np.linalg.cond(b[[i, k]]) for i in range(30) for k in range(i + 1, 30)))
+    assert worst_condition(b) == pytest.approx(by_hand)
