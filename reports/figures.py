@@ -116,9 +116,19 @@ def _x_values(sweep: pd.DataFrame, axis: str) -> tuple[pd.Series, list[str] | No
 
 
 def _finish_sweep_axis(ax, axis: str, cats: list[str] | None) -> None:
+    """Label the sweep axis; categories as ticks; a positive numeric axis spanning 16× or more (fleet sizes,
+    rates) on a log₂ scale, so that its small values are not crushed together."""
     ax.set_xlabel(axis_label(axis))
     if cats is not None:
         ax.set_xticks(range(len(cats)), cats)
+        return
+    xs = np.concatenate([np.asarray(line.get_xdata(), float) for line in ax.get_lines()] or [np.empty(0)])
+    xs = xs[np.isfinite(xs)]
+    if len(xs) and xs.min() > 0 and xs.max() / xs.min() >= 16:
+        ax.set_xscale("log", base=2)
+        ticks = np.unique(xs)
+        if len(ticks) <= 12:
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
 
 
 def _ordered(policies: Sequence[str] | None, frame: pd.DataFrame) -> list[str]:

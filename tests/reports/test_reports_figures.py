@@ -147,3 +147,24 @@ def test_accuracy_axis_does_not_zoom_into_noise(data):
     lo, hi = ax.get_ylim()
     assert hi - lo >= 1.0 and hi <= 100.0  # at least a point of accuracy: the wobble is <0.5 % of the height
     assert lo < 98.0 < hi
+
+
+def test_a_sweep_axis_spanning_16x_is_drawn_on_a_log_scale():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reports.figures import _finish_sweep_axis
+
+    def scale(xs):
+        fig, ax = plt.subplots()
+        ax.plot(xs, [1.0] * len(xs))
+        _finish_sweep_axis(ax, "deployment_instances", None)
+        out = ax.get_xscale(), [t.get_text() for t in ax.get_xticklabels()]
+        plt.close(fig)
+        return out
+
+    assert scale([2, 4, 8, 16, 32, 64, 128]) == ("log", ["2", "4", "8", "16", "32", "64", "128"])
+    assert scale([0.0, 0.02, 0.1])[0] == "linear"  # a zero cannot go on a log axis
+    assert scale([1, 2, 4, 8])[0] == "linear"  # under 16x: linear reads better
