@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from policies.codes import HOW_DECODED, HOW_DIRECT, HOW_REPLICA, PARITY, ROLE_DIRECT, ROLE_PARITY
+from policies.codes import HOW_DECODED, HOW_DIRECT, PARITY, ROLE_DIRECT, ROLE_PARITY
 from policies.rules import Offered, Query, Rules, least_loaded
 
 
 class _Group:
-    __slots__ = ("key", "members", "carrier", "closed", "parity_server", "out_server", "answered")
+    __slots__ = ("key", "members", "carrier", "closed", "parity_server", "out_server")
 
     def __init__(self, key: int) -> None:
         self.key = key
@@ -31,8 +31,7 @@ class _Group:
         self.carrier: Any = None  # the parity task's carrier, once sent
         self.closed = False  # its parity was sent (or dropped): no more members
         self.parity_server: int | None = None  # set when the parity output is back
-        self.out_server: dict[int, int] = {}  # id(member) -> the server whose own output came back
-        self.answered: set[int] = set()  # id(member) of the members answered (directly or decoded)
+        self.out_server: dict[int, int] = {}  # id(member) -> the server whose own output came back (and answered it)
 
 
 class Parity(Rules):
@@ -111,24 +110,22 @@ class Parity(Rules):
                 group.parity_server = server
                 self._decode(group)
             return
-        s.answer(q, HOW_DIRECT if server < s.n_base else HOW_REPLICA, 1 << server)
+        s.answer(q, HOW_DIRECT, 1 << server)  # its own task went to one of its expert's instances
         if group is not None:
             group.out_server[id(q)] = server
-            group.answered.add(id(q))
             self._decode(group)
 
     def _decode(self, group: _Group) -> None:
-        """With the parity output and all but one member's own output back, that member is decoded."""
+        """With the parity output and all but one member's own output back, that member is decoded (a member
+        without its own output is unanswered: only a decode answers it otherwise, and the group ends there)."""
         if group.parity_server is None:
             return
         waiting = [m for m in group.members if id(m) not in group.out_server]
-        if len(waiting) == 1 and id(waiting[0]) not in group.answered:
-            m = waiting[0]
+        if len(waiting) == 1:
             mask = 1 << group.parity_server
             for server in group.out_server.values():
                 mask |= 1 << server
-            group.answered.add(id(m))
-            self.s.answer(m, HOW_DECODED, mask)
+            self.s.answer(waiting[0], HOW_DECODED, mask)
         if len(waiting) <= 1:  # nothing more can happen in this group
             self._forget(group)
 
