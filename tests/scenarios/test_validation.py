@@ -771,3 +771,19 @@ def test_the_sim_table_reads_typed_and_gives_back_only_what_was_set() -> None:
     assert SimTable.model_validate({}).table() == {}
     points = scenario.sweep_points()
     assert [p[1]["stragglers"]["p"] for p in points] == [0.0, 0.1] and scenario.sim.table()["stragglers"]["p"] == 0.0
+
+
+def test_a_fleet_point_too_wide_for_memory_is_refused_by_its_own_peak(home: Path, no_work: None,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # few records (100,000) but 1,001 servers: each query draws and plans a task time on every server, so the point's
+    # own peak (measured on two short runs of the widest point) is what does not fit
+    import scenarios.preflight as preflight
+
+    monkeypatch.setattr(preflight, "available_memory", lambda: 2 * 2**30)
+    sim = dict(SIM["sim"], n_queries=100_000, deployment={"instances": 500}, policies=["uncoded"],
+               traffic={"kind": "poisson", "load": 0.1})
+    line = refused(run_args(write(home, dict(SIM, sim=sim)), home / "out"), home, expect="on up to 1,001 servers")
+    assert "more than the 2.0 GiB available" in line
+    per_query = preflight.peak_bytes_per_query(preflight.stand_in_configs(
+        preflight.Scenario.model_validate(dict(SIM, sim=sim)))[-1][1], 1)
+    assert per_query > 8 * 1001  # at least one float64 task time per server per query
