@@ -525,16 +525,19 @@ def live_table(live: Mapping[str, Any], where: str | None) -> dict[str, Any]:
     return {"head": ["latency", "profiled (ms)", "live (ms)", "live vs profiled"], "rows": rows, "notes": [note]}
 
 
-def _deployment_sentence(dep: Any) -> Markup:
-    """What the policies run on, when it is more than one server per expert and one code over all of them."""
+def _deployment_sentence(dep: Any, axes: list[str]) -> Markup:
+    """What the policies run on, when it is more than one server per expert and one code over all of them (at the
+    headline point, when the sweep moves the deployment or r)."""
     if not isinstance(dep, dict):
         return Markup("")
     instances, groups = dep.get("instances") or [], dep.get("groups") or []
     if all(k == 1 for k in instances) and len(groups) <= 1:
         return Markup("")
     coded = Markup(", coded in {} groups").format(len(groups)) if len(groups) > 1 else ""
-    return Markup(" Every policy runs on {} servers: {} expert instances ({} per expert, balanced by {}){} and {} "
-                  "extra.").format(dep.get("servers"), sum(instances), " / ".join(str(k) for k in instances),
+    moving = any(a.startswith("deployment") or a == "r" for a in axes)
+    return Markup(" {} runs on {} servers: {} expert instances ({} per expert, balanced by {}){} and {} "
+                  "extra.").format("At the headline point every policy" if moving else "Every policy",
+                                   dep.get("servers"), sum(instances), " / ".join(str(k) for k in instances),
                                    dep.get("balancer"), coded, dep.get("extra_servers"))
 
 
@@ -546,7 +549,7 @@ def _lead(data: ResultData) -> Markup:
         text += Markup(" with {} expert{} ({})").format(len(experts), "s" if len(experts) != 1 else "",
                                                         ", ".join(str(e.get("name", "?")) for e in experts))
     text += Markup(".")
-    text += _deployment_sentence(data.summary.get("deployment"))
+    text += _deployment_sentence(data.summary.get("deployment"), data.axes or [])
     pol = data.policy_order
     if pol:
         text += Markup(" Policies compared on common random numbers: {}.").format(", ".join(pol))

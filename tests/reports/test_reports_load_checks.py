@@ -40,11 +40,15 @@ def test_the_report_says_what_the_policies_run_on_only_when_it_is_not_one_server
     from reports.html import _deployment_sentence
 
     one = {"instances": [1, 1], "balancer": "jsq", "groups": [[0, 1]], "extra_servers": 1, "servers": 3}
-    assert str(_deployment_sentence(one)) == "" and str(_deployment_sentence(None)) == ""
+    assert str(_deployment_sentence(one, [])) == "" and str(_deployment_sentence(None, [])) == ""
     fleet = {"instances": [2, 1, 1, 1], "balancer": "round_robin", "groups": [[0, 1], [2, 3]], "extra_servers": 2,
              "servers": 7}
-    assert str(_deployment_sentence(fleet)) == (" Every policy runs on 7 servers: 5 expert instances (2 / 1 / 1 / 1 "
-                                                "per expert, balanced by round_robin), coded in 2 groups and 2 extra.")
+    assert str(_deployment_sentence(fleet, ["straggler_p"])) == (
+        " Every policy runs on 7 servers: 5 expert instances (2 / 1 / 1 / 1 per expert, balanced by round_robin), "
+        "coded in 2 groups and 2 extra.")
+    # a sweep over the deployment: the sentence is the headline point's
+    assert str(_deployment_sentence(fleet, ["deployment_instances"])).startswith(
+        " At the headline point every policy runs on 7 servers")
 
 
 def test_a_coding_table_that_is_not_per_expert_is_refused_naming_the_file():
