@@ -47,6 +47,7 @@ class Parity(Rules):
         self.send_partial: bool = options["partial"] == "send"
         self.open: dict[int, _Group] = {}  # group key (0, or the expert) -> the group gathering members
         self.group_of: dict[int, _Group] = {}  # id(member or carrier) -> its group, while it is unresolved
+        self.decodes: dict[int, tuple[int, ...]] = {}  # qid of a decoded query -> the qids of its group's others
 
     @classmethod
     def capacity_problem(cls, offered: Offered, cap_per_ms: Sequence[float], mean_ms: Sequence[float]) -> str | None:
@@ -125,9 +126,15 @@ class Parity(Rules):
             mask = 1 << group.parity_server
             for server in group.out_server.values():
                 mask |= 1 << server
+            self.decodes[waiting[0].qid] = tuple(m.qid for m in group.members if m is not waiting[0])
             self.s.answer(waiting[0], HOW_DECODED, mask)
         if len(waiting) <= 1:  # nothing more can happen in this group
             self._forget(group)
+
+    def notes(self) -> dict[str, Any]:
+        """`parity_decodes`: each decoded query's group companions (their own outputs and the group's parity output
+        made its answer), for judging the decoded answer on the real networks."""
+        return {"parity_decodes": dict(self.decodes)}
 
     def _forget(self, group: _Group) -> None:
         for m in group.members:

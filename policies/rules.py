@@ -35,6 +35,7 @@ from policies.delays import RunningDelay
 class Query(Protocol):
     """What rules read and keep on a query (each system's query object has these)."""
 
+    qid: int  # its index in the run's arrivals
     model: int  # the expert it is routed to; -1 for an ensemble query
     got: int  # outputs counted towards the answer so far
     mask: int  # bitmask of the servers whose outputs are counted
@@ -207,6 +208,10 @@ class Rules:
         if self.running_delay is not None:
             return self.running_delay.delays()
         return None if self.s.delay_ms is None else list(self.s.delay_ms)
+
+    def notes(self) -> dict[str, Any]:
+        """What the rules kept about the run beyond each query's answer (parity: which queries each decode used)."""
+        return {}
 
     def answered(self, q: Query, how: int, latency_ms: float) -> None:
         """The system answered q after `latency_ms` (every system calls it from every answer): a running delay

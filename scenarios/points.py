@@ -129,7 +129,12 @@ def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
     by_backup = (records["answered_by"] == "backup").to_numpy()
     if by_backup.any():
         pred[by_backup] = answers.backup_answers(model[by_backup], rows[by_backup])
-    decoded_groups = pd.DataFrame({"model": model, "mask": masks})[(was_decoded | (model < 0)) & ~by_backup]
+    # decoded by a parity server: judged after the run on the parity network (scenarios.parity_join), wrong till then
+    by_parity = (records["parity_others"].fillna("").astype(str) != "").to_numpy() if "parity_others" in records \
+        else np.zeros(len(records), bool)
+    pred[by_parity] = -1
+    decoded_groups = pd.DataFrame({"model": model, "mask": masks})[(was_decoded | (model < 0)) & ~by_backup
+                                                                    & ~by_parity]
     for (m, mask), group in decoded_groups.groupby(["model", "mask"]):
         index = group.index.to_numpy()
         back = mask_servers(mask)

@@ -48,6 +48,7 @@ from resultschema import (
     SWEEP,
 )
 from scenarios import served as served_model
+from scenarios.parity_join import judge_parity_answers, train_parity_networks
 from scenarios.points import AnswerTables, run_point
 from scenarios.schema import Scenario, axis_column, read_profile, sim_config_for
 from sim import SimConfig, simulate
@@ -71,6 +72,8 @@ class NetworkFacts:
     network_spec: Any = None  # models.NetworkSpec of every served network
     backup_name: str = ""  # coding method of the generalist the backup servers host
     served_passes: dict[str, Any] = field(default_factory=dict)  # name -> calibration.passes.ServedPasses
+    parity_models: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)  # (k, expert) -> network
+    parity: list[dict[str, Any]] = field(default_factory=list)  # per parity network: cost and degraded accuracy
 
 
 def code_groups(scenario: Scenario, n: int) -> list[list[int]]:
@@ -212,6 +215,7 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     matrix = coding_matrix(scenario, n)
     groups = code_groups(scenario, n)
     rows, coded_models, generalist = code_experts(scenario, zoo, matrix, quiet)
+    parity_models, parity_rows = train_parity_networks(scenario, zoo, quiet)
     timings["coding_s"] = time.perf_counter() - started - timings["models_s"]
 
     device = zoo.device
@@ -245,7 +249,8 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
                         timings, served, [e.test_x for e in zoo.experts],
                         _multi_decode_table(answers, names, groups) if matrix.shape[0] > len(groups) else [],
                         coded_models,
-                        scenario.models.network, scenario.backup_method)
+                        scenario.models.network, scenario.backup_method,
+                        parity_models=parity_models, parity=parity_rows)
 
 
 SERVED_PROFILE_FORMAT = 9  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
@@ -815,6 +820,10 @@ def run_scenario(
         _remove_if_empty(created)  # a failure before anything was saved leaves no empty folders behind
         raise
     results = [store.load(i) for i in range(len(points))]
+    if facts is not None and facts.parity_models:  # parity-decoded answers, judged on the parity networks
+        results = [judge_parity_answers(records, point_summary, config, facts.answers, facts.parity_models,
+                                        facts.test_inputs)
+                   for (records, point_summary), (_, config) in zip(results, points, strict=True)]
     queries, sweep = _result_tables(scenario, points, results)
     summary = _run_summary(scenario, facts, calibration, calibration_path if calibration_path is None
                            or calibration_path.parent != work else None, points, results)
@@ -932,6 +941,8 @@ def networks_summary(scenario: Scenario, facts: NetworkFacts) -> dict[str, Any]:
         },
         "coding_matrix": a.matrix.tolist(),
     }
+    if facts.parity:
+        out["parity"] = facts.parity  # per parity network: k, expert, cost, degraded-mode accuracy
     if facts.multi_decode:
         from coin.multicode import worst_condition
 

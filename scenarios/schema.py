@@ -53,6 +53,9 @@ class CodingSpec(_Strict):
     beta: list[float] | None = None
     betas: list[list[float]] | None = Field(None, description="r coding-weight vectors, one per coded model")
     samples: int = Field(200, ge=1, description="P, the inputs the coding method may look at")
+    parity_epochs: int = Field(20, ge=1, description="training epochs of each parity network (policy 'parity')")
+    parity_init: Literal["base", "scratch"] = Field("base", description="a parity network starts from the base "
+                                                                        "model or from fresh weights")
 
 
 class ProfileSpec(_Strict):
@@ -245,9 +248,9 @@ class Scenario(_Strict):
             n = len(self.models.experts)
             if self.coding.beta is not None and len(self.coding.beta) != n:
                 raise ValueError(f"coding.beta has {len(self.coding.beta)} weights for {n} experts")
-            if any(p.kind == "parity" for p in self.sim.policies):
-                raise ValueError("the parity policy is simulated without [models] only: judging its decoded answers "
-                                 "needs each group's parity-model pass on its encoded input, not made in runs yet")
+            if any(p.kind == "parity" and p.dispatch != "expert" for p in self.sim.policies):
+                raise ValueError("with [models] a parity policy groups each expert's own queries (dispatch = "
+                                 "'expert'): a parity network is trained for one expert")
             groups = self.sim.deployment.groups
             moving = set(self.sweep.axes()) | set(self.sweep.follow or {}) if self.sweep is not None else set()
             if groups is not None and "r" in moving:

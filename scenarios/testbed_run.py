@@ -522,6 +522,9 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
     if scenario.sim.deployment.balancer == "power_of_d":
         raise ScenarioError("sim.deployment.balancer = 'power_of_d' is not served by the testbed (its frontend does "
                             "not replay the random draws); use jsq or round_robin")
+    if any(p.kind == "parity" for p in scenario.sim.policies):
+        raise ScenarioError("the parity policy is not served by the testbed (a server takes one input row per task, "
+                            "not a group's encoded input); simulate it with coinsim run")
     n_servers = scenario.n_servers
     counts = {scenario.servers_at(SimTable.model_validate(table)) for _, table in scenario.sweep_points()}
     if len(counts) > 1:

@@ -55,7 +55,7 @@ def _records(cfg: SimConfig, plan: Plan, draws: Draws, out: RunOutput) -> pd.Dat
     n_warm = int(cfg.warmup_fraction * n)
     model = draws.model
     names = list(cfg.model_names) if cfg.model_names else [str(i) for i in range(cfg.n_experts)]
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "policy": pd.Categorical([plan.name] * n),
             "query_id": np.arange(n, dtype=np.int64),
@@ -74,6 +74,13 @@ def _records(cfg: SimConfig, plan: Plan, draws: Draws, out: RunOutput) -> pd.Dat
             "warmup": np.arange(n) < n_warm,
         }
     )
+    decodes = out.notes.get("parity_decodes")
+    if decodes is not None:  # a parity decode: the queries whose own outputs (and group parity) made the answer
+        others = np.full(n, "", dtype=object)
+        for qid, companions in decodes.items():
+            others[qid] = ",".join(map(str, companions))
+        frame["parity_others"] = others
+    return frame
 
 
 def _summary(cfg: SimConfig, plan: Plan, rec: pd.DataFrame, out: RunOutput) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ class RunOutput:
     lost_ms: np.ndarray  # per server: work lost to failures
     end_ms: float
     delay_end_ms: list[float] | None = None  # per expert: the hedge delay at the end (a running delay's last)
+    notes: dict[str, Any] = field(default_factory=dict)  # the policy rules' own record of the run (Rules.notes)
 
 
 class _Query:
@@ -927,4 +928,5 @@ class FastEngine(ServingView):
             lost_ms=np.asarray(self.lost),
             end_ms=float(env.now),
             delay_end_ms=self.rules.delays_now(),
+            notes=self.rules.notes(),
         )

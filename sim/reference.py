@@ -269,4 +269,5 @@ class ReferenceEngine(ServingView):
             lost_ms=np.zeros_like(self.busy),
             end_ms=float(self.env.now),
             delay_end_ms=self.rules.delays_now(),
+            notes=self.rules.notes(),
         )

@@ -137,7 +137,7 @@ def test_parity_with_networks_and_in_the_testbed_is_refused(tmp_path):
     from testbed.frontend import Policy, serve
     from tests.conftest import tiny_zoo_table
 
-    with pytest.raises(ScenarioError, match="parity policy is simulated without \\[models\\] only"):
+    with pytest.raises(ScenarioError, match="groups each expert's own queries"):
         scenario_from_dict({"name": "p", "models": tiny_zoo_table(tmp_path), "sim": {"r": 1, "policies": ["parity"]}})
     policy = Policy(name="parity", kind="parity", dispatch="any", hosts=(0, 1, -4), n_experts=2)
     with pytest.raises(ValueError, match="parity policy is not served for real"):
