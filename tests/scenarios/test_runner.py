@@ -218,7 +218,8 @@ def test_cli_bad_scenario_is_one_line_exit_2_and_writes_nothing(tmp_path):
 
 def test_builtin_scenarios_validate():
     names = builtin_names()
-    wanted = {"quickstart", "negative-correlation", "ensemble", "dataset-pair", "paper-table1", "paper-table2"}
+    wanted = {"quickstart", "negative-correlation", "ensemble", "dataset-pair", "paper-table1", "paper-table2", "fleet",
+              "coin-vs-parity"}
     assert wanted <= set(names)
     for name in names:
         if name.startswith("paper-"):
