@@ -66,7 +66,8 @@ def test_points_are_rebuilt_from_a_sweep_table_with_plain_values():
 
 def test_negative_lower_bounds_are_dropped_and_counted_over_the_points_only():
     def policies() -> dict:
-        return {"a": {"p50_ms_lo": -0.5, "p99_ms_lo": 1.0, "p99_ms": 2.0}, "b": {"p50_ms_lo": float("nan")}}
+        return {"a": {"p50_ms_lo": -0.5, "p99_ms_lo": 1.0, "p99_ms": 2.0, "p95_ms_lo": 0.0},
+                "b": {"p50_ms_lo": float("nan")}}
 
     summary = {"points": [{"policies": policies()}, {"policies": policies()}],
                "policies": policies()}  # the headline point repeats one of them: not counted twice
@@ -75,4 +76,5 @@ def test_negative_lower_bounds_are_dropped_and_counted_over_the_points_only():
     assert _drop_negative_latency_bounds(data) == 2
     for p in [*(q["policies"] for q in data.points), data.policies]:
         assert p["a"]["p50_ms_lo"] is None and p["a"]["p99_ms_lo"] == 1.0 and math.isnan(p["b"]["p50_ms_lo"])
+        assert p["a"]["p95_ms_lo"] == 0.0  # a bound of zero is a bound
     assert data.sweep["p50_ms_lo"].isna().tolist() == [True, False] and data.sweep["p50_ms"].tolist() == [1.0, 1.0]

@@ -54,6 +54,8 @@ def test_verdict_counts_are_per_metric_for_the_headline_variant_only():
     counts = _headline_counts(pd.DataFrame(rows), "predicted", ["mean", "p50", "p99"])
     assert counts == [{"metric": "mean", "limit": "15 %", "counts": [0, 1, 0]},
                       {"metric": "p99", "limit": "25 %", "counts": [1, 0, 2]}]  # p50: no rows, no line
+    older = _headline_counts(pd.DataFrame(rows).drop(columns=["limit_pct"]), "predicted", ["p99"])
+    assert older == [{"metric": "p99", "limit": "—", "counts": [1, 0, 2]}]  # a file without limits: a dash
 
 
 def test_each_error_gets_its_verdicts_mark_and_missing_figures_a_dash():
