@@ -64,8 +64,9 @@ def decoded_outputs(parity: Any, inputs: Any, members: np.ndarray, others_out: n
 
     index = torch.as_tensor(members)
     x = inputs[index.clamp(min=0)] * (index >= 0).reshape(*index.shape, *([1] * (inputs.ndim - 1)))
+    device = next(parity.parameters()).device  # the network's device (CUDA when the run used it)
     with torch.no_grad():
-        out = parity.eval()(x.sum(1)).double().cpu().numpy()
+        out = parity.eval()(x.sum(1).to(device)).double().cpu().numpy()
     return out - others_out
 
 
