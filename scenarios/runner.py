@@ -253,6 +253,7 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
                         parity_models=parity_models, parity=parity_rows)
 
 
+BUSY_CORES_LIMIT = 0.25  # other processes' cores beyond which a measured served profile is not cached
 SERVED_PROFILE_FORMAT = 9  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
 # 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 # by idle gap; 6: by the other servers' busy time, each server the rarely used one a third of the stream;
@@ -310,10 +311,12 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
     from calibration.measure import measure_served_passes
     from scenarios.networks import save_networks, served_networks
     from testbed.cluster import scratch_folder
+    from testbed.host import ProcessTreeMeter
 
     say(f"served profile: serving {', '.join(names)} under traffic to time their passes (cached after)", not quiet)
     order = [name for name, _ in served_networks(facts)]
     device = "cuda" if facts.device.startswith("cuda") else "cpu"  # a server process takes the device kind
+    meter = ProcessTreeMeter()
     with scratch_folder("coinsim-served-") as tmp:
         folders, inputs = save_networks(facts, Path(tmp))
         keep = [k for k, name in enumerate(order) if name in facts.profile_ms]
@@ -326,6 +329,11 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
             raise ScenarioError(f"served profile: {error}") from None
     profile = {name: profile[name].model_copy(update={"isolated_p50_ms": float(np.median(facts.profile_ms[name]))})
                for name in names}  # one order, measured or read back, with the isolated pass it was measured at
+    busy = meter.stop().other_cores
+    if busy is not None and busy > BUSY_CORES_LIMIT:  # served passes of a shared machine: this run's, not the cache's
+        say(f"served profile: other processes kept {busy:.2f} cores busy while it was measured; used for this run "
+            "but not cached (the isolated passes, timed with preempted rounds retried, cannot tell)", not quiet)
+        return profile
     atomic.write_with(cache, lambda path: to_frame(profile).to_csv(path, index=False))
     return profile
 

@@ -71,3 +71,28 @@ class HostMeter:
         other = max(busy - mine, 0) * _TICK_S / wall
         return HostLoad(other_cores=other, steal_cores=(host[1] - self.host[1]) * _TICK_S / wall, wall_s=wall,
                         own_cores=mine * _TICK_S / wall)
+
+
+class ProcessTreeMeter:
+    """Like HostMeter for work whose processes come and go inside the measured span (servers started and reaped
+    by this process): the run's own CPU is this process's and its reaped children's (`os.times`)."""
+
+    def __init__(self) -> None:
+        self.wall = time.perf_counter()
+        self.host = _host_ticks()
+        self.mine = self._own_s()
+
+    @staticmethod
+    def _own_s() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    def stop(self) -> HostLoad:
+        wall = max(time.perf_counter() - self.wall, 1e-9)
+        host = _host_ticks()
+        if host is None or self.host is None:
+            return HostLoad(None, None, wall)
+        mine = self._own_s() - self.mine
+        busy = (host[0] - self.host[0]) * _TICK_S
+        return HostLoad(other_cores=max(busy - mine, 0.0) / wall, steal_cores=(host[1] - self.host[1]) * _TICK_S / wall,
+                        wall_s=wall, own_cores=mine / wall)

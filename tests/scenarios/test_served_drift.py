@@ -79,3 +79,35 @@ def test_served_pass_profile_measures_again_after_drift(tiny_cache, tmp_path, mo
     a_bit = dataclasses.replace(facts, profile_ms={n: np.asarray(t) * 2.06 for n, t in facts.profile_ms.items()})
     runner.served_pass_profile(scenario, a_bit, cal, quiet=True)
     assert len(calls) == 2  # 3 % from the new one: the cache
+
+
+def test_a_served_profile_measured_beside_a_busy_process_is_not_cached(tiny_cache, tmp_path, monkeypatch,
+                                                                       capsys) -> None:
+    import subprocess
+    import sys
+    import time
+
+    raw = _tiny_networks(tiny_cache)
+    raw["profile"] = dict(raw["profile"], served_passes="measured")
+    scenario = scenario_from_dict(raw)
+    facts = runner.prepare_networks(scenario, quiet=True)
+    spinners: list[subprocess.Popen] = []
+
+    def measured(folders, inputs, names, isolated, **_):
+        # another process keeps a core busy while "the servers" are timed (not reaped before the meter stops)
+        spinners.append(subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\n"
+                                          "while time.time() - t < 1.5: pass"]))
+        time.sleep(1.2)
+        return {name: _passes(None) for name in names}
+
+    monkeypatch.setattr("calibration.measure.measure_served_passes", measured)
+    cache = tmp_path / "cached.csv"
+    monkeypatch.setattr(runner, "served_profile_cache", lambda facts, calibration: cache)
+    try:
+        profile = runner.served_pass_profile(scenario, facts, cu.hand_calibration(), quiet=False)
+    finally:
+        for p in spinners:
+            p.wait()
+    assert set(profile) == set(facts.profile_ms)  # this run uses what it measured
+    assert not cache.exists()
+    assert "cores busy while it was measured" in capsys.readouterr().err
