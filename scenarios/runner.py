@@ -329,7 +329,8 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
             raise ScenarioError(f"served profile: {error}") from None
     profile = {name: profile[name].model_copy(update={"isolated_p50_ms": float(np.median(facts.profile_ms[name]))})
                for name in names}  # one order, measured or read back, with the isolated pass it was measured at
-    busy = meter.stop().other_cores
+    load = meter.stop()
+    busy = load.other_cores if load.wall_s >= 1.0 else None  # CPU time comes in 10 ms ticks: judge a second or more
     if busy is not None and busy > BUSY_CORES_LIMIT:  # served passes of a shared machine: this run's, not the cache's
         say(f"served profile: other processes kept {busy:.2f} cores busy while it was measured; used for this run "
             "but not cached (the isolated passes, timed with preempted rounds retried, cannot tell)", not quiet)
