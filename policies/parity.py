@@ -131,6 +131,12 @@ class Parity(Rules):
         if len(waiting) <= 1:  # nothing more can happen in this group
             self._forget(group)
 
+    def members_of(self, carrier: Any) -> list[int]:
+        """The qids of the group a parity task's carrier stands for (empty once the group is resolved): what a
+        system that encodes real inputs puts into the parity query."""
+        group = self.group_of.get(id(carrier))
+        return [m.qid for m in group.members] if group is not None else []
+
     def notes(self) -> dict[str, Any]:
         """`parity_decodes`: each decoded query's group companions (their own outputs and the group's parity output
         made its answer), for judging the decoded answer on the real networks."""
@@ -141,3 +147,12 @@ class Parity(Rules):
             self.group_of.pop(id(m), None)
         if group.carrier is not None:
             self.group_of.pop(id(group.carrier), None)
+
+
+def companions_column(decodes: dict[int, Sequence[int]], n: int) -> list[str]:
+    """Per query of a run of n: its decode's companions as "q1,q2,..." ('' when it was not decoded by parity) — the
+    records' `parity_others` column, from `Parity.notes()['parity_decodes']`."""
+    others = [""] * n
+    for qid, companions in decodes.items():
+        others[qid] = ",".join(map(str, companions))
+    return others

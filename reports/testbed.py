@@ -97,7 +97,8 @@ in_sample }}:
 </tr></thead><tbody>
 {% for name, v in s.service_ms.items() %}<tr><td>{{ name }}</td><td>{{ v.isolated_mean_ms|num(3) }}</td>
 <td>{{ v.in_situ_mean_ms|num(3) }}</td>
-<td>{{ "%+.1f"|format(100 * (v.in_situ_mean_ms / v.isolated_mean_ms - 1)) }} %</td>
+<td>{% if v.in_situ_mean_ms is not none -%}
+{{ "%+.1f"|format(100 * (v.in_situ_mean_ms / v.isolated_mean_ms - 1)) }} %{% else %}—{% endif %}</td>
 <td>{{ v.in_situ_alone_mean_ms|num(3) }}</td><td>{{ v.in_situ_cycle_mean_ms|num(3) }}</td></tr>
 {% endfor %}
 </tbody></table></div>

@@ -25,14 +25,29 @@ def served_networks(facts: Any) -> list[tuple[str, Any]]:
             + backup)
 
 
+def parity_networks(facts: Any) -> list[tuple[str, Any]]:
+    """(name, module) of the scenario's parity networks ('parity-k<k>-<expert>'), by k then expert: the testbed's
+    servers hold them after `served_networks`, so parity network j is task `net` len(served_networks) + j."""
+    names = [e["name"] for e in facts.experts]
+    return [(f"parity-k{k}-{names[i]}", model) for (k, i), model in sorted(facts.parity_models.items())]
+
+
+def parity_network_index(facts: Any, k: int) -> tuple[int, ...]:
+    """Per expert, the task `net` of its k-query parity network on a testbed server (see `parity_networks`)."""
+    first = len(served_networks(facts))
+    keys = sorted(facts.parity_models)
+    return tuple(first + keys.index((k, i)) for i in range(len(facts.experts)))
+
+
 def backup_network(facts: Any) -> int:
     """The task-`net` index of the network a backup server runs: 'backup' if served on its own, else 'coded'."""
     names = [name for name, _ in served_networks(facts)]
     return names.index("backup" if "backup" in names else "coded")
 
 
-def save_networks(facts: Any, folder: Path) -> tuple[list[Path], Path]:
-    """Write every served network (network.json + weights.safetensors) and the input rows; return the paths."""
+def save_networks(facts: Any, folder: Path, parity: bool = False) -> tuple[list[Path], Path]:
+    """Write every served network (network.json + weights.safetensors), then the parity networks if asked, and the
+    input rows; return the paths."""
     import torch
     from safetensors.torch import save_file
 
@@ -40,7 +55,7 @@ def save_networks(facts: Any, folder: Path) -> tuple[list[Path], Path]:
 
     recipe = network_recipe(facts.network_spec)  # a zoo's NetworkSpec or a user's given architecture
     paths = []
-    for k, (_, model) in enumerate(served_networks(facts)):
+    for k, (_, model) in enumerate(served_networks(facts) + (parity_networks(facts) if parity else [])):
         net = folder / f"net-{k}"
         net.mkdir(parents=True, exist_ok=True)
         (net / "network.json").write_text(recipe)

@@ -70,6 +70,37 @@ def decoded_outputs(parity: Any, inputs: Any, members: np.ndarray, others_out: n
     return out - others_out
 
 
+def judge_decoded(records: pd.DataFrame, k: int, answers: AnswerTables, parity: dict[tuple[int, int], Any],
+                  test_inputs: list[Any]) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+    """One parity policy's records (query_id, model, sample_id, parity_others): for each parity-decoded query, its
+    decoded answer from the group's parity network and the companions' own outputs (the answer tables'), judged
+    against the label and against the expert's own answer. Returns (index of those rows, correct, agrees)."""
+    decoded = records[records["parity_others"].fillna("").astype(str) != ""]
+    correct = np.zeros(len(decoded), bool)
+    agrees = np.zeros(len(decoded), bool)
+    if not len(decoded):
+        return decoded.index, correct, agrees
+    sample_of = dict(zip(records["query_id"].to_numpy(), records["sample_id"].to_numpy(), strict=True))
+    where = pd.Series(np.arange(len(decoded)), index=decoded.index)
+    for model, rows in decoded.groupby("model"):
+        m = int(model)
+        companions = [[int(q) for q in text.split(",")] for text in rows["parity_others"]]
+        width = 1 + max(len(c) for c in companions)
+        members = np.full((len(rows), width), -1, np.int64)  # sample ids in the expert's test set
+        others_out = np.zeros((len(rows), answers.expert_outs.shape[-1]))
+        for g, (own, comp) in enumerate(zip(rows["sample_id"].to_numpy(), companions, strict=True)):
+            samples = [int(own), *(int(sample_of[q]) for q in comp)]
+            members[g, :len(samples)] = samples
+            others_out[g] = answers.expert_outs[m, answers.offsets[m] + np.asarray(samples[1:])].sum(0)
+        out = decoded_outputs(parity[(k, m)], test_inputs[m], members, others_out)
+        table_rows = answers.offsets[m] + rows["sample_id"].to_numpy().astype(np.int64)
+        guess = out.argmax(-1)
+        at = where[rows.index].to_numpy()
+        correct[at] = guess == answers.labels[table_rows]
+        agrees[at] = guess == answers.expert_outs[m, table_rows].argmax(-1)
+    return decoded.index, correct, agrees
+
+
 def judge_parity_answers(records: pd.DataFrame, summary: dict[str, Any], config: SimConfig, answers: AnswerTables,
                          parity: dict[tuple[int, int], Any], test_inputs: list[Any]
                          ) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -82,26 +113,12 @@ def judge_parity_answers(records: pd.DataFrame, summary: dict[str, Any], config:
     for spec in config.policies:
         if spec.kind != "parity":
             continue
-        mine = records[records["policy"] == spec.name]
-        decoded = mine[mine["parity_others"].fillna("").astype(str) != ""]
-        if not len(decoded):
+        index, correct, agrees = judge_decoded(records[records["policy"] == spec.name], int(spec.k), answers, parity,
+                                               test_inputs)
+        if not len(index):
             continue
-        sample_of = dict(zip(mine["query_id"].to_numpy(), mine["sample_id"].to_numpy(), strict=True))
-        for model, rows in decoded.groupby("model"):
-            m = int(model)
-            companions = [[int(q) for q in text.split(",")] for text in rows["parity_others"]]
-            width = 1 + max(len(c) for c in companions)
-            members = np.full((len(rows), width), -1, np.int64)  # sample ids in the expert's test set
-            others_out = np.zeros((len(rows), answers.expert_outs.shape[-1]))
-            for g, (own, comp) in enumerate(zip(rows["sample_id"].to_numpy(), companions, strict=True)):
-                samples = [int(own), *(int(sample_of[q]) for q in comp)]
-                members[g, :len(samples)] = samples
-                others_out[g] = answers.expert_outs[m, answers.offsets[m] + np.asarray(samples[1:])].sum(0)
-            out = decoded_outputs(parity[(int(spec.k), m)], test_inputs[m], members, others_out)
-            table_rows = answers.offsets[m] + rows["sample_id"].to_numpy().astype(np.int64)
-            guess = out.argmax(-1)
-            records.loc[rows.index, "correct"] = guess == answers.labels[table_rows]
-            records.loc[rows.index, "agrees_with_expert"] = guess == answers.expert_outs[m, table_rows].argmax(-1)
+        records.loc[index, "correct"] = correct
+        records.loc[index, "agrees_with_expert"] = agrees
         summary[spec.name] = {**summary[spec.name], **_policy_summary(records[records["policy"] == spec.name],
                                                                       summary[spec.name])}
     baseline = next((p.name for p in config.policies if p.kind == "uncoded"), None)

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -34,10 +35,11 @@ import pandas as pd
 
 import atomic
 from models.progress import say
-from policies.codes import BACKUP, CODED, host_name, mask_servers
+from policies.codes import BACKUP, CODED, PARITY, host_name, mask_servers
 from resultschema import CALIBRATION, PROFILE, SCENARIO, SERVED_PROFILE, SUMMARY
 from scenarios import served as served_model
-from scenarios.networks import backup_network, save_networks, served_networks
+from scenarios.networks import backup_network, parity_network_index, save_networks, served_networks
+from scenarios.parity_join import judge_decoded
 from scenarios.points import AnswerTables, join_correctness, run_point, solve_missing
 from scenarios.runner import (
     NetworkFacts,
@@ -64,16 +66,21 @@ def latency_metrics(latency_ms: np.ndarray) -> dict[str, float]:
     return {name: float(lat.mean() if q is None else np.percentile(lat, q)) for name, q in METRICS.items()}
 
 
-def policy_of(plan: Any, backup_net: int | None = None) -> Any:
+def policy_of(plan: Any, backup_net: int | None = None, parity_nets: dict[int, tuple[int, ...]] | None = None
+              ) -> Any:
     """The testbed's view of one simulator Plan (same hosts, hedge delays, expected service per server);
-    `backup_net` is the generalist's network index (see `backup_network`)."""
+    `backup_net` is the generalist's network index (see `backup_network`), `parity_nets` per group size k each
+    expert's parity network index (see `parity_network_index`)."""
     from testbed import Policy
 
+    k = plan.options.get("k")
     return Policy(name=plan.name, kind=plan.kind, dispatch=plan.dispatch, hosts=tuple(plan.hosts),
                   n_experts=plan.n_experts, cancel=plan.cancel, fanout=plan.fanout, mean_ms=tuple(plan.mean_ms),
                   delay_ms=tuple(plan.delay_ms) if plan.delay_ms is not None else None,
                   delay_quantile=plan.delay_quantile, delay_window=plan.delay_window, backup_net=backup_net,
-                  n_base=plan.base, balancer=plan.balancer, groups=plan.groups)
+                  n_base=plan.base, balancer=plan.balancer, groups=plan.groups,
+                  options=tuple(sorted(plan.options.items())),
+                  parity_nets=(parity_nets or {}).get(k, ()) if plan.kind == "parity" else ())
 
 
 def host_names(hosts: tuple[int, ...]) -> list[str]:
@@ -104,6 +111,12 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
     decoded = (records["answered_by"] == "decoded").to_numpy()
     by_backup = (records["answered_by"] == "backup").to_numpy()
     correct = np.zeros(len(records), bool)
+    judged = by_backup.copy()  # answers judged apart, left out of the grouping below
+    if "parity_others" in records:  # decoded from a parity output
+        by_parity = (records["parity_others"].fillna("").astype(str) != "").to_numpy()
+        index = np.flatnonzero(by_parity)
+        correct[index] = parity_decoded_outputs(records, outputs, hosts, index).argmax(-1) == labels[index]
+        judged |= by_parity
     if by_backup.any():
         index = np.flatnonzero(by_backup)
         used = [mask_servers(m) for m in masks[index]]  # the one backup server that answered
@@ -112,7 +125,7 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
         server = np.array([s[0] for s in used])
         pred = answers.generalist_answers(outputs[index, server].astype(np.float64), model[index])
         correct[index] = pred == labels[index]
-    frame = pd.DataFrame({"m": model, "mask": masks, "dec": decoded})[~by_backup]
+    frame = pd.DataFrame({"m": model, "mask": masks, "dec": decoded})[~judged]
     for (m, mask, dec), group in frame.groupby(["m", "mask", "dec"]):
         index = group.index.to_numpy()
         back = mask_servers(mask)
@@ -141,6 +154,42 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
             z = np.exp(expert_outs - expert_outs.max(-1, keepdims=True))
             correct[index] = (z / z.sum(-1, keepdims=True)).sum(0).argmax(-1) == labels[index]
     return correct
+
+
+def judge_parity_rows(records: pd.DataFrame, plan: Any, facts: NetworkFacts, column: str) -> pd.DataFrame:
+    """`records` (one run's, or a simulated point's) with `column` of the parity-decoded answers of `plan`'s policy
+    judged the simulator's way: the group's parity network on its inputs, less the companions' outputs from the
+    answer tables (scenarios.parity_join)."""
+    if plan.kind != "parity" or "parity_others" not in records or not facts.parity_models:
+        return records
+    mine = records[records["policy"] == plan.name]
+    index, correct, _ = judge_decoded(mine, int(plan.options["k"]), facts.answers, facts.parity_models,
+                                      facts.test_inputs)
+    if len(index):
+        records = records.copy()
+        records.loc[index, column] = correct
+    return records
+
+
+def parity_decoded_outputs(records: pd.DataFrame, outputs: np.ndarray, hosts: tuple[int, ...],
+                           index: np.ndarray) -> np.ndarray:
+    """The decoded outputs of the parity-decoded queries at `index` (positions = query ids), from what the
+    servers sent: the group's parity output (kept at the query's own row, on the parity server its mask names)
+    less each companion's own output (on the one server its answer mask names)."""
+    masks = records["answer_mask"].to_numpy()
+    companions = records["parity_others"].to_numpy()
+    out = np.zeros((len(index), outputs.shape[-1]), np.float64)
+    for j, i in enumerate(index):
+        parity = [s for s in mask_servers(masks[i]) if hosts[s] == PARITY]
+        if len(parity) != 1:
+            raise ValueError(f"testbed: parity-decoded query {i} names {len(parity)} parity servers in its mask")
+        out[j] = outputs[i, parity[0]]
+        for c in (int(q) for q in str(companions[i]).split(",")):
+            own = mask_servers(masks[c])
+            if len(own) != 1:
+                raise ValueError(f"testbed: the companion {c} of parity-decoded query {i} was not answered directly")
+            out[j] -= outputs[c, own[0]]
+    return out
 
 
 def overlaps(tasks: pd.DataFrame) -> np.ndarray:
@@ -522,9 +571,6 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
     if scenario.sim.deployment.balancer == "power_of_d":
         raise ScenarioError("sim.deployment.balancer = 'power_of_d' is not served by the testbed (its frontend does "
                             "not replay the random draws); use jsq or round_robin")
-    if any(p.kind == "parity" for p in scenario.sim.policies):
-        raise ScenarioError("the parity policy is not served by the testbed (a server takes one input row per task, "
-                            "not a group's encoded input); simulate it with coinsim run")
     n_servers = scenario.n_servers
     counts = {scenario.servers_at(SimTable.model_validate(table)) for _, table in scenario.sweep_points()}
     if len(counts) > 1:
@@ -552,7 +598,7 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
 
 
 def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: Any, quiet: bool,
-             backup_net: int | None = None) -> None:
+             policy_for: Any = policy_of) -> None:
     """Serve the first queries of the first point once under every policy and throw the records away: the
     first requests of fresh processes pay one-off costs (sockets, allocator, caches) no later run pays."""
     from sim import draw
@@ -564,7 +610,7 @@ def _warm_up(cluster: Any, config: Any, seed: int, offsets: np.ndarray, spec: An
     workload = workload_of(draws, offsets, spec.straggle)
     say("testbed: warm-up run (discarded)", not quiet)
     for p in short.policies:
-        serve(cluster.sockets, policy_of(make_plan(short, p, draws), backup_net), workload, spec.lead_ms)
+        serve(cluster.sockets, policy_for(make_plan(short, p, draws)), workload, spec.lead_ms)
 
 
 def with_testbed_hold(scenario: Scenario) -> Scenario:
@@ -594,24 +640,26 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     facts = prepare_networks(scenario, quiet)
     facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet)
     points = build_point_configs(scenario, facts, calibration=calibration)
-    backup_net = backup_network(facts)
+    parity_ks = sorted({k for k, _ in facts.parity_models})
+    policy_for = functools.partial(policy_of, backup_net=backup_network(facts),
+                                   parity_nets={k: parity_network_index(facts, k) for k in parity_ks})
     n_servers = points[0][1].n_servers
     measured, task_frames, fidelity, simulated_frames = [], [], [], []
     overheads: dict[str, Any] = {}
     with scratch_folder("coinsim-testbed-") as work:  # networks and inputs the servers load
-        folders, inputs = save_networks(facts, work)
+        folders, inputs = save_networks(facts, work, parity=True)
         cores = os.cpu_count() or 1
         servers = [ServerSpec(tuple(folders), cpu=(s % cores) if spec.pin else None) for s in range(n_servers)]
         device = "cuda" if facts.device.startswith("cuda") else "cpu"
         say(f"testbed: starting {n_servers} server processes", not quiet)
         with LocalCluster(servers, inputs, device=device, threads=spec.threads, addresses=spec.addresses) as cluster:
-            _warm_up(cluster, points[0][1], scenario.seed, facts.answers.offsets, spec, quiet, backup_net)
+            _warm_up(cluster, points[0][1], scenario.seed, facts.answers.offsets, spec, quiet, policy_for)
             for index, (values, config) in enumerate(points):
                 coords = {axis_column(a): v for a, v in values.items()}
                 draws = draw(config, scenario.seed)
                 plans = [make_plan(config, p, draws) for p in config.policies]
                 served = _serve_point(cluster, scenario, facts, (index, len(points), coords), config, draws, plans,
-                                      backup_net, quiet)
+                                      policy_for, quiet)
                 measured.append(served.records)
                 task_frames.append(served.tasks)
                 overheads[str(index)] = _point_overheads(served, device)
@@ -665,7 +713,7 @@ class _ServedPoint:
 
 
 def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: tuple[int, int, dict[str, Any]],
-                 config: Any, draws: Any, plans: list[Any], backup_net: int | None, quiet: bool) -> _ServedPoint:
+                 config: Any, draws: Any, plans: list[Any], policy_for: Any, quiet: bool) -> _ServedPoint:
     """Serve one point's workload under every policy, `testbed.repeats` times, the policies' order rotating."""
     from testbed import serve
     from testbed.host import HostMeter
@@ -678,7 +726,7 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
     own_cores: dict[str, list[float]] = {plan.name: [] for plan in plans}
     for repeat in range(spec.repeats):
         for plan in plans[repeat % len(plans):] + plans[: repeat % len(plans)]:
-            policy = policy_of(plan, backup_net)
+            policy = policy_for(plan)
             say(f"testbed: point {index + 1}/{n_points} {coords} repeat {repeat + 1}/{spec.repeats}: {plan.name} "
                 f"({draws.n} queries)", not quiet)
             meter = HostMeter([os.getpid(), *cluster.pids])
@@ -696,9 +744,9 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
             rec["warmup"] = rec["query_id"] < n_warm
             rec["correct"] = correct_from_outputs(rec, result.outputs, facts.answers, policy.hosts)
             rec["correct_sim_join"] = join_correctness(rec, facts.answers, config.n_experts, host_names(policy.hosts))
+            rec = judge_parity_rows(rec, plan, facts, "correct_sim_join")
             rec.insert(0, "repeat", repeat)
             tasks = result.tasks
-            tasks["net"] = [policy.network_of(s) for s in tasks["server"]]
             tasks.insert(0, "repeat", repeat)
             point_records.append(rec)
             point_tasks.append(tasks)
@@ -756,6 +804,8 @@ def _simulate_variants(scenario: Scenario, facts: NetworkFacts, calibration: Any
         if extra is not None:
             config_s = config_s.model_copy(update=extra(config_s))
         sim_records, _ = run_point(config_s, scenario.seed, facts.answers)
+        for plan in plans:
+            sim_records = judge_parity_rows(sim_records, plan, facts, "correct")
         sim_records.insert(0, "service", service)
         sim_records.insert(0, "point", index)
         frames.append(sim_records)
@@ -783,7 +833,7 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
                       "in_situ_alone_mean_ms": float((alone.loc[alone["net"] == k, "compute_ms"]
                                                       + alone.loc[alone["net"] == k, "held_ms"]).mean()),
                       "in_situ_cycle_mean_ms": float(done.loc[done["net"] == k, "cycle_ms"].mean())}
-               for k, name in enumerate(names) if name in facts.profile_ms}
+               for k, name in enumerate(names) if name in facts.profile_ms and (done["net"] == k).any()}
     worst = {}
     if not fidelity.empty:
         for service_name, g in fidelity.groupby("service"):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from policies.codes import BACKUP, CODED, HOW, SPARE, host_name, mask_servers
+from policies.parity import companions_column
 from sim.config import SimConfig
 from sim.draws import Draws, draw
 from sim.engine import FastEngine, RunOutput
@@ -76,10 +77,7 @@ def _records(cfg: SimConfig, plan: Plan, draws: Draws, out: RunOutput) -> pd.Dat
     )
     decodes = out.notes.get("parity_decodes")
     if decodes is not None:  # a parity decode: the queries whose own outputs (and group parity) made the answer
-        others = np.full(n, "", dtype=object)
-        for qid, companions in decodes.items():
-            others[qid] = ",".join(map(str, companions))
-        frame["parity_others"] = others
+        frame["parity_others"] = np.asarray(companions_column(decodes, n), dtype=object)
     return frame
 
 

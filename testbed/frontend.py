@@ -14,6 +14,10 @@ cancelled — exactly what join-shortest-queue and shortest-expected-delay look 
 - backup: the r extra servers host one generalist network; the expert's server, and one copy to the backup
   server with the fewest live tasks (ties to the lowest index) — after the hedge delay (``hedged``) or at once
   (``redundant``); the generalist's own output (undecoded) answers if it is back first.
+- parity: each routed query to its expert; groups of k routed queries (per expert, or in arrival order) are
+  encoded by a parity server (``GROUP`` frame: the members' input rows and the encoder) and run through the
+  group's parity network; a missing output is decoded from the parity output and the others (policies/parity.py).
+  The parity output is kept for every member of its group (`outputs[member, parity server]`), for judging.
 - ensemble queries (model −1) need every expert's answer (or N of the N + r outputs, coded); under backup, the
   one backup copy's output answers the whole query instead.
 
@@ -36,7 +40,8 @@ import pandas as pd
 import zmq
 
 from policies import rules_for
-from policies.codes import BACKUP, CODED, HOW, HOW_DIRECT, mask_dtype
+from policies.codes import BACKUP, CODED, HOW, HOW_DIRECT, PARITY, ROLE_PARITY, mask_dtype
+from policies.parity import companions_column
 from policies.rules import ServingView
 from testbed import wire
 
@@ -62,11 +67,17 @@ class Policy:
     n_base: int = 0  # servers of the experts' own instances (0: n_experts); the extra servers follow
     balancer: str = "jsq"  # which of an expert's instances gets a task: jsq | round_robin
     groups: tuple[tuple[int, ...], ...] = ()  # code groups of experts (empty: one group of all)
+    options: tuple[tuple[str, Any], ...] = ()  # the policy kind's own settings (parity: k, group_timeout_ms, partial)
+    parity_nets: tuple[int, ...] = ()  # parity: per expert, the network its groups' parity tasks run
+    encoder: str = "sum"  # parity: how a group's inputs become one (testbed.wire.ENCODERS)
 
     def network_of(self, server: int) -> int:
         """The network a server runs under this policy: expert i is network i, coded model k is N + k, a backup
-        server the generalist's (`backup_net`, by default coded model 0 itself)."""
+        server the generalist's (`backup_net`, by default coded model 0 itself); a parity server's task names
+        its group's parity network instead (-1 here)."""
         host = self.hosts[server]
+        if host == PARITY:
+            return -1
         if host == BACKUP:
             return self.n_experts if self.backup_net is None else self.backup_net
         return host if host >= 0 else self.n_experts + self.hosts[:server].count(CODED)
@@ -123,9 +134,10 @@ class Frontend(ServingView):
                                         or (policy.dispatch == "hedged" and policy.delay_ms is None)):
             raise ValueError("testbed: a backup policy needs backup servers, dispatch hedged (with delay_ms) or "
                              "redundant")
-        if policy.kind == "parity":
-            raise ValueError("testbed: the parity policy is not served for real (a server takes one input row per "
-                             "task, not a group's encoded input)")
+        if policy.kind == "parity" and (len(policy.parity_nets) != policy.n_experts
+                                        or policy.encoder not in wire.ENCODERS):
+            raise ValueError(f"testbed: a parity policy needs a parity network per expert ({policy.n_experts}, got "
+                             f"{len(policy.parity_nets)}) and an encoder of {wire.ENCODERS}")
         if policy.balancer == "power_of_d":
             raise ValueError("testbed: the power_of_d balancer is not served for real (its random draws are not "
                              "replayed); use jsq or round_robin")
@@ -139,7 +151,8 @@ class Frontend(ServingView):
         self.bind_view(hosts=policy.hosts, n_base=policy.n_base or self.N, groups=policy.groups, n_experts=self.N,
                        dispatch=policy.dispatch, fanout=policy.fanout, balancer=policy.balancer,
                        delay_ms=policy.delay_ms, delay_quantile=policy.delay_quantile,
-                       delay_window=policy.delay_window, station_of=range(self.S), targets=range(self.S))
+                       delay_window=policy.delay_window, station_of=range(self.S), targets=range(self.S),
+                       options=dict(policy.options))
         self.rules = rules_for(policy.kind)(self)
         self.nets = [policy.network_of(s) for s in range(self.S)]
         self.mode = wire.MODES[work.mode]
@@ -152,13 +165,15 @@ class Frontend(ServingView):
         self.mask = np.zeros(n, mask_dtype(self.S))
         self.ntask = np.zeros(n, np.int32)
         self.outputs: np.ndarray | None = None
-        self.timers: list[tuple[float, int, int]] = []
+        self.timers: list[tuple[float, int, _Query]] = []  # (due, order of setting, query or carrier)
+        self._timer_order = 0
         self.n_done = 0
         self.in_flight = 0
         # per task: query, server, role, sent, back, status, server stamps (s), passes, active
         self.t_query: list[int] = []
         self.t_server: list[int] = []
         self.t_role: list[int] = []
+        self.t_net: list[int] = []
         self.t_sent: list[float] = []
         self.t_due: list[float] = []  # when the send was due: the query's arrival, or its hedge timer
         self._due = 0.0
@@ -189,9 +204,18 @@ class Frontend(ServingView):
         self.ntask[q.qid] += 1
         self.n_live[s] += 1
         self.in_flight += 1
-        body = wire.TASK_FMT.pack(self.base + tid, self.nets[s], int(self.w.row[q.qid]),
-                                  float(self.w.factor[q.qid, s]), self.mode)
-        self.sockets[s].send_multipart([wire.TASK, body])
+        factor = float(self.w.factor[q.qid, s])
+        if role == ROLE_PARITY:  # the group's rows, encoded by the server and run through its parity network
+            rows = [int(self.w.row[m]) for m in self.rules.members_of(q)]
+            net = self.p.parity_nets[q.model]
+            head = wire.GROUP_FMT.pack(self.base + tid, net, factor, self.mode, wire.ENCODERS.index(self.p.encoder),
+                                       len(rows))
+            self.sockets[s].send_multipart([wire.GROUP, head, np.asarray(rows, "<i8").tobytes()])
+        else:
+            net = self.nets[s]
+            body = wire.TASK_FMT.pack(self.base + tid, net, int(self.w.row[q.qid]), factor, self.mode)
+            self.sockets[s].send_multipart([wire.TASK, body])
+        self.t_net.append(net)
         sent = self.now()
         self.t_sent.append(sent)
         self.t_due.append(self._due)
@@ -212,10 +236,11 @@ class Frontend(ServingView):
         raise NotImplementedError("power_of_d is refused when the frontend is built")
 
     def hedge_after(self, q: _Query, delay_ms: float) -> None:
-        heapq.heappush(self.timers, (self.w.arrival_ms[q.qid] + delay_ms, q.qid, q.qid))
+        heapq.heappush(self.timers, (self.w.arrival_ms[q.qid] + delay_ms, self._timer_order, q))
+        self._timer_order += 1
 
     def carrier(self, q: _Query) -> _Query:
-        raise NotImplementedError("testbed: no policy it serves sends work beside its queries")
+        return _Query(q.qid, q.model)  # never answered (its tasks outlive q's answer); draws as q
 
     # ------------------------------------------------------------------------------------------ completions
     def answer(self, q: _Query, how: int, mask: int) -> None:
@@ -238,7 +263,11 @@ class Frontend(ServingView):
         if q.done:
             return  # a copy that was not cancelled
         assert self.outputs is not None
-        self.outputs[q.qid, s] = output
+        if self.t_role[tid] == ROLE_PARITY:  # kept for every member of the group (none of them ran here)
+            for m in self.rules.members_of(q):
+                self.outputs[m, s] = output
+        else:
+            self.outputs[q.qid, s] = output
         self.rules.output(q, self.t_role[tid], s, self.p.hosts[s])
 
     def _receive(self, s: int, frames: list[bytes]) -> None:
@@ -309,9 +338,9 @@ class Frontend(ServingView):
                     self.rules.ensemble(q)
                 k += 1
             while self.timers and self.timers[0][0] <= now:
-                self._due, _, qid = heapq.heappop(self.timers)
-                if not self.queries[qid].done:
-                    self.rules.hedge(self.queries[qid])
+                self._due, _, timed = heapq.heappop(self.timers)
+                if not timed.done:
+                    self.rules.hedge(timed)
             if self._drain():
                 last_progress = time.monotonic()
                 continue
@@ -330,7 +359,7 @@ class Frontend(ServingView):
 
     def _records(self) -> pd.DataFrame:
         w = self.w
-        return pd.DataFrame({
+        frame = pd.DataFrame({
             "policy": self.p.name,
             "query_id": np.arange(w.n, dtype=np.int64),
             "model": w.model.astype(np.int64),
@@ -343,6 +372,10 @@ class Frontend(ServingView):
             "answer_mask": self.mask,
             "n_tasks": self.ntask,
         })
+        decodes = self.rules.notes().get("parity_decodes")
+        if decodes is not None:  # as the simulator writes it: each parity-decoded query's group companions
+            frame["parity_others"] = np.asarray(companions_column(decodes, w.n), dtype=object)
+        return frame
 
     def _tasks(self) -> pd.DataFrame:
         stamps = np.asarray(self.t_stamps, float).reshape(-1, 4) * 1000.0  # server clock, ms
@@ -354,6 +387,7 @@ class Frontend(ServingView):
             "query_id": np.asarray(self.t_query, np.int64),
             "server": np.asarray(self.t_server, np.int64),
             "role": np.asarray(self.t_role, np.int64),
+            "net": np.asarray(self.t_net, np.int64),
             "factor": self.w.factor[self.t_query, self.t_server] if self.t_query else np.empty(0),
             "sent_ms": np.asarray(self.t_sent, float),
             "returned_ms": np.asarray(self.t_back, float),

@@ -6,6 +6,10 @@ Run as ``python -m testbed.server --bind tcp://127.0.0.1:5601 --network DIR/net-
 coded model); each task names the one to run. It can run on another host: the frontend only needs its address,
 and the server the same folders.
 
+A parity task (``GROUP`` frame) names several input rows and an encoder: the rows are encoded into one input
+(coin.parity's encoders: their sum, or their tiles side by side) and the named network — a parity network — runs on
+that; it is queued, straggled and cancelled like any task.
+
 Serving one task: the forward pass on the task's input row runs to completion (a pass cannot be interrupted);
 then a straggling task (factor f > 1) is held for (f − 1) × that pass's compute time, either idle (``stall``:
 like a network or I/O stall) or running further passes (``compute``: like a noisy neighbour). A cancel that
@@ -43,6 +47,8 @@ class _Task:
     factor: float
     mode: int
     recv: float
+    rows: tuple[int, ...] = ()  # a parity task: the input rows it encodes (then `row` is unused)
+    encoder: int = 0  # ... and how (an index into wire.ENCODERS)
 
 
 def load_network(folder: Path, device: str):
@@ -73,10 +79,19 @@ class Server:
         self.parent = os.getppid()
         self._torch = torch
 
-    def _forward(self, net: int, row: int) -> np.ndarray:
+    def _input(self, task: _Task):
+        """The task's input: its row, or a parity task's rows encoded into one."""
+        if not task.rows:
+            return self.inputs[task.row : task.row + 1]
+        from coin.parity import ENCODERS
+
+        xs = self.inputs[list(task.rows)].unsqueeze(1)  # (k, 1, ...)
+        return ENCODERS[wire.ENCODERS[task.encoder]](xs)
+
+    def _forward(self, task: _Task) -> np.ndarray:
         torch = self._torch
         with torch.no_grad():
-            out = self.models[net](self.inputs[row : row + 1].to(self.device, non_blocking=True))
+            out = self.models[task.net](self._input(task).to(self.device, non_blocking=True))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         return out[0].float().cpu().numpy()
@@ -101,20 +116,37 @@ class Server:
         except (ValueError, struct.error) as error:  # a malformed frame: say so, keep serving
             self.socket.send_multipart([ident, wire.ERROR, str(error).encode()[:500]])
 
-    def _act(self, ident: bytes, kind: bytes, body: list[bytes], now: float) -> None:
-        if kind == wire.TASK and len(body) == 1:
-            task_id, net, row, factor, mode = wire.TASK_FMT.unpack(body[0])
-            if not 0 <= net < len(self.models):
-                raise ValueError(f"task {task_id}: network {net} out of range (this server holds {len(self.models)})")
+    def _check(self, task: _Task) -> None:
+        """Refuse a task this server cannot run (ValueError: the frontend gets one ERROR frame)."""
+        tid = task.task_id
+        if not 0 <= task.net < len(self.models):
+            raise ValueError(f"task {tid}: network {task.net} out of range (this server holds {len(self.models)})")
+        for row in task.rows or (task.row,):
             if not 0 <= row < len(self.inputs):
-                raise ValueError(f"task {task_id}: input row {row} out of range (0..{len(self.inputs) - 1})")
-            if not (math.isfinite(factor) and 1.0 <= factor <= wire.MAX_FACTOR):
-                raise ValueError(f"task {task_id}: straggle factor {factor!r} is not in [1, {wire.MAX_FACTOR:g}]")
-            if mode not in (wire.MODE_STALL, wire.MODE_COMPUTE):
-                raise ValueError(f"task {task_id}: unknown straggle mode {mode}")
-            if task_id in self.live:
-                raise ValueError(f"task {task_id} is already queued or in service")
-            self.queue.append(_Task(ident, task_id, net, row, factor, mode, now))
+                raise ValueError(f"task {tid}: input row {row} out of range (0..{len(self.inputs) - 1})")
+        if not (math.isfinite(task.factor) and 1.0 <= task.factor <= wire.MAX_FACTOR):
+            raise ValueError(f"task {tid}: straggle factor {task.factor!r} is not in [1, {wire.MAX_FACTOR:g}]")
+        if task.mode not in (wire.MODE_STALL, wire.MODE_COMPUTE):
+            raise ValueError(f"task {tid}: unknown straggle mode {task.mode}")
+        if task.rows and not (0 <= task.encoder < len(wire.ENCODERS) and 1 <= len(task.rows) <= wire.MAX_GROUP):
+            raise ValueError(f"task {tid}: a parity task needs 1..{wire.MAX_GROUP} rows and an encoder of "
+                             f"{wire.ENCODERS} (got {len(task.rows)} rows, encoder {task.encoder})")
+        if tid in self.live:
+            raise ValueError(f"task {tid} is already queued or in service")
+
+    def _act(self, ident: bytes, kind: bytes, body: list[bytes], now: float) -> None:
+        if kind in (wire.TASK, wire.GROUP) and len(body) == (1 if kind == wire.TASK else 2):
+            if kind == wire.TASK:
+                task_id, net, row, factor, mode = wire.TASK_FMT.unpack(body[0])
+                task = _Task(ident, task_id, net, row, factor, mode, now)
+            else:
+                task_id, net, factor, mode, encoder, n = wire.GROUP_FMT.unpack(body[0])
+                if len(body[1]) != 8 * n:
+                    raise ValueError(f"task {task_id}: {n} rows announced, {len(body[1]) // 8} sent")
+                rows = struct.unpack(f"<{n}q", body[1])
+                task = _Task(ident, task_id, net, -1, factor, mode, now, rows, encoder)
+            self._check(task)
+            self.queue.append(task)
             self.live.add(task_id)
         elif kind == wire.CANCEL and len(body) == 1:
             task_id = wire.ID_FMT.unpack(body[0])[0]
@@ -140,7 +172,7 @@ class Server:
 
     def _serve(self, task: _Task) -> None:
         start = time.perf_counter()
-        out = self._forward(task.net, task.row)
+        out = self._forward(task)
         computed = time.perf_counter()
         passes = 1
         hold_until = computed + (task.factor - 1.0) * (computed - start)
@@ -153,7 +185,7 @@ class Server:
             if now >= hold_until:
                 break
             if task.mode == wire.MODE_COMPUTE:
-                self._forward(task.net, task.row)
+                self._forward(task)
                 passes += 1
             else:
                 self._read(hold_until - now)

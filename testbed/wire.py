@@ -3,6 +3,9 @@
 Frontend → server (the server's ROUTER socket prefixes the sender's identity):
   ``[TASK, <task_id q, net H, row q, factor d, mode B>]``  run network `net` on input `row`; straggle by
                                                     `factor` (1 = no straggle)
+  ``[GROUP, <task_id q, net H, factor d, mode B, encoder B, n H>, <rows q×n>]``  a parity task: encode the n
+                                                    input rows (`ENCODERS[encoder]`: their sum, or their tiles
+                                                    side by side) into one input and run `net` on it
   ``[CANCEL, <task_id q>]``                          drop the task if queued, cut its straggle if in service
   ``[PING]`` → ``[PONG, json]``                      readiness and facts (pid, device, network, threads)
   ``[STOP, token]``                                  cut the task in hand's straggle, then exit — honoured only
@@ -29,6 +32,7 @@ import struct
 import zmq
 
 TASK, CANCEL, PING, PONG, STOP, DONE, DROPPED, ERROR = b"T", b"C", b"P", b"p", b"S", b"D", b"X", b"E"
+GROUP = b"G"
 TOKEN_ENV = "COINSIM_SERVER_TOKEN"  # where a server finds the token a STOP must carry
 MAX_FACTOR = 1e6  # the largest straggle factor a task may ask for
 MODE_STALL, MODE_COMPUTE = 0, 1
@@ -36,6 +40,9 @@ MODES = {"stall": MODE_STALL, "compute": MODE_COMPUTE}
 DROPPED_QUEUED, DROPPED_IN_SERVICE = 1, 2
 
 TASK_FMT = struct.Struct("<qHqdB")
+GROUP_FMT = struct.Struct("<qHdBBH")
+ENCODERS = ("sum", "concat")  # a GROUP frame's encoder byte indexes this (coin.parity.ENCODERS names them)
+MAX_GROUP = 64  # the most input rows one parity task may encode
 ID_FMT = struct.Struct("<q")
 DONE_FMT = struct.Struct("<qddddI")
 DROPPED_FMT = struct.Struct("<qBddddI")

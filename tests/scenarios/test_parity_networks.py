@@ -92,12 +92,30 @@ def test_every_parity_decoded_answer_is_judged_on_its_groups_real_parity_output(
     assert summary["policies"]["parity-expert"]["accuracy_pct"] == pytest.approx(100 * measured["correct"].mean())
 
 
-def test_parity_with_networks_groups_per_expert_and_is_not_served_on_the_testbed(tmp_path):
-    raw = _raw(tmp_path)
+def test_parity_with_networks_groups_per_expert_and_is_served_on_the_testbed(tiny_cache, tmp_path):
+    """Groups of one expert's queries only (a parity network is trained per expert); served for real, every
+    parity-decoded answer is judged twice — on the outputs the servers sent (the parity server's output on the
+    encoded group, less the companion's own output) and the simulator's way (the parity network run here on the
+    group's inputs, less the answer table's output) — and the two judgements agree query for query."""
+    raw = _raw(tiny_cache)
     raw["sim"]["policies"] = ["uncoded", {"kind": "parity", "k": 2}]
     with pytest.raises(ScenarioError, match="dispatch = 'expert'"):
         scenario_from_dict(raw)
-    from scenarios.testbed_run import check_testbed
+    from scenarios.testbed_run import run_testbed
 
-    with pytest.raises(ScenarioError, match="parity policy is not served by the testbed"):
-        check_testbed(scenario_from_dict(_raw(tmp_path)), tmp_path / "out")
+    raw = _raw(tiny_cache)
+    raw["sim"].update({"n_queries": 400, "stragglers": {"p": 0.1, "slowdown": 20.0}})
+    raw["profile"]["latency_model"] = "served"
+    raw["testbed"] = {"repeats": 1, "lead_ms": 50.0}
+    folder = run_testbed(scenario_from_dict(raw), raw, tmp_path / "out", quiet=True)
+    measured = pd.read_parquet(folder / "testbed.parquet")
+    parity = measured[measured["policy"] == "parity-expert"]
+    decoded = parity[parity["parity_others"] != ""]
+    assert len(decoded) >= 5 and (decoded["answered_by"] == "decoded").all()
+    assert (parity.loc[parity["parity_others"] == "", "answered_by"] == "direct").all()
+    assert (decoded["correct"] == decoded["correct_sim_join"]).all()
+    tasks = pd.read_parquet(folder / "testbed_tasks.parquet")
+    sent = tasks[(tasks["policy"] == "parity-expert") & (tasks["role"] == 5)]
+    assert len(sent) >= len(parity) // 2 - 1 and set(sent["server"]) == {2} and set(sent["net"]) == {3, 4}
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["accuracy"]["0"]["parity-expert"]["answers_agree_pct"] == 100.0

@@ -132,7 +132,7 @@ def test_bad_parity_input_is_one_line(change, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_parity_with_networks_and_in_the_testbed_is_refused(tmp_path):
+def test_parity_with_networks_across_experts_and_without_parity_networks_on_the_testbed_is_refused(tmp_path):
     from scenarios.schema import ScenarioError, scenario_from_dict
     from testbed.frontend import Policy, serve
     from tests.conftest import tiny_zoo_table
@@ -140,5 +140,8 @@ def test_parity_with_networks_and_in_the_testbed_is_refused(tmp_path):
     with pytest.raises(ScenarioError, match="groups each expert's own queries"):
         scenario_from_dict({"name": "p", "models": tiny_zoo_table(tmp_path), "sim": {"r": 1, "policies": ["parity"]}})
     policy = Policy(name="parity", kind="parity", dispatch="any", hosts=(0, 1, -4), n_experts=2)
-    with pytest.raises(ValueError, match="parity policy is not served for real"):
+    with pytest.raises(ValueError, match="needs a parity network per expert"):
         serve([], policy, None)  # type: ignore[arg-type]  # refused before it looks at sockets or work
+    with pytest.raises(ValueError, match="an encoder of"):
+        serve([], Policy(name="parity", kind="parity", dispatch="any", hosts=(0, 1, -4), n_experts=2,
+                         parity_nets=(2, 2), encoder="zip"), None)  # type: ignore[arg-type]

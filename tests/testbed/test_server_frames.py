@@ -50,6 +50,11 @@ def _task(task_id: int, net: int = 0, row: int = 0, factor: float = 1.0, mode: i
     return wire.TASK_FMT.pack(task_id, net, row, factor, mode)
 
 
+def _group(task_id: int, rows: list[int], net: int = 0, encoder: int = 0, n: int | None = None) -> list[bytes]:
+    head = wire.GROUP_FMT.pack(task_id, net, 1.0, wire.MODE_STALL, encoder, len(rows) if n is None else n)
+    return [wire.GROUP, head, np.asarray(rows, "<i8").tobytes()]
+
+
 def _still_serves(cluster: LocalCluster, net: torch.nn.Module, x: np.ndarray, task_id: int, row: int) -> None:
     sock = cluster.sockets[0]
     sock.send_multipart([wire.TASK, _task(task_id, row=row)])
@@ -74,6 +79,14 @@ BAD = {
     "huge factor": [wire.TASK, _task(7, factor=1e300)],
     "factor below one": [wire.TASK, _task(8, factor=0.5)],
     "unknown mode": [wire.TASK, _task(9, mode=7)],
+    "group without its rows": _group(10, [1, 2])[:2],
+    "group announcing more rows than sent": _group(11, [1, 2], n=3),
+    "group row past the inputs": _group(12, [1, ROWS]),
+    "group with a negative row": _group(13, [-1, 2]),
+    "group with no rows": _group(14, []),
+    "group with too many rows": _group(15, [0] * (wire.MAX_GROUP + 1)),
+    "group with an unknown encoder": _group(16, [1, 2], encoder=len(wire.ENCODERS)),
+    "group network out of range": _group(17, [1, 2], net=1),
     "cancel without an id": [wire.CANCEL],
     "cancel id of the wrong size": [wire.CANCEL, b"\x01\x02"],
     "ping with a body": [wire.PING, b"x"],
@@ -96,7 +109,7 @@ def test_fuzzed_frames_never_stop_the_server(served) -> None:
     an ERROR; afterwards the server serves the right output for a real task."""
     cluster, stranger, net, x = served
     rng = np.random.default_rng(7)
-    kinds = [wire.TASK, wire.CANCEL, wire.PING, wire.STOP, b"Q", b""]
+    kinds = [wire.TASK, wire.GROUP, wire.CANCEL, wire.PING, wire.STOP, b"Q", b""]
     errors = 0
     for _ in range(300):
         kind = kinds[rng.integers(len(kinds))]
@@ -173,3 +186,29 @@ def test_a_probe_reaches_running_servers_and_names_what_is_not_one(served):
     finally:
         impostor.close(0)
         context.term()
+
+
+@pytest.mark.parametrize("encoder, rows", [("sum", [1, 4, 7]), ("sum", [5]), ("concat", [0, 3, 6, 9]),
+                                           ("concat", [2, 8])])
+def test_a_parity_task_runs_the_network_on_its_rows_encoded(served, encoder: str, rows: list[int]) -> None:
+    """The encoded input is rebuilt here without coin.parity: the rows' sum; or, for 4 rows, each averaged over 2×2
+    pixel blocks into one quadrant of a 28×28 input (row-major), for 2 rows over 2×1 blocks into the top and bottom
+    halves."""
+    cluster, _, net, x = served
+    sock = cluster.sockets[0]
+    sock.send_multipart(_group(8000 + len(rows), rows, encoder=wire.ENCODERS.index(encoder)))
+    kind, stamps, out = _reply(sock)
+    assert kind == wire.DONE and wire.DONE_FMT.unpack(stamps)[0] == 8000 + len(rows)
+    if encoder == "sum":
+        encoded = x[rows].sum(0, keepdims=True)
+    else:
+        encoded = np.zeros((1, 1, 28, 28), np.float32)
+        for j, row in enumerate(rows):
+            if len(rows) == 4:
+                r, c = divmod(j, 2)
+                encoded[0, 0, 14 * r:14 * (r + 1), 14 * c:14 * (c + 1)] = x[row, 0].reshape(14, 2, 14, 2).mean((1, 3))
+            else:
+                encoded[0, 0, 14 * j:14 * (j + 1), :] = x[row, 0].reshape(14, 2, 28).mean(1)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(encoded))[0].numpy()
+    np.testing.assert_allclose(np.frombuffer(out, np.float32), expected, rtol=1e-4, atol=1e-5)

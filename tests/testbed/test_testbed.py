@@ -417,3 +417,47 @@ def test_a_running_hedge_delay_follows_the_direct_answers_served(cluster):
                       "delay_quantile": 50.0, "delay_window": 5, "name": "hedged"}, work,
                      float(tasks["compute_ms"].median()))
     assert sim["answered_by"].iloc[-1] == "hedge"
+
+
+# parity (coding over queries), three servers: experts 0 and 1, a parity server (2) running network 2 as every
+# expert's parity network. Query 0 (expert 1) is answered at once; query 1 (expert 0) straggles 400x. They form a
+# group in arrival order (k = 3, never filled): its timer — set on the group's own carrier when query 0 arrived —
+# fires at 5 ms although query 0 is answered by then, and closes the group of two. Query 2 is alone in its group.
+PARITY_TRACE = _trace([0.0, 1.0, 300.0], [1, 0, 0], [[1, 1, 1], [400.0, 1, 1], [1, 1, 1]])
+
+
+@pytest.mark.parametrize("partial, how", [("send", ["direct", "decoded", "direct"]),
+                                          ("drop", ["direct", "direct", "direct"])])
+def test_a_parity_group_is_encoded_served_and_decoded_as_the_simulator_says(cluster, nets, partial, how):
+    from policies.codes import PARITY, ROLE_PARITY
+    from scenarios.testbed_run import parity_decoded_outputs
+
+    options = {"k": 3, "group_timeout_ms": 5.0, "partial": partial}
+    policy = Policy("parity", "parity", "any", (0, 1, PARITY), 2, options=tuple(sorted(options.items())),
+                    parity_nets=(2, 2))
+    result = serve(cluster.sockets, policy, PARITY_TRACE)
+    real, tasks = result.records, result.tasks
+    sim = _simulated({"kind": "parity", "dispatch": "any", "name": "parity", **options}, PARITY_TRACE,
+                     float(tasks["compute_ms"].median()))
+    assert list(real["answered_by"]) == how == list(sim["answered_by"])
+    assert [_servers(m) for m in real["answer_mask"]] == list(sim["servers_used"])
+    parity = tasks[tasks["role"] == ROLE_PARITY]
+    if partial == "drop":
+        assert parity.empty and list(real["parity_others"]) == ["", "", ""]
+        return
+    assert len(parity) == 1  # query 2's lone group sends nothing
+    task = parity.iloc[0]
+    assert (task["server"], task["net"], task["query_id"]) == (2, 2, 1)
+    assert task["due_ms"] == pytest.approx(5.0) and task["sent_ms"] >= 5.0  # sent by the timer, not an arrival
+    assert list(real["parity_others"]) == ["", "0", ""] and _servers(real["answer_mask"].iloc[1]) == "1,2"
+    folders, inputs = nets
+    x = np.load(inputs)
+    rows = PARITY_TRACE.row
+    encoded = _forward(folders[2], x[rows[0]:rows[0] + 1] + x[rows[1]:rows[1] + 1])[0]
+    for member in (0, 1):  # the parity output, kept for each member of its group
+        np.testing.assert_allclose(result.outputs[member, 2], encoded, rtol=1e-4, atol=1e-5)
+    decoded = parity_decoded_outputs(real, result.outputs, policy.hosts, np.array([1]))[0]
+    np.testing.assert_allclose(decoded, encoded - _forward(folders[1], x[rows[0]:rows[0] + 1])[0], rtol=1e-4,
+                               atol=1e-5)
+    straggler = tasks[(tasks["query_id"] == 1) & (tasks["server"] == 0)].iloc[0]
+    assert straggler["status"] == "dropped_in_service"  # the decode cut its straggle
