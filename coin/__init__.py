@@ -12,12 +12,13 @@ from coin.errors import CodingError
 from coin.jacobian import categorical_fisher, jacobian_sq_diag, loop_output_fisher, output_fisher
 from coin.params import build_coded, check_beta, check_experts, merge_buffers, params_of, weighted_average
 from coin.registry import available, encode, get_method, register
-from coin.samples import draw_coding_samples
+from coin.samples import coding_samples, draw_coding_samples
 from coin.task import CodingTask, EncodeResult, score_outputs
 
 __all__ = [
     "CodingError", "CodingTask", "EncodeResult", "NDARow", "available", "build_coded", "categorical_fisher",
-    "check_beta", "check_experts", "decode", "draw_coding_samples", "encode", "evaluate", "get_method",
+    "check_beta", "check_experts", "coding_samples", "decode", "draw_coding_samples", "encode", "evaluate",
+    "get_method",
     "jacobian_sq_diag", "loop_output_fisher", "merge_buffers", "nda_from_outputs", "output_fisher", "outputs",
     "params_of", "register", "score_outputs", "weighted_average",
 ]

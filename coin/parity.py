@@ -101,12 +101,13 @@ class ParityResult:
 
 def train_parity(expert: nn.Module, x: Tensor, k: int, encoder: str = "sum", init: nn.Module | None = None,
                  init_name: str = "scratch", epochs: int = 20, lr: float = 1e-3, batch_size: int = 64,
-                 weight_decay: float = 0.0, seed: int = 0) -> ParityResult:
+                 weight_decay: float = 0.0, seed: int = 0, targets: Tensor | None = None) -> ParityResult:
     """Train a parity network for `expert` on the queries `x` (its training pool): every epoch draws a fresh
     random grouping of the pool into groups of k, encodes each group, and regresses the parity network's output
     on the sum of the expert's outputs on the group's queries (MSE). `init` is the network to start from (a copy;
     the base model, or a freshly initialised one for 'scratch'; default: a re-initialised copy of the expert).
-    Timed on the wall clock, everything included."""
+    `targets`: each query's output to sum instead of the expert's (a parity network for groups that mix experts'
+    queries: each query's own expert's output). Timed on the wall clock, everything included."""
     if init is None:
         init = copy.deepcopy(expert)
         for module in init.modules():  # the network itself included (a bare layer is its own only module)
@@ -119,8 +120,11 @@ def train_parity(expert: nn.Module, x: Tensor, k: int, encoder: str = "sum", ini
     encode = ENCODERS[encoder]
     started = time.perf_counter()
     expert.eval()
-    with torch.no_grad():
-        targets = torch.cat([expert(chunk) for chunk in x.split(1024)])
+    if targets is None:
+        with torch.no_grad():
+            targets = torch.cat([expert(chunk) for chunk in x.split(1024)])
+    elif len(targets) != len(x):
+        raise CodingError(f"parity training: {len(targets)} target outputs for {len(x)} queries")
     for p in parity.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(parity.parameters(), lr=lr, weight_decay=weight_decay)
@@ -149,18 +153,19 @@ def decode(parity_out: Tensor, others: Tensor) -> Tensor:
 
 
 def degraded_accuracy(parity: nn.Module, expert: nn.Module, x: Tensor, y: Tensor, k: int, encoder: str = "sum",
-                      seed: int = 0) -> dict[str, float]:
+                      seed: int = 0, outputs: Tensor | None = None) -> dict[str, float]:
     """Degraded mode: the test queries in random groups of k; for every query of every group, its output decoded
     from the group's parity output and the other k − 1 outputs (as if its server were the slow one). Returns the
     accuracy of the decoded answers against the labels (`degraded_accuracy_pct`), their agreement with the
     expert's own answer (`agreement_pct`), the expert's accuracy on the same queries (`expert_accuracy_pct`) and
-    how many decoded answers were scored (`n`)."""
+    how many decoded answers were scored (`n`). `outputs`: each query's own output instead of the expert's (groups
+    that mix experts' queries)."""
     check_parity(k, encoder, x, parity, expert)
     index = groups(len(x), k, torch.Generator().manual_seed(seed))
     if not len(index):
         raise CodingError(f"degraded mode with k = {k} needs at least {k} test queries, got {len(x)}")
     with torch.no_grad():
-        outs = torch.cat([expert.eval()(chunk) for chunk in x.split(1024)])
+        outs = outputs if outputs is not None else torch.cat([expert.eval()(chunk) for chunk in x.split(1024)])
         par = torch.cat([parity.eval()(ENCODERS[encoder](x[chunk.T])) for chunk in index.split(256)])
     grouped = outs[index]  # (G, k, C)
     total = grouped.sum(1, keepdim=True)  # (G, 1, C)

@@ -33,3 +33,20 @@ def draw_coding_samples(
         ys.append(y[idx.to(y.device)])
         owners.append(torch.full((k,), i, dtype=torch.long))
     return torch.cat(xs), torch.cat(ys), torch.cat(owners)
+
+
+def all_samples(pools: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """(x, y, owner): every sample of every pool, pool by pool (what a method with `training_pools` is given)."""
+    if not pools:
+        raise CodingError("no training pools to code from")
+    owners = [torch.full((len(y),), i, dtype=torch.long) for i, (_, y) in enumerate(pools)]
+    return torch.cat([x for x, _ in pools]), torch.cat([y for _, y in pools]), torch.cat(owners)
+
+
+def coding_samples(method_fn: object, pools: Sequence[tuple[Tensor, Tensor]], p: int, seed: int
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """The inputs a coding method looks at: P drawn samples, or every training query for a method that trains on
+    the pools (`training_pools = True`)."""
+    if getattr(method_fn, "training_pools", False):
+        return all_samples(pools)
+    return draw_coding_samples(pools, p, seed)

@@ -15,11 +15,14 @@ the timer fires whatever the members do.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from policies.codes import HOW_DECODED, HOW_DIRECT, PARITY, ROLE_DIRECT, ROLE_PARITY
 from policies.rules import Offered, Query, Rules, least_loaded
+
+FILL_CHANCE = 1e-3  # below this chance of filling within its timeout, a group of k is refused as a setting
 
 
 class _Group:
@@ -63,6 +66,25 @@ class Parity(Rules):
         if parity and not lam < cap:
             return (f"policy {offered.name!r}: groups of {k} send {lam:.4g} parity queries/ms but its "
                     f"{len(parity)} parity server(s) serve at most {cap:.4g}/ms")
+        return None
+
+    @classmethod
+    def settings_problem(cls, offered: Offered) -> str | None:
+        """With a group timeout, a group must be able to fill: refused when the k - 1 further members it needs
+        arrive within the timeout with a probability below FILL_CHANCE (Poisson arrivals at the busiest expert's
+        mean rate, or all routed queries' with dispatch 'any'), so that nearly every group would close partial."""
+        k = int(offered.options.get("k") or 2)
+        timeout = offered.options.get("group_timeout_ms")
+        rates = offered.routed_per_ms
+        if timeout is None or not rates or not offered.random_arrivals:
+            return None
+        rate = sum(rates) if (offered.dispatch or cls.dispatches[0]) == "any" else max(rates)
+        mean = rate * float(timeout)  # further members expected within the timeout
+        fills = 1.0 - sum(math.exp(-mean) * mean ** j / math.factorial(j) for j in range(k - 1))
+        if fills < FILL_CHANCE:
+            return (f"policy {offered.name!r}: a group of k = {k} fills within group_timeout_ms = {timeout:g} with "
+                    f"probability {fills:.2g} ({mean:.3g} further queries arrive in that time on average): nearly "
+                    "every group would close partial; raise the timeout or lower k")
         return None
 
     # ---- arrivals and the group timer

@@ -159,6 +159,8 @@ class Offered:
     n_base: int = 0  # servers of the experts' own instances (0: one each); the extra servers follow, r per group
     groups: Sequence[Sequence[int]] = ()  # code groups of experts (empty: one group of all)
     options: dict[str, Any] = field(default_factory=dict)  # the policy kind's own settings
+    dispatch: str = ""  # the policy's dispatch rule ("": its kind's default)
+    random_arrivals: bool = True  # False for a given trace: its mean rates say little about its bursts
 
     @property
     def n_experts(self) -> int:
@@ -238,6 +240,12 @@ class Rules:
             if not lam < c:
                 return (f"policy {offered.name!r}: model {i} gets {lam:.4g}/ms but its {len(hosts)} server(s) "
                         f"serve at most {c:.4g}/ms (load {lam * mean_ms[i]:.3g})")
+        return None
+
+    @classmethod
+    def settings_problem(cls, offered: Offered) -> str | None:
+        """A setting of the policy that cannot work with this traffic, whatever the load (a message), checked for
+        every run. Default: none."""
         return None
 
     @property

@@ -115,6 +115,10 @@ TEMPLATE = """<!DOCTYPE html>
 <h2>Coding</h2>
 {{ table(coding) }}
 {% endif %}
+{% if parity %}
+<h2>Parity networks</h2>
+{{ table(parity) }}
+{% endif %}
 {% if profile %}
 <h2>Latency profile</h2>
 {{ table(profile) }}
@@ -502,6 +506,20 @@ def coding_table(table: pd.DataFrame, coding: Mapping[str, Mapping[str, Any]] | 
             "notes": notes}
 
 
+def parity_table(parity: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The parity networks a run trained (summary.json `parity`): what each cost and what its decodes are worth."""
+    rows = [[_cell(fmt_num(p.get("k"), 0)), _cell(str(p.get("expert", "—"))), _cell(str(p.get("encoder", "—"))),
+             _cell(str(p.get("init", "—"))), _cell(fmt_num(p.get("epochs"), 0)),
+             _cell(fmt_num(p.get("train_samples"), 0)), _cell(fmt_num(p.get("train_s"), 1)),
+             _cell(fmt_pct(p.get("degraded_accuracy_pct"))), _cell(fmt_pct(p.get("agreement_pct"))),
+             _cell(fmt_pct(p.get("expert_accuracy_pct")))] for p in parity]
+    return {"head": ["k", "expert", "encoder", "start", "epochs", "training queries", "training (s)",
+                     "degraded-mode accuracy", "agreement with the expert", "expert's accuracy"], "rows": rows,
+            "notes": ["Each parity network's training cost, and the accuracy of its decoded answers on the test set "
+                      "in random groups of k, every member decoded in turn as if its server were the slow one "
+                      "(degraded mode); 'any' is the one network for groups that mix experts' queries."]}
+
+
 def profile_table(profile: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     rows = [[_cell(str(name)), _cell(fmt_ms(p.get("mean_ms"))), _cell(fmt_ms(p.get("p50_ms"))),
              _cell(fmt_ms(p.get("p99_ms"))), _cell(fmt_num(p.get("batch_size"), 0)),
@@ -705,5 +723,6 @@ def build_html(data: ResultData, figures: Sequence[FigureEntry], colors: Mapping
                  for f in figures],
         accuracy=accuracy_table(data, colors), sweep=sweep,
         coding=coding_table(coding, s.get("coding")) if len(coding) else None,
+        parity=parity_table(s["parity"]) if s.get("parity") else None,
         profile=profile_table(s["profile"]) if s.get("profile") else None,
         live=live_table(live, live_where) if live else None, notes=data.notes, scenario_toml=data.scenario_toml)

@@ -114,12 +114,12 @@ def run_coding(
         tests = [(e.test_x, e.test_y) for e in zoo.experts]
         pools = [(e.train_x, e.train_y) for e in zoo.experts]
         for p in samples:
-            x, y, owner = coin.draw_coding_samples(pools, p, cfg.seed)
             for method in methods:
+                x, y, owner = coin.coding_samples(coin.get_method(method), pools, p, cfg.seed)
                 if progress:
                     click.echo(f"seed {cfg.seed} P={p}: encoding with {method}", err=True)
                 opts = dict(options.get(method, {}))
-                if method == "distill":
+                if method in ("distill", "learned"):
                     opts.setdefault("eval_fn", _avg_nda_fn(experts, b, tests))
                 if method == "coin" and lambda_study:
                     opts["return_grid"] = True

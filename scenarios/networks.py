@@ -26,17 +26,22 @@ def served_networks(facts: Any) -> list[tuple[str, Any]]:
 
 
 def parity_networks(facts: Any) -> list[tuple[str, Any]]:
-    """(name, module) of the scenario's parity networks ('parity-k<k>-<expert>'), by k then expert: the testbed's
-    servers hold them after `served_networks`, so parity network j is task `net` len(served_networks) + j."""
+    """(name, module) of the scenario's parity networks ('parity-k<k>-<expert>', or '-any' for mixed groups), by
+    key (scenarios.parity_join): the testbed's servers hold them after `served_networks`, so parity network j is
+    task `net` len(served_networks) + j."""
     names = [e["name"] for e in facts.experts]
-    return [(f"parity-k{k}-{names[i]}", model) for (k, i), model in sorted(facts.parity_models.items())]
+    return [(f"parity-k{k}-{names[i] if i >= 0 else 'any'}", model)
+            for (k, i), model in sorted(facts.parity_models.items())]
 
 
-def parity_network_index(facts: Any, k: int) -> tuple[int, ...]:
-    """Per expert, the task `net` of its k-query parity network on a testbed server (see `parity_networks`)."""
+def parity_network_index(facts: Any, k: int, dispatch: str) -> tuple[int, ...]:
+    """Per expert, the task `net` of the parity network its queries' groups of k (gathered by `dispatch`) are
+    encoded for on a testbed server (see `parity_networks`)."""
+    from scenarios.parity_join import parity_key
+
     first = len(served_networks(facts))
     keys = sorted(facts.parity_models)
-    return tuple(first + keys.index((k, i)) for i in range(len(facts.experts)))
+    return tuple(first + keys.index(parity_key(k, dispatch, i)) for i in range(len(facts.experts)))
 
 
 def backup_network(facts: Any) -> int:

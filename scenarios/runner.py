@@ -156,10 +156,14 @@ def code_experts(scenario: Scenario, zoo: Any, matrix: np.ndarray, quiet: bool =
     names = [e.name for e in zoo.experts]
 
     def encoder(members: list[int]) -> Callable[[str, np.ndarray], Any]:
-        x, y, owner = coin.draw_coding_samples([pools[i] for i in members], scenario.coding.samples, scenario.seed)
+        mine = [pools[i] for i in members]
         models = [zoo.models[i] for i in members]
-        return lambda method, beta: coin.encode(method, models, [float(b) for b in beta], x, y=y, owner=owner,
-                                                base=zoo.base, seed=scenario.seed)
+
+        def encode(method: str, beta: np.ndarray) -> Any:  # P coding samples, or every training query
+            x, y, owner = coin.coding_samples(coin.get_method(method), mine, scenario.coding.samples, scenario.seed)
+            return coin.encode(method, models, [float(b) for b in beta], x, y=y, owner=owner, base=zoo.base,
+                               seed=scenario.seed)
+        return encode
 
     rows: list[dict[str, Any]] = []
     coded_models: list[Any] = [None] * matrix.shape[0]
@@ -831,7 +835,7 @@ def run_scenario(
     results = [store.load(i) for i in range(len(points))]
     if facts is not None and facts.parity_models:  # parity-decoded answers, judged on the parity networks
         results = [judge_parity_answers(records, point_summary, config, facts.answers, facts.parity_models,
-                                        facts.test_inputs)
+                                        facts.test_inputs, scenario.coding.parity_encoder)
                    for (records, point_summary), (_, config) in zip(results, points, strict=True)]
     queries, sweep = _result_tables(scenario, points, results)
     summary = _run_summary(scenario, facts, calibration, calibration_path if calibration_path is None

@@ -56,6 +56,8 @@ class CodingSpec(_Strict):
     parity_epochs: int = Field(20, ge=1, description="training epochs of each parity network (policy 'parity')")
     parity_init: Literal["base", "scratch"] = Field("base", description="a parity network starts from the base "
                                                                         "model or from fresh weights")
+    parity_encoder: Literal["sum", "concat"] = Field("sum", description="how a parity group's k inputs become one: "
+                                                     "their sum, or each shrunk to a tile of one image (concat)")
 
 
 class ProfileSpec(_Strict):
@@ -242,15 +244,28 @@ class Scenario(_Strict):
                              "'-'; at most 100 characters; no '/', '\\' or '..'): results are written under --out")
         return value
 
+    def _check_parity_encoder(self) -> None:
+        """The concat encoder tiles k images into one: the zoo's image side must split into the grid's rows and
+        columns for every parity k (a given network's inputs are checked when its parity networks are trained)."""
+        from coin.parity import grid
+
+        if self.coding.parity_encoder != "concat" or not isinstance(self.models, ZooConfig):
+            return
+        side = self.models.network.image_size
+        for p in self.sim.policies:
+            if p.kind == "parity" and p.k is not None:
+                rows, cols = grid(int(p.k))
+                if side % rows or side % cols:
+                    raise ValueError(f"coding.parity_encoder = 'concat' cannot tile {p.k} images of {side}×{side} "
+                                     f"pixels in a {rows}×{cols} grid (the side must divide evenly)")
+
     @model_validator(mode="after")
     def _check(self) -> Scenario:
         if self.models is not None:
             n = len(self.models.experts)
             if self.coding.beta is not None and len(self.coding.beta) != n:
                 raise ValueError(f"coding.beta has {len(self.coding.beta)} weights for {n} experts")
-            if any(p.kind == "parity" and p.dispatch != "expert" for p in self.sim.policies):
-                raise ValueError("with [models] a parity policy groups each expert's own queries (dispatch = "
-                                 "'expert'): a parity network is trained for one expert")
+            self._check_parity_encoder()
             groups = self.sim.deployment.groups
             moving = set(self.sweep.axes()) | set(self.sweep.follow or {}) if self.sweep is not None else set()
             if groups is not None and "r" in moving:

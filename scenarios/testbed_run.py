@@ -66,11 +66,10 @@ def latency_metrics(latency_ms: np.ndarray) -> dict[str, float]:
     return {name: float(lat.mean() if q is None else np.percentile(lat, q)) for name, q in METRICS.items()}
 
 
-def policy_of(plan: Any, backup_net: int | None = None, parity_nets: dict[int, tuple[int, ...]] | None = None
-              ) -> Any:
+def policy_of(plan: Any, backup_net: int | None = None, parity_nets: Any = None, encoder: str = "sum") -> Any:
     """The testbed's view of one simulator Plan (same hosts, hedge delays, expected service per server);
-    `backup_net` is the generalist's network index (see `backup_network`), `parity_nets` per group size k each
-    expert's parity network index (see `parity_network_index`)."""
+    `backup_net` is the generalist's network index (see `backup_network`), `parity_nets(k, dispatch)` each
+    expert's parity network index (see `parity_network_index`) and `encoder` the parity encoder."""
     from testbed import Policy
 
     k = plan.options.get("k")
@@ -80,7 +79,8 @@ def policy_of(plan: Any, backup_net: int | None = None, parity_nets: dict[int, t
                   delay_quantile=plan.delay_quantile, delay_window=plan.delay_window, backup_net=backup_net,
                   n_base=plan.base, balancer=plan.balancer, groups=plan.groups,
                   options=tuple(sorted(plan.options.items())),
-                  parity_nets=(parity_nets or {}).get(k, ()) if plan.kind == "parity" else ())
+                  parity_nets=parity_nets(k, plan.dispatch) if plan.kind == "parity" and parity_nets else (),
+                  encoder=encoder)
 
 
 def host_names(hosts: tuple[int, ...]) -> list[str]:
@@ -156,15 +156,16 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
     return correct
 
 
-def judge_parity_rows(records: pd.DataFrame, plan: Any, facts: NetworkFacts, column: str) -> pd.DataFrame:
+def judge_parity_rows(records: pd.DataFrame, plan: Any, facts: NetworkFacts, column: str, encoder: str = "sum"
+                      ) -> pd.DataFrame:
     """`records` (one run's, or a simulated point's) with `column` of the parity-decoded answers of `plan`'s policy
     judged the simulator's way: the group's parity network on its inputs, less the companions' outputs from the
     answer tables (scenarios.parity_join)."""
     if plan.kind != "parity" or "parity_others" not in records or not facts.parity_models:
         return records
     mine = records[records["policy"] == plan.name]
-    index, correct, _ = judge_decoded(mine, int(plan.options["k"]), facts.answers, facts.parity_models,
-                                      facts.test_inputs)
+    index, correct, _ = judge_decoded(mine, int(plan.options["k"]), plan.dispatch, encoder, facts.answers,
+                                      facts.parity_models, facts.test_inputs)
     if len(index):
         records = records.copy()
         records.loc[index, column] = correct
@@ -640,9 +641,9 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     facts = prepare_networks(scenario, quiet)
     facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet)
     points = build_point_configs(scenario, facts, calibration=calibration)
-    parity_ks = sorted({k for k, _ in facts.parity_models})
     policy_for = functools.partial(policy_of, backup_net=backup_network(facts),
-                                   parity_nets={k: parity_network_index(facts, k) for k in parity_ks})
+                                   parity_nets=functools.partial(parity_network_index, facts),
+                                   encoder=scenario.coding.parity_encoder)
     n_servers = points[0][1].n_servers
     measured, task_frames, fidelity, simulated_frames = [], [], [], []
     overheads: dict[str, Any] = {}
@@ -744,7 +745,7 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
             rec["warmup"] = rec["query_id"] < n_warm
             rec["correct"] = correct_from_outputs(rec, result.outputs, facts.answers, policy.hosts)
             rec["correct_sim_join"] = join_correctness(rec, facts.answers, config.n_experts, host_names(policy.hosts))
-            rec = judge_parity_rows(rec, plan, facts, "correct_sim_join")
+            rec = judge_parity_rows(rec, plan, facts, "correct_sim_join", scenario.coding.parity_encoder)
             rec.insert(0, "repeat", repeat)
             tasks = result.tasks
             tasks.insert(0, "repeat", repeat)
@@ -795,17 +796,20 @@ def _simulate_variants(scenario: Scenario, facts: NetworkFacts, calibration: Any
     if calibration is not None:  # out of sample: the served config itself, nothing from these runs
         variants.insert(0, ("predicted", None, None))
     frames, rows = [], []
+    # the in-sample variants re-fit what was served: that traffic ran for real, so it is simulated even where a
+    # fitted service puts it past a capacity (a transient, as served), instead of ending the run
+    fitted = scenario.model_copy(update={"allow_unstable": True})
     for service, source, extra in variants:
         if source is None:
             config_s = config
         else:
-            config_s = pin_hedge_delays(build_point_configs(scenario, source, only=index)[0][1], plans)
+            config_s = pin_hedge_delays(build_point_configs(fitted, source, only=index)[0][1], plans)
             config_s = config_s.model_copy(update={"traffic": config.traffic})
         if extra is not None:
             config_s = config_s.model_copy(update=extra(config_s))
         sim_records, _ = run_point(config_s, scenario.seed, facts.answers)
         for plan in plans:
-            sim_records = judge_parity_rows(sim_records, plan, facts, "correct")
+            sim_records = judge_parity_rows(sim_records, plan, facts, "correct", scenario.coding.parity_encoder)
         sim_records.insert(0, "service", service)
         sim_records.insert(0, "point", index)
         frames.append(sim_records)

@@ -86,7 +86,8 @@ def _offered(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> Offered:
     tr = cfg.traffic
     routed = tr.routed_rate() * tr.mean_shares(cfg.n_experts)
     return Offered(str(spec.name), lay.hosts, [float(x) for x in routed], float(tr.ensemble_rate_per_ms),
-                   cfg.n_base, cfg.code_groups if cfg.deployment.groups is not None else (), spec.options)
+                   cfg.n_base, cfg.code_groups if cfg.deployment.groups is not None else (), spec.options,
+                   spec.dispatch or "", tr.kind != "trace")
 
 
 def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:
@@ -118,6 +119,15 @@ def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:
                   "service.corun_slowdown)") if effective < cores else ""
         return (f"policy {spec.name!r}: its servers compute {work:.3g} core-ms per ms, but they share "
                 f"service.cores = {cores:.3g} cores{slowed}")
+    return None
+
+
+def check_settings(cfg: SimConfig) -> str | None:
+    """A policy setting that cannot work with the config's traffic (Rules.settings_problem), as a message."""
+    for spec in cfg.policies:
+        problem = RULES[spec.kind].settings_problem(_offered(cfg, spec, layout(cfg, spec)))
+        if problem:
+            return problem
     return None
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from sim.config import SimConfig
 from sim.errors import SimConfigError
-from sim.layout import check_stability
+from sim.layout import check_settings, check_stability
 
 
 def parse_config(data: Mapping[str, Any] | SimConfig) -> SimConfig:
@@ -26,6 +26,9 @@ def parse_config(data: Mapping[str, Any] | SimConfig) -> SimConfig:
         if "sim" in data and isinstance(data["sim"], Mapping) and "n_experts" not in data:
             data = data["sim"]
         cfg = SimConfig(**dict(data))
+    problem = check_settings(cfg)
+    if problem:
+        raise SimConfigError(f"sim config: {problem}")
     if cfg.default_horizon:
         problem = check_stability(cfg)
         if problem:

@@ -209,7 +209,7 @@ class Frontend(ServingView):
             rows = [int(self.w.row[m]) for m in self.rules.members_of(q)]
             net = self.p.parity_nets[q.model]
             head = wire.GROUP_FMT.pack(self.base + tid, net, factor, self.mode, wire.ENCODERS.index(self.p.encoder),
-                                       len(rows))
+                                       int(self.options["k"]), len(rows))
             self.sockets[s].send_multipart([wire.GROUP, head, np.asarray(rows, "<i8").tobytes()])
         else:
             net = self.nets[s]

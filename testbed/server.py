@@ -47,7 +47,8 @@ class _Task:
     factor: float
     mode: int
     recv: float
-    rows: tuple[int, ...] = ()  # a parity task: the input rows it encodes (then `row` is unused)
+    rows: tuple[int, ...] = ()  # a parity task: the input rows it encodes (then `row` is unused) ...
+    places: int = 0  # ... in this many places, the rest zero (a partial group)
     encoder: int = 0  # ... and how (an index into wire.ENCODERS)
 
 
@@ -85,7 +86,8 @@ class Server:
             return self.inputs[task.row : task.row + 1]
         from coin.parity import ENCODERS
 
-        xs = self.inputs[list(task.rows)].unsqueeze(1)  # (k, 1, ...)
+        xs = self.inputs.new_zeros((task.places, 1, *self.inputs.shape[1:]))  # (k, 1, ...)
+        xs[: len(task.rows), 0] = self.inputs[list(task.rows)]
         return ENCODERS[wire.ENCODERS[task.encoder]](xs)
 
     def _forward(self, task: _Task) -> np.ndarray:
@@ -128,9 +130,11 @@ class Server:
             raise ValueError(f"task {tid}: straggle factor {task.factor!r} is not in [1, {wire.MAX_FACTOR:g}]")
         if task.mode not in (wire.MODE_STALL, wire.MODE_COMPUTE):
             raise ValueError(f"task {tid}: unknown straggle mode {task.mode}")
-        if task.rows and not (0 <= task.encoder < len(wire.ENCODERS) and 1 <= len(task.rows) <= wire.MAX_GROUP):
-            raise ValueError(f"task {tid}: a parity task needs 1..{wire.MAX_GROUP} rows and an encoder of "
-                             f"{wire.ENCODERS} (got {len(task.rows)} rows, encoder {task.encoder})")
+        if task.rows and not (0 <= task.encoder < len(wire.ENCODERS)
+                              and 1 <= len(task.rows) <= task.places <= wire.MAX_GROUP):
+            raise ValueError(f"task {tid}: a parity task needs 1..{wire.MAX_GROUP} places, rows for at most all of "
+                             f"them and an encoder of {wire.ENCODERS} (got {len(task.rows)} rows in {task.places} "
+                             f"places, encoder {task.encoder})")
         if tid in self.live:
             raise ValueError(f"task {tid} is already queued or in service")
 
@@ -140,11 +144,11 @@ class Server:
                 task_id, net, row, factor, mode = wire.TASK_FMT.unpack(body[0])
                 task = _Task(ident, task_id, net, row, factor, mode, now)
             else:
-                task_id, net, factor, mode, encoder, n = wire.GROUP_FMT.unpack(body[0])
+                task_id, net, factor, mode, encoder, places, n = wire.GROUP_FMT.unpack(body[0])
                 if len(body[1]) != 8 * n:
                     raise ValueError(f"task {task_id}: {n} rows announced, {len(body[1]) // 8} sent")
                 rows = struct.unpack(f"<{n}q", body[1])
-                task = _Task(ident, task_id, net, -1, factor, mode, now, rows, encoder)
+                task = _Task(ident, task_id, net, -1, factor, mode, now, rows, places, encoder)
             self._check(task)
             self.queue.append(task)
             self.live.add(task_id)

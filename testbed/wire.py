@@ -3,9 +3,10 @@
 Frontend → server (the server's ROUTER socket prefixes the sender's identity):
   ``[TASK, <task_id q, net H, row q, factor d, mode B>]``  run network `net` on input `row`; straggle by
                                                     `factor` (1 = no straggle)
-  ``[GROUP, <task_id q, net H, factor d, mode B, encoder B, n H>, <rows q×n>]``  a parity task: encode the n
-                                                    input rows (`ENCODERS[encoder]`: their sum, or their tiles
-                                                    side by side) into one input and run `net` on it
+  ``[GROUP, <task_id q, net H, factor d, mode B, encoder B, places H, n H>, <rows q×n>]``  a parity task:
+                                                    the n input rows fill the first n of `places` (the rest
+                                                    zero), encoded into one input (`ENCODERS[encoder]`: their
+                                                    sum, or their tiles side by side) that `net` runs on
   ``[CANCEL, <task_id q>]``                          drop the task if queued, cut its straggle if in service
   ``[PING]`` → ``[PONG, json]``                      readiness and facts (pid, device, network, threads)
   ``[STOP, token]``                                  cut the task in hand's straggle, then exit — honoured only
@@ -40,7 +41,7 @@ MODES = {"stall": MODE_STALL, "compute": MODE_COMPUTE}
 DROPPED_QUEUED, DROPPED_IN_SERVICE = 1, 2
 
 TASK_FMT = struct.Struct("<qHqdB")
-GROUP_FMT = struct.Struct("<qHdBBH")
+GROUP_FMT = struct.Struct("<qHdBBHH")
 ENCODERS = ("sum", "concat")  # a GROUP frame's encoder byte indexes this (coin.parity.ENCODERS names them)
 MAX_GROUP = 64  # the most input rows one parity task may encode
 ID_FMT = struct.Struct("<q")

@@ -309,3 +309,22 @@ def test_negative_extra_load_is_explained_where_it_appears(tmp_path):
     html = reports.render(folder).read_text(encoding="utf-8")
     assert "† Negative extra load" in html[html.index("<details><summary>All sweep"):]
     assert "Below zero a policy did less work than uncoded" in html  # the extra-load figure's caption
+
+
+def test_parity_networks_table_shows_each_networks_cost_and_worth(tmp_path):
+    folder, summary = write_result(tmp_path / "run", points=(0.0,), n=300)
+    summary["parity"] = [
+        {"k": 2, "expert": "digits-0-4", "encoder": "sum", "init": "base", "epochs": 20, "train_samples": 2517,
+         "train_s": 5.93, "degraded_accuracy_pct": 93.41, "agreement_pct": 94.77, "expert_accuracy_pct": 97.8},
+        {"k": 3, "expert": "any", "encoder": "concat", "init": "scratch", "epochs": 5, "train_samples": 5012,
+         "train_s": 12.06, "degraded_accuracy_pct": 41.26, "agreement_pct": 42.5, "expert_accuracy_pct": 97.1}]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    html = reports.render(folder).read_text(encoding="utf-8")
+    section = html[html.index("<h2>Parity networks</h2>"):]
+    section = section[: section.index("</table>")]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
+    assert cells == ["2", "digits-0-4", "sum", "base", "20", "2517", "5.9", "93.4%", "94.8%", "97.8%",
+                     "3", "any", "concat", "scratch", "5", "5012", "12.1", "41.3%", "42.5%", "97.1%"]
+    del summary["parity"]
+    (folder / "summary.json").write_text(json.dumps(summary))
+    assert "Parity networks" not in reports.render(folder).read_text(encoding="utf-8")

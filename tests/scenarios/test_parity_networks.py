@@ -16,7 +16,7 @@ from torch import nn
 from scenarios.parity_join import judge_parity_answers
 from scenarios.points import AnswerTables
 from scenarios.runner import run_scenario
-from scenarios.schema import ScenarioError, scenario_from_dict
+from scenarios.schema import scenario_from_dict
 from sim import parse_config
 from tests.conftest import tiny_zoo_table
 
@@ -92,30 +92,64 @@ def test_every_parity_decoded_answer_is_judged_on_its_groups_real_parity_output(
     assert summary["policies"]["parity-expert"]["accuracy_pct"] == pytest.approx(100 * measured["correct"].mean())
 
 
-def test_parity_with_networks_groups_per_expert_and_is_served_on_the_testbed(tiny_cache, tmp_path):
-    """Groups of one expert's queries only (a parity network is trained per expert); served for real, every
-    parity-decoded answer is judged twice — on the outputs the servers sent (the parity server's output on the
-    encoded group, less the companion's own output) and the simulator's way (the parity network run here on the
-    group's inputs, less the answer table's output) — and the two judgements agree query for query."""
-    raw = _raw(tiny_cache)
-    raw["sim"]["policies"] = ["uncoded", {"kind": "parity", "k": 2}]
-    with pytest.raises(ScenarioError, match="dispatch = 'expert'"):
-        scenario_from_dict(raw)
+@pytest.mark.parametrize("encoder", ["sum", "concat"])
+def test_parity_groups_of_one_expert_and_of_any_are_served_on_the_testbed(tiny_cache, tmp_path, encoder):
+    """Two parity policies served for real: pairs of one expert's queries (a parity network per expert) and groups
+    of three in arrival order, closed after 2 ms (one network for mixed groups, partial groups in three places).
+    Every parity-decoded answer is judged twice — on the outputs the servers sent (the parity server's output on
+    the encoded group, less the companions' own outputs) and the simulator's way (the parity network run here on
+    the group's inputs, less the answer table's outputs) — and the two judgements agree query for query."""
     from scenarios.testbed_run import run_testbed
 
     raw = _raw(tiny_cache)
-    raw["sim"].update({"n_queries": 400, "stragglers": {"p": 0.1, "slowdown": 20.0}})
+    raw["coding"]["parity_encoder"] = encoder
+    raw["sim"].update({"n_queries": 400, "stragglers": {"p": 0.1, "slowdown": 20.0},
+                       "policies": ["uncoded", {"kind": "parity", "dispatch": "expert", "k": 2},
+                                    {"kind": "parity", "dispatch": "any", "k": 3, "group_timeout_ms": 2.0}]})
     raw["profile"]["latency_model"] = "served"
     raw["testbed"] = {"repeats": 1, "lead_ms": 50.0}
     folder = run_testbed(scenario_from_dict(raw), raw, tmp_path / "out", quiet=True)
-    measured = pd.read_parquet(folder / "testbed.parquet")
-    parity = measured[measured["policy"] == "parity-expert"]
-    decoded = parity[parity["parity_others"] != ""]
-    assert len(decoded) >= 5 and (decoded["answered_by"] == "decoded").all()
-    assert (parity.loc[parity["parity_others"] == "", "answered_by"] == "direct").all()
-    assert (decoded["correct"] == decoded["correct_sim_join"]).all()
-    tasks = pd.read_parquet(folder / "testbed_tasks.parquet")
-    sent = tasks[(tasks["policy"] == "parity-expert") & (tasks["role"] == 5)]
-    assert len(sent) >= len(parity) // 2 - 1 and set(sent["server"]) == {2} and set(sent["net"]) == {3, 4}
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["accuracy"]["0"]["parity-expert"]["answers_agree_pct"] == 100.0
+    measured = pd.read_parquet(folder / "testbed.parquet")
+    tasks = pd.read_parquet(folder / "testbed_tasks.parquet")
+    for name, nets in (("parity-expert", {3, 4}), ("parity", {5})):  # nets 0-2: experts, coded; "parity": any
+        parity = measured[measured["policy"] == name]
+        decoded = parity[parity["parity_others"] != ""]
+        assert len(decoded) >= 5 and (decoded["answered_by"] == "decoded").all(), name
+        assert (parity.loc[parity["parity_others"] == "", "answered_by"] == "direct").all()
+        assert (decoded["correct"] == decoded["correct_sim_join"]).all(), name
+        sent = tasks[(tasks["policy"] == name) & (tasks["role"] == 5)]
+        assert set(sent["server"]) == {2} and set(sent["net"]) == nets, name
+        assert summary["accuracy"]["0"][name]["answers_agree_pct"] == 100.0
+    served = measured[measured["policy"] == "parity"]
+    model_of = dict(zip(served["query_id"], served["model"], strict=True))
+    mixed = served[served["parity_others"] != ""]
+    companions = mixed["parity_others"].str.split(",")
+    assert set(companions.map(len)) <= {1, 2} and companions.map(len).max() == 2  # groups of three, or fewer
+    assert any(model_of[int(c)] != m for m, cs in zip(mixed["model"], companions, strict=True) for c in cs)
+
+
+def test_a_mixed_groups_decode_subtracts_each_companions_own_experts_output():
+    """Groups of any experts' queries: the companion's output comes from its own expert's table, the parity
+    network sees the members' inputs in k places (a partial group leaves the last place zero)."""
+    from scenarios.parity_join import MIXED, judge_decoded
+
+    torch.manual_seed(3)
+    experts = [nn.Linear(4, 3, bias=False).double() for _ in range(2)]
+    parity = nn.Linear(4, 3).double()
+    inputs = [torch.randn(5, 4, dtype=torch.float64) for _ in range(2)]
+    with torch.no_grad():
+        outs = np.stack([np.concatenate([e(x).numpy() for x in inputs]) for e in experts])  # (2, 10, 3)
+    offsets = np.array([0, 5, 10])
+    # query 0 (expert 0, sample 2) decoded with query 1 (expert 1, sample 3) in a group of k = 3
+    records = pd.DataFrame({"query_id": [0, 1], "model": [0, 1], "sample_id": [2, 3],
+                            "parity_others": ["1", ""]})
+    with torch.no_grad():
+        want = parity(inputs[0][2] + inputs[1][3]).numpy() - experts[1](inputs[1][3]).numpy()
+        wrong = parity(inputs[0][2] + inputs[1][3]).numpy() - experts[0](inputs[1][3]).numpy()
+    assert want.argmax() != wrong.argmax()  # the seed makes the companion's expert matter
+    for label, right in ((want.argmax(), True), (wrong.argmax(), False)):
+        labels = np.full(10, label)
+        answers = AnswerTables(labels, offsets[:2], outs, np.zeros((1, 10, 3)), np.array([[0.5, 0.5]]))
+        index, correct, _ = judge_decoded(records, 3, "any", "sum", answers, {(3, MIXED): parity}, inputs)
+        assert list(index) == [0] and correct.tolist() == [right]

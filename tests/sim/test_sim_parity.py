@@ -124,6 +124,12 @@ def test_the_parity_servers_capacity_is_checked():
     ({"policies": ["parity"], "traffic": {"kind": "trace", "trace_times_ms": [0, 1], "trace_models": [0, -1]}},
      "ensemble queries"),
     ({"policies": ["parity"], "r": 0}, "needs r >= 1"),
+    # 0.5/ms x 0.02 ms = 0.01 further queries expected: 3 more (k = 4) come with probability 1.7e-7 (Poisson,
+    # e^-0.01 x 0.01^3 / 3! to leading order)
+    ({"policies": [{"kind": "parity", "k": 4, "group_timeout_ms": 0.02}]}, "with probability 1.7e-07"),
+    # per expert: the busier expert gets 0.25/ms: one more query within 0.002 ms with probability 1 - e^-0.0005
+    ({"policies": [{"kind": "parity", "dispatch": "expert", "k": 2, "group_timeout_ms": 0.002}]},
+     "with probability 0.0005"),
 ])
 def test_bad_parity_input_is_one_line(change, needle):
     cfg = {"n_experts": 2, "r": 1, "n_queries": 10, "traffic": {"rate_per_ms": 0.5}, **change}
@@ -132,13 +138,9 @@ def test_bad_parity_input_is_one_line(change, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-def test_parity_with_networks_across_experts_and_without_parity_networks_on_the_testbed_is_refused(tmp_path):
-    from scenarios.schema import ScenarioError, scenario_from_dict
+def test_a_testbed_parity_policy_without_its_parity_networks_or_encoder_is_refused():
     from testbed.frontend import Policy, serve
-    from tests.conftest import tiny_zoo_table
 
-    with pytest.raises(ScenarioError, match="groups each expert's own queries"):
-        scenario_from_dict({"name": "p", "models": tiny_zoo_table(tmp_path), "sim": {"r": 1, "policies": ["parity"]}})
     policy = Policy(name="parity", kind="parity", dispatch="any", hosts=(0, 1, -4), n_experts=2)
     with pytest.raises(ValueError, match="needs a parity network per expert"):
         serve([], policy, None)  # type: ignore[arg-type]  # refused before it looks at sockets or work

@@ -50,8 +50,10 @@ def _task(task_id: int, net: int = 0, row: int = 0, factor: float = 1.0, mode: i
     return wire.TASK_FMT.pack(task_id, net, row, factor, mode)
 
 
-def _group(task_id: int, rows: list[int], net: int = 0, encoder: int = 0, n: int | None = None) -> list[bytes]:
-    head = wire.GROUP_FMT.pack(task_id, net, 1.0, wire.MODE_STALL, encoder, len(rows) if n is None else n)
+def _group(task_id: int, rows: list[int], net: int = 0, encoder: int = 0, n: int | None = None,
+           places: int | None = None) -> list[bytes]:
+    head = wire.GROUP_FMT.pack(task_id, net, 1.0, wire.MODE_STALL, encoder, len(rows) if places is None else places,
+                               len(rows) if n is None else n)
     return [wire.GROUP, head, np.asarray(rows, "<i8").tobytes()]
 
 
@@ -85,6 +87,7 @@ BAD = {
     "group with a negative row": _group(13, [-1, 2]),
     "group with no rows": _group(14, []),
     "group with too many rows": _group(15, [0] * (wire.MAX_GROUP + 1)),
+    "group with more rows than places": _group(18, [1, 2, 3], places=2),
     "group with an unknown encoder": _group(16, [1, 2], encoder=len(wire.ENCODERS)),
     "group network out of range": _group(17, [1, 2], net=1),
     "cancel without an id": [wire.CANCEL],
@@ -188,23 +191,25 @@ def test_a_probe_reaches_running_servers_and_names_what_is_not_one(served):
         context.term()
 
 
-@pytest.mark.parametrize("encoder, rows", [("sum", [1, 4, 7]), ("sum", [5]), ("concat", [0, 3, 6, 9]),
-                                           ("concat", [2, 8])])
-def test_a_parity_task_runs_the_network_on_its_rows_encoded(served, encoder: str, rows: list[int]) -> None:
-    """The encoded input is rebuilt here without coin.parity: the rows' sum; or, for 4 rows, each averaged over 2×2
-    pixel blocks into one quadrant of a 28×28 input (row-major), for 2 rows over 2×1 blocks into the top and bottom
-    halves."""
+@pytest.mark.parametrize("encoder, rows, places", [("sum", [1, 4, 7], 3), ("sum", [5], 2), ("concat", [0, 3, 6, 9], 4),
+                                                   ("concat", [2, 8], 2), ("concat", [2, 8], 4)])
+def test_a_parity_task_runs_the_network_on_its_rows_encoded(served, encoder: str, rows: list[int], places: int
+                                                            ) -> None:
+    """The encoded input is rebuilt here without coin.parity: the rows' sum; or, in 4 places, each row averaged
+    over 2×2 pixel blocks into one quadrant of a 28×28 input (row-major, the empty ones zero), in 2 places over 2×1
+    blocks into the top and bottom halves."""
     cluster, _, net, x = served
     sock = cluster.sockets[0]
-    sock.send_multipart(_group(8000 + len(rows), rows, encoder=wire.ENCODERS.index(encoder)))
+    task_id = 8000 + 10 * len(rows) + places
+    sock.send_multipart(_group(task_id, rows, encoder=wire.ENCODERS.index(encoder), places=places))
     kind, stamps, out = _reply(sock)
-    assert kind == wire.DONE and wire.DONE_FMT.unpack(stamps)[0] == 8000 + len(rows)
+    assert kind == wire.DONE and wire.DONE_FMT.unpack(stamps)[0] == task_id
     if encoder == "sum":
         encoded = x[rows].sum(0, keepdims=True)
     else:
         encoded = np.zeros((1, 1, 28, 28), np.float32)
         for j, row in enumerate(rows):
-            if len(rows) == 4:
+            if places == 4:
                 r, c = divmod(j, 2)
                 encoded[0, 0, 14 * r:14 * (r + 1), 14 * c:14 * (c + 1)] = x[row, 0].reshape(14, 2, 14, 2).mean((1, 3))
             else:
