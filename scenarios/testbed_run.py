@@ -815,6 +815,8 @@ def _simulate_variants(scenario: Scenario, facts: NetworkFacts, calibration: Any
         frames.append(sim_records)
         rows += fidelity_rows(index, coords, service, sim_records, served.records, seed=scenario.seed)
     return frames, rows
+
+
 def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataFrame, simulated: pd.DataFrame,
                      tasks: pd.DataFrame, fidelity: pd.DataFrame, overheads: dict[str, Any],
                      seconds: float, ranking: pd.DataFrame | None = None) -> dict[str, Any]:

@@ -51,18 +51,27 @@ def _mask_strings(mask: np.ndarray) -> np.ndarray:
     return names[inv]
 
 
+def _model_names(model: np.ndarray, names: list[str]) -> pd.Categorical:
+    """Each query's model name ('ensemble' for -1), categories sorted as pandas infers them from the values."""
+    present = np.unique(model)
+    labels = ["ensemble" if m < 0 else names[m] for m in present]
+    cats = sorted(set(labels))
+    lut = np.asarray([cats.index(label) for label in labels], np.int32)
+    return pd.Categorical.from_codes(lut[np.searchsorted(present, model)], cats)
+
+
 def _records(cfg: SimConfig, plan: Plan, draws: Draws, out: RunOutput) -> pd.DataFrame:
     n = draws.n
     n_warm = int(cfg.warmup_fraction * n)
     model = draws.model
     names = list(cfg.model_names) if cfg.model_names else [str(i) for i in range(cfg.n_experts)]
     frame = pd.DataFrame(
-        {
-            "policy": pd.Categorical([plan.name] * n),
+        {  # categorical columns built from codes: no per-query strings, even transiently
+            "policy": pd.Categorical.from_codes(np.zeros(n, np.int8), [plan.name]),
             "query_id": np.arange(n, dtype=np.int64),
-            "kind": pd.Categorical(np.where(model < 0, "ensemble", "routed"), categories=["routed", "ensemble"]),
+            "kind": pd.Categorical.from_codes((model < 0).astype(np.int8), ["routed", "ensemble"]),
             "model": model,
-            "model_name": pd.Categorical(np.where(model < 0, "ensemble", np.array(names + [""])[model])),
+            "model_name": _model_names(model, names),
             "sample_id": draws.sample_id,
             "arrival_ms": draws.arrival_ms,
             "finish_ms": out.finish_ms,

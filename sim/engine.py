@@ -917,7 +917,7 @@ class FastEngine(ServingView):
         step = env.step
         while heap and not self.stop:
             step()
-        return RunOutput(
+        out = RunOutput(
             finish_ms=np.asarray(self.finish_ms),
             how=np.asarray(self.how, np.int8),
             mask=np.asarray(self.mask, mask_dtype(len(self.servers))),
@@ -930,3 +930,14 @@ class FastEngine(ServingView):
             delay_end_ms=self.rules.delays_now(),
             notes=self.rules.notes(),
         )
+        self._release()
+        return out
+
+    def _release(self) -> None:
+        """Drop the per-query lists (Python objects, ~30 bytes per query each) once the output is built: the engine
+        sits in reference cycles (servers, events) that only the garbage collector frees, so without this a
+        point's later policies would run beside every earlier policy's lists."""
+        self.arr = self.models = self.finish_ms = self.how = self.mask = self.ntask = self.ms = []
+        self.out = self.back = None
+        for srv in self.servers:
+            srv.draw = srv.pass_draw = None
