@@ -647,6 +647,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     n_servers = points[0][1].n_servers
     measured, task_frames, fidelity, simulated_frames = [], [], [], []
     overheads: dict[str, Any] = {}
+    failed: Exception | None = None  # simulating a served point failed: serve the rest, keep what was measured
     with scratch_folder("coinsim-testbed-") as work:  # networks and inputs the servers load
         folders, inputs = save_networks(facts, work, parity=True)
         cores = os.cpu_count() or 1
@@ -664,12 +665,22 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                 measured.append(served.records)
                 task_frames.append(served.tasks)
                 overheads[str(index)] = _point_overheads(served, device)
-                frames, rows = _simulate_variants(scenario, facts, calibration, index, coords, config, plans,
-                                                  served, _shared_cores(device, served))
+                if failed is not None:
+                    continue
+                try:
+                    frames, rows = _simulate_variants(scenario, facts, calibration, index, coords, config, plans,
+                                                      served, _shared_cores(device, served))
+                except Exception as error:  # noqa: BLE001 - the served records took the time: they are kept
+                    failed = error
+                    say(f"testbed: simulating point {index + 1} failed ({error}); serving the other points, the "
+                        "measured records will be kept", not quiet)
+                    continue
                 simulated_frames += frames
                 fidelity += rows
     measured_all = pd.concat(measured, ignore_index=True)
     tasks_all = pd.concat(task_frames, ignore_index=True)
+    if failed is not None:
+        _keep_measured(scenario, raw, facts, calibration, measured_all, tasks_all, out_root, failed)
     simulated_all = pd.concat(simulated_frames, ignore_index=True)
     fidelity_table = pd.DataFrame(fidelity)
     ranking_table = ranking_frame(fidelity_table)
@@ -679,26 +690,52 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                                                      served_model.experts_pass_ms(facts), facts.served_passes)
 
     def write(tmp: Path) -> None:
-        import tomli_w
-
-        (tmp / SCENARIO).write_text(tomli_w.dumps(_clean_toml(_jsonable(dict(raw, seed=scenario.seed)))))
-        (tmp / SUMMARY).write_text(json.dumps(_jsonable(summary), indent=2))
-        measured_all.to_parquet(tmp / "testbed.parquet", index=False)
-        tasks_all.to_parquet(tmp / "testbed_tasks.parquet", index=False)
+        _write_served(tmp, scenario, raw, facts, calibration, measured_all, tasks_all, summary)
         simulated_all.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / "simulated.parquet",
                                                                                 index=False)
         fidelity_table.to_csv(tmp / "fidelity.csv", index=False, float_format="%.6g")
         ranking_table.to_csv(tmp / "ranking.csv", index=False, float_format="%.6g")
-        _profile_frame(facts).to_csv(tmp / PROFILE, index=False)
-        if facts.served_passes:
-            served_frame(facts).to_csv(tmp / SERVED_PROFILE, index=False)
-        if calibration is not None:
-            (tmp / CALIBRATION).write_text(calibration.model_dump_json(indent=2))
 
     final = atomic.publish_folder(
         out_root / scenario.name / ("testbed-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)
     render_or_warn(final, render)
     return final
+
+
+def _write_served(tmp: Path, scenario: Scenario, raw: dict[str, Any], facts: NetworkFacts, calibration: Any,
+                  measured: pd.DataFrame, tasks: pd.DataFrame, summary: dict[str, Any]) -> None:
+    """The files of a served run that `--resimulate` reads: scenario, summary, measured records and tasks, the
+    isolated and served profiles, the calibration."""
+    import tomli_w
+
+    (tmp / SCENARIO).write_text(tomli_w.dumps(_clean_toml(_jsonable(dict(raw, seed=scenario.seed)))))
+    (tmp / SUMMARY).write_text(json.dumps(_jsonable(summary), indent=2))
+    measured.to_parquet(tmp / "testbed.parquet", index=False)
+    tasks.to_parquet(tmp / "testbed_tasks.parquet", index=False)
+    _profile_frame(facts).to_csv(tmp / PROFILE, index=False)
+    if facts.served_passes:
+        served_frame(facts).to_csv(tmp / SERVED_PROFILE, index=False)
+    if calibration is not None:
+        (tmp / CALIBRATION).write_text(calibration.model_dump_json(indent=2))
+
+
+def _keep_measured(scenario: Scenario, raw: dict[str, Any], facts: NetworkFacts, calibration: Any,
+                   measured: pd.DataFrame, tasks: pd.DataFrame, out_root: Path, failed: Exception) -> None:
+    """Simulating the served runs failed: publish what was measured (records, tasks, scenario, profiles,
+    calibration) as a folder `--resimulate` can simulate again, then raise ScenarioError naming it."""
+    from scenarios.schema import ScenarioError
+
+    summary = {"scenario": scenario.name, "kind": "testbed", "seed": scenario.seed, "versions": _versions(),
+               "incomplete": f"simulating the served points failed: {failed}"}
+
+    def write(tmp: Path) -> None:
+        _write_served(tmp, scenario, raw, facts, calibration, measured, tasks, summary)
+
+    kept = atomic.publish_folder(
+        out_root / scenario.name / ("testbed-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)
+    first = str(failed).strip().splitlines()[0] if str(failed).strip() else type(failed).__name__
+    raise ScenarioError(f"testbed: the served runs are kept in {kept}, but simulating them failed ({first}); "
+                        f"`coinsim testbed --resimulate {kept}` simulates them again")
 
 
 @dataclasses.dataclass

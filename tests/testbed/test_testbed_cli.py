@@ -202,3 +202,39 @@ def test_bad_testbed_input_is_one_line_before_any_work(tiny_cache, tmp_path, mon
         assert len(errors) == 1 and needle in errors[0], (args, result.output)
         assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_simulation_keeps_every_served_point_for_resimulate(tiny_cache, tmp_path, monkeypatch):
+    """Serving is what takes the time: when simulating a served point fails, the other points are still served,
+    and the measured records, profiles and calibration are published as a folder `--resimulate` completes."""
+    import scenarios.testbed_run as testbed_run
+
+    scenario = {"name": "tinyfail", "seed": 0, "device": "cpu", "models": tiny_zoo_table(tiny_cache),
+                "coding": {"method": "coin", "samples": 50}, "profile": {"warmup": 5, "samples": 200},
+                "testbed": {"repeats": 1, "lead_ms": 50.0},
+                "sim": {"r": 1, "n_queries": 200, "policies": ["uncoded"], "traffic": {"kind": "poisson", "load": 0.2}},
+                "sweep": {"axis": "stragglers.p", "values": [0.0, 0.1]}}
+    path = tmp_path / "tinyfail.toml"
+    path.write_text(tomli_w.dumps(scenario))
+    real = testbed_run._simulate_variants
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(args[3])  # the point index
+        raise RuntimeError("a bug in the simulator")
+
+    monkeypatch.setattr(testbed_run, "_simulate_variants", broken)
+    result = CliRunner().invoke(cli, ["--quiet", "testbed", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and calls == [0], (result.output, calls)  # tried once, not per point
+    (line,) = [x for x in result.output.splitlines() if x.strip()]
+    (folder,) = (tmp_path / "out" / "tinyfail").glob("testbed-*")
+    assert "a bug in the simulator" in line and f"--resimulate {folder}" in line
+    measured = pd.read_parquet(folder / "testbed.parquet")
+    assert sorted(measured["point"].unique()) == [0, 1] and len(measured) == 2 * 200  # both points served
+    assert "incomplete" in json.loads((folder / "summary.json").read_text())
+    monkeypatch.setattr(testbed_run, "_simulate_variants", real)
+    again = CliRunner().invoke(cli, ["--quiet", "testbed", "--resimulate", str(folder)], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    (redo,) = folder.glob("resimulated-*")
+    fidelity = pd.read_csv(redo / "fidelity.csv")
+    assert set(fidelity["point"]) == {0, 1} and set(fidelity["policy"]) == {"uncoded"}
