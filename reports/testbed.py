@@ -230,6 +230,9 @@ def _headline_counts(fidelity: pd.DataFrame, head: str | None, metrics: list[str
 def render_testbed(result_dir: Path | str) -> Path:
     """Write figures/testbed_cdf_<point>.png and report.html into a testbed result folder; return the HTML path."""
     path = Path(result_dir)
+    if (why := incomplete(path)) is not None:
+        raise ReportError(f"{path}: a testbed run with measurements only ({why}); `coinsim testbed --resimulate "
+                          f"{path}` simulates it again")
     try:
         summary = json.loads((path / SUMMARY).read_text())
         measured = pd.read_parquet(path / "testbed.parquet")
@@ -297,6 +300,16 @@ def render_testbed(result_dir: Path | str) -> Path:
 
 
 def is_testbed_folder(path: Path | str) -> bool:
-    """A folder written by `coinsim testbed` (it has fidelity.csv and testbed.parquet)."""
+    """A folder written by `coinsim testbed` (it has testbed.parquet, and fidelity.csv unless it is incomplete)."""
     p = Path(path)
-    return (p / "fidelity.csv").is_file() and (p / "testbed.parquet").is_file()
+    return (p / "testbed.parquet").is_file() and ((p / "fidelity.csv").is_file() or incomplete(p) is not None)
+
+
+def incomplete(path: Path) -> str | None:
+    """Why a testbed folder holds measurements only (summary.json `incomplete`: its simulation failed), or None."""
+    try:
+        summary = json.loads((path / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    why = summary.get("incomplete") if isinstance(summary, dict) and summary.get("kind") == "testbed" else None
+    return str(why) if why else None

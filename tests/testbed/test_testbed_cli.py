@@ -232,6 +232,8 @@ def test_a_failed_simulation_keeps_every_served_point_for_resimulate(tiny_cache,
     measured = pd.read_parquet(folder / "testbed.parquet")
     assert sorted(measured["point"].unique()) == [0, 1] and len(measured) == 2 * 200  # both points served
     assert "incomplete" in json.loads((folder / "summary.json").read_text())
+    report = CliRunner().invoke(cli, ["report", str(folder)])  # measurements only: says so, renders nothing
+    assert report.exit_code == 2 and "--resimulate" in report.output and not (folder / "report.html").exists()
     monkeypatch.setattr(testbed_run, "_simulate_variants", real)
     again = CliRunner().invoke(cli, ["--quiet", "testbed", "--resimulate", str(folder)], catch_exceptions=False)
     assert again.exit_code == 0, again.output
