@@ -1,6 +1,8 @@
 """backup: the r extra servers each host one generalist network that answers any query on its own. A routed
 query goes to its expert and to the least-loaded backup (after `delay_ms` if hedged, at once if redundant); an
-ensemble query to the N experts and one backup copy, whose single output answers it. First answer wins."""
+ensemble query to the N experts and one backup copy, whose single output answers it. First answer wins. With
+code groups and per-group backups, a routed query's copy goes to the least-loaded of its own group's r backups
+(whose generalist covers that group's experts)."""
 
 from __future__ import annotations
 
@@ -33,10 +35,21 @@ class Backup(Rules):
         if left > 0 and not left < cap_backup:
             return (f"policy {offered.name!r}: the experts leave at least {left:.4g}/ms of queries to the backup, "
                     f"but its {len(backups)} server(s) serve at most {cap_backup:.4g}/ms")
+        if not offered.backups_per_group:
+            return None
+        for g, members in enumerate(offered.groups):  # each group's backups take what its own experts cannot
+            mine = [s for s in backups if offered.server_group(s) == g]
+            left = backup_demand([offered.routed_per_ms[i] for i in members], 0.0, [cap_expert[i] for i in members])
+            cap = sum(cap_per_ms[s] for s in mine)
+            if left > 0 and not left < cap:
+                return (f"policy {offered.name!r}: the experts of code group {g} leave at least {left:.4g}/ms of "
+                        f"queries to its backup, but its {len(mine)} server(s) serve at most {cap:.4g}/ms")
         return None
 
     def _backup(self, q: Query) -> None:
-        self.s.send(q, least_loaded(self.s, self.s.backups), ROLE_BACKUP)
+        s = self.s
+        pool = s.backups_in[s.group_of[q.model]] if s.backups_per_group and q.model >= 0 else s.backups
+        s.send(q, least_loaded(s, pool), ROLE_BACKUP)
 
     def routed(self, q: Query) -> None:
         s = self.s

@@ -64,6 +64,8 @@ class Serving(Protocol):
     group_of: Sequence[int]  # per expert: its code group
     members: Sequence[Sequence[int]]  # per code group: its experts
     coded_in: Sequence[Sequence[Any]]  # per code group: its coded targets
+    backups_in: Sequence[Sequence[Any]]  # per code group: its backup targets
+    backups_per_group: bool  # a query's backup copy goes to its own group's backups (else to any backup)
     group_masks: Sequence[int]  # per code group: bitmask of its servers (its experts' instances, its coded servers)
 
     def load(self, target: Any) -> int: ...  # tasks live at the target, as the dispatcher counts them
@@ -102,6 +104,7 @@ class GroupView:
     members: list[list[int]]
     group_masks: list[int]
     coded_servers: list[list[int]]  # per group: its coded servers (indices)
+    backup_servers: list[list[int]]  # per group: its backup servers (indices)
 
     @classmethod
     def of(cls, hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int) -> GroupView:
@@ -113,7 +116,8 @@ class GroupView:
                 group_of[i] = g
         masks = [sum(1 << s for s in range(len(hosts)) if sg[s] == g) for g in range(len(members))]
         coded = [[s for s, h in enumerate(hosts) if h == CODED and sg[s] == g] for g in range(len(members))]
-        return cls(group_of, members, masks, coded)
+        backup = [[s for s, h in enumerate(hosts) if h == BACKUP and sg[s] == g] for g in range(len(members))]
+        return cls(group_of, members, masks, coded, backup)
 
 
 class ServingView:
@@ -124,7 +128,8 @@ class ServingView:
     def bind_view(self, *, hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int,
                   dispatch: str, fanout: int, balancer: str, delay_ms: Sequence[float] | None,
                   delay_quantile: float | None, delay_window: int, station_of: Sequence[int],
-                  targets: Sequence[Any], options: dict[str, Any] | None = None) -> None:
+                  targets: Sequence[Any], options: dict[str, Any] | None = None,
+                  backups_per_group: bool = False) -> None:
         def holding(i: int, own_only: bool) -> list[Any]:
             out: list[Any] = []
             for s, h in enumerate(hosts):
@@ -145,6 +150,8 @@ class ServingView:
         gv = GroupView.of(hosts, n_base, groups, n_experts)
         self.group_of, self.members, self.group_masks = gv.group_of, gv.members, gv.group_masks
         self.coded_in = [[targets[station_of[s]] for s in servers] for servers in gv.coded_servers]
+        self.backups_in = [[targets[station_of[s]] for s in servers] for servers in gv.backup_servers]
+        self.backups_per_group = backups_per_group
 
 
 @dataclass(frozen=True)
@@ -160,6 +167,7 @@ class Offered:
     groups: Sequence[Sequence[int]] = ()  # code groups of experts (empty: one group of all)
     options: dict[str, Any] = field(default_factory=dict)  # the policy kind's own settings
     dispatch: str = ""  # the policy's dispatch rule ("": its kind's default)
+    backups_per_group: bool = False  # backup copies stay in the query's code group
     random_arrivals: bool = True  # False for a given trace: its mean rates say little about its bursts
 
     @property

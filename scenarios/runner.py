@@ -232,6 +232,12 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
     backup_outs = coded_outs[0] if generalist is coded_models[0] else \
         coin.outputs(generalist.to(device).eval(), all_x.to(device)).cpu().numpy()
     offsets = np.cumsum([0] + [len(e.test_x) for e in zoo.experts])
+    if scenario.sim.deployment.backups == "per_group" and len(groups) > 1:  # each group's backups: its coded model
+        backup_outs = backup_outs.copy()
+        per = len(coded_models) // len(groups)
+        for g, members in enumerate(groups):
+            for i in members:
+                backup_outs[offsets[i]:offsets[i + 1]] = coded_outs[g * per, offsets[i]:offsets[i + 1]]
     tasks = task_classes(zoo, expert_outs.shape[-1]) if scenario.coding.backup_classes == "task" else None
     answers = AnswerTables(labels, offsets, expert_outs, coded_outs, matrix, backup_outs, tasks)
     names = [e.name for e in zoo.experts]

@@ -266,6 +266,9 @@ class Scenario(_Strict):
             if self.coding.beta is not None and len(self.coding.beta) != n:
                 raise ValueError(f"coding.beta has {len(self.coding.beta)} weights for {n} experts")
             self._check_parity_encoder()
+            if self.sim.deployment.backups == "per_group" and self.coding.backup not in (None, self.coding.method):
+                raise ValueError("sim.deployment.backups = 'per_group' hosts each code group's own coded model on its "
+                                 f"backups; coding.backup = {self.coding.backup!r} cannot name another network then")
             groups = self.sim.deployment.groups
             moving = set(self.sweep.axes()) | set(self.sweep.follow or {}) if self.sweep is not None else set()
             if groups is not None and "r" in moving:
@@ -308,9 +311,11 @@ class Scenario(_Strict):
 
     @property
     def backup_is_coded(self) -> bool:
-        """True when the generalist is the coded model itself (one network, profiled once, as 'coded'); never with
-        code groups, where the generalist is coded over every expert and no coded model is."""
-        return self.backup_method == self.coding.method and not self.sim.deployment.groups
+        """True when the generalist is the coded model itself (one network, profiled once, as 'coded'). With code
+        groups, pooled backups host a generalist coded over every expert (no coded model is); per-group backups
+        host their own group's coded model."""
+        dep = self.sim.deployment
+        return self.backup_method == self.coding.method and (not dep.groups or dep.backups == "per_group")
 
     def served_names(self) -> list[str]:
         """Names of the networks the latency profile times: the experts, 'coded' and, when it is another

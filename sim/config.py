@@ -496,6 +496,9 @@ class Deployment(_Model):
     groups: tuple[tuple[int, ...], ...] | None = Field(
         None, description="code groups: a partition of the experts, each coded on its own by r coded servers "
                           "(every policy then gets r extra servers per group); default one group of all experts")
+    backups: Literal["pooled", "per_group"] = Field(
+        "pooled", description="backup policy with code groups: a query's backup copy goes to any backup server "
+                              "(pooled) or to one of its own group's r (per_group)")
 
     @field_validator("instances")
     @classmethod
@@ -685,6 +688,14 @@ class SimConfig(_Model):
             if flat != list(range(n)) or any(not g for g in groups):
                 raise ValueError(f"deployment.groups must split the experts 0..{n - 1} into non-empty groups, each "
                                  f"expert in exactly one (got {[list(g) for g in groups]})")
+        if self.deployment.backups == "per_group":
+            if groups is None:
+                raise ValueError("deployment.backups = 'per_group' needs deployment.groups (the groups whose own "
+                                 "backup servers answer their queries)")
+            if any(p.kind == "backup" for p in self.policies) and (self.traffic.ensemble_rate_per_ms > 0 or (
+                    self.traffic.trace_models is not None and -1 in self.traffic.trace_models)):
+                raise ValueError("deployment.backups = 'per_group': an ensemble query needs every expert, so no one "
+                                 "group's backup answers it; use pooled backups or routed traffic only")
         s = self.n_servers
         if self.service.cores is not None and self.service.max_batch > 1:
             raise ValueError("service.cores (shared cores) is not modelled with max_batch > 1")

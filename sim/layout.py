@@ -87,7 +87,8 @@ def _offered(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> Offered:
     routed = tr.routed_rate() * tr.mean_shares(cfg.n_experts)
     return Offered(str(spec.name), lay.hosts, [float(x) for x in routed], float(tr.ensemble_rate_per_ms),
                    cfg.n_base, cfg.code_groups if cfg.deployment.groups is not None else (), spec.options,
-                   spec.dispatch or "", tr.kind != "trace")
+                   dispatch=spec.dispatch or "", random_arrivals=tr.kind != "trace",
+                   backups_per_group=cfg.deployment.backups == "per_group")
 
 
 def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:

@@ -57,6 +57,7 @@ class Plan:
     balance_u: np.ndarray | None = None  # (n, d) power_of_d's uniforms per query
     options: dict[str, Any] = field(default_factory=dict)  # the policy kind's own settings (PolicySpec.options)
     groups: tuple[tuple[int, ...], ...] = ()  # code groups of experts (empty: one group of all)
+    backups_per_group: bool = False  # a query's backup copy goes to its own code group's backup servers
 
     @property
     def n_servers(self) -> int:
@@ -147,6 +148,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         balancer=cfg.deployment.balancer,
         balance_u=draws.balance_u,
         groups=cfg.code_groups if cfg.deployment.groups is not None else (),
+        backups_per_group=cfg.deployment.backups == "per_group",
     )
 
 

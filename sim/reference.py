@@ -68,7 +68,8 @@ class ReferenceEngine(ServingView):
         self.bind_view(hosts=plan.hosts, n_base=plan.base, groups=plan.groups, n_experts=self.N,
                        dispatch=plan.dispatch, fanout=plan.fanout, balancer=plan.balancer, delay_ms=plan.delay_ms,
                        delay_quantile=plan.delay_quantile, delay_window=plan.delay_window,
-                       station_of=plan.station_of, targets=range(len(plan.stations)), options=plan.options)
+                       station_of=plan.station_of, targets=range(len(plan.stations)), options=plan.options,
+                       backups_per_group=plan.backups_per_group)
         self.balance = plan.balance_u
         self.rules = rules_for(plan.kind)(self)
         n, S = draws.n, plan.n_servers

@@ -47,7 +47,7 @@ class View:
                  delay_ms: tuple[float, ...] | None = None, fanout: int = 1, mean_ms: float = 1.0,
                  balancer: str = "jsq", balance: dict[int, list[float]] | None = None,
                  groups: list[list[int]] | None = None, delay_quantile: float | None = None,
-                 delay_window: int = 1000) -> None:
+                 delay_window: int = 1000, backups_per_group: bool = False) -> None:
         self.names, self.host_of = names, dict(zip(names, hosts, strict=True))
         self.delay_quantile, self.delay_window = delay_quantile, delay_window
         self.n_experts = len({h for h in hosts if h >= 0})
@@ -62,6 +62,10 @@ class View:
         self.members = groups or [list(range(self.n_experts))]
         self.group_of = [next(g for g, m in enumerate(self.members) if i in m) for i in range(self.n_experts)]
         self.coded_in = [[n for n in self.coded if groups is None or int(n[1]) == g] for g in range(len(self.members))]
+        # backups named b<group><k> likewise; per group, a copy stays among its query's group's backups
+        self.backups_in = [[n for n in self.backups if groups is None or int(n[1]) == g]
+                           for g in range(len(self.members))]
+        self.backups_per_group = backups_per_group
         self.group_masks = [sum(1 << k for k, n in enumerate(names) if (n in self.coded_in[g]) or
                                 (self.host_of[n] >= 0 and self.group_of[self.host_of[n]] == g))
                             for g in range(len(self.members))]
@@ -190,6 +194,18 @@ def test_backup_sends_one_copy_to_the_least_loaded_backup_and_its_output_answers
     ens = Q(-1)
     v.back(r, ens, "b1", ROLE_BACKUP)  # one generalist output answers an ensemble query too
     assert v.answers == [(HOW_BACKUP, 0b1000)]
+
+
+def test_per_group_backups_keep_a_copy_in_its_querys_group_even_when_the_other_is_idle():
+    # groups [0, 1] and [2, 3]; group 0's backup b00 is busier than group 1's b10
+    names, hosts = ["e0", "e1", "e2", "e3", "b00", "b10"], [0, 1, 2, 3, -3, -3]
+    for per_group, want in ((True, "b00"), (False, "b10")):
+        v = View(names, hosts, "redundant", loads={"b00": 2}, groups=[[0, 1], [2, 3]], backups_per_group=per_group)
+        rules("backup", v).routed(Q(1))
+        assert v.sent == [("e1", ROLE_DIRECT), (want, ROLE_BACKUP)], per_group
+    v = View(names, hosts, "redundant", loads={"b00": 2}, groups=[[0, 1], [2, 3]], backups_per_group=True)
+    rules("backup", v).ensemble(Q(-1))  # (refused by the config; the rule falls back to every backup)
+    assert v.sent[-1] == ("b10", ROLE_BACKUP)
 
 
 def test_the_registry_states_each_kinds_facts():

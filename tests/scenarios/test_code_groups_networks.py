@@ -153,3 +153,32 @@ def test_r_following_the_fleet_size_codes_for_the_largest_point_and_decodes_by_r
             decoded = (coded[k, index] - matrix[k, other] * experts[other, index]) / matrix[k, row.model]
             assert (decoded.argmax() == labels[index]) == row.correct, row
     assert used_rows == {(0, 0), (1, 0), (1, 1)}
+
+
+def test_per_group_backups_answer_their_own_groups_queries_with_their_groups_coded_model(tiny_cache, tmp_path):
+    """Per-group backups: a group's backup server hosts that group's coded model; a query's backup copy goes to
+    its own group's backup, and its answer is judged on that coded model's output (argmax over the routed
+    expert's classes) — recomputed here from outputs.npz."""
+    raw = _raw(tiny_cache)
+    raw["sim"].update({"policies": ["uncoded", {"kind": "backup", "delay_ms": 1.0}],
+                       "traffic": {"kind": "poisson", "load": 0.2},
+                       "deployment": {"groups": GROUPS, "backups": "per_group"}})
+    folder = run_scenario(scenario_from_dict(raw), raw, tmp_path, quiet=True)
+    saved = np.load(folder / "outputs.npz", allow_pickle=False)
+    coded, offsets, labels, backup = (saved[k] for k in ("coded_outputs", "offsets", "labels", "backup_outputs"))
+    group_of = {i: g for g, members in enumerate(GROUPS) for i in members}
+    for i in range(4):  # expert i's rows: its own group's coded model (r = 1: coded model g)
+        rows = slice(offsets[i], offsets[i + 1])
+        np.testing.assert_array_equal(backup[rows], coded[group_of[i]][rows])
+    queries = pd.read_parquet(folder / "queries.parquet")
+    answered = queries[(queries["policy"] == "backup") & (queries["answered_by"] == "backup")]
+    assert len(answered) > 20
+    for model, server in ((m, int(s)) for m, s in zip(answered["model"], answered["servers_used"], strict=True)):
+        assert server == 4 + group_of[int(model)]  # servers 0-3 experts, then one backup per group
+    summary = json.loads((folder / "summary.json").read_text())
+    classes = {0: [0, 1, 2], 1: [3, 4], 2: [5, 6, 7], 3: [8, 9]}
+    for _, q in answered.iterrows():
+        row = offsets[int(q["model"])] + int(q["sample_id"])
+        want = classes[int(q["model"])][int(np.argmax(backup[row, classes[int(q["model"])]]))] == labels[row]
+        assert bool(q["correct"]) == want
+    assert summary["policies"]["backup"]["backup_pct"] > 0

@@ -234,3 +234,51 @@ def test_zipf_popularity_splits_routed_traffic_by_rank():
     assert np.all(np.abs(shares - expect) < 4 * np.sqrt(expect * (1 - expect) / len(model))), shares
     with pytest.raises(sim.SimConfigError, match="zipf is only for kind='poisson'"):
         sim.simulate({**cfg, "traffic": {"rate_per_ms": 0.5, "zipf": 1.0, "weights": [1, 1, 1, 1]}}, seed=0)
+
+
+# ----------------------------------------------------------------------------------- per-group backups
+def _backups(scope: str, **traffic) -> dict:
+    return {"n_experts": 4, "r": 1, "n_queries": 3000,
+            "traffic": {"rate_per_ms": 1.0, **traffic},
+            "policies": [{"kind": "backup", "dispatch": "hedged", "delay_ms": 2.0}],
+            "stragglers": {"p": 0.1, "slowdown": 10.0},
+            "deployment": {"groups": [[0, 1], [2, 3]], "backups": scope}}
+
+
+def test_per_group_backups_keep_each_copy_in_its_group_in_both_engines():
+    # servers 0-3 the experts, 4 group 0's backup, 5 group 1's: a per-group copy never crosses groups, a pooled
+    # one goes to whichever backup has fewer live tasks (both are used for both groups)
+    per = sim.simulate(_backups("per_group"), seed=0).records
+    used = per[per["answered_by"] == "backup"].groupby("model")["servers_used"].unique()
+    assert {m: sorted(s) for m, s in used.items()} == {0: ["4"], 1: ["4"], 2: ["5"], 3: ["5"]}
+    ref = sim.simulate(_backups("per_group"), seed=0, engine="reference").records
+    np.testing.assert_allclose(ref["finish_ms"], per["finish_ms"], rtol=0, atol=1e-9)
+    assert (ref["servers_used"] == per["servers_used"]).all()
+    pooled = sim.simulate(_backups("pooled"), seed=0).records
+    mixed = pooled[pooled["answered_by"] == "backup"].groupby("model")["servers_used"].nunique()
+    assert (mixed == 2).all()
+
+
+def test_per_group_backups_are_checked_group_by_group():
+    # experts 0, 1 get 1.9/ms each (Exp(1) passes): they leave 0.9/ms each, 1.8/ms for group 0's one backup
+    # (1/ms) — refused, although the two backups together (2/ms) would cover it, as pooled backups do
+    cfg = _backups("per_group", rates_per_ms=[1.9, 1.9, 0.05, 0.05]) | {"n_queries": None}
+    cfg["traffic"].pop("rate_per_ms")
+    cfg["service"] = {"expert": {"kind": "exponential", "mean_ms": 1.0}}
+    del cfg["stragglers"]  # (stragglers would lengthen every mean pass and cut every capacity)
+    with pytest.raises(sim.SimConfigError, match="experts of code group 0 leave at least 1.8/ms"):
+        sim.parse_config(cfg)
+    pooled = dict(cfg, deployment={"groups": [[0, 1], [2, 3]], "backups": "pooled"})
+    with pytest.raises(sim.SimConfigError, match="unstable"):  # 2/ms of backups against 1.8/ms: not refused by
+        sim.parse_config(pooled | {"traffic": {"rates_per_ms": [2.1, 2.1, 0.05, 0.05]}})  # the pooled check ...
+    assert sim.parse_config(pooled).deployment.backups == "pooled"  # ... until it exceeds both backups together
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"deployment": {"backups": "per_group"}}, "needs deployment.groups"),
+    ({"traffic": {"rate_per_ms": 1.0, "ensemble_rate_per_ms": 0.1}}, "an ensemble query needs every expert"),
+])
+def test_bad_per_group_backups_are_one_line(change, needle):
+    with pytest.raises(sim.SimConfigError) as err:
+        sim.parse_config(_backups("per_group") | change)
+    assert needle in str(err.value) and "\n" not in str(err.value)
