@@ -520,14 +520,21 @@ def parity_table(parity: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
                       "(degraded mode); 'any' is the one network for groups that mix experts' queries."]}
 
 
-def profile_table(profile: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+def profile_table(profile: Mapping[str, Mapping[str, Any]], latency_model: str | None = None) -> dict[str, Any]:
     rows = [[_cell(str(name)), _cell(fmt_ms(p.get("mean_ms"))), _cell(fmt_ms(p.get("p50_ms"))),
              _cell(fmt_ms(p.get("p99_ms"))), _cell(fmt_num(p.get("batch_size"), 0)),
              _cell(str(p.get("device", "—"))), _cell(fmt_num(p.get("n_samples"), 0))]
             for name, p in profile.items()]
+    if latency_model == "served":
+        note = ("Forward passes timed in isolation on the device. Served latency does not use them as service times: "
+                "the simulator draws each network's passes as served under traffic and adds the calibration's "
+                "per-task work (the latency model line at the top); these isolated passes tell when a cached served "
+                "profile has gone stale.")
+    else:
+        note = ("Measured forward passes on the device; these samples are the simulator's service times, with "
+                "stragglers injected on top.")
     return {"head": ["served model", "mean (ms)", "p50 (ms)", "p99 (ms)", "batch", "device", "samples"],
-            "rows": rows, "notes": ["Measured forward passes on the device; these samples are the simulator's "
-                                    "service times, with stragglers injected on top."]}
+            "rows": rows, "notes": [note]}
 
 
 def live_table(live: Mapping[str, Any], where: str | None) -> dict[str, Any]:
@@ -603,6 +610,12 @@ def _lead(data: ResultData) -> Markup:
 def _num(v: Any) -> str:
     """Three decimals, or '?' for a value the summary does not have."""
     return f"{v:.3f}" if finite(v) else "?"
+
+
+def _model_name(s: Mapping[str, Any]) -> str | None:
+    """The latency model's name ('served', 'compute'), None for folders that do not record it."""
+    model = s.get("latency_model")
+    return str(model.get("name")) if isinstance(model, Mapping) and model.get("name") else None
 
 
 def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
@@ -724,5 +737,5 @@ def build_html(data: ResultData, figures: Sequence[FigureEntry], colors: Mapping
         accuracy=accuracy_table(data, colors), sweep=sweep,
         coding=coding_table(coding, s.get("coding")) if len(coding) else None,
         parity=parity_table(s["parity"]) if s.get("parity") else None,
-        profile=profile_table(s["profile"]) if s.get("profile") else None,
+        profile=profile_table(s["profile"], _model_name(s)) if s.get("profile") else None,
         live=live_table(live, live_where) if live else None, notes=data.notes, scenario_toml=data.scenario_toml)

@@ -167,7 +167,8 @@ def format_table(result: dict) -> str:
     head = ["P", "method", *names, "avg NDA", "encode s"]
     lines = []
     for row in summary:
-        cells = [str(row["samples"]), row["method"]]
+        pools = getattr(coin.get_method(row["method"]), "training_pools", False)  # trained on every query, not P
+        cells = ["all" if pools else str(row["samples"]), row["method"]]
         cells += [f"{m:.2f} ± {s:.2f}" for m, s in (row["experts"][n] for n in names)]
         cells.append(f"{row['avg'][0]:.2f} ± {row['avg'][1]:.2f}")
         cells.append(f"{row['encode_s'][0]:.3f}")

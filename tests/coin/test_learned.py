@@ -35,3 +35,12 @@ def test_a_method_of_p_samples_still_gets_p():
     assert len(x) == 20 and owner.tolist() == [0] * 10 + [1] * 10
     ax, ay, aowner = all_samples(pools)
     assert torch.equal(ax, torch.cat([pools[0][0], pools[1][0]])) and len(ay) == 100 and aowner.sum() == 50
+
+
+def test_the_code_table_says_learned_used_every_training_query():
+    from scenarios.coding import format_table
+
+    records = [{"seed": 0, "samples": 200, "method": m, "expert": e, "name": f"x{e}", "nda_pct": 99.0 - e,
+                "encode_s": 1.0} for m in ("coin", "learned") for e in (0, 1)]
+    lines = format_table({"samples": [200], "methods": ["coin", "learned"], "records": records}).splitlines()
+    assert lines[2].split()[:2] == ["200", "coin"] and lines[3].split()[:2] == ["all", "learned"]

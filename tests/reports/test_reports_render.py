@@ -328,3 +328,19 @@ def test_parity_networks_table_shows_each_networks_cost_and_worth(tmp_path):
     del summary["parity"]
     (folder / "summary.json").write_text(json.dumps(summary))
     assert "Parity networks" not in reports.render(folder).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("model, says", [("served", "does not use them as service times"),
+                                         ("compute", "these samples are the simulator"),
+                                         (None, "these samples are the simulator")])
+def test_the_profile_note_says_what_the_isolated_passes_are_for_under_each_latency_model(tmp_path, model, says):
+    folder, summary = write_result(tmp_path / "run", points=(0.0,), n=300)
+    summary["profile"] = {"digits-0-4": {"mean_ms": 0.18, "p50_ms": 0.17, "p99_ms": 0.3, "batch_size": 1,
+                                         "device": "cpu", "n_samples": 2000}}
+    summary.pop("latency_model", None)
+    if model is not None:
+        summary["latency_model"] = {"name": model, "meaning": "m"}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    html = reports.render(folder).read_text(encoding="utf-8")
+    section = html[html.index("<h2>Latency profile</h2>"):]
+    assert says in section[: section.index("</table>") + 2000]
