@@ -130,11 +130,6 @@ class Server:
             raise ValueError(f"task {tid}: straggle factor {task.factor!r} is not in [1, {wire.MAX_FACTOR:g}]")
         if task.mode not in (wire.MODE_STALL, wire.MODE_COMPUTE):
             raise ValueError(f"task {tid}: unknown straggle mode {task.mode}")
-        if task.rows and not (0 <= task.encoder < len(wire.ENCODERS)
-                              and 1 <= len(task.rows) <= task.places <= wire.MAX_GROUP):
-            raise ValueError(f"task {tid}: a parity task needs 1..{wire.MAX_GROUP} places, rows for at most all of "
-                             f"them and an encoder of {wire.ENCODERS} (got {len(task.rows)} rows in {task.places} "
-                             f"places, encoder {task.encoder})")
         if tid in self.live:
             raise ValueError(f"task {tid} is already queued or in service")
 
@@ -145,6 +140,10 @@ class Server:
                 task = _Task(ident, task_id, net, row, factor, mode, now)
             else:
                 task_id, net, factor, mode, encoder, places, n = wire.GROUP_FMT.unpack(body[0])
+                if not (0 <= encoder < len(wire.ENCODERS) and 1 <= n <= places <= wire.MAX_GROUP):
+                    raise ValueError(f"task {task_id}: a parity task needs 1..{wire.MAX_GROUP} places, rows for at "
+                                     f"most all of them and an encoder of {wire.ENCODERS} (got {n} rows in {places} "
+                                     f"places, encoder {encoder})")
                 if len(body[1]) != 8 * n:
                     raise ValueError(f"task {task_id}: {n} rows announced, {len(body[1]) // 8} sent")
                 rows = struct.unpack(f"<{n}q", body[1])

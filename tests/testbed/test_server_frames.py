@@ -104,6 +104,9 @@ def test_a_malformed_frame_gets_an_error_reply_and_the_server_goes_on(served, ca
     stranger.send_multipart(BAD[case])
     kind, text = _reply(stranger)
     assert kind == wire.ERROR and text, (kind, text)
+    if case in ("group with no rows", "group with too many rows", "group with more rows than places",
+                "group with an unknown encoder"):
+        assert b"places" in text, text  # the group's shape is what is wrong, and the reply says so
     _still_serves(cluster, net, x, 1000 + sorted(BAD).index(case), row=3)
 
 
