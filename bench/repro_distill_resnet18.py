@@ -51,7 +51,7 @@ from models.config import ZooConfig
 from models.networks import build_network, pick_device
 from models.zoo import Zoo, build_zoo
 
-METHODS = ("coin", "regmean", "distill", "vanilla")
+METHODS = ("coin", "regmean", "distill", "vanilla", "learned")
 SAMPLES = (20, 50, 100, 200)
 
 
@@ -94,10 +94,16 @@ def code_zoo(zoo: Zoo, samples: Sequence[int] = SAMPLES, methods: Sequence[str] 
     names = [e.name for e in zoo.experts]
     pools = [(e.train_x, e.train_y) for e in zoo.experts]
     records, runs, epochs, kept = [], [], [], {}
+    trained_once: set[str] = set()
     for p in samples:
-        x, y, owner = coin.draw_coding_samples(pools, p, seed)
-        x = x.to(zoo.device)
         for method in methods:
+            fn = coin.get_method(method)
+            if getattr(fn, "training_pools", False):  # trained on every training query: P does not apply
+                if method in trained_once:
+                    continue
+                trained_once.add(method)
+            x, y, owner = coin.coding_samples(fn, pools, p, seed)
+            x = x.to(zoo.device)
             if progress:
                 print(f"[{time.strftime('%H:%M:%S')}] seed {seed} P={p}: {method}", file=sys.stderr, flush=True)
             opts: dict = {}
@@ -106,12 +112,13 @@ def code_zoo(zoo: Zoo, samples: Sequence[int] = SAMPLES, methods: Sequence[str] 
             res = coin.encode(method, zoo.models, beta, x, y=y, owner=owner, base=zoo.base, seed=seed, **opts)
             test_nda_pct, rows = _test_nda(res.model, zoo, beta)
             train_nda_pct = _train_nda(res.model, zoo, beta, x, y, owner)
+            n_seen = int(x.shape[0])  # P, or every training query for a method trained on the pools
             for r in rows:
-                records.append({"scenario": zoo.config.name, "seed": seed, "samples": p, "method": method,
+                records.append({"scenario": zoo.config.name, "seed": seed, "samples": n_seen, "method": method,
                                 "expert": r.expert, "name": names[r.expert], "nda_pct": r.nda,
                                 "decoded_acc_pct": r.decoded_acc, "expert_acc_pct": r.expert_acc, "n": r.n,
                                 "encode_s": res.seconds})
-            runs.append({"seed": seed, "samples": p, "method": method, "train_nda_pct": train_nda_pct,
+            runs.append({"seed": seed, "samples": n_seen, "method": method, "train_nda_pct": train_nda_pct,
                          "test_nda_pct": test_nda_pct, "encode_s": res.seconds, "lam": res.info.get("lam")})
             if method == "distill":
                 start = coin.encode("vanilla", zoo.models, beta, x).model  # distill's init="average" start point
@@ -124,7 +131,7 @@ def code_zoo(zoo: Zoo, samples: Sequence[int] = SAMPLES, methods: Sequence[str] 
             if keep_models:
                 kept[(p, method)] = res.model
         if keep_models:
-            kept[(p, "samples")] = (x, y, owner)
+            kept[(p, "samples")] = coin.draw_coding_samples(pools, p, seed)
     out = {"records": records, "runs": runs, "epochs": epochs}
     if keep_models:
         out["models"] = kept

@@ -288,11 +288,25 @@ def check_summary(data: Any, where: str = "summary.json") -> dict[str, Any]:
     return out
 
 
-def _read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame | None:
+REPORT_QUERY_COLUMNS = ("point", "policy", "warmup", "kind", "model", "model_name", "arrival_ms", "finish_ms",
+                        "latency_ms", "answered_by", "correct")  # what the report's figures read of queries.parquet
+
+
+def _read_table(path: Path, required: tuple[str, ...], only: tuple[str, ...] | None = None) -> pd.DataFrame | None:
+    """A result table, checked for its required columns; `only`: read just these columns of a parquet file (those
+    it has), so that a run of many millions of queries is not read whole."""
     if not path.exists():
         return None
     try:
-        df = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+        if path.suffix == ".csv":
+            df = pd.read_csv(path)
+        elif only is None:
+            df = pd.read_parquet(path)
+        else:
+            import pyarrow.parquet as pq
+
+            names = set(pq.read_schema(path).names)
+            df = pd.read_parquet(path, columns=[c for c in only if c in names])
     except Exception as exc:  # pyarrow/pandas raise many types; the user needs the file name, not the type
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _fail(str(path), f"cannot be read ({first})") from exc
@@ -362,7 +376,7 @@ def load_result(result_dir: Path | str) -> ResultData:
     toml = path / SCENARIO
     if toml.is_file():
         data.scenario_toml = toml.read_text(encoding="utf-8", errors="replace")
-    data.queries = _read_table(path / QUERIES, ("policy", "latency_ms"))
+    data.queries = _read_table(path / QUERIES, ("policy", "latency_ms"), REPORT_QUERY_COLUMNS)
     data.sweep = _read_table(path / SWEEP, ("point", "policy"))
     data.nda = _read_table(path / NDA, ("method", "expert"))
     if data.nda is not None:

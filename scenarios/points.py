@@ -6,14 +6,17 @@ network outputs arrive as plain arrays in `AnswerTables`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+import atomic
 from policies.codes import HOW, mask_servers
-from sim import SimConfig, simulate
+from sim import SimConfig, compare_loads, simulate_each
 
 
 def solve_missing(expert_outs: np.ndarray, coded_outs: np.ndarray, matrix: np.ndarray, missing: list[int],
@@ -194,45 +197,98 @@ def _policy_summary(records: pd.DataFrame, sim_summary: dict[str, Any]) -> dict[
     return out
 
 
-def run_point(config: SimConfig, seed: int, answers: AnswerTables | None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Simulate every policy of one sweep point and join each query with the correctness of its answer."""
-    result = simulate(config, seed)
-    records = result.records
+ROWS_PER_GROUP = 1 << 20  # records written to parquet this many rows at a time
+
+
+def run_point(config: SimConfig, seed: int, answers: AnswerTables | None, out: Path | None = None
+              ) -> tuple[pd.DataFrame | None, dict[str, Any]]:
+    """Simulate every policy of one sweep point and join each query with the correctness of its answer.
+
+    Returns (records, per-policy summary). With `out`, each policy's records are written to that parquet file
+    (atomically, 2^20 rows at a time, without `answer_mask`) as soon as the policy has run and joined, and None is
+    returned in their place: the point then holds one policy's records at a time, not every policy's.
+    """
+    cfg, _draws, runs = simulate_each(config, seed)
+    parity = any(p.kind == "parity" for p in cfg.policies)
+    summary: dict[str, dict[str, Any]] = {}
+    kinds: dict[str, str] = {}
+    correct_by: dict[str, np.ndarray] = {}
+    frames: list[pd.DataFrame] = []
+
+    def consume(keep: Callable[[pd.DataFrame], None]) -> None:
+        for run in runs:
+            rec, name = run.records, run.plan.name
+            if parity and "parity_others" not in rec:  # one set of columns for every policy of the point
+                rec["parity_others"] = pd.Series([None] * len(rec), dtype=object)
+            if answers is not None:
+                hosts = [str(h) for h in run.servers.sort_values("server")["hosts"]]
+                correct, agrees = join_answers(rec, answers, cfg.n_experts, hosts)
+                rec["correct"] = correct
+                rec["agrees_with_expert"] = agrees
+                correct_by[name] = correct[~rec["warmup"].to_numpy()]
+            summary[name] = _policy_summary(rec, run.summary)
+            kinds[name] = run.plan.kind
+            keep(rec)
+
+    if out is None:
+        consume(frames.append)
+        records: pd.DataFrame | None = pd.concat(frames, ignore_index=True)
+    else:
+        atomic.write_with(out, lambda path: _write_streaming(path, consume, parity))
+        records = None
+    compare_loads(summary, kinds)
     if answers is not None:
-        records["correct"] = False
-        records["agrees_with_expert"] = False
-        for policy, servers in result.servers.groupby("policy", sort=False):
-            mine = (records["policy"] == policy).to_numpy()
-            hosts = [str(h) for h in servers.sort_values("server")["hosts"]]
-            correct, agrees = join_answers(records[mine].reset_index(drop=True), answers, config.n_experts, hosts)
-            records.loc[mine, "correct"] = correct
-            records.loc[mine, "agrees_with_expert"] = agrees
-    summary = {
-        policy: _policy_summary(records[records["policy"] == policy], result.summary[policy])
-        for policy in result.summary
-    }
-    if answers is not None:
-        baseline = next((p.name for p in config.policies if p.kind == "uncoded"), None)
-        for policy, diff in paired_accuracy_difference(records, baseline).items():
+        baseline = next((p.name for p in cfg.policies if p.kind == "uncoded"), None)
+        for policy, diff in paired_differences(correct_by, baseline).items():
             summary[policy].update(diff)
     return records, summary
 
 
-def paired_accuracy_difference(records: pd.DataFrame, baseline: str | None) -> dict[str, dict[str, float]]:
+def _write_streaming(path: Path, consume: Callable[[Callable[[pd.DataFrame], None]], None], parity: bool) -> None:
+    """Write every frame `consume` hands over to one parquet file as it comes (one schema: the first frame's)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer: list[pq.ParquetWriter] = []
+    schema: list[pa.Schema] = []
+
+    def write(frame: pd.DataFrame) -> None:
+        frame = frame.drop(columns=["answer_mask"], errors="ignore")
+        for start in range(0, len(frame), ROWS_PER_GROUP):
+            chunk = frame.iloc[start:start + ROWS_PER_GROUP]
+            if not writer:
+                table = pa.Table.from_pandas(chunk, preserve_index=False)
+                if parity:  # a non-parity policy first would type the companions column as all-null
+                    at = table.schema.get_field_index("parity_others")
+                    table = table.cast(table.schema.set(at, pa.field("parity_others", pa.string())))
+                schema.append(table.schema)
+                writer.append(pq.ParquetWriter(path, table.schema))
+            else:
+                table = pa.Table.from_pandas(chunk, schema=schema[0], preserve_index=False)
+            writer[0].write_table(table)
+
+    try:
+        consume(write)
+    finally:
+        if writer:
+            writer[0].close()
+
+
+def paired_differences(correct_by: dict[str, np.ndarray], baseline: str | None) -> dict[str, dict[str, float]]:
     """Per policy: its accuracy minus the baseline policy's on the same measured queries (percentage points,
     `accuracy_vs_uncoded_pct`) and the normal 95 % interval of that paired difference (`*_lo_pct`, `*_hi_pct`).
 
-    Every policy of a point serves the same queries (same arrivals, models and test samples), so the difference
-    is taken query by query: only queries answered differently contribute, and its noise is far smaller than
-    that of either accuracy alone. Empty when there is no baseline policy or no correctness column.
+    `correct_by[policy]` is whether each measured query was answered right, in query order (every policy of a
+    point serves the same queries: same arrivals, models and test samples), so the difference is taken query by
+    query: only queries answered differently contribute, and its noise is far smaller than that of either
+    accuracy alone. Empty without a baseline policy.
     """
-    if baseline is None or "correct" not in records:
+    if baseline is None or baseline not in correct_by:
         return {}
-    measured = records[~records["warmup"].to_numpy()]
-    wide = measured.pivot(index="query_id", columns="policy", values="correct").astype(float)
+    base = correct_by[baseline].astype(float)
     out = {}
-    for policy in wide.columns:
-        diff = (wide[policy] - wide[baseline]).to_numpy()
+    for policy, correct in correct_by.items():
+        diff = correct.astype(float) - base
         mean = float(diff.mean())
         half = 1.959964 * float(diff.std(ddof=1)) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
         out[str(policy)] = {"accuracy_vs_uncoded_pct": mean * 100, "accuracy_vs_uncoded_lo_pct": (mean - half) * 100,
@@ -240,3 +296,10 @@ def paired_accuracy_difference(records: pd.DataFrame, baseline: str | None) -> d
     return out
 
 
+def paired_accuracy_difference(records: pd.DataFrame, baseline: str | None) -> dict[str, dict[str, float]]:
+    """`paired_differences` from a point's records (every policy's rows, with `correct`)."""
+    if baseline is None or "correct" not in records:
+        return {}
+    measured = records[~records["warmup"].to_numpy()]
+    wide = measured.pivot(index="query_id", columns="policy", values="correct")
+    return paired_differences({str(p): wide[p].to_numpy(bool) for p in wide.columns}, baseline)

@@ -497,14 +497,23 @@ class PointStore:
                        if p.stem.split("-")[1].isdigit()) if self.folder.is_dir() else []
         return [i for i in found if not self.intact(i)]
 
-    def save(self, index: int, records: pd.DataFrame, summary: dict[str, Any]) -> None:
+    def table(self, index: int) -> Path:
+        """Where point `index`'s records go (`run_point` writes them there itself when given the path)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self._paths(index)[0]
+
+    def save(self, index: int, records: pd.DataFrame | None, summary: dict[str, Any]) -> None:
         """Keep a finished point (without answer_mask, which servers_used spells out and no file holds: past 63
-        servers it is a Python int wider than a parquet column)."""
+        servers it is a Python int wider than a parquet column); records None: already written to `table`."""
         table, meta = self._paths(index)
         self.folder.mkdir(parents=True, exist_ok=True)
-        kept = records.drop(columns=["answer_mask"], errors="ignore")
-        atomic.write_with(table, lambda path: kept.to_parquet(path, index=False))
+        if records is not None:
+            kept = records.drop(columns=["answer_mask"], errors="ignore")
+            atomic.write_with(table, lambda path: kept.to_parquet(path, index=False))
         atomic.write_with(meta, lambda path: path.write_text(json.dumps(_jsonable(summary))))
+
+    def summary(self, index: int) -> dict[str, Any]:
+        return json.loads(self._paths(index)[1].read_text())
 
     def load(self, index: int) -> tuple[pd.DataFrame, dict[str, Any]]:
         table, meta = self._paths(index)
@@ -526,14 +535,14 @@ def _execute(points: list[tuple[dict[str, Any], SimConfig]], seed: int, answers:
     in_process = sweep is None or (sweep.executor == "local" and sweep.workers == 1) or len(todo) <= 1
     try:
         if in_process or scenario.profile.mode == "live":  # live forward passes need this process's networks
-            for i in todo:
-                store.save(i, *run_point(points[i][1], seed, answers))
+            for i in todo:  # records streamed to the point's file policy by policy
+                store.save(i, *run_point(points[i][1], seed, answers, store.table(i)))
                 bar.update(1)
         elif sweep.executor == "local":
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=sweep.workers) as pool:
-                futures = {pool.submit(run_point, points[i][1], seed, answers): i for i in todo}
+            with ProcessPoolExecutor(max_workers=sweep.workers) as pool:  # workers on this disk write their own
+                futures = {pool.submit(run_point, points[i][1], seed, answers, store.table(i)): i for i in todo}
                 for future in as_completed(futures):
                     store.save(futures[future], *future.result())
                     bar.update(1)
@@ -838,12 +847,13 @@ def run_scenario(
     except BaseException:
         _remove_if_empty(created)  # a failure before anything was saved leaves no empty folders behind
         raise
-    results = [store.load(i) for i in range(len(points))]
     if facts is not None and facts.parity_models:  # parity-decoded answers, judged on the parity networks
-        results = [judge_parity_answers(records, point_summary, config, facts.answers, facts.parity_models,
-                                        facts.test_inputs, scenario.coding.parity_encoder)
-                   for (records, point_summary), (_, config) in zip(results, points, strict=True)]
-    queries, sweep = _result_tables(scenario, points, results)
+        for i, (_, config) in enumerate(points):  # one point's records in memory at a time
+            store.save(i, *judge_parity_answers(*store.load(i), config, facts.answers, facts.parity_models,
+                                                facts.test_inputs, scenario.coding.parity_encoder))
+    results = [(None, store.summary(i)) for i in range(len(points))]
+    sweep = _sweep_table(points, results)
+    queries = _queries_writer(points, store)
     summary = _run_summary(scenario, facts, calibration, calibration_path if calibration_path is None
                            or calibration_path.parent != work else None, points, results)
     summary["timings"] = {**(facts.timings if facts else {}), "simulation_s": sim_seconds,
@@ -881,19 +891,48 @@ def _prepare_run(scenario: Scenario, work: Path, resume: bool, quiet: bool
     return scenario, calibration, calibration_path, facts
 
 
-def _result_tables(scenario: Scenario, points: list[tuple[dict[str, Any], SimConfig]],
-                   results: list[tuple[pd.DataFrame, dict[str, Any]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every point's query records in one frame and one row per (point, policy), both with the sweep coordinates."""
-    frames, sweep_rows = [], []
-    for index, ((values, _), (records, summary)) in enumerate(zip(points, results, strict=True)):
+def _sweep_table(points: list[tuple[dict[str, Any], SimConfig]], results: list[tuple[Any, dict[str, Any]]]
+                 ) -> pd.DataFrame:
+    """One row per (point, policy) with the sweep coordinates and the policy's statistics."""
+    rows = []
+    for index, ((values, _), (_, summary)) in enumerate(zip(points, results, strict=True)):
         coords = {axis_column(axis): value for axis, value in values.items()}
-        records.insert(0, "point", index)
-        for position, (column, value) in enumerate(coords.items(), start=1):
-            records.insert(position, column, value)
-        frames.append(records)
-        for policy, stats in summary.items():
-            sweep_rows.append({"point": index, **coords, "policy": policy, **stats})
-    return pd.concat(frames, ignore_index=True), pd.DataFrame(sweep_rows)
+        rows.extend({"point": index, **coords, "policy": policy, **stats} for policy, stats in summary.items())
+    return pd.DataFrame(rows)
+
+
+def _queries_writer(points: list[tuple[dict[str, Any], SimConfig]], store: PointStore) -> Callable[[Path], None]:
+    """What writes queries.parquet: every point's records with `point` and the sweep coordinates in front,
+    streamed from the points' files a row group at a time (never the whole run in memory)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = [axis_column(axis) for axis in points[0][0]]
+    coord_types = {c: pa.Array.from_pandas(pd.Series([values[a] for values, _ in points])).type
+                   for c, a in zip(columns, points[0][0], strict=True)}
+
+    def write(path: Path) -> None:
+        writer, schema = None, None
+        try:
+            for index, (values, _) in enumerate(points):
+                source = pq.ParquetFile(store.table(index))
+                for group in range(source.num_row_groups):
+                    table = source.read_row_group(group)
+                    n = table.num_rows
+                    front = [("point", pa.array(np.full(n, index, np.int64)))]
+                    front += [(c, pa.array([values[a]] * n, type=coord_types[c]))
+                              for c, a in zip(columns, values, strict=True)]
+                    table = pa.Table.from_arrays([a for _, a in front] + table.columns,
+                                                 names=[c for c, _ in front] + table.column_names)
+                    if writer is None:
+                        schema = table.schema.remove_metadata()
+                        writer = pq.ParquetWriter(path, schema)
+                    writer.write_table(table.replace_schema_metadata(None).cast(schema))
+        finally:
+            if writer is not None:
+                writer.close()
+
+    return write
 
 
 def _with_latency(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -987,7 +1026,8 @@ def networks_summary(scenario: Scenario, facts: NetworkFacts) -> dict[str, Any]:
     return out
 
 
-def _result_writer(scenario: Scenario, raw: dict[str, Any], summary: dict[str, Any], queries: pd.DataFrame,
+def _result_writer(scenario: Scenario, raw: dict[str, Any], summary: dict[str, Any],
+                   queries: Callable[[Path], None],
                    sweep: pd.DataFrame, calibration: Any, facts: NetworkFacts | None) -> Callable[[Path], None]:
     """What fills a result folder (given the temporary folder the atomic publish renames into place)."""
 
@@ -997,7 +1037,7 @@ def _result_writer(scenario: Scenario, raw: dict[str, Any], summary: dict[str, A
             resolved["models"] = dict(raw["models"], root=str(Path(scenario.models.root).resolve()))  # paths
         (tmp / SCENARIO).write_text(tomli_w.dumps(_clean_toml(_jsonable(resolved))))
         (tmp / SUMMARY).write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=False))
-        queries.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / QUERIES, index=False)
+        queries(tmp / QUERIES)
         sweep.to_parquet(tmp / SWEEP, index=False)
         if calibration is not None:
             (tmp / CALIBRATION).write_text(calibration.model_dump_json(indent=2))

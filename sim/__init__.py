@@ -17,6 +17,9 @@ Public API
   without one) and the answer mix direct_pct / replica_pct / hedge_pct / decoded_pct / backup_pct (shares of
   measured queries). ``SimResult.servers`` is one row per (policy, server): hosts (an expert index, or "coded",
   "spare", "backup"), busy_ms, utilization_pct, cancelled_ms, lost_ms.
+- ``simulate_each(config, seed=0, ...) -> (config, draws, iterator of PolicyRun)``: the same, one policy at a
+  time as the iterator is consumed (input checked and draws made at the call), for callers that write each
+  policy's records away instead of holding them all; ``compare_loads`` then sets extra_load_vs_uncoded_pct.
 - ``replicate(config, seed, n_replications)``: CIs from independent replications.
 - ``SimConfig`` (pydantic v2) / ``parse_config(mapping)`` / ``load_config(toml_path)``; bad input raises
   ``SimConfigError`` (a ValueError with a one-line message) before anything is simulated.
@@ -81,7 +84,7 @@ Minimal scenario (TOML, a [sim] table)::
     slowdown = 5.0
 """
 
-from sim.api import SimResult, replicate, simulate
+from sim.api import PolicyRun, SimResult, compare_loads, replicate, simulate, simulate_each
 from sim.config import (
     Deterministic,
     Empirical,
@@ -110,6 +113,7 @@ __all__ = [
     "Failures",
     "LogNormal",
     "Pareto",
+    "PolicyRun",
     "PolicySpec",
     "Service",
     "ShiftedExponential",
@@ -118,9 +122,11 @@ __all__ = [
     "SimResult",
     "Stragglers",
     "Traffic",
+    "compare_loads",
     "draw",
     "load_config",
     "parse_config",
     "replicate",
     "simulate",
+    "simulate_each",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,6 +122,69 @@ def _summary(cfg: SimConfig, plan: Plan, rec: pd.DataFrame, out: RunOutput) -> d
     return s
 
 
+@dataclass
+class PolicyRun:
+    """One policy's run at a point: its plan, records (one row per query), summary and per-server table."""
+
+    plan: Plan
+    records: pd.DataFrame
+    summary: dict[str, Any]
+    servers: pd.DataFrame
+
+
+def _servers_frame(plan: Plan, out: RunOutput) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "policy": plan.name,
+            "server": np.arange(plan.n_servers),
+            "hosts": [host_name(h) for h in plan.hosts],
+            "busy_ms": out.busy_ms,
+            "utilization_pct": out.busy_ms / out.end_ms * 100,
+            "cancelled_ms": out.cancelled_ms,
+            "lost_ms": out.lost_ms,
+        }
+    )
+
+
+def simulate_each(
+    config: SimConfig | Mapping[str, Any],
+    seed: int = 0,
+    *,
+    policies: Sequence[str] | None = None,
+    engine: Engine = "fast",
+) -> tuple[SimConfig, Draws, Iterator[PolicyRun]]:
+    """Check the input and draw the point's random numbers now; then run its policies one at a time as the
+    returned iterator is consumed, so a caller that writes each policy's records away holds one policy's at a
+    time. Every policy runs on the same draws. The summaries lack `extra_load_vs_uncoded_pct` until
+    `compare_loads` is given all of them. Raises SimConfigError (one line) before any work."""
+    cfg = parse_config(config)
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise SimConfigError(f"sim config: seed must be an integer >= 0 (got {seed!r})")
+    specs = [cfg.policy(p) for p in policies] if policies is not None else list(cfg.policies)
+    draws = draw(cfg, int(seed))
+    names = [s.name for s in specs]
+
+    def runs() -> Iterator[PolicyRun]:
+        for spec in specs:
+            plan = make_plan(cfg, spec, draws)
+            out = run_plan(plan, draws, engine)
+            rec = _records(cfg, plan, draws, out)
+            rec["policy"] = pd.Categorical.from_codes(np.full(len(rec), names.index(plan.name), np.int16), names)
+            yield PolicyRun(plan, rec, _summary(cfg, plan, rec, out), _servers_frame(plan, out))
+
+    return cfg, draws, runs()
+
+
+def compare_loads(summary: dict[str, dict[str, Any]], kinds: Mapping[str, str]) -> None:
+    """Set each policy's `extra_load_vs_uncoded_pct`: its server time per query against the uncoded policy's
+    (`kinds`: policy name -> kind; None without an uncoded policy)."""
+    base = next((summary[name] for name, kind in kinds.items() if kind == "uncoded" and name in summary), None)
+    for s in summary.values():
+        s["extra_load_vs_uncoded_pct"] = (
+            (s["server_ms_per_query"] / base["server_ms_per_query"] - 1.0) * 100 if base is not None else None
+        )
+
+
 def simulate(
     config: SimConfig | Mapping[str, Any],
     seed: int = 0,
@@ -133,40 +196,16 @@ def simulate(
 
     Raises SimConfigError (a ValueError, one line) for bad input before simulating anything.
     """
-    cfg = parse_config(config)
-    if not isinstance(seed, int | np.integer) or seed < 0:
-        raise SimConfigError(f"sim config: seed must be an integer >= 0 (got {seed!r})")
-    seed = int(seed)
-    specs = [cfg.policy(p) for p in policies] if policies is not None else list(cfg.policies)
-    draws = draw(cfg, seed)
-    frames, summary, servers = [], {}, []
-    for spec in specs:
-        plan = make_plan(cfg, spec, draws)
-        out = run_plan(plan, draws, engine)
-        rec = _records(cfg, plan, draws, out)
-        frames.append(rec)
-        summary[plan.name] = _summary(cfg, plan, rec, out)
-        servers.append(
-            pd.DataFrame(
-                {
-                    "policy": plan.name,
-                    "server": np.arange(plan.n_servers),
-                    "hosts": [host_name(h) for h in plan.hosts],
-                    "busy_ms": out.busy_ms,
-                    "utilization_pct": out.busy_ms / out.end_ms * 100,
-                    "cancelled_ms": out.cancelled_ms,
-                    "lost_ms": out.lost_ms,
-                }
-            )
-        )
-    base = next((summary[s.name] for s in specs if s.kind == "uncoded"), None)
-    for s in summary.values():
-        s["extra_load_vs_uncoded_pct"] = (
-            (s["server_ms_per_query"] / base["server_ms_per_query"] - 1.0) * 100 if base is not None else None
-        )
+    cfg, draws, runs = simulate_each(config, seed, policies=policies, engine=engine)
+    frames, summary, servers, kinds = [], {}, [], {}
+    for run in runs:
+        frames.append(run.records)
+        summary[run.plan.name] = run.summary
+        servers.append(run.servers)
+        kinds[run.plan.name] = run.plan.kind
+    compare_loads(summary, kinds)
     records = pd.concat(frames, ignore_index=True)
-    records["policy"] = pd.Categorical(records["policy"], categories=[s.name for s in specs])
-    return SimResult(cfg, seed, records, summary, pd.concat(servers, ignore_index=True), draws)
+    return SimResult(cfg, int(seed), records, summary, pd.concat(servers, ignore_index=True), draws)
 
 
 def replication_seeds(seed: int, n: int) -> list[int]:

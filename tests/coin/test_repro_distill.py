@@ -76,3 +76,21 @@ def test_summary_helpers(repro, result):
     per_epoch = repro.epoch_table(pd.DataFrame(result["epochs"]), 8)
     assert list(per_epoch.index) == [0, 1, 2]
     assert list(per_epoch.columns) == ["train_nda_pct", "test_nda_pct", "train_loss"]
+
+
+def test_a_method_trained_on_the_pools_runs_once_on_every_training_query(repro, tiny_zoo):
+    """`learned` is handed every training query (not P) and is trained once however many P the run sweeps."""
+    res = repro.code_zoo(tiny_zoo, samples=[4, 8], methods=["vanilla", "learned"], keep_models=True,
+                         progress=False)
+    runs = pd.DataFrame(res["runs"])
+    total = sum(len(e.train_y) for e in tiny_zoo.experts)
+    assert runs[runs["method"] == "vanilla"]["samples"].tolist() == [4, 8]
+    assert runs[runs["method"] == "learned"]["samples"].tolist() == [total]
+    assert (4, "learned") in res["models"] and (8, "learned") not in res["models"]
+    x, _, _ = coin.coding_samples(coin.get_method("learned"), [(e.train_x, e.train_y) for e in tiny_zoo.experts], 4, 0)
+    beta = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    outs = [coin.outputs(m, x) for m in tiny_zoo.models]
+    y = torch.cat([e.train_y for e in tiny_zoo.experts])
+    owner = torch.cat([torch.full((len(e.train_y),), i) for i, e in enumerate(tiny_zoo.experts)])
+    on_pools = coin.score_outputs(coin.outputs(res["models"][(4, "learned")], x), outs, beta, y, owner)["nda"]
+    assert runs[runs["method"] == "learned"]["train_nda_pct"].item() == pytest.approx(on_pools)

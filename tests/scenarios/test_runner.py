@@ -163,11 +163,11 @@ class Interrupt:
         self.at, self.armed, self.real = at, True, runner.run_point
         monkeypatch.setattr(runner, "run_point", self)
 
-    def __call__(self, config, seed, answers):
+    def __call__(self, config, seed, answers, out=None):
         self.calls.append(config.stragglers.p)
         if self.armed and len(self.calls) == self.at:
             raise KeyboardInterrupt
-        return self.real(config, seed, answers)
+        return self.real(config, seed, answers, out)
 
 
 def test_interrupted_sweep_resumes_without_redoing_finished_points(tmp_path, monkeypatch):

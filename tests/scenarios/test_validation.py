@@ -620,11 +620,11 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, call: int, error: type[BaseEx
 
     real, calls = runner.run_point, []
 
-    def run_point(config, seed, answers):
+    def run_point(config, seed, answers, out=None):
         calls.append(config.stragglers.p)
         if len(calls) == call:
             raise error("stop")
-        return real(config, seed, answers)
+        return real(config, seed, answers, out)
 
     monkeypatch.setattr(runner, "run_point", run_point)
     return calls
@@ -671,7 +671,13 @@ def test_failure_while_saving_the_first_point_leaves_no_folders(home: Path, monk
     def disk_full(self, path, *args, **kwargs):
         raise OSError(28, "No space left on device", str(path))
 
+    import pyarrow.parquet as pq
+
     monkeypatch.setattr(pd.DataFrame, "to_parquet", disk_full)
+    def disk_full_streaming(self, table, *args, **kwargs):
+        raise OSError(28, "No space left on device", self.where)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", disk_full_streaming)  # a point's records are streamed
     line = one_error_line(CliRunner().invoke(cli, ["--quiet", *run_args(write(home, SIM), home / "out" / "a" / "b")]))
     assert "No space left on device" in line
     assert not (home / "out").exists()
