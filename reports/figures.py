@@ -132,15 +132,19 @@ def _finish_sweep_axis(ax, axis: str, cats: list[str] | None) -> None:
 
 
 def _ordered(policies: Sequence[str] | None, frame: pd.DataFrame) -> list[str]:
-    present = list(dict.fromkeys(frame["policy"].astype(str)))
+    names = frame["policy"]  # in order of first appearance, without a string per row
+    present = [str(p) for p in (names.unique() if len(names) else [])]
     if policies is None:
         return present
     return [p for p in policies if p in present] + [p for p in present if p not in policies]
 
 
-def measured(queries: pd.DataFrame, point: int | None = None) -> pd.DataFrame:
-    """Rows that count: the chosen sweep point, warm-up discarded (as the simulator's statistics do)."""
+def measured(queries: pd.DataFrame, point: int | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Rows that count: the chosen sweep point, warm-up discarded (as the simulator's statistics do); `columns`:
+    only those (with what the selection needs), so that millions of rows are not copied whole."""
     q = queries
+    if columns is not None:
+        q = q[[c for c in q.columns if c in {*columns, "point", "warmup"}]]
     if point is not None and "point" in q.columns:
         q = q[q["point"] == point]
     if "warmup" in q.columns:
@@ -148,10 +152,26 @@ def measured(queries: pd.DataFrame, point: int | None = None) -> pd.DataFrame:
     return q
 
 
+CCDF_STEPS = 2000
+
+
+def ccdf_steps(n: int, steps: int = CCDF_STEPS) -> np.ndarray:
+    """Which of n sorted latencies a survival curve draws: all of them up to 3 × `steps`; beyond, the largest
+    `steps` (the tail, where each query moves the curve visibly on a log axis), `steps` evenly spaced ranks and
+    `steps` ranks at geometric distances from the end — a curve of millions of queries drawn as what a figure
+    can show, its every plotted point exact."""
+    if n <= 3 * steps:
+        return np.arange(n)
+    tail = np.arange(n - steps, n)
+    even = np.linspace(0, n - 1, steps).astype(np.int64)
+    geometric = n - np.unique(np.geomspace(1, n, steps).astype(np.int64))
+    return np.unique(np.concatenate([even, geometric, tail]))
+
+
 def latency_ccdf(queries: pd.DataFrame, policies: Sequence[str] | None = None,
                  colors: Mapping[str, str] | None = None, point: int | None = None, where: str | None = None) -> Figure:
     """P(latency > x) per policy on a log y axis, so the p99/p99.9 region is as visible as the median."""
-    q = measured(queries, point)
+    q = measured(queries, point, ("policy", "latency_ms"))
     order = _ordered(policies, q)
     colors = colors or policy_colors(order)
     fig, (ax,) = _new()
@@ -165,7 +185,8 @@ def latency_ccdf(queries: pd.DataFrame, policies: Sequence[str] | None = None,
             continue
         n_max = max(n_max, len(lat))
         surv = 1.0 - np.arange(1, len(lat) + 1) / len(lat)
-        keep = surv > 0  # the last point has P=0, which a log axis cannot show
+        keep = ccdf_steps(len(lat))
+        keep = keep[surv[keep] > 0]  # the last point has P=0, which a log axis cannot show
         ax.step(lat[keep], surv[keep], where="post", color=colors.get(name), lw=1.6, ls=_dash(order, name),
                 label=name)
     for level, text in ((1e-2, "p99"), (1e-3, "p99.9")):
@@ -528,9 +549,12 @@ def answer_fractions(queries: pd.DataFrame | None, sweep: pd.DataFrame | None) -
     """Per (point, policy): percent of measured queries answered direct / replica / hedge / decoded / backup
     (columns `<kind>_pct`).
 
-    From queries.parquet when present (every kind); otherwise from the sweep's `*_pct` columns.
+    From the sweep's `*_pct` columns when it has them (the same shares, for every point), otherwise from
+    queries.parquet (of which the report reads only the headline point's rows).
     """
     cols = [f"{k}_pct" for k in ANSWER_KINDS]
+    if sweep is not None and (have := [c for c in cols if c in sweep.columns]):
+        return sweep[["point", "policy", *have]].reset_index(drop=True)
     if queries is not None and "answered_by" in queries.columns:
         q = measured(queries)
         frac = (q.groupby(["point", "policy"], observed=True)["answered_by"].value_counts(normalize=True)
@@ -539,10 +563,6 @@ def answer_fractions(queries: pd.DataFrame | None, sweep: pd.DataFrame | None) -
         frac = frac.reindex(columns=cols, fill_value=0.0).reset_index()
         frac[cols] = frac[cols] * 100
         return frac
-    if sweep is not None:
-        have = [c for c in cols if c in sweep.columns]
-        if have:
-            return sweep[["point", "policy", *have]].copy()
     return pd.DataFrame(columns=["point", "policy"])
 
 
@@ -740,9 +760,9 @@ def traffic_over_time(queries: pd.DataFrame, point: int | None = None, policies:
     t0, t1 = float(q["arrival_ms"].min()), float(q["finish_ms"].max() if "finish_ms" in q else q["arrival_ms"].max())
     edges = np.linspace(t0, max(t1, t0 + 1e-9), bins + 1)
     width_s = (edges[1] - edges[0]) / 1000.0
-    names = first["model_name"].astype(str) if "model_name" in first.columns else first.get("model", 0).astype(str)
-    for i, name in enumerate(dict.fromkeys(names)):
-        counts, _ = np.histogram(first.loc[names == name, "arrival_ms"], edges)
+    names = first["model_name"] if "model_name" in first.columns else first.get("model", pd.Series(0, first.index))
+    for i, name in enumerate(pd.unique(names)):  # in order of first arrival, without a string per row
+        counts, _ = np.histogram(first.loc[(names == name).to_numpy(), "arrival_ms"], edges)
         ax_rate.step(edges[:-1], counts / width_s, where="post", lw=1.3, color=_MODEL_COLORS[i % len(_MODEL_COLORS)],
                      label=str(name))
     ax_rate.set_ylabel("arrivals (queries/s)")

@@ -292,9 +292,11 @@ REPORT_QUERY_COLUMNS = ("point", "policy", "warmup", "kind", "model", "model_nam
                         "latency_ms", "answered_by", "correct")  # what the report's figures read of queries.parquet
 
 
-def _read_table(path: Path, required: tuple[str, ...], only: tuple[str, ...] | None = None) -> pd.DataFrame | None:
+def _read_table(path: Path, required: tuple[str, ...], only: tuple[str, ...] | None = None,
+                point: int | None = None) -> pd.DataFrame | None:
     """A result table, checked for its required columns; `only`: read just these columns of a parquet file (those
-    it has), so that a run of many millions of queries is not read whole."""
+    it has), and `point`: just that sweep point's rows, so that a run of many millions of queries is not read
+    whole."""
     if not path.exists():
         return None
     try:
@@ -306,7 +308,10 @@ def _read_table(path: Path, required: tuple[str, ...], only: tuple[str, ...] | N
             import pyarrow.parquet as pq
 
             names = set(pq.read_schema(path).names)
-            df = pd.read_parquet(path, columns=[c for c in only if c in names])
+            rows = [("point", "==", point)] if point is not None and "point" in names else None
+            table = pq.read_table(path, columns=[c for c in only if c in names], filters=rows)
+            df = table.to_pandas(self_destruct=True, split_blocks=True)  # arrow's buffers freed as converted
+            del table
     except Exception as exc:  # pyarrow/pandas raise many types; the user needs the file name, not the type
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise _fail(str(path), f"cannot be read ({first})") from exc
@@ -376,7 +381,9 @@ def load_result(result_dir: Path | str) -> ResultData:
     toml = path / SCENARIO
     if toml.is_file():
         data.scenario_toml = toml.read_text(encoding="utf-8", errors="replace")
-    data.queries = _read_table(path / QUERIES, ("policy", "latency_ms"), REPORT_QUERY_COLUMNS)
+    headline = raw.get("headline_point") if not legacy else None  # the figures drawn from queries show it alone
+    data.queries = _read_table(path / QUERIES, ("policy", "latency_ms"), REPORT_QUERY_COLUMNS,
+                               headline if isinstance(headline, int) and not isinstance(headline, bool) else None)
     data.sweep = _read_table(path / SWEEP, ("point", "policy"))
     data.nda = _read_table(path / NDA, ("method", "expert"))
     if data.nda is not None:
@@ -385,7 +392,10 @@ def load_result(result_dir: Path | str) -> ResultData:
             raise _fail(str(path / NDA), "missing column nda_pct (or nda, before the rename)")
     if data.queries is not None:
         q = data.queries
-        q["policy"] = q["policy"].astype(str)
+        if isinstance(q["policy"].dtype, pd.CategoricalDtype):  # names as str, without a string object per row
+            q["policy"] = q["policy"].cat.rename_categories([str(c) for c in q["policy"].cat.categories])
+        else:
+            q["policy"] = q["policy"].astype(str)
         if "point" not in q.columns:
             q["point"] = 0
         if "warmup" in q.columns:

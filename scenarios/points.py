@@ -229,6 +229,7 @@ def run_point(config: SimConfig, seed: int, answers: AnswerTables | None, out: P
             summary[name] = _policy_summary(rec, run.summary)
             kinds[name] = run.plan.kind
             keep(rec)
+            del run, rec  # not held while the next policy runs
 
     if out is None:
         consume(frames.append)

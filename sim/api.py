@@ -170,7 +170,10 @@ def simulate_each(
             out = run_plan(plan, draws, engine)
             rec = _records(cfg, plan, draws, out)
             rec["policy"] = pd.Categorical.from_codes(np.full(len(rec), names.index(plan.name), np.int16), names)
-            yield PolicyRun(plan, rec, _summary(cfg, plan, rec, out), _servers_frame(plan, out))
+            run = PolicyRun(plan, rec, _summary(cfg, plan, rec, out), _servers_frame(plan, out))
+            del plan, out, rec  # the next policy runs without this one's arrays, once the caller drops them
+            yield run
+            del run
 
     return cfg, draws, runs()
 

@@ -84,12 +84,16 @@ def test_metric_vs_sweep_handles_categorical_axis(data):
 
 
 def test_answer_fractions_from_queries_sum_to_100_and_match_the_sweep(data):
-    frac = reports.answer_fractions(data.queries, data.sweep)
+    from_queries = reports.answer_fractions(data.queries, None)  # the report reads the headline point's rows
+    assert set(from_queries["point"]) == {data.headline_point}
     kinds = ["direct_pct", "replica_pct", "hedge_pct", "decoded_pct"]
-    assert np.allclose(frac[kinds].sum(axis=1), 100.0)
+    assert np.allclose(from_queries[kinds].sum(axis=1), 100.0)
     for kind in kinds:
-        merged = frac.merge(data.sweep[["point", "policy", kind]], on=["point", "policy"], suffixes=("", "_sweep"))
-        assert np.allclose(merged[kind], merged[f"{kind}_sweep"])
+        merged = from_queries.merge(data.sweep[["point", "policy", kind]], on=["point", "policy"],
+                                    suffixes=("", "_sweep"))
+        assert len(merged) == len(POLICIES) and np.allclose(merged[kind], merged[f"{kind}_sweep"])
+    frac = reports.answer_fractions(data.queries, data.sweep)  # every point: the sweep's columns
+    assert sorted(set(frac["point"])) == sorted(set(data.sweep["point"]))
     fig = reports.answer_mix_vs_sweep(frac, data.sweep, AXIS, list(POLICIES))
     assert [ax.get_title() for ax in fig.axes] == ["Decoded answers", "Replica answers", "Hedge answers"]
     decoded = fig.axes[0].get_lines()[0]
@@ -119,7 +123,8 @@ def test_nda_bars_one_group_per_expert_plus_average_with_the_reference_at_100():
 
 
 def test_traffic_over_time_counts_queries_in_system(data):
-    q = data.queries[data.queries.point == 0]
+    q = data.queries[data.queries.point == data.headline_point]  # the report reads that point's queries
+    assert len(q)
     fig = reports.traffic_over_time(q, policies=["uncoded"])
     rate_ax, queue_ax = fig.axes
     assert rate_ax.get_ylabel() == "arrivals (queries/s)"
@@ -168,3 +173,16 @@ def test_a_sweep_axis_spanning_16x_is_drawn_on_a_log_scale():
     assert scale([2, 4, 8, 16, 32, 64, 128]) == ("log", ["2", "4", "8", "16", "32", "64", "128"])
     assert scale([0.0, 0.02, 0.1])[0] == "linear"  # a zero cannot go on a log axis
     assert scale([1, 2, 4, 8])[0] == "linear"  # under 16x: linear reads better
+
+
+def test_a_ccdf_of_millions_is_drawn_from_a_few_thousand_exact_steps():
+    """Every plotted step is one of the sorted latencies at its exact survival; the tail is drawn query by query."""
+    lat = np.random.default_rng(1).lognormal(0.0, 1.0, 1_000_000)
+    fig = reports.latency_ccdf(pd.DataFrame({"policy": "coded", "latency_ms": lat}))
+    line = fig.axes[0].get_lines()[0]
+    x, y = np.asarray(line.get_xdata()), np.asarray(line.get_ydata())
+    assert len(x) <= 3 * reports.figures.CCDF_STEPS
+    ranks = np.searchsorted(np.sort(lat), x)  # position of each drawn latency among all of them
+    assert np.allclose(y, 1.0 - (ranks + 1) / len(lat))
+    assert (np.diff(ranks[-(reports.figures.CCDF_STEPS - 1):]) == 1).all()  # the largest 2,000: every query
+    assert x[0] == lat.min() and y[-1] == pytest.approx(1e-6)
