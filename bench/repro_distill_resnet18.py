@@ -10,6 +10,8 @@ P/2 from each expert's training partition (``coin.draw_coding_samples``); NDA is
 test partition. Distillation uses the paper's settings (``coin/methods/distill.py``: AdamW lr 1e-5, batch 8,
 weight decay 0.1, 20 epochs, student started at the β-average); its per-epoch train NDA is measured on the P
 samples it is fitted to and its test NDA on the test partitions (logging time is excluded from encode time).
+``learned`` (a coded network trained on the experts' whole training pools, 10 epochs) ignores P: it runs once per
+seed and its rows carry the pools' size as samples.
 
 Measured outputs (written to --out, one row per record):
 - ``nda.csv``: the columns of ``coinsim code``'s nda.csv (per seed × P × method × expert, ``encode_s``);

@@ -19,7 +19,7 @@ from sim import SimConfig
 CONNECT_TIMEOUT_S = 2.0
 PROBE_QUERIES = 256  # the short run that measures a query record's bytes
 SLOPE_QUERIES = (64, 256)  # the two short runs whose peaks' difference measures a query's share of a point's peak
-JOIN_COPIES = 2  # the runner holds every point's records and their concatenation at the same time
+REPORT_COPIES = 3  # the report reads its columns through arrow into pandas and filters a copy
 
 
 def check_before_work(scenario: Scenario, raw: dict[str, Any], out_root: Path, resume: bool) -> None:
@@ -134,24 +134,24 @@ def _queries(scenario: Scenario, table: dict[str, Any], config: SimConfig) -> in
 
 
 def record_bytes(config: SimConfig, seed: int) -> float:
-    """Bytes per query record, measured on a short run of the point (records plus the per-query draws)."""
+    """Bytes per query record of the columns the report reads back (`reports.load.REPORT_QUERY_COLUMNS`),
+    measured on a short run of the point."""
+    from reports.load import REPORT_QUERY_COLUMNS
     from sim import simulate
 
     probe = config.model_copy(update={"n_queries": PROBE_QUERIES, "horizon_ms": None})
-    result = simulate(probe, seed)
-    draws = result.draws
-    draw_bytes = sum(a.nbytes for a in (draws.arrival_ms, draws.model, draws.sample_id, draws.service_u,
-                                        draws.task_factor))
-    records = len(result.records)
-    return (int(result.records.memory_usage(deep=True).sum()) + draw_bytes) / max(records, 1) + 1  # + `correct`
+    records = simulate(probe, seed).records
+    kept = records[[c for c in REPORT_QUERY_COLUMNS if c in records.columns]]
+    return int(kept.memory_usage(deep=True).sum()) / max(len(kept), 1) + 1  # + `correct`
 
 
 def peak_bytes_per_query(config: SimConfig, seed: int) -> float:
     """What one more query adds to a point's peak memory while it is simulated — its draws and per-task times on
-    every server, the engines' state and its record under every policy — measured (tracemalloc, which sees numpy's
-    arrays) as the slope between two short runs, so that fixed costs do not count per query. A lower bound of what
-    the process takes: a full run's resident size grew twice as fast (85 against 42 kB per query, 320 servers, five
-    policies, measured here). Measured once per configuration and process, so run and validate say the same."""
+    every server, the engine's state and one policy's records at a time (the runner writes each policy's away
+    before the next runs) — measured (tracemalloc, which sees numpy's arrays) as the slope between two short runs,
+    so that fixed costs do not count per query. A lower bound of what the process takes: a full run's resident
+    size grew about twice as fast (measured here). Measured once per configuration and process, so run and
+    validate say the same."""
     key = (repr(config), seed)
     if key not in _PEAK_SLOPES:
         _PEAK_SLOPES[key] = _peak_slope(config, seed)
@@ -163,25 +163,29 @@ _PEAK_SLOPES: dict[tuple[str, int], float] = {}
 
 def _peak_slope(config: SimConfig, seed: int) -> float:
     import gc
+    import tempfile
     import tracemalloc
 
-    from sim import simulate
+    from scenarios.points import run_point
 
     peaks = []
-    for n in SLOPE_QUERIES:
-        probe = config.model_copy(update={"n_queries": n, "horizon_ms": None})
-        gc.collect()
-        tracemalloc.start()
-        try:
-            simulate(probe, seed)
-            peaks.append(tracemalloc.get_traced_memory()[1])
-        finally:
-            tracemalloc.stop()
+    with tempfile.TemporaryDirectory(prefix="coinsim-probe-") as folder:
+        for n in SLOPE_QUERIES:
+            probe = config.model_copy(update={"n_queries": n, "horizon_ms": None})
+            gc.collect()
+            tracemalloc.start()
+            try:
+                run_point(probe, seed, None, Path(folder) / f"{n}.parquet")
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
     return max(0.0, (peaks[1] - peaks[0]) / (SLOPE_QUERIES[1] - SLOPE_QUERIES[0]))
 
 
 def check_memory(scenario: Scenario, available: int | None = None) -> None:
-    """Refuse a run whose query records (n_queries × policies × points) would not fit in memory."""
+    """Refuse a run whose largest point would not fit in memory while it is simulated (its draws, the engine and
+    one policy's records: the rest goes to disk as it comes), or whose report could not read back its headline
+    point's records."""
     configs = stand_in_configs(scenario)
     counts = []
     for (_, table), (_, config) in zip(scenario.sweep_points(), configs, strict=True):
@@ -190,24 +194,22 @@ def check_memory(scenario: Scenario, available: int | None = None) -> None:
             counts.append((queries, len(config.policies)))
     if not counts:
         return
-    records = sum(q * p for q, p in counts)
-    per_record = record_bytes(configs[0][1], scenario.seed)
     widest = max(configs, key=lambda c: c[1].n_servers)[1]  # a point's own peak grows with its servers
     per_query = peak_bytes_per_query(widest, scenario.seed)
-    point_peak = max(q for q, _ in counts) * per_query
-    need = JOIN_COPIES * records * per_record + point_peak
+    largest = max(q for q, _ in counts)
+    point_peak = largest * per_query
+    headline_records = counts[-1][0] * counts[-1][1]  # the report draws the headline (last) point's queries
+    per_record = record_bytes(configs[-1][1], scenario.seed)
+    report = REPORT_COPIES * headline_records * per_record
+    need = max(point_peak, report)
     available = available_memory() if available is None else available
     if need <= available:
         return
-    queries = {q for q, _ in counts}
-    policies = {p for _, p in counts}
-    shape = (f"{queries.pop():,} queries × {policies.pop()} policies × {len(counts)} point(s)"
-             if len(queries) == 1 and len(policies) == 1 else f"{len(counts)} point(s)")
-    raise ScenarioError(f"sim: {shape} = {records:,} query records need about {_size(need)} of memory "
-                        f"({per_record:.0f} bytes each, held twice while joining, and a point's own peak of "
-                        f"{per_query:.0f} bytes per query on up to {widest.n_servers:,} servers), more than the "
-                        f"{_size(available)} available; lower sim.n_queries (or horizon_ms), the servers or the "
-                        "points")
+    raise ScenarioError(f"sim: a point of {largest:,} queries needs about {_size(point_peak)} while it is simulated "
+                        f"({per_query:.0f} bytes per query on up to {widest.n_servers:,} servers) and the report "
+                        f"about {_size(report)} to read back the headline point's {headline_records:,} query records "
+                        f"({per_record:.0f} bytes each, held {REPORT_COPIES} times), more than the {_size(available)} "
+                        "available; lower sim.n_queries (or horizon_ms), the servers or the points")
 
 
 def _size(n: float) -> str:
