@@ -920,7 +920,7 @@ def _queries_writer(points: list[tuple[dict[str, Any], SimConfig]], store: Point
                     table = source.read_row_group(group)
                     n = table.num_rows
                     front = [("point", pa.array(np.full(n, index, np.int64)))]
-                    front += [(c, pa.array([values[a]] * n, type=coord_types[c]))
+                    front += [(c, pa.repeat(pa.scalar(values[a], type=coord_types[c]), n))
                               for c, a in zip(columns, values, strict=True)]
                     table = pa.Table.from_arrays([a for _, a in front] + table.columns,
                                                  names=[c for c, _ in front] + table.column_names)
