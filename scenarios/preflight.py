@@ -18,7 +18,9 @@ from sim import SimConfig
 
 CONNECT_TIMEOUT_S = 2.0
 PROBE_QUERIES = 256  # the short run that measures a query record's bytes
-SLOPE_QUERIES = (64, 256)  # the two short runs whose peaks' difference measures a query's share of a point's peak
+SLOPE_QUERIES = 12_000  # the short runs whose peaks' difference measures a query's share of a point's peak: a and
+# 4a queries, a = this / servers (at least 128), so that per-query costs outweigh the fixed ones (below ~4,000 queries
+# on 3 servers a point's peak is mostly fixed costs: a slope from 1,000 and 4,000 came out at a third of the true one)
 REPORT_COPIES = 3  # the report reads its columns through arrow into pandas and filters a copy
 
 
@@ -169,8 +171,10 @@ def _peak_slope(config: SimConfig, seed: int) -> float:
     from scenarios.points import run_point
 
     peaks = []
+    first = max(128, SLOPE_QUERIES // config.n_servers)
+    sizes = (first, 4 * first)
     with tempfile.TemporaryDirectory(prefix="coinsim-probe-") as folder:
-        for n in SLOPE_QUERIES:
+        for n in sizes:
             probe = config.model_copy(update={"n_queries": n, "horizon_ms": None})
             gc.collect()
             tracemalloc.start()
@@ -179,7 +183,7 @@ def _peak_slope(config: SimConfig, seed: int) -> float:
                 peaks.append(tracemalloc.get_traced_memory()[1])
             finally:
                 tracemalloc.stop()
-    return max(0.0, (peaks[1] - peaks[0]) / (SLOPE_QUERIES[1] - SLOPE_QUERIES[0]))
+    return max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))
 
 
 def check_memory(scenario: Scenario, available: int | None = None) -> None:

@@ -75,3 +75,13 @@ def test_a_streamed_point_holds_about_one_policy_of_records(tmp_path: Path) -> N
     in_memory = _peak_slope(config, None)
     streamed = _peak_slope(config, tmp_path)
     assert streamed < 0.47 * in_memory, (streamed, in_memory)
+
+
+def test_the_memory_check_measures_a_point_s_per_query_peak_where_it_is_per_query(tmp_path: Path) -> None:
+    """The preflight's slope (two short probes) against the slope between 20,000 and 60,000 queries: probes of a few
+    hundred queries mostly measure fixed costs (64 and 256 queries gave 0 bytes per query, 1,000 and 4,000 a third)."""
+    from scenarios import preflight
+
+    config = parse_config(FIVE)
+    estimate, slope = preflight.peak_bytes_per_query(config, 0), _peak_slope(config, tmp_path)
+    assert 0.7 * slope < estimate < 1.3 * slope, (estimate, slope)
