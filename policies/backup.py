@@ -47,12 +47,12 @@ class Backup(Rules):
         return None
 
     def _backup(self, q: Query) -> None:
-        s = self.s
+        s = self.at(q)
         pool = s.backups_in[s.group_of[q.model]] if s.backups_per_group and q.model >= 0 else s.backups
         s.send(q, least_loaded(s, pool), ROLE_BACKUP)
 
     def routed(self, q: Query) -> None:
-        s = self.s
+        s = self.at(q)
         s.send(q, self.expert(q, q.model), ROLE_DIRECT)
         if s.dispatch == "redundant":
             self._backup(q)
@@ -60,7 +60,7 @@ class Backup(Rules):
             s.hedge_after(q, self.hedge_delay(q.model))
 
     def ensemble(self, q: Query) -> None:
-        s = self.s
+        s = self.at(q)
         for i in range(s.n_experts):
             s.send(q, self.expert(q, i), ROLE_DIRECT)
         if s.dispatch == "redundant":

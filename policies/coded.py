@@ -39,7 +39,7 @@ class Coded(Rules):
         return None
 
     def routed(self, q: Query) -> None:
-        s, i = self.s, q.model
+        s, i = self.at(q), q.model
         if s.dispatch == "redundant":
             s.send(q, self.expert(q, i), ROLE_DIRECT)
             self.send_group(q)
@@ -55,7 +55,7 @@ class Coded(Rules):
                 s.send(q, own, ROLE_DIRECT)
 
     def ensemble(self, q: Query) -> None:
-        s = self.s
+        s = self.at(q)
         picks = [self.expert(q, i) for i in range(s.n_experts)]  # one instance of each expert
         if s.dispatch == "redundant":
             for t in [*picks, *s.coded]:
@@ -72,7 +72,7 @@ class Coded(Rules):
                     s.send(q, t, ROLE_GROUP)
 
     def hedge(self, q: Query) -> None:
-        s = self.s
+        s = self.at(q)
         if q.model >= 0:
             self.send_group(q)
         else:
@@ -80,7 +80,7 @@ class Coded(Rules):
                 s.send(q, t, ROLE_GROUP)
 
     def output(self, q: Query, role: int, server: int, host: int) -> None:
-        s, bit = self.s, 1 << server
+        s, bit = self.at(q), 1 << server
         if q.model >= 0 and role == ROLE_DIRECT:
             s.answer(q, HOW_DIRECT, bit)
             return

@@ -14,19 +14,19 @@ class Hedged(Rules):
     extra_host = None  # replicas
 
     def routed(self, q: Query) -> None:
-        s = self.s
+        s = self.at(q)
         s.send(q, self.expert(q, q.model), ROLE_DIRECT)
         if len(s.hosts[q.model]) > len(s.instances[q.model]):  # it has replicas to hedge to
             s.hedge_after(q, self.hedge_delay(q.model))
 
     def ensemble(self, q: Query) -> None:
-        s = self.s
+        s = self.at(q)
         for i in range(s.n_experts):
             s.send(q, self.expert(q, i), ROLE_DIRECT)
         s.hedge_after(q, self.hedge_delay(-1))
 
     def hedge(self, q: Query) -> None:
-        s = self.s
+        s = self.at(q)
         models = [q.model] if q.model >= 0 else [m for m in range(s.n_experts) if not (q.cover >> m) & 1]
         for m in models:
             replicas = s.hosts[m][len(s.instances[m]):]

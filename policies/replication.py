@@ -18,7 +18,7 @@ class Replication(Rules):
         return self.s.dispatch != "redundant"
 
     def _expert(self, q: Query, i: int) -> None:
-        s = self.s
+        s = self.at(q)
         if s.dispatch == "redundant":
             for t in s.hosts[i]:
                 s.send(q, t, ROLE_DIRECT)

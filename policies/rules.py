@@ -85,20 +85,31 @@ class Serving(Protocol):
     def answer(self, q: Any, how: int, mask: int) -> None: ...
 
 
-def server_groups(hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int) -> list[int]:
-    """Each server's code group: its expert's for one of the experts' own instances (servers 0..n_base-1); for an
-    extra server, its place among the extra servers, which come r per group, group by group."""
+def server_groups(hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int,
+                  cells: int = 1) -> list[int]:
+    """Each server's code group — with cells, its (group, cell) as group × cells + cell: its expert's group (and
+    the cell of its instance, instance j of an expert in cell j mod cells) for one of the experts' own instances
+    (servers 0..n_base-1); for an extra server, its place among the extra servers, which come r per group and
+    cell, group by group and, within a group, cell by cell."""
     groups = groups or [range(n_experts)]
     group_of = {i: g for g, members in enumerate(groups) for i in members}
-    per_group = max(1, (len(hosts) - n_base) // len(groups))
-    return [group_of[h] if s < n_base else min((s - n_base) // per_group, len(groups) - 1)
-            for s, h in enumerate(hosts)]
+    blocks = len(groups) * cells
+    per_block = max(1, (len(hosts) - n_base) // blocks)
+    seen = [0] * n_experts
+    out = []
+    for s, h in enumerate(hosts):
+        if s < n_base:
+            out.append(group_of[h] * cells + seen[h] % cells)
+            seen[h] += 1
+        else:
+            out.append(min((s - n_base) // per_block, blocks - 1))
+    return out
 
 
 @dataclass(frozen=True)
 class GroupView:
     """The code groups as a system's policy view holds them (`Serving.group_of`, `members`, `group_masks`, and
-    which servers are each group's coded ones)."""
+    which servers are each group's coded ones); with cells, one block per (group, cell), group × cells + cell."""
 
     group_of: list[int]
     members: list[list[int]]
@@ -107,17 +118,31 @@ class GroupView:
     backup_servers: list[list[int]]  # per group: its backup servers (indices)
 
     @classmethod
-    def of(cls, hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int) -> GroupView:
+    def of(cls, hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int,
+           cells: int = 1) -> GroupView:
         members = [list(g) for g in groups] or [list(range(n_experts))]
-        sg = server_groups(hosts, n_base, members, n_experts)
+        sg = server_groups(hosts, n_base, members, n_experts, cells)
         group_of = [0] * n_experts
         for g, m in enumerate(members):
             for i in m:
                 group_of[i] = g
-        masks = [sum(1 << s for s in range(len(hosts)) if sg[s] == g) for g in range(len(members))]
-        coded = [[s for s, h in enumerate(hosts) if h == CODED and sg[s] == g] for g in range(len(members))]
-        backup = [[s for s, h in enumerate(hosts) if h == BACKUP and sg[s] == g] for g in range(len(members))]
-        return cls(group_of, members, masks, coded, backup)
+        blocks = range(len(members) * cells)
+        masks = [sum(1 << s for s in range(len(hosts)) if sg[s] == b) for b in blocks]
+        coded = [[s for s, h in enumerate(hosts) if h == CODED and sg[s] == b] for b in blocks]
+        backup = [[s for s, h in enumerate(hosts) if h == BACKUP and sg[s] == b] for b in blocks]
+        return cls(group_of, [members[b // cells] for b in blocks], masks, coded, backup)
+
+
+class _CellView:
+    """One cell's part of a system's `Serving` view: its instances, replicas, coded and backup servers and its
+    blocks of the code groups; everything else (send, loads, timers, answers) is the system's own."""
+
+    def __init__(self, system: Any, **own: Any) -> None:
+        self._system = system
+        self.__dict__.update(own)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._system, name)
 
 
 class ServingView:
@@ -129,14 +154,16 @@ class ServingView:
                   dispatch: str, fanout: int, balancer: str, delay_ms: Sequence[float] | None,
                   delay_quantile: float | None, delay_window: int, station_of: Sequence[int],
                   targets: Sequence[Any], options: dict[str, Any] | None = None,
-                  backups_per_group: bool = False) -> None:
-        def holding(i: int, own_only: bool) -> list[Any]:
+                  backups_per_group: bool = False, cells: int = 1) -> None:
+        def holding(i: int, own_only: bool, cell: int | None = None) -> list[Any]:
             out: list[Any] = []
             for s, h in enumerate(hosts):
                 t = targets[station_of[s]]
-                if h == i and (s < n_base or not own_only) and t not in out:
+                if h == i and (s < n_base or not own_only) and t not in out and (cell is None or cell_of[s] == cell):
                     out.append(t)
             return out
+
+        cell_of = [b % cells for b in server_groups(hosts, n_base, groups, n_experts, cells)]
 
         self.n_experts, self.n_base, self.dispatch, self.fanout = n_experts, n_base, dispatch, fanout
         self.balancer = balancer
@@ -152,6 +179,21 @@ class ServingView:
         self.coded_in = [[targets[station_of[s]] for s in servers] for servers in gv.coded_servers]
         self.backups_in = [[targets[station_of[s]] for s in servers] for servers in gv.backup_servers]
         self.backups_per_group = backups_per_group
+        self.cell_views: list[Any] = []
+        if cells > 1:  # each cell a view of its own; the rules pick a query's (Rules.at)
+            cv = GroupView.of(hosts, n_base, groups, n_experts, cells)
+            for c in range(cells):
+                blocks = range(c, len(cv.members), cells)  # this cell's block of every code group
+                self.cell_views.append(_CellView(
+                    self,
+                    instances=[holding(i, True, c) for i in range(n_experts)],
+                    hosts=[holding(i, False, c) for i in range(n_experts)],
+                    coded=[targets[station_of[s]] for s, h in enumerate(hosts) if h == CODED and cell_of[s] == c],
+                    backups=[targets[station_of[s]] for s, h in enumerate(hosts) if h == BACKUP and cell_of[s] == c],
+                    parity=[],
+                    group_masks=[cv.group_masks[b] for b in blocks],
+                    coded_in=[[targets[station_of[s]] for s in cv.coded_servers[b]] for b in blocks],
+                    backups_in=[[targets[station_of[s]] for s in cv.backup_servers[b]] for b in blocks]))
 
 
 @dataclass(frozen=True)
@@ -169,6 +211,7 @@ class Offered:
     dispatch: str = ""  # the policy's dispatch rule ("": its kind's default)
     backups_per_group: bool = False  # backup copies stay in the query's code group
     random_arrivals: bool = True  # False for a given trace: its mean rates say little about its bursts
+    cells: int = 1  # the instances and extra servers split into cells (each code group coded per cell)
 
     @property
     def n_experts(self) -> int:
@@ -184,7 +227,10 @@ class Offered:
         return next((g for g, m in enumerate(self.groups) if model in m), 0)
 
     def server_group(self, server: int) -> int:
-        return server_groups(self.hosts, self.n_base or self.n_experts, self.groups, self.n_experts)[server]
+        """The code group of a server (whichever cell it is in: the necessary conditions are stated over all
+        cells, which take equal shares of the queries)."""
+        return server_groups(self.hosts, self.n_base or self.n_experts, self.groups, self.n_experts,
+                             self.cells)[server] // self.cells
 
 
 class Rules:
@@ -199,11 +245,18 @@ class Rules:
 
     def __init__(self, serving: Serving) -> None:
         self.s = serving
-        self._turn: dict[int, int] = {}  # round robin: each expert's next instance
+        self._cells: list[Any] = list(getattr(serving, "cell_views", None) or [])
+        self._turn: dict[tuple[int, int], int] = {}  # round robin: each (cell, expert)'s next instance
         running = serving.delay_quantile is not None and serving.delay_ms is not None
         self.running_delay: RunningDelay | None = (
             RunningDelay(serving.delay_ms, serving.delay_quantile, serving.delay_window)  # type: ignore[arg-type]
             if running else None)
+
+    def at(self, q: Query) -> Serving:
+        """The view q is served in: its cell's (queries go to the cells in turn, by arrival index), or the
+        whole system's."""
+        cells = self._cells
+        return cells[q.qid % len(cells)] if cells else self.s
 
     # ---- hedge delays
     def hedge_delay(self, model: int) -> float:
@@ -264,15 +317,16 @@ class Rules:
 
     def expert(self, q: Query, i: int) -> Any:
         """The instance of expert i that gets q's task, by the deployment's balancer."""
-        s = self.s
+        s = self.at(q)
         instances = s.instances[i]
         if len(instances) == 1:
             return instances[0]
         if s.balancer == "jsq":
             return least_loaded(s, instances)
         if s.balancer == "round_robin":
-            k = self._turn.get(i, 0)
-            self._turn[i] = (k + 1) % len(instances)
+            key = (q.qid % len(self._cells) if self._cells else 0, i)
+            k = self._turn.get(key, 0)
+            self._turn[key] = (k + 1) % len(instances)
             return instances[k]
         # power of d: d distinct instances drawn with the query's uniforms, the least loaded (ties: first drawn)
         left, drawn = list(instances), []
@@ -283,14 +337,14 @@ class Rules:
     def decode_group(self, q: Query) -> list[Any]:
         """The decode group of a routed query: an instance of each other expert of its code group (by the balancer)
         and the picked coded targets of that group."""
-        s = self.s
+        s = self.at(q)
         g = s.group_of[q.model]
         return [self.expert(q, j) for j in s.members[g] if j != q.model] + list(coded_pick(s, g))
 
     def send_group(self, q: Query) -> None:
         """Send q to its decode group, same input."""
         for t in self.decode_group(q):
-            self.s.send(q, t, ROLE_GROUP)
+            self.at(q).send(q, t, ROLE_GROUP)
 
     def routed(self, q: Query) -> None:
         """A query for expert q.model arrives."""
@@ -308,7 +362,7 @@ class Rules:
 
         Default: the output of a backup answers on its own; a routed query is answered by its first output; an
         ensemble query once one output of each expert is in."""
-        s, bit = self.s, 1 << server
+        s, bit = self.at(q), 1 << server
         if role == ROLE_BACKUP:  # the generalist's one output answers a routed or an ensemble query
             s.answer(q, HOW_BACKUP, bit)
             return

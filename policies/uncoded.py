@@ -16,8 +16,8 @@ class Uncoded(Rules):
         return True
 
     def routed(self, q: Query) -> None:
-        self.s.send(q, self.expert(q, q.model), ROLE_DIRECT)
+        self.at(q).send(q, self.expert(q, q.model), ROLE_DIRECT)
 
     def ensemble(self, q: Query) -> None:
         for i in range(self.s.n_experts):
-            self.s.send(q, self.expert(q, i), ROLE_DIRECT)
+            self.at(q).send(q, self.expert(q, i), ROLE_DIRECT)

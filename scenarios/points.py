@@ -103,8 +103,16 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def coded_rows(config: SimConfig) -> list[int]:
+    """The coded model (row of the coding matrix, r per code group) each coded server hosts, in server order: the
+    extra servers come r per code group and cell, so with cells every cell of a group repeats its r models."""
+    r, cells = config.r, config.deployment.cells
+    blocks = len(config.code_groups) * cells
+    return [(b // cells) * r + j for b in range(blocks) for j in range(r)]
+
+
 def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
-                 hosts: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 hosts: list[str] | None = None, rows: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per simulated query: (was what the system answered right, does it agree with what the expert itself —
     or, for an ensemble query, every expert itself — would have answered).
 
@@ -116,7 +124,9 @@ def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
     """
     r = answers.matrix.shape[0]
     hosts = hosts or [str(i) for i in range(n_experts)] + ["coded"] * r
-    coded_rank = {s: k for k, s in enumerate(s for s, h in enumerate(hosts) if h == "coded")}
+    coded = [s for s, h in enumerate(hosts) if h == "coded"]
+    rows = list(range(len(coded))) if rows is None else rows  # `rows[k]`: the coded model the k-th coded server runs
+    coded_rank = {s: rows[k] for k, s in enumerate(coded)}
     model = records["model"].to_numpy()
     sample = records["sample_id"].to_numpy().astype(np.int64)
     was_decoded = (records["answered_by"] == "decoded").to_numpy()
@@ -222,7 +232,7 @@ def run_point(config: SimConfig, seed: int, answers: AnswerTables | None, out: P
                 rec["parity_others"] = pd.Series([None] * len(rec), dtype=object)
             if answers is not None:
                 hosts = [str(h) for h in run.servers.sort_values("server")["hosts"]]
-                correct, agrees = join_answers(rec, answers, cfg.n_experts, hosts)
+                correct, agrees = join_answers(rec, answers, cfg.n_experts, hosts, coded_rows(cfg))
                 rec["correct"] = correct
                 rec["agrees_with_expert"] = agrees
                 correct_by[name] = correct[~rec["warmup"].to_numpy()]

@@ -945,7 +945,8 @@ def _with_latency(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
 def deployment_facts(config: SimConfig) -> dict[str, Any]:
     """What every policy runs on: each expert's instances and its balancer, the code groups, the extra servers."""
     return {"instances": list(config.instance_counts), "balancer": config.deployment.balancer,
-            "groups": [list(g) for g in config.code_groups], "extra_servers": config.n_extra,
+            "groups": [list(g) for g in config.code_groups], "cells": config.deployment.cells,
+            "extra_servers": config.n_extra,
             "servers": config.n_servers}
 
 

@@ -499,6 +499,9 @@ class Deployment(_Model):
     backups: Literal["pooled", "per_group"] = Field(
         "pooled", description="backup policy with code groups: a query's backup copy goes to any backup server "
                               "(pooled) or to one of its own group's r (per_group)")
+    cells: int = Field(1, ge=1, description="cells: the instances split into this many cells (instance j of an "
+                                            "expert in cell j mod cells), each code group coded per cell by its own "
+                                            "r coded servers; queries go to the cells in turn and stay in theirs")
 
     @field_validator("instances")
     @classmethod
@@ -696,6 +699,18 @@ class SimConfig(_Model):
                     self.traffic.trace_models is not None and -1 in self.traffic.trace_models)):
                 raise ValueError("deployment.backups = 'per_group': an ensemble query needs every expert, so no one "
                                  "group's backup answers it; use pooled backups or routed traffic only")
+        cells = self.deployment.cells
+        if cells > 1:
+            counts = self.instance_counts
+            if any(k % cells for k in counts):
+                raise ValueError(f"deployment.cells = {cells} needs every expert's instances to be a multiple of "
+                                 f"{cells} (got {list(counts)}): each cell holds as many instances of each expert")
+            if any(p.kind == "parity" for p in self.policies):
+                raise ValueError("deployment.cells: the parity policy's groups of queries are not formed per cell")
+            pooled = [p.name for p in self.policies if p.dispatch in RULES[p.kind].pooled]
+            if pooled:
+                raise ValueError(f"deployment.cells: policy {pooled[0]!r} pools an expert's servers in one queue "
+                                 "across the cells")
         s = self.n_servers
         if self.service.cores is not None and self.service.max_batch > 1:
             raise ValueError("service.cores (shared cores) is not modelled with max_batch > 1")
@@ -769,8 +784,8 @@ class SimConfig(_Model):
 
     @property
     def n_extra(self) -> int:
-        """Extra servers of every policy: r per code group."""
-        return self.r * len(self.code_groups)
+        """Extra servers of every policy: r per code group and cell."""
+        return self.r * len(self.code_groups) * self.deployment.cells
 
     def policy(self, name: str) -> PolicySpec:
         for p in self.policies:

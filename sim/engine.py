@@ -503,7 +503,7 @@ class FastEngine(ServingView):
                        options=plan.options,
                        delay_quantile=plan.delay_quantile, delay_window=plan.delay_window,
                        station_of=plan.station_of, targets=self.stations,
-                       backups_per_group=plan.backups_per_group)
+                       backups_per_group=plan.backups_per_group, cells=plan.cells)
         self.balance = plan.balance_u
         self.experts = [self.stations[plan.station_of[i]] for i in range(self.N)]
         self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)

@@ -28,13 +28,18 @@ class Layout:
 
 
 def replica_models(cfg: SimConfig, spec: PolicySpec) -> list[int]:
+    """The expert each extra server holds a replica of: given, all the hottest expert's, or spread over the experts
+    (with cells, within each cell: the extra servers come r per code group and cell, cell by cell in a group)."""
     n, r = cfg.n_experts, cfg.n_extra
     if isinstance(spec.replica_of, tuple):
         return list(spec.replica_of)
     if spec.replica_of == "hot":
         hot = int(np.argmax(cfg.traffic.mean_shares(n)))
         return [hot] * r
-    return [k % n for k in range(r)]
+    per, cells = cfg.r, cfg.deployment.cells  # the k-th extra server: the (k % per)-th of block k // per, whose
+    blocks = r // per  # group is block // cells and cell block % cells; counted cell by cell, each cell's extra
+    return [((k // per % cells) * blocks // cells * per + (k // per // cells) * per + k % per) % n  # servers
+            for k in range(r)]  # continue the spread where the previous cell's ended
 
 
 def base_hosts(cfg: SimConfig) -> list[int]:
@@ -88,7 +93,7 @@ def _offered(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> Offered:
     return Offered(str(spec.name), lay.hosts, [float(x) for x in routed], float(tr.ensemble_rate_per_ms),
                    cfg.n_base, cfg.code_groups if cfg.deployment.groups is not None else (), spec.options,
                    dispatch=spec.dispatch or "", random_arrivals=tr.kind != "trace",
-                   backups_per_group=cfg.deployment.backups == "per_group")
+                   backups_per_group=cfg.deployment.backups == "per_group", cells=cfg.deployment.cells)
 
 
 def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:

@@ -58,6 +58,7 @@ class Plan:
     options: dict[str, Any] = field(default_factory=dict)  # the policy kind's own settings (PolicySpec.options)
     groups: tuple[tuple[int, ...], ...] = ()  # code groups of experts (empty: one group of all)
     backups_per_group: bool = False  # a query's backup copy goes to its own code group's backup servers
+    cells: int = 1  # the servers split into cells; a query is served in cell qid mod cells
 
     @property
     def n_servers(self) -> int:
@@ -149,6 +150,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         balance_u=draws.balance_u,
         groups=cfg.code_groups if cfg.deployment.groups is not None else (),
         backups_per_group=cfg.deployment.backups == "per_group",
+        cells=cfg.deployment.cells,
     )
 
 

@@ -69,7 +69,7 @@ class ReferenceEngine(ServingView):
                        dispatch=plan.dispatch, fanout=plan.fanout, balancer=plan.balancer, delay_ms=plan.delay_ms,
                        delay_quantile=plan.delay_quantile, delay_window=plan.delay_window,
                        station_of=plan.station_of, targets=range(len(plan.stations)), options=plan.options,
-                       backups_per_group=plan.backups_per_group)
+                       backups_per_group=plan.backups_per_group, cells=plan.cells)
         self.balance = plan.balance_u
         self.rules = rules_for(plan.kind)(self)
         n, S = draws.n, plan.n_servers

@@ -182,3 +182,38 @@ def test_per_group_backups_answer_their_own_groups_queries_with_their_groups_cod
         want = classes[int(q["model"])][int(np.argmax(backup[row, classes[int(q["model"])]]))] == labels[row]
         assert bool(q["correct"]) == want
     assert summary["policies"]["backup"]["backup_pct"] > 0
+
+
+def test_cells_decode_from_their_own_cell_with_their_group_s_coded_model(tiny_cache, tmp_path):
+    # four experts in two groups, two instances each in two cells: 8 instances, then one coded server per
+    # (group, cell) — servers 8, 9 code group 0 in cells 0, 1 and servers 10, 11 code group 1 — all four running
+    # their group's one coded model; a decoded answer is judged on that model's output, recomputed here
+    raw = _raw(tiny_cache)
+    raw["sim"] = {**raw["sim"], "n_queries": 1500, "policies": ["uncoded", {"kind": "coded", "dispatch": "redundant"}],
+                  "traffic": {"kind": "poisson", "load": 0.2},
+                  "deployment": {"groups": GROUPS, "instances": 2, "cells": 2}}
+    folder = run_scenario(scenario_from_dict(raw), raw, tmp_path, quiet=True)
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["deployment"]["servers"] == 12 and summary["deployment"]["cells"] == 2
+    queries = pd.read_parquet(folder / "queries.parquet")
+    saved = np.load(folder / "outputs.npz", allow_pickle=False)
+    labels, offsets, experts = saved["labels"], saved["offsets"], saved["expert_outputs"]
+    coded, matrix = saved["coded_outputs"], saved["coding_matrix"]
+    assert coded.shape[0] == 2  # one coded model per group, whatever the cells
+    group_of = {i: g for g, m in enumerate(GROUPS) for i in m}
+    cell_of = {s: 0 for s in range(4)} | {s: 1 for s in range(4, 8)} | {8: 0, 9: 1, 10: 0, 11: 1}
+    expert_of = {s: s % 4 for s in range(8)}
+    coded_group = {8: 0, 9: 0, 10: 1, 11: 1}
+    checked = 0
+    for row in queries[(queries["policy"] == "coded") & (queries["answered_by"] == "decoded")].itertuples():
+        servers = [int(s) for s in row.servers_used.split(",")]
+        assert {cell_of[s] for s in servers} == {row.query_id % 2}, row
+        index = offsets[row.model] + row.sample_id
+        g = group_of[row.model]
+        (c,) = [s for s in servers if s in coded_group]
+        assert coded_group[c] == g and all(group_of[expert_of[s]] == g for s in servers if s < 8), row
+        (partner,) = [j for j in GROUPS[g] if j != row.model]
+        decoded = (coded[g, index] - matrix[g, partner] * experts[partner, index]) / matrix[g, row.model]
+        assert (decoded.argmax() == labels[index]) == row.correct, row
+        checked += 1
+    assert checked > 20
