@@ -106,6 +106,15 @@ def server_groups(hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[i
     return out
 
 
+def coded_rows(n_coded: int, n_groups: int, cells: int = 1) -> list[int]:
+    """The coded model (row of the coding matrix: r per code group, group by group) that each of `n_coded` coded
+    servers runs, in server order: the extra servers come r per (group, cell), so every cell of a group repeats
+    its group's r models."""
+    blocks = max(1, n_groups) * cells
+    r = n_coded // blocks
+    return [(b // cells) * r + j for b in range(blocks) for j in range(r)] + list(range(blocks * r, n_coded))
+
+
 @dataclass(frozen=True)
 class GroupView:
     """The code groups as a system's policy view holds them (`Serving.group_of`, `members`, `group_masks`, and

@@ -16,6 +16,7 @@ import pandas as pd
 
 import atomic
 from policies.codes import HOW, mask_servers
+from policies.rules import coded_rows as rules_coded_rows
 from sim import SimConfig, compare_loads, simulate_each
 
 
@@ -104,11 +105,9 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 def coded_rows(config: SimConfig) -> list[int]:
-    """The coded model (row of the coding matrix, r per code group) each coded server hosts, in server order: the
-    extra servers come r per code group and cell, so with cells every cell of a group repeats its r models."""
-    r, cells = config.r, config.deployment.cells
-    blocks = len(config.code_groups) * cells
-    return [(b // cells) * r + j for b in range(blocks) for j in range(r)]
+    """The coded model (row of the coding matrix, r per code group) each coded server hosts, in server order (see
+    `policies.rules.coded_rows`: with cells, every cell of a group repeats its r models)."""
+    return rules_coded_rows(config.n_extra, len(config.code_groups), config.deployment.cells)
 
 
 def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
@@ -168,9 +167,9 @@ def join_answers(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
 
 
 def join_correctness(records: pd.DataFrame, answers: AnswerTables, n_experts: int,
-                     hosts: list[str] | None = None) -> np.ndarray:
+                     hosts: list[str] | None = None, rows: list[int] | None = None) -> np.ndarray:
     """Per simulated query: was what the system answered right? (see `join_answers`)"""
-    return join_answers(records, answers, n_experts, hosts)[0]
+    return join_answers(records, answers, n_experts, hosts, rows)[0]
 
 
 ANSWER_KINDS = HOW  # direct, replica, hedge, decoded, backup: the simulator's own names

@@ -36,6 +36,7 @@ import pandas as pd
 import atomic
 from models.progress import say
 from policies.codes import BACKUP, CODED, PARITY, host_name, mask_servers
+from policies.rules import coded_rows
 from resultschema import CALIBRATION, PROFILE, SCENARIO, SERVED_PROFILE, SUMMARY
 from scenarios import served as served_model
 from scenarios.networks import backup_network, parity_network_index, save_networks, served_networks
@@ -80,7 +81,8 @@ def policy_of(plan: Any, backup_net: int | None = None, parity_nets: Any = None,
                   n_base=plan.base, balancer=plan.balancer, groups=plan.groups,
                   options=tuple(sorted(plan.options.items())),
                   parity_nets=parity_nets(k, plan.dispatch) if plan.kind == "parity" and parity_nets else (),
-                  encoder=encoder)
+                  encoder=encoder, cells=plan.cells,
+                  coded_rows=tuple(coded_rows(plan.hosts.count(CODED), len(plan.code_groups), plan.cells)))
 
 
 def host_names(hosts: tuple[int, ...]) -> list[str]:
@@ -98,12 +100,13 @@ def workload_of(draws: Any, offsets: np.ndarray, mode: str) -> Any:
 
 
 def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: AnswerTables,
-                         hosts: tuple[int, ...]) -> np.ndarray:
+                         hosts: tuple[int, ...], rows: Sequence[int] = ()) -> np.ndarray:
     """Was each answer right, judged on the outputs the servers actually sent (decoded where decoded; a backup
     answer is the generalist's own output from the backup server, undecoded, as `AnswerTables.backup_answers`
-    judges it)?"""
+    judges it)? `rows[k]`: the coded model the k-th coded server ran (empty: model k)."""
     n_experts = answers.n_experts
     coded_servers = [s for s, h in enumerate(hosts) if h == CODED]
+    row_of = list(rows) or list(range(len(coded_servers)))
     model = records["model"].to_numpy()
     rows = records["row"].to_numpy()
     labels = answers.labels[rows]
@@ -138,11 +141,11 @@ def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: An
             if hosts[s] >= 0:
                 expert_outs[hosts[s]] = outputs[index, s]
                 present.add(hosts[s])
-        coded_back = [k for k, s in enumerate(coded_servers) if s in back]
+        coded_back = [row_of[k] for k, s in enumerate(coded_servers) if s in back]
         coded_outs = np.zeros((answers.matrix.shape[0], len(index), outputs.shape[-1]), np.float64)
         for k, s in enumerate(coded_servers):
             if s in back:
-                coded_outs[k] = outputs[index, s]
+                coded_outs[row_of[k]] = outputs[index, s]
         missing = [j for j in range(n_experts) if j not in present]
         if missing:
             expert_outs[missing] = solve_missing(expert_outs, coded_outs, answers.matrix, missing, coded_back)
@@ -572,9 +575,6 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
     if scenario.sim.deployment.balancer == "power_of_d":
         raise ScenarioError("sim.deployment.balancer = 'power_of_d' is not served by the testbed (its frontend does "
                             "not replay the random draws); use jsq or round_robin")
-    if scenario.sim.deployment.cells > 1:
-        raise ScenarioError("sim.deployment.cells is not served by the testbed (its frontend routes queries to "
-                            "instances, not to cells); simulate it with coinsim run")
     if scenario.sim.deployment.backups == "per_group" and any(p.kind == "backup" for p in scenario.sim.policies):
         raise ScenarioError("sim.deployment.backups = 'per_group' is not served by the testbed (its backup servers "
                             "run one generalist network); simulate it with coinsim run")
@@ -786,8 +786,9 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
             rec = result.records
             rec["sample_id"] = draws.sample_id
             rec["warmup"] = rec["query_id"] < n_warm
-            rec["correct"] = correct_from_outputs(rec, result.outputs, facts.answers, policy.hosts)
-            rec["correct_sim_join"] = join_correctness(rec, facts.answers, config.n_experts, host_names(policy.hosts))
+            rec["correct"] = correct_from_outputs(rec, result.outputs, facts.answers, policy.hosts, policy.coded_rows)
+            rec["correct_sim_join"] = join_correctness(rec, facts.answers, config.n_experts, host_names(policy.hosts),
+                                                       list(policy.coded_rows))
             rec = judge_parity_rows(rec, plan, facts, "correct_sim_join", scenario.coding.parity_encoder)
             rec.insert(0, "repeat", repeat)
             tasks = result.tasks

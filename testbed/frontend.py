@@ -70,6 +70,8 @@ class Policy:
     options: tuple[tuple[str, Any], ...] = ()  # the policy kind's own settings (parity: k, group_timeout_ms, partial)
     parity_nets: tuple[int, ...] = ()  # parity: per expert, the network its groups' parity tasks run
     encoder: str = "sum"  # parity: how a group's inputs become one (testbed.wire.ENCODERS)
+    cells: int = 1  # the servers split into cells; query q is served in cell q mod cells (policies.rules)
+    coded_rows: tuple[int, ...] = ()  # per coded server, in order: the coded model it runs (empty: the k-th runs k)
 
     def network_of(self, server: int) -> int:
         """The network a server runs under this policy: expert i is network i, coded model k is N + k, a backup
@@ -80,7 +82,10 @@ class Policy:
             return -1
         if host == BACKUP:
             return self.n_experts if self.backup_net is None else self.backup_net
-        return host if host >= 0 else self.n_experts + self.hosts[:server].count(CODED)
+        if host >= 0:
+            return host
+        rank = self.hosts[:server].count(CODED)
+        return self.n_experts + (self.coded_rows[rank] if self.coded_rows else rank)
 
     def servers_of(self, model: int) -> list[int]:
         return [s for s, h in enumerate(self.hosts) if h == model]
@@ -152,7 +157,7 @@ class Frontend(ServingView):
                        dispatch=policy.dispatch, fanout=policy.fanout, balancer=policy.balancer,
                        delay_ms=policy.delay_ms, delay_quantile=policy.delay_quantile,
                        delay_window=policy.delay_window, station_of=range(self.S), targets=range(self.S),
-                       options=dict(policy.options))
+                       options=dict(policy.options), cells=policy.cells)
         self.rules = rules_for(policy.kind)(self)
         self.nets = [policy.network_of(s) for s in range(self.S)]
         self.mode = wire.MODES[work.mode]

@@ -461,3 +461,44 @@ def test_a_parity_group_is_encoded_served_and_decoded_as_the_simulator_says(clus
                                atol=1e-5)
     straggler = tasks[(tasks["query_id"] == 1) & (tasks["server"] == 0)].iloc[0]
     assert straggler["status"] == "dropped_in_service"  # the decode cut its straggle
+
+
+def test_cells_keep_every_query_in_its_cell_as_the_simulator_does(cluster):
+    # one expert on two instances in two cells: query q goes to cell q mod 2, even when the other cell's instance
+    # is idle — query 2 (at 30 ms, when query 1 is long done) waits behind query 0's straggle of 2,000 passes
+    # (100 ms at the least) on server 0, where join-shortest-queue over both instances sends it to server 1
+    from policies.codes import HOW
+    from sim import parse_config
+    from sim.api import run_plan
+    from sim.draws import Draws
+    from sim.plan import make_plan
+
+    arrivals, models = [0.0, 0.1, 30.0, 40.0], [0, 0, 0, 0]
+    work = Workload(np.asarray(arrivals), np.zeros(4, np.int64), np.arange(4) % 40,
+                    np.asarray([[2000.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]]))
+    policy = Policy("uncoded", "uncoded", "direct", (0, 0), 1, n_base=2, balancer="jsq", cells=2)
+    result = serve(cluster.sockets[:2], policy, work)
+    assert list(result.tasks["server"]) == [0, 1, 0, 1]
+    cfg = parse_config({"n_experts": 1, "r": 0, "policies": ["uncoded"], "deployment": {"instances": 2, "cells": 2},
+                        "traffic": {"kind": "trace", "trace_times_ms": arrivals, "trace_models": models},
+                        "service": {"expert": {"kind": "deterministic", "value_ms": 1.0}}})
+    draws = Draws(0, work.arrival_ms, work.model, np.zeros(4, np.int64), np.full((4, 2), 0.5), work.factor)
+    out = run_plan(make_plan(cfg, cfg.policies[0], draws), draws)
+    assert [int(m).bit_length() - 1 for m in out.mask] == [0, 1, 0, 1]
+    assert [HOW[h] for h in out.how] == list(result.records["answered_by"]) == ["direct"] * 4
+
+
+def test_a_coded_server_runs_its_group_s_model_in_every_cell():
+    # four experts in two groups, one instance each per cell, two cells, r = 1: servers 8, 9 are group 0's coded
+    # servers in cells 0, 1 and run its model (network N + 0), servers 10, 11 group 1's (N + 1)
+    from scenarios.testbed_run import policy_of
+    from sim import parse_config
+    from sim.draws import draw
+    from sim.plan import make_plan
+
+    cfg = parse_config({"n_experts": 4, "r": 1, "n_queries": 10, "traffic": {"rate_per_ms": 0.1},
+                        "policies": [{"kind": "coded", "dispatch": "hedged", "delay_ms": 5.0}],
+                        "deployment": {"instances": 2, "cells": 2, "groups": [[0, 1], [2, 3]]}})
+    policy = policy_of(make_plan(cfg, cfg.policies[0], draw(cfg, 0)))
+    assert policy.hosts[8:] == (-1, -1, -1, -1) and policy.cells == 2
+    assert [policy.network_of(s) for s in range(12)] == [0, 1, 2, 3, 0, 1, 2, 3, 4, 4, 5, 5]
