@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from math import inf as INF
 from typing import Any, ClassVar, Protocol
 
@@ -238,8 +239,11 @@ class Offered:
     def server_group(self, server: int) -> int:
         """The code group of a server (whichever cell it is in: the necessary conditions are stated over all
         cells, which take equal shares of the queries)."""
-        return server_groups(self.hosts, self.n_base or self.n_experts, self.groups, self.n_experts,
-                             self.cells)[server] // self.cells
+        return self._server_groups[server] // self.cells
+
+    @cached_property
+    def _server_groups(self) -> list[int]:  # once per policy check, not once per server asked about
+        return server_groups(self.hosts, self.n_base or self.n_experts, self.groups, self.n_experts, self.cells)
 
 
 class Rules:
