@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -288,8 +289,25 @@ def check_summary(data: Any, where: str = "summary.json") -> dict[str, Any]:
     return out
 
 
-REPORT_QUERY_COLUMNS = ("point", "policy", "warmup", "kind", "model", "model_name", "arrival_ms", "finish_ms",
-                        "latency_ms", "answered_by", "correct")  # what the report's figures read of queries.parquet
+REPORT_QUERY_COLUMNS = ("point", "policy", "warmup", "model", "model_name", "arrival_ms", "finish_ms", "latency_ms",
+                        "answered_by")  # what the report's figures read of queries.parquet
+
+
+def report_query_columns(names: Iterable[str]) -> list[str]:
+    """The columns of queries.parquet (given its column names) the report reads: `model` only where there is no
+    `model_name` to label the traffic by."""
+    names = set(names)
+    return [c for c in REPORT_QUERY_COLUMNS if c in names and not (c == "model" and "model_name" in names)]
+
+
+def _parquet_names(path: Path) -> list[str]:
+    """A parquet file's column names ([] when it is missing or unreadable: reading it later says why)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return list(pq.read_schema(path).names)
+    except Exception:  # noqa: BLE001 - pyarrow raises many types; _read_table reports the file in one line
+        return []
 
 
 def _read_table(path: Path, required: tuple[str, ...], only: tuple[str, ...] | None = None,
@@ -310,6 +328,9 @@ def _read_table(path: Path, required: tuple[str, ...], only: tuple[str, ...] | N
             names = set(pq.read_schema(path).names)
             rows = [("point", "==", point)] if point is not None and "point" in names else None
             table = pq.read_table(path, columns=[c for c in only if c in names], filters=rows)
+            if "point" in table.column_names:  # one point, or a few: int32 is room enough
+                table = table.set_column(table.column_names.index("point"), "point",
+                                         table.column("point").cast("int32"))
             df = table.to_pandas(self_destruct=True, split_blocks=True)  # arrow's buffers freed as converted
             del table
     except Exception as exc:  # pyarrow/pandas raise many types; the user needs the file name, not the type
@@ -382,7 +403,8 @@ def load_result(result_dir: Path | str) -> ResultData:
     if toml.is_file():
         data.scenario_toml = toml.read_text(encoding="utf-8", errors="replace")
     headline = raw.get("headline_point") if not legacy else None  # the figures drawn from queries show it alone
-    data.queries = _read_table(path / QUERIES, ("policy", "latency_ms"), REPORT_QUERY_COLUMNS,
+    data.queries = _read_table(path / QUERIES, ("policy", "latency_ms"), tuple(report_query_columns(
+                                   _parquet_names(path / QUERIES))),
                                headline if isinstance(headline, int) and not isinstance(headline, bool) else None)
     data.sweep = _read_table(path / SWEEP, ("point", "policy"))
     data.nda = _read_table(path / NDA, ("method", "expert"))

@@ -136,14 +136,14 @@ def _queries(scenario: Scenario, table: dict[str, Any], config: SimConfig) -> in
 
 
 def record_bytes(config: SimConfig, seed: int) -> float:
-    """Bytes per query record of the columns the report reads back (`reports.load.REPORT_QUERY_COLUMNS`),
+    """Bytes per query record of the columns the report reads back (`reports.load.report_query_columns`),
     measured on a short run of the point."""
-    from reports.load import REPORT_QUERY_COLUMNS
+    from reports.load import report_query_columns
     from sim import simulate
 
     probe = config.model_copy(update={"n_queries": PROBE_QUERIES, "horizon_ms": None})
     records = simulate(probe, seed).records
-    kept = records[[c for c in REPORT_QUERY_COLUMNS if c in records.columns]]
+    kept = records[report_query_columns(records.columns)]
     return int(kept.memory_usage(deep=True).sum()) / max(len(kept), 1) + 1  # + `correct`
 
 

@@ -415,10 +415,10 @@ def test_memory_estimate_comes_from_real_records(home: Path, monkeypatch: pytest
 
     scenario = scenario_from_dict(SIM)
     config = sim_config_for(scenario, scenario.sweep_points()[0][1]).model_copy(update={"n_queries": 20_000})
-    from reports.load import REPORT_QUERY_COLUMNS
+    from reports.load import report_query_columns
 
     result = simulate(config, 0)
-    kept = result.records[[c for c in REPORT_QUERY_COLUMNS if c in result.records.columns]]
+    kept = result.records[report_query_columns(result.records.columns)]
     measured = kept.memory_usage(deep=True).sum() / len(kept)
     estimate = preflight.record_bytes(config, 0)
     assert measured <= estimate <= 1.5 * measured + 64
