@@ -102,3 +102,15 @@ def test_bad_cells_are_refused_in_one_line(deployment, policies, expect):
     with pytest.raises(SimConfigError) as err:
         sim.simulate(cfg)
     assert expect in str(err.value) and "\n" not in str(err.value)
+
+
+def test_replicas_spread_over_the_experts_cell_by_cell():
+    # four experts, two groups, two cells, r = 1: four extra servers, blocks (group 0, cell 0), (0, 1), (1, 0),
+    # (1, 1); counted cell by cell the replicas continue the spread: cell 0 holds experts 0 and 1, cell 1 experts 2
+    # and 3 — every expert has a replica somewhere, and no cell holds two of one expert
+    res = sim.simulate({**MIXED, "n_queries": 200}, seed=1)
+    servers = res.servers[res.servers["policy"] == "hedged"].sort_values("server")
+    extra = servers["hosts"].astype(str).tolist()[16:]
+    assert extra == ["0", "2", "1", "3"]  # servers 16..19: blocks (0, 0), (0, 1), (1, 0), (1, 1)
+    cells = {0: {extra[0], extra[2]}, 1: {extra[1], extra[3]}}
+    assert cells == {0: {"0", "1"}, 1: {"2", "3"}}
