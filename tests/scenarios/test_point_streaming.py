@@ -85,3 +85,31 @@ def test_the_memory_check_measures_a_point_s_per_query_peak_where_it_is_per_quer
     config = parse_config(FIVE)
     estimate, slope = preflight.peak_bytes_per_query(config, 0), _peak_slope(config, tmp_path)
     assert 0.7 * slope < estimate < 1.3 * slope, (estimate, slope)
+
+
+def test_queries_parquet_holds_every_row_group_of_every_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's queries.parquet, assembled from the points' files a row group at a time, is the same table whether
+    a point's records are written in one row group or in many (a writer that kept only each file's first group, or
+    mislabelled a group's point, fails here)."""
+    from scenarios.runner import run_scenario
+    from scenarios.schema import scenario_from_dict
+
+    raw = {"name": "streamed", "seed": 3,
+           "sim": {"n_experts": 2, "r": 1, "n_queries": 3000,
+                   "policies": ["uncoded", {"kind": "coded", "dispatch": "hedged", "delay_ms": "p95"}],
+                   "traffic": {"kind": "poisson", "load": 0.4},
+                   "service": {"expert": {"kind": "exponential", "mean_ms": 2.0}},
+                   "stragglers": {"p": 0.0, "slowdown": 8.0}},
+           "sweep": {"axis": "stragglers.p", "values": [0.0, 0.05, 0.1]}}
+    whole = pd.read_parquet(run_scenario(scenario_from_dict(raw), raw, tmp_path / "a", quiet=True)
+                            / "queries.parquet")
+    monkeypatch.setattr(points, "ROWS_PER_GROUP", 700)  # 5 row groups per policy, 10 per point
+    import pyarrow.parquet as pq
+
+    folder = run_scenario(scenario_from_dict(raw), raw, tmp_path / "b", quiet=True)
+    chunked = pd.read_parquet(folder / "queries.parquet")
+    assert pq.ParquetFile(folder / "queries.parquet").num_row_groups == 3 * 2 * 5
+    assert len(chunked) == len(whole) == 3 * 2 * 3000
+    assert chunked.groupby(["point", "policy"], observed=True).size().tolist() == [3000] * 6
+    assert sorted(set(zip(chunked["point"], chunked["straggler_p"], strict=True))) == [(0, 0.0), (1, 0.05), (2, 0.1)]
+    pd.testing.assert_frame_equal(chunked, whole)
