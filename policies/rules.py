@@ -265,11 +265,13 @@ class Rules:
             RunningDelay(serving.delay_ms, serving.delay_quantile, serving.delay_window)  # type: ignore[arg-type]
             if running else None)
 
+    def cell(self, q: Query) -> int:
+        """The cell q is served in: queries go to the cells in turn, by arrival index (0 without cells)."""
+        return q.qid % len(self._cells) if self._cells else 0
+
     def at(self, q: Query) -> Serving:
-        """The view q is served in: its cell's (queries go to the cells in turn, by arrival index), or the
-        whole system's."""
-        cells = self._cells
-        return cells[q.qid % len(cells)] if cells else self.s
+        """The view q is served in: its cell's, or the whole system's."""
+        return self._cells[self.cell(q)] if self._cells else self.s
 
     # ---- hedge delays
     def hedge_delay(self, model: int) -> float:
@@ -337,7 +339,7 @@ class Rules:
         if s.balancer == "jsq":
             return least_loaded(s, instances)
         if s.balancer == "round_robin":
-            key = (q.qid % len(self._cells) if self._cells else 0, i)
+            key = (self.cell(q), i)
             k = self._turn.get(key, 0)
             self._turn[key] = (k + 1) % len(instances)
             return instances[k]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,21 +300,11 @@ def report_query_columns(names: Iterable[str]) -> list[str]:
     return [c for c in REPORT_QUERY_COLUMNS if c in names and not (c == "model" and "model_name" in names)]
 
 
-def _parquet_names(path: Path) -> list[str]:
-    """A parquet file's column names ([] when it is missing or unreadable: reading it later says why)."""
-    import pyarrow.parquet as pq
-
-    try:
-        return list(pq.read_schema(path).names)
-    except Exception:  # noqa: BLE001 - pyarrow raises many types; _read_table reports the file in one line
-        return []
-
-
-def _read_table(path: Path, required: tuple[str, ...], only: tuple[str, ...] | None = None,
+def _read_table(path: Path, required: tuple[str, ...], only: Callable[[Iterable[str]], list[str]] | None = None,
                 point: int | None = None) -> pd.DataFrame | None:
-    """A result table, checked for its required columns; `only`: read just these columns of a parquet file (those
-    it has), and `point`: just that sweep point's rows, so that a run of many millions of queries is not read
-    whole."""
+    """A result table, checked for its required columns; `only`: read just the columns of a parquet file it
+    picks from the file's own, and `point`: just that sweep point's rows, so that a run of many millions of
+    queries is not read whole."""
     if not path.exists():
         return None
     try:
@@ -327,7 +317,7 @@ def _read_table(path: Path, required: tuple[str, ...], only: tuple[str, ...] | N
 
             names = set(pq.read_schema(path).names)
             rows = [("point", "==", point)] if point is not None and "point" in names else None
-            table = pq.read_table(path, columns=[c for c in only if c in names], filters=rows)
+            table = pq.read_table(path, columns=only(names), filters=rows)
             if "point" in table.column_names:  # one point, or a few: int32 is room enough
                 table = table.set_column(table.column_names.index("point"), "point",
                                          table.column("point").cast("int32"))
@@ -403,8 +393,7 @@ def load_result(result_dir: Path | str) -> ResultData:
     if toml.is_file():
         data.scenario_toml = toml.read_text(encoding="utf-8", errors="replace")
     headline = raw.get("headline_point") if not legacy else None  # the figures drawn from queries show it alone
-    data.queries = _read_table(path / QUERIES, ("policy", "latency_ms"), tuple(report_query_columns(
-                                   _parquet_names(path / QUERIES))),
+    data.queries = _read_table(path / QUERIES, ("policy", "latency_ms"), report_query_columns,
                                headline if isinstance(headline, int) and not isinstance(headline, bool) else None)
     data.sweep = _read_table(path / SWEEP, ("point", "policy"))
     data.nda = _read_table(path / NDA, ("method", "expert"))

@@ -219,6 +219,7 @@ def run_point(config: SimConfig, seed: int, answers: AnswerTables | None, out: P
     """
     cfg, _draws, runs = simulate_each(config, seed)
     parity = any(p.kind == "parity" for p in cfg.policies)
+    rows = coded_rows(cfg)
     summary: dict[str, dict[str, Any]] = {}
     kinds: dict[str, str] = {}
     correct_by: dict[str, np.ndarray] = {}
@@ -231,7 +232,7 @@ def run_point(config: SimConfig, seed: int, answers: AnswerTables | None, out: P
                 rec["parity_others"] = pd.Series([None] * len(rec), dtype=object)
             if answers is not None:
                 hosts = [str(h) for h in run.servers.sort_values("server")["hosts"]]
-                correct, agrees = join_answers(rec, answers, cfg.n_experts, hosts, coded_rows(cfg))
+                correct, agrees = join_answers(rec, answers, cfg.n_experts, hosts, rows)
                 rec["correct"] = correct
                 rec["agrees_with_expert"] = agrees
                 correct_by[name] = correct[~rec["warmup"].to_numpy()]
@@ -259,29 +260,28 @@ def _write_streaming(path: Path, consume: Callable[[Callable[[pd.DataFrame], Non
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    writer: list[pq.ParquetWriter] = []
-    schema: list[pa.Schema] = []
+    writer: pq.ParquetWriter | None = None
 
     def write(frame: pd.DataFrame) -> None:
+        nonlocal writer
         frame = frame.drop(columns=["answer_mask"], errors="ignore")
         for start in range(0, len(frame), ROWS_PER_GROUP):
             chunk = frame.iloc[start:start + ROWS_PER_GROUP]
-            if not writer:
+            if writer is None:
                 table = pa.Table.from_pandas(chunk, preserve_index=False)
                 if parity:  # a non-parity policy first would type the companions column as all-null
                     at = table.schema.get_field_index("parity_others")
                     table = table.cast(table.schema.set(at, pa.field("parity_others", pa.string())))
-                schema.append(table.schema)
-                writer.append(pq.ParquetWriter(path, table.schema))
+                writer = pq.ParquetWriter(path, table.schema)
             else:
-                table = pa.Table.from_pandas(chunk, schema=schema[0], preserve_index=False)
-            writer[0].write_table(table)
+                table = pa.Table.from_pandas(chunk, schema=writer.schema, preserve_index=False)
+            writer.write_table(table)
 
     try:
         consume(write)
     finally:
-        if writer:
-            writer[0].close()
+        if writer is not None:
+            writer.close()
 
 
 def paired_differences(correct_by: dict[str, np.ndarray], baseline: str | None) -> dict[str, dict[str, float]]:

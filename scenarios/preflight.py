@@ -144,7 +144,7 @@ def record_bytes(config: SimConfig, seed: int) -> float:
     probe = config.model_copy(update={"n_queries": PROBE_QUERIES, "horizon_ms": None})
     records = simulate(probe, seed).records
     kept = records[report_query_columns(records.columns)]
-    return int(kept.memory_usage(deep=True).sum()) / max(len(kept), 1) + 1  # + `correct`
+    return int(kept.memory_usage(deep=True).sum()) / max(len(kept), 1)
 
 
 def peak_bytes_per_query(config: SimConfig, seed: int) -> float:

@@ -100,13 +100,13 @@ def workload_of(draws: Any, offsets: np.ndarray, mode: str) -> Any:
 
 
 def correct_from_outputs(records: pd.DataFrame, outputs: np.ndarray, answers: AnswerTables,
-                         hosts: tuple[int, ...], rows: Sequence[int] = ()) -> np.ndarray:
+                         hosts: tuple[int, ...], coded_models: Sequence[int] = ()) -> np.ndarray:
     """Was each answer right, judged on the outputs the servers actually sent (decoded where decoded; a backup
     answer is the generalist's own output from the backup server, undecoded, as `AnswerTables.backup_answers`
-    judges it)? `rows[k]`: the coded model the k-th coded server ran (empty: model k)."""
+    judges it)? `coded_models[k]`: the coded model the k-th coded server ran (empty: model k)."""
     n_experts = answers.n_experts
     coded_servers = [s for s, h in enumerate(hosts) if h == CODED]
-    row_of = list(rows) or list(range(len(coded_servers)))
+    row_of = list(coded_models) or list(range(len(coded_servers)))
     model = records["model"].to_numpy()
     rows = records["row"].to_numpy()
     labels = answers.labels[rows]

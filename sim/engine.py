@@ -516,14 +516,14 @@ class FastEngine(ServingView):
         self.arr = _view(draws.arrival_ms)
         self.models = _view(draws.model)
         n, S = self.n, plan.n_servers
+        wide = mask_dtype(S) == np.dtype(object)  # past 63 servers a mask is a Python int: kept in a list
         self._out = {"finish_ms": np.zeros(n), "how": np.zeros(n, np.int8), "n_tasks": np.zeros(n, np.int32),
-                     "server_ms": np.zeros(n)}
-        self.finish_ms = memoryview(self._out["finish_ms"])
-        self.how = memoryview(self._out["how"])
-        self.ntask = memoryview(self._out["n_tasks"])
-        self.ms = memoryview(self._out["server_ms"])
-        wide = mask_dtype(S) == np.dtype(object)  # past 63 servers a mask is a Python int
-        self.mask = [0] * n if wide else memoryview(self._out.setdefault("mask", np.zeros(n, mask_dtype(S))))
+                     "server_ms": np.zeros(n), "mask": None if wide else np.zeros(n, mask_dtype(S))}
+        self.finish_ms = _view(self._out["finish_ms"])
+        self.how = _view(self._out["how"])
+        self.ntask = _view(self._out["n_tasks"])
+        self.ms = _view(self._out["server_ms"])
+        self.mask = [0] * n if wide else _view(self._out["mask"])
         self.busy = [0.0] * S
         self.cancelled = [0.0] * S
         self.lost = [0.0] * S
@@ -932,7 +932,7 @@ class FastEngine(ServingView):
         out = RunOutput(
             finish_ms=kept["finish_ms"],
             how=kept["how"],
-            mask=kept["mask"] if "mask" in kept else np.asarray(self.mask, mask_dtype(len(self.servers))),
+            mask=np.asarray(self.mask, np.dtype(object)) if kept["mask"] is None else kept["mask"],
             n_tasks=kept["n_tasks"],
             server_ms=kept["server_ms"],
             busy_ms=np.asarray(self.busy),
