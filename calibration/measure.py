@@ -69,6 +69,8 @@ from calibration.file import (
 from calibration.passes import (
     ServedLevel,
     ServedPasses,
+    computing_at,
+    delays_by_busy,
     idle_before,
     isotonic,
     others_busy_before,
@@ -624,7 +626,13 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     slept = idle_before(tasks["server"].to_numpy(), start, end)
                     others = others_busy_before(tasks["server"].to_numpy(), start, start + compute, slept)
                     where = f"served profile at {share:.0%} of the cores"
-                    out = _served_delay(tasks["out_ms"].to_numpy(float)[idle], where)
+                    out_ms = tasks["out_ms"].to_numpy(float)
+                    out = _served_delay(out_ms[idle], where)
+                    # how many other servers computed when each task was due (its receipt less its trip) and
+                    # when it ended (its output leaving)
+                    ran_on = tasks["server"].to_numpy()
+                    busy = computing_at(ran_on, start, start + compute, recv - out_ms)
+                    busy_back = computing_at(ran_on, start, start + compute, end)
                     back = _served_delay(tasks["back_ms"].to_numpy(float), where)
                     span = float(np.nanmax(end) - np.nanmin(start))
                     # the busy share of the cores as the simulator counts it: tasks x (pass + per-task work)
@@ -640,7 +648,9 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                                                    f"{len(mine)} passes ran with no other server computing")
                         raw[names[j]].append({"utilization": utilization, "rate_per_ms": rate, "passes": mine,
                                               "slept": slept[alone & (ran == j)],
-                                              "others": others[alone & (ran == j)], "out_ms": out, "back_ms": back})
+                                              "others": others[alone & (ran == j)], "out_ms": out, "back_ms": back,
+                                              "busy": busy[idle], "busy_out_ms": out_ms[idle],
+                                              "busy_back": busy_back, "busy_back_ms": tasks["back_ms"].to_numpy(float)})
                     bar.update(1)
     finally:
         bar.close()
@@ -678,11 +688,18 @@ def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
     """A network's served-pass profile from its levels' lone passes (`passes`, ms), how long each one's server
     sat idle before it (`slept`) and the other servers' busy time meanwhile (`others`): the wake's two curves from
     all of them (`calibration.passes.wake_two`), then per level the passes with their own extra taken off, as
-    SERVED_QUANTILES quantiles, beside the level's delays."""
+    SERVED_QUANTILES quantiles, beside the level's delays; and, where the levels have them (`busy`: other servers
+    computing when each idle-arrival task was due, `busy_out_ms`: its delay; `busy_back`: when each task ended,
+    `busy_back_ms`: its output's delay), the delay tables by those counts, levels pooled
+    (`calibration.passes.delays_by_busy`)."""
     def joined(key: str) -> np.ndarray:
         return np.concatenate([np.asarray(level[key], float) for level in levels])
 
     idle, busy = wake_two(joined("slept"), joined("others"), joined("passes"))
+    measured = all("busy" in level for level in levels)
+    by_busy = {f"{way}_by_busy_ms": delays_by_busy(joined(f"busy{tail}"), joined(f"busy_{way}_ms"),
+                                                   len(levels[0]["out_ms"])) if measured else ()
+               for way, tail in (("out", ""), ("back", "_back"))}
     out = []
     for level in levels:
         mine = np.asarray(level["passes"], float)
@@ -694,4 +711,4 @@ def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
                                served_mean_ms=round(float(np.mean(mine)), 5),
                                out_ms=tuple(level["out_ms"]), back_ms=tuple(level["back_ms"])))
     return ServedPasses(levels=tuple(out), wake_idle_ms=idle[0], wake_idle_extra_ms=idle[1], wake_busy_ms=busy[0],
-                        wake_busy_extra_ms=busy[1])
+                        wake_busy_extra_ms=busy[1], **by_busy)

@@ -33,7 +33,9 @@ On disk (a result folder's ``served_profile.csv``): one row per (network, level,
 model, utilization, rate_per_ms, n_lone, ms (the pass), served_mean_ms (the mean pass as it ran, wake included) and
 out_ms, back_ms (the delays); the wake's two curves in
 the columns wake_idle_ms, wake_idle_extra_ms, wake_busy_ms (the others' busy time), wake_busy_extra_ms of a
-network's first rows (empty in the others).
+network's first rows (empty in the others); the one-way delays by how many other servers were computing when the
+message left (all levels pooled) in the columns out_ms_busy_0, out_ms_busy_1, ... and back_ms_busy_0, ... of the
+network's first rows, as many quantiles as a level has.
 """
 
 from __future__ import annotations
@@ -45,11 +47,50 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from calibration.analysis import quantiles
+
 COLUMNS = ("model", "utilization", "rate_per_ms", "n_lone", "ms")
 DELAY_COLUMNS = ("out_ms", "back_ms")
 WAKE_COLUMNS = ("wake_idle_ms", "wake_idle_extra_ms", "wake_busy_ms", "wake_busy_extra_ms")
 WAKE_EDGES_MS = (0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0)  # idle-gap ranges of the curve
 WAKE_LEAST = 20  # passes a range needs to give a point of the curve
+BUSY_PREFIXES = {"out_by_busy_ms": "out_ms_busy_", "back_by_busy_ms": "back_ms_busy_"}  # served_profile.csv:
+# the delay tables with k other servers computing, one column per k
+BUSY_LEAST = 100  # deliveries a count of busy others needs for a table of its own (the last one holds beyond)
+
+
+def computing_at(server: np.ndarray, start: np.ndarray, end: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Per task: how many *other* servers were computing (inside a pass [start, end) of theirs) at its time `at`
+    (one clock; a task whose `at` is not finite gets 0)."""
+    server, start, end, at = (np.asarray(a) for a in (server, start, end, at))
+    ok = np.isfinite(start) & np.isfinite(end)
+    count = np.zeros(len(at), np.int64)
+    when = np.where(np.isfinite(at), at, -np.inf)
+    for s in np.unique(server):
+        mine = ok & (server == s)
+        begun, ended = np.sort(start[mine]), np.sort(end[mine])
+        active = np.searchsorted(begun, when, "right") - np.searchsorted(ended, when, "right")
+        count += np.where(server != s, active, 0)
+    return count
+
+
+def delays_by_busy(others: np.ndarray, delay_ms: np.ndarray, n: int, least: int = BUSY_LEAST,
+                   ) -> tuple[tuple[float, ...], ...]:
+    """`n` quantiles of the delays `delay_ms` per count of other servers computing (`others`): k = 0, 1, ... while
+    the next count still has at least `least` finite delays; the last table pools its count with every larger one
+    (the simulator holds it for more). Empty when count 0 alone has too few."""
+    others, delay = np.asarray(others), np.asarray(delay_ms, float)
+    ok = np.isfinite(delay) & (delay > 0)
+    others, delay = others[ok], delay[ok]
+    tables: list[tuple[float, ...]] = []
+    k = 0
+    while np.count_nonzero(others == k) >= least:
+        if np.count_nonzero(others == k + 1) < least:
+            tables.append(tuple(quantiles(delay[others >= k], n).round(5)))
+            break
+        tables.append(tuple(quantiles(delay[others == k], n).round(5)))
+        k += 1
+    return tuple(tables)
 
 
 def isotonic(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -207,6 +248,22 @@ class ServedPasses(BaseModel):
     # the network's isolated median pass on this machine when the profile was measured: a cached profile is
     # stale once the machine runs the network's isolated pass differently (None: not recorded, an older profile)
     isolated_p50_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # the one-way delays by how many other servers were computing when the message left (entry k: k others, the
+    # last pooling it with more), all levels pooled, as many quantiles as a level; empty: not measured. out: to
+    # an idle server, counted when the task was due; back: every answered task, counted when it ended
+    out_by_busy_ms: tuple[tuple[float, ...], ...] = ()
+    back_by_busy_ms: tuple[tuple[float, ...], ...] = ()
+
+    @field_validator("out_by_busy_ms", "back_by_busy_ms")
+    @classmethod
+    def _busy_tables(cls, value: tuple[tuple[float, ...], ...]) -> tuple[tuple[float, ...], ...]:
+        tables = []
+        for table in value:
+            a = np.asarray(table, float)
+            if len(a) == 0 or not np.all(np.isfinite(a) & (a > 0)):
+                raise ValueError("a delay table by busy servers holds finite delays > 0 ms")
+            tables.append(tuple(np.sort(a).tolist()))
+        return tuple(tables)
 
     @model_validator(mode="after")
     def _wake(self) -> ServedPasses:
@@ -219,6 +276,8 @@ class ServedPasses(BaseModel):
                 raise ValueError("a wake curve's points increase from 0 and its extra passes are finite and >= 0 ms")
         if bool(self.wake_idle_ms) != bool(self.wake_busy_ms):
             raise ValueError("a wake curve comes with both parts (idle time and the others' busy time) or none")
+        if any(len(table) != len(self.levels[0].samples_ms) for table in self.out_by_busy_ms + self.back_by_busy_ms):
+            raise ValueError("a delay table by busy servers holds as many quantiles as a level")
         return self
 
     @property
@@ -285,11 +344,14 @@ def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
                 frame["out_ms"], frame["back_ms"] = level.out_ms, level.back_ms
             if passes.isolated_p50_ms is not None:
                 frame["isolated_p50_ms"] = passes.isolated_p50_ms
+            blank = [np.nan] * len(frame)
+            first = level is passes.levels[0]
             if passes.wake_idle_ms:
-                blank = [np.nan] * len(frame)
-                first = level is passes.levels[0]
                 for column in WAKE_COLUMNS:
                     frame[column] = (list(getattr(passes, column)) + blank)[: len(frame)] if first else blank
+            for field, prefix in BUSY_PREFIXES.items():
+                for k, table in enumerate(getattr(passes, field)):
+                    frame[f"{prefix}{k}"] = list(table) if first else blank
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
 
@@ -319,9 +381,22 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
                 wake |= {c: tuple(points[c].astype(float)) for c in (at, extra)}
         isolated = pd.to_numeric(rows["isolated_p50_ms"], errors="coerce").iloc[0] \
             if "isolated_p50_ms" in rows.columns else np.nan
-        out[str(name)] = ServedPasses(levels=tuple(levels), **wake,
+        busy = {field: busy_tables(rows, prefix) for field, prefix in BUSY_PREFIXES.items()}
+        out[str(name)] = ServedPasses(levels=tuple(levels), **wake, **busy,
                                       isolated_p50_ms=None if pd.isna(isolated) else float(isolated))
     return out
+
+
+def busy_tables(rows: pd.DataFrame, prefix: str) -> tuple[tuple[float, ...], ...]:
+    """A network's delay tables by busy servers from its rows of the served profile: columns prefix0, prefix1, ...
+    as long as they exist and hold values for it."""
+    tables: list[tuple[float, ...]] = []
+    while f"{prefix}{len(tables)}" in rows.columns:
+        table = pd.to_numeric(rows[f"{prefix}{len(tables)}"], errors="coerce").dropna()
+        if table.empty:  # another network's table, not this one's
+            break
+        tables.append(tuple(table.astype(float)))
+    return tuple(tables)
 
 
 def read_served_profile(path: Path) -> dict[str, ServedPasses]:

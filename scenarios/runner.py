@@ -313,7 +313,8 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
             if not set(names) <= set(profile):
                 continue
             if path == cache and (stale := served_profile_drift(profile, facts.profile_ms,
-                                                                 scenario.profile.served_drift_pct)):
+                                                                 scenario.profile.served_drift_pct)
+                                  or served_profile_outdated(profile, names)):
                 say(f"served profile: {stale}; measuring it again", not quiet)
                 break
             return {name: profile[name] for name in names}
@@ -347,6 +348,16 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
         return profile
     atomic.write_with(cache, lambda path: to_frame(profile).to_csv(path, index=False))
     return profile
+
+
+def served_profile_outdated(profile: dict[str, Any], names: list[str]) -> str | None:
+    """Why a cached served profile lacks what this coinsim measures, or None: delays without their tables by busy
+    servers (a profile cached by an earlier version)."""
+    for name in names:
+        passes = profile.get(name)
+        if passes is not None and passes.has_delays and not (passes.out_by_busy_ms and passes.back_by_busy_ms):
+            return f"the cached profile of {name} has no delays by busy servers (cached by an earlier coinsim)"
+    return None
 
 
 def served_profile_drift(profile: dict[str, Any], isolated_ms: dict[str, Any], limit_pct: float) -> str | None:

@@ -90,9 +90,13 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
     experts = [facts.served_passes.get(e["name"]) for e in facts.experts]
     if delays and all(p is not None and p.has_delays for p in experts):
         out, back = (np.mean(parts, axis=0) for parts in zip(*(p.delays_at(u) for p in experts), strict=True))
-        config = config.model_copy(update={"network": Network.model_validate({
-            "out": {"kind": "empirical", "samples_ms": out.tolist()},
-            "back": {"kind": "empirical", "samples_ms": back.tolist()}})})
+        network: dict[str, Any] = {"out": {"kind": "empirical", "samples_ms": out.tolist()},
+                                   "back": {"kind": "empirical", "samples_ms": back.tolist()}}
+        for way in ("out", "back"):
+            by_busy = busy_tables(experts, way)
+            if by_busy and config.service.cores is not None:
+                network[f"{way}_by_busy"] = [{"kind": "empirical", "samples_ms": table} for table in by_busy]
+        config = config.model_copy(update={"network": Network.model_validate(network)})
 
     def at(name: str, dist: Any) -> Any:
         if dist is None or getattr(dist, "kind", None) != "empirical" or name not in facts.served_passes:
@@ -108,6 +112,15 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
     if wake is not None:
         update["wake"] = wake
     return config.model_copy(update={"service": service.model_copy(update=update)})
+
+
+def busy_tables(experts: list[Any], way: str) -> list[list[float]]:
+    """The `way` ('out' or 'back') delay by how many other servers compute (`ServedPasses.out_by_busy_ms` /
+    `back_by_busy_ms`), the experts' tables averaged quantile by quantile, as many counts as every expert has;
+    empty when any has none."""
+    tables = [getattr(p, f"{way}_by_busy_ms") if p is not None else () for p in experts]
+    counts = min((len(t) for t in tables), default=0)
+    return [np.mean([t[k] for t in tables], axis=0).tolist() for k in range(counts)]
 
 
 def experts_wake(experts: list[Any]) -> Any:
@@ -166,12 +179,14 @@ def physical_table(calibration: Any, device: str, pass_ms: float) -> dict[str, A
     }
 
 
-def dispatcher_work(calibration: Any) -> dict[str, float]:
+def dispatcher_work(calibration: Any) -> dict[str, Any]:
     """The dispatcher's CPU work per task as the simulator takes it (`service.dispatcher`): the calibration's
     CPU per task (frontend process, all threads), half when the task is sent and half when its output is taken
-    back — the calibration measures the sum, not the split."""
+    back — the calibration measures the sum, not the split; a frontend that ran at real-time priority wakes on
+    its own last core (placement 'own_core'), preempting the server there even with a core free."""
     per_task = max(float(calibration.dispatcher.cpu_ms_per_task), 0.0)
-    return {"send_ms": per_task / 2.0, "return_ms": per_task / 2.0}
+    placement = "own_core" if calibration.dispatcher.frontend_priority == "realtime" else "free_core"
+    return {"send_ms": per_task / 2.0, "return_ms": per_task / 2.0, "placement": placement}
 
 
 def core_utilization(config: SimConfig, served_mean_ms: float, cores: float) -> float:

@@ -206,10 +206,18 @@ class Dispatcher(_Model):
     with priority over the servers, as a frontend at real-time priority does: while it has work it holds one CPU
     slot, taking a free one or preempting the server that took its slot last (that server waits at the head of the
     run queue, its quantum lost), and does its work in arrival order at full speed. Its work does not delay the
-    tasks it sends or receives (the network delays stand for that). Needs time slicing (`quantum_ms`)."""
+    tasks it sends or receives (the network delays stand for that). Needs time slicing (`quantum_ms`).
+
+    `placement` says which slot it takes when it wakes with a slot free: 'free_core' takes the free one (what the
+    OS does for an ordinary process: a waking task goes to an idle core); 'own_core' wakes on the core it last ran
+    on, whoever holds it — what Linux does with a real-time task, which preempts the ordinary task on its previous
+    core rather than look for an idle one — so it lands on a core a server holds with probability (servers holding
+    a slot) / slots, drawn per wake-up from the run's seed, and that server waits for it (it is not moved to the
+    free core)."""
 
     send_ms: float = Field(ge=0)
     return_ms: float = Field(ge=0)
+    placement: Literal["free_core", "own_core"] = "free_core"
 
 
 class Service(_Model):
@@ -389,14 +397,34 @@ class Network(_Model):
     `back`: from the end of a task at the server until the frontend holds its output. With either set, the
     dispatcher's view of a server's load (join-shortest-queue, shortest-expected-delay) counts what was sent
     and has not come back or been cancelled, as a real frontend sees it.
+
+    `out_by_busy` / `back_by_busy`: the delay by how many *other* servers are computing on the shared cores when
+    the message leaves — a task (or its cancel) when it is due, an output when its task ends — entry k for k
+    others, the last for that many or more; read with the same uniform draw as `out` / `back`, which they stand
+    in for. A message needs a core at each end: with the cores busy it waits for one, so long deliveries come
+    exactly when the servers are busy, which one distribution drawn regardless of the cores' state cannot give.
+    Each needs its plain delay beside it (what a summary of the delay shows) and `service.cores`.
     """
 
     out: ServiceDist | None = None
     back: ServiceDist | None = None
+    out_by_busy: tuple[ServiceDist, ...] | None = Field(default=None, min_length=1)
+    back_by_busy: tuple[ServiceDist, ...] | None = Field(default=None, min_length=1)
 
     @property
     def active(self) -> bool:
         return self.out is not None or self.back is not None
+
+    @property
+    def by_busy(self) -> bool:
+        return self.out_by_busy is not None or self.back_by_busy is not None
+
+    @model_validator(mode="after")
+    def _by_busy(self) -> Network:
+        for name in ("out", "back"):
+            if getattr(self, f"{name}_by_busy") is not None and getattr(self, name) is None:
+                raise ValueError(f"network.{name}_by_busy needs network.{name} beside it (the delay it refines)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------- traffic
@@ -712,6 +740,9 @@ class SimConfig(_Model):
                 raise ValueError(f"deployment.cells: policy {pooled[0]!r} pools an expert's servers in one queue "
                                  "across the cells")
         s = self.n_servers
+        if self.network.by_busy and self.service.cores is None:
+            raise ValueError("network.out_by_busy / back_by_busy need service.cores: the servers they count compute "
+                             "on shared cores")
         if self.service.cores is not None and self.service.max_batch > 1:
             raise ValueError("service.cores (shared cores) is not modelled with max_batch > 1")
         if self.service.wake is not None and self.service.max_batch > 1:

@@ -20,7 +20,7 @@ from sim.config import SimConfig
 from sim.errors import SimConfigError
 
 (ARRIVALS, KIND, SPLIT, HOT, SAMPLES, SERVICE, STRAG_U, STRAG_MAG, EPISODES, FAILURES, NET_OUT, NET_BACK,
- BALANCE) = range(13)
+ BALANCE, DISPATCH_CORE) = range(14)
 _CHUNK = 65_536
 
 

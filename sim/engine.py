@@ -21,7 +21,7 @@ from policies import rules_for
 from policies.codes import HOW_DIRECT, HOW_REPLICA, ROLE_DIRECT, mask_dtype
 from policies.rules import ServingView
 from sim.clock import Clock, Due
-from sim.draws import EPISODES, FAILURES, Draws, Timeline, stream
+from sim.draws import DISPATCH_CORE, EPISODES, FAILURES, Draws, Timeline, stream
 from sim.plan import Plan
 
 
@@ -438,7 +438,7 @@ class FastEngine(ServingView):
         self.dispatch = plan.dispatch
         self.cancel_on = plan.cancel
         self.batching = plan.max_batch > 1
-        self.net = plan.out_ms is not None or plan.back_ms is not None
+        self.net = any(x is not None for x in (plan.out_ms, plan.out_busy_ms, plan.back_ms, plan.back_busy_ms))
         self.sharing = plan.cores is not None  # servers share `cores` cores: processor sharing between them
         if self.sharing and self.batching:
             raise ValueError("shared cores (service.cores) are not modelled together with batching")
@@ -470,6 +470,9 @@ class FastEngine(ServingView):
         self.disp = plan.dispatcher  # (send_ms, return_ms): the dispatcher's CPU work, with priority on a slot
         if self.disp is not None and not self.slicing:
             raise ValueError("the dispatcher's CPU work (service.dispatcher) needs time slicing (service.quantum_ms)")
+        # a real-time dispatcher wakes on its own last core, held by a server with probability holders / slots
+        self.disp_core = stream(plan.seed, DISPATCH_CORE) if self.disp is not None and plan.dispatcher_own_core \
+            else None
         self.disp_end = 0.0  # when the dispatcher's work so far is done (it holds a slot until then)
         self.disp_on = False
         self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
@@ -478,6 +481,9 @@ class FastEngine(ServingView):
         # per-query and per-task numbers are read and written through memoryviews of numpy arrays: a Python float
         # in a list costs 32 bytes, a float64 8, for ~10 ns more per access
         self.out = _view(plan.out_ms.ravel()) if plan.out_ms is not None else None  # flat: [qid * S + server]
+        # network.out_by_busy / back_by_busy: the delay read from the table of the other servers computing
+        self.out_busy = None if plan.out_busy_ms is None else [_view(a.ravel()) for a in plan.out_busy_ms]
+        self.back_busy = None if plan.back_busy_ms is None else [_view(a.ravel()) for a in plan.back_busy_ms]
         self.back = _view(plan.back_ms.ravel()) if plan.back_ms is not None else None
         self.S = plan.n_servers
         self.stations = [_Station(k, 0.0) for k in range(len(plan.stations))]
@@ -561,11 +567,31 @@ class FastEngine(ServingView):
         self.live += 1
         if self.disp is not None:
             self._dispatcher_work(self.disp[0])
-        if self.out is None:
+        if self.out is None and self.out_busy is None:
             st.submit(t)
             return
         st.n_live += 1  # the dispatcher counts it from the moment it is sent
-        self._later(self.out[q.qid * self.S + st.servers[0].idx], lambda _ev: self._deliver(t))
+        self._later(self._out_ms(q.qid, st.servers[0]), lambda _ev: self._deliver(t))
+
+    def _out_ms(self, qid: int, srv: _Server) -> float:
+        """The dispatcher → server delay of query `qid`'s task (or cancel) to `srv`: its draw, or (out_by_busy) its
+        draw in the table of the other servers computing now."""
+        if self.out_busy is None:
+            return self.out[qid * self.S + srv.idx]
+        return self.out_busy[min(self._others_computing(srv), len(self.out_busy) - 1)][qid * self.S + srv.idx]
+
+    def _back_ms(self, qid: int, srv: _Server) -> float:
+        """The server → dispatcher delay of query `qid`'s output from `srv`, as `_out_ms` (back_by_busy)."""
+        if self.back_busy is None:
+            return self.back[qid * self.S + srv.idx]
+        return self.back_busy[min(self._others_computing(srv), len(self.back_busy) - 1)][qid * self.S + srv.idx]
+
+    def _others_computing(self, srv: _Server) -> int:
+        """Servers other than `srv` computing on the shared cores now: slot holders and the run queue while
+        slicing, the busy servers while sharing (a stalled straggler is off the cores, so not counted)."""
+        if self.slicing:
+            return len(self.running) + len(self.runq) - (srv.rr != 0)
+        return len(self.running) - (srv in self.running)
 
     def busy_clock(self) -> float:
         """Every server's busy time so far: ended service periods plus the ones under way (kept as a count and a sum
@@ -674,7 +700,8 @@ class FastEngine(ServingView):
 
     def _dispatcher_work(self, ms: float) -> None:
         """The dispatcher has `ms` more CPU work: it holds a slot until its backlog is done (at full speed, in
-        arrival order), taking a free slot or, with none free, the slot of the server that took its own last."""
+        arrival order), taking a free slot or, with none free, the slot of the server that took its own last; waking
+        on its own core (placement 'own_core'), the slot of the server on the core it drew, if one holds it."""
         if ms <= 0:
             return
         if self.disp_on:  # its end event, when it comes, finds the longer backlog and waits for it
@@ -683,17 +710,25 @@ class FastEngine(ServingView):
         now = self.env.now
         self.disp_on = True
         self.disp_end = now + ms
-        if self.free_slots:
+        core = int(self.disp_core.random() * self.slots_max) if self.free_slots and self.disp_core is not None else -1
+        if core >= 0 and core < len(self.running):  # it woke on a core a server holds: that server waits (it is not
+            self.free_slots -= 1  # moved to the free core), the free slot stays free
+            self._preempt_holder(now, self.running[core])
+            self.free_slots += 1
+        elif self.free_slots:
             self.free_slots -= 1
             self._reslot(now, None)
         else:
             self._preempt_holder(now)
         self.env.at(self.disp_end, Due(self._dispatcher_done))
 
-    def _preempt_holder(self, now: float) -> None:
-        """The dispatcher takes the slot of the server that took its slot last: that server's work so far is done,
-        it waits at the head of the run queue (its quantum lost) and the other holders keep theirs."""
-        srv = self.running.pop()
+    def _preempt_holder(self, now: float, srv: _Server | None = None) -> None:
+        """The dispatcher takes the slot of `srv` (by default the server that took its slot last): that server's work
+        so far is done, it waits at the head of the run queue (its quantum lost) and the other holders keep theirs."""
+        if srv is None:
+            srv = self.running.pop()
+        else:
+            self.running.remove(srv)
         srv.work = max(srv.work - (now - srv.mark) * self.slot_speed, 0.0)
         srv.ev = Due(srv.ev.callbacks[0])  # type: ignore[union-attr]  # the pending completion goes stale
         srv.qev = None
@@ -798,10 +833,10 @@ class FastEngine(ServingView):
 
     def returned(self, t: _Task, srv: _Server) -> None:
         """A task ended at its server; its output reaches the dispatcher after the back delay."""
-        if self.back is None:
+        if self.back is None and self.back_busy is None:
             self._result(t, srv)
         else:
-            self._later(self.back[t.q.qid * self.S + srv.idx], lambda _ev: self._result(t, srv))
+            self._later(self._back_ms(t.q.qid, srv), lambda _ev: self._result(t, srv))
 
     def _result(self, t: _Task, srv: _Server) -> None:
         if not t.uncounted:
@@ -842,11 +877,10 @@ class FastEngine(ServingView):
             if not t.uncounted:
                 t.uncounted = True
                 t.station.n_live -= 1
-            if self.out is None:
+            if self.out is None and self.out_busy is None:
                 self._cancel_at_server(t)
             else:
-                self._later(self.out[t.q.qid * self.S + t.station.servers[0].idx],
-                            lambda _ev: self._cancel_at_server(t))
+                self._later(self._out_ms(t.q.qid, t.station.servers[0]), lambda _ev: self._cancel_at_server(t))
             return
         t.active = False
         t.station.n_live -= 1
@@ -951,6 +985,6 @@ class FastEngine(ServingView):
         point's later policies would run beside every earlier policy's lists."""
         self.arr = self.models = self.finish_ms = self.how = self.mask = self.ntask = self.ms = []  # type: ignore[assignment]
         self._out = {}
-        self.out = self.back = None
+        self.out = self.back = self.out_busy = self.back_busy = None
         for srv in self.servers:
             srv.draw = srv.pass_draw = None

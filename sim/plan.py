@@ -41,11 +41,15 @@ class Plan:
     # cancels finish the pass
     out_ms: np.ndarray | None = None  # (n, S) dispatcher → server delay per (query, server)
     back_ms: np.ndarray | None = None  # (n, S) server → dispatcher delay
+    out_busy_ms: tuple[np.ndarray, ...] | None = None  # network.out_by_busy: per entry k, (n, S) delays with k
+    # other servers computing (out_ms is then None)
+    back_busy_ms: tuple[np.ndarray, ...] | None = None  # network.back_by_busy, the same (back_ms then None)
     cores: float | None = None  # servers share this many cores (processor sharing); None = one each
     quantum: float | None = None  # with cores: round robin in quanta of this many ms instead of sharing
     corun: tuple[float, ...] | None = None  # with cores: slowdown of each computing server by how many others do
     wake: Any = None  # sim.config.Wake: extra compute of a task that starts on a server that sat idle
     dispatcher: tuple[float, float] | None = None  # with time slicing: the dispatcher's CPU ms per send, per return
+    dispatcher_own_core: bool = False  # ... waking on its own last core (service.dispatcher.placement)
     finish_pass: bool = False  # a cancel lets the task's pass (pass_ms) end
     stall: bool = False  # with cores: a straggle's extra time (beyond pass_ms) holds the server off the cores
     delay_quantile: float | None = None  # the hedge delay runs at this percentile of direct answers (policies.delays)
@@ -133,14 +137,19 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         max_batch=cfg.service.max_batch,
         batch_cost_per_extra=cfg.service.batch_cost_per_extra,
         pass_ms=base + overhead if finish_pass or stall or of_pass else None,
-        out_ms=_delays(net.out, draws.net_out_u, base.shape),
-        back_ms=_delays(net.back, draws.net_back_u, base.shape),
+        out_ms=_delays(net.out, draws.net_out_u, base.shape) if net.out_by_busy is None else None,
+        out_busy_ms=None if net.out_by_busy is None else tuple(
+            _delays(dist, draws.net_out_u, base.shape) for dist in net.out_by_busy),
+        back_ms=_delays(net.back, draws.net_back_u, base.shape) if net.back_by_busy is None else None,
+        back_busy_ms=None if net.back_by_busy is None else tuple(
+            _delays(dist, draws.net_back_u, base.shape) for dist in net.back_by_busy),
         cores=cfg.service.cores,
         quantum=cfg.service.quantum_ms,
         corun=cfg.service.corun_slowdown,
         wake=cfg.service.wake,
         dispatcher=None if cfg.service.dispatcher is None else (cfg.service.dispatcher.send_ms,
                                                                 cfg.service.dispatcher.return_ms),
+        dispatcher_own_core=cfg.service.dispatcher is not None and cfg.service.dispatcher.placement == "own_core",
         finish_pass=finish_pass,
         stall=stall,
         extra_of_pass=of_pass,

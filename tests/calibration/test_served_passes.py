@@ -94,6 +94,10 @@ def test_real_servers_credit_each_network_its_own_passes(tmp_path: Path) -> None
         assert np.median(high.samples_ms) > 2.5 * np.median(low.samples_ms)
     # and each served pass is at least the network's bare pass (a server adds to a pass, never takes from it)
     assert np.median(profile["cnn-w48"].levels[0].samples_ms) > 0.8 * np.median(iso["cnn-w48"])
+    # the delays by busy servers: at least the table with none computing, each as many quantiles as a level
+    for passes in profile.values():
+        for tables in (passes.out_by_busy_ms, passes.back_by_busy_ms):
+            assert len(tables) >= 1 and all(len(t) == len(passes.levels[0].samples_ms) for t in tables)
 
 
 def test_idle_before_is_the_gap_since_the_servers_latest_end() -> None:
@@ -225,3 +229,55 @@ def test_a_wake_curve_that_is_not_one_is_refused(idle, extra) -> None:
                      wake_busy_extra_ms=(0.1,))
     with pytest.raises(ValidationError, match="both parts"):
         ServedPasses(levels=_profile().levels, wake_idle_ms=(1.0,), wake_idle_extra_ms=(0.1,))
+
+
+def test_computing_at_counts_the_other_servers_inside_a_pass() -> None:
+    from calibration.passes import computing_at
+
+    # server 0 computes 0-2, server 1 1-3 and 4-5, server 2 1.5-6
+    server = np.array([0, 1, 1, 2])
+    start = np.array([0.0, 1.0, 4.0, 1.5])
+    end = np.array([2.0, 3.0, 5.0, 6.0])
+    at = np.array([1.6, 3.5, 4.5, np.nan])
+    # task 0 at 1.6: servers 1 and 2; task 1 at 3.5: server 2 (server 0 ended); task 2 at 4.5: server 2 (its own
+    # server's pass is not counted); task 3: no time, 0
+    assert computing_at(server, start, end, at).tolist() == [2, 1, 1, 0]
+    # a pass counts from its start, not at its end
+    assert computing_at(np.array([0, 1]), np.array([0.0, 1.0]), np.array([1.0, 2.0]), np.array([2.0, 1.0])
+                        ).tolist() == [0, 0]
+
+
+def test_delay_tables_by_busy_servers_pool_what_is_too_rare() -> None:
+    from calibration.passes import delays_by_busy
+
+    others = np.repeat([0, 1, 2, 3], [400, 300, 60, 50])
+    delay = np.concatenate([np.full(400, 0.2), np.full(300, 0.5), np.full(60, 2.0), np.full(50, 4.0)])
+    tables = delays_by_busy(others, delay, 10, least=100)
+    # 0 has its own table; 2 has too few (60), so 1's table is the last and pools 1, 2 and 3
+    assert len(tables) == 2
+    assert set(tables[0]) == {0.2}
+    assert np.median(tables[1]) == pytest.approx(0.5) and max(tables[1]) == pytest.approx(4.0)
+    # enough everywhere: one table per count
+    assert len(delays_by_busy(others, delay, 10, least=50)) == 4
+    # too few with none computing: nothing
+    assert delays_by_busy(others, delay, 10, least=500) == ()
+    # non-finite delays are left out before counting
+    assert delays_by_busy(np.zeros(150), np.r_[np.full(100, 1.0), np.full(50, np.nan)], 5, least=100
+                          ) == ((1.0,) * 5,)
+
+
+def test_busy_tables_read_back_per_network(tmp_path: Path) -> None:
+    from calibration.passes import ServedPasses
+
+    one = _profile()
+    n = len(one.levels[0].samples_ms)
+    with_tables = ServedPasses(levels=one.levels, out_by_busy_ms=((0.3,) * n, (0.9,) * n),
+                               back_by_busy_ms=((0.2,) * n,))
+    path = tmp_path / "served_profile.csv"
+    to_frame({"a": with_tables, "b": one}).to_csv(path, index=False)
+    back = read_served_profile(path)
+    assert back["a"].out_by_busy_ms == with_tables.out_by_busy_ms
+    assert back["a"].back_by_busy_ms == with_tables.back_by_busy_ms
+    assert back["b"].out_by_busy_ms == () and back["b"].back_by_busy_ms == ()
+    with pytest.raises(ValueError, match="as many quantiles"):
+        ServedPasses(levels=one.levels, out_by_busy_ms=((0.3,) * (n + 1),))

@@ -89,12 +89,17 @@ def test_physical_table_switches_on_serving() -> None:
                                 "overhead_ms": pytest.approx(0.6),
                                 "cores": pytest.approx(cal.machine.cpu_count - cu.BASE_CORES),
                                 "wake": {"idle_ms": list(cu.WAKE_IDLE_MS), "extra_ms": list(cu.WAKE_EXTRA_MS)},
-                                # the calibration's 0.05 ms of dispatcher CPU per task, half each way
-                                "dispatcher": {"send_ms": pytest.approx(0.025), "return_ms": pytest.approx(0.025)}}
+                                # the calibration's 0.05 ms of dispatcher CPU per task, half each way; its
+                                # frontend ran at real-time priority, so it wakes on its own last core
+                                "dispatcher": {"send_ms": pytest.approx(0.025), "return_ms": pytest.approx(0.025),
+                                               "placement": "own_core"}}
     assert table["stragglers"] == {"extra_of": "pass"}
     assert set(table["network"]["out"]["samples_ms"]) == {cu.OUT_MS}
     assert set(table["network"]["back"]["samples_ms"]) == {cu.BACK_MS}
     assert "quantum_ms" not in served.physical_table(cal, "cuda", 1.0)["service"]
+    # a frontend at an ordinary priority goes to an idle core when it wakes
+    nice = cal.model_copy(update={"dispatcher": cal.dispatcher.model_copy(update={"frontend_priority": "nice-10"})})
+    assert served.physical_table(nice, "cpu", 1.0)["service"]["dispatcher"]["placement"] == "free_core"
 
 
 def _networks_scenario(load: float, **profile):
@@ -286,6 +291,21 @@ def test_measured_served_passes_replace_the_isolated_profile_at_the_points_utili
     # the experts' own traffic's delays at u, their quantiles averaged: out (0.5 + u + 1.5 + u) / 2, back half that
     assert config.network.out.samples_ms == pytest.approx([1.0 + u] * 4)
     assert config.network.back.samples_ms == pytest.approx([(1.0 + u) / 2] * 4)
+    # no delay tables by busy servers in these profiles: none in the config
+    assert config.network.out_by_busy is None and config.network.back_by_busy is None
+    # with them: the experts' tables averaged quantile by quantile, as many counts as both have
+    by_busy = {"out_by_busy_ms": ((0.2,) * 4, (0.6,) * 4), "back_by_busy_ms": ((0.1,) * 4,)}
+    facts.served_passes = {names[0]: passes(1.0, 2.0).model_copy(update=by_busy),
+                           names[1]: passes(2.0, 3.0, out=1.5).model_copy(update={
+                               "out_by_busy_ms": ((0.4,) * 4, (1.0,) * 4, (3.0,) * 4),
+                               "back_by_busy_ms": ((0.3,) * 4,)}),
+                           "coded": passes(1.0, 2.0)}
+    (_, tabled), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    assert [d.samples_ms for d in tabled.network.out_by_busy] == [pytest.approx((0.3,) * 4), pytest.approx((0.8,) * 4)]
+    assert [d.samples_ms for d in tabled.network.back_by_busy] == [pytest.approx((0.2,) * 4)]
+    assert tabled.network.out.samples_ms == pytest.approx(config.network.out.samples_ms)  # the plain delay stays
+    facts.served_passes = {names[0]: passes(1.0, 2.0), names[1]: passes(2.0, 3.0, out=1.5),
+                           "coded": passes(1.0, 2.0)}
     # a scenario's own delays win over them
     own = scenario.model_copy(update={"sim": scenario.sim.updated({"network": {"out": {
         "kind": "deterministic", "value_ms": 7.0}}})})

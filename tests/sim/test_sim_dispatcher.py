@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from sim import SimConfigError, parse_config, simulate
+from sim.api import run_plan
+from sim.draws import Draws
+from sim.plan import make_plan
 from tests.sim.test_sim_slicing import _trace
 
 ONE_MS = {"kind": "deterministic", "value_ms": 1.0}
@@ -90,3 +93,39 @@ def test_bad_dispatcher_refused(service, match) -> None:
     with pytest.raises(SimConfigError, match=match):
         parse_config({"n_experts": 1, "r": 0, "policies": ["uncoded"], "service": service,
                       "traffic": {"kind": "poisson", "rate_per_ms": 0.1}})
+
+
+def _one_wake_during_a_pass(placement: str, seed: int) -> float:
+    """Expert 0's 2 ms pass runs alone on two cores; at 1.0 a task for expert 1 makes the dispatcher work 0.5 ms.
+    Returns when query 0 is answered (its output costs nothing to take back)."""
+    service = {"expert": {"kind": "deterministic", "value_ms": 2.0}, "cores": 2.0, "quantum_ms": 10.0,
+               "dispatcher": {"send_ms": 0.5, "return_ms": 0.0, "placement": placement}}
+    table = {"n_experts": 2, "r": 0, "policies": ["uncoded"], "service": service,
+             "traffic": {"kind": "trace", "trace_times_ms": [0.0, 1.0], "trace_models": [0, 1]}}
+    cfg = parse_config(table)
+    f = np.ones((2, 2))  # q1's pass is 2 ms too: its core is not freed before the dispatcher is done
+    draws = Draws(seed, np.array([0.0, 1.0]), np.array([0, 1]), np.zeros(2, np.int64), np.full((2, 2), 0.5), f)
+    return float(run_plan(make_plan(cfg, cfg.policies[0], draws), draws).finish_ms[0])
+
+
+def test_a_real_time_dispatcher_preempts_a_server_on_its_own_core_half_the_time_with_one_core_busy() -> None:
+    # q0's send (0.5 ms at t = 0) takes one free core, q0's pass the other (0-2.0). The wake at 1.0: 'free_core'
+    # takes the idle core (q1 waits for it, q0 ends at 2.0); 'own_core' lands on q0's core with probability 1 / 2
+    # (one holder of two slots), q0 waits the 0.5 ms of work (ends 2.5) while q1 takes the free core
+    free = {_one_wake_during_a_pass("free_core", seed) for seed in range(20)}
+    assert len(free) == 1
+    ends = np.array([_one_wake_during_a_pass("own_core", seed) for seed in range(400)])
+    base = min(free)
+    late = np.isclose(ends, base + 0.5)
+    assert np.all(late | np.isclose(ends, base)), sorted(set(ends.round(6)))
+    # binomial(400, 1/2): sd 10; 4 sd either way
+    assert 160 <= late.sum() <= 240, late.sum()
+
+
+def test_the_placement_is_a_dispatcher_setting_checked_by_name() -> None:
+    table = {"n_experts": 1, "r": 0, "policies": ["uncoded"], "n_queries": 10,
+             "traffic": {"kind": "poisson", "rate_per_ms": 0.1},
+             "service": {"expert": ONE_MS, "cores": 1.0, "quantum_ms": 1.0,
+                         "dispatcher": {"send_ms": 0.1, "return_ms": 0.1, "placement": "any_core"}}}
+    with pytest.raises(SimConfigError, match="placement"):
+        parse_config(table)
