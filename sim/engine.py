@@ -519,6 +519,12 @@ class FastEngine(ServingView):
         self.uncoded = plan.kind == "uncoded" and inline and plan.base == plan.n_experts
         # routed queries that only ever get one task (no copies to cancel, any completion answers)
         self.single_task = inline and self.rules.one_task_routed
+        # uncoded routed queries, each expert on one FIFO server, nothing coupling the servers or moving a task's
+        # time once drawn (no shared cores, wake-ups, slow episodes, failures, straggles of the pass alone): every
+        # server is Lindley's recursion, run without events (`_recursion`: the event loop's own operations)
+        self.recursion = (self.uncoded and not self.sharing and plan.wake is None and plan.episodes is None
+                          and plan.failures is None and not plan.extra_of_pass
+                          and bool(np.all(np.asarray(draws.model) >= 0)))
         self.arr = _view(draws.arrival_ms)
         self.models = _view(draws.model)
         n, S = self.n, plan.n_servers
@@ -954,6 +960,9 @@ class FastEngine(ServingView):
         env = self.env
         if self.n == 0:
             raise ValueError("no queries to simulate")
+        if self.recursion:
+            self._recursion()
+            return self._output()
         heap, run_due = env.heap, env.run_due
         arrive = self._arrive
         for k, t in enumerate(self.arr):
@@ -962,6 +971,45 @@ class FastEngine(ServingView):
         step = env.step
         while heap and not self.stop:
             step()
+        return self._output()
+
+    def _recursion(self) -> None:
+        """Every query answered by its expert's one FIFO server, computed without events: a task starts at its
+        arrival or when the server's previous task ends, whichever is later, and ends its drawn time after —
+        the very floating-point operations the event loop does (departures before arrivals on ties), so the
+        records are the same bit for bit; about four times the event loop's speed."""
+        arr, models, fin, ms = self.arr, self.models, self.finish_ms, self.ms
+        servers = [st.single for st in self.experts]
+        draws = [srv.draw for srv in servers]  # type: ignore[union-attr]
+        free = [-math.inf] * self.N
+        busy = [0.0] * self.N
+        for k in range(self.n):
+            m = models[k]
+            a = arr[k]
+            f = free[m]
+            start = a if a >= f else f
+            end = start + draws[m][k]
+            free[m] = end
+            fin[k] = end
+            dt = end - start
+            ms[k] = dt
+            busy[m] += dt
+        idx = np.array([srv.idx for srv in servers], np.int64)  # type: ignore[union-attr]
+        model = np.asarray(self.draws.model, np.int64)
+        out = self._out
+        out["how"][:] = HOW_DIRECT
+        out["n_tasks"][:] = 1
+        if out["mask"] is not None:
+            out["mask"][:] = np.left_shift(np.int64(1), idx[model])
+        else:  # past 63 servers: Python ints
+            self.mask[:] = [1 << int(s) for s in idx[model]]
+        for srv, b in zip(servers, busy, strict=True):
+            self.busy[srv.idx] = b  # type: ignore[union-attr]
+        self.n_done, self.live = self.n, 0
+        self.env.now = max(arr[self.n - 1], max(free))
+
+    def _output(self) -> RunOutput:
+        env = self.env
         kept = self._out
         out = RunOutput(
             finish_ms=kept["finish_ms"],
