@@ -264,11 +264,11 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 BUSY_CORES_LIMIT = 0.25  # other processes' cores beyond which a measured served profile is not cached
-SERVED_PROFILE_FORMAT = 9  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
+SERVED_PROFILE_FORMAT = 10  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
 # 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 # by idle gap; 6: by the other servers' busy time, each server the rarely used one a third of the stream;
 # 7: both parts (idle time and the others' busy time), fitted together; 8: 1,500 lone passes, 1,000 quantiles;
-# 9: each level's mean pass as it ran
+# 9: each level's mean pass as it ran; 10: the one-way delays by how many other servers compute
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
@@ -313,8 +313,7 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
             if not set(names) <= set(profile):
                 continue
             if path == cache and (stale := served_profile_drift(profile, facts.profile_ms,
-                                                                 scenario.profile.served_drift_pct)
-                                  or served_profile_outdated(profile, names)):
+                                                                 scenario.profile.served_drift_pct)):
                 say(f"served profile: {stale}; measuring it again", not quiet)
                 break
             return {name: profile[name] for name in names}
@@ -348,16 +347,6 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
         return profile
     atomic.write_with(cache, lambda path: to_frame(profile).to_csv(path, index=False))
     return profile
-
-
-def served_profile_outdated(profile: dict[str, Any], names: list[str]) -> str | None:
-    """Why a cached served profile lacks what this coinsim measures, or None: delays without their tables by busy
-    servers (a profile cached by an earlier version)."""
-    for name in names:
-        passes = profile.get(name)
-        if passes is not None and passes.has_delays and not (passes.out_by_busy_ms and passes.back_by_busy_ms):
-            return f"the cached profile of {name} has no delays by busy servers (cached by an earlier coinsim)"
-    return None
 
 
 def served_profile_drift(profile: dict[str, Any], isolated_ms: dict[str, Any], limit_pct: float) -> str | None:

@@ -333,10 +333,10 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
     if latency_model != "served" or calibration is None:
         return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
     if served_passes:
-        meaning = ("predicted served latency: the networks' own passes and one-way delays served under traffic "
-                   "(served_profile.csv) + this machine's serving calibration (per-task serving cost, the "
-                   "dispatcher's CPU per task run on the cores ahead of the servers, time slicing, co-running "
-                   "slowdown)")
+        meaning = ("predicted served latency: the networks' own passes and one-way delays served under traffic, "
+                   "the delays by how many servers compute when a message leaves (served_profile.csv) + this "
+                   "machine's serving calibration (per-task serving cost, the dispatcher's CPU per task run on the "
+                   "cores ahead of the servers, time slicing, co-running slowdown)")
     else:
         meaning = ("predicted served latency: isolated profile + this machine's serving calibration (per-task "
                    "serving cost, one-way delays under traffic, the dispatcher's CPU per task run on the cores ahead "

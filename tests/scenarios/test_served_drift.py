@@ -112,13 +112,3 @@ def test_a_served_profile_measured_beside_a_busy_process_is_not_cached(tiny_cach
     assert not cache.exists()
     assert "cores busy while it was measured" in capsys.readouterr().err
 
-
-def test_a_cached_profile_without_delays_by_busy_servers_is_outdated() -> None:
-    level = ServedLevel(utilization=0.2, rate_per_ms=1.0, n_lone=50, samples_ms=(1.0, 2.0, 3.0),
-                        out_ms=(0.1, 0.2, 0.3), back_ms=(0.1, 0.2, 0.3))
-    old = ServedPasses(levels=(level,), isolated_p50_ms=1.0)
-    assert "no delays by busy servers" in runner.served_profile_outdated({"a": old}, ["a"])
-    new = old.model_copy(update={"out_by_busy_ms": ((0.1, 0.2, 0.3),), "back_by_busy_ms": ((0.1, 0.2, 0.3),)})
-    assert runner.served_profile_outdated({"a": new}, ["a"]) is None
-    # a profile without delays at all (its network measured apart from traffic) has nothing to lack
-    assert runner.served_profile_outdated({"a": _passes(1.0)}, ["a"]) is None
