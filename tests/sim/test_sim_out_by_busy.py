@@ -59,6 +59,25 @@ def test_an_output_waits_as_long_as_the_table_of_the_servers_computing_when_its_
     np.testing.assert_allclose(out.finish_ms, [1.5, 1.6], atol=1e-9)
 
 
+def test_a_server_waiting_in_the_run_queue_counts_as_computing() -> None:
+    # three experts on one core, 1 ms passes, quantum 10 ms. q0 -> s0 at 0 (+0.1): 0.1-1.1. q1 -> s1 at 0.2, s0
+    # computing (+0.3): waits in the run queue from 0.5, runs 1.1-2.1. q2 -> s2 at 0.6: s0 holds the core and s1
+    # waits for it, two computing (+3.0): 3.6-4.6 (counting only the core's holder: +0.3, 2.1-3.1)
+    service = {"expert": _fixed(1.0), "cores": 1.0, "quantum_ms": 10.0}
+    network = {"out": _fixed(0.1), "out_by_busy": [_fixed(0.1), _fixed(0.3), _fixed(3.0)]}
+    out = _trace(service, network, [0.0, 0.2, 0.6], [0, 1, 2])
+    np.testing.assert_allclose(out.finish_ms, [1.1, 2.1, 4.6], atol=1e-9)
+
+
+def test_processor_sharing_leaves_the_tasks_own_server_out() -> None:
+    # two cores shared without slicing: q1 -> s0 at 0.5 while s0 computes q0 (0.1-1.1) and s1 idles: nobody else
+    # computes (+0.1), queued, 1.1-2.1 (counting s0 itself: +1.0, 1.5-2.5)
+    service = {"expert": _fixed(1.0), "cores": 2.0}
+    network = {"out": _fixed(0.1), "out_by_busy": [_fixed(0.1), _fixed(1.0)]}
+    out = _trace(service, network, [0.0, 0.5], [0, 0], n_experts=2)
+    np.testing.assert_allclose(out.finish_ms, [1.1, 2.1], atol=1e-9)
+
+
 def test_processor_sharing_counts_the_busy_servers_too() -> None:
     # two cores shared without slicing: q1 -> s1 at 0.2 with s0 computing waits 0.3 (1.5); q2 -> s0 at 1.2 with
     # s1 computing waits 0.3 again (2.5); q3 -> s1 at 2.0, nobody else computing but s0 — its own server is idle.
