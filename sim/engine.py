@@ -718,8 +718,8 @@ class FastEngine(ServingView):
         self.disp_end = now + ms
         core = int(self.disp_core.random() * self.slots_max) if self.free_slots and self.disp_core is not None else -1
         if core >= 0 and core < len(self.running):  # it woke on a core a server holds: that server waits (it is not
-            self.free_slots -= 1  # moved to the free core), the free slot stays free
-            self._preempt_holder(now, self.running[core])
+            self.free_slots -= 1  # moved to the free core), the free slot stays free; nobody's quantum is cut
+            self._preempt_holder(now, self.running[core], arm=False)  # short for it: it waits for the dispatcher
             self.free_slots += 1
         elif self.free_slots:
             self.free_slots -= 1
@@ -728,7 +728,7 @@ class FastEngine(ServingView):
             self._preempt_holder(now)
         self.env.at(self.disp_end, Due(self._dispatcher_done))
 
-    def _preempt_holder(self, now: float, srv: _Server | None = None) -> None:
+    def _preempt_holder(self, now: float, srv: _Server | None = None, arm: bool = True) -> None:
         """The dispatcher takes the slot of `srv` (by default the server that took its slot last): that server's work
         so far is done, it waits at the head of the run queue (its quantum lost) and the other holders keep theirs."""
         if srv is None:
@@ -741,7 +741,7 @@ class FastEngine(ServingView):
         srv.rr = 2
         self.runq.appendleft(srv)
         self._reslot(now, None)
-        if len(self.runq) == 1:
+        if arm and len(self.runq) == 1:
             self._arm_holders()
 
     def _dispatcher_done(self, _ev: Due) -> None:
@@ -779,10 +779,13 @@ class FastEngine(ServingView):
         self.env.at(at, ev)
 
     def _give_slot(self) -> None:
-        """A slot was freed: the head of the run queue takes it at once."""
+        """A slot was freed: the head of the run queue takes it at once (and, should more still wait, every holder's
+        quantum is armed — a no-op but after a dispatcher woke on a held core, which arms nobody)."""
         self.free_slots += 1
         if self.runq:
             self._take_slot(self.runq.popleft())
+            if self.runq:
+                self._arm_holders()
         else:
             self._reslot(self.env.now, None)
 
