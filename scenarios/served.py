@@ -93,7 +93,7 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
         network: dict[str, Any] = {"out": {"kind": "empirical", "samples_ms": out.tolist()},
                                    "back": {"kind": "empirical", "samples_ms": back.tolist()}}
         for way in ("out", "back"):
-            by_busy = busy_tables(experts, way)
+            by_busy = experts_busy_tables(experts, way)
             if by_busy and config.service.cores is not None:
                 network[f"{way}_by_busy"] = [{"kind": "empirical", "samples_ms": table} for table in by_busy]
         config = config.model_copy(update={"network": Network.model_validate(network)})
@@ -114,7 +114,7 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
     return config.model_copy(update={"service": service.model_copy(update=update)})
 
 
-def busy_tables(experts: list[Any], way: str) -> list[list[float]]:
+def experts_busy_tables(experts: list[Any], way: str) -> list[list[float]]:
     """The `way` ('out' or 'back') delay by how many other servers compute (`ServedPasses.out_by_busy_ms` /
     `back_by_busy_ms`), the experts' tables averaged quantile by quantile, as many counts as every expert has;
     empty when any has none."""

@@ -577,7 +577,9 @@ class FastEngine(ServingView):
             st.submit(t)
             return
         st.n_live += 1  # the dispatcher counts it from the moment it is sent
-        self._later(self._out_ms(q.qid, st.servers[0]), lambda _ev: self._deliver(t))
+        srv = st.servers[0]
+        delay = self.out[q.qid * self.S + srv.idx] if self.out_busy is None else self._out_ms(q.qid, srv)
+        self._later(delay, lambda _ev: self._deliver(t))
 
     def _out_ms(self, qid: int, srv: _Server) -> float:
         """The dispatcher → server delay of query `qid`'s task (or cancel) to `srv`: its draw, or (out_by_busy) its
@@ -845,7 +847,8 @@ class FastEngine(ServingView):
         if self.back is None and self.back_busy is None:
             self._result(t, srv)
         else:
-            self._later(self._back_ms(t.q.qid, srv), lambda _ev: self._result(t, srv))
+            delay = self.back[t.q.qid * self.S + srv.idx] if self.back_busy is None else self._back_ms(t.q.qid, srv)
+            self._later(delay, lambda _ev: self._result(t, srv))
 
     def _result(self, t: _Task, srv: _Server) -> None:
         if not t.uncounted:
