@@ -67,12 +67,15 @@ from calibration.file import (
     machine_key,
 )
 from calibration.passes import (
+    JOINED_LEAST,
     ServedLevel,
     ServedPasses,
     computing_at,
     delays_by_busy,
     idle_before,
     isotonic,
+    joined_passes,
+    joined_share,
     others_busy_before,
     wake_extra,
     wake_two,
@@ -641,6 +644,9 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     alone = (overlaps(start, start + compute) == 0) & np.isfinite(compute) & (compute > 0)
                     alone[: min(10, n)] = False  # the stream's first tasks: warm-up
                     ran = np.asarray(nets)[tasks["server"].to_numpy()]
+                    # passes another server's start joined on a free core, and the lone passes they are set against
+                    lone, joined, joiner = joined_passes(tasks["server"].to_numpy(), start, start + compute)
+                    lone[: min(10, n)] = joined[: min(10, n)] = False
                     for j in group:
                         mine = compute[alone & (ran == j)]
                         if len(mine) < 20:
@@ -650,7 +656,10 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                                               "slept": slept[alone & (ran == j)],
                                               "others": others[alone & (ran == j)], "out_ms": out, "back_ms": back,
                                               "busy": busy[idle], "busy_out_ms": out_ms[idle],
-                                              "busy_back": busy_back, "busy_back_ms": tasks["back_ms"].to_numpy(float)})
+                                              "busy_back": busy_back, "busy_back_ms": tasks["back_ms"].to_numpy(float),
+                                              "lone_ms": compute[lone & (ran == j)],
+                                              "joined_ms": compute[joined & (ran == j)],
+                                              "joiner_ms": compute[joiner[joined & (ran == j)]]})
                     bar.update(1)
     finally:
         bar.close()
@@ -711,4 +720,16 @@ def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
                                served_mean_ms=round(float(np.mean(mine)), 5),
                                out_ms=tuple(level["out_ms"]), back_ms=tuple(level["back_ms"])))
     return ServedPasses(levels=tuple(out), wake_idle_ms=idle[0], wake_idle_extra_ms=idle[1], wake_busy_ms=busy[0],
-                        wake_busy_extra_ms=busy[1], **by_busy)
+                        wake_busy_extra_ms=busy[1], **by_busy, joined_share=joined_chance(levels))
+
+
+def joined_chance(levels: list[dict[str, Any]], least: int = JOINED_LEAST) -> float | None:
+    """The chance that a server starting on a free core holds a computing one off its core (`joined_share`) from
+    a network's levels' lone, joined and joiner passes (`lone_ms`, `joined_ms`, `joiner_ms`), each level with at
+    least 20 joined and 20 lone passes, averaged weighted by their joined passes; None when they hold fewer than
+    `least` joined passes in all (or were measured without them)."""
+    parts = [(len(level["joined_ms"]), joined_share(level["lone_ms"], level["joined_ms"], level["joiner_ms"]))
+             for level in levels if len(level.get("joined_ms", ())) >= 20 and len(level.get("lone_ms", ())) >= 20]
+    if sum(count for count, _ in parts) < least:
+        return None
+    return round(float(np.average([h for _, h in parts], weights=[count for count, _ in parts])), 5)

@@ -35,7 +35,9 @@ out_ms, back_ms (the delays); the wake's two curves in
 the columns wake_idle_ms, wake_idle_extra_ms, wake_busy_ms (the others' busy time), wake_busy_extra_ms of a
 network's first rows (empty in the others); the one-way delays by how many other servers were computing when the
 message left (all levels pooled) in the columns out_ms_busy_0, out_ms_busy_1, ... and back_ms_busy_0, ... of the
-network's first rows, as many quantiles as a level has.
+network's first rows, as many quantiles as a level has; and in the column joined_share of its first row, the chance
+that a server starting on a free core holds a computing one off its core until its own pass is done (`joined_share`,
+all levels pooled).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ WAKE_EDGES_MS = (0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0) 
 WAKE_LEAST = 20  # passes a range needs to give a point of the curve
 BUSY_PREFIXES = {"out_by_busy_ms": "out_ms_busy_", "back_by_busy_ms": "back_ms_busy_"}  # served_profile.csv:
 # the delay tables with k other servers computing, one column per k
+JOINED_COLUMN = "joined_share"  # served_profile.csv: ServedPasses.joined_share, in a network's first row
 BUSY_LEAST = 100  # deliveries a count of busy others needs for a table of its own (the last one holds beyond)
 
 
@@ -92,6 +95,44 @@ def delays_by_busy(others: np.ndarray, delay_ms: np.ndarray, n: int, least: int 
         k += 1
     return tuple(tables)
 
+
+JOINED_LEAST = 100  # joined passes a served profile needs for the chance that a start holds a server off its core
+
+
+def joined_passes(server: np.ndarray, start: np.ndarray, end: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pass [start, end) of one clock: (alone, joined, joiner) — alone: no other server computed at any time
+    during it; joined: no other server computed when it began, another began computing during it, and at most
+    one other computed at any time (on two or more cores, every such start found a core free); joiner: for a
+    joined pass, the index of the first other pass that began during it (-1 for the rest)."""
+    server, start, end = np.asarray(server), np.asarray(start, float), np.asarray(end, float)
+    ok = np.isfinite(start) & np.isfinite(end)
+    alone, joined = np.zeros(len(start), bool), np.zeros(len(start), bool)
+    joiner = np.full(len(start), -1, np.int64)
+    clear = ok & (computing_at(server, start, end, np.where(ok, start, np.nan)) == 0)  # nobody else at its start
+    rows = np.flatnonzero(ok)
+    rows = rows[np.argsort(start[rows], kind="stable")]
+    s, e, srv = start[rows], end[rows], server[rows]
+    last = np.searchsorted(s, e, "left")  # passes begun before each one ended
+    for k in np.flatnonzero(clear[rows]):
+        inside = np.arange(k + 1, last[k])
+        inside = inside[srv[inside] != srv[k]]
+        if not inside.size:
+            alone[rows[k]] = True
+        elif np.all(s[inside[1:]] >= e[inside[:-1]]):  # at most one other at a time: each start inside comes
+            joined[rows[k]] = True  # after the previous one inside ended
+            joiner[rows[k]] = rows[inside[0]]
+    return alone, joined, joiner
+
+
+def joined_share(alone_ms: np.ndarray, joined_ms: np.ndarray, joiner_ms: np.ndarray) -> float:
+    """The chance that a server starting on a free core holds a computing one off its core until its own pass is
+    done (`service.joined_share`), by the means: what joined passes take beyond the lone passes weighted by their
+    length (a longer pass is joined more often, in proportion to its length under Poisson starts), over the
+    joiners' mean pass; within [0, 1]."""
+    alone, joined, joiner = (np.asarray(a, float) for a in (alone_ms, joined_ms, joiner_ms))
+    biased = float(np.sum(alone ** 2) / np.sum(alone))
+    return float(np.clip((joined.mean() - biased) / joiner.mean(), 0.0, 1.0))
 
 def isotonic(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """The weighted least-squares non-decreasing fit of `values` (pooled adjacent violators: each violating run
@@ -253,6 +294,9 @@ class ServedPasses(BaseModel):
     # an idle server, counted when the task was due; back: every answered task, counted when it ended
     out_by_busy_ms: tuple[tuple[float, ...], ...] = ()
     back_by_busy_ms: tuple[tuple[float, ...], ...] = ()
+    # the chance that a server starting on a free core holds a computing one off its core until its pass is done
+    # (`joined_share`), levels pooled; None: not measured
+    joined_share: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
 
     @field_validator("out_by_busy_ms", "back_by_busy_ms")
     @classmethod
@@ -352,6 +396,8 @@ def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
             for field, prefix in BUSY_PREFIXES.items():
                 for k, table in enumerate(getattr(passes, field)):
                     frame[f"{prefix}{k}"] = list(table) if first else blank
+            if passes.joined_share is not None:
+                frame[JOINED_COLUMN] = [passes.joined_share] + blank[1:] if first else blank
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
 
@@ -382,7 +428,10 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
         isolated = pd.to_numeric(rows["isolated_p50_ms"], errors="coerce").iloc[0] \
             if "isolated_p50_ms" in rows.columns else np.nan
         busy = {field: busy_tables(rows, prefix) for field, prefix in BUSY_PREFIXES.items()}
+        joined = pd.to_numeric(rows[JOINED_COLUMN], errors="coerce").dropna() if JOINED_COLUMN in rows.columns \
+            else pd.Series(dtype=float)
         out[str(name)] = ServedPasses(levels=tuple(levels), **wake, **busy,
+                                      joined_share=float(joined.iloc[0]) if len(joined) else None,
                                       isolated_p50_ms=None if pd.isna(isolated) else float(isolated))
     return out
 

@@ -264,11 +264,12 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 BUSY_CORES_LIMIT = 0.25  # other processes' cores beyond which a measured served profile is not cached
-SERVED_PROFILE_FORMAT = 10  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
+SERVED_PROFILE_FORMAT = 11  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
 # 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 # by idle gap; 6: by the other servers' busy time, each server the rarely used one a third of the stream;
 # 7: both parts (idle time and the others' busy time), fitted together; 8: 1,500 lone passes, 1,000 quantiles;
-# 9: each level's mean pass as it ran; 10: the one-way delays by how many other servers compute
+# 9: each level's mean pass as it ran; 10: the one-way delays by how many other servers compute; 11: the cost of
+# a join (what a pass loses when another server starts computing beside it)
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:

@@ -111,7 +111,19 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
     wake = experts_wake(experts)
     if wake is not None:
         update["wake"] = wake
+    joined = experts_joined(experts)
+    if joined is not None and service.quantum_ms is not None:
+        update["joined_share"] = joined
     return config.model_copy(update={"service": service.model_copy(update=update)})
+
+
+def experts_joined(experts: list[Any]) -> float | None:
+    """The chance that a server starting on a free core holds a computing one off its core
+    (`ServedPasses.joined_share`), averaged over the experts; None when any expert has none."""
+    shares = [p.joined_share if p is not None else None for p in experts]
+    if not shares or any(h is None for h in shares):
+        return None
+    return float(np.mean(shares))
 
 
 def experts_busy_tables(experts: list[Any], way: str) -> list[list[float]]:
@@ -334,7 +346,8 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
         return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
     if served_passes:
         meaning = ("predicted served latency: the networks' own passes and one-way delays served under traffic, "
-                   "the delays by how many servers compute when a message leaves (served_profile.csv) + this "
+                   "the delays by how many servers compute when a message leaves, the chance that a server waking "
+                   "on a free core holds a computing one off its core (served_profile.csv) + this "
                    "machine's serving calibration (per-task serving cost, the dispatcher's CPU per task run on the "
                    "cores ahead of the servers, time slicing, co-running slowdown)")
     else:

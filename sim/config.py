@@ -282,6 +282,11 @@ class Service(_Model):
                     "the other cores at the same time (entry j for j others, the last one beyond; shared caches, "
                     "memory bandwidth, SMT siblings — measured by coinsim calibrate); None = no slowdown")
     wake: Wake | None = None
+    joined_share: float | None = Field(
+        default=None, ge=0.0, le=1.0, allow_inf_nan=False,
+        description="with time slicing: the chance that a server starting on a free core wakes on a core another "
+                    "server holds (one drawn alike); that server then waits off the cores until the starter's work "
+                    "is done, its slot free meanwhile (measured in the served profile); None = never")
     dispatcher: Dispatcher | None = Field(
         default=None,
         description="with cores and quantum_ms: the dispatcher's CPU work per task sent and per output returned, "
@@ -296,6 +301,9 @@ class Service(_Model):
             raise ValueError("dispatcher (its CPU work on the shared cores) needs time slicing: cores and quantum_ms")
         if self.corun_slowdown is not None and self.cores is None:
             raise ValueError("corun_slowdown (servers slowing each other on shared cores) needs cores")
+        if self.joined_share is not None and self.quantum_ms is None:
+            raise ValueError("joined_share (a start holding another server off the cores) needs time slicing: cores "
+                             "and quantum_ms")
         return self
 
     def corun_factor(self, computing: int) -> float:

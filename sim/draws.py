@@ -20,7 +20,7 @@ from sim.config import SimConfig
 from sim.errors import SimConfigError
 
 (ARRIVALS, KIND, SPLIT, HOT, SAMPLES, SERVICE, STRAG_U, STRAG_MAG, EPISODES, FAILURES, NET_OUT, NET_BACK,
- BALANCE, DISPATCH_CORE) = range(14)
+ BALANCE, DISPATCH_CORE, JOINED) = range(15)
 _CHUNK = 65_536
 
 

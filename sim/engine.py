@@ -21,7 +21,7 @@ from policies import rules_for
 from policies.codes import HOW_DIRECT, HOW_REPLICA, ROLE_DIRECT, mask_dtype
 from policies.rules import ServingView
 from sim.clock import Clock, Due
-from sim.draws import DISPATCH_CORE, EPISODES, FAILURES, Draws, Timeline, stream
+from sim.draws import DISPATCH_CORE, EPISODES, FAILURES, JOINED, Draws, Timeline, stream
 from sim.plan import Plan
 
 
@@ -137,6 +137,8 @@ class _Server:
         "woke",
         "factor",
         "share",
+        "hold",
+        "lone",
     )
 
     def __init__(
@@ -157,7 +159,10 @@ class _Server:
         self.pass_draw: list[float] | None = None  # the same without the straggle factor (finish_pass)
         self.work = self.mark = self.total = 0.0  # shared cores: work left at time `mark`, the task's full work
         self.extra = 0.0  # shared cores, stalling stragglers: the stall that follows the pass
-        self.rr = 0  # time slicing: 0 not runnable (idle or stalled), 1 holds a CPU slot, 2 in the run queue
+        self.rr = 0  # time slicing: 0 not runnable (idle or stalled), 1 holds a CPU slot, 2 in the run queue, 3 held
+        # off the cores by another server's start (service.joined_share)
+        self.hold: Due | None = None  # ... until this event
+        self.lone = 0.0  # the current task's work without its straggle (what its start holds another server for)
         self.q0 = 0.0  # time slicing: start of the current quantum (while holding a slot)
         self.qev: Due | None = None  # time slicing: pending end of the current quantum, if one is armed
         self.free_at = 0.0  # when the server last became free (wake-up costs: how long it sat idle)
@@ -187,6 +192,7 @@ class _Server:
                 self.eng.busy_t0 += now
             self.woke = woke
         ev = self.ev = Due(self.finish)
+        self.lone = d + woke  # its work without a straggle's (service.joined_share: how long its start holds another)
         if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included, and not the
             ov = self.eng.overhead  # server's work beside it (both slowed alike by an episode)
             qid = task.q.qid
@@ -194,8 +200,10 @@ class _Server:
             ov = ov * d / self.draw[qid] if ov else 0.0
             self.factor = (d - ov) / (pass_ms - woke) if pass_ms > woke else 1.0
             self.share = pass_ms / (pass_ms + ov) if ov else 1.0
-            work = pass_ms + ov
+            work = self.lone = pass_ms + ov
             d, woke = pass_ms * self.factor + ov, 0.0
+        elif self.pass_draw is not None:
+            self.lone = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke
         if self.eng.sharing:  # the task's work is done at the shared cores' current speed
             if self.eng.stall:  # ... and a straggle's extra time is spent off the cores
                 if self.eng.of_pass:
@@ -473,6 +481,10 @@ class FastEngine(ServingView):
         # a real-time dispatcher wakes on its own last core, held by a server with probability holders / slots
         self.disp_core = stream(plan.seed, DISPATCH_CORE) if self.disp is not None and plan.dispatcher_own_core \
             else None
+        # service.joined_share: a server that starts on a free core may wake on a held one, whose server then waits
+        self.joined = plan.joined if self.slicing and plan.joined else None
+        self.join_u = stream(plan.seed, JOINED) if self.joined is not None else None
+        self.n_held = 0  # servers held off the cores by a join (runnable, counted as computing)
         self.disp_end = 0.0  # when the dispatcher's work so far is done (it holds a slot until then)
         self.disp_on = False
         self.running: list[_Server] = []  # busy servers, while sharing (slot holders, while slicing)
@@ -598,7 +610,7 @@ class FastEngine(ServingView):
         """Servers other than `srv` computing on the shared cores now: slot holders and the run queue while
         slicing, the busy servers while sharing (a stalled straggler is off the cores, so not counted)."""
         if self.slicing:
-            return len(self.running) + len(self.runq) - (srv.rr != 0)
+            return len(self.running) + len(self.runq) + self.n_held - (srv.rr != 0)
         return len(self.running) - (srv in self.running)
 
     def busy_clock(self) -> float:
@@ -689,14 +701,44 @@ class FastEngine(ServingView):
     # not in the heap yet. A quantum's end is an event only while someone waits: it is armed when a server
     # takes a slot with the run queue non-empty, or for every slot holder when the queue stops being empty
     # (at the holder's next quantum boundary q0 + k * quantum).
-    def _runnable(self, srv: _Server) -> None:
+    def _runnable(self, srv: _Server, start: bool = True) -> None:
         if self.free_slots:
+            if start and self.joined is not None and self.running and self.env.now > srv.free_at:
+                self._join(self.env.now, min(srv.lone, srv.work))  # it woke (one going straight on is not)
             self._take_slot(srv)
             return
         srv.rr = 2
         self.runq.append(srv)
         if len(self.runq) == 1:
             self._arm_holders()
+
+    def _join(self, now: float, work: float) -> None:
+        """A server that sat idle starts on a free core, `work` its task's work without a straggle's. With probability
+        `service.joined_share` it woke on a core a server holds (one of them, drawn alike): that server leaves the
+        cores, its work so far done, and waits as long as `work` takes at full speed before it is runnable again;
+        its slot is free meanwhile. Linux wakes a task on its last core and keeps a task that has just run off an
+        idle one for a while (it is cache-hot), so the other core may well idle while the two take turns on one."""
+        u = self.join_u.random()
+        if u >= self.joined:
+            return
+        srv = self.running[int(u / self.joined * len(self.running))]
+        self.running.remove(srv)
+        srv.work = max(srv.work - (now - srv.mark) * self.slot_speed, 0.0)
+        srv.ev = Due(srv.ev.callbacks[0])  # type: ignore[union-attr]  # its completion goes stale
+        srv.qev = None
+        srv.rr = 3
+        self.n_held += 1
+        hold = srv.hold = Due(lambda ev: self._unhold(srv, ev))
+        self.env.at(now + work, hold)
+        self.free_slots += 1
+        self._reslot(now, None)
+
+    def _unhold(self, srv: _Server, ev: Due) -> None:
+        """The starter's work that held `srv` off the cores is done: `srv` is runnable again (unless it stopped)."""
+        if srv.rr == 3 and ev is srv.hold:
+            srv.rr = 0
+            self.n_held -= 1
+            self._runnable(srv, start=False)
 
     def _arm_holders(self) -> None:
         """Someone started waiting: every slot holder's quantum now ends at its next boundary q0 + k * quantum."""
@@ -800,6 +842,9 @@ class FastEngine(ServingView):
         elif srv.rr == 2:
             srv.rr = 0
             self.runq.remove(srv)
+        elif srv.rr == 3:  # held off the cores by a join: it no longer waits for them
+            srv.rr = 0
+            self.n_held -= 1
 
     def slice_over(self, srv: _Server) -> None:
         """`srv` used up its quantum: it yields the slot to the head of the run queue, or goes on if none waits."""

@@ -48,6 +48,7 @@ class Plan:
     quantum: float | None = None  # with cores: round robin in quanta of this many ms instead of sharing
     corun: tuple[float, ...] | None = None  # with cores: slowdown of each computing server by how many others do
     wake: Any = None  # sim.config.Wake: extra compute of a task that starts on a server that sat idle
+    joined: float | None = None  # time slicing: chance a start on a free core holds a server off the cores
     dispatcher: tuple[float, float] | None = None  # with time slicing: the dispatcher's CPU ms per send, per return
     dispatcher_own_core: bool = False  # ... waking on its own last core (service.dispatcher.placement)
     finish_pass: bool = False  # a cancel lets the task's pass (pass_ms) end
@@ -136,7 +137,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         affected=frozenset(range(s_tot) if st.servers is None else st.servers),
         max_batch=cfg.service.max_batch,
         batch_cost_per_extra=cfg.service.batch_cost_per_extra,
-        pass_ms=base + overhead if finish_pass or stall or of_pass else None,
+        pass_ms=base + overhead if finish_pass or stall or of_pass or cfg.service.joined_share else None,
         out_ms=_delays(net.out, draws.net_out_u, base.shape) if net.out_by_busy is None else None,
         out_busy_ms=None if net.out_by_busy is None else tuple(
             _delays(dist, draws.net_out_u, base.shape) for dist in net.out_by_busy),
@@ -147,6 +148,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         quantum=cfg.service.quantum_ms,
         corun=cfg.service.corun_slowdown,
         wake=cfg.service.wake,
+        joined=cfg.service.joined_share,
         dispatcher=None if cfg.service.dispatcher is None else (cfg.service.dispatcher.send_ms,
                                                                 cfg.service.dispatcher.return_ms),
         dispatcher_own_core=cfg.service.dispatcher is not None and cfg.service.dispatcher.placement == "own_core",

@@ -281,3 +281,51 @@ def test_busy_tables_read_back_per_network(tmp_path: Path) -> None:
     assert back["b"].out_by_busy_ms == () and back["b"].back_by_busy_ms == ()
     with pytest.raises(ValueError, match="as many quantiles"):
         ServedPasses(levels=one.levels, out_by_busy_ms=((0.3,) * (n + 1),))
+
+
+
+def test_joined_passes_tell_a_pass_another_start_joined_from_a_lone_one() -> None:
+    from calibration.passes import joined_passes
+
+    # server, [start, end): 0 alone; 1 joined by 2 (one other at a time); 2 began while 1 ran (neither);
+    # 3 joined by 4 and then 5 on two servers at once (two others at a time: neither); 4, 5 began inside 3;
+    # 6 joined by 7, then 8 after 7 ended (one other at a time: joined, 7 its joiner); 9 and 10 alone
+    server = np.array([0, 0, 1, 0, 1, 2, 0, 1, 2, 0, 1])
+    start = np.array([0.0, 10.0, 10.5, 20.0, 20.2, 20.4, 30.0, 30.1, 30.5, 40.0, 50.0])
+    end = np.array([1.0, 11.0, 11.5, 21.0, 20.9, 20.8, 31.0, 30.4, 30.9, 41.0, 51.0])
+    order = np.random.default_rng(0).permutation(len(server))  # the stamps in any order
+    alone, joined, joiner = joined_passes(server[order], start[order], end[order])
+    assert sorted(order[alone].tolist()) == [0, 9, 10]
+    assert sorted(order[joined].tolist()) == [1, 6]
+    assert {int(order[k]): int(order[joiner[k]]) for k in np.flatnonzero(joined)} == {1: 2, 6: 7}
+    assert np.all(joiner[~joined] == -1)
+
+
+def test_joined_share_recovers_a_known_chance_against_length_biased_lone_passes() -> None:
+    from calibration.passes import joined_share
+
+    # lone passes uniform on [1, 3]; a start comes during a pass in proportion to its length (density x / 4 on
+    # [1, 3]) and, with chance h, holds it for the joiner's whole pass (uniform on [0.5, 1.5]). Set against the
+    # plain lone mean (2.0 instead of 13/6) the share would come out 0.17 too high.
+    rng = np.random.default_rng(3)
+    n = 400_000
+    lone = rng.uniform(1.0, 3.0, n)
+    biased = np.sqrt(1.0 + 8.0 * rng.uniform(size=n))  # inverse of the CDF (x^2 - 1) / 8 on [1, 3]
+    joiner = rng.uniform(0.5, 1.5, n)
+    for h in (0.0, 0.3, 0.7):
+        joined = biased + (rng.uniform(size=n) < h) * joiner
+        assert joined_share(lone, joined, joiner) == pytest.approx(h, abs=0.01)
+    assert joined_share(lone, biased + 5.0, joiner) == 1.0  # held longer than any joiner: at most 1
+    assert joined_share(lone, biased - 0.5, joiner) == 0.0  # at least 0
+
+
+def test_the_join_share_reads_back_per_network(tmp_path: Path) -> None:
+    one = _profile()
+    with_share = ServedPasses(levels=one.levels, joined_share=0.42)
+    path = tmp_path / "served_profile.csv"
+    to_frame({"a": with_share, "b": one}).to_csv(path, index=False)
+    back = read_served_profile(path)
+    assert back["a"].joined_share == pytest.approx(0.42)
+    assert back["b"].joined_share is None
+    with pytest.raises(ValueError):
+        ServedPasses(levels=one.levels, joined_share=1.5)

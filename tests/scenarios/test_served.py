@@ -304,6 +304,17 @@ def test_measured_served_passes_replace_the_isolated_profile_at_the_points_utili
     assert [d.samples_ms for d in tabled.network.out_by_busy] == [pytest.approx((0.3,) * 4), pytest.approx((0.8,) * 4)]
     assert [d.samples_ms for d in tabled.network.back_by_busy] == [pytest.approx((0.2,) * 4)]
     assert tabled.network.out.samples_ms == pytest.approx(config.network.out.samples_ms)  # the plain delay stays
+    # the chance that a start holds a server off its core: the experts' shares averaged, into the time-sliced
+    # cores' config; none when an expert has none
+    assert config.service.joined_share is None
+    facts.served_passes = {names[0]: passes(1.0, 2.0).model_copy(update={"joined_share": 0.3}),
+                           names[1]: passes(2.0, 3.0, out=1.5).model_copy(update={"joined_share": 0.5}),
+                           "coded": passes(1.0, 2.0)}
+    (_, joined), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    assert joined.service.quantum_ms is not None and joined.service.joined_share == pytest.approx(0.4)
+    facts.served_passes[names[1]] = passes(2.0, 3.0, out=1.5)
+    (_, half), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    assert half.service.joined_share is None
     facts.served_passes = {names[0]: passes(1.0, 2.0), names[1]: passes(2.0, 3.0, out=1.5),
                            "coded": passes(1.0, 2.0)}
     # a scenario's own delays win over them
