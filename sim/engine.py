@@ -192,7 +192,9 @@ class _Server:
                 self.eng.busy_t0 += now
             self.woke = woke
         ev = self.ev = Due(self.finish)
-        self.lone = d + woke  # its work without a straggle's (service.joined_share: how long its start holds another)
+        if self.eng.joined is not None:  # its work without a straggle's: how long its start may hold another server
+            self.lone = d + woke if self.pass_draw is None else \
+                d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke
         if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included, and not the
             ov = self.eng.overhead  # server's work beside it (both slowed alike by an episode)
             qid = task.q.qid
@@ -200,10 +202,8 @@ class _Server:
             ov = ov * d / self.draw[qid] if ov else 0.0
             self.factor = (d - ov) / (pass_ms - woke) if pass_ms > woke else 1.0
             self.share = pass_ms / (pass_ms + ov) if ov else 1.0
-            work = self.lone = pass_ms + ov
+            work = pass_ms + ov
             d, woke = pass_ms * self.factor + ov, 0.0
-        elif self.pass_draw is not None:
-            self.lone = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke
         if self.eng.sharing:  # the task's work is done at the shared cores' current speed
             if self.eng.stall:  # ... and a straggle's extra time is spent off the cores
                 if self.eng.of_pass:
