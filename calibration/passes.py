@@ -134,6 +134,7 @@ def joined_share(alone_ms: np.ndarray, joined_ms: np.ndarray, joiner_ms: np.ndar
     biased = float(np.sum(alone ** 2) / np.sum(alone))
     return float(np.clip((joined.mean() - biased) / joiner.mean(), 0.0, 1.0))
 
+
 def isotonic(values: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """The weighted least-squares non-decreasing fit of `values` (pooled adjacent violators: each violating run
     replaced by its weighted mean; unit weights when none are given)."""

@@ -268,8 +268,8 @@ SERVED_PROFILE_FORMAT = 11  # 2: with the traffic's one-way delays; 3: about 400
 # 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 # by idle gap; 6: by the other servers' busy time, each server the rarely used one a third of the stream;
 # 7: both parts (idle time and the others' busy time), fitted together; 8: 1,500 lone passes, 1,000 quantiles;
-# 9: each level's mean pass as it ran; 10: the one-way delays by how many other servers compute; 11: the cost of
-# a join (what a pass loses when another server starts computing beside it)
+# 9: each level's mean pass as it ran; 10: the one-way delays by how many other servers compute; 11: the chance
+# that a server waking on a free core holds a computing one off its core (joined_share)
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
