@@ -29,6 +29,6 @@ class Hedged(Rules):
         s = self.at(q)
         models = [q.model] if q.model >= 0 else [m for m in range(s.n_experts) if not (q.cover >> m) & 1]
         for m in models:
-            replicas = s.hosts[m][len(s.instances[m]):]
+            replicas = s.replicas[m]
             if replicas:
                 s.send(q, least_loaded(s, replicas), ROLE_HEDGE)

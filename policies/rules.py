@@ -58,6 +58,7 @@ class Serving(Protocol):
     balancer: str  # how a query picks one of its expert's instances: jsq | round_robin | power_of_d
     instances: Sequence[Sequence[Any]]  # per expert: the targets of its own instances
     hosts: Sequence[Sequence[Any]]  # per expert: every target holding it, its instances first, then replicas
+    replicas: Sequence[Sequence[Any]]  # per expert: its replicas (hosts after its instances)
     coded: Sequence[Any]
     backups: Sequence[Any]
     parity: Sequence[Any]  # the targets hosting parity models
@@ -70,6 +71,9 @@ class Serving(Protocol):
     group_masks: Sequence[int]  # per code group: bitmask of its servers (its experts' instances, its coded servers)
 
     def load(self, target: Any) -> int: ...  # tasks live at the target, as the dispatcher counts them
+
+    def least_of(self, targets: Any) -> Any: ...  # the least loaded of one of the view's own lists (ties: the
+    # earliest), when the system keeps an index of it; None: scan it
 
     def expected_ms(self, target: Any) -> float: ...  # (load + 1) x the target's mean task time
 
@@ -160,6 +164,10 @@ class ServingView:
     inherits it and calls `bind_view` with how it names its targets (`targets[station_of[server]]`: stations of an
     engine, where servers sharing a queue share one; a testbed server's own index)."""
 
+    def least_of(self, targets: Any) -> Any:
+        """No index of the view's lists: the rules scan them (a system that keeps one overrides this)."""
+        return None
+
     def bind_view(self, *, hosts: Sequence[int], n_base: int, groups: Sequence[Sequence[int]], n_experts: int,
                   dispatch: str, fanout: int, balancer: str, delay_ms: Sequence[float] | None,
                   delay_quantile: float | None, delay_window: int, station_of: Sequence[int],
@@ -180,6 +188,7 @@ class ServingView:
         self.delay_ms, self.delay_quantile, self.delay_window = delay_ms, delay_quantile, delay_window
         self.hosts = [holding(i, False) for i in range(n_experts)]
         self.instances = [holding(i, True) for i in range(n_experts)]
+        self.replicas = [h[len(own):] for h, own in zip(self.hosts, self.instances, strict=True)]
         self.coded = [targets[station_of[s]] for s, h in enumerate(hosts) if h == CODED]
         self.backups = [targets[station_of[s]] for s, h in enumerate(hosts) if h == BACKUP]
         self.parity = [targets[station_of[s]] for s, h in enumerate(hosts) if h == PARITY]
@@ -194,10 +203,13 @@ class ServingView:
             cv = GroupView.of(hosts, n_base, groups, n_experts, cells)
             for c in range(cells):
                 blocks = range(c, len(cv.members), cells)  # this cell's block of every code group
+                hosts_c = [holding(i, False, c) for i in range(n_experts)]
+                instances_c = [holding(i, True, c) for i in range(n_experts)]
                 self.cell_views.append(_CellView(
                     self,
-                    instances=[holding(i, True, c) for i in range(n_experts)],
-                    hosts=[holding(i, False, c) for i in range(n_experts)],
+                    instances=instances_c,
+                    hosts=hosts_c,
+                    replicas=[h[len(own):] for h, own in zip(hosts_c, instances_c, strict=True)],
                     coded=[targets[station_of[s]] for s, h in enumerate(hosts) if h == CODED and cell_of[s] == c],
                     backups=[targets[station_of[s]] for s, h in enumerate(hosts) if h == BACKUP and cell_of[s] == c],
                     parity=[],
@@ -400,7 +412,11 @@ class Rules:
 
 # ------------------------------------------------------------------------------------------- shared choices
 def least_loaded(s: Serving, targets: Sequence[Any]) -> Any:
-    """The target with the fewest live tasks; ties to the earliest in `targets`."""
+    """The target with the fewest live tasks; ties to the earliest in `targets` (the system's own index of that
+    list, when it keeps one: Serving.least_of)."""
+    best = s.least_of(targets)
+    if best is not None:
+        return best
     best = targets[0]
     for t in targets:
         if s.load(t) < s.load(best):
@@ -413,4 +429,6 @@ def coded_pick(s: Serving, group: int = 0) -> Sequence[Any]:
     coded = s.coded_in[group]
     if s.fanout >= len(coded):
         return coded
+    if s.fanout == 1:  # the least loaded, ties to the lowest index: the coded targets are in index order
+        return [least_loaded(s, coded)]
     return sorted(coded, key=lambda t: (s.load(t), s.index(t)))[: s.fanout]

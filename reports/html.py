@@ -577,7 +577,9 @@ def _lead(data: ResultData) -> Markup:
     text += _deployment_sentence(data.summary.get("deployment"), data.axes or [])
     pol = data.policy_order
     if pol:
-        text += Markup(" Policies compared on common random numbers: {}.").format(", ".join(pol))
+        per_task = (data.summary.get("deployment") or {}).get("draws") == "task"
+        text += Markup(" Policies compared on common random numbers{}: {}.").format(
+            " drawn per task" if per_task else "", ", ".join(pol))
     points = data.points
     axes = data.axes
     if len(points) > 1 and axes:

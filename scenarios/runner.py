@@ -944,11 +944,12 @@ def _with_latency(policies: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
 
 
 def deployment_facts(config: SimConfig) -> dict[str, Any]:
-    """What every policy runs on: each expert's instances and its balancer, the code groups, the extra servers."""
+    """What every policy runs on: each expert's instances and its balancer, the code groups, the extra servers, and
+    how the policies share their random numbers (per (query, server) or per task: sim.draws)."""
     return {"instances": list(config.instance_counts), "balancer": config.deployment.balancer,
             "groups": [list(g) for g in config.code_groups], "cells": config.deployment.cells,
             "extra_servers": config.n_extra,
-            "servers": config.n_servers}
+            "servers": config.n_servers, "draws": config.draws}
 
 
 def _run_summary(scenario: Scenario, facts: NetworkFacts | None, calibration: Any, calibration_path: Path | None,

@@ -575,6 +575,9 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
     if scenario.sim.deployment.balancer == "power_of_d":
         raise ScenarioError("sim.deployment.balancer = 'power_of_d' is not served by the testbed (its frontend does "
                             "not replay the random draws); use jsq or round_robin")
+    if scenario.sim.table().get("draws") == "task":
+        raise ScenarioError("sim.draws = 'task' is not served by the testbed (its servers straggle by each (query, "
+                            "server)'s draws); use draws = 'server'")
     if scenario.sim.deployment.backups == "per_group" and any(p.kind == "backup" for p in scenario.sim.policies):
         raise ScenarioError("sim.deployment.backups = 'per_group' is not served by the testbed (its backup servers "
                             "run one generalist network); simulate it with coinsim run")

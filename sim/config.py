@@ -704,6 +704,13 @@ class SimConfig(_Model):
     warmup_fraction: float = Field(default=0.1, ge=0, lt=1)
     batches: int = Field(default=20, ge=2, description="batch means for CIs")
     confidence: float = Field(default=0.95, gt=0, lt=1)
+    draws: Literal["server", "task"] = Field(
+        default="server",
+        description="'server': every (query, server) pair its own service, straggle and delay draws, drawn up front "
+                    "(the same server straggles on the same query under every policy; memory and time grow with "
+                    "queries x servers); 'task': every task its own, drawn lazily in blocks (sim/tasks.py: the k-th "
+                    "task of a query draws alike under every policy; memory and time grow with the tasks run, "
+                    "whatever the number of servers: for fleets)")
     _default_horizon: bool = PrivateAttr(default=False)
 
     _validate_policies = field_validator("policies", mode="before")(classmethod(lambda cls, v: _policy_list(v)))

@@ -20,13 +20,14 @@ from sim.config import SimConfig
 from sim.errors import SimConfigError
 
 (ARRIVALS, KIND, SPLIT, HOT, SAMPLES, SERVICE, STRAG_U, STRAG_MAG, EPISODES, FAILURES, NET_OUT, NET_BACK,
- BALANCE, DISPATCH_CORE, JOINED) = range(15)
+ BALANCE, DISPATCH_CORE, JOINED, TASKS) = range(16)
 _CHUNK = 65_536
 
 
-def stream(seed: int, purpose: int, index: int = 0) -> np.random.Generator:
-    """The independent generator for one purpose (and server index), spawned from the run seed."""
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(purpose, index))))
+def stream(seed: int, purpose: int, index: int = 0, *more: int) -> np.random.Generator:
+    """The independent generator for one purpose (and server index, or slot and block), spawned from the run
+    seed."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(purpose, index, *more))))
 
 
 @dataclass
@@ -37,8 +38,9 @@ class Draws:
     arrival_ms: np.ndarray
     model: np.ndarray
     sample_id: np.ndarray
-    service_u: np.ndarray  # (n, servers) uniforms, mapped through each server's service quantile function
-    task_factor: np.ndarray  # (n, N + r) per-task straggler slowdown (1.0 = no straggle)
+    service_u: np.ndarray | None  # (n, servers) uniforms, mapped through each server's service quantile function
+    task_factor: np.ndarray | None  # (n, N + r) per-task straggler slowdown (1.0 = no straggle)
+    # (both None under per-task draws, sim.draws = "task": sim/tasks.py draws each task's when it runs)
     net_out_u: np.ndarray | None = None  # (n, N + r) uniforms for the dispatcher → server delay
     net_back_u: np.ndarray | None = None  # (n, N + r) uniforms for the server → dispatcher delay
     balance_u: np.ndarray | None = None  # (n, d) uniforms: the instances a power-of-d balancer draws per query
@@ -178,6 +180,10 @@ def draw(cfg: SimConfig, seed: int) -> Draws:
     pools = tr.sample_pool if isinstance(tr.sample_pool, tuple) else (tr.sample_pool,) * cfg.n_experts
     pool = np.append(np.asarray(pools, np.float64), tr.ensemble_sample_pool)[model]  # index -1 = ensemble
     sample = np.minimum((stream(seed, SAMPLES).random(nq) * pool).astype(np.int64), pool.astype(np.int64) - 1)
+    dep = cfg.deployment
+    balance = stream(seed, BALANCE).random((nq, dep.d)) if dep.balancer == "power_of_d" else None
+    if cfg.draws == "task":
+        return Draws(seed, t, model, sample, None, None, None, None, balance)
     u = np.empty((nq, n_srv))
     fac = np.ones((nq, n_srv))
     st = cfg.stragglers
@@ -192,6 +198,4 @@ def draw(cfg: SimConfig, seed: int) -> Draws:
     for k, (purpose, dist) in enumerate(((NET_OUT, cfg.network.out), (NET_BACK, cfg.network.back))):
         if dist is not None:
             net_u[k] = np.column_stack([stream(seed, purpose, s).random(nq) for s in range(n_srv)])
-    dep = cfg.deployment
-    balance = stream(seed, BALANCE).random((nq, dep.d)) if dep.balancer == "power_of_d" else None
     return Draws(seed, t, model, sample, u, fac, net_u[0], net_u[1], balance)

@@ -9,6 +9,7 @@ pending completion (identity check on the event) and pull the next task at once.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable
@@ -63,11 +64,13 @@ class _Query:
 
 class _Task:
     """One copy of a query's work at a station. Its service time is not fixed here: the server that starts
-    it uses its own (query, server) draw, which matters for pooled stations of unequal servers."""
+    it uses its own (query, server) draw, or (per-task draws) the task's slot's on its kind of server, which
+    matters for pooled stations of unequal servers."""
 
-    __slots__ = ("q", "station", "role", "active", "server", "uncounted")
+    __slots__ = ("q", "station", "role", "active", "server", "uncounted", "k")
 
-    def __init__(self, q: _Query, station: _Station, role: int) -> None:
+    def __init__(self, q: _Query, station: _Station, role: int, k: int = 0) -> None:
+        self.k = k  # its slot: the query's tasks sent before it (per-task draws, sim.tasks)
         self.q = q
         self.station = station
         self.role = role
@@ -76,12 +79,51 @@ class _Task:
         self.uncounted = False  # with network delays: the dispatcher no longer counts it as live
 
 
+_INDEXED = 8  # lists of this many stations or more get a least-loaded index (a shorter one is scanned faster)
+
+
+class _Least:
+    """The least-loaded of a fixed list of stations (ties: the earliest in the list) in O(log k): a heap of
+    load * k + position, pushed whenever a member's load changes; an entry whose load is no longer its station's
+    is dropped when it comes to the top (every station's current load is always in the heap, so the top valid
+    entry is the least), and the heap is rebuilt when stale entries pile up."""
+
+    __slots__ = ("heap", "members", "k")
+
+    def __init__(self, members: list[_Station]) -> None:
+        self.members, self.k = members, len(members)
+        self.heap = [st.n_live * self.k + pos for pos, st in enumerate(members)]
+        heapq.heapify(self.heap)
+
+    def push(self, pos: int, load: int) -> None:
+        heap = self.heap
+        heapq.heappush(heap, load * self.k + pos)
+        if len(heap) > 8 * self.k + 64:
+            self.__init__(self.members)  # type: ignore[misc]
+
+    def least(self) -> _Station:
+        heap, k, members = self.heap, self.k, self.members
+        while True:
+            load, pos = divmod(heap[0], k)
+            st = members[pos]
+            if st.n_live == load:
+                return st
+            heapq.heappop(heap)
+
+
+def _touch(st: _Station) -> None:
+    """A station's load changed: tell every least-loaded index it is in."""
+    for ix, pos in st.heaps:
+        ix.push(pos, st.n_live)
+
+
 class _Station:
     """One FIFO queue served by one server (or by several, for pooled replicas)."""
 
-    __slots__ = ("idx", "queue", "servers", "n_live", "mean_ms", "single")
+    __slots__ = ("idx", "queue", "servers", "n_live", "mean_ms", "single", "heaps")
 
     def __init__(self, idx: int, mean_ms: float) -> None:
+        self.heaps: list[tuple[_Least, int]] = []  # the least-loaded indexes it is in, and its position there
         self.idx = idx
         self.queue: deque[_Task] = deque()
         self.servers: list[_Server] = []
@@ -91,6 +133,8 @@ class _Station:
 
     def submit(self, task: _Task) -> None:
         self.n_live += 1
+        if self.heaps:
+            _touch(self)
         if self.single is not None:
             srv = self.single
             if srv.cur is None and srv.up:
@@ -125,6 +169,7 @@ class _Server:
         "host",
         "draw",
         "pass_draw",
+        "cur_pass",
         "work",
         "mark",
         "total",
@@ -157,6 +202,7 @@ class _Server:
         self.host = host
         self.draw = draw  # this server's task times, by query id
         self.pass_draw: list[float] | None = None  # the same without the straggle factor (finish_pass)
+        self.cur_pass: float | None = None  # the current task's drawn time without its straggle, when known
         self.work = self.mark = self.total = 0.0  # shared cores: work left at time `mark`, the task's full work
         self.extra = 0.0  # shared cores, stalling stragglers: the stall that follows the pass
         self.rr = 0  # time slicing: 0 not runnable (idle or stalled), 1 holds a CPU slot, 2 in the run queue, 3 held
@@ -177,7 +223,13 @@ class _Server:
         self.cur = task
         task.server = self
         self.t0 = now
-        d = self.draw[task.q.qid]
+        qid = task.q.qid
+        tasks = self.eng.tasks
+        if tasks is None:
+            d = d0 = self.draw[qid]
+            p0 = self.cur_pass = None if self.pass_draw is None else self.pass_draw[qid]
+        else:
+            d, p0 = d0, self.cur_pass = tasks.task_ms(task.k, qid, self.idx)
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
         wake = self.eng.wake
@@ -193,13 +245,11 @@ class _Server:
             self.woke = woke
         ev = self.ev = Due(self.finish)
         if self.eng.joined is not None:  # its work without a straggle's: how long its start may hold another server
-            self.lone = d + woke if self.pass_draw is None else \
-                d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke
+            self.lone = d + woke if p0 is None else d * p0 / d0 + woke
         if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included, and not the
             ov = self.eng.overhead  # server's work beside it (both slowed alike by an episode)
-            qid = task.q.qid
-            pass_ms = d * (self.pass_draw[qid] - ov) / self.draw[qid] + woke  # type: ignore[index]
-            ov = ov * d / self.draw[qid] if ov else 0.0
+            pass_ms = d * (p0 - ov) / d0 + woke  # type: ignore[operator]
+            ov = ov * d / d0 if ov else 0.0
             self.factor = (d - ov) / (pass_ms - woke) if pass_ms > woke else 1.0
             self.share = pass_ms / (pass_ms + ov) if ov else 1.0
             work = pass_ms + ov
@@ -209,7 +259,7 @@ class _Server:
                 if self.eng.of_pass:
                     pass_ms = work
                 else:
-                    pass_ms = d * self.pass_draw[task.q.qid] / self.draw[task.q.qid] + woke  # type: ignore[index]
+                    pass_ms = d * p0 / d0 + woke  # type: ignore[operator]
                     d += woke
                     woke = 0.0
                 if d - pass_ms > 1e-12:
@@ -278,6 +328,8 @@ class _Server:
         else:
             self.station.n_live -= 1
             eng.complete(task, self)
+        if self.station.heaps:
+            _touch(self.station)
         if self.cur is None and self.up:
             q = self.station.queue  # pull(), inlined
             while q:
@@ -293,7 +345,7 @@ class _Server:
         once the task's forward pass is over, only the straggle being cut."""
         if self.eng.finish_pass:
             factor = self.slowdown if self.slow is not None and self.slow.state_at(self.t0) else 1.0
-            pass_ms = self.pass_draw[self.cur.q.qid] * factor + self.woke  # type: ignore[union-attr]
+            pass_ms = self.cur_pass * factor + self.woke  # type: ignore[operator]
             if self.eng.sharing:
                 self.eng.finish_pass_shared(self, pass_ms)
                 return
@@ -369,8 +421,9 @@ class _BatchServer(_Server):
         for t in tasks:
             t.server = self
         self.t0 = now
-        draw = self.draw
-        d = max(draw[t.q.qid] for t in tasks) * (1.0 + self.extra * (len(tasks) - 1))
+        draw, per_task = self.draw, self.eng.tasks
+        d = max(draw[t.q.qid] if per_task is None else per_task.task_ms(t.k, t.q.qid, self.idx)[0] for t in tasks) \
+            * (1.0 + self.extra * (len(tasks) - 1))
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
         ev = self.ev = Due(self.finish)
@@ -411,6 +464,8 @@ class _BatchServer(_Server):
                 continue  # cancelled while the batch ran
             task.active = False
             self.station.n_live -= 1
+            if self.station.heaps:
+                _touch(self.station)
             eng.live -= 1
             eng.complete(task, self)
         self.batch = []
@@ -446,7 +501,13 @@ class FastEngine(ServingView):
         self.dispatch = plan.dispatch
         self.cancel_on = plan.cancel
         self.batching = plan.max_batch > 1
-        self.net = any(x is not None for x in (plan.out_ms, plan.out_busy_ms, plan.back_ms, plan.back_busy_ms))
+        self.tasks = plan.tasks  # per-task draws (sim.tasks), or None: per-(query, server) arrays in the plan
+        tt = plan.tasks
+        self.has_out = plan.out_ms is not None or plan.out_busy_ms is not None or (
+            tt is not None and tt.out is not None)
+        self.has_back = plan.back_ms is not None or plan.back_busy_ms is not None or (
+            tt is not None and tt.back is not None)
+        self.net = self.has_out or self.has_back
         self.sharing = plan.cores is not None  # servers share `cores` cores: processor sharing between them
         if self.sharing and self.batching:
             raise ValueError("shared cores (service.cores) are not modelled together with batching")
@@ -502,7 +563,7 @@ class FastEngine(ServingView):
         self.servers: list[_Server] = []
         for s in range(plan.n_servers):
             st = self.stations[plan.station_of[s]]
-            draw = _view(plan.service_ms[:, s])
+            draw = _view(plan.service_ms[:, s]) if plan.service_ms is not None else None
             if plan.max_batch > 1:
                 srv = _BatchServer(s, env, self, st, plan.hosts[s], draw)
                 srv.batch, srv.max_batch, srv.extra = [], plan.max_batch, plan.batch_cost_per_extra
@@ -523,6 +584,7 @@ class FastEngine(ServingView):
                        station_of=plan.station_of, targets=self.stations,
                        backups_per_group=plan.backups_per_group, cells=plan.cells)
         self.balance = plan.balance_u
+        self._least = self._index_lists()
         self.experts = [self.stations[plan.station_of[i]] for i in range(self.N)]
         self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)
         self.observe = self.rules.answered if self.rules.running_delay is not None else None  # hot path: bound once
@@ -535,7 +597,7 @@ class FastEngine(ServingView):
         # time once drawn (no shared cores, wake-ups, slow episodes, failures, straggles of the pass alone): every
         # server is Lindley's recursion, run without events (`_recursion`: the event loop's own operations)
         self.recursion = (self.uncoded and not self.sharing and plan.wake is None and plan.episodes is None
-                          and plan.failures is None and not plan.extra_of_pass
+                          and plan.failures is None and not plan.extra_of_pass and plan.tasks is None
                           and bool(np.all(np.asarray(draws.model) >= 0)))
         self.arr = _view(draws.arrival_ms)
         self.models = _view(draws.model)
@@ -579,29 +641,38 @@ class FastEngine(ServingView):
         self.env.later(tl.switch_after(k) - self.env.now, toggle)
 
     def send(self, q: _Query, st: _Station, role: int) -> None:
-        t = _Task(q, st, role)
+        k = self.ntask[q.qid]
+        t = _Task(q, st, role, k)
         q.tasks.append(t)
-        self.ntask[q.qid] += 1
+        self.ntask[q.qid] = k + 1
         self.live += 1
         if self.disp is not None:
             self._dispatcher_work(self.disp[0])
-        if self.out is None and self.out_busy is None:
+        if not self.has_out:
             st.submit(t)
             return
         st.n_live += 1  # the dispatcher counts it from the moment it is sent
-        srv = st.servers[0]
-        delay = self.out[q.qid * self.S + srv.idx] if self.out_busy is None else self._out_ms(q.qid, srv)
-        self._later(delay, lambda _ev: self._deliver(t))
+        if st.heaps:
+            _touch(st)
+        self._later(self._out_ms(t, st.servers[0]), lambda _ev: self._deliver(t))
 
-    def _out_ms(self, qid: int, srv: _Server) -> float:
-        """The dispatcher → server delay of query `qid`'s task (or cancel) to `srv`: its draw, or (out_by_busy) its
-        draw in the table of the other servers computing now."""
+    def _out_ms(self, t: _Task, srv: _Server) -> float:
+        """The dispatcher → server delay of task t (or its cancel) to `srv`: its draw, or (out_by_busy) its draw in
+        the table of the other servers computing now."""
+        tt, qid = self.tasks, t.q.qid
+        if tt is not None:
+            tables = len(tt.out)  # type: ignore[arg-type]
+            return tt.delay_ms(False, min(self._others_computing(srv), tables - 1) if tables > 1 else 0, t.k, qid)
         if self.out_busy is None:
             return self.out[qid * self.S + srv.idx]
         return self.out_busy[min(self._others_computing(srv), len(self.out_busy) - 1)][qid * self.S + srv.idx]
 
-    def _back_ms(self, qid: int, srv: _Server) -> float:
-        """The server → dispatcher delay of query `qid`'s output from `srv`, as `_out_ms` (back_by_busy)."""
+    def _back_ms(self, t: _Task, srv: _Server) -> float:
+        """The server → dispatcher delay of task t's output from `srv`, as `_out_ms` (back_by_busy)."""
+        tt, qid = self.tasks, t.q.qid
+        if tt is not None:
+            tables = len(tt.back)  # type: ignore[arg-type]
+            return tt.delay_ms(True, min(self._others_computing(srv), tables - 1) if tables > 1 else 0, t.k, qid)
         if self.back_busy is None:
             return self.back[qid * self.S + srv.idx]
         return self.back_busy[min(self._others_computing(srv), len(self.back_busy) - 1)][qid * self.S + srv.idx]
@@ -889,16 +960,17 @@ class FastEngine(ServingView):
 
     def returned(self, t: _Task, srv: _Server) -> None:
         """A task ended at its server; its output reaches the dispatcher after the back delay."""
-        if self.back is None and self.back_busy is None:
+        if not self.has_back:
             self._result(t, srv)
         else:
-            delay = self.back[t.q.qid * self.S + srv.idx] if self.back_busy is None else self._back_ms(t.q.qid, srv)
-            self._later(delay, lambda _ev: self._result(t, srv))
+            self._later(self._back_ms(t, srv), lambda _ev: self._result(t, srv))
 
     def _result(self, t: _Task, srv: _Server) -> None:
         if not t.uncounted:
             t.uncounted = True
             t.station.n_live -= 1
+            if t.station.heaps:
+                _touch(t.station)
         self.complete(t, srv)
         if self.live == 0 and self.n_done == self.n and not self.finishing:
             self.stop = True
@@ -934,13 +1006,17 @@ class FastEngine(ServingView):
             if not t.uncounted:
                 t.uncounted = True
                 t.station.n_live -= 1
-            if self.out is None and self.out_busy is None:
+                if t.station.heaps:
+                    _touch(t.station)
+            if not self.has_out:
                 self._cancel_at_server(t)
             else:
-                self._later(self._out_ms(t.q.qid, t.station.servers[0]), lambda _ev: self._cancel_at_server(t))
+                self._later(self._out_ms(t, t.station.servers[0]), lambda _ev: self._cancel_at_server(t))
             return
         t.active = False
         t.station.n_live -= 1
+        if t.station.heaps:
+            _touch(t.station)
         self.live -= 1
         srv = t.server
         if srv is None:
@@ -971,8 +1047,37 @@ class FastEngine(ServingView):
             self.rules.routed(q)
 
     # ------------------------------------------------------------------- the policy's view (policies.Serving)
+    def _index_lists(self) -> dict[int, _Least]:
+        """A least-loaded index for every fixed list of stations the policy's view holds that is long enough for
+        one to pay (keyed by the list's identity: the rules pass those very lists)."""
+        found: dict[int, _Least] = {}
+        alike: dict[tuple[int, ...], _Least] = {}  # lists of the same stations in the same order share one index
+
+        def add(members: Any) -> None:
+            if len(members) < _INDEXED or id(members) in found:
+                return
+            same = tuple(st.idx for st in members)
+            ix = alike.get(same)
+            if ix is None:
+                ix = alike[same] = _Least(list(members))
+                for pos, st in enumerate(members):
+                    st.heaps.append((ix, pos))
+            found[id(members)] = ix
+
+        for view in [self, *self.cell_views]:
+            for name in ("instances", "hosts", "replicas", "coded_in", "backups_in"):
+                for members in getattr(view, name):
+                    add(members)
+            for name in ("coded", "backups", "parity"):
+                add(getattr(view, name))
+        return found
+
     def load(self, st: _Station) -> int:
         return st.n_live
+
+    def least_of(self, targets: Any) -> _Station | None:
+        ix = self._least.get(id(targets))
+        return None if ix is None else ix.least()
 
     def expected_ms(self, st: _Station) -> float:
         return (st.n_live + 1) * st.mean_ms

@@ -15,6 +15,7 @@ from policies import RULES
 from sim.config import PolicySpec, SimConfig
 from sim.draws import Draws
 from sim.layout import layout, server_dist
+from sim.tasks import TaskTimes
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Plan:
     mean_ms: tuple[float, ...]  # per server, for expected-delay dispatch
     stations: list[list[int]]  # servers sharing one FIFO queue (one per server unless dispatch='pool')
     station_of: list[int]  # server -> station
-    service_ms: np.ndarray  # (n, S) task time before slow-episode factor
+    service_ms: np.ndarray | None  # (n, S) task time before slow-episode factor (None: per-task draws, `tasks`)
     delay_ms: list[float] | None  # per model hedge delay (a running delay's start)
     seed: int
     episodes: tuple[float, float, float] | None  # mean_normal, mean_slow, slowdown
@@ -64,6 +65,8 @@ class Plan:
     groups: tuple[tuple[int, ...], ...] = ()  # code groups of experts (empty: one group of all)
     backups_per_group: bool = False  # a query's backup copy goes to its own code group's backup servers
     cells: int = 1  # the servers split into cells; a query is served in cell qid mod cells
+    tasks: TaskTimes | None = None  # per-task draws (sim.draws = "task"): task times and delays drawn per task,
+    # in place of service_ms, pass_ms, out_ms, back_ms and their by-busy tables
 
     @property
     def n_servers(self) -> int:
@@ -79,12 +82,16 @@ class Plan:
         return self.groups or (tuple(range(self.n_experts)),)
 
 
-def _resolve_delay(spec: PolicySpec, service: np.ndarray, n: int) -> list[float] | None:
+def _resolve_delay(spec: PolicySpec, service: np.ndarray | TaskTimes, n: int, n_queries: int) -> list[float] | None:
+    """Each expert's hedge delay: given, or a percentile of its first server's task times (per-task draws: of its
+    queries' first tasks there)."""
     d = spec.delay_ms
     if d is None:
         return None
     if isinstance(d, str):
         q = float(d[1:])
+        if isinstance(service, TaskTimes):
+            return [float(np.percentile(service.column(i, n_queries), q)) for i in range(n)]
         return [float(np.percentile(service[:, i], q)) for i in range(n)]
     if isinstance(d, tuple):
         return [float(x) for x in d]
@@ -94,12 +101,17 @@ def _resolve_delay(spec: PolicySpec, service: np.ndarray, n: int) -> list[float]
 def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
     n, s_tot = cfg.n_experts, cfg.n_servers
     lay = layout(cfg, spec)
-    scale = np.asarray(cfg.service.scale or (1.0,) * s_tot)
-    base = np.empty_like(draws.service_u)
-    for s, h in enumerate(lay.hosts):
-        base[:, s] = server_dist(cfg, h).ppf(draws.service_u[:, s]) * scale[s]
     overhead = cfg.service.overhead_ms  # beside the pass: never stretched by a straggle
-    svc = base * draws.task_factor + overhead
+    tasks = None
+    if draws.service_u is None:  # per-task draws
+        tasks = TaskTimes(cfg, lay.hosts, draws.seed)
+        svc = base = None
+    else:
+        scale = np.asarray(cfg.service.scale or (1.0,) * s_tot)
+        base = np.empty_like(draws.service_u)
+        for s, h in enumerate(lay.hosts):
+            base[:, s] = server_dist(cfg, h).ppf(draws.service_u[:, s]) * scale[s]
+        svc = base * draws.task_factor + overhead
     net = cfg.network
     finish_pass = cfg.service.cancel_in_service == "finish_pass"
     stall = cfg.service.cores is not None and cfg.stragglers.hold == "stall"
@@ -128,7 +140,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         stations=stations,
         station_of=station_of,
         service_ms=svc,
-        delay_ms=_resolve_delay(spec, svc, n),
+        delay_ms=_resolve_delay(spec, svc if tasks is None else tasks, n, draws.n),
         delay_quantile=spec.delay_quantile,
         delay_window=spec.delay_window,
         seed=draws.seed,
@@ -137,13 +149,14 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         affected=frozenset(range(s_tot) if st.servers is None else st.servers),
         max_batch=cfg.service.max_batch,
         batch_cost_per_extra=cfg.service.batch_cost_per_extra,
-        pass_ms=base + overhead if finish_pass or stall or of_pass or cfg.service.joined_share else None,
-        out_ms=_delays(net.out, draws.net_out_u, base.shape) if net.out_by_busy is None else None,
-        out_busy_ms=None if net.out_by_busy is None else tuple(
-            _delays(dist, draws.net_out_u, base.shape) for dist in net.out_by_busy),
-        back_ms=_delays(net.back, draws.net_back_u, base.shape) if net.back_by_busy is None else None,
-        back_busy_ms=None if net.back_by_busy is None else tuple(
-            _delays(dist, draws.net_back_u, base.shape) for dist in net.back_by_busy),
+        pass_ms=base + overhead if base is not None and (finish_pass or stall or of_pass or cfg.service.joined_share)
+        else None,
+        out_ms=_delays(net.out, draws.net_out_u, base) if net.out_by_busy is None else None,
+        out_busy_ms=None if net.out_by_busy is None or base is None else tuple(
+            _delays(dist, draws.net_out_u, base) for dist in net.out_by_busy),
+        back_ms=_delays(net.back, draws.net_back_u, base) if net.back_by_busy is None else None,
+        back_busy_ms=None if net.back_by_busy is None or base is None else tuple(
+            _delays(dist, draws.net_back_u, base) for dist in net.back_by_busy),
         cores=cfg.service.cores,
         quantum=cfg.service.quantum_ms,
         corun=cfg.service.corun_slowdown,
@@ -162,13 +175,15 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         groups=cfg.code_groups if cfg.deployment.groups is not None else (),
         backups_per_group=cfg.deployment.backups == "per_group",
         cells=cfg.deployment.cells,
+        tasks=tasks,
     )
 
 
-def _delays(dist, u: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
-    """Per-(query, server) network delays, or None when the scenario has none in that direction."""
-    if dist is None:
+def _delays(dist, u: np.ndarray | None, base: np.ndarray | None) -> np.ndarray | None:
+    """Per-(query, server) network delays, or None when the scenario has none in that direction (or draws them
+    per task: base None)."""
+    if dist is None or base is None:
         return None
-    if u is None or u.shape != shape:
+    if u is None or u.shape != base.shape:
         raise ValueError("draws lack the network-delay uniforms this config needs (draw them with sim.draw)")
     return dist.ppf(u)

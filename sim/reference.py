@@ -39,8 +39,8 @@ class _Q:
 class _Ticket:
     """A copy waiting for (or in) a batch."""
 
-    def __init__(self, q: _Q, role: int) -> None:
-        self.q, self.role, self.active = q, role, True
+    def __init__(self, q: _Q, role: int, k: int) -> None:
+        self.q, self.role, self.active, self.k = q, role, True, k
         self.batch: _Batch | None = None
 
 
@@ -106,7 +106,13 @@ class ReferenceEngine(ServingView):
             yield self.env.timeout(float(arr[k]) - self.env.now)
             self.env.process(self._query(k, int(models[k])))
 
-    def _copy(self, q: _Q, st: int, role: int) -> Generator[Any, Any, None]:
+    def _svc(self, qid: int, k: int, srv: int) -> float:
+        """The drawn time of query qid's k-th task on server srv: its (query, server) draw, or its per-task one."""
+        if self.plan.tasks is not None:
+            return self.plan.tasks.task_ms(k, qid, srv)[0]
+        return float(self.plan.service_ms[qid, srv])  # type: ignore[index]
+
+    def _copy(self, q: _Q, st: int, role: int, k: int) -> Generator[Any, Any, None]:
         env = self.env
         with self.res[st].request() as req:
             try:
@@ -114,7 +120,7 @@ class ReferenceEngine(ServingView):
             except simpy.Interrupt:
                 return  # cancelled while queued
             srv = self.free[st].pop(0)
-            svc = float(self.plan.service_ms[q.qid, srv])  # the draw of the server that serves it
+            svc = self._svc(q.qid, k, srv)  # the draw of the server that serves it
             start = env.now
             if srv in self.slow and self.slow[srv].state_at(start):
                 svc *= self.plan.episodes[2]  # type: ignore[index]
@@ -150,7 +156,7 @@ class ReferenceEngine(ServingView):
         env, plan = self.env, self.plan
         start = env.now
         size = len(b.tickets)
-        svc = max(float(plan.service_ms[t.q.qid, srv]) for t in b.tickets)
+        svc = max(self._svc(t.q.qid, t.k, srv) for t in b.tickets)
         svc *= 1 + plan.batch_cost_per_extra * (size - 1)
         if srv in self.slow and self.slow[srv].state_at(start):
             svc *= plan.episodes[2]  # type: ignore[index]
@@ -199,14 +205,15 @@ class ReferenceEngine(ServingView):
         q.done.succeed()
 
     def send(self, q: _Q, st: int, role: int) -> None:
-        self.out["ntask"][q.qid] += 1
+        k = int(self.out["ntask"][q.qid])  # the task's slot (per-task draws)
+        self.out["ntask"][q.qid] = k + 1
         if self.batching:
-            t = _Ticket(q, role)
+            t = _Ticket(q, role, k)
             q.copies.append(t)
             self.waiting[st].append(t)
             self._dispatch(st)
             return
-        q.copies.append(self.env.process(self._copy(q, st, role)))
+        q.copies.append(self.env.process(self._copy(q, st, role, k)))
 
     # ------------------------------------------------------------------- the policy's view (policies.Serving)
     def load(self, st: int) -> int:

@@ -63,7 +63,8 @@ def test_summary_states_the_deployment():
     cfg = parse_config({"n_experts": 4, "r": 2, "traffic": {"rate_per_ms": 0.5}, "n_queries": 10,
                         "deployment": {"instances": [1, 2, 1, 1], "groups": [[0, 1], [2, 3]], "balancer": "jsq"}})
     assert deployment_facts(cfg) == {"instances": [1, 2, 1, 1], "balancer": "jsq", "groups": [[0, 1], [2, 3]],
-                                     "cells": 1, "extra_servers": 4, "servers": 9}
+                                     "cells": 1, "extra_servers": 4, "servers": 9, "draws": "server"}
+    assert deployment_facts(cfg.model_copy(update={"draws": "task"}))["draws"] == "task"
 
 
 def test_fields_that_follow_the_sweep_axis_move_with_it_point_by_point():
