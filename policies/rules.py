@@ -72,8 +72,8 @@ class Serving(Protocol):
 
     def load(self, target: Any) -> int: ...  # tasks live at the target, as the dispatcher counts them
 
-    def least_of(self, targets: Any) -> Any: ...  # the least loaded of one of the view's own lists (ties: the
-    # earliest), when the system keeps an index of it; None: scan it
+    # optional: least_of(targets), the least loaded of one of the view's own lists (ties: the earliest) when the
+    # system keeps an index of it, else None (the rules then scan the list)
 
     def expected_ms(self, target: Any) -> float: ...  # (load + 1) x the target's mean task time
 
@@ -414,7 +414,8 @@ class Rules:
 def least_loaded(s: Serving, targets: Sequence[Any]) -> Any:
     """The target with the fewest live tasks; ties to the earliest in `targets` (the system's own index of that
     list, when it keeps one: Serving.least_of)."""
-    best = s.least_of(targets)
+    index = getattr(s, "least_of", None)  # optional: a system without one is scanned
+    best = index(targets) if index is not None else None
     if best is not None:
         return best
     best = targets[0]

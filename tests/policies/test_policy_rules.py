@@ -56,6 +56,7 @@ class View:
         self.balancer, self.balance = balancer, balance or {}
         self.hosts = [[n for n in names if self.host_of[n] == i] for i in range(self.n_experts)]
         self.instances = [[n for n in h if n.startswith("e")] for h in self.hosts]
+        self.replicas = [[n for n in h if not n.startswith("e")] for h in self.hosts]
         self.coded = [n for n in names if self.host_of[n] == CODED]
         self.backups = [n for n in names if self.host_of[n] == -3]
         # code groups, written out by hand: coded targets named c<group><k> ("c0", "c1" in group 0 by default)
