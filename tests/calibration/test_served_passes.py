@@ -89,9 +89,11 @@ def test_real_servers_credit_each_network_its_own_passes(tmp_path: Path) -> None
         assert passes.levels[0].utilization < passes.levels[1].utilization
         assert all(level.n_lone >= 20 for level in passes.levels)
     # the wide network's passes are several times the narrow one's at every level (isolated: ~7x here); a pass
-    # credited to the wrong network, or every server running the same one, would make them alike
+    # credited to the wrong network, or every server running the same one, would make them alike. Compared at the
+    # 10th percentile: another process on the cores (the suite runs two tests at a time) stretches the short
+    # passes' upper half the most (a median ratio of 2.0 seen), while their fast end stays the pass itself
     for low, high in zip(profile["cnn-w2"].levels, profile["cnn-w48"].levels, strict=True):
-        assert np.median(high.samples_ms) > 2.5 * np.median(low.samples_ms)
+        assert np.quantile(high.samples_ms, 0.1) > 2.5 * np.quantile(low.samples_ms, 0.1)
     # and each served pass is at least the network's bare pass (a server adds to a pass, never takes from it)
     assert np.median(profile["cnn-w48"].levels[0].samples_ms) > 0.8 * np.median(iso["cnn-w48"])
     # the delays by busy servers: at least the table with none computing, each as many quantiles as a level
