@@ -56,6 +56,71 @@ def hand_calibration_file(tmp_path_factory):
             os.environ[key] = value
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_serving_test_at_a_time():
+    """Real servers are timed in real time, and a testbed's frontend runs at real-time priority: two of them at
+    once on two cores starve each other (a parity test decoded 1 answer instead of ~70). The suite runs two test
+    processes (pytest-xdist), so every cluster of real servers and every measurement that spawns its own load
+    holds a lock file the processes share, while the rest of the suite goes on beside it."""
+    import fcntl
+    import functools
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import calibration.measure as measure
+    from testbed.cluster import LocalCluster
+
+    path = Path(tempfile.gettempdir()) / f"coinsim-tests-{os.getuid()}-serving.lock"
+    held = {"depth": 0, "fd": -1}
+
+    def take() -> None:
+        if held["depth"] == 0:
+            held["fd"] = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+            fcntl.flock(held["fd"], fcntl.LOCK_EX)
+        held["depth"] += 1
+
+    def give() -> None:
+        held["depth"] -= 1
+        if held["depth"] == 0:
+            os.close(held["fd"])  # closing the descriptor releases the lock
+
+    def locked(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            take()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                give()
+        return run
+
+    enter, leave = LocalCluster.__enter__, LocalCluster.__exit__
+
+    def cluster_enter(self):
+        take()
+        try:
+            return enter(self)
+        except BaseException:
+            give()
+            raise
+
+    def cluster_exit(self, *exc):
+        try:
+            return leave(self, *exc)
+        finally:
+            give()
+
+    saved = {name: getattr(measure, name) for name in ("measure_slicing", "measure_corun")}
+    LocalCluster.__enter__, LocalCluster.__exit__ = cluster_enter, cluster_exit
+    for name, fn in saved.items():
+        setattr(measure, name, locked(fn))
+    yield
+    LocalCluster.__enter__, LocalCluster.__exit__ = enter, leave
+    for name, fn in saved.items():
+        setattr(measure, name, fn)
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory):
     """One checkpoint cache for the whole session, so the tiny zoo is trained once."""

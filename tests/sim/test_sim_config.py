@@ -48,6 +48,7 @@ def _bad(cfg: dict, *needles: str) -> str:
         ({"traffic": {"kind": "trace", "trace_times_ms": [0, 1], "trace_models": [0, 7]}}, ("trace_models",)),
         ({"traffic": {"kind": "trace", "trace_times_ms": [2, 1], "trace_models": [0, 0]}}, ("non-decreasing",)),
         ({"n_queries": 10, "horizon_ms": 5.0}, ("not both",)),
+        ({"draws": "tasks"}, ("draws", "'server' or 'task'")),
     ],
 )
 def test_bad_input_is_one_clear_line(patch, needles):
