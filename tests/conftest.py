@@ -56,66 +56,117 @@ def hand_calibration_file(tmp_path_factory):
             os.environ[key] = value
 
 
+class _CoreLock:
+    """Real servers are timed in real time, and a testbed's frontend runs at real-time priority: with the suite in
+    two processes (pytest-xdist, `-n 2`), a real-serving test beside any busy test misses its timing asserts (a
+    parity test decoded 0-1 answers instead of ~70). So every test holds a shared lock on a file the processes
+    share, and a test that starts real servers (a `testbed.LocalCluster`, until it is closed) or a measurement that
+    spawns its own load turns it exclusive: it waits for the other process's current test to end and holds the
+    cores alone meanwhile. A turnstile file gives the exclusive taker precedence over the next shared one; every
+    wait gives up after 240 s with a warning rather than hang the suite."""
+
+    WAIT_S = 240.0
+
+    def __init__(self) -> None:
+        import os
+        import tempfile
+        from pathlib import Path
+
+        root = Path(tempfile.gettempdir())
+        self.main = os.open(root / f"coinsim-tests-{os.getuid()}-cores.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        self.turn = os.open(root / f"coinsim-tests-{os.getuid()}-turn.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        self.depth = 0  # exclusive holds under way (nested clusters)
+        self.in_test = False
+
+    def _flock(self, fd: int, how: int) -> None:
+        import fcntl
+        import time
+        import warnings
+
+        if how == fcntl.LOCK_UN:
+            fcntl.flock(fd, how)
+            return
+        give_up = time.monotonic() + self.WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, how | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > give_up:
+                    warnings.warn("test lock not granted within 240 s: going on beside another test", stacklevel=3)
+                    return
+                time.sleep(0.02)
+
+    def shared(self) -> None:
+        import fcntl
+
+        self._flock(self.turn, fcntl.LOCK_EX)  # behind any exclusive taker waiting
+        self._flock(self.main, fcntl.LOCK_SH)
+        self._flock(self.turn, fcntl.LOCK_UN)
+
+    def start_test(self) -> None:
+        self.in_test = True
+        if self.depth == 0:
+            self.shared()
+
+    def end_test(self) -> None:
+        import fcntl
+
+        self.in_test = False
+        if self.depth == 0:
+            self._flock(self.main, fcntl.LOCK_UN)
+
+    def take(self) -> None:
+        import fcntl
+
+        if self.depth == 0:
+            self._flock(self.main, fcntl.LOCK_UN)  # our own shared hold first: two takers must not wait on each other
+            self._flock(self.turn, fcntl.LOCK_EX)
+            self._flock(self.main, fcntl.LOCK_EX)
+            self._flock(self.turn, fcntl.LOCK_UN)
+        self.depth += 1
+
+    def give(self) -> None:
+        import fcntl
+
+        self.depth -= 1
+        if self.depth == 0:
+            self._flock(self.main, fcntl.LOCK_UN)
+            if self.in_test:
+                self.shared()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def one_serving_test_at_a_time():
-    """Real servers are timed in real time, and a testbed's frontend runs at real-time priority: two of them at
-    once on two cores starve each other (a parity test decoded 1 answer instead of ~70). The suite runs two test
-    processes (pytest-xdist), so every cluster of real servers and every measurement that spawns its own load
-    holds a lock file the processes share, while the rest of the suite goes on beside it."""
-    import fcntl
+def core_lock():
+    """One `_CoreLock` per test process, taken exclusive around every cluster of real servers and every measurement
+    that spawns its own load."""
     import functools
-    import os
-    import tempfile
-    import time
-    import warnings
-    from pathlib import Path
 
     import calibration.measure as measure
     from testbed.cluster import LocalCluster
 
-    path = Path(tempfile.gettempdir()) / f"coinsim-tests-{os.getuid()}-serving.lock"
-    held = {"depth": 0, "fd": -1}
-
-    def take() -> None:
-        if held["depth"] == 0:
-            held["fd"] = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-            give_up = time.monotonic() + 240.0  # a cluster some test never closed must not hang the suite
-            while True:
-                try:
-                    fcntl.flock(held["fd"], fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > give_up:
-                        warnings.warn("serving lock not released for 240 s: serving beside another test", stacklevel=2)
-                        break
-                    time.sleep(0.05)
-        held["depth"] += 1
-
-    def give() -> None:
-        held["depth"] -= 1
-        if held["depth"] == 0:
-            os.close(held["fd"])  # closing the descriptor releases the lock
+    lock = _CoreLock()
 
     def locked(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
-            take()
+            lock.take()
             try:
                 return fn(*args, **kwargs)
             finally:
-                give()
+                lock.give()
         return run
 
     enter, close = LocalCluster.__enter__, LocalCluster.close
 
     def cluster_enter(self):  # held from the start of the servers until the cluster is closed (__exit__ or close)
-        take()
+        lock.take()
         self._test_lock = True
         try:
             return enter(self)
         except BaseException:
             self._test_lock = False
-            give()
+            lock.give()
             raise
 
     def cluster_close(self):
@@ -124,16 +175,23 @@ def one_serving_test_at_a_time():
         finally:
             if getattr(self, "_test_lock", False):
                 self._test_lock = False
-                give()
+                lock.give()
 
     saved = {name: getattr(measure, name) for name in ("measure_slicing", "measure_corun")}
     LocalCluster.__enter__, LocalCluster.close = cluster_enter, cluster_close
     for name, fn in saved.items():
         setattr(measure, name, locked(fn))
-    yield
+    yield lock
     LocalCluster.__enter__, LocalCluster.close = enter, close
     for name, fn in saved.items():
         setattr(measure, name, fn)
+
+
+@pytest.fixture(autouse=True)
+def _share_the_cores(core_lock):
+    core_lock.start_test()
+    yield
+    core_lock.end_test()
 
 
 @pytest.fixture(scope="session")
