@@ -419,6 +419,20 @@ def test_a_running_hedge_delay_follows_the_direct_answers_served(cluster):
     assert sim["answered_by"].iloc[-1] == "hedge"
 
 
+def test_the_frontend_does_not_wake_for_the_timers_of_answered_queries(cluster):
+    """Twenty queries for expert 0, 30 ms apart, each answered in a few ms, under uncoded and under hedging to its
+    replica after 15 ms: the hedge timers of answered queries are dropped, so hedging wakes the frontend about as
+    often as uncoded does (a timer kept per query would wake it twenty more times; a query that really is hedged
+    adds a few)."""
+    n = 20
+    work = _trace([30.0 * k for k in range(n)], [0] * n, [[1.0, 1.0, 1.0]] * n)  # all for expert 0, hedged
+    plain = serve(cluster.sockets, Policy("uncoded", "uncoded", "direct", (0, 1, -2), 2), work)
+    hedged = serve(cluster.sockets, Policy("hedged", "hedged", "jsq", (0, 1, 0), 2, delay_ms=(15.0, 15.0)), work)
+    hedges = int((hedged.records["n_tasks"] > 1).sum())
+    assert plain.facts["loop_wakes"] >= n  # it waited for every arrival
+    assert hedged.facts["loop_wakes"] <= plain.facts["loop_wakes"] + 3 * hedges + n // 2
+
+
 # parity (coding over queries), three servers: experts 0 and 1, a parity server (2) running network 2 as every
 # expert's parity network. Query 0 (expert 1) is answered at once; query 1 (expert 0) straggles 400x. They form a
 # group in arrival order (k = 3, never filled): its timer — set on the group's own carrier when query 0 arrived —
