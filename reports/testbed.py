@@ -114,6 +114,13 @@ in_sample }}:
 <td>{% for k, v in o.compute_ms_by_overlap.items() %}{{ v|num(3) }}{{ " / " if not loop.last }}{% endfor %}
 </td><td>{{ o.other_cores_median|num(2) }} / {{ o.other_cores_max|num(2) }}</td></tr>{% endfor %}
 </tbody></table></div>
+{% if pace %}<h2>Machine pace during the runs</h2>
+<figure><img alt="the machine's pace in each served run, in serving order" src="data:image/png;base64,{{ pace.png }}">
+<figcaption>Each served run (point, policy, repeat) at the time it started: the median of its lone passes (no other
+server computing at any moment of them) against each network's median over all runs, in %. Measured from the
+records, a diagnostic of the machine, not of the simulator: {{ pace.slow }} of {{ pace.runs }} runs were more than
+{{ pace.limit }} % slower, and a run served while the machine was slow is slow in every latency, whatever the
+policy (pace.csv).</figcaption></figure>{% endif %}
 {% for block in points %}
 <h2>Point {{ block.point }}: {{ block.label }}</h2>
 <figure><img alt="latency CDFs, measured vs simulated, {{ block.label }}" src="data:image/png;base64,{{ block.png }}">
@@ -215,6 +222,34 @@ def _cdf_figure(measured: pd.DataFrame, simulated: pd.DataFrame, policies: list[
     return fig
 
 
+def _pace_figure(pace: pd.DataFrame, limit_pct: float) -> Figure:
+    fig = Figure(figsize=(7.0, 2.8), dpi=110, layout="constrained")
+    ax = fig.subplots()
+    for policy, g in pace.groupby("policy", sort=False):
+        ax.plot(g["started_s"] / 60.0, g["pace_pct"], "o", ms=4, label=str(policy))
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.axhline(limit_pct, color="#b42318", lw=0.8, ls="--", label=f"+{limit_pct:g} %")
+    ax.set_xlabel("run started (minutes into the testbed run)")
+    ax.set_ylabel("lone passes vs usual (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncols=3)
+    return fig
+
+
+def _pace(path: Path, summary: dict[str, Any], fig_dir: Path) -> dict[str, Any] | None:
+    """The pace figure and its numbers, when the folder has pace.csv (folders written before it have none)."""
+    if not (path / "pace.csv").is_file():
+        return None
+    pace = pd.read_csv(path / "pace.csv")
+    if pace["pace_pct"].notna().sum() == 0:
+        return None
+    limit = float((summary.get("machine_pace") or {}).get("slow_pct", 10.0))
+    png = png_bytes(_pace_figure(pace, limit))
+    atomic.write_bytes(fig_dir / "testbed_pace.png", png)
+    return {"png": base64.b64encode(png).decode("ascii"), "runs": int(pace["pace_pct"].notna().sum()),
+            "slow": int((pace["pace_pct"] > limit).sum()), "limit": f"{limit:g}"}
+
+
 def _headline_counts(fidelity: pd.DataFrame, head: str | None, metrics: list[str]) -> list[dict[str, Any]]:
     mine = fidelity[(fidelity["service"] == head) & fidelity["verdict"].notna()]
     rows = []
@@ -286,12 +321,13 @@ def render_testbed(result_dir: Path | str) -> Path:
     headline = {"service": head, "label": SERVICE_STYLE.get(head, (head, "-"))[0] if head else None,
                 "in_sample": head in IN_SAMPLE, "counts": _headline_counts(fidelity, head, metrics),
                 "ranking": _ranking(path, summary, head)}
+    pace = _pace(path, summary, fig_dir)
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["num"] = _number
     load = summary.get("load_average")
     html = env.from_string(TEMPLATE).render(
         s={"worst_abs_rel_error_pct": {}, **summary}, css=CSS, points=blocks, metrics=metrics, head=headline,
-        verdicts=VERDICTS, services=services, in_sample=IN_SAMPLE, pooled=pooled,
+        verdicts=VERDICTS, services=services, in_sample=IN_SAMPLE, pooled=pooled, pace=pace,
         max_half_width=f"{summary.get('max_half_width_pct', 20.0):g}",
         load=", ".join(f"{v:.2f}" for v in load) if load else "n/a")
     out = path / "report.html"

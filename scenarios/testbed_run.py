@@ -487,6 +487,67 @@ def ranking_rows(fidelity_table: pd.DataFrame, metric: str = "p99") -> list[dict
     return rows
 
 
+PACE_SLOW_PCT = 10.0
+"""A served run whose lone passes took more than this much longer than the testbed run's usual is counted slow."""
+
+
+def machine_pace(tasks: pd.DataFrame) -> pd.DataFrame:
+    """How fast the machine ran the networks during each served run (point, policy, repeat), in serving order.
+
+    A run's pace is the median, over its lone passes (no other server computing at any moment of them, from the
+    servers' stamps), of each pass over its network's median lone pass in the whole testbed run: `pace_pct` is
+    how much longer (+) or shorter (−) in %. A diagnostic of the machine taken from the records, not a model
+    parameter: on a shared host the same pass runs faster or slower from one minute to the next, and a run served
+    while the machine was slow is slow in every latency, whatever the policy."""
+    done = tasks[(tasks["status"] == "done") & np.isfinite(tasks["compute_ms"])]
+    columns = list(tasks.columns)
+    keys = columns[:columns.index("repeat")] + ["policy", "repeat"]  # the point and its sweep coordinates lead
+    runs = []
+    for key, g in done.groupby(keys, sort=False, observed=True):
+        start = (g["server_recv_clock_ms"] + g["queue_ms"]).to_numpy()
+        order = np.argsort(start, kind="stable")
+        start, compute = start[order], g["compute_ms"].to_numpy()[order]
+        end = start + compute
+        ended_before = np.maximum.accumulate(np.r_[-np.inf, end[:-1]])  # the latest end of the passes before it
+        next_start = np.r_[start[1:], np.inf]
+        lone = (ended_before <= start) & (next_start >= end)
+        runs.append({**dict(zip(keys, key, strict=True)), "started_ms": float(g["frontend_zero_clock_ms"].iloc[0]),
+                     "net": g["net"].to_numpy()[order][lone], "pass_ms": compute[lone]})
+    if not runs:
+        return pd.DataFrame(columns=[*keys, "started_s", "lone_passes", "lone_pass_ms", "pace_pct"])
+    nets = np.concatenate([r["net"] for r in runs])
+    passes = np.concatenate([r["pass_ms"] for r in runs])
+    usual = {int(k): float(np.median(passes[nets == k])) for k in np.unique(nets)}
+    first = min(r["started_ms"] for r in runs)
+    rows = []
+    for r in runs:
+        ratio = r["pass_ms"] / np.array([usual[int(k)] for k in r["net"]]) if len(r["net"]) else np.array([np.nan])
+        rows.append({**{k: r[k] for k in keys}, "started_s": (r["started_ms"] - first) / 1000.0,
+                     "lone_passes": int(len(r["net"])),
+                     "lone_pass_ms": float(np.median(r["pass_ms"])) if len(r["pass_ms"]) else np.nan,
+                     "pace_pct": 100.0 * (float(np.median(ratio)) - 1.0)})
+    return pd.DataFrame(rows).sort_values("started_s", kind="stable").reset_index(drop=True)
+
+
+def pace_summary(pace: pd.DataFrame) -> dict[str, Any]:
+    """summary.json's `machine_pace`: the runs' spread of pace and how many ran slow (`PACE_SLOW_PCT`)."""
+    known = pace["pace_pct"].dropna()
+    if known.empty:
+        return {}
+    return {"runs": int(len(known)), "pace_pct_min": float(known.min()), "pace_pct_max": float(known.max()),
+            "slow_runs": int((known > PACE_SLOW_PCT).sum()), "slow_pct": PACE_SLOW_PCT}
+
+
+def pace_text(summary: dict[str, Any]) -> str:
+    """One line for the CLI: how much the machine's pace moved over the served runs."""
+    pace = summary.get("machine_pace") or {}
+    if not pace:
+        return ""
+    return (f"machine pace: a run's lone passes took {pace['pace_pct_min']:+.0f} % to {pace['pace_pct_max']:+.0f} % "
+            f"against the median over all runs; {pace['slow_runs']} of {pace['runs']} runs over "
+            f"{pace['slow_pct']:g} % slower (pace.csv; a slow run is slow in every latency)")
+
+
 def ranking_frame(fidelity_table: pd.DataFrame, metric: str = "p99") -> pd.DataFrame:
     """`ranking_rows` as the frame written to ranking.csv (with its header even when empty)."""
     rows = ranking_rows(fidelity_table, metric)
@@ -520,7 +581,9 @@ def fidelity_folder_text(folder: Path) -> str:
     """`fidelity_table_text` of a testbed result folder (its fidelity.csv and, when there, ranking.csv)."""
     table = pd.read_csv(folder / "fidelity.csv")
     ranking = pd.read_csv(folder / "ranking.csv") if (folder / "ranking.csv").is_file() else pd.DataFrame()
-    return fidelity_table_text(table, ranking)
+    text = fidelity_table_text(table, ranking)
+    pace = pace_text(json.loads((folder / SUMMARY).read_text())) if (folder / SUMMARY).is_file() else ""
+    return text + ("\n" + pace if pace else "")
 
 
 def fidelity_table_text(fidelity_table: pd.DataFrame, ranking: pd.DataFrame) -> str:
@@ -697,9 +760,12 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                                time.perf_counter() - started, ranking_table)
     summary["latency_model"] = served_model.describe(calibration, calibration_path, latency_model_name(scenario),
                                                      served_model.experts_pass_ms(facts), facts.served_passes)
+    pace = machine_pace(tasks_all)
+    summary["machine_pace"] = pace_summary(pace)
 
     def write(tmp: Path) -> None:
         _write_served(tmp, scenario, raw, facts, calibration, measured_all, tasks_all, summary)
+        pace.to_csv(tmp / "pace.csv", index=False, float_format="%.6g")
         simulated_all.drop(columns=["answer_mask"], errors="ignore").to_parquet(tmp / "simulated.parquet",
                                                                                 index=False)
         fidelity_table.to_csv(tmp / "fidelity.csv", index=False, float_format="%.6g")
