@@ -79,7 +79,9 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["kind"] == "testbed" and summary["repeats"] == 2
     assert summary["headline_service"] == "predicted" and set(summary["ranking"]) == set(fidelity["service"])
-    assert (folder / "report.html").read_text().count("<img") == 1
+    assert (folder / "report.html").read_text().count("<img") == 2  # the point's CDFs and the machine's pace
+    pace = pd.read_csv(folder / "pace.csv")  # one row per served run, every run with lone passes
+    assert len(pace) == 3 * 2 and (pace["lone_passes"] > 0).all() and summary["machine_pace"]["runs"] == 6
     # simulated again from the folder alone (its profiles, calibration and the hedge delays it served with, read
     # off its task records), the predicted variant comes out as the run itself computed it
     again = CliRunner().invoke(cli, ["--quiet", "testbed", "--resimulate", str(folder)], catch_exceptions=False)
