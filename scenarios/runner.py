@@ -290,11 +290,13 @@ def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
 
 
 def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibration: Any, quiet: bool = False,
-                        reuse: Path | None = None) -> dict[str, Any]:
+                        reuse: Path | None = None, fresh: bool = False) -> dict[str, Any]:
     """The served-pass profile of the scenario's networks (calibration.passes), or {} when the run does not use
     one (bare compute, live mode, `profile.served_passes = 'calibration'`): an interrupted run's copy (`reuse`),
-    the replayed run's, the cached one for these networks and calibration, or measured now (a few seconds of real
-    serving) and cached. ScenarioError when a saved one cannot be read."""
+    the replayed run's, the cached one for these networks and calibration (not with `fresh`: a testbed run judges
+    the prediction against the machine as it is, and a profile cached hours before can be off while the isolated
+    pass it is checked by is not), or measured now (a few seconds of real serving) and cached. ScenarioError when
+    a saved one cannot be read."""
     from scenarios.schema import ScenarioError
 
     if calibration is None or facts is None or scenario.profile.served_passes != "measured":
@@ -302,7 +304,7 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
     names = sorted(facts.profile_ms)
     replay = Path(scenario.profile.replay).expanduser() / SERVED_PROFILE if scenario.profile.replay else None
     cache = served_profile_cache(facts, calibration)
-    for path in (reuse, replay, cache):
+    for path in (reuse, replay, None if fresh else cache):
         if path is not None and path.is_file():
             try:
                 profile = read_served_profile(path)

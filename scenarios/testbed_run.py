@@ -499,11 +499,11 @@ def machine_pace(tasks: pd.DataFrame) -> pd.DataFrame:
     how much longer (+) or shorter (−) in %. A diagnostic of the machine taken from the records, not a model
     parameter: on a shared host the same pass runs faster or slower from one minute to the next, and a run served
     while the machine was slow is slow in every latency, whatever the policy."""
-    done = tasks[(tasks["status"] == "done") & np.isfinite(tasks["compute_ms"])]
+    ran = tasks[np.isfinite(tasks["compute_ms"])]  # every pass that ran (a cancel never cuts one short)
     columns = list(tasks.columns)
     keys = columns[:columns.index("repeat")] + ["policy", "repeat"]  # the point and its sweep coordinates lead
     runs = []
-    for key, g in done.groupby(keys, sort=False, observed=True):
+    for key, g in ran.groupby(keys, sort=False, observed=True):
         start = (g["server_recv_clock_ms"] + g["queue_ms"]).to_numpy()
         order = np.argsort(start, kind="stable")
         start, compute = start[order], g["compute_ms"].to_numpy()[order]
@@ -711,7 +711,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     started = time.perf_counter()
     calibration, calibration_path = serving_calibration(scenario, quiet)
     facts = prepare_networks(scenario, quiet)
-    facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet)
+    facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet, fresh=True)
     points = build_point_configs(scenario, facts, calibration=calibration)
     policy_for = functools.partial(policy_of, backup_net=backup_network(facts),
                                    parity_nets=functools.partial(parity_network_index, facts),

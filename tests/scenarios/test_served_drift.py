@@ -72,13 +72,15 @@ def test_served_pass_profile_measures_again_after_drift(tiny_cache, tmp_path, mo
         assert passes.isolated_p50_ms == pytest.approx(float(np.median(facts.profile_ms[name])))
     runner.served_pass_profile(scenario, facts, cal, quiet=True)
     assert len(calls) == 1  # the same machine: the cache
+    runner.served_pass_profile(scenario, facts, cal, quiet=True, fresh=True)
+    assert len(calls) == 2  # a testbed run measures it afresh all the same
     # twice as slow (beyond 5 % plus any interval a 30-sample median can have): measured again, cached anew
     slower = dataclasses.replace(facts, profile_ms={n: np.asarray(t) * 2.0 for n, t in facts.profile_ms.items()})
     runner.served_pass_profile(scenario, slower, cal, quiet=True)
-    assert len(calls) == 2
+    assert len(calls) == 3
     a_bit = dataclasses.replace(facts, profile_ms={n: np.asarray(t) * 2.06 for n, t in facts.profile_ms.items()})
     runner.served_pass_profile(scenario, a_bit, cal, quiet=True)
-    assert len(calls) == 2  # 3 % from the new one: the cache
+    assert len(calls) == 3  # 3 % from the new one: the cache
 
 
 def test_a_served_profile_measured_beside_a_busy_process_is_not_cached(tiny_cache, tmp_path, monkeypatch,

@@ -58,6 +58,14 @@ def test_an_overlap_at_the_very_edge_of_a_pass_is_not_lone_and_touching_passes_a
     assert int(overlapping["lone_passes"].iloc[0]) == 1
 
 
+def test_a_pass_cancelled_in_service_still_ran_beside_the_others():
+    # server 1's task was cancelled in service: its pass (0.5-1.5) ran all the same, so server 0's first pass is
+    # not lone, and the cancelled pass itself is not either
+    tasks = _tasks([(0, "a", 0, 0, 0.0, 1.0, 0.0), (0, "a", 1, 0, 0.5, 1.0, 0.0), (0, "a", 0, 0, 5.0, 1.0, 0.0)])
+    tasks.loc[1, "status"] = "dropped_in_service"
+    assert int(machine_pace(tasks)["lone_passes"].iloc[0]) == 1
+
+
 def test_the_summary_counts_slow_runs_and_the_cli_line_names_the_spread():
     pace = pd.DataFrame({"pace_pct": [-4.0, 2.0, 10.5, 39.0, np.nan]})
     summary = pace_summary(pace)
