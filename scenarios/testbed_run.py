@@ -499,20 +499,18 @@ def machine_pace(tasks: pd.DataFrame) -> pd.DataFrame:
     how much longer (+) or shorter (−) in %. A diagnostic of the machine taken from the records, not a model
     parameter: on a shared host the same pass runs faster or slower from one minute to the next, and a run served
     while the machine was slow is slow in every latency, whatever the policy."""
+    from calibration.passes import joined_passes
+
     ran = tasks[np.isfinite(tasks["compute_ms"])]  # every pass that ran (a cancel never cuts one short)
     columns = list(tasks.columns)
     keys = columns[:columns.index("repeat")] + ["policy", "repeat"]  # the point and its sweep coordinates lead
     runs = []
     for key, g in ran.groupby(keys, sort=False, observed=True):
         start = (g["server_recv_clock_ms"] + g["queue_ms"]).to_numpy()
-        order = np.argsort(start, kind="stable")
-        start, compute = start[order], g["compute_ms"].to_numpy()[order]
-        end = start + compute
-        ended_before = np.maximum.accumulate(np.r_[-np.inf, end[:-1]])  # the latest end of the passes before it
-        next_start = np.r_[start[1:], np.inf]
-        lone = (ended_before <= start) & (next_start >= end)
+        compute = g["compute_ms"].to_numpy()
+        lone = joined_passes(g["server"].to_numpy(), start, start + compute)[0]
         runs.append({**dict(zip(keys, key, strict=True)), "started_ms": float(g["frontend_zero_clock_ms"].iloc[0]),
-                     "net": g["net"].to_numpy()[order][lone], "pass_ms": compute[lone]})
+                     "net": g["net"].to_numpy()[lone], "pass_ms": compute[lone]})
     if not runs:
         return pd.DataFrame(columns=[*keys, "started_s", "lone_passes", "lone_pass_ms", "pace_pct"])
     nets = np.concatenate([r["net"] for r in runs])
