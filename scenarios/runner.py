@@ -295,8 +295,10 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
     one (bare compute, live mode, `profile.served_passes = 'calibration'`): an interrupted run's copy (`reuse`),
     the replayed run's, the cached one for these networks and calibration (not with `fresh`: a testbed run judges
     the prediction against the machine as it is, and a profile cached hours before can be off while the isolated
-    pass it is checked by is not), or measured now (a few seconds of real serving) and cached. ScenarioError when
-    a saved one cannot be read."""
+    pass it is checked by is not), or measured now (a few seconds of real serving) and cached. A cached profile is
+    used while the isolated passes hold (`served_profile_drift`) and, with `profile.served_probe`, while a probe of
+    its lowest level served again for a few seconds agrees with it (`served_probe_drift`). ScenarioError when a
+    saved one cannot be read."""
     from scenarios.schema import ScenarioError
 
     if calibration is None or facts is None or scenario.profile.served_passes != "measured":
@@ -319,29 +321,19 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
                                                                  scenario.profile.served_drift_pct)):
                 say(f"served profile: {stale}; measuring it again", not quiet)
                 break
+            if path == cache and scenario.profile.served_probe:
+                probe = _serve_for_profile(scenario, facts, names, calibration, quiet, probe=True)
+                if stale := served_probe_drift(profile, probe, scenario.profile.served_drift_pct):
+                    say(f"served profile: {stale}; measuring it again", not quiet)
+                    break
+                say("served profile: the cached one, confirmed by a probe (its lowest level served again briefly)",
+                    not quiet)
             return {name: profile[name] for name in names}
-    from calibration.file import CalibrationError
-    from calibration.measure import measure_served_passes
-    from scenarios.networks import save_networks, served_networks
-    from testbed.cluster import scratch_folder
     from testbed.host import ProcessTreeMeter
 
     say(f"served profile: serving {', '.join(names)} under traffic to time their passes (cached after)", not quiet)
-    order = [name for name, _ in served_networks(facts)]
-    device = "cuda" if facts.device.startswith("cuda") else "cpu"  # a server process takes the device kind
     meter = ProcessTreeMeter()
-    with scratch_folder("coinsim-served-") as tmp:
-        folders, inputs = save_networks(facts, Path(tmp))
-        keep = [k for k, name in enumerate(order) if name in facts.profile_ms]
-        try:
-            profile = measure_served_passes([folders[k] for k in keep], inputs, [order[k] for k in keep],
-                                            {n: float(np.mean(facts.profile_ms[n])) for n in names},
-                                            device=device, calibration=calibration, seed=scenario.seed,
-                                            progress=not quiet)
-        except CalibrationError as error:
-            raise ScenarioError(f"served profile: {error}") from None
-    profile = {name: profile[name].model_copy(update={"isolated_p50_ms": float(np.median(facts.profile_ms[name]))})
-               for name in names}  # one order, measured or read back, with the isolated pass it was measured at
+    profile = _serve_for_profile(scenario, facts, names, calibration, quiet)
     load = meter.stop()
     busy = load.other_cores if load.wall_s >= 1.0 else None  # CPU time comes in 10 ms ticks: judge a second or more
     if busy is not None and busy > BUSY_CORES_LIMIT:  # served passes of a shared machine: this run's, not the cache's
@@ -350,6 +342,59 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
         return profile
     atomic.write_with(cache, lambda path: to_frame(profile).to_csv(path, index=False))
     return profile
+
+
+def _serve_for_profile(scenario: Scenario, facts: NetworkFacts, names: list[str], calibration: Any, quiet: bool,
+                       probe: bool = False) -> dict[str, Any]:
+    """The served-pass profile of networks `names`, measured now by real server processes
+    (`calibration.measure.measure_served_passes`), each network's entry carrying the isolated median pass it was
+    measured at; with `probe`, only the lowest level, about PROBE_MIN_LONE lone passes per network (a check of a
+    cached profile, not kept). ScenarioError when the servers cannot time enough passes."""
+    from calibration.file import CalibrationError
+    from calibration.measure import PROBE_MIN_LONE, PROBE_MS, REHEARSAL_UTILIZATION, measure_served_passes
+    from scenarios.networks import save_networks, served_networks
+    from scenarios.schema import ScenarioError
+    from testbed.cluster import scratch_folder
+
+    order = [name for name, _ in served_networks(facts)]
+    device = "cuda" if facts.device.startswith("cuda") else "cpu"  # a server process takes the device kind
+    short = {"utilizations": REHEARSAL_UTILIZATION[:1], "min_lone": PROBE_MIN_LONE, "span_ms": PROBE_MS} \
+        if probe else {}
+    with scratch_folder("coinsim-served-") as tmp:
+        folders, inputs = save_networks(facts, Path(tmp))
+        keep = [k for k, name in enumerate(order) if name in facts.profile_ms]
+        try:
+            profile = measure_served_passes([folders[k] for k in keep], inputs, [order[k] for k in keep],
+                                            {n: float(np.mean(facts.profile_ms[n])) for n in names},
+                                            device=device, calibration=calibration, seed=scenario.seed,
+                                            progress=not quiet, **short)
+        except CalibrationError as error:
+            raise ScenarioError(f"served profile{' probe' if probe else ''}: {error}") from None
+    return {name: profile[name].model_copy(update={"isolated_p50_ms": float(np.median(facts.profile_ms[name]))})
+            for name in names}  # one order, measured or read back, with the isolated pass it was measured at
+
+
+def served_probe_drift(profile: dict[str, Any], probe: dict[str, Any], limit_pct: float) -> str | None:
+    """Why a cached served profile no longer describes this machine by its probe (`probe`: the same networks'
+    lowest level served again, briefly), or None while it does: a network's mean lone pass as served (wake
+    included) at the probe's level differs from the profile's at its lowest level by more than `limit_pct` plus
+    the 95 % interval of the difference of the two means (the profile's spread of lone passes, over each one's
+    count). Served passes can move while isolated ones hold (measured here: 20-30 % shorter served passes, the
+    isolated pass within 5 %), which the isolated check (`served_profile_drift`) cannot see."""
+    for name, now in probe.items():
+        if name not in profile:
+            continue
+        then_level, now_level = profile[name].levels[0], now.levels[0]
+        then_ms, now_ms = (level.served_mean_ms or float(np.mean(level.samples_ms))
+                           for level in (then_level, now_level))
+        spread = float(np.std(then_level.samples_ms))
+        noise_pct = 100.0 * 1.96 * spread * math.sqrt(1.0 / then_level.n_lone + 1.0 / now_level.n_lone) / then_ms
+        change = 100.0 * (now_ms / then_ms - 1.0)
+        if abs(change) > limit_pct + noise_pct:
+            return (f"{name}'s lone served pass is {now_ms:.3f} ms now, {then_ms:.3f} ms when the cached profile was "
+                    f"measured ({change:+.0f} %, more than the {limit_pct:g} % profile.served_drift_pct allows, "
+                    f"beyond the ±{noise_pct:.1f} % the two means' interval spans)")
+    return None
 
 
 def served_profile_drift(profile: dict[str, Any], isolated_ms: dict[str, Any], limit_pct: float) -> str | None:

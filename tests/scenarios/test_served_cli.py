@@ -90,6 +90,20 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
     # caching, not the busy-machine guard (which keeps a profile measured beside other work out of the cache: the
     # suite runs its tests two at a time)
     monkeypatch.setattr(runner, "BUSY_CORES_LIMIT", float("inf"))
+    # real servers, shorter levels than a user's profile (1,500 lone passes per level took a minute here): a
+    # profile's levels and a probe's are told apart by what they are asked for
+    import functools
+
+    import calibration.measure as measure
+
+    asked: list[tuple[float, ...]] = []
+    real = measure.measure_served_passes
+
+    def shorter(*args, **kwargs):
+        asked.append(tuple(kwargs.get("utilizations", measure.REHEARSAL_UTILIZATION)))
+        return functools.partial(real, min_lone=min(kwargs.pop("min_lone", 300), 300), span_ms=500.0)(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "measure_served_passes", shorter)
 
     table = networks_scenario()
     table["models"]["cache_dir"] = str(tiny_cache)  # the session's trained tiny zoo
@@ -106,10 +120,14 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
     assert set(profile["model"]) == {"low", "high", "coded"}
     assert (profile.groupby("model")["utilization"].nunique() == 2).all() and (profile["ms"] > 0).all()
     assert len(list((home / "cache" / "served").glob("*.csv"))) == 1
-    # the same networks under the same calibration: the cached profile, no servers started
+    assert asked == [measure.REHEARSAL_UTILIZATION]
+    # the same networks under the same calibration: the cached profile, once a probe of its lowest level agrees
+    # (the drift limit is open: a probe's 300 passes of a 0.1 ms network on a shared machine)
     second = CliRunner().invoke(cli, ["run", str(path), "--out", str(home / "b"), "--no-report"])
     assert second.exit_code == 0, second.output
-    assert "served profile" not in second.output
+    assert "served profile: the cached one, confirmed by a probe" in second.output
+    assert "served profile: serving" not in second.output
+    assert asked[1:] == [measure.REHEARSAL_UTILIZATION[:1]]
     (again,) = (home / "b" / "nets").iterdir()
     assert (again / "served_profile.csv").read_bytes() == (folder / "served_profile.csv").read_bytes()
     # and a replay of the first run uses its own copy

@@ -52,35 +52,80 @@ def test_a_profile_that_does_not_say_is_stale() -> None:
     assert "does not say" in runner.served_profile_drift({"a": _passes(None)}, {"a": [1.0]}, 5.0)
 
 
+def _level_passes(mean: float, spread: float, n_lone: int, served_mean: float | None = None) -> ServedPasses:
+    samples = (mean - spread, mean, mean + spread)
+    level = ServedLevel(utilization=0.15, rate_per_ms=1.0, n_lone=n_lone, samples_ms=samples,
+                        served_mean_ms=served_mean)
+    return ServedPasses(levels=(level, level.model_copy(update={"utilization": 0.5})), isolated_p50_ms=1.0)
+
+
+def test_a_probe_beyond_the_limit_and_the_noise_of_two_means_is_stale() -> None:
+    # the profile's lowest level: lone passes 1.9, 2.0, 2.1 ms (std 0.0816), 400 of them; a probe of 100: the two
+    # means' 95 % interval is 1.96 x 0.0816 x sqrt(1/400 + 1/100) / 2.0 = 0.894 % of the profile's mean
+    cached = {"a": _level_passes(2.0, 0.1, 400)}
+    noise = 100 * 1.96 * np.std([1.9, 2.0, 2.1]) * np.sqrt(1 / 400 + 1 / 100) / 2.0
+    assert noise == pytest.approx(0.894, abs=0.001)
+    for change_pct, stale in ((5.8, False), (-5.8, False), (6.0, True), (-6.0, True), (30.0, True)):
+        probe = {"a": _level_passes(2.0 * (1 + change_pct / 100), 0.1, 100)}
+        reason = runner.served_probe_drift(cached, probe, 5.0)
+        assert (reason is not None) == stale, change_pct
+        if stale:
+            assert f"{2.0 * (1 + change_pct / 100):.3f} ms now, 2.000 ms" in reason and "±0.9 %" in reason
+    # the mean as served (wake included) is what is compared, where the level has it: samples alike, passes 30 %
+    # longer as they ran
+    assert runner.served_probe_drift({"a": _level_passes(2.0, 0.1, 400, 2.2)},
+                                     {"a": _level_passes(2.0, 0.1, 100, 2.86)}, 5.0) is not None
+    assert runner.served_probe_drift({"a": _level_passes(2.0, 0.1, 400, 2.2)},
+                                     {"a": _level_passes(2.6, 0.1, 100, 2.2)}, 5.0) is None
+    # a network the cached profile does not hold is not judged here
+    assert runner.served_probe_drift(cached, {"b": _level_passes(9.0, 0.1, 100)}, 5.0) is None
+
+
 def test_served_pass_profile_measures_again_after_drift(tiny_cache, tmp_path, monkeypatch) -> None:
     raw = _tiny_networks(tiny_cache)
     raw["profile"] = dict(raw["profile"], served_passes="measured", served_drift_pct=5.0)
     scenario = scenario_from_dict(raw)
     facts = runner.prepare_networks(scenario, quiet=True)
-    calls: list[list[str]] = []
+    calls: list[str] = []
+    probe_mean = {"ms": 2.0}  # what a probe's servers time now (the profile's lowest level: 2.0 ms)
 
-    def measured(folders, inputs, names, isolated, **_):  # the servers' measurement itself: tests/calibration
-        calls.append(list(names))
-        return {name: _passes(None) for name in names}
+    def measured(folders, inputs, names, isolated, utilizations=None, min_lone=None, span_ms=None, **_):
+        # the servers' measurement itself: tests/calibration
+        if utilizations is None:
+            calls.append("profile")
+            return {name: _level_passes(2.0, 0.1, 1500) for name in names}
+        from calibration.measure import PROBE_MIN_LONE, REHEARSAL_UTILIZATION
+
+        assert tuple(utilizations) == REHEARSAL_UTILIZATION[:1] and min_lone == PROBE_MIN_LONE  # lowest level, short
+        calls.append("probe")
+        return {name: _level_passes(probe_mean["ms"], 0.1, 200) for name in names}
 
     monkeypatch.setattr("calibration.measure.measure_served_passes", measured)
     monkeypatch.setattr(runner, "served_profile_cache", lambda facts, calibration: tmp_path / "cached.csv")
     cal = cu.hand_calibration()
     first = runner.served_pass_profile(scenario, facts, cal, quiet=True)
-    assert len(calls) == 1
+    assert calls == ["profile"]
     for name, passes in first.items():  # recorded with the isolated pass of the run that measured it
         assert passes.isolated_p50_ms == pytest.approx(float(np.median(facts.profile_ms[name])))
     runner.served_pass_profile(scenario, facts, cal, quiet=True)
-    assert len(calls) == 1  # the same machine: the cache
+    assert calls == ["profile", "probe"]  # the same machine: the cache, its probe agreeing
     runner.served_pass_profile(scenario, facts, cal, quiet=True, fresh=True)
-    assert len(calls) == 2  # a testbed run measures it afresh all the same
-    # twice as slow (beyond 5 % plus any interval a 30-sample median can have): measured again, cached anew
+    assert calls[2:] == ["profile"]  # a testbed run measures it afresh all the same
+    # served passes 25 % shorter with the isolated ones as they were: the probe finds it, measured again
+    probe_mean["ms"] = 1.5
+    runner.served_pass_profile(scenario, facts, cal, quiet=True)
+    assert calls[3:] == ["probe", "profile"]
+    probe_mean["ms"] = 2.0
+    no_probe = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"served_probe": False})})
+    runner.served_pass_profile(no_probe, facts, cal, quiet=True)
+    assert calls[5:] == []  # profile.served_probe = false: the isolated check alone
+    # twice as slow (beyond 5 % plus any interval a 30-sample median can have): measured again, cached anew, no probe
     slower = dataclasses.replace(facts, profile_ms={n: np.asarray(t) * 2.0 for n, t in facts.profile_ms.items()})
     runner.served_pass_profile(scenario, slower, cal, quiet=True)
-    assert len(calls) == 3
+    assert calls[5:] == ["profile"]
     a_bit = dataclasses.replace(facts, profile_ms={n: np.asarray(t) * 2.06 for n, t in facts.profile_ms.items()})
     runner.served_pass_profile(scenario, a_bit, cal, quiet=True)
-    assert len(calls) == 3  # 3 % from the new one: the cache
+    assert calls[6:] == ["probe"]  # 3 % from the new one: the cache, probed
 
 
 def test_a_served_profile_measured_beside_a_busy_process_is_not_cached(tiny_cache, tmp_path, monkeypatch,
