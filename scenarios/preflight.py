@@ -22,6 +22,8 @@ SLOPE_QUERIES = 12_000  # the short runs whose peaks' difference measures a quer
 # 4a queries, a = this / servers (at least 128), so that per-query costs outweigh the fixed ones (below ~4,000 queries
 # on 3 servers a point's peak is mostly fixed costs: a slope from 1,000 and 4,000 came out at a third of the true one)
 REPORT_COPIES = 3  # the report reads its columns through arrow into pandas and filters a copy
+SCREEN_QUERIES = 1_000  # one short run whose peak over its queries bounds a query's share from above (fixed costs
+# included): a run that fits by that bound needs no slope (the slope's two runs took ~5 s of every run's checks)
 
 
 def check_before_work(scenario: Scenario, raw: dict[str, Any], out_root: Path, resume: bool) -> None:
@@ -163,7 +165,16 @@ def peak_bytes_per_query(config: SimConfig, seed: int) -> float:
 _PEAK_SLOPES: dict[tuple[str, int], float] = {}
 
 
-def _peak_slope(config: SimConfig, seed: int) -> float:
+def peak_bound_per_query(config: SimConfig, seed: int) -> float:
+    """An upper bound of `peak_bytes_per_query` from one short run: its whole peak over its SCREEN_QUERIES queries.
+    A point's peak is fixed costs (≥ 0) plus a share per query, so the average over a few queries is at least the
+    share; cheap, and loose where fixed costs dominate."""
+    (peak,) = _peaks(config, seed, (SCREEN_QUERIES,))
+    return peak / SCREEN_QUERIES
+
+
+def _peaks(config: SimConfig, seed: int, sizes: tuple[int, ...]) -> list[int]:
+    """The peak memory (tracemalloc, which sees numpy's arrays) of the point run at each size in `sizes`."""
     import gc
     import tempfile
     import tracemalloc
@@ -171,8 +182,6 @@ def _peak_slope(config: SimConfig, seed: int) -> float:
     from scenarios.points import run_point
 
     peaks = []
-    first = max(128, SLOPE_QUERIES // config.n_servers)
-    sizes = (first, 4 * first)
     with tempfile.TemporaryDirectory(prefix="coinsim-probe-") as folder:
         for n in sizes:
             probe = config.model_copy(update={"n_queries": n, "horizon_ms": None})
@@ -183,6 +192,13 @@ def _peak_slope(config: SimConfig, seed: int) -> float:
                 peaks.append(tracemalloc.get_traced_memory()[1])
             finally:
                 tracemalloc.stop()
+    return peaks
+
+
+def _peak_slope(config: SimConfig, seed: int) -> float:
+    first = max(128, SLOPE_QUERIES // config.n_servers)
+    sizes = (first, 4 * first)
+    peaks = _peaks(config, seed, sizes)
     return max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))
 
 
@@ -199,15 +215,16 @@ def check_memory(scenario: Scenario, available: int | None = None) -> None:
     if not counts:
         return
     widest = max(configs, key=lambda c: c[1].n_servers)[1]  # a point's own peak grows with its servers
-    per_query = peak_bytes_per_query(widest, scenario.seed)
     largest = max(q for q, _ in counts)
-    point_peak = largest * per_query
     headline_records = counts[-1][0] * counts[-1][1]  # the report draws the headline (last) point's queries
     per_record = record_bytes(configs[-1][1], scenario.seed)
     report = REPORT_COPIES * headline_records * per_record
-    need = max(point_peak, report)
     available = available_memory() if available is None else available
-    if need <= available:
+    if max(largest * peak_bound_per_query(widest, scenario.seed), report) <= available:
+        return  # fits even by the bound: no need to measure the share itself
+    per_query = peak_bytes_per_query(widest, scenario.seed)
+    point_peak = largest * per_query
+    if max(point_peak, report) <= available:
         return
     raise ScenarioError(f"sim: a point of {largest:,} queries needs about {_size(point_peak)} while it is simulated "
                         f"({per_query:.0f} bytes per query on up to {widest.n_servers:,} servers) and the report "

@@ -323,7 +323,7 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
                 break
             if path == cache and scenario.profile.served_probe:
                 probe = _serve_for_profile(scenario, facts, names, calibration, quiet, probe=True)
-                if stale := served_probe_drift(profile, probe, scenario.profile.served_drift_pct):
+                if stale := served_probe_drift(profile, probe, scenario.profile.served_probe_pct):
                     say(f"served profile: {stale}; measuring it again", not quiet)
                     break
                 say("served profile: the cached one, confirmed by a probe (its lowest level served again briefly)",
@@ -379,8 +379,9 @@ def served_probe_drift(profile: dict[str, Any], probe: dict[str, Any], limit_pct
     lowest level served again, briefly), or None while it does: a network's mean lone pass as served (wake
     included) at the probe's level differs from the profile's at its lowest level by more than `limit_pct` plus
     the 95 % interval of the difference of the two means (the profile's spread of lone passes, over each one's
-    count). Served passes can move while isolated ones hold (measured here: 20-30 % shorter served passes, the
-    isolated pass within 5 %), which the isolated check (`served_profile_drift`) cannot see."""
+    count). Served passes can move while isolated ones hold (measured here: 20-30 % shorter served passes over
+    hours, the isolated pass within 5 %), which the isolated check (`served_profile_drift`) cannot see; within
+    minutes they move too (back-to-back probes: -13 to +5 %), which `limit_pct` is there to span."""
     for name, now in probe.items():
         if name not in profile:
             continue
@@ -392,7 +393,7 @@ def served_probe_drift(profile: dict[str, Any], probe: dict[str, Any], limit_pct
         change = 100.0 * (now_ms / then_ms - 1.0)
         if abs(change) > limit_pct + noise_pct:
             return (f"{name}'s lone served pass is {now_ms:.3f} ms now, {then_ms:.3f} ms when the cached profile was "
-                    f"measured ({change:+.0f} %, more than the {limit_pct:g} % profile.served_drift_pct allows, "
+                    f"measured ({change:+.0f} %, more than the {limit_pct:g} % profile.served_probe_pct allows, "
                     f"beyond the ±{noise_pct:.1f} % the two means' interval spans)")
     return None
 

@@ -87,12 +87,16 @@ class ProfileSpec(_Strict):
     served_drift_pct: float = Field(
         5.0, ge=0, le=100,
         description="a cached served profile is used while every network's isolated median pass is within this "
-                    "many percent of the one measured with it, and (with served_probe) while its probe's mean lone "
-                    "served pass is within this many percent of the profile's, beyond the two means' noise; "
-                    "beyond, the machine has changed and the served profile is measured again")
+                    "many percent of the one measured with it; beyond, the machine has changed and the served "
+                    "profile is measured again")
     served_probe: bool = Field(
         True, description="before a cached served profile is used, serve its networks' lowest level again for a "
                           "few seconds and compare (served passes moved 20-30 % here while isolated ones held)")
+    served_probe_pct: float = Field(
+        15.0, ge=0, le=100,
+        description="the probe confirms a cached served profile while every network's mean lone served pass is "
+                    "within this many percent of the profile's (beyond the two means' own noise); the default "
+                    "spans how much served passes move within minutes here (back-to-back probes: -13 to +5 %)")
 
     @model_validator(mode="after")
     def _replayable(self) -> ProfileSpec:

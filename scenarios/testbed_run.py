@@ -717,7 +717,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     n_servers = points[0][1].n_servers
     measured, task_frames, fidelity, simulated_frames = [], [], [], []
     overheads: dict[str, Any] = {}
-    failed: Exception | None = None  # simulating a served point failed: serve the rest, keep what was measured
+    served_points = []  # (index, coordinates, config, plans, what serving it measured), simulated once all are served
     with scratch_folder("coinsim-testbed-") as work:  # networks and inputs the servers load
         folders, inputs = save_networks(facts, work, parity=True)
         cores = os.cpu_count() or 1
@@ -735,18 +735,21 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
                 measured.append(served.records)
                 task_frames.append(served.tasks)
                 overheads[str(index)] = _point_overheads(served, device)
-                if failed is not None:
-                    continue
-                try:
-                    frames, rows = _simulate_variants(scenario, facts, calibration, index, coords, config, plans,
-                                                      served, _shared_cores(device, served))
-                except Exception as error:  # noqa: BLE001 - the served records took the time: they are kept
-                    failed = error
-                    say(f"testbed: simulating point {index + 1} failed ({error}); serving the other points, the "
-                        "measured records will be kept", not quiet)
-                    continue
-                simulated_frames += frames
-                fidelity += rows
+                served_points.append((index, coords, config, plans, served))
+    # simulated after the servers are stopped: their processes are gone while the simulator computes
+    failed: Exception | None = None  # simulating a served point failed: the measured records are kept
+    say(f"testbed: simulating the {len(served_points)} served point(s)", not quiet and bool(served_points))
+    for index, coords, config, plans, served in served_points:
+        try:
+            frames, rows = _simulate_variants(scenario, facts, calibration, index, coords, config, plans, served,
+                                              _shared_cores(device, served))
+        except Exception as error:  # noqa: BLE001 - the served records took the time: they are kept
+            failed = error
+            say(f"testbed: simulating point {index + 1} failed ({error}); the measured records will be kept",
+                not quiet)
+            break
+        simulated_frames += frames
+        fidelity += rows
     measured_all = pd.concat(measured, ignore_index=True)
     tasks_all = pd.concat(task_frames, ignore_index=True)
     if failed is not None:

@@ -85,6 +85,8 @@ def test_the_memory_check_measures_a_point_s_per_query_peak_where_it_is_per_quer
     config = parse_config(FIVE)
     estimate, slope = preflight.peak_bytes_per_query(config, 0), _peak_slope(config, tmp_path)
     assert 0.7 * slope < estimate < 1.3 * slope, (estimate, slope)
+    # the screen's bound (one short run's whole peak over its queries) is never below the share it screens for
+    assert preflight.peak_bound_per_query(config, 0) >= slope
 
 
 def test_queries_parquet_holds_every_row_group_of_every_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -797,3 +797,23 @@ def test_a_fleet_point_too_wide_for_memory_is_refused_by_its_own_peak(home: Path
     per_query = preflight.peak_bytes_per_query(preflight.stand_in_configs(
         preflight.Scenario.model_validate(dict(SIM, sim=sim)))[-1][1], 1)
     assert per_query > 8 * 1001  # at least one float64 task time per server per query
+
+
+def test_the_memory_check_measures_the_share_only_where_the_bound_does_not_fit(monkeypatch: pytest.MonkeyPatch
+                                                                              ) -> None:
+    """A run that fits even by the cheap bound (one short run's whole peak per query) is passed without the slope's
+    two runs; one that does not is judged by the slope, and refused only when that does not fit either."""
+    import scenarios.preflight as preflight
+
+    scenario = preflight.Scenario.model_validate(dict(SIM, sim=dict(SIM["sim"], n_queries=10_000)))
+    slopes: list[int] = []
+    monkeypatch.setattr(preflight, "record_bytes", lambda config, seed: 100.0)  # report: 3 x 10,000 x k x 100 B
+    monkeypatch.setattr(preflight, "peak_bound_per_query", lambda config, seed: 5_000.0)
+    monkeypatch.setattr(preflight, "_peak_slope", lambda config, seed: slopes.append(1) or 1_000.0)
+    monkeypatch.setattr(preflight, "_PEAK_SLOPES", {})
+    preflight.check_memory(scenario, available=50_000_000)  # 10,000 x 5,000 B = 50 MB by the bound: fits
+    assert slopes == []
+    preflight.check_memory(scenario, available=20_000_000)  # not by the bound, by the slope (10 MB)
+    assert slopes == [1]
+    with pytest.raises(preflight.ScenarioError, match="1000 bytes per query"):
+        preflight.check_memory(scenario, available=9_000_000)
