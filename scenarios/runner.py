@@ -390,12 +390,21 @@ def served_probe_drift(profile: dict[str, Any], probe: dict[str, Any], limit_pct
                            for level in (then_level, now_level))
         spread = float(np.std(then_level.samples_ms))
         noise_pct = 100.0 * 1.96 * spread * math.sqrt(1.0 / then_level.n_lone + 1.0 / now_level.n_lone) / then_ms
-        change = 100.0 * (now_ms / then_ms - 1.0)
-        if abs(change) > limit_pct + noise_pct:
-            return (f"{name}'s lone served pass is {now_ms:.3f} ms now, {then_ms:.3f} ms when the cached profile was "
-                    f"measured ({change:+.0f} %, more than the {limit_pct:g} % profile.served_probe_pct allows, "
-                    f"beyond the ±{noise_pct:.1f} % the two means' interval spans)")
+        if moved := _moved(now_ms, then_ms, limit_pct, noise_pct, "profile.served_probe_pct",
+                           "the two means' interval"):
+            return f"{name}'s lone served pass is {now_ms:.3f} ms now, {then_ms:.3f} ms when the cached profile " \
+                   f"was measured ({moved})"
     return None
+
+
+def _moved(now: float, then: float, limit_pct: float, noise_pct: float, setting: str, noise: str) -> str | None:
+    """How far `now` moved from `then`, said for the user, when that is beyond `limit_pct` (the `setting` that
+    allows it) plus `noise_pct` (what `noise` spans on its own); None within."""
+    change = 100.0 * (now / then - 1.0)
+    if abs(change) <= limit_pct + noise_pct:
+        return None
+    return (f"{change:+.0f} %, more than the {limit_pct:g} % {setting} allows, beyond the ±{noise_pct:.1f} % "
+            f"{noise} spans")
 
 
 def served_profile_drift(profile: dict[str, Any], isolated_ms: dict[str, Any], limit_pct: float) -> str | None:
@@ -416,11 +425,9 @@ def served_profile_drift(profile: dict[str, Any], isolated_ms: dict[str, Any], l
         reach = 1.96 * math.sqrt(len(x)) / 2.0  # ranks of the median's 95 % interval: n/2 -+ 1.96 sqrt(n) / 2
         lo, hi = x[max(int(len(x) / 2 - reach), 0)], x[min(math.ceil(len(x) / 2 + reach), len(x) - 1)]
         noise_pct = 100.0 * (hi - lo) / (2.0 * now)
-        change = 100.0 * (now / then - 1.0)
-        if abs(change) > limit_pct + noise_pct:
-            return (f"{name}'s isolated pass is {now:.3f} ms now, {then:.3f} ms when its served passes were measured "
-                    f"({change:+.0f} %, more than the {limit_pct:g} % profile.served_drift_pct allows, beyond the "
-                    f"±{noise_pct:.1f} % its median's interval spans)")
+        if moved := _moved(now, then, limit_pct, noise_pct, "profile.served_drift_pct", "its median's interval"):
+            return f"{name}'s isolated pass is {now:.3f} ms now, {then:.3f} ms when its served passes were measured " \
+                   f"({moved})"
     return None
 
 
