@@ -17,7 +17,7 @@ import pandas as pd
 from jinja2 import Environment, select_autoescape
 from markupsafe import Markup
 
-from reports.load import ResultData, finite, fmt_value
+from reports.load import ResultData, finite, fmt_value, served_profile_text
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5b6474; --line:#e2e6ee; --bg:#ffffff; --soft:#f6f8fb; --accent:#2563eb; }
@@ -647,6 +647,8 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
         if isinstance(served, Mapping) and served:
             text += _served_passes_text(served)
             text += _wake_text(model.get("served_wake"))
+            if where := served_profile_text(model.get("served_profile")):
+                text += Markup(" The served profile: {}.").format(where)
         elif levels:
             text += Markup(" Under serving traffic the one-way delays reach p99 {} ms out at {} % of the cores busy "
                            "(each point draws them at its own utilization).").format(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -465,3 +465,28 @@ def main_point(data: ResultData) -> int | None:
 def finite(v: Any) -> bool:
     """True for a real, finite number (None, NaN, bools and strings are 'not available')."""
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def served_profile_text(source: Any) -> str | None:
+    """Where a run's served-pass profile came from, in words (summary.json `latency_model.served_profile`; None
+    when the summary does not say)."""
+    if not isinstance(source, Mapping) or "source" not in source:
+        return None
+    kind = source["source"]
+    if kind == "measured":
+        why = source.get("why")
+        text = "measured in this run"
+        if why not in (None, "fresh", "none cached"):
+            text += f" (the cached one was not taken: {why})"
+        return text + ("" if source.get("cached", True) else "; not cached: other processes were busy meanwhile")
+    if kind == "cached":
+        changes = [float(v) for v in (source.get("probe_change_pct") or {}).values() if finite(v)]
+        if not changes:
+            return "taken from the cache, not probed"
+        return (f"taken from the cache, confirmed by a probe (its networks' mean lone served pass "
+                f"{min(changes):+.1f} to {max(changes):+.1f} % from the profile's)")
+    if kind == "replayed":
+        return f"replayed from {source.get('from', '?')}"
+    if kind == "resumed":
+        return "the interrupted run's, resumed"
+    return str(kind)

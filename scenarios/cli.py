@@ -438,7 +438,12 @@ def _print_run_summary(folder: Path) -> None:
         cal = model.get("calibration") or {}
         where = f" (calibration {cal.get('path') or 'calibration.json'}, made {cal.get('created', '?')})" \
             if cal else ""
-        click.echo(f"latency model: {model.get('name')} — {model.get('meaning', '')}{where}\n")
+        click.echo(f"latency model: {model.get('name')} — {model.get('meaning', '')}{where}")
+        from reports.load import served_profile_text
+
+        if served := served_profile_text(model.get("served_profile")):
+            click.echo(f"served profile: {served}")
+        click.echo("")
     axes = summary.get("sweep_axes") or ([summary["sweep_axis"]] if summary.get("sweep_axis") else [])
     if summary.get("coding"):
         def num(value: float | None) -> str:  # NaN (an expert right nowhere) is null in summary.json

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -72,6 +72,7 @@ class NetworkFacts:
     network_spec: Any = None  # models.NetworkSpec of every served network
     backup_name: str = ""  # coding method of the generalist the backup servers host
     served_passes: dict[str, Any] = field(default_factory=dict)  # name -> calibration.passes.ServedPasses
+    served_source: dict[str, Any] = field(default_factory=dict)  # where served_passes came from (ServedProfile)
     parity_models: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)  # (k, expert) -> network
     parity: list[dict[str, Any]] = field(default_factory=list)  # per parity network: cost and degraded accuracy
 
@@ -289,9 +290,19 @@ def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
     return cache_root() / "served" / f"{digest.hexdigest()[:16]}.csv"
 
 
+class ServedProfile(NamedTuple):
+    """A run's served-pass profile (name -> calibration.passes.ServedPasses; {} when the run uses none) and where it
+    came from, as summary.json's `latency_model.served_profile` says: `source` "measured" (in this run; `why` a
+    cached one was not taken, `cached` whether it was kept), "cached" (`probe_change_pct`: per network, how far the
+    probe's mean lone pass was from the profile's; absent when not probed), "resumed" or "replayed" (`from`)."""
+
+    passes: dict[str, Any]
+    source: dict[str, Any]
+
+
 def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibration: Any, quiet: bool = False,
-                        reuse: Path | None = None, fresh: bool = False) -> dict[str, Any]:
-    """The served-pass profile of the scenario's networks (calibration.passes), or {} when the run does not use
+                        reuse: Path | None = None, fresh: bool = False) -> ServedProfile:
+    """The served-pass profile of the scenario's networks (calibration.passes), or none when the run does not use
     one (bare compute, live mode, `profile.served_passes = 'calibration'`): an interrupted run's copy (`reuse`),
     the replayed run's, the cached one for these networks and calibration (not with `fresh`: a testbed run judges
     the prediction against the machine as it is, and a profile cached hours before can be off while the isolated
@@ -302,8 +313,9 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
     from scenarios.schema import ScenarioError
 
     if calibration is None or facts is None or scenario.profile.served_passes != "measured":
-        return {}
+        return ServedProfile({}, {})
     names = sorted(facts.profile_ms)
+    why = "fresh" if fresh else "none cached"
     replay = Path(scenario.profile.replay).expanduser() / SERVED_PROFILE if scenario.profile.replay else None
     cache = served_profile_cache(facts, calibration)
     for path in (reuse, replay, None if fresh else cache):
@@ -312,6 +324,7 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
                 profile = read_served_profile(path)
             except (OSError, ValueError, pd.errors.ParserError) as error:
                 if path == cache:
+                    why = "the cached one could not be read"
                     break  # a damaged cache entry is measured again
                 raise ScenarioError(f"{path}: not a served-pass profile "
                                     f"({str(error).strip().splitlines()[0]})") from None
@@ -320,15 +333,21 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
             if path == cache and (stale := served_profile_drift(profile, facts.profile_ms,
                                                                  scenario.profile.served_drift_pct)):
                 say(f"served profile: {stale}; measuring it again", not quiet)
+                why = stale
                 break
+            source: dict[str, Any] = {"source": "resumed"} if path == reuse else \
+                {"source": "replayed", "from": str(path.parent)} if path == replay else {"source": "cached"}
             if path == cache and scenario.profile.served_probe:
                 probe = _serve_for_profile(scenario, facts, names, calibration, quiet, probe=True)
                 if stale := served_probe_drift(profile, probe, scenario.profile.served_probe_pct):
                     say(f"served profile: {stale}; measuring it again", not quiet)
+                    why = stale
                     break
+                source["probe_change_pct"] = {name: round(change, 2)
+                                              for name, (change, _) in probe_changes(profile, probe).items()}
                 say("served profile: the cached one, confirmed by a probe (its lowest level served again briefly)",
                     not quiet)
-            return {name: profile[name] for name in names}
+            return ServedProfile({name: profile[name] for name in names}, source)
     from testbed.host import ProcessTreeMeter
 
     say(f"served profile: serving {', '.join(names)} under traffic to time their passes (cached after)", not quiet)
@@ -339,9 +358,9 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
     if busy is not None and busy > BUSY_CORES_LIMIT:  # served passes of a shared machine: this run's, not the cache's
         say(f"served profile: other processes kept {busy:.2f} cores busy while it was measured; used for this run "
             "but not cached (the isolated passes, timed with preempted rounds retried, cannot tell)", not quiet)
-        return profile
+        return ServedProfile(profile, {"source": "measured", "why": why, "cached": False})
     atomic.write_with(cache, lambda path: to_frame(profile).to_csv(path, index=False))
-    return profile
+    return ServedProfile(profile, {"source": "measured", "why": why, "cached": True})
 
 
 def _serve_for_profile(scenario: Scenario, facts: NetworkFacts, names: list[str], calibration: Any, quiet: bool,
@@ -382,19 +401,35 @@ def served_probe_drift(profile: dict[str, Any], probe: dict[str, Any], limit_pct
     count). Served passes can move while isolated ones hold (measured here: 20-30 % shorter served passes over
     hours, the isolated pass within 5 %), which the isolated check (`served_profile_drift`) cannot see; within
     minutes they move too (back-to-back probes: -13 to +5 %), which `limit_pct` is there to span."""
-    for name, now in probe.items():
-        if name not in profile:
-            continue
-        then_level, now_level = profile[name].levels[0], now.levels[0]
-        then_ms, now_ms = (level.served_mean_ms or float(np.mean(level.samples_ms))
-                           for level in (then_level, now_level))
-        spread = float(np.std(then_level.samples_ms))
-        noise_pct = 100.0 * 1.96 * spread * math.sqrt(1.0 / then_level.n_lone + 1.0 / now_level.n_lone) / then_ms
+    for name, (_, noise_pct) in probe_changes(profile, probe).items():
+        then_ms, now_ms = (_served_mean(passes[name].levels[0]) for passes in (profile, probe))
         if moved := _moved(now_ms, then_ms, limit_pct, noise_pct, "profile.served_probe_pct",
                            "the two means' interval"):
             return f"{name}'s lone served pass is {now_ms:.3f} ms now, {then_ms:.3f} ms when the cached profile " \
                    f"was measured ({moved})"
     return None
+
+
+def probe_changes(profile: dict[str, Any], probe: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """Per network both hold: (change %, noise %) of the probe's mean lone served pass against the profile's at
+    its lowest level — the noise the half-width of the 95 % interval of the two means' difference, from the
+    profile's spread of lone passes over each one's count."""
+    out = {}
+    for name, now in probe.items():
+        if name not in profile:
+            continue
+        then_level, now_level = profile[name].levels[0], now.levels[0]
+        then_ms, now_ms = _served_mean(then_level), _served_mean(now_level)
+        spread = float(np.std(then_level.samples_ms))
+        noise_pct = 100.0 * 1.96 * spread * math.sqrt(1.0 / then_level.n_lone + 1.0 / now_level.n_lone) / then_ms
+        out[name] = (100.0 * (now_ms / then_ms - 1.0), noise_pct)
+    return out
+
+
+def _served_mean(level: Any) -> float:
+    """A served-profile level's mean lone pass as the passes ran (wake included), or its samples' mean in a
+    profile that did not record it."""
+    return level.served_mean_ms or float(np.mean(level.samples_ms))
 
 
 def _moved(now: float, then: float, limit_pct: float, noise_pct: float, setting: str, noise: str) -> str | None:
@@ -941,7 +976,8 @@ def _prepare_run(scenario: Scenario, work: Path, resume: bool, quiet: bool
         atomic.write_with(work / CALIBRATION, lambda path: path.write_text(calibration.model_dump_json(
             indent=2)))
     if facts is not None:
-        facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet, reuse=work / SERVED_PROFILE)
+        facts.served_passes, facts.served_source = served_pass_profile(scenario, facts, calibration, quiet,
+                                                                       reuse=work / SERVED_PROFILE)
         if facts.served_passes and not (work / SERVED_PROFILE).is_file():
             atomic.write_with(work / SERVED_PROFILE, lambda path: served_frame(facts).to_csv(path, index=False))
     return scenario, calibration, calibration_path, facts
@@ -1027,7 +1063,8 @@ def _run_summary(scenario: Scenario, facts: NetworkFacts | None, calibration: An
         "deployment": deployment_facts(points[headline][1]),
         "latency_model": served_model.describe(
             calibration, calibration_path, latency_model_name(scenario),
-            served_model.experts_pass_ms(facts) if facts else None, facts.served_passes if facts else None),
+            served_model.experts_pass_ms(facts) if facts else None, facts.served_passes if facts else None,
+            facts.served_source if facts else None),
         "headline_point": headline,
         "policies": _with_latency(results[headline][1]),
         "points": [{"point": index, **{axis_column(axis): value for axis, value in values.items()},

@@ -338,10 +338,12 @@ def resolve_served_delays(config: SimConfig, seed: int) -> SimConfig:
 
 
 def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: float | None = None,
-             served_passes: dict[str, Any] | None = None) -> dict[str, Any]:
+             served_passes: dict[str, Any] | None = None, served_source: dict[str, Any] | None = None
+             ) -> dict[str, Any]:
     """What summary.json, the CLI and the report say about the latency model and its calibration (the co-running
     slowdown as read for an isolated pass of `pass_ms`), and the networks' measured served passes when the run
-    has them (`served_passes`: name -> calibration.passes.ServedPasses)."""
+    has them (`served_passes`: name -> calibration.passes.ServedPasses) with where they came from
+    (`served_source`, scenarios.runner.ServedProfile.source)."""
     if latency_model != "served" or calibration is None:
         return {"name": latency_model, "calibration": None, "meaning": MEANINGS.get(latency_model, latency_model)}
     if served_passes:
@@ -367,6 +369,8 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
                                        for level in passes.levels]
                                 for name, passes in served_passes.items()}
         out["served_wake"] = {name: passes.wake for name, passes in served_passes.items() if passes.wake}
+        if served_source:
+            out["served_profile"] = dict(served_source)
     return out
 
 

@@ -709,7 +709,7 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     started = time.perf_counter()
     calibration, calibration_path = serving_calibration(scenario, quiet)
     facts = prepare_networks(scenario, quiet)
-    facts.served_passes = served_pass_profile(scenario, facts, calibration, quiet, fresh=True)
+    facts.served_passes, facts.served_source = served_pass_profile(scenario, facts, calibration, quiet, fresh=True)
     points = build_point_configs(scenario, facts, calibration=calibration)
     policy_for = functools.partial(policy_of, backup_net=backup_network(facts),
                                    parity_nets=functools.partial(parity_network_index, facts),
@@ -760,7 +760,8 @@ def run_testbed(scenario: Scenario, raw: dict[str, Any], out_root: Path = Path("
     summary = _testbed_summary(scenario, facts, measured_all, simulated_all, tasks_all, fidelity_table, overheads,
                                time.perf_counter() - started, ranking_table)
     summary["latency_model"] = served_model.describe(calibration, calibration_path, latency_model_name(scenario),
-                                                     served_model.experts_pass_ms(facts), facts.served_passes)
+                                                     served_model.experts_pass_ms(facts), facts.served_passes,
+                                                     facts.served_source)
     pace = machine_pace(tasks_all)
     summary["machine_pace"] = pace_summary(pace)
 

@@ -69,3 +69,27 @@ def test_served_line_names_the_largest_wake_extra_and_skips_a_broken_curve() -> 
     plain = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
                                                       "served_passes": served}}))
     assert "evict" not in plain
+
+
+def test_the_line_says_where_the_served_profile_came_from() -> None:
+    from reports.load import served_profile_text
+
+    cal = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"}}
+    served = {"a": [{"utilization": 0.1, "mean_ms": 0.4}]}
+
+    def line(source: dict | None) -> str:
+        model = {"name": "served", "meaning": "m", "calibration": cal, "served_passes": served}
+        return str(latency_model_line({"latency_model": model | ({"served_profile": source} if source else {})}))
+
+    probed = line({"source": "cached", "probe_change_pct": {"a": -3.14, "b": 2.0, "c": float("nan")}})
+    assert "The served profile: taken from the cache, confirmed by a probe (its networks&#39; mean lone served " \
+           "pass -3.1 to +2.0 % from the profile&#39;s)." in probed  # NaN left out; the text escaped
+    assert "taken from the cache, not probed" in line({"source": "cached"})
+    assert "The served profile: measured in this run." in line({"source": "measured", "why": "fresh",
+                                                              "cached": True})
+    stale = line({"source": "measured", "why": "a's lone served pass is <b>1 ms</b> now", "cached": False})
+    assert "(the cached one was not taken: a&#39;s lone served pass is &lt;b&gt;1 ms&lt;/b&gt; now); not cached" \
+           in stale  # the reason is escaped
+    assert "replayed from /r/x" in line({"source": "replayed", "from": "/r/x"})
+    assert "The served profile" not in line(None)  # summaries written before it was recorded
+    assert served_profile_text({"no": "source"}) is None and served_profile_text("measured") is None

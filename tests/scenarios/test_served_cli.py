@@ -109,7 +109,8 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
     table["models"]["cache_dir"] = str(tiny_cache)  # the session's trained tiny zoo
     # (drift of the isolated passes between the two runs re-measures, tests/scenarios/test_served_drift.py; a
     # tiny network's 0.1 ms median moved 8 % between two runs here, so this caching test allows any)
-    table["profile"] = {**table["profile"], "served_passes": "measured", "served_drift_pct": 100.0}
+    table["profile"] = {**table["profile"], "served_passes": "measured", "served_drift_pct": 100.0,
+                        "served_probe_pct": 100.0}
     table["sim"] = {**table["sim"], "n_queries": 300}
     path = write(home, table)
     first = CliRunner().invoke(cli, ["run", str(path), "--out", str(home / "a"), "--no-report"])
@@ -120,9 +121,12 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
     assert set(profile["model"]) == {"low", "high", "coded"}
     assert (profile.groupby("model")["utilization"].nunique() == 2).all() and (profile["ms"] > 0).all()
     assert len(list((home / "cache" / "served").glob("*.csv"))) == 1
+    said = json.loads((folder / "summary.json").read_text())["latency_model"]["served_profile"]
+    assert said == {"source": "measured", "why": "none cached", "cached": True}
+    assert "served profile: measured in this run\n" in first.output
     assert asked == [measure.REHEARSAL_UTILIZATION]
     # the same networks under the same calibration: the cached profile, once a probe of its lowest level agrees
-    # (the drift limit is open: a probe's 300 passes of a 0.1 ms network on a shared machine)
+    # (its limit is open too: a probe's 200 passes of a 0.1 ms network on a shared machine)
     second = CliRunner().invoke(cli, ["run", str(path), "--out", str(home / "b"), "--no-report"])
     assert second.exit_code == 0, second.output
     assert "served profile: the cached one, confirmed by a probe" in second.output
@@ -130,11 +134,16 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
     assert asked[1:] == [measure.REHEARSAL_UTILIZATION[:1]]
     (again,) = (home / "b" / "nets").iterdir()
     assert (again / "served_profile.csv").read_bytes() == (folder / "served_profile.csv").read_bytes()
+    said = json.loads((again / "summary.json").read_text())["latency_model"]["served_profile"]
+    assert said["source"] == "cached" and set(said["probe_change_pct"]) == {"low", "high", "coded"}
+    assert "served profile: taken from the cache, confirmed by a probe" in second.output
     # and a replay of the first run uses its own copy
     table["profile"]["replay"] = str(folder)
     third = CliRunner().invoke(cli, ["run", str(write(home, table, "r.toml")), "--out", str(home / "c"),
                                      "--no-report"])
     assert third.exit_code == 0, third.output
     (replayed,) = (home / "c" / "nets").iterdir()
+    said = json.loads((replayed / "summary.json").read_text())["latency_model"]["served_profile"]
+    assert said == {"source": "replayed", "from": str(folder)}
     pd.testing.assert_frame_equal(pd.read_parquet(replayed / "sweep.parquet"),
                                   pd.read_parquet(folder / "sweep.parquet"))

@@ -103,31 +103,32 @@ def test_served_pass_profile_measures_again_after_drift(tiny_cache, tmp_path, mo
     monkeypatch.setattr("calibration.measure.measure_served_passes", measured)
     monkeypatch.setattr(runner, "served_profile_cache", lambda facts, calibration: tmp_path / "cached.csv")
     cal = cu.hand_calibration()
-    first = runner.served_pass_profile(scenario, facts, cal, quiet=True)
-    assert calls == ["profile"]
+    first, source = runner.served_pass_profile(scenario, facts, cal, quiet=True)
+    assert calls == ["profile"] and source == {"source": "measured", "why": "none cached", "cached": True}
     for name, passes in first.items():  # recorded with the isolated pass of the run that measured it
         assert passes.isolated_p50_ms == pytest.approx(float(np.median(facts.profile_ms[name])))
-    runner.served_pass_profile(scenario, facts, cal, quiet=True)
+    _, source = runner.served_pass_profile(scenario, facts, cal, quiet=True)
     assert calls == ["profile", "probe"]  # the same machine: the cache, its probe agreeing
-    runner.served_pass_profile(scenario, facts, cal, quiet=True, fresh=True)
-    assert calls[2:] == ["profile"]  # a testbed run measures it afresh all the same
+    assert source == {"source": "cached", "probe_change_pct": {name: 0.0 for name in first}}
+    _, source = runner.served_pass_profile(scenario, facts, cal, quiet=True, fresh=True)
+    assert calls[2:] == ["profile"] and source["why"] == "fresh"  # a testbed run measures it afresh all the same
     # served passes 25 % shorter with the isolated ones as they were: the probe finds it (beyond its 15 % and the
     # means' 0.6 % noise), measured again; 10 % shorter: within what they move in minutes, the cache
     probe_mean["ms"] = 1.5
-    runner.served_pass_profile(scenario, facts, cal, quiet=True)
-    assert calls[3:] == ["probe", "profile"]
+    _, source = runner.served_pass_profile(scenario, facts, cal, quiet=True)
+    assert calls[3:] == ["probe", "profile"] and "lone served pass is 1.500 ms now, 2.000 ms" in source["why"]
     probe_mean["ms"] = 1.8
-    runner.served_pass_profile(scenario, facts, cal, quiet=True)
-    assert calls[5:] == ["probe"]
+    _, source = runner.served_pass_profile(scenario, facts, cal, quiet=True)
+    assert calls[5:] == ["probe"] and set(source["probe_change_pct"].values()) == {-10.0}
     del calls[5:]
     probe_mean["ms"] = 2.0
     no_probe = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"served_probe": False})})
-    runner.served_pass_profile(no_probe, facts, cal, quiet=True)
-    assert calls[5:] == []  # profile.served_probe = false: the isolated check alone
+    _, source = runner.served_pass_profile(no_probe, facts, cal, quiet=True)
+    assert calls[5:] == [] and source == {"source": "cached"}  # profile.served_probe = false: the isolated check
     # twice as slow (beyond 5 % plus any interval a 30-sample median can have): measured again, cached anew, no probe
     slower = dataclasses.replace(facts, profile_ms={n: np.asarray(t) * 2.0 for n, t in facts.profile_ms.items()})
-    runner.served_pass_profile(scenario, slower, cal, quiet=True)
-    assert calls[5:] == ["profile"]
+    _, source = runner.served_pass_profile(scenario, slower, cal, quiet=True)
+    assert calls[5:] == ["profile"] and "isolated pass" in source["why"]
     a_bit = dataclasses.replace(facts, profile_ms={n: np.asarray(t) * 2.06 for n, t in facts.profile_ms.items()})
     runner.served_pass_profile(scenario, a_bit, cal, quiet=True)
     assert calls[6:] == ["probe"]  # 3 % from the new one: the cache, probed
@@ -156,11 +157,11 @@ def test_a_served_profile_measured_beside_a_busy_process_is_not_cached(tiny_cach
     cache = tmp_path / "cached.csv"
     monkeypatch.setattr(runner, "served_profile_cache", lambda facts, calibration: cache)
     try:
-        profile = runner.served_pass_profile(scenario, facts, cu.hand_calibration(), quiet=False)
+        profile, source = runner.served_pass_profile(scenario, facts, cu.hand_calibration(), quiet=False)
     finally:
         for p in spinners:
             p.wait()
     assert set(profile) == set(facts.profile_ms)  # this run uses what it measured
-    assert not cache.exists()
+    assert not cache.exists() and source["cached"] is False
     assert "cores busy while it was measured" in capsys.readouterr().err
 
