@@ -338,7 +338,12 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
             source: dict[str, Any] = {"source": "resumed"} if path == reuse else \
                 {"source": "replayed", "from": str(path.parent)} if path == replay else {"source": "cached"}
             if path == cache and scenario.profile.served_probe:
-                probe = _serve_for_profile(scenario, facts, names, calibration, quiet, probe=True)
+                try:
+                    probe = _serve_for_profile(scenario, facts, names, calibration, quiet, probe=True)
+                except ScenarioError as error:  # too few lone passes in the probe's short stream: the whole
+                    why = f"its probe could not tell ({error})"  # profile aims at many more
+                    say(f"served profile: {why}; measuring it again", not quiet)
+                    break
                 if stale := served_probe_drift(profile, probe, scenario.profile.served_probe_pct):
                     say(f"served profile: {stale}; measuring it again", not quiet)
                     why = stale

@@ -87,7 +87,7 @@ def test_served_pass_profile_measures_again_after_drift(tiny_cache, tmp_path, mo
     scenario = scenario_from_dict(raw)
     facts = runner.prepare_networks(scenario, quiet=True)
     calls: list[str] = []
-    probe_mean = {"ms": 2.0}  # what a probe's servers time now (the profile's lowest level: 2.0 ms)
+    probe_mean: dict[str, float | None] = {"ms": 2.0}  # what a probe's servers time now (the profile's: 2.0 ms)
 
     def measured(folders, inputs, names, isolated, utilizations=None, min_lone=None, span_ms=None, **_):
         # the servers' measurement itself: tests/calibration
@@ -98,6 +98,10 @@ def test_served_pass_profile_measures_again_after_drift(tiny_cache, tmp_path, mo
 
         assert tuple(utilizations) == REHEARSAL_UTILIZATION[:1] and min_lone == PROBE_MIN_LONE  # lowest level, short
         calls.append("probe")
+        if probe_mean["ms"] is None:  # the short stream timed too few lone passes
+            from calibration.file import CalibrationError
+
+            raise CalibrationError("only 7 passes ran with no other server computing")
         return {name: _level_passes(probe_mean["ms"], 0.1, 200) for name in names}
 
     monkeypatch.setattr("calibration.measure.measure_served_passes", measured)
@@ -120,6 +124,11 @@ def test_served_pass_profile_measures_again_after_drift(tiny_cache, tmp_path, mo
     probe_mean["ms"] = 1.8
     _, source = runner.served_pass_profile(scenario, facts, cal, quiet=True)
     assert calls[5:] == ["probe"] and set(source["probe_change_pct"].values()) == {-10.0}
+    del calls[5:]
+    probe_mean["ms"] = None  # a probe that cannot tell does not end the run: the whole profile is measured
+    _, source = runner.served_pass_profile(scenario, facts, cal, quiet=True)
+    assert calls[5:] == ["probe", "profile"] and "its probe could not tell" in source["why"]
+    assert "only 7 passes" in source["why"]
     del calls[5:]
     probe_mean["ms"] = 2.0
     no_probe = scenario.model_copy(update={"profile": scenario.profile.model_copy(update={"served_probe": False})})
