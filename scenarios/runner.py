@@ -348,8 +348,8 @@ def served_pass_profile(scenario: Scenario, facts: NetworkFacts | None, calibrat
                     say(f"served profile: {stale}; measuring it again", not quiet)
                     why = stale
                     break
-                source["probe_change_pct"] = {name: round(change, 2)
-                                              for name, (change, _) in probe_changes(profile, probe).items()}
+                source["probe_change_pct"] = {name: round(100.0 * (now_ms / then_ms - 1.0), 2)
+                                              for name, (then_ms, now_ms, _) in probe_changes(profile, probe).items()}
                 say("served profile: the cached one, confirmed by a probe (its lowest level served again briefly)",
                     not quiet)
             return ServedProfile({name: profile[name] for name in names}, source)
@@ -406,8 +406,7 @@ def served_probe_drift(profile: dict[str, Any], probe: dict[str, Any], limit_pct
     count). Served passes can move while isolated ones hold (measured here: 20-30 % shorter served passes over
     hours, the isolated pass within 5 %), which the isolated check (`served_profile_drift`) cannot see; within
     minutes they move too (back-to-back probes: -13 to +5 %), which `limit_pct` is there to span."""
-    for name, (_, noise_pct) in probe_changes(profile, probe).items():
-        then_ms, now_ms = (_served_mean(passes[name].levels[0]) for passes in (profile, probe))
+    for name, (then_ms, now_ms, noise_pct) in probe_changes(profile, probe).items():
         if moved := _moved(now_ms, then_ms, limit_pct, noise_pct, "profile.served_probe_pct",
                            "the two means' interval"):
             return f"{name}'s lone served pass is {now_ms:.3f} ms now, {then_ms:.3f} ms when the cached profile " \
@@ -415,19 +414,19 @@ def served_probe_drift(profile: dict[str, Any], probe: dict[str, Any], limit_pct
     return None
 
 
-def probe_changes(profile: dict[str, Any], probe: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """Per network both hold: (change %, noise %) of the probe's mean lone served pass against the profile's at
-    its lowest level — the noise the half-width of the 95 % interval of the two means' difference, from the
-    profile's spread of lone passes over each one's count."""
+def probe_changes(profile: dict[str, Any], probe: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+    """Per network both hold: the profile's and the probe's mean lone served pass at their lowest level (ms) and
+    the noise of their difference in % of the profile's — the half-width of its 95 % interval, from the profile's
+    spread of lone passes over each one's count."""
     out = {}
     for name, now in probe.items():
         if name not in profile:
             continue
         then_level, now_level = profile[name].levels[0], now.levels[0]
-        then_ms, now_ms = _served_mean(then_level), _served_mean(now_level)
+        then_ms = _served_mean(then_level)
         spread = float(np.std(then_level.samples_ms))
         noise_pct = 100.0 * 1.96 * spread * math.sqrt(1.0 / then_level.n_lone + 1.0 / now_level.n_lone) / then_ms
-        out[name] = (100.0 * (now_ms / then_ms - 1.0), noise_pct)
+        out[name] = (then_ms, _served_mean(now_level), noise_pct)
     return out
 
 

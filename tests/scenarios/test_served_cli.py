@@ -92,8 +92,6 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
     monkeypatch.setattr(runner, "BUSY_CORES_LIMIT", float("inf"))
     # real servers, shorter levels than a user's profile (1,500 lone passes per level took a minute here): a
     # profile's levels and a probe's are told apart by what they are asked for
-    import functools
-
     import calibration.measure as measure
 
     asked: list[tuple[float, ...]] = []
@@ -101,7 +99,9 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
 
     def shorter(*args, **kwargs):
         asked.append(tuple(kwargs.get("utilizations", measure.REHEARSAL_UTILIZATION)))
-        return functools.partial(real, min_lone=min(kwargs.pop("min_lone", 300), 300), span_ms=500.0)(*args, **kwargs)
+        kwargs["min_lone"] = min(kwargs.get("min_lone", 300), 300)
+        kwargs.setdefault("span_ms", 500.0)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(measure, "measure_served_passes", shorter)
 
