@@ -347,20 +347,20 @@ def _sweep_overrides(overrides: dict, grids: tuple[str, ...], workers: int | Non
     return overrides
 
 
-def _checked(scenario: str, overrides: dict, out_root: Path, resume: bool):
+def _checked(scenario: str, overrides: dict, out_root: Path, resume: bool, report: bool):
     """Load the scenario and run every check made before work; what `run`, `sweep` and `validate` share."""
     from scenarios.preflight import check_before_work
     from scenarios.schema import load_scenario
 
     config, raw = load_scenario(scenario, overrides)
-    check_before_work(config, raw, out_root, resume)
+    check_before_work(config, raw, out_root, resume, report=report)
     return config, raw
 
 
 def _run(ctx: click.Context, scenario: str, overrides: dict, out_root: Path, no_report: bool, resume: bool) -> None:
     from scenarios.runner import run_scenario
 
-    config, raw = _checked(scenario, overrides, out_root, resume)
+    config, raw = _checked(scenario, overrides, out_root, resume, report=not no_report)
     render = None
     if not no_report:
         from reports import render
@@ -422,7 +422,7 @@ def validate(scenario: str, out_root: Path, seed: int | None, sets: tuple[str, .
     """Check SCENARIO without running anything: every check `run` / `sweep` make before working, with the same
     options (--set, --out, --resume, --grid, --scheduler, ...)."""
     overrides = _sweep_overrides(_overrides(sets, seed, device), grids, workers, scheduler, executor)
-    config, _ = _checked(scenario, overrides, out_root, resume)
+    config, _ = _checked(scenario, overrides, out_root, resume, report=not no_report)
     points = len(config.sweep_points())
     click.echo(f"{scenario}: ok ({config.n_experts} experts, {points} point(s), "
                f"{len(config.sim.policies)} policies)")

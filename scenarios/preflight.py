@@ -26,13 +26,15 @@ SCREEN_QUERIES = 1_000  # one short run whose peak over its queries bounds a que
 # included): a run that fits by that bound needs no slope (the slope's two runs took ~5 s of every run's checks)
 
 
-def check_before_work(scenario: Scenario, raw: dict[str, Any], out_root: Path, resume: bool) -> None:
-    """Every check a run needs besides the scenario's own validation; ScenarioError on the first failure."""
+def check_before_work(scenario: Scenario, raw: dict[str, Any], out_root: Path, resume: bool,
+                      report: bool = True) -> None:
+    """Every check a run needs besides the scenario's own validation; ScenarioError on the first failure.
+    `report`: the run renders its report (so its headline records must fit in memory when read back)."""
     from scenarios.runner import check_unfinished
 
     check_output(out_root, scenario.name)
     check_unfinished(out_root, scenario.name, raw, resume)
-    check_memory(scenario)
+    check_memory(scenario, report=report)
     check_calibration(scenario)
     if scenario.sweep is not None and scenario.sweep.executor == "dask" and scenario.sweep.scheduler:
         check_scheduler(scenario.sweep.scheduler)
@@ -202,10 +204,10 @@ def _peak_slope(config: SimConfig, seed: int) -> float:
     return max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))
 
 
-def check_memory(scenario: Scenario, available: int | None = None) -> None:
+def check_memory(scenario: Scenario, available: int | None = None, report: bool = True) -> None:
     """Refuse a run whose largest point would not fit in memory while it is simulated (its draws, the engine and
-    one policy's records: the rest goes to disk as it comes), or whose report could not read back its headline
-    point's records."""
+    one policy's records: the rest goes to disk as it comes), or (`report`) whose report could not read back its
+    headline point's records."""
     configs = stand_in_configs(scenario)
     counts = []
     for (_, table), (_, config) in zip(scenario.sweep_points(), configs, strict=True):
@@ -217,20 +219,22 @@ def check_memory(scenario: Scenario, available: int | None = None) -> None:
     widest = max(configs, key=lambda c: c[1].n_servers)[1]  # a point's own peak grows with its servers
     largest = max(q for q, _ in counts)
     headline_records = counts[-1][0] * counts[-1][1]  # the report draws the headline (last) point's queries
-    per_record = record_bytes(configs[-1][1], scenario.seed)
-    report = REPORT_COPIES * headline_records * per_record
+    per_record = record_bytes(configs[-1][1], scenario.seed) if report else 0.0
+    report_bytes = REPORT_COPIES * headline_records * per_record
     available = available_memory() if available is None else available
-    if max(largest * peak_bound_per_query(widest, scenario.seed), report) <= available:
+    if max(largest * peak_bound_per_query(widest, scenario.seed), report_bytes) <= available:
         return  # fits even by the bound: no need to measure the share itself
     per_query = peak_bytes_per_query(widest, scenario.seed)
     point_peak = largest * per_query
-    if max(point_peak, report) <= available:
+    if max(point_peak, report_bytes) <= available:
         return
+    reading = (f" and the report about {_size(report_bytes)} to read back the headline point's "
+               f"{headline_records:,} query records ({per_record:.0f} bytes each, held {REPORT_COPIES} times)"
+               if report else "")
     raise ScenarioError(f"sim: a point of {largest:,} queries needs about {_size(point_peak)} while it is simulated "
-                        f"({per_query:.0f} bytes per query on up to {widest.n_servers:,} servers) and the report "
-                        f"about {_size(report)} to read back the headline point's {headline_records:,} query records "
-                        f"({per_record:.0f} bytes each, held {REPORT_COPIES} times), more than the {_size(available)} "
-                        "available; lower sim.n_queries (or horizon_ms), the servers or the points")
+                        f"({per_query:.0f} bytes per query on up to {widest.n_servers:,} servers){reading}, more than "
+                        f"the {_size(available)} available; lower sim.n_queries (or horizon_ms), the servers or the "
+                        "points")
 
 
 def _size(n: float) -> str:

@@ -387,10 +387,12 @@ def test_records_that_cannot_fit_in_memory(home: Path, no_work: None, monkeypatc
     import scenarios.preflight as preflight
 
     monkeypatch.setattr(preflight, "available_memory", lambda: 16 * 2**30)  # run and validate see the same
-    line = refused(run_args(write(home, SIM), home / "out", "--set", "sim.n_queries=10000000000000"), home,
-                   expect="a point of 10,000,000,000,000 queries needs about")
-    assert "the headline point's 20,000,000,000,000 query records" in line
+    args = run_args(write(home, SIM), home / "out", "--set", "sim.n_queries=10000000000000")
+    line = refused(args, home, expect="a point of 10,000,000,000,000 queries needs about")
     assert "PiB" in line and "more than the 16.0 GiB available" in line
+    assert "report" not in line  # --no-report: no report reads the records back
+    line = refused([a for a in args if a != "--no-report"], home, expect="needs about")
+    assert "the report about" in line and "the headline point's 20,000,000,000,000 query records" in line
 
 
 def test_a_horizon_too_long_for_memory(home: Path, no_work: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -817,3 +819,23 @@ def test_the_memory_check_measures_the_share_only_where_the_bound_does_not_fit(m
     assert slopes == [1]
     with pytest.raises(preflight.ScenarioError, match="1000 bytes per query"):
         preflight.check_memory(scenario, available=9_000_000)
+
+
+def test_the_report_s_read_back_counts_only_when_a_report_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A point that fits but whose report could not read its records back is refused for the report, and run
+    when no report is asked (`--no-report`), without the probe that measures a record's bytes."""
+    import scenarios.preflight as preflight
+
+    scenario = preflight.Scenario.model_validate(dict(SIM, sim=dict(SIM["sim"], n_queries=10_000)))
+    probes: list[int] = []
+    monkeypatch.setattr(preflight, "record_bytes", lambda config, seed: probes.append(1) or 100.0)
+    monkeypatch.setattr(preflight, "peak_bound_per_query", lambda config, seed: 10.0)  # the point: 100 kB
+    monkeypatch.setattr(preflight, "_peak_slope", lambda config, seed: 10.0)
+    monkeypatch.setattr(preflight, "_PEAK_SLOPES", {})
+    # the report: 3 copies x 10,000 queries x 2 policies x 100 B = 6 MB
+    with pytest.raises(preflight.ScenarioError, match="the report about 5.7 MiB"):
+        preflight.check_memory(scenario, available=1_000_000)
+    assert probes == [1]
+    preflight.check_memory(scenario, available=1_000_000, report=False)
+    assert probes == [1]
+    preflight.check_memory(scenario, available=7_000_000)
