@@ -204,6 +204,16 @@ def _peak_slope(config: SimConfig, seed: int) -> float:
     return max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))
 
 
+def pair_draw_bytes(config: SimConfig) -> float:
+    """Bytes per query that per-(query, server) draws (`sim.draws = "server"`) hold at once while a point is
+    drawn: the service uniforms and the straggle factors of every server (float64 each), and a delay per server
+    for each network direction. A floor of the point's peak, known without running it; 0 under per-task draws."""
+    if config.draws == "task":
+        return 0.0
+    arrays = 2 + (config.network.out is not None) + (config.network.back is not None)
+    return 8.0 * arrays * config.n_servers
+
+
 def check_memory(scenario: Scenario, available: int | None = None, report: bool = True) -> None:
     """Refuse a run whose largest point would not fit in memory while it is simulated (its draws, the engine and
     one policy's records: the rest goes to disk as it comes), or (`report`) whose report could not read back its
@@ -222,6 +232,12 @@ def check_memory(scenario: Scenario, available: int | None = None, report: bool 
     per_record = record_bytes(configs[-1][1], scenario.seed) if report else 0.0
     report_bytes = REPORT_COPIES * headline_records * per_record
     available = available_memory() if available is None else available
+    floor = largest * pair_draw_bytes(widest)
+    if floor > available:  # known without running anything (a short run of such a point is itself huge)
+        raise ScenarioError(f"sim: a point of {largest:,} queries on {widest.n_servers:,} servers draws a number for "
+                            f"every (query, server) pair up front: at least {_size(floor)}, more than the "
+                            f"{_size(available)} available; set sim.draws = \"task\" (each task draws its own), or "
+                            "lower sim.n_queries (or horizon_ms) or the servers")
     if max(largest * peak_bound_per_query(widest, scenario.seed), report_bytes) <= available:
         return  # fits even by the bound: no need to measure the share itself
     per_query = peak_bytes_per_query(widest, scenario.seed)

@@ -387,7 +387,9 @@ def test_records_that_cannot_fit_in_memory(home: Path, no_work: None, monkeypatc
     import scenarios.preflight as preflight
 
     monkeypatch.setattr(preflight, "available_memory", lambda: 16 * 2**30)  # run and validate see the same
-    args = run_args(write(home, SIM), home / "out", "--set", "sim.n_queries=10000000000000")
+    # per-task draws: no per-(query, server) floor, so the estimate from short runs speaks
+    args = run_args(write(home, SIM), home / "out", "--set", "sim.n_queries=10000000000000", "--set",
+                    'sim.draws="task"')
     line = refused(args, home, expect="a point of 10,000,000,000,000 queries needs about")
     assert "PiB" in line and "more than the 16.0 GiB available" in line
     assert "report" not in line  # --no-report: no report reads the records back
@@ -401,6 +403,8 @@ def test_a_horizon_too_long_for_memory(home: Path, no_work: None, monkeypatch: p
     monkeypatch.setattr(preflight, "available_memory", lambda: 16 * 2**30)
     sim = {k: v for k, v in SIM["sim"].items() if k != "n_queries"}
     scenario = write(home, dict(SIM, sim=dict(sim, horizon_ms=1e15)))
+    refused(run_args(scenario, home / "out"), home, expect="draws a number for every (query, server) pair")
+    scenario = write(home, dict(SIM, sim=dict(sim, horizon_ms=1e15, draws="task")))
     refused(run_args(scenario, home / "out"), home, expect="while it is simulated")
 
 
@@ -839,3 +843,23 @@ def test_the_report_s_read_back_counts_only_when_a_report_is_made(monkeypatch: p
     preflight.check_memory(scenario, available=1_000_000, report=False)
     assert probes == [1]
     preflight.check_memory(scenario, available=7_000_000)
+
+
+def test_per_pair_draws_that_cannot_fit_are_refused_without_a_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-(query, server) draws hold two float64 numbers per pair at once (service uniform, straggle factor): a
+    point whose pairs alone exceed the memory is refused from that floor, before any short run (a short run of a
+    200,000-server point is itself gigabytes); under per-task draws the floor is zero."""
+    import scenarios.preflight as preflight
+
+    def ran(*args, **kwargs):
+        raise AssertionError("a probe ran")
+
+    monkeypatch.setattr(preflight, "_peaks", ran)
+    monkeypatch.setattr(preflight, "record_bytes", lambda config, seed: 0.0)
+    scenario = preflight.Scenario.model_validate(dict(SIM, sim=dict(SIM["sim"], n_queries=1_000_000)))
+    config = preflight.stand_in_configs(scenario)[-1][1]
+    assert preflight.pair_draw_bytes(config) == 2 * 8 * 3  # N = 2 + r = 1 servers
+    with pytest.raises(preflight.ScenarioError, match="at least 45.8 MiB.*sim.draws = \"task\""):
+        preflight.check_memory(scenario, available=40_000_000)
+    task = preflight.Scenario.model_validate(dict(SIM, sim=dict(SIM["sim"], n_queries=1_000_000, draws="task")))
+    assert preflight.pair_draw_bytes(preflight.stand_in_configs(task)[-1][1]) == 0.0
