@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -169,8 +168,6 @@ def simulate_each(
         for spec in specs:
             plan = make_plan(cfg, spec, draws)
             out = run_plan(plan, draws, engine)
-            gc.collect()  # the engine ends in reference cycles (servers, events): freed now, not whenever the
-            # collector next runs (at 1,000 servers a dead engine's objects were most of a short point's peak)
             rec = _records(cfg, plan, draws, out)
             rec["policy"] = pd.Categorical.from_codes(np.full(len(rec), names.index(plan.name), np.int16), names)
             run = PolicyRun(plan, rec, _summary(cfg, plan, rec, out), _servers_frame(plan, out))
