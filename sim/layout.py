@@ -53,20 +53,31 @@ def layout(cfg: SimConfig, spec: PolicySpec) -> Layout:
     hosts = base_hosts(cfg)
     extra = RULES[spec.kind].extra_host  # what the policy puts on the r extra servers (None: replicas)
     hosts += replica_models(cfg, spec) if extra is None else [extra] * r
-    scale = cfg.service.scale or (1.0,) * (len(hosts))
     strag = cfg.stragglers
-    means = []
-    overhead = cfg.service.overhead_ms
-    for s, h in enumerate(hosts):
-        m = server_dist(cfg, h).mean() * scale[s]
-        if strag.servers is None or s in strag.servers:
-            m = m * strag.task_factor_mean() + overhead
-            if strag.episodes is not None:
-                m *= strag.episodes.mean_factor()
-        else:
-            m += overhead
-        means.append(m)
-    return Layout(tuple(hosts), tuple(means))
+    straggled = _straggled(cfg, len(hosts))
+    factor = np.where(straggled, strag.task_factor_mean(), 1.0)
+    means = _host_means(cfg, hosts) * factor + cfg.service.overhead_ms
+    if strag.episodes is not None:
+        means = np.where(straggled, means * strag.episodes.mean_factor(), means)
+    return Layout(tuple(hosts), tuple(means.tolist()))
+
+
+def _straggled(cfg: SimConfig, n_servers: int) -> np.ndarray:
+    """Per server: whether the stragglers (and failures) reach it."""
+    servers = cfg.stragglers.servers
+    if servers is None:
+        return np.ones(n_servers, dtype=bool)
+    return np.isin(np.arange(n_servers), np.asarray(servers, dtype=np.int64))
+
+
+def _host_means(cfg: SimConfig, hosts: list[int] | tuple[int, ...]) -> np.ndarray:
+    """Per server: the mean drawn service time of what it hosts, times its `service.scale` (one distribution
+    mean per kind of host, however many servers)."""
+    kinds, which = np.unique(np.asarray(hosts, dtype=np.int64), return_inverse=True)
+    per_kind = np.array([server_dist(cfg, int(h)).mean() for h in kinds], dtype=float)
+    means = per_kind[which.reshape(-1)]
+    scale = cfg.service.scale
+    return means if scale is None else means * np.asarray(scale, dtype=float)
 
 
 def server_dist(cfg: SimConfig, host: int) -> Any:
@@ -79,11 +90,12 @@ def server_dist(cfg: SimConfig, host: int) -> Any:
     return cfg.service.expert_dist(host)
 
 
-def _availability(cfg: SimConfig, s: int) -> float:
+def _availability(cfg: SimConfig, n_servers: int) -> np.ndarray:
+    """Per server: the fraction of time it is up (1 where failures do not reach it)."""
     f = cfg.stragglers.failures
-    if f is None or (cfg.stragglers.servers is not None and s not in cfg.stragglers.servers):
-        return 1.0
-    return f.availability()
+    if f is None:
+        return np.ones(n_servers)
+    return np.where(_straggled(cfg, n_servers), f.availability(), 1.0)
 
 
 def _offered(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> Offered:
@@ -104,15 +116,10 @@ def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:
     if cores is None:
         return None
     strag, n = cfg.stragglers, cfg.n_experts
-    scale = cfg.service.scale or (1.0,) * len(lay.hosts)
-
-    def on_core(s: int) -> float:
-        m = server_dist(cfg, lay.hosts[s]).mean() * scale[s]
-        if strag.hold == "compute" and (strag.servers is None or s in strag.servers):
-            m *= strag.task_factor_mean()
-        return m + cfg.service.overhead_ms
-
-    per_server = [on_core(s) for s in range(len(lay.hosts))]
+    on_core = _host_means(cfg, lay.hosts)
+    if strag.hold == "compute":
+        on_core = on_core * np.where(_straggled(cfg, len(lay.hosts)), strag.task_factor_mean(), 1.0)
+    per_server = (on_core + cfg.service.overhead_ms).tolist()
     routed = cfg.traffic.routed_rate() * cfg.traffic.mean_shares(n)
 
     rules, offered = RULES[spec.kind], _offered(cfg, spec, lay)
@@ -153,9 +160,9 @@ def check_stability(cfg: SimConfig) -> str | None:
             return problem
         b, extra = cfg.service.max_batch, cfg.service.batch_cost_per_extra
         boost = b / (1 + extra * (b - 1))  # upper bound on the batching speed-up (E[max] >= E[S])
-        cap = [
-            boost * _availability(cfg, s) / m if np.isfinite(m) and m > 0 else 0.0 for s, m in enumerate(lay.mean_ms)
-        ]
+        means = np.asarray(lay.mean_ms, dtype=float)
+        usable = np.isfinite(means) & (means > 0)
+        cap = np.where(usable, boost * _availability(cfg, len(means)) / np.where(usable, means, 1.0), 0.0).tolist()
         problem = RULES[spec.kind].capacity_problem(_offered(cfg, spec, lay), cap, lay.mean_ms)
         if problem:
             return problem
