@@ -175,9 +175,11 @@ class ServingView:
                   backups_per_group: bool = False, cells: int = 1) -> None:
         def holding(i: int, own_only: bool, cell: int | None = None) -> list[Any]:
             out: list[Any] = []
+            seen: set[Any] = set()  # targets already listed (a list's `in` made this quadratic in the instances)
             for s, h in enumerate(hosts):
                 t = targets[station_of[s]]
-                if h == i and (s < n_base or not own_only) and t not in out and (cell is None or cell_of[s] == cell):
+                if h == i and (s < n_base or not own_only) and t not in seen and (cell is None or cell_of[s] == cell):
+                    seen.add(t)
                     out.append(t)
             return out
 

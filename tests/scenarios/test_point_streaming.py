@@ -67,23 +67,27 @@ def _peak_slope(config, out: Path | None) -> float:
     return (peaks[1] - peaks[0]) / 20_000
 
 
-def test_a_streamed_point_holds_about_one_policy_of_records(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def streamed_slope(tmp_path_factory: pytest.TempPathFactory) -> float:
+    """A streamed point's peak per query between 10,000 and 30,000 queries (measured once: ~15 s under tracemalloc)."""
+    return _peak_slope(parse_config(FIVE), tmp_path_factory.mktemp("streamed"))
+
+
+def test_a_streamed_point_holds_about_one_policy_of_records(streamed_slope: float) -> None:
     """Five policies: in memory every policy's records and their concatenation are held at once; streamed, one
     policy's (plus the draws and the engine), here about 0.4 of it. Holding the previous policy's records while
     the next one runs (a loop variable kept alive) makes it about 0.53."""
-    config = parse_config(FIVE)
-    in_memory = _peak_slope(config, None)
-    streamed = _peak_slope(config, tmp_path)
-    assert streamed < 0.47 * in_memory, (streamed, in_memory)
+    in_memory = _peak_slope(parse_config(FIVE), None)
+    assert streamed_slope < 0.47 * in_memory, (streamed_slope, in_memory)
 
 
-def test_the_memory_check_measures_a_point_s_per_query_peak_where_it_is_per_query(tmp_path: Path) -> None:
+def test_the_memory_check_measures_a_point_s_per_query_peak_where_it_is_per_query(streamed_slope: float) -> None:
     """The preflight's slope (two short probes) against the slope between 10,000 and 30,000 queries: probes of a few
     hundred queries mostly measure fixed costs (64 and 256 queries gave 0 bytes per query, 1,000 and 4,000 a third)."""
     from scenarios import preflight
 
     config = parse_config(FIVE)
-    estimate, slope = preflight.peak_bytes_per_query(config, 0), _peak_slope(config, tmp_path)
+    estimate, slope = preflight.peak_bytes_per_query(config, 0), streamed_slope
     assert 0.7 * slope < estimate < 1.3 * slope, (estimate, slope)
     # the screen's bound (one short run's whole peak over its queries) is never below the share it screens for
     assert preflight.peak_bound_per_query(config, 0) >= slope
