@@ -278,6 +278,19 @@ class Rules:
         self.running_delay: RunningDelay | None = (
             RunningDelay(serving.delay_ms, serving.delay_quantile, serving.delay_window)  # type: ignore[arg-type]
             if running else None)
+        budget = (serving.options or {}).get("hedge_budget_pct")
+        if budget is not None:  # every system calls routed / ensemble / hedge: the budget stands in front of them
+            self.budget = HedgeBudget(float(budget) / 100.0, int(serving.options["hedge_budget_burst"]))
+            self.routed, self.ensemble, self.hedge = (  # type: ignore[method-assign]
+                self.budget.on_arrival(self.routed), self.budget.on_arrival(self.ensemble),
+                self.budget.on_hedge(self.hedge))
+
+    def release(self) -> None:
+        """Let go of the system (a finished run): the view, the cell views and the budget's wrappers, which hold
+        these rules in a cycle of their own."""
+        for name in ("routed", "ensemble", "hedge"):
+            vars(self).pop(name, None)
+        self.s, self._cells = None, []  # type: ignore[assignment]
 
     def cell(self, q: Query) -> int:
         """The cell q is served in: queries go to the cells in turn, by arrival index (0 without cells)."""
@@ -410,6 +423,33 @@ class Rules:
             q.how = HOW_REPLICA
         if q.got == n:
             s.answer(q, q.how, q.mask)
+
+
+class HedgeBudget:
+    """A token bucket of hedges counted in queries, not time, so that every system spends it alike: each arriving
+    query adds `per_query` of a hedge (up to `burst`), a hedge timer spends one or, with less than one left, sends
+    nothing."""
+
+    def __init__(self, per_query: float, burst: int) -> None:
+        self.per_query, self.burst = per_query, float(burst)
+        self.tokens = self.burst
+        self.hedged = self.denied = 0
+
+    def on_arrival(self, rule: Any) -> Any:
+        def arrive(q: Query) -> None:
+            self.tokens = min(self.burst, self.tokens + self.per_query)
+            rule(q)
+        return arrive
+
+    def on_hedge(self, rule: Any) -> Any:
+        def hedge(q: Query) -> None:
+            if self.tokens < 1.0:
+                self.denied += 1
+                return
+            self.tokens -= 1.0
+            self.hedged += 1
+            rule(q)
+        return hedge
 
 
 # ------------------------------------------------------------------------------------------- shared choices

@@ -589,6 +589,10 @@ class PolicySpec(_Model):
       parity); none: a group waits for its k-th member. No ensemble queries. A parity pass draws from
       service.coded (a network of the experts' architecture).
     cancel: cancel outstanding copies once answered (queued ones are dropped, in-service ones preempted).
+    hedge_budget_pct: (a dispatch that waits a delay) hedge at most this percent of the queries: each arriving
+      query adds hedge_budget_pct / 100 of a hedge to a budget that holds at most `hedge_budget_burst` hedges, a
+      hedge spends one, and a hedge timer that finds less than one left sends nothing (the query waits for its
+      first path). Keeps a slow spell from hedging every query, whose extra work can keep the servers saturated.
     """
 
     kind: str = Field(description="a policy kind of the registry (policies/): uncoded, replication, hedged, coded, "
@@ -606,6 +610,9 @@ class PolicySpec(_Model):
     group_timeout_ms: float | None = Field(default=None, gt=0, description="parity: close an open group after")
     partial: Literal["send", "drop"] | None = Field(default=None, description="parity: a group closed by its "
                                                                               "timeout is sent or dropped")
+    hedge_budget_pct: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False,
+                                           description="hedge at most this percent of the queries (token bucket)")
+    hedge_budget_burst: int = Field(default=10, ge=1, description="most hedges the budget holds at once")
 
     @model_validator(mode="before")
     @classmethod
@@ -644,9 +651,9 @@ class PolicySpec(_Model):
                 raise ValueError(f"delay_ms must be >= 0 (got {dl!r})")
             object.__setattr__(self, "delay_ms", dl)
             self._settle_update(dl)
-        elif self.delay_update is not None or self.delay_quantile is not None:
-            raise ValueError(f"policy {self.name!r}: delay_update / delay_quantile need a dispatch that waits a delay "
-                             f"({', '.join(sorted(rules.delayed)) or 'none for this kind'})")
+        elif self.delay_update is not None or self.delay_quantile is not None or self.hedge_budget_pct is not None:
+            raise ValueError(f"policy {self.name!r}: delay_update / delay_quantile / hedge_budget_pct need a dispatch "
+                             f"that waits a delay ({', '.join(sorted(rules.delayed)) or 'none for this kind'})")
         given = [f for f in PARITY_OPTIONS if getattr(self, f) is not None]
         if self.kind == "parity":
             object.__setattr__(self, "k", self.k or 2)
@@ -658,7 +665,10 @@ class PolicySpec(_Model):
     @property
     def options(self) -> dict[str, Any]:
         """The kind's own settings, as the policy rules read them (`policies.rules.Serving.options`)."""
-        return {f: getattr(self, f) for f in PARITY_OPTIONS} if self.kind == "parity" else {}
+        options = {f: getattr(self, f) for f in PARITY_OPTIONS} if self.kind == "parity" else {}
+        if self.hedge_budget_pct is not None:
+            options |= {"hedge_budget_pct": self.hedge_budget_pct, "hedge_budget_burst": self.hedge_budget_burst}
+        return options
 
     def _settle_update(self, dl: float | str | tuple[float, ...]) -> None:
         """delay_update and delay_quantile made explicit: running by default for a percentile, fixed for ms."""

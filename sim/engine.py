@@ -1208,4 +1208,5 @@ class FastEngine(ServingView):
         self.runq.clear()
         self.servers, self.stations, self.experts, self.cell_views, self.running = [], [], [], [], []
         self._least = {}
+        self.rules.release()
         self.rules = self.observe = None  # type: ignore[assignment]

@@ -57,8 +57,9 @@ def test_each_policy_s_engine_is_freed_before_its_records_are_built():
     from sim.engine import FastEngine
 
     cfg = parse_config({"n_experts": 2, "r": 2, "n_queries": 500, "draws": "task", "traffic": {"rate_per_ms": 2.0},
-                        "policies": ["uncoded", {"kind": "coded", "dispatch": "hedged", "delay_ms": 2.0}],
-                        "stragglers": {"p": 0.05, "slowdown": 10.0},
+                        "policies": ["uncoded", {"kind": "coded", "dispatch": "hedged", "delay_ms": 2.0},
+                                     {"kind": "hedged", "delay_ms": 2.0, "hedge_budget_pct": 5.0}],  # its budget
+                        "stragglers": {"p": 0.05, "slowdown": 10.0},  # wraps the rules' own methods: a cycle too
                         "deployment": {"instances": 4, "balancer": "jsq"}})
     gc.collect()
     gc.disable()  # only an explicit collection frees a cycle now
