@@ -144,6 +144,21 @@ def test_known_trace_answered_as_the_simulator_says(cluster, policy, table, how,
     assert real["latency_ms"].iloc[0] < 0.5 * 1999 * straggler["compute_ms"]
 
 
+def test_the_frontend_spends_a_hedge_budget_as_the_simulator_does(cluster):
+    """Budget 10 % with room for one hedge: query 0's straggler is hedged (the bucket empties), query 1's (0.1 of a
+    hedge back) is not and waits for its own expert, as the simulator's rules say on the same trace."""
+    options = (("hedge_budget_burst", 1), ("hedge_budget_pct", 10.0))
+    policy = Policy("hedged-budget", "hedged", "hedged", (0, 1, 0), 2, delay_ms=(10.0, 10.0), options=options)
+    work = _trace([0.0, 200.0], [0, 0], [[60.0, 1, 1], [60.0, 1, 1]])
+    result = serve(cluster.sockets, policy, work)
+    real = result.records
+    sim = _simulated({"kind": "hedged", "delay_ms": 10.0, "replica_of": [0], "hedge_budget_pct": 10.0,
+                      "hedge_budget_burst": 1, "name": policy.name}, work,
+                     float(result.tasks["compute_ms"].median()))
+    assert list(real["answered_by"]) == ["hedge", "direct"] == list(sim["answered_by"])
+    assert sorted(result.tasks.loc[result.tasks["query_id"] == 1, "server"]) == [0]  # no copy to the replica
+
+
 def test_cancel_drops_a_queued_copy(cluster):
     # query 0 (expert 0) straggles on server 0 and on the coded server 2, so it holds both for a long time;
     # query 1 (expert 1) is answered directly by server 1, and its group copies, still queued behind query 0's
