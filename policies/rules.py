@@ -278,7 +278,7 @@ class Rules:
         self.running_delay: RunningDelay | None = (
             RunningDelay(serving.delay_ms, serving.delay_quantile, serving.delay_window)  # type: ignore[arg-type]
             if running else None)
-        budget = (serving.options or {}).get("hedge_budget_pct")
+        budget = (getattr(serving, "options", None) or {}).get("hedge_budget_pct")  # (a bare view may have none)
         if budget is not None:  # every system calls routed / ensemble / hedge: the budget stands in front of them
             self.budget = HedgeBudget(float(budget) / 100.0, int(serving.options["hedge_budget_burst"]))
             self.routed, self.ensemble, self.hedge = (  # type: ignore[method-assign]

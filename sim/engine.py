@@ -575,8 +575,9 @@ class FastEngine(ServingView):
             self.servers.append(srv)
         for st in self.stations:
             st.single = st.servers[0] if len(st.servers) == 1 else None
-            st.mean_ms = (float(plan.mean_ms[st.single.idx]) if st.single is not None  # (np.mean per station: 9 s
-                          else float(np.mean([plan.mean_ms[s.idx] for s in st.servers])) / len(st.servers))  # at 10^5)
+            # a lone server's mean as it is (np.mean per station took 9 s of a 12,500-server validate)
+            st.mean_ms = (float(plan.mean_ms[st.single.idx]) if st.single is not None
+                          else float(np.mean([plan.mean_ms[s.idx] for s in st.servers])) / len(st.servers))
         # the policy's view of the system (policies.Serving): targets are stations
         self.bind_view(hosts=plan.hosts, n_base=plan.base, groups=plan.groups, n_experts=self.N,
                        dispatch=plan.dispatch, fanout=plan.fanout, balancer=plan.balancer, delay_ms=plan.delay_ms,

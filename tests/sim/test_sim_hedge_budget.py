@@ -48,8 +48,8 @@ def test_a_denied_hedge_leaves_the_query_to_its_first_path() -> None:
     {"kind": "backup", "dispatch": "hedged", "delay_ms": 0.8, "hedge_budget_pct": 2.0},
 ])
 def test_the_engines_spend_the_budget_alike_and_it_holds(policy) -> None:
-    table = {"n_experts": 2, "r": 1, "n_queries": 3000, "policies": [policy, policy | {"hedge_budget_pct": None,
-                                                                                        "name": "free"}],
+    twin = {k: v for k, v in policy.items() if not k.startswith("hedge_budget")} | {"name": "free"}
+    table = {"n_experts": 2, "r": 1, "n_queries": 3000, "policies": [policy, twin],
              "traffic": {"kind": "poisson", "rate_per_ms": 0.5, "ensemble_rate_per_ms": 0.02},
              "service": {"expert": {"kind": "exponential", "mean_ms": 1.0}},
              "stragglers": {"p": 0.05, "slowdown": 10.0}}
@@ -79,6 +79,7 @@ def test_the_engines_spend_the_budget_alike_and_it_holds(policy) -> None:
     ({"kind": "hedged", "delay_ms": 1.0, "hedge_budget_pct": 5, "hedge_budget_burst": 0}, "hedge_budget_burst"),
     ({"kind": "coded", "dispatch": "redundant", "hedge_budget_pct": 5}, "need a dispatch that waits a delay"),
     ({"kind": "uncoded", "hedge_budget_pct": 5}, "need a dispatch that waits a delay"),
+    ({"kind": "hedged", "delay_ms": 1.0, "hedge_budget_burst": 3}, "give hedge_budget_pct"),
 ])
 def test_bad_budgets_are_refused_in_one_line(policy, expect) -> None:
     table = {"n_experts": 2, "r": 1, "n_queries": 10, "policies": [policy],
