@@ -654,7 +654,8 @@ class PolicySpec(_Model):
         elif self.delay_update is not None or self.delay_quantile is not None or self.hedge_budget_pct is not None:
             raise ValueError(f"policy {self.name!r}: delay_update / delay_quantile / hedge_budget_pct need a dispatch "
                              f"that waits a delay ({', '.join(sorted(rules.delayed)) or 'none for this kind'})")
-        if "hedge_budget_burst" in self.model_fields_set and self.hedge_budget_pct is None:
+        burst_default = type(self).model_fields["hedge_budget_burst"].default  # (a dumped spec repeats the default)
+        if self.hedge_budget_pct is None and self.hedge_budget_burst != burst_default:
             raise ValueError(f"policy {self.name!r}: hedge_budget_burst sizes a hedge budget; give hedge_budget_pct")
         given = [f for f in PARITY_OPTIONS if getattr(self, f) is not None]
         if self.kind == "parity":
