@@ -433,7 +433,6 @@ class HedgeBudget:
     def __init__(self, per_query: float, burst: int) -> None:
         self.per_query, self.burst = per_query, float(burst)
         self.tokens = self.burst
-        self.hedged = self.denied = 0
 
     def on_arrival(self, rule: Any) -> Any:
         def arrive(q: Query) -> None:
@@ -444,10 +443,8 @@ class HedgeBudget:
     def on_hedge(self, rule: Any) -> Any:
         def hedge(q: Query) -> None:
             if self.tokens < 1.0:
-                self.denied += 1
                 return
             self.tokens -= 1.0
-            self.hedged += 1
             rule(q)
         return hedge
 
