@@ -94,8 +94,13 @@ def test_real_servers_credit_each_network_its_own_passes(tmp_path: Path) -> None
     # passes' upper half the most (a median ratio of 2.0 seen), while their fast end stays the pass itself
     for low, high in zip(profile["cnn-w2"].levels, profile["cnn-w48"].levels, strict=True):
         assert np.quantile(high.samples_ms, 0.1) > 2.5 * np.quantile(low.samples_ms, 0.1)
-    # and each served pass is at least the network's bare pass (a server adds to a pass, never takes from it)
-    assert np.median(profile["cnn-w48"].levels[0].samples_ms) > 0.8 * np.median(iso["cnn-w48"])
+    # and each served pass is at least the network's bare pass (a server adds to a pass, never takes from it). The
+    # bare pass is measured again after serving and the faster of the two taken: this machine's speed swings up to
+    # 4x for seconds at a time, and one CI run met such a swing during the first profile only (bare median 2.76 ms,
+    # served 2.15, the served passes' fast end at 0.71)
+    again = profile_interleaved(picked, torch.from_numpy(np.load(inputs)), torch.device("cpu"), samples=40, threads=1)
+    bare = min(np.median(iso["cnn-w48"]), np.median(again["cnn-w48"]))
+    assert np.median(profile["cnn-w48"].levels[0].samples_ms) > 0.8 * bare
     # the delays by busy servers: at least the table with none computing, each as many quantiles as a level
     for passes in profile.values():
         for tables in (passes.out_by_busy_ms, passes.back_by_busy_ms):
