@@ -105,7 +105,7 @@ def test_parity_groups_of_one_expert_and_of_any_are_served_on_the_testbed(tiny_c
     raw["coding"]["parity_encoder"] = encoder
     # the stragglers stall (hold their server without computing): the same decodes as a computed x20, without the
     # 2.9x work that put the two cores at saturation, where a slower machine decoded 0-3 answers
-    raw["sim"].update({"n_queries": 800, "stragglers": {"p": 0.1, "slowdown": 20.0, "hold": "stall"},
+    raw["sim"].update({"n_queries": 500, "stragglers": {"p": 0.1, "slowdown": 20.0, "hold": "stall"},
                        "policies": ["uncoded", {"kind": "parity", "dispatch": "expert", "k": 2},
                                     {"kind": "parity", "dispatch": "any", "k": 3, "group_timeout_ms": 2.0}]})
     raw["profile"]["latency_model"] = "served"

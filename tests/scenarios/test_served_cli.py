@@ -90,7 +90,7 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
     # caching, not the busy-machine guard (which keeps a profile measured beside other work out of the cache: the
     # suite runs its tests two at a time)
     monkeypatch.setattr(runner, "BUSY_CORES_LIMIT", float("inf"))
-    # real servers, shorter levels than a user's profile (1,500 lone passes per level took a minute here): a
+    # real servers, shorter levels than a user's profile (1,500 lone passes per level took a minute here; 100 are enough to tell a cached profile from a new one): a
     # profile's levels and a probe's are told apart by what they are asked for
     import calibration.measure as measure
 
@@ -99,8 +99,8 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
 
     def shorter(*args, **kwargs):
         asked.append(tuple(kwargs.get("utilizations", measure.REHEARSAL_UTILIZATION)))
-        kwargs["min_lone"] = min(kwargs.get("min_lone", 300), 300)
-        kwargs.setdefault("span_ms", 500.0)
+        kwargs["min_lone"] = min(kwargs.get("min_lone", 300), 100)
+        kwargs.setdefault("span_ms", 300.0)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(measure, "measure_served_passes", shorter)
