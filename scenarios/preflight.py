@@ -24,6 +24,10 @@ SLOPE_QUERIES = 12_000  # the short runs whose peaks' difference measures a quer
 REPORT_COPIES = 3  # the report reads its columns through arrow into pandas and filters a copy
 SCREEN_QUERIES = 1_000  # one short run whose peak over its queries bounds a query's share from above (fixed costs
 # included): a run that fits by that bound needs no slope (the slope's two runs took ~5 s of every run's checks)
+PILOT_QUERIES = 4  # the first short run: how many tasks a query sends, over the point's policies
+PROBE_TASKS = 200_000  # at most this many tasks in each of the other short runs (down to PILOT_QUERIES queries):
+# a redundant dispatch copies a query to every instance of its expert, 100,000 tasks a query in a fleet of 100,000
+# instances an expert, where a 1,000-query screen alone was 10^8 tasks (it did not end in 15 minutes)
 
 
 def check_before_work(scenario: Scenario, raw: dict[str, Any], out_root: Path, resume: bool,
@@ -145,7 +149,7 @@ def record_bytes(config: SimConfig, seed: int) -> float:
     from reports.load import report_query_columns
     from sim import simulate
 
-    probe = config.model_copy(update={"n_queries": PROBE_QUERIES, "horizon_ms": None})
+    probe = config.model_copy(update={"n_queries": probe_queries(config, seed, PROBE_QUERIES), "horizon_ms": None})
     records = simulate(probe, seed).records
     kept = records[report_query_columns(records.columns)]
     return int(kept.memory_usage(deep=True).sum()) / max(len(kept), 1)
@@ -167,12 +171,37 @@ def peak_bytes_per_query(config: SimConfig, seed: int) -> float:
 _PEAK_SLOPES: dict[tuple[str, int], float] = {}
 
 
+def tasks_per_query(config: SimConfig, seed: int) -> float:
+    """Tasks one query of the point sends to the servers, summed over its policies: measured on a pilot run of
+    PILOT_QUERIES queries, once per configuration and process. A hedge sends one more, a redundant dispatch one per
+    instance of the query's expert: a policy's fan-out, which the layout alone does not tell."""
+    key = (repr(config), seed)
+    if key not in _TASKS_PER_QUERY:
+        from sim import simulate
+
+        pilot = config.model_copy(update={"n_queries": PILOT_QUERIES, "horizon_ms": None})
+        records = simulate(pilot, seed).records
+        _TASKS_PER_QUERY[key] = float(records["n_tasks"].sum()) / PILOT_QUERIES
+    return _TASKS_PER_QUERY[key]
+
+
+_TASKS_PER_QUERY: dict[tuple[str, int], float] = {}
+
+
+def probe_queries(config: SimConfig, seed: int, wanted: int, runs: int = 1) -> int:
+    """Queries for `runs` short runs of `wanted` queries each, fewer when their tasks would pass PROBE_TASKS (a
+    query that fans out to many servers costs its tasks, not one), never fewer than PILOT_QUERIES."""
+    per_query = max(tasks_per_query(config, seed), 1.0)
+    return max(PILOT_QUERIES, min(wanted, int(PROBE_TASKS / (runs * per_query))))
+
+
 def peak_bound_per_query(config: SimConfig, seed: int) -> float:
     """An upper bound of `peak_bytes_per_query` from one short run: its whole peak over its SCREEN_QUERIES queries.
     A point's peak is fixed costs (≥ 0) plus a share per query, so the average over a few queries is at least the
     share; cheap, and loose where fixed costs dominate."""
-    (peak,) = _peaks(config, seed, (SCREEN_QUERIES,))
-    return peak / SCREEN_QUERIES
+    n = probe_queries(config, seed, SCREEN_QUERIES)
+    (peak,) = _peaks(config, seed, (n,))
+    return peak / n
 
 
 def _peaks(config: SimConfig, seed: int, sizes: tuple[int, ...]) -> list[int]:
@@ -198,7 +227,7 @@ def _peaks(config: SimConfig, seed: int, sizes: tuple[int, ...]) -> list[int]:
 
 
 def _peak_slope(config: SimConfig, seed: int) -> float:
-    first = max(128, SLOPE_QUERIES // config.n_servers)
+    first = probe_queries(config, seed, max(128, SLOPE_QUERIES // config.n_servers), runs=5)  # a and 4a queries
     sizes = (first, 4 * first)
     peaks = _peaks(config, seed, sizes)
     return max(0.0, (peaks[1] - peaks[0]) / (sizes[1] - sizes[0]))

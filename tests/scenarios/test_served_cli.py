@@ -90,8 +90,9 @@ def test_a_run_serves_its_own_networks_once_and_keeps_their_served_passes(home: 
     # caching, not the busy-machine guard (which keeps a profile measured beside other work out of the cache: the
     # suite runs its tests two at a time)
     monkeypatch.setattr(runner, "BUSY_CORES_LIMIT", float("inf"))
-    # real servers, shorter levels than a user's profile (1,500 lone passes per level took a minute here; 100 are enough to tell a cached profile from a new one): a
-    # profile's levels and a probe's are told apart by what they are asked for
+    # real servers, shorter levels than a user's profile (1,500 lone passes per level took a minute here; 100 are
+    # enough to tell a cached profile from a new one): a profile's levels and a probe's are told apart by what they
+    # are asked for
     import calibration.measure as measure
 
     asked: list[tuple[float, ...]] = []

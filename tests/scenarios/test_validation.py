@@ -863,3 +863,31 @@ def test_per_pair_draws_that_cannot_fit_are_refused_without_a_run(monkeypatch: p
         preflight.check_memory(scenario, available=40_000_000)
     task = preflight.Scenario.model_validate(dict(SIM, sim=dict(SIM["sim"], n_queries=1_000_000, draws="task")))
     assert preflight.pair_draw_bytes(preflight.stand_in_configs(task)[-1][1]) == 0.0
+
+
+def test_the_memory_probes_are_sized_by_the_tasks_a_query_sends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redundant dispatch copies each query to every instance of its expert: the short runs that measure memory
+    are sized by the tasks a query sends, counted on a pilot run, not by a fixed number of queries (a 1,000-query
+    screen of a fleet of 100,000 instances an expert was 10^8 tasks)."""
+    import scenarios.preflight as preflight
+
+    sim = dict(SIM["sim"], deployment={"instances": 300}, stragglers={"p": 0.0, "slowdown": 8.0},
+               policies=["uncoded", {"kind": "replication", "dispatch": "redundant"}])
+    config = preflight.stand_in_configs(preflight.Scenario.model_validate(dict(SIM, sim=sim)))[-1][1]
+    # uncoded sends one task, redundant replication one to each of the expert's 300 instances and to the extra
+    # server when it holds that expert (r = 1 replica, of one of the two experts)
+    per_query = preflight.tasks_per_query(config, 1)
+    assert 1 + 300 <= per_query <= 1 + 301
+    sizes: list[tuple[int, ...]] = []
+    monkeypatch.setattr(preflight, "_peaks", lambda config, seed, ns: sizes.append(ns) or [1000 * n for n in ns])
+    monkeypatch.setattr(preflight, "PROBE_TASKS", 6_000)
+    assert preflight.peak_bound_per_query(config, 1) == 1000.0
+    preflight._peak_slope(config, 1)
+    (screen,), slope = sizes
+    assert screen == 6_000 // 302 or screen == 6_000 // 301  # 19 or 20 queries, where the screen runs 1,000
+    assert slope == (preflight.PILOT_QUERIES, 4 * preflight.PILOT_QUERIES)  # the floor: 6,000 tasks over 5 runs
+    monkeypatch.setattr(preflight, "PROBE_TASKS", 10**9)  # room for every query asked: the sizes are as before
+    sizes.clear()
+    preflight.peak_bound_per_query(config, 1)
+    preflight._peak_slope(config, 1)
+    assert sizes == [(preflight.SCREEN_QUERIES,), (128, 512)]
