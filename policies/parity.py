@@ -162,7 +162,7 @@ class Parity(Rules):
     def notes(self) -> dict[str, Any]:
         """`parity_decodes`: each decoded query's group companions (their own outputs and the group's parity output
         made its answer), for judging the decoded answer on the real networks."""
-        return {"parity_decodes": dict(self.decodes)}
+        return {**super().notes(), "parity_decodes": dict(self.decodes)}
 
     def _forget(self, group: _Group) -> None:
         for m in group.members:

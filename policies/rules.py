@@ -315,8 +315,10 @@ class Rules:
         return None if self.s.delay_ms is None else list(self.s.delay_ms)
 
     def notes(self) -> dict[str, Any]:
-        """What the rules kept about the run beyond each query's answer (parity: which queries each decode used)."""
-        return {}
+        """What the rules kept about the run beyond each query's answer (a hedge budget: the queries whose hedge it
+        denied; parity: which queries each decode used)."""
+        budget = getattr(self, "budget", None)
+        return {} if budget is None else {"hedges_denied": list(budget.denied)}
 
     def answered(self, q: Query, how: int, latency_ms: float) -> None:
         """The system answered q after `latency_ms` (every system calls it from every answer): a running delay
@@ -433,6 +435,7 @@ class HedgeBudget:
     def __init__(self, per_query: float, burst: int) -> None:
         self.per_query, self.burst = per_query, float(burst)
         self.tokens = self.burst
+        self.denied: list[int] = []  # the queries whose hedge found less than one token (by query id)
 
     def on_arrival(self, rule: Any) -> Any:
         def arrive(q: Query) -> None:
@@ -443,6 +446,7 @@ class HedgeBudget:
     def on_hedge(self, rule: Any) -> Any:
         def hedge(q: Query) -> None:
             if self.tokens < 1.0:
+                self.denied.append(q.qid)
                 return
             self.tokens -= 1.0
             rule(q)

@@ -306,6 +306,7 @@ def headline_table(policies: Mapping[str, Mapping[str, Any]], colors: Mapping[st
              ("backup_pct", "backup", lambda v: _cell(fmt_pct(v))),
              ("extra_load_vs_uncoded_pct", "extra load vs uncoded", _extra_load_cell),
              ("utilization_pct", "utilization", lambda v: _cell(fmt_pct(v))),
+             ("hedges_denied_pct", "hedges denied", lambda v: _cell(fmt_pct(v))),  # policies with a hedge budget
              ("n_measured", "measured queries", lambda v: _cell(f"{int(v):,}"))]
     has_backup = any(p.get("kind") == "backup" or (p.get("backup_pct") or 0) > 0 for p in policies.values())
     extra = [e for e in extra if any(finite(p.get(e[0])) for p in policies.values())

@@ -39,7 +39,8 @@ class ReportError(ValueError):
     """A result folder that cannot be rendered; the message is one line meant for the user."""
 
 
-PCT_KEYS = ("accuracy_pct", "utilization_pct", "extra_load_vs_uncoded_pct", *(f"{k}_pct" for k in ANSWER_KINDS))
+PCT_KEYS = ("accuracy_pct", "utilization_pct", "extra_load_vs_uncoded_pct", "hedges_denied_pct",
+            *(f"{k}_pct" for k in ANSWER_KINDS))
 
 # version 1 name -> (version 2 name, factor to percent); applied by name to policies and sweep.parquet columns
 _V1_POLICY_KEYS = {

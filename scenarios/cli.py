@@ -459,7 +459,7 @@ def _print_run_summary(folder: Path) -> None:
     sweep = pd.read_parquet(folder / SWEEP)
     backup = "backup_pct" if "kind" in sweep and (sweep["kind"] == "backup").any() else None
     cols = [c for c in [*axes, "policy", "mean_ms", "p50_ms", "p99_ms", "p999_ms", "accuracy_pct", "decoded_pct",
-                        backup, "extra_load_vs_uncoded_pct"] if c and c in sweep]
+                        backup, "extra_load_vs_uncoded_pct", "hedges_denied_pct"] if c and c in sweep]
     rows = [tuple(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)
             for r in sweep[cols].itertuples(index=False)]
     _print_table(cols, rows)

@@ -943,6 +943,11 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
             "accuracy_pct": float(g["correct"].mean() * 100),
             "accuracy_sim_join_pct": float(g["correct_sim_join"].mean() * 100),
             "answers_agree_pct": float((g["correct"] == g["correct_sim_join"]).mean() * 100)}
+    denied = {}  # policies with a hedge budget: the measured queries whose hedge it held back, in percent
+    if "hedge_denied" in live:
+        for (point, policy), g in live.groupby(["point", "policy"], sort=False, observed=True):
+            if g["hedge_denied"].notna().all():
+                denied.setdefault(str(point), {})[str(policy)] = float(g["hedge_denied"].astype(bool).mean() * 100)
     sim_live = simulated[~simulated["warmup"]]
     sim_accuracy = {f"{p}/{s}/{pol}": float(g["correct"].mean() * 100)
                     for (p, s, pol), g in sim_live.groupby(["point", "service", "policy"], observed=True)}
@@ -962,7 +967,8 @@ def _testbed_summary(scenario: Scenario, facts: NetworkFacts, measured: pd.DataF
     return {"scenario": scenario.name, "kind": "testbed", "seed": scenario.seed, "versions": _versions(),
             "device": facts.device, "repeats": scenario.testbed.repeats, "straggle": scenario.testbed.straggle,
             "cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "service_ms": service, "overheads": overheads, "accuracy": accuracy, "simulated_accuracy": sim_accuracy,
+            "service_ms": service, "overheads": overheads, "accuracy": accuracy, "hedges_denied_pct": denied,
+            "simulated_accuracy": sim_accuracy,
             "worst_abs_rel_error_pct": worst, "headline_service": headline_service(fidelity.get("service", [])),
             "fidelity_summary": fidelity_summary(fidelity),
             "ranking": ranking_summary(ranking) if ranking is not None and len(ranking) else {},

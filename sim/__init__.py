@@ -15,8 +15,9 @@ Public API
   ``*_ms_hi``), server_ms_per_query and, in percent, utilization_pct (mean over servers),
   utilization_per_server_pct, extra_load_vs_uncoded_pct (server time per query against the uncoded policy's; None
   without one) and the answer mix direct_pct / replica_pct / hedge_pct / decoded_pct / backup_pct (shares of
-  measured queries). ``SimResult.servers`` is one row per (policy, server): hosts (an expert index, or "coded",
-  "spare", "backup"), busy_ms, utilization_pct, cancelled_ms, lost_ms.
+  measured queries); with a hedge budget, hedges_denied_pct (measured queries whose hedge it held back).
+  ``SimResult.servers`` is one row per (policy, server): hosts (an expert index, or "coded", "spare", "backup"),
+  busy_ms, utilization_pct, cancelled_ms, lost_ms.
 - ``simulate_each(config, seed=0, ...) -> (config, draws, iterator of PolicyRun)``: the same, one policy at a
   time as the iterator is consumed (input checked and draws made at the call), for callers that write each
   policy's records away instead of holding them all; ``compare_loads`` then sets extra_load_vs_uncoded_pct.

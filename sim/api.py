@@ -116,6 +116,10 @@ def _summary(cfg: SimConfig, plan: Plan, rec: pd.DataFrame, out: RunOutput) -> d
     if plan.delay_ms is not None:  # the hedge delay where it started and where it ended (running), mean over experts
         s["hedge_delay_start_ms"] = float(np.mean(plan.delay_ms))
         s["hedge_delay_end_ms"] = float(np.mean(out.delay_end_ms or plan.delay_ms))
+    denied = out.notes.get("hedges_denied")
+    if denied is not None:  # a hedge budget: the measured queries whose hedge it held back, in percent
+        ids = meas["query_id"].to_numpy()
+        s["hedges_denied_pct"] = float(np.isin(ids, np.asarray(denied, np.int64)).mean()) * 100 if len(ids) else 0.0
     counts = meas["answered_by"].value_counts(normalize=True)
     for h in HOW:  # direct_pct, replica_pct, hedge_pct, decoded_pct, backup_pct: shares of measured queries
         s[f"{h}_pct"] = float(counts.get(h, 0.0)) * 100

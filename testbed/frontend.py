@@ -388,9 +388,13 @@ class Frontend(ServingView):
             "answer_mask": self.mask,
             "n_tasks": self.ntask,
         })
-        decodes = self.rules.notes().get("parity_decodes")
+        notes = self.rules.notes()
+        decodes = notes.get("parity_decodes")
         if decodes is not None:  # as the simulator writes it: each parity-decoded query's group companions
             frame["parity_others"] = np.asarray(companions_column(decodes, w.n), dtype=object)
+        denied = notes.get("hedges_denied")
+        if denied is not None:  # a hedge budget: the queries whose hedge it held back
+            frame["hedge_denied"] = np.isin(frame["query_id"].to_numpy(), np.asarray(denied, np.int64))
         return frame
 
     def _tasks(self) -> pd.DataFrame:

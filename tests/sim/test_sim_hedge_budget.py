@@ -26,6 +26,7 @@ def test_a_quarter_budget_with_room_for_two_hedges_by_hand() -> None:
     arrivals = [10.0 * k for k in range(10)]
     out = _trace(_hedged_table(hedge_budget_pct=25.0, hedge_budget_burst=2), arrivals, [0] * 10, np.ones((10, 2)))
     assert out.n_tasks.tolist() == [2, 2, 1, 1, 2, 1, 1, 1, 2, 1]
+    assert out.notes["hedges_denied"] == [2, 3, 5, 6, 7, 9]  # the rules' own list of what they held back
     # the direct answer wins every time (3 ms against 1 + 3); a denied hedge changes no latency here
     np.testing.assert_allclose(out.finish_ms - np.asarray(arrivals), 3.0)
     unlimited = _trace(_hedged_table(), arrivals, [0] * 10, np.ones((10, 2)))
@@ -70,6 +71,28 @@ def test_the_engines_spend_the_budget_alike_and_it_holds(policy) -> None:
     assert hedged <= burst + len(budgeted) * pct / 100
     assert hedged_free > hedged  # without a budget more queries hedge: it did bind
     assert set(budgeted.loc[budgeted["kind"] == "routed", "n_tasks"]) <= {1, 1 + extra}
+
+
+def test_the_summary_counts_the_measured_queries_whose_hedge_was_denied() -> None:
+    # a fixed delay, no network: a routed query of an expert with a replica (r = 1: one of the two experts, the one
+    # the free twin hedges) had its timer fire iff it was not answered by then (latency over the delay); one that
+    # nonetheless sent a single task had its hedge denied. Counted from the records alone
+    delay = 0.8
+    table = {"n_experts": 2, "r": 1, "n_queries": 4000,
+             "policies": [{"kind": "hedged", "delay_ms": delay, "hedge_budget_pct": 5.0},
+                          {"kind": "hedged", "delay_ms": delay, "name": "free"}],
+             "traffic": {"kind": "poisson", "rate_per_ms": 0.5},
+             "service": {"expert": {"kind": "exponential", "mean_ms": 1.0}},
+             "stragglers": {"p": 0.05, "slowdown": 10.0}}
+    result = sim.simulate(table, seed=5)
+    free = result.records[result.records["policy"] == "free"]
+    (replicated,) = set(free.loc[free["n_tasks"] > 1, "model"])
+    records = result.records[(result.records["policy"] == "hedged") & ~result.records["warmup"]]
+    denied = (records["model"] == replicated) & (records["n_tasks"] == 1) & (records["latency_ms"] > delay)
+    expected = 100.0 * float(denied.mean())
+    assert 5.0 < expected < 60.0  # the budget binds on a fair share of the queries, not on none or all
+    assert result.summary["hedged"]["hedges_denied_pct"] == pytest.approx(expected)
+    assert "hedges_denied_pct" not in result.summary["free"]  # no budget, nothing to deny
 
 
 @pytest.mark.parametrize("policy, expect", [

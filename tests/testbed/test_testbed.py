@@ -157,6 +157,7 @@ def test_the_frontend_spends_a_hedge_budget_as_the_simulator_does(cluster):
                      float(result.tasks["compute_ms"].median()))
     assert list(real["answered_by"]) == ["hedge", "direct"] == list(sim["answered_by"])
     assert sorted(result.tasks.loc[result.tasks["query_id"] == 1, "server"]) == [0]  # no copy to the replica
+    assert list(real["hedge_denied"]) == [False, True]  # the records say which hedge the budget held back
 
 
 def test_cancel_drops_a_queued_copy(cluster):
