@@ -15,6 +15,7 @@ from typing import Any
 
 from scenarios.schema import Scenario, ScenarioError, scheduler_address, stand_in_configs, trace_arrivals
 from sim import SimConfig
+from sim.memory import available_memory, size_text
 
 CONNECT_TIMEOUT_S = 2.0
 PROBE_QUERIES = 256  # the short run that measures a query record's bytes
@@ -110,24 +111,6 @@ def check_scheduler(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
         raise refuse(error.strerror or str(error) or type(error).__name__) from None
     if not 0 < int.from_bytes(header, "little") < 1 << 20:
         raise refuse("what answers there does not speak Dask's protocol")
-
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation: psutil if installed, else /proc/meminfo, else sysconf."""
-    try:
-        import psutil
-    except ImportError:
-        pass
-    else:
-        return int(psutil.virtual_memory().available)
-    try:
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def _queries(scenario: Scenario, table: dict[str, Any], config: SimConfig) -> int | None:
@@ -264,8 +247,8 @@ def check_memory(scenario: Scenario, available: int | None = None, report: bool 
     floor = largest * pair_draw_bytes(widest)
     if floor > available:  # known without running anything (a short run of such a point is itself huge)
         raise ScenarioError(f"sim: a point of {largest:,} queries on {widest.n_servers:,} servers draws a number for "
-                            f"every (query, server) pair up front: at least {_size(floor)}, more than the "
-                            f"{_size(available)} available; set sim.draws = \"task\" (each task draws its own), or "
+                            f"every (query, server) pair up front: at least {size_text(floor)}, more than the "
+                            f"{size_text(available)} available; set sim.draws = \"task\" (each task draws its own), or "
                             "lower sim.n_queries (or horizon_ms) or the servers")
     if max(largest * peak_bound_per_query(widest, scenario.seed), report_bytes) <= available:
         return  # fits even by the bound: no need to measure the share itself
@@ -273,18 +256,10 @@ def check_memory(scenario: Scenario, available: int | None = None, report: bool 
     point_peak = largest * per_query
     if max(point_peak, report_bytes) <= available:
         return
-    reading = (f" and the report about {_size(report_bytes)} to read back the headline point's "
+    reading = (f" and the report about {size_text(report_bytes)} to read back the headline point's "
                f"{headline_records:,} query records ({per_record:.0f} bytes each, held {REPORT_COPIES} times)"
                if report else "")
-    raise ScenarioError(f"sim: a point of {largest:,} queries needs about {_size(point_peak)} while it is simulated "
-                        f"({per_query:.0f} bytes per query on up to {widest.n_servers:,} servers){reading}, more than "
-                        f"the {_size(available)} available; lower sim.n_queries (or horizon_ms), the servers or the "
-                        "points")
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+    raise ScenarioError(f"sim: a point of {largest:,} queries needs about {size_text(point_peak)} while it is "
+                        f"simulated ({per_query:.0f} bytes per query on up to {widest.n_servers:,} servers){reading}, "
+                        f"more than the {size_text(available)} available; lower sim.n_queries (or horizon_ms), the "
+                        "servers or the points")

@@ -11,6 +11,7 @@ from typing import Any
 from sim.config import SimConfig
 from sim.errors import SimConfigError
 from sim.layout import check_settings, check_stability
+from sim.memory import fleet_problem
 
 
 def parse_config(data: Mapping[str, Any] | SimConfig) -> SimConfig:
@@ -26,7 +27,7 @@ def parse_config(data: Mapping[str, Any] | SimConfig) -> SimConfig:
         if "sim" in data and isinstance(data["sim"], Mapping) and "n_experts" not in data:
             data = data["sim"]
         cfg = SimConfig(**dict(data))
-    problem = check_settings(cfg)
+    problem = fleet_problem(cfg) or check_settings(cfg)
     if problem:
         raise SimConfigError(f"sim config: {problem}")
     if cfg.default_horizon:

@@ -891,3 +891,29 @@ def test_the_memory_probes_are_sized_by_the_tasks_a_query_sends(monkeypatch: pyt
     preflight.peak_bound_per_query(config, 1)
     preflight._peak_slope(config, 1)
     assert sizes == [(preflight.SCREEN_QUERIES,), (128, 512)]
+
+
+@pytest.mark.parametrize("sizes, expect", [
+    ({"deployment": {"instances": 10**12}}, "2,000,000,000,001 servers (2,000,000,000,000 experts' instances"),
+    ({"r": 10**12}, "servers (2 experts' instances and 1,000,000,000,000 extra)"),
+])
+def test_a_fleet_whose_servers_alone_cannot_fit_is_refused_from_its_counts(home: Path, no_work: None, sizes,
+                                                                           expect) -> None:
+    # its layout is never built: 2 x 10^9 servers took the machine's memory while theirs was (killed after 2 min)
+    import time
+
+    started = time.perf_counter()
+    line = refused(run_args(write(home, dict(SIM, sim=dict(SIM["sim"], **sizes))), home / "out"), home,
+                   expect=expect)
+    assert "of memory before any query" in line and "lower deployment.instances or r" in line
+    assert time.perf_counter() - started < 60
+
+
+def test_the_fleet_floor_is_the_servers_times_a_server_s_bytes() -> None:
+    from sim.memory import SERVER_BYTES, fleet_problem
+    from sim.parse import parse_config
+
+    config = parse_config(dict(SIM["sim"], deployment={"instances": 1000},  # 2,001 servers
+                               traffic={"kind": "poisson", "rate_per_ms": 0.4}))
+    assert fleet_problem(config, available=2_001 * SERVER_BYTES) is None  # exactly enough
+    assert "2,001 servers" in fleet_problem(config, available=2_001 * SERVER_BYTES - 1)
