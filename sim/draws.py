@@ -18,6 +18,7 @@ import pandas as pd
 
 from sim.config import SimConfig
 from sim.errors import SimConfigError
+from sim.seeds import streams
 
 (ARRIVALS, KIND, SPLIT, HOT, SAMPLES, SERVICE, STRAG_U, STRAG_MAG, EPISODES, FAILURES, NET_OUT, NET_BACK,
  BALANCE, DISPATCH_CORE, JOINED, TASKS) = range(16)
@@ -187,15 +188,19 @@ def draw(cfg: SimConfig, seed: int) -> Draws:
     u = np.empty((nq, n_srv))
     fac = np.ones((nq, n_srv))
     st = cfg.stragglers
-    for s in range(n_srv):
-        u[:, s] = stream(seed, SERVICE, s).random(nq)
-        if st.p > 0 and (st.servers is None or s in st.servers):
-            hit = stream(seed, STRAG_U, s).random(nq) < st.p
-            v = stream(seed, STRAG_MAG, s).random(nq)
+    for s, rng in streams(seed, SERVICE, range(n_srv)):  # each server's stream(seed, SERVICE, s), made in bulk
+        u[:, s] = rng.random(nq)
+    if st.p > 0:
+        chosen = set(st.servers) if st.servers is not None else None
+        hit_on = [s for s in range(n_srv) if chosen is None or s in chosen]
+        for (s, hit_rng), (_, mag_rng) in zip(streams(seed, STRAG_U, hit_on), streams(seed, STRAG_MAG, hit_on),
+                                              strict=True):
+            hit = hit_rng.random(nq) < st.p
+            v = mag_rng.random(nq)
             mag = np.full(nq, float(st.slowdown)) if isinstance(st.slowdown, float | int) else st.slowdown.ppf(v)
             fac[:, s] = np.where(hit, mag, 1.0)
     net_u = [None, None]
     for k, (purpose, dist) in enumerate(((NET_OUT, cfg.network.out), (NET_BACK, cfg.network.back))):
         if dist is not None:
-            net_u[k] = np.column_stack([stream(seed, purpose, s).random(nq) for s in range(n_srv)])
+            net_u[k] = np.column_stack([rng.random(nq) for _, rng in streams(seed, purpose, range(n_srv))])
     return Draws(seed, t, model, sample, u, fac, net_u[0], net_u[1], balance)
