@@ -141,9 +141,16 @@ class GroupView:
             for i in m:
                 group_of[i] = g
         blocks = range(len(members) * cells)
-        masks = [sum(1 << s for s in range(len(hosts)) if sg[s] == b) for b in blocks]
-        coded = [[s for s, h in enumerate(hosts) if h == CODED and sg[s] == b] for b in blocks]
-        backup = [[s for s, h in enumerate(hosts) if h == BACKUP and sg[s] == b] for b in blocks]
+        bits: list[bytearray] = [bytearray((len(hosts) + 7) // 8) for _ in blocks]  # one pass, not one per block
+        coded: list[list[int]] = [[] for _ in blocks]
+        backup: list[list[int]] = [[] for _ in blocks]
+        for s, (h, b) in enumerate(zip(hosts, sg, strict=True)):
+            bits[b][s >> 3] |= 1 << (s & 7)
+            if h == CODED:
+                coded[b].append(s)
+            elif h == BACKUP:
+                backup[b].append(s)
+        masks = [int.from_bytes(m, "little") for m in bits]  # bit s for server s
         return cls(group_of, [members[b // cells] for b in blocks], masks, coded, backup)
 
 
@@ -173,23 +180,25 @@ class ServingView:
                   delay_quantile: float | None, delay_window: int, station_of: Sequence[int],
                   targets: Sequence[Any], options: dict[str, Any] | None = None,
                   backups_per_group: bool = False, cells: int = 1) -> None:
-        def holding(i: int, own_only: bool, cell: int | None = None) -> list[Any]:
-            out: list[Any] = []
-            seen: set[Any] = set()  # targets already listed (a list's `in` made this quadratic in the instances)
+        def holding(own_only: bool, cell: int | None = None) -> list[list[Any]]:
+            """Per expert, the targets holding it (its own instances first), in one pass over the servers."""
+            out: list[list[Any]] = [[] for _ in range(n_experts)]
+            seen: list[set[Any]] = [set() for _ in range(n_experts)]  # (a list's `in` made this quadratic)
             for s, h in enumerate(hosts):
-                t = targets[station_of[s]]
-                if h == i and (s < n_base or not own_only) and t not in seen and (cell is None or cell_of[s] == cell):
-                    seen.add(t)
-                    out.append(t)
+                if h >= 0 and (s < n_base or not own_only) and (cell is None or cell_of[s] == cell):
+                    t = targets[station_of[s]]
+                    if t not in seen[h]:
+                        seen[h].add(t)
+                        out[h].append(t)
             return out
 
-        cell_of = [b % cells for b in server_groups(hosts, n_base, groups, n_experts, cells)]
+        cell_of = [b % cells for b in server_groups(hosts, n_base, groups, n_experts, cells)] if cells > 1 else []
 
         self.n_experts, self.n_base, self.dispatch, self.fanout = n_experts, n_base, dispatch, fanout
         self.balancer = balancer
         self.delay_ms, self.delay_quantile, self.delay_window = delay_ms, delay_quantile, delay_window
-        self.hosts = [holding(i, False) for i in range(n_experts)]
-        self.instances = [holding(i, True) for i in range(n_experts)]
+        self.hosts = holding(False)
+        self.instances = holding(True)
         self.replicas = [h[len(own):] for h, own in zip(self.hosts, self.instances, strict=True)]
         self.coded = [targets[station_of[s]] for s, h in enumerate(hosts) if h == CODED]
         self.backups = [targets[station_of[s]] for s, h in enumerate(hosts) if h == BACKUP]
@@ -205,8 +214,8 @@ class ServingView:
             cv = GroupView.of(hosts, n_base, groups, n_experts, cells)
             for c in range(cells):
                 blocks = range(c, len(cv.members), cells)  # this cell's block of every code group
-                hosts_c = [holding(i, False, c) for i in range(n_experts)]
-                instances_c = [holding(i, True, c) for i in range(n_experts)]
+                hosts_c = holding(False, c)
+                instances_c = holding(True, c)
                 self.cell_views.append(_CellView(
                     self,
                     instances=instances_c,
