@@ -14,6 +14,8 @@
    four base servers, coded-hedged, 5% stragglers, per-task draws): the fast engine vs the idiomatic SimPy version
    on the same plan (query for query); then the target point itself, 1,000 servers (8 x 111 instances + 2 x 56
    coded) and `--n-target` queries (10^6), drawn, planned and run whole (target <= 10 s per point).
+4. A fleet's per-server random streams (`--n-streams` servers, one purpose): made in bulk (sim.seeds) against one
+   SeedSequence at a time (sim.draws.stream), their first numbers checked equal.
 
 Each contender runs `--repeat` times interleaved and its best time counts, which damps noise from other
 processes on a shared machine. Targets: M/M/1 >= 10x idiomatic SimPy (issue 17; 4x in issue 4) and >= 7x Ciw;
@@ -99,6 +101,7 @@ def main() -> None:
     ap.add_argument("--n-fleet", type=int, default=5_000, help="queries for the fleet runs")
     ap.add_argument("--fleet-instances", type=int, default=25, help="instances per expert in the fleet race")
     ap.add_argument("--n-target", type=int, default=1_000_000, help="queries of the 1,000-server target point")
+    ap.add_argument("--n-streams", type=int, default=20_000, help="servers whose streams are made")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args()
@@ -148,6 +151,7 @@ def main() -> None:
     r3 = race(cfg, a, f"coded N=2 r=1 redundant + cancel, 5% stragglers (best of {a.repeat})")
     print(f"  ratio fast/idiomatic          {r3:6.2f}x  (target >= 5)  {'OK' if r3 >= 5 else 'MISSED'}")
     fleet(a)
+    streams_race(a)
 
 
 def race(cfg: SimConfig, a: argparse.Namespace, title: str) -> float:
@@ -198,6 +202,25 @@ def fleet(a: argparse.Namespace) -> None:
           f"plan {planned - drawn:.2f} s, run {ran - planned:.2f} s, total {total:.1f} s "
           f"(target <= 10 s) {'OK' if total <= 10 else 'MISSED'}; {a.n_target / total:,.0f} queries/s; "
           f"peak memory of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+
+
+def streams_race(a: argparse.Namespace) -> None:
+    """Per-server streams made in bulk against one at a time, on the same keys."""
+    from sim.draws import SERVICE, stream
+    from sim.seeds import streams
+
+    def bulk() -> list[float]:
+        return [rng.random() for _, rng in streams(a.seed, SERVICE, range(a.n_streams))]
+
+    def one_by_one() -> list[float]:
+        return [stream(a.seed, SERVICE, s).random() for s in range(a.n_streams)]
+
+    assert bulk() == one_by_one(), "bulk streams differ from numpy's own"
+    t = best_of({"bulk": bulk, "one": one_by_one}, a.repeat)
+    print(f"per-server streams, {a.n_streams:,} servers (best of {a.repeat})")
+    print(f"  {'in bulk (sim.seeds)':<28s} {a.n_streams / t['bulk']:>10,.0f} streams/s")
+    print(f"  {'one SeedSequence at a time':<28s} {a.n_streams / t['one']:>10,.0f} streams/s")
+    print(f"  ratio bulk/one at a time      {t['one'] / t['bulk']:6.2f}x")
 
 
 if __name__ == "__main__":
