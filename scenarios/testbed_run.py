@@ -631,6 +631,17 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
     if scenario.models is None:
         raise ScenarioError("coinsim testbed needs a scenario with [models]: it serves real networks")
     check_output(out_root, scenario.name)
+    n_servers, addresses = scenario.n_servers, scenario.testbed.addresses
+    if addresses is None:  # one server process per server on this host, each with torch loaded
+        from sim.memory import available_memory, size_text
+        from testbed.cluster import SERVER_PROCESS_BYTES
+
+        need, available = n_servers * SERVER_PROCESS_BYTES, available_memory()
+        if need > available:
+            raise ScenarioError(f"the testbed would start {n_servers:,} server processes here, at least "
+                                f"{size_text(need)} ({size_text(SERVER_PROCESS_BYTES)} each, torch loaded), more "
+                                f"than the {size_text(available)} available; serve fewer instances or a smaller r, "
+                                "or list servers on other hosts in testbed.addresses")
     check_memory(scenario)
     check_calibration(scenario)
     if scenario.sim.deployment.balancer == "power_of_d":
@@ -642,12 +653,10 @@ def check_testbed(scenario: Scenario, out_root: Path) -> None:
     if scenario.sim.deployment.backups == "per_group" and any(p.kind == "backup" for p in scenario.sim.policies):
         raise ScenarioError("sim.deployment.backups = 'per_group' is not served by the testbed (its backup servers "
                             "run one generalist network); simulate it with coinsim run")
-    n_servers = scenario.n_servers
     counts = {scenario.servers_at(SimTable.model_validate(table)) for _, table in scenario.sweep_points()}
     if len(counts) > 1:
         raise ScenarioError(f"the testbed starts its servers once, but the sweep's points have {sorted(counts)} "
                             "servers; sweep something other than the deployment or r")
-    addresses = scenario.testbed.addresses
     if addresses is not None:
         if len(addresses) != n_servers:
             raise ScenarioError(f"testbed.addresses lists {len(addresses)} servers; the scenario has "

@@ -194,6 +194,8 @@ def test_bad_testbed_input_is_one_line_before_any_work(tiny_cache, tmp_path, mon
         (["--set", 'sim.policies=[{kind="replication", dispatch="pool"}]'], "pool"),
         (["--set", 'sim.deployment={instances=2, balancer="power_of_d"}'], "power_of_d' is not served"),
         (["--set", 'sim.draws="task"'], "draws = 'task' is not served"),
+        # a server process per server, ~300 MiB each with torch loaded: 20,001 of them fit no machine's memory
+        (["--set", 'sim.deployment={instances=10000}'], "would start 20,001 server processes here"),
         (["--set", 'sim.deployment={instances=2}', "--set", 'testbed.addresses=["tcp://127.0.0.1:1"]'],
          "lists 1 servers; the scenario has 5"),
     ]
