@@ -636,7 +636,9 @@ def _execute(points: list[tuple[dict[str, Any], SimConfig]], seed: int, answers:
         elif sweep.executor == "local":
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
-            with ProcessPoolExecutor(max_workers=sweep.workers) as pool:  # workers on this disk write their own
+            # never more workers than points: a fork-started pool starts every worker it is allowed at once
+            # (--workers 100000 on two points forked until the machine's load average reached 1,140)
+            with ProcessPoolExecutor(max_workers=min(sweep.workers, len(todo))) as pool:  # each writes its own
                 futures = {pool.submit(run_point, points[i][1], seed, answers, store.table(i)): i for i in todo}
                 for future in as_completed(futures):
                     store.save(futures[future], *future.result())
@@ -654,7 +656,7 @@ def _execute_on_dask(points, todo, seed, answers, sweep, store: PointStore, bar)
     if sweep.scheduler:
         client = Client(sweep.scheduler)
     else:
-        cluster = LocalCluster(n_workers=sweep.workers, threads_per_worker=1, processes=True,
+        cluster = LocalCluster(n_workers=min(sweep.workers, len(todo)), threads_per_worker=1, processes=True,
                                dashboard_address=None)
         client = Client(cluster)
     try:

@@ -350,3 +350,21 @@ def test_load_knobs_turn_into_rates_from_the_service_means():
     assert routed.traffic.rate_per_ms == pytest.approx(0.5 * (1 / 2 + 1 / 4))
     ensemble = sim_config_for(scenario, dict(table, traffic={"kind": "poisson", "ensemble_load": 0.5}))
     assert ensemble.traffic.ensemble_rate_per_ms == pytest.approx(0.5 / 4) and not ensemble.traffic.rate_per_ms
+
+
+def test_a_sweep_starts_no_more_workers_than_it_has_points(tmp_path, monkeypatch):
+    # a fork-started pool starts every worker it may at once: asked for 1,000 workers on a few points, it forked a
+    # thousand processes (100,000 took the machine's load average to 1,140)
+    import concurrent.futures
+
+    started = []
+    real = concurrent.futures.ProcessPoolExecutor
+
+    def counting(max_workers=None, **kwargs):
+        started.append(max_workers)
+        return real(max_workers=max_workers, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", counting)
+    many = dict(SIM_ONLY, sweep=dict(SIM_ONLY["sweep"], executor="local", workers=1000))
+    run_scenario(scenario_from_dict(many), many, tmp_path, quiet=True)
+    assert started == [len(SIM_ONLY["sweep"]["values"])]
