@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_bytes", "write_text", "write_with", "publish_folder"]
+__all__ = ["write_bytes", "write_text", "write_with", "publish_folder", "blocked_by", "why_blocked"]
 
 
 def _umask() -> int:
@@ -73,3 +73,34 @@ def publish_folder(final: Path | str, fill: Callable[[Path], Any], replace: bool
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+
+def blocked_by(folder: Path | str) -> tuple[Path, str] | None:
+    """What keeps anything from being written in `folder` (made first if missing): its nearest existing ancestor
+    (itself included) and why — "file" (it is not a folder) or "permission" (a file cannot be made in it);
+    None when nothing does. For checks before any work, so that a run does not measure for minutes and then fail
+    to write."""
+    existing = Path(folder).expanduser()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return existing, "file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return existing, "permission"
+    try:  # the permission bits do not tell all (root, read-only or virtual file systems like /proc): try
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".coinsim-probe-")
+    except OSError:
+        return existing, "permission"
+    os.close(fd)
+    os.unlink(probe)
+    return None
+
+
+def why_blocked(folder: Path | str) -> str | None:
+    """`blocked_by` in words ("/x is a file, not a folder", "no permission to write in /x"), or None."""
+    blocked = blocked_by(folder)
+    if blocked is None:
+        return None
+    existing, why = blocked
+    return f"{existing} is a file, not a folder" if why == "file" else f"no permission to write in {existing}"

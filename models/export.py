@@ -37,9 +37,14 @@ EXPORT_FACTORY = "models.networks:zoo_network"
 
 def check_out_folder(out: Path) -> None:
     """--out must be new or empty: an export never mixes with, or overwrites, other files."""
+    from atomic import why_blocked
+
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out} already exists and is not an empty folder")
+    blocked = why_blocked(out)
+    if blocked is not None:  # known before the zoo is trained, not when its first file is written
+        raise ConfigError(f"--out {out}: {blocked}")
 
 
 def run_export_checks(config: Any, out: Path) -> None:

@@ -521,8 +521,12 @@ def calibrate_command(ctx: click.Context, device: str, out: Path | None, force: 
     if show is not None:
         click.echo(describe(load_calibration(path), path))
         return
+    from atomic import why_blocked
     from calibration.file import CalibrationError
 
+    blocked = why_blocked(Path(path).expanduser().parent)
+    if blocked is not None:  # before half a minute of measuring, not after it
+        raise click.UsageError(f"--out {path}: {blocked}")
     if not force and path.exists():
         try:
             cal = load_calibration(path, expect_machine=machine_key(resolved))

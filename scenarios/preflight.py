@@ -8,7 +8,6 @@ ScenarioError with one line for the user.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -64,15 +63,16 @@ def check_calibration(scenario: Scenario) -> None:
 
 def check_output(out_root: Path, scenario_name: str) -> None:
     """OUT/<scenario>/ must be a folder that exists or can be made, and that this process may write in."""
-    target = out_root / scenario_name
-    existing = target
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
+    from atomic import blocked_by
+
+    blocked = blocked_by(out_root / scenario_name)
+    if blocked is None:
+        return
+    existing, why = blocked
+    if why == "file":
         where = "is a file" if existing == out_root else f"is inside {existing}, which is a file"
         raise ScenarioError(f"--out {out_root} {where}, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ScenarioError(f"--out {out_root}: no permission to write in {existing}")
+    raise ScenarioError(f"--out {out_root}: no permission to write in {existing}")
 
 
 def check_scheduler(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
