@@ -3,8 +3,9 @@
 A file is written to a hidden temporary sibling (same folder, so the rename cannot cross file systems), flushed
 to disk, given the permissions a plain ``open()`` would have given it, and renamed over the target; a folder is
 filled as a hidden sibling and renamed into place. An error or an interrupt at any point leaves the previous
-file (or no folder) and no temporary behind. Imports nothing beyond the standard library, so every package may
-use it.
+file (or no folder) and no temporary behind. `blocked_by` / `why_blocked` tell, before any work, whether anything
+can be written in a folder at all (by making and removing a file there). Imports nothing beyond the standard
+library, so every package may use it.
 """
 
 from __future__ import annotations
