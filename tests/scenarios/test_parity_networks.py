@@ -92,17 +92,20 @@ def test_every_parity_decoded_answer_is_judged_on_its_groups_real_parity_output(
     assert summary["policies"]["parity-expert"]["accuracy_pct"] == pytest.approx(100 * measured["correct"].mean())
 
 
-@pytest.mark.parametrize("encoder", ["sum", "concat"])
-def test_parity_groups_of_one_expert_and_of_any_are_served_on_the_testbed(tiny_cache, tmp_path, encoder):
+def test_parity_groups_of_one_expert_and_of_any_are_served_on_the_testbed(tiny_cache, tmp_path):
     """Two parity policies served for real: pairs of one expert's queries (a parity network per expert) and groups
     of three in arrival order, closed after 2 ms (one network for mixed groups, partial groups in three places).
     Every parity-decoded answer is judged twice — on the outputs the servers sent (the parity server's output on
     the encoded group, less the companions' own outputs) and the simulator's way (the parity network run here on
-    the group's inputs, less the answer table's outputs) — and the two judgements agree query for query."""
+    the group's inputs, less the answer table's outputs) — and the two judgements agree query for query.
+
+    Served with the concat encoder, not the default sum: a frontend that dropped the scenario's encoder would send
+    the sum byte and fail here. (The sum encoder is served in tests/testbed/test_testbed.py's parity trace, and a
+    server encodes both in tests/testbed/test_server_frames.py.)"""
     from scenarios.testbed_run import run_testbed
 
     raw = _raw(tiny_cache)
-    raw["coding"]["parity_encoder"] = encoder
+    raw["coding"]["parity_encoder"] = "concat"
     # the stragglers stall (hold their server without computing): the same decodes as a computed x20, without the
     # 2.9x work that put the two cores at saturation, where a slower machine decoded 0-3 answers
     raw["sim"].update({"n_queries": 500, "stragglers": {"p": 0.1, "slowdown": 20.0, "hold": "stall"},

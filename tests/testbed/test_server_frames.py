@@ -17,6 +17,9 @@ from models.networks import NetworkSpec, build_network
 from testbed import LocalCluster, ServerSpec, wire
 
 SPEC = NetworkSpec(arch="cnn", in_channels=1, image_size=28, width=2)
+# protocol only, no timing asserted: the servers run beside the other test process (tests/conftest.py)
+pytestmark = pytest.mark.timing_free
+
 ROWS = 12
 
 
