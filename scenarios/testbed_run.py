@@ -619,6 +619,7 @@ def _overheads(tasks: pd.DataFrame, records: pd.DataFrame) -> dict[str, float]:
     transport = tasks.loc[tasks["status"] == "done", "transport_ms"].to_numpy()
     return {"dispatch_lateness_ms_median": float(np.nanmedian(lateness)),
             "dispatch_lateness_ms_p99": float(np.nanpercentile(lateness, 99)),
+            "dispatch_lateness_ms_max": float(np.nanmax(lateness)),
             "transport_ms_median": float(np.nanmedian(transport)),
             "transport_ms_p99": float(np.nanpercentile(transport, 99))}
 
@@ -834,6 +835,8 @@ class _ServedPoint:
     host_load: list[Any]
     frontend_cores: list[float]
     own_cores: dict[str, list[float]]  # per policy: the cores the frontend and servers used, run by run
+    # per run: garbage collections inside the serving loop, the longest of them and the full one before it (ms)
+    collections: list[tuple[int, float, float | None]]
 
 
 def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: tuple[int, int, dict[str, Any]],
@@ -848,6 +851,7 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
     n_warm = int(config.warmup_fraction * draws.n)
     point_records, point_tasks, host_load, frontend_cores = [], [], [], []
     own_cores: dict[str, list[float]] = {plan.name: [] for plan in plans}
+    collections: list[tuple[int, float, float | None]] = []
     for repeat in range(spec.repeats):
         for plan in plans[repeat % len(plans):] + plans[: repeat % len(plans)]:
             policy = policy_for(plan)
@@ -861,6 +865,8 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
                 say(f"testbed: other processes kept {load.other_cores:.2f} cores busy during this run "
                     "(its latencies include their interference)", not quiet)
             frontend_cores.append(result.facts["frontend_cpu_s"] / result.facts["served_s"])
+            collections.append((result.facts["gc_collections"], result.facts["gc_pause_ms_max"],
+                                result.facts["gc_before_ms"]))
             if load.own_cores is not None:
                 own_cores[plan.name].append(load.own_cores)
             rec = result.records
@@ -884,7 +890,7 @@ def _serve_point(cluster: Any, scenario: Scenario, facts: NetworkFacts, where: t
     tasks["overlap"] = overlaps(tasks)
     tasks["cycle_ms"] = cycles(tasks)
     tasks["idle_arrival"] = idle_arrivals(tasks)
-    return _ServedPoint(records, tasks, host_load, frontend_cores, own_cores)
+    return _ServedPoint(records, tasks, host_load, frontend_cores, own_cores, collections)
 
 
 def _shared_cores(device: str, served: _ServedPoint) -> float:
@@ -898,6 +904,9 @@ def _point_overheads(served: _ServedPoint, device: str) -> dict[str, Any]:
     tasks = served.tasks
     return (_overheads(tasks, served.records) | host_summary(served.host_load)
             | {"frontend_cores_median": float(np.median(served.frontend_cores)),
+               "gc_collections": int(sum(n for n, _, _ in served.collections)),
+               "gc_pause_ms_max": float(max((ms for _, ms, _ in served.collections), default=0.0)),
+               "gc_before_ms_max": max((ms for _, _, ms in served.collections if ms is not None), default=None),
                "shared_cores": _shared_cores(device, served),
                "own_cores_by_policy": {name: float(np.median(v)) for name, v in served.own_cores.items() if v},
                "compute_ms_by_overlap": {int(k): float(v) for k, v in tasks[tasks["status"] == "done"]

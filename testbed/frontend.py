@@ -27,6 +27,7 @@ its server; a copy in service has its straggle cut (the forward pass itself alwa
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
 import time
@@ -329,9 +330,12 @@ class Frontend(ServingView):
 
     # ------------------------------------------------------------------------------------------------- run
     def run(self) -> ServeResult:
-        with dispatcher_priority() as priority:
+        with dispatcher_priority() as priority, collector_paused(PAUSE_COLLECTOR) as collector:
             result = self._run()
         result.facts["frontend_priority"] = priority
+        result.facts["gc_collections"] = len(collector.pauses)
+        result.facts["gc_pause_ms_max"] = max(collector.pauses, default=0.0)
+        result.facts["gc_before_ms"] = collector.before_ms
         return result
 
     def _run(self) -> ServeResult:
@@ -453,6 +457,54 @@ def dispatcher_priority() -> Iterator[str]:
     finally:
         if undo is not None:
             undo()
+
+
+# Python's cyclic garbage collector stops the frontend while it runs, and a full collection walks every object the
+# process holds: 113 ms here in a process with coinsim's testbed imported (268,000 objects), more with the
+# frontend's own records. Left on, one fired inside a served run of the default scenario and held every dispatch
+# for 250 ms (docs/testbed.md lesson 18). A run therefore collects first, freezes what survives (never walked
+# again) and keeps the collector off until its last output is back, as latency-critical Python services do.
+PAUSE_COLLECTOR = True
+
+
+@dataclass
+class CollectorLog:
+    """What the garbage collector did around a served run: the length (ms) of every collection inside it, and of
+    the full collection made before it (what one inside would have stopped the dispatcher for)."""
+
+    pauses: list[float] = field(default_factory=list)
+    before_ms: float | None = None
+
+
+@contextmanager
+def collector_paused(pause: bool = True) -> Iterator[CollectorLog]:
+    """Inside: the cyclic garbage collector off (after one full collection, its survivors frozen) when `pause`;
+    every collection that runs inside anyway (any, if not paused) is timed into the yielded log."""
+    log = CollectorLog()
+    began = [0.0]
+
+    def watch(phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            log.pauses.append((time.perf_counter() - began[0]) * 1000.0)
+
+    enabled = gc.isenabled()
+    if pause:
+        started = time.perf_counter()
+        gc.collect()
+        log.before_ms = (time.perf_counter() - started) * 1000.0
+        gc.freeze()
+        gc.disable()
+    gc.callbacks.append(watch)
+    try:
+        yield log
+    finally:
+        gc.callbacks.remove(watch)
+        if pause:
+            gc.unfreeze()
+            if enabled:
+                gc.enable()
 
 
 def serve(sockets: list[zmq.Socket], policy: Policy, work: Workload, lead_ms: float = 200.0) -> ServeResult:

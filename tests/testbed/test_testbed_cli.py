@@ -78,6 +78,10 @@ def test_tiny_testbed_run(tiny_cache, tmp_path):
     np.testing.assert_allclose(first["arrival_ms"].to_numpy(), sim_all(simulated)["arrival_ms"].to_numpy())
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["kind"] == "testbed" and summary["repeats"] == 2
+    # no garbage collection ran inside a serving loop (a full one stops the dispatcher for 100 ms or more)
+    assert [o["gc_collections"] for o in summary["overheads"].values()] == [0]
+    late = (measured["dispatch_ms"] - measured["arrival_ms"]).max()
+    assert summary["overheads"]["0"]["dispatch_lateness_ms_max"] == pytest.approx(late)
     assert summary["headline_service"] == "predicted" and set(summary["ranking"]) == set(fidelity["service"])
     assert (folder / "report.html").read_text().count("<img") == 2  # the point's CDFs and the machine's pace
     pace = pd.read_csv(folder / "pace.csv")  # one row per served run, every run with lone passes
