@@ -67,6 +67,7 @@ from calibration.file import (
     machine_key,
 )
 from calibration.passes import (
+    BESIDE_LEAST,
     JOINED_LEAST,
     ServedLevel,
     ServedPasses,
@@ -76,6 +77,7 @@ from calibration.passes import (
     isotonic,
     joined_passes,
     joined_share,
+    next_start,
     others_busy_before,
     wake_extra,
     wake_two,
@@ -649,6 +651,10 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     # passes another server's start joined on a free core, and the lone passes they are set against
                     lone, joined, joiner = joined_passes(tasks["server"].to_numpy(), start, start + compute)
                     lone[: min(10, n)] = joined[: min(10, n)] = False
+                    # the server's own work beside the pass: before its output left, after it (went straight on)
+                    before = tasks["held_ms"].to_numpy(float, copy=True)
+                    after = next_start(tasks["server"].to_numpy(), recv, start, end) - end
+                    before[: min(10, n)] = after[: min(10, n)] = np.nan
                     for j in group:
                         mine = compute[alone & (ran == j)]
                         if len(mine) < 20:
@@ -661,7 +667,8 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                                               "busy_back": busy_back, "busy_back_ms": tasks["back_ms"].to_numpy(float),
                                               "lone_ms": compute[lone & (ran == j)],
                                               "joined_ms": compute[joined & (ran == j)],
-                                              "joiner_ms": compute[joiner[joined & (ran == j)]]})
+                                              "joiner_ms": compute[joiner[joined & (ran == j)]],
+                                              "before_ms": before[ran == j], "after_ms": after[ran == j]})
                     bar.update(1)
     finally:
         bar.close()
@@ -722,7 +729,23 @@ def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
                                served_mean_ms=round(float(np.mean(mine)), 5),
                                out_ms=tuple(level["out_ms"]), back_ms=tuple(level["back_ms"])))
     return ServedPasses(levels=tuple(out), wake_idle_ms=idle[0], wake_idle_extra_ms=idle[1], wake_busy_ms=busy[0],
-                        wake_busy_extra_ms=busy[1], **by_busy, joined_share=joined_chance(levels))
+                        wake_busy_extra_ms=busy[1], **by_busy, joined_share=joined_chance(levels),
+                        **work_beside(levels))
+
+
+def work_beside(levels: list[dict[str, Any]], least: int = BESIDE_LEAST) -> dict[str, float]:
+    """`ServedPasses.before_output_ms` / `after_output_ms` from a network's levels' per-task `before_ms` (the pass's
+    end to the output's send) and `after_ms` (the send to the next task's start where the server went straight
+    on; NaN elsewhere), levels pooled, the means; empty when fewer than `least` tasks went straight on (or the
+    levels were measured without them)."""
+    if not all("after_ms" in level for level in levels):
+        return {}
+    before, after = (np.concatenate([np.asarray(level[key], float) for level in levels])
+                     for key in ("before_ms", "after_ms"))
+    before, after = before[np.isfinite(before) & (before >= 0)], after[np.isfinite(after) & (after >= 0)]
+    if len(after) < least or not len(before):
+        return {}
+    return {"before_output_ms": round(float(np.mean(before)), 5), "after_output_ms": round(float(np.mean(after)), 5)}
 
 
 def joined_chance(levels: list[dict[str, Any]], least: int = JOINED_LEAST) -> float | None:

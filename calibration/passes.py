@@ -35,9 +35,12 @@ out_ms, back_ms (the delays); the wake's two curves in
 the columns wake_idle_ms, wake_idle_extra_ms, wake_busy_ms (the others' busy time), wake_busy_extra_ms of a
 network's first rows (empty in the others); the one-way delays by how many other servers were computing when the
 message left (all levels pooled) in the columns out_ms_busy_0, out_ms_busy_1, ... and back_ms_busy_0, ... of the
-network's first rows, as many quantiles as a level has; and in the column joined_share of its first row, the chance
+network's first rows, as many quantiles as a level has; in the column joined_share of its first row, the chance
 that a server starting on a free core holds a computing one off its core until its own pass is done (`joined_share`,
-all levels pooled).
+all levels pooled); and in the columns before_output_ms, after_output_ms of its first row, the server's own work per
+task beside the pass in this traffic, levels pooled: the mean from the pass's end to the output's send, and from the
+send to the next task's start where the server went straight on (`next_start`). A served output is not delayed by
+the second part; the server's next task is.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ WAKE_LEAST = 20  # passes a range needs to give a point of the curve
 BUSY_PREFIXES = {"out_by_busy_ms": "out_ms_busy_", "back_by_busy_ms": "back_ms_busy_"}  # served_profile.csv:
 # the delay tables with k other servers computing, one column per k
 JOINED_COLUMN = "joined_share"  # served_profile.csv: ServedPasses.joined_share, in a network's first row
+BESIDE_COLUMNS = ("before_output_ms", "after_output_ms")  # served_profile.csv: ServedPasses' work beside the pass,
+# in a network's first row
+BESIDE_LEAST = 20  # tasks a server went straight on from that the work after an output needs
 BUSY_LEAST = 100  # deliveries a count of busy others needs for a table of its own (the last one holds beyond)
 
 
@@ -97,6 +103,21 @@ def delays_by_busy(others: np.ndarray, delay_ms: np.ndarray, n: int, least: int 
 
 
 JOINED_LEAST = 100  # joined passes a served profile needs for the chance that a start holds a server off its core
+
+
+def next_start(server: np.ndarray, recv: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Per task of one clock (its server's receipt `recv`, its start, its `end` when the server sent its output):
+    when its server started the next task, where that task had been received by then — the server went straight
+    on, so the time between is the server's own work after the output left, not waiting for work; NaN where the
+    server went idle (or the task never started)."""
+    server, recv, start, end = (np.asarray(a) for a in (server, recv, start, end))
+    out = np.full(len(start), np.nan)
+    for s in np.unique(server):
+        rows = np.flatnonzero((server == s) & np.isfinite(start))
+        rows = rows[np.argsort(start[rows], kind="stable")]
+        went_on = recv[rows[1:]] <= end[rows[:-1]]
+        out[rows[:-1][went_on]] = start[rows[1:]][went_on]
+    return out
 
 
 def joined_passes(server: np.ndarray, start: np.ndarray, end: np.ndarray
@@ -298,6 +319,11 @@ class ServedPasses(BaseModel):
     # the chance that a server starting on a free core holds a computing one off its core until its pass is done
     # (`joined_share`), levels pooled; None: not measured
     joined_share: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    # the server's own work per task beside the pass, in this traffic, levels pooled: before the output left
+    # (from the pass's end to the output's send, every task) and after (from the send to the next task's start,
+    # where the server went straight on); None: not measured (the calibration's busy-server cycle stands in)
+    before_output_ms: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    after_output_ms: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
 
     @field_validator("out_by_busy_ms", "back_by_busy_ms")
     @classmethod
@@ -323,6 +349,8 @@ class ServedPasses(BaseModel):
             raise ValueError("a wake curve comes with both parts (idle time and the others' busy time) or none")
         if any(len(table) != len(self.levels[0].samples_ms) for table in self.out_by_busy_ms + self.back_by_busy_ms):
             raise ValueError("a delay table by busy servers holds as many quantiles as a level")
+        if (self.before_output_ms is None) != (self.after_output_ms is None):
+            raise ValueError("the work beside the pass comes in both parts (before and after the output left) or none")
         return self
 
     @property
@@ -399,6 +427,9 @@ def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
                     frame[f"{prefix}{k}"] = list(table) if first else blank
             if passes.joined_share is not None:
                 frame[JOINED_COLUMN] = [passes.joined_share] + blank[1:] if first else blank
+            if passes.before_output_ms is not None:
+                for column in BESIDE_COLUMNS:
+                    frame[column] = [getattr(passes, column)] + blank[1:] if first else blank
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
 
@@ -431,7 +462,11 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
         busy = {field: busy_tables(rows, prefix) for field, prefix in BUSY_PREFIXES.items()}
         joined = pd.to_numeric(rows[JOINED_COLUMN], errors="coerce").dropna() if JOINED_COLUMN in rows.columns \
             else pd.Series(dtype=float)
-        out[str(name)] = ServedPasses(levels=tuple(levels), **wake, **busy,
+        beside = {}
+        for column in BESIDE_COLUMNS:
+            value = pd.to_numeric(rows[column], errors="coerce").dropna() if column in rows.columns else ()
+            beside[column] = float(value.iloc[0]) if len(value) else None
+        out[str(name)] = ServedPasses(levels=tuple(levels), **wake, **busy, **beside,
                                       joined_share=float(joined.iloc[0]) if len(joined) else None,
                                       isolated_p50_ms=None if pd.isna(isolated) else float(isolated))
     return out

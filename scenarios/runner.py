@@ -265,12 +265,13 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 BUSY_CORES_LIMIT = 0.25  # other processes' cores beyond which a measured served profile is not cached
-SERVED_PROFILE_FORMAT = 11  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
+SERVED_PROFILE_FORMAT = 12  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
 # 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 # by idle gap; 6: by the other servers' busy time, each server the rarely used one a third of the stream;
 # 7: both parts (idle time and the others' busy time), fitted together; 8: 1,500 lone passes, 1,000 quantiles;
 # 9: each level's mean pass as it ran; 10: the one-way delays by how many other servers compute; 11: the chance
-# that a server waking on a free core holds a computing one off its core (joined_share)
+# that a server waking on a free core holds a computing one off its core (joined_share); 12: the server's own work
+# per task before and after its output leaves
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:
@@ -765,6 +766,10 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
     if facts is not None:
         if calibration is not None:
             physical = served_model.physical_table(calibration, facts.device, served_model.experts_pass_ms(facts))
+            beside = served_model.experts_beside([measured.get(e["name"]) for e in facts.experts]) \
+                if measured else None
+            if beside is not None:  # the work beside the pass as the experts' own traffic showed it
+                physical["service"].update(beside)
         overhead = physical.get("service", {}).get("overhead_ms", 0.0)  # beside every pass, never stretched
 
         def service_of(name: str) -> dict[str, Any]:
@@ -803,7 +808,7 @@ def build_point_configs(scenario: Scenario, facts: NetworkFacts | None, only: in
         if calibration is not None and facts is not None:
             served_mean = float(np.mean([measured[e["name"]].busiest_mean_ms if measured else np.mean(s["samples_ms"])
                                          for e, s in zip(facts.experts, expert_service, strict=True)])) \
-                + config.service.overhead_ms
+                + config.service.beside_pass_ms
             if not own_network:
                 config = served_model.with_served_delays(config, calibration, facts.device, served_mean)
             if measured:  # the networks' own served passes (and their traffic's delays, unless the scenario's)

@@ -403,7 +403,8 @@ def sim_config_for(
     if load is not None or ensemble_load is not None:
         stand_in = {"rate_per_ms": 1.0} if traffic.get("kind", "poisson") != "trace" else {}
         partial = parse_config({**table, "traffic": {**traffic, **stand_in}, "n_queries": 1, "horizon_ms": None})
-        means = [partial.service.expert_dist(i).mean() + partial.service.overhead_ms for i in range(partial.n_experts)]
+        beside = partial.service.beside_pass_ms
+        means = [partial.service.expert_dist(i).mean() + beside for i in range(partial.n_experts)]
         counts = list(partial.instance_counts)
         if load is not None:  # routed queries: a fraction of the combined capacity of every expert instance
             routed_capacity = (sum(k / m for m, k in zip(means, counts, strict=True)) if capacity is None

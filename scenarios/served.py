@@ -126,6 +126,18 @@ def experts_joined(experts: list[Any]) -> float | None:
     return float(np.mean(shares))
 
 
+def experts_beside(experts: list[Any]) -> dict[str, float] | None:
+    """The server's own work per task beside the pass as the experts' served profiles measured it in their
+    traffic (`ServedPasses.before_output_ms` / `after_output_ms`), averaged over the experts, as the simulator's
+    `service.overhead_ms` (before the output leaves: in the answer's latency) and `service.after_ms` (after: the
+    server's next task waits it out); None when any expert has none (the calibration's busy-server cycle then
+    stands in, all of it before the output)."""
+    if not experts or any(p is None or p.before_output_ms is None for p in experts):
+        return None
+    return {"overhead_ms": float(np.mean([p.before_output_ms for p in experts])),
+            "after_ms": float(np.mean([p.after_output_ms for p in experts]))}
+
+
 def experts_busy_tables(experts: list[Any], way: str) -> list[list[float]]:
     """The `way` ('out' or 'back') delay by how many other servers compute (`ServedPasses.out_by_busy_ms` /
     `back_by_busy_ms`), the experts' tables averaged quantile by quantile, as many counts as every expert has;
@@ -349,7 +361,8 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
     if served_passes:
         meaning = ("predicted served latency: the networks' own passes and one-way delays served under traffic, "
                    "the delays by how many servers compute when a message leaves, the chance that a server waking "
-                   "on a free core holds a computing one off its core (served_profile.csv) + this "
+                   "on a free core holds a computing one off its core, each server's own work per task before and "
+                   "after its output leaves (served_profile.csv) + this "
                    "machine's serving calibration (per-task serving cost, the dispatcher's CPU per task run on the "
                    "cores ahead of the servers, time slicing, co-running slowdown)")
     else:
@@ -369,6 +382,9 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
                                        for level in passes.levels]
                                 for name, passes in served_passes.items()}
         out["served_wake"] = {name: passes.wake for name, passes in served_passes.items() if passes.wake}
+        out["served_beside"] = {name: {"before_output_ms": passes.before_output_ms,
+                                       "after_output_ms": passes.after_output_ms}
+                                for name, passes in served_passes.items() if passes.before_output_ms is not None}
         if served_source:
             out["served_profile"] = dict(served_source)
     return out

@@ -221,17 +221,12 @@ def cycles(tasks: pd.DataFrame) -> np.ndarray:
     where that next task was already queued when this one ended (so the server went straight on). Besides the
     pass (and a straggle), that covers sending the output, reading the socket and being scheduled again: work
     the server does per task that no isolated profile sees. NaN where the server went idle after the task."""
-    out = np.full(len(tasks), np.nan)
+    from calibration.passes import next_start
+
     start = (tasks["server_recv_clock_ms"] + tasks["queue_ms"]).to_numpy()
     end = start + (tasks["compute_ms"] + tasks["held_ms"]).to_numpy()
-    recv = tasks["server_recv_clock_ms"].to_numpy()
     keys = tasks[["repeat", "policy", "server"]].astype(str).agg("/".join, axis=1).to_numpy()
-    for key in np.unique(keys):
-        rows = np.flatnonzero((keys == key) & np.isfinite(start))
-        rows = rows[np.argsort(start[rows])]
-        went_on = recv[rows[1:]] <= end[rows[:-1]]
-        out[rows[:-1][went_on]] = start[rows[1:]][went_on] - start[rows[:-1]][went_on]
-    return out
+    return next_start(keys, tasks["server_recv_clock_ms"].to_numpy(), start, end) - start
 
 
 def in_situ_service(tasks: pd.DataFrame, names: list[str], fallback: dict[str, np.ndarray],

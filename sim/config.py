@@ -242,6 +242,11 @@ class Service(_Model):
     frees its slot for the head at once. A task's work is its service time at speed 1; the server's busy time
     is the wall time the task held it, waits in the run queue included.
 
+    `after_ms` is the part of that work done after the output has left (sending it, reading the socket for the
+    next task): the output's latency does not hold it, the server's next task does — a task that starts less than
+    `after_ms` after the previous one ended first waits out the rest, as work on the cores, never stretched. A
+    server's capacity is one task per (mean pass + overhead_ms + after_ms) (`beside_pass_ms`).
+
     `wake` (measured by `coinsim calibrate`): a server that sat idle for g ms before a task starts computes that
     task `extra_ms(g)` ms longer (linear between the given points, the last value beyond them; 0 for a server
     that goes straight on from its previous task) — a process that slept finds its caches cold and its core
@@ -263,6 +268,12 @@ class Service(_Model):
         default=0.0, ge=0,
         description="per-task work of a server beside the pass (ms): added to every task, never stretched by a "
                     "straggle; the served latency model sets it from the calibration")
+    after_ms: float = Field(
+        default=0.0, ge=0,
+        description="per-task work of a server after the task's output has left (ms): sending it, reading the socket, "
+                    "looking for the next task; the server is taken that long after each task (a task that starts "
+                    "sooner waits out what is left, on the cores with them), the output is not delayed by it; the "
+                    "served latency model sets it from the served profile")
     max_batch: int = Field(default=1, ge=1, description="dynamic batching: tasks a free server takes at once")
     batch_cost_per_extra: float = Field(default=0.25, ge=0, description="batch time = max draw * (1 + cost * (b - 1))")
     cancel_in_service: Literal["preempt", "finish_pass"] = "preempt"
@@ -304,7 +315,15 @@ class Service(_Model):
         if self.joined_share is not None and self.quantum_ms is None:
             raise ValueError("joined_share (a start holding another server off the cores) needs time slicing: cores "
                              "and quantum_ms")
+        if self.after_ms > 0 and self.max_batch > 1:
+            raise ValueError("after_ms (a server's work after an output leaves) is not modelled with max_batch > 1")
         return self
+
+    @property
+    def beside_pass_ms(self) -> float:
+        """A server's own work per task beside the forward pass, before and after its output leaves: what a task
+        takes of a server's capacity beyond its pass."""
+        return self.overhead_ms + self.after_ms
 
     def corun_factor(self, computing: int) -> float:
         """How many times slower each of `computing` servers on the cores at once computes (1 for one)."""

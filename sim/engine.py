@@ -184,6 +184,7 @@ class _Server:
         "share",
         "hold",
         "lone",
+        "left_at",
     )
 
     def __init__(
@@ -212,6 +213,7 @@ class _Server:
         self.q0 = 0.0  # time slicing: start of the current quantum (while holding a slot)
         self.qev: Due | None = None  # time slicing: pending end of the current quantum, if one is armed
         self.free_at = 0.0  # when the server last became free (wake-up costs: how long it sat idle)
+        self.left_at = -math.inf  # when its last output left (service.after_ms: its work after that holds it)
         self.woke = 0.0  # wake-up cost added to the current task's pass
         self.seen = 0.0  # every server's busy time so far when this one became free (wake by the others' work)
         self.factor = 1.0  # stragglers.extra_of = "pass": the current task's straggle factor
@@ -232,9 +234,14 @@ class _Server:
             d, p0 = d0, self.cur_pass = tasks.task_ms(task.k, qid, self.idx)
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
+        lead = 0.0  # service.after_ms: what is left of the work after its previous output, done first
+        if self.eng.after:
+            lead = self.eng.after - (now - self.left_at)
+            if lead < 0.0:
+                lead = 0.0
         wake = self.eng.wake
         if wake is None:
-            woke = self.woke = 0.0
+            woke = 0.0
         else:
             woke = wake.extra(now - self.free_at)  # 0 straight on
             if self.eng.wake_others:  # and the others' busy time meanwhile (cache eviction)
@@ -242,18 +249,21 @@ class _Server:
                     woke += wake.extra_others(self.eng.busy_clock() - self.seen)
                 self.eng.busy_n += 1  # this server's service period is under way from now
                 self.eng.busy_t0 += now
-            self.woke = woke
+        self.woke = woke + lead  # before the pass ends: its wake-up, and the previous task's work after its output
         ev = self.ev = Due(self.finish)
         if self.eng.joined is not None:  # its work without a straggle's: how long its start may hold another server
-            self.lone = d + woke if p0 is None else d * p0 / d0 + woke
+            self.lone = (d if p0 is None else d * p0 / d0) + woke + lead
         if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included, and not the
             ov = self.eng.overhead  # server's work beside it (both slowed alike by an episode)
             pass_ms = d * (p0 - ov) / d0 + woke  # type: ignore[operator]
             ov = ov * d / d0 if ov else 0.0
             self.factor = (d - ov) / (pass_ms - woke) if pass_ms > woke else 1.0
+            ov += lead
             self.share = pass_ms / (pass_ms + ov) if ov else 1.0
             work = pass_ms + ov
             d, woke = pass_ms * self.factor + ov, 0.0
+        else:
+            woke += lead
         if self.eng.sharing:  # the task's work is done at the shared cores' current speed
             if self.eng.stall:  # ... and a straggle's extra time is spent off the cores
                 if self.eng.of_pass:
@@ -279,7 +289,7 @@ class _Server:
                 return
 
     def _stop(self) -> float:
-        self.free_at = self.env.now
+        self.free_at = self.left_at = self.env.now
         dt = self.env.now - self.t0
         self.eng.busy[self.idx] += dt
         self.eng.busy_done += dt
@@ -299,7 +309,7 @@ class _Server:
             return  # stale completion of preempted work
         task: _Task = self.cur  # type: ignore[assignment]
         eng = self.eng
-        now = self.free_at = self.env.now  # _stop(), inlined on the hot path
+        now = self.free_at = self.left_at = self.env.now  # _stop(), inlined on the hot path
         dt = now - self.t0
         eng.busy[self.idx] += dt
         eng.busy_done += dt
@@ -522,6 +532,9 @@ class FastEngine(ServingView):
         self.busy_t0 = 0.0
         self.of_pass = plan.extra_of_pass  # a straggle is (f - 1) x the pass as it ran, not as drawn
         self.overhead = plan.overhead_ms  # each task's work beside its pass (in its draw), never stretched
+        self.after = plan.after_ms  # a server's work after each output left: its next task waits out the rest
+        if self.after and plan.max_batch > 1:
+            raise ValueError("a server's work after an output (service.after_ms) is not modelled with batching")
         if plan.wake is not None and plan.max_batch > 1:
             raise ValueError("wake-up costs (service.wake) are not modelled with batching")
         self.quantum = plan.quantum  # time slicing: round robin in quanta instead of processor sharing
@@ -599,6 +612,7 @@ class FastEngine(ServingView):
         # time once drawn (no shared cores, wake-ups, slow episodes, failures, straggles of the pass alone): every
         # server is Lindley's recursion, run without events (`_recursion`: the event loop's own operations)
         self.recursion = (self.uncoded and not self.sharing and plan.wake is None and plan.episodes is None
+                          and not plan.after_ms
                           and plan.failures is None and not plan.extra_of_pass and plan.tasks is None
                           and bool(np.all(np.asarray(draws.model) >= 0)))
         self.arr = _view(draws.arrival_ms)

@@ -56,7 +56,7 @@ def layout(cfg: SimConfig, spec: PolicySpec) -> Layout:
     strag = cfg.stragglers
     straggled = _straggled(cfg, len(hosts))
     factor = np.where(straggled, strag.task_factor_mean(), 1.0)
-    means = _host_means(cfg, hosts) * factor + cfg.service.overhead_ms
+    means = _host_means(cfg, hosts) * factor + cfg.service.beside_pass_ms
     if strag.episodes is not None:
         means = np.where(straggled, means * strag.episodes.mean_factor(), means)
     return Layout(tuple(hosts), tuple(means.tolist()))
@@ -119,7 +119,7 @@ def _cores_problem(cfg: SimConfig, spec: PolicySpec, lay: Layout) -> str | None:
     on_core = _host_means(cfg, lay.hosts)
     if strag.hold == "compute":
         on_core = on_core * np.where(_straggled(cfg, len(lay.hosts)), strag.task_factor_mean(), 1.0)
-    per_server = (on_core + cfg.service.overhead_ms).tolist()
+    per_server = (on_core + cfg.service.beside_pass_ms).tolist()
     routed = cfg.traffic.routed_rate() * cfg.traffic.mean_shares(n)
 
     rules, offered = RULES[spec.kind], _offered(cfg, spec, lay)

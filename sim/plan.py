@@ -58,6 +58,7 @@ class Plan:
     delay_window: int = 1000  # ... over this many routed queries per expert
     extra_of_pass: bool = False  # a straggle's extra time is (f - 1) x the pass's own time on its server
     overhead_ms: float = 0.0  # in every task time: the server's work beside the pass, never stretched
+    after_ms: float = 0.0  # the server's work after an output leaves: its next task waits out what is left
     n_base: int = 0  # servers of the experts' own instances (0: n_experts); the extra servers follow
     balancer: str = "jsq"  # which instance of an expert gets a task: jsq | round_robin | power_of_d
     balance_u: np.ndarray | None = None  # (n, d) power_of_d's uniforms per query
@@ -169,6 +170,7 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         stall=stall,
         extra_of_pass=of_pass,
         overhead_ms=overhead,
+        after_ms=cfg.service.after_ms,
         n_base=cfg.n_base,
         balancer=cfg.deployment.balancer,
         balance_u=draws.balance_u,

@@ -101,6 +101,11 @@ def test_real_servers_credit_each_network_its_own_passes(tmp_path: Path) -> None
     again = profile_interleaved(picked, torch.from_numpy(np.load(inputs)), torch.device("cpu"), samples=40, threads=1)
     bare = min(np.median(iso["cnn-w48"]), np.median(again["cnn-w48"]))
     assert np.median(profile["cnn-w48"].levels[0].samples_ms) > 0.8 * bare
+    # the server's own work beside the pass in that traffic, before and after its output left: measured (the small
+    # network's servers go straight on from hundreds of tasks), at least 0 and far below a pass of the wide network
+    small_beside = profile["cnn-w2"]
+    assert small_beside.before_output_ms is not None and small_beside.after_output_ms is not None
+    assert 0.0 <= small_beside.before_output_ms < 5.0 and 0.0 < small_beside.after_output_ms < 5.0
     # the delays by busy servers: at least the table with none computing, each as many quantiles as a level
     for passes in profile.values():
         for tables in (passes.out_by_busy_ms, passes.back_by_busy_ms):
@@ -336,3 +341,47 @@ def test_the_join_share_reads_back_per_network(tmp_path: Path) -> None:
     assert back["b"].joined_share is None
     with pytest.raises(ValueError):
         ServedPasses(levels=one.levels, joined_share=1.5)
+
+
+def test_next_start_is_where_the_server_went_straight_on() -> None:
+    from calibration.passes import next_start
+
+    # server 0: task 0 ends (sends) at 2.0 with task 1 received at 0.5 -> it went on to task 1 at 2.2; task 1 ends
+    # at 4.0 and task 2 arrives at 10 -> idle (NaN); server 1 (task 3 .. 4): task 4 received exactly at 3's end ->
+    # straight on; the last task of each server and a task that never started: NaN
+    server = np.array([0, 0, 0, 1, 1, 1])
+    recv = np.array([0.0, 0.5, 10.0, 1.0, 3.0, 20.0])
+    start = np.array([0.0, 2.2, 10.0, 1.0, 3.4, np.nan])
+    end = np.array([2.0, 4.0, 11.0, 3.0, 4.0, np.nan])
+    got = next_start(server, recv, start, end)
+    assert got[0] == 2.2 and got[3] == 3.4
+    assert np.isnan(got[[1, 2, 4, 5]]).all()
+    # the order of the rows does not matter, the servers' own order does
+    order = np.array([5, 2, 4, 0, 3, 1])
+    assert np.array_equal(next_start(server[order], recv[order], start[order], end[order]), got[order],
+                          equal_nan=True)
+
+
+def test_the_work_beside_is_the_pooled_means_and_needs_enough_straight_on_tasks() -> None:
+    from calibration.measure import work_beside
+
+    levels = [{"before_ms": np.array([0.1, 0.3, np.nan]), "after_ms": np.r_[np.full(10, 0.2), np.nan]},
+              {"before_ms": np.array([0.2]), "after_ms": np.r_[np.full(10, 0.5), -1.0]}]
+    got = work_beside(levels, least=20)
+    assert got == {"before_output_ms": pytest.approx(0.2), "after_output_ms": pytest.approx(0.35)}
+    assert work_beside(levels, least=21) == {}  # 20 went straight on
+    assert work_beside([{"before_ms": [0.1]}]) == {}  # measured without it
+
+
+def test_the_work_beside_reads_back_per_network(tmp_path: Path) -> None:
+    one = _profile()
+    with_beside = ServedPasses(levels=one.levels, before_output_ms=0.12, after_output_ms=0.34)
+    path = tmp_path / "served_profile.csv"
+    to_frame({"a": with_beside, "b": one}).to_csv(path, index=False)
+    back = read_served_profile(path)
+    assert (back["a"].before_output_ms, back["a"].after_output_ms) == pytest.approx((0.12, 0.34))
+    assert back["b"].before_output_ms is None and back["b"].after_output_ms is None
+    with pytest.raises(ValueError):
+        ServedPasses(levels=one.levels, before_output_ms=0.1)  # one part without the other
+    with pytest.raises(ValueError):
+        ServedPasses(levels=one.levels, before_output_ms=0.1, after_output_ms=-0.2)

@@ -389,3 +389,27 @@ def test_load_is_read_at_the_passes_as_they_ran_wake_included() -> None:
     facts.served_passes = {names[0]: passes(2.0, None), names[1]: passes(3.0, None), "coded": passes(2.0, None)}
     (_, older), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
     assert older.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / (2.5 + OV_15 + 0.05))
+
+
+def test_the_work_beside_the_pass_measured_in_the_experts_traffic_replaces_the_calibrations() -> None:
+    from calibration.passes import ServedLevel, ServedPasses
+    from scenarios.runner import build_point_configs
+
+    cal, scenario, facts, names = _two_core_point()
+
+    def passes(before: float | None, after: float | None) -> ServedPasses:
+        level = ServedLevel(utilization=1.0, rate_per_ms=1.0, n_lone=50, samples_ms=(2.0,) * 4, served_mean_ms=2.4)
+        return ServedPasses(levels=(level,), before_output_ms=before, after_output_ms=after)
+
+    facts.served_passes = {names[0]: passes(0.1, 0.3), names[1]: passes(0.2, 0.5), "coded": passes(None, None)}
+    (_, config), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    # the experts' means: 0.15 before the output (in the answer), 0.4 after it (the server's next task waits)
+    assert config.service.overhead_ms == pytest.approx(0.15)
+    assert config.service.after_ms == pytest.approx(0.4)
+    # both take the server: the cores bind at 1.9 / (2.4 + 0.15 + 0.4 + 0.05) per ms
+    assert config.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / (2.4 + 0.55 + 0.05))
+    # an expert without it: the calibration's busy-server cycle stands in, all of it before the output
+    facts.served_passes[names[1]] = passes(None, None)
+    (_, older), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    assert older.service.overhead_ms == pytest.approx(OV_15) and older.service.after_ms == 0.0
+    assert older.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / (2.4 + OV_15 + 0.05))
