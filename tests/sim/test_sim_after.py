@@ -93,3 +93,10 @@ def test_work_after_with_batching_is_refused() -> None:
         parse_config({"n_experts": 1, "r": 0, "policies": ["uncoded"], "n_queries": 10,
                       "traffic": {"rate_per_ms": 0.1}, "service": {"after_ms": 0.5, "max_batch": 4}})
     assert "after_ms" in str(info.value)
+
+
+def test_the_reference_engine_refuses_work_after_an_output() -> None:
+    cfg = parse_config({"n_experts": 1, "r": 0, "n_queries": 10, "policies": ["uncoded"],
+                        "traffic": {"kind": "poisson", "rate_per_ms": 0.5}, "service": {"after_ms": 0.2}})
+    with pytest.raises(NotImplementedError, match="after its output"):
+        sim.simulate(cfg, 0, engine="reference")
