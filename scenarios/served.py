@@ -215,8 +215,16 @@ def dispatcher_work(calibration: Any) -> dict[str, Any]:
 
 def core_utilization(config: SimConfig, served_mean_ms: float, cores: float) -> float:
     """The busy share of the machine's `cores` that the primary tasks of this point keep computing: task rate ×
-    mean served cost / cores (the quantity the calibration's delay levels are indexed by)."""
-    return float(task_rate_per_ms(config) * served_mean_ms / max(cores, 1e-9))
+    mean served cost / cores (the quantity the calibration's delay levels and the served profile's levels are
+    indexed by: every pass the cores ran). A straggler held by computing (`stragglers.hold = "compute"`) runs
+    passes for (f − 1) × its pass after it, so the cost counts the stragglers' mean factor on the pass part (the
+    served cost less the work beside the pass); one held as a stall leaves the cores."""
+    work = served_mean_ms
+    strag = config.stragglers
+    if strag.hold == "compute" and strag.p > 0:
+        on_pass = max(served_mean_ms - config.service.beside_pass_ms, 0.0)
+        work += (strag.task_factor_mean() - 1.0) * on_pass
+    return float(task_rate_per_ms(config) * work / max(cores, 1e-9))
 
 
 def with_served_delays(config: SimConfig, calibration: Any, device: str, served_mean_ms: float) -> SimConfig:

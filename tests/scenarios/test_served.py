@@ -413,3 +413,16 @@ def test_the_work_beside_the_pass_measured_in_the_experts_traffic_replaces_the_c
     (_, older), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
     assert older.service.overhead_ms == pytest.approx(OV_15) and older.service.after_ms == 0.0
     assert older.traffic.rate_per_ms == pytest.approx(0.3 * 1.9 / (2.4 + OV_15 + 0.05))
+
+
+@pytest.mark.parametrize("hold, p, expected", [("compute", 0.25, 0.5 * (2.0 * 3.25 + 0.5) / 2.0),
+                                               ("stall", 0.25, 0.5 * 2.5 / 2.0),
+                                               ("compute", 0.0, 0.5 * 2.5 / 2.0)])
+def test_the_cores_busy_share_counts_a_straggler_held_by_computing(hold, p, expected) -> None:
+    # 0.5 tasks/ms, served cost 2.5 ms of which 0.5 beside the pass (0.2 before the output, 0.3 after), 2 cores.
+    # Stragglers x10 with p = 0.25: the mean factor 3.25 on the 2 ms pass when they hold by computing (more passes
+    # on the cores); held as stalls they leave the cores, and without stragglers nothing is added
+    cfg = parse_config({"n_experts": 1, "r": 0, "policies": ["uncoded"], "n_queries": 10,
+                        "traffic": {"rate_per_ms": 0.5}, "stragglers": {"p": p, "slowdown": 10.0, "hold": hold},
+                        "service": {"overhead_ms": 0.2, "after_ms": 0.3}})
+    assert served.core_utilization(cfg, 2.5, 2.0) == pytest.approx(expected)
