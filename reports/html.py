@@ -648,6 +648,7 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
         if isinstance(served, Mapping) and served:
             text += _served_passes_text(served)
             text += _wake_text(model.get("served_wake"))
+            text += _beside_text(model.get("served_beside"))
             if where := served_profile_text(model.get("served_profile")):
                 text += Markup(" The served profile: {}.").format(where)
         elif levels:
@@ -666,6 +667,25 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
         text += Markup(" Served on this machine, latencies would be longer: run without "
                        "<code>--latency-model compute</code> for the served prediction.")
     return text
+
+
+def _beside_text(beside: Any) -> Markup:
+    """A server's own work per task beside the pass as the networks' traffic showed it, before and after its output
+    left (summary.json latency_model.served_beside, per network), as ranges over the networks; or nothing."""
+    if not isinstance(beside, Mapping):
+        return Markup("")
+    parts = [v for v in beside.values() if isinstance(v, Mapping)
+             and finite(v.get("before_output_ms")) and finite(v.get("after_output_ms"))]
+    if not parts:
+        return Markup("")
+
+    def span(key: str) -> str:
+        values = sorted(float(v[key]) for v in parts)
+        return _num(values[0]) if values[0] == values[-1] else f"{_num(values[0])}–{_num(values[-1])}"
+
+    return Markup(" Each server's own work per task, measured in the same traffic: {} ms before its output leaves "
+                  "(in the answer) and {} ms after it (the server's next task waits it out).").format(
+        span("before_output_ms"), span("after_output_ms"))
 
 
 def _wake_text(wake: Any) -> Markup:

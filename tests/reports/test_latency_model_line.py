@@ -93,3 +93,20 @@ def test_the_line_says_where_the_served_profile_came_from() -> None:
     assert "replayed from /r/x" in line({"source": "replayed", "from": "/r/x"})
     assert "The served profile" not in line(None)  # summaries written before it was recorded
     assert served_profile_text({"no": "source"}) is None and served_profile_text("measured") is None
+
+
+def test_served_line_gives_the_work_before_and_after_the_output_as_ranges() -> None:
+    cal = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"}}
+    served = {"a": [{"utilization": 0.1, "mean_ms": 0.4}]}
+    beside = {"a": {"before_output_ms": 0.06, "after_output_ms": 0.16},
+              "b": {"before_output_ms": 0.08, "after_output_ms": 0.13},
+              "c": {"before_output_ms": float("nan"), "after_output_ms": 9.0}}  # not finite: ignored
+    text = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
+                                                     "served_passes": served, "served_beside": beside}}))
+    assert "0.060–0.080 ms before its output leaves" in text and "0.130–0.160 ms after it" in text
+    one = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
+                                                    "served_passes": served, "served_beside": {"a": beside["a"]}}}))
+    assert "0.060 ms before its output leaves" in one and "0.160 ms after it" in one
+    plain = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
+                                                      "served_passes": served}}))
+    assert "after it" not in plain
