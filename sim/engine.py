@@ -533,8 +533,7 @@ class FastEngine(ServingView):
         self.of_pass = plan.extra_of_pass  # a straggle is (f - 1) x the pass as it ran, not as drawn
         self.overhead = plan.overhead_ms  # each task's work beside its pass (in its draw), never stretched
         self.after = plan.after_ms  # a server's work after each output left: its next task waits out the rest
-        if self.after and plan.max_batch > 1:
-            raise ValueError("a server's work after an output (service.after_ms) is not modelled with batching")
+        # (not with batching: service.after_ms refuses max_batch > 1)
         if plan.wake is not None and plan.max_batch > 1:
             raise ValueError("wake-up costs (service.wake) are not modelled with batching")
         self.quantum = plan.quantum  # time slicing: round robin in quanta instead of processor sharing

@@ -48,13 +48,14 @@ def test_a_straggle_does_not_stretch_the_work_after() -> None:
 
 
 def test_on_a_shared_core_the_work_after_computes_there() -> None:
-    # one core shared as a fluid by two servers. A (server 0, t = 0) and B (server 1, t = 0) each 2 ms + 0.3
-    # before: both at half speed, done at 4.6. C (server 0, t = 4.6) waits out A's 0.5 after, alone on the core
-    # (B has nothing left): 4.6 + 0.5 + 2.3 = 7.4
+    # one core shared as a fluid by two servers. A (server 0, t = 0): 2 ms + 0.3 before; B (server 1, t = 0) a x3
+    # straggler: 6 + 0.3. Both at half speed until A is done at 4.6 (B has 4.0 left). C (server 0, t = 4.6) first
+    # does A's 0.5 after, as work beside B: 2.8 ms of work at half speed -> 4.6 + 5.6 = 10.2 (a wait off the
+    # cores would let B run alone meanwhile and answer C at 9.7); B then has 1.2 left, alone: 11.4
     table = {"n_experts": 2, "r": 0, "policies": ["uncoded"],
              "service": {"expert": PASS2, "overhead_ms": 0.3, "after_ms": 0.5, "cores": 1.0}}
-    out = _trace(table, [0.0, 0.0, 4.6], [0, 1, 0], np.ones((3, 2)))
-    np.testing.assert_allclose(out.finish_ms, [4.6, 4.6, 7.4], atol=1e-9)
+    out = _trace(table, [0.0, 0.0, 4.6], [0, 1, 0], np.array([[1.0, 1.0], [1.0, 3.0], [1.0, 1.0]]))
+    np.testing.assert_allclose(out.finish_ms, [4.6, 11.4, 10.2], atol=1e-9)
 
 
 @pytest.mark.parametrize("after", [0.4, 0.0])
