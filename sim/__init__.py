@@ -61,6 +61,9 @@ server that loses its slot waits whole quanta (q -> 0 gives processor sharing ba
 ``stragglers.hold = "stall"`` keeps a straggling task's extra time off those cores;
 ``service.wake = {idle_ms = [...], extra_ms = [...]}`` makes a task that starts on a server that sat idle for
 g ms compute extra_ms(g) longer (a process that slept wakes to cold caches and a slower core);
+``service.pass_correlation = {idle_ms = [...], rho = [...]}`` (empirical services only) makes a server's
+consecutive passes move together: the normal score of a pass's rank is rho x its server's previous score +
+sqrt(1 - rho^2) x its own, rho read from how long the server sat idle in between (0 beyond the last edge);
 ``service.dispatcher = {send_ms = a, return_ms = b}`` (with time slicing) runs the dispatcher's own CPU work on
 those cores, a ms per task sent and b per output taken back, ahead of the servers (it preempts one when no core
 is free), as a frontend at real-time priority does.

@@ -200,6 +200,34 @@ class Wake(_Model):
         return float(np.interp(busy_ms, (0.0, *self.others_busy_ms), (0.0, *self.others_extra_ms)))
 
 
+class PassCorrelation(_Model):
+    """How a server's consecutive passes move together: the normal score of a pass's rank in its distribution is
+    rho x the previous pass's score on the same server + sqrt(1 - rho^2) x its own drawn score, rho read from the
+    time the server sat idle between the two (from the previous output's leaving to this start): `rho[j]` for an
+    idle time up to `idle_ms[j]` (and above the one before), 0 beyond the last. Each pass keeps its distribution
+    (its score is still standard normal), only their order in time changes: a served process's slow passes come in
+    runs (its core, caches and clock persist from one pass to the next), which builds queues independent draws never
+    build. Measured in the served profile's traffic."""
+
+    idle_ms: tuple[Annotated[float, Field(gt=0, allow_inf_nan=False)], ...] = Field(min_length=1)
+    rho: tuple[Annotated[float, Field(gt=-1, lt=1, allow_inf_nan=False)], ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> PassCorrelation:
+        if len(self.idle_ms) != len(self.rho):
+            raise ValueError(f"pass_correlation: {len(self.idle_ms)} idle_ms edges but {len(self.rho)} rho values")
+        if any(b <= a for a, b in zip(self.idle_ms, self.idle_ms[1:], strict=False)):
+            raise ValueError("pass_correlation.idle_ms must increase")
+        return self
+
+    def at(self, idle_ms: float) -> float:
+        """rho after the server sat idle `idle_ms` (0 beyond the last edge)."""
+        for edge, rho in zip(self.idle_ms, self.rho, strict=True):
+            if idle_ms <= edge:
+                return rho
+        return 0.0
+
+
 class Dispatcher(_Model):
     """The dispatcher's (frontend's) own CPU work on the cores the servers share, per task: `send_ms` when it sends
     a task to a server, `return_ms` when it takes an output back (at the moment the output reaches it). It runs
@@ -293,6 +321,11 @@ class Service(_Model):
                     "the other cores at the same time (entry j for j others, the last one beyond; shared caches, "
                     "memory bandwidth, SMT siblings — measured by coinsim calibrate); None = no slowdown")
     wake: Wake | None = None
+    pass_correlation: PassCorrelation | None = Field(
+        default=None,
+        description="a server's consecutive passes move together (their ranks, by how long it sat idle between "
+                    "them), each pass keeping its distribution; needs empirical service distributions (measured in "
+                    "the served profile); None = independent draws")
     joined_share: float | None = Field(
         default=None, ge=0.0, le=1.0, allow_inf_nan=False,
         description="with time slicing: the chance that a server starting on a free core wakes on a core another "
@@ -317,6 +350,13 @@ class Service(_Model):
                              "and quantum_ms")
         if self.after_ms > 0 and self.max_batch > 1:
             raise ValueError("after_ms (a server's work after an output leaves) is not modelled with max_batch > 1")
+        if self.pass_correlation is not None:
+            if self.max_batch > 1:
+                raise ValueError("pass_correlation (a server's passes moving together) is not modelled with "
+                                 "max_batch > 1")
+            dists = [self.expert, *(self.experts or ()), self.coded, self.backup]
+            if any(d is not None and d.kind != "empirical" for d in dists):
+                raise ValueError("pass_correlation needs empirical service distributions (measured passes)")
         return self
 
     @property

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import heapq
 import math
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -79,6 +81,7 @@ class _Task:
         self.uncounted = False  # with network delays: the dispatcher no longer counts it as live
 
 
+_NORMAL = NormalDist()  # service.pass_correlation: scores of ranks and back
 _INDEXED = 8  # lists of this many stations or more get a least-loaded index (a shorter one is scanned faster)
 
 
@@ -185,6 +188,8 @@ class _Server:
         "hold",
         "lone",
         "left_at",
+        "score",
+        "table",
     )
 
     def __init__(
@@ -214,6 +219,8 @@ class _Server:
         self.qev: Due | None = None  # time slicing: pending end of the current quantum, if one is armed
         self.free_at = 0.0  # when the server last became free (wake-up costs: how long it sat idle)
         self.left_at = -math.inf  # when its last output left (service.after_ms: its work after that holds it)
+        self.score = 0.0  # service.pass_correlation: the normal score of its last pass's rank
+        self.table: tuple[tuple[float, ...], float] | None = None  # ... and its passes' samples and scale
         self.woke = 0.0  # wake-up cost added to the current task's pass
         self.seen = 0.0  # every server's busy time so far when this one became free (wake by the others' work)
         self.factor = 1.0  # stragglers.extra_of = "pass": the current task's straggle factor
@@ -232,6 +239,9 @@ class _Server:
             p0 = self.cur_pass = None if self.pass_draw is None else self.pass_draw[qid]
         else:
             d, p0 = d0, self.cur_pass = tasks.task_ms(task.k, qid, self.idx)
+        if self.eng.corr is not None:  # its pass moves with its previous one
+            d = d0 = self._correlate(now, d, p0)  # type: ignore[arg-type]
+            p0 = self.cur_pass = self.eng.corr_pass
         if self.slow is not None and self.slow.state_at(now):
             d *= self.slowdown
         lead = 0.0  # service.after_ms: what is left of the work after its previous output, done first
@@ -279,6 +289,29 @@ class _Server:
             self.eng.busy_up(self, d + woke, ev)
             return
         self.env.at(now + d + woke, ev)
+
+    def _correlate(self, now: float, d: float, p0: float) -> float:
+        """service.pass_correlation: the task time with its pass moved to the rank that the score rule gives (its
+        own drawn rank's score mixed with this server's previous pass's, by how long the server sat idle); the
+        straggle factor and the work beside the pass kept. Sets `eng.corr_pass`, the pass (with the work beside)
+        without the straggle."""
+        samples, scale = self.table  # type: ignore[misc]
+        ov = self.eng.overhead
+        base = p0 - ov
+        n = len(samples)
+        x = base / scale
+        lo, hi = bisect_left(samples, x * (1 - 1e-12)), bisect_right(samples, x * (1 + 1e-12))
+        u = (lo + hi) / (2.0 * n) if hi > lo else (lo + 0.5) / n
+        rho = self.eng.corr.at(now - self.left_at)  # its first pass: no previous one (left_at -inf)
+        z = _NORMAL.inv_cdf(min(max(u, 1e-9), 1 - 1e-9))
+        if rho:
+            z = rho * self.score + math.sqrt(1.0 - rho * rho) * z
+        self.score = z
+        moved = samples[min(int(_NORMAL.cdf(z) * n), n - 1)] * scale
+        self.eng.corr_pass = moved + ov
+        if base <= 0.0:
+            return d
+        return (d - ov) * moved / base + ov
 
     def pull(self) -> None:
         q = self.station.queue
@@ -532,6 +565,10 @@ class FastEngine(ServingView):
         self.busy_t0 = 0.0
         self.of_pass = plan.extra_of_pass  # a straggle is (f - 1) x the pass as it ran, not as drawn
         self.overhead = plan.overhead_ms  # each task's work beside its pass (in its draw), never stretched
+        self.corr = plan.pass_correlation  # a server's consecutive passes move together (service.pass_correlation)
+        self.corr_pass = 0.0  # ... the last moved pass (with the work beside), for _Server.start
+        if self.corr is not None and (plan.max_batch > 1 or plan.pass_tables is None):
+            raise ValueError("pass_correlation needs one task per pass (no batching) and the servers' pass samples")
         self.after = plan.after_ms  # a server's work after each output left: its next task waits out the rest
         # (not with batching: service.after_ms refuses max_batch > 1)
         if plan.wake is not None and plan.max_batch > 1:
@@ -583,6 +620,8 @@ class FastEngine(ServingView):
                 srv = _Server(s, env, self, st, plan.hosts[s], draw)
             if plan.pass_ms is not None:
                 srv.pass_draw = _view(plan.pass_ms[:, s])
+            if plan.pass_tables is not None:
+                srv.table = plan.pass_tables[s]
             st.servers.append(srv)
             self.servers.append(srv)
         for st in self.stations:
@@ -611,7 +650,7 @@ class FastEngine(ServingView):
         # time once drawn (no shared cores, wake-ups, slow episodes, failures, straggles of the pass alone): every
         # server is Lindley's recursion, run without events (`_recursion`: the event loop's own operations)
         self.recursion = (self.uncoded and not self.sharing and plan.wake is None and plan.episodes is None
-                          and not plan.after_ms
+                          and not plan.after_ms and plan.pass_correlation is None
                           and plan.failures is None and not plan.extra_of_pass and plan.tasks is None
                           and bool(np.all(np.asarray(draws.model) >= 0)))
         self.arr = _view(draws.arrival_ms)

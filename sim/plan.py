@@ -66,6 +66,9 @@ class Plan:
     groups: tuple[tuple[int, ...], ...] = ()  # code groups of experts (empty: one group of all)
     backups_per_group: bool = False  # a query's backup copy goes to its own code group's backup servers
     cells: int = 1  # the servers split into cells; a query is served in cell qid mod cells
+    # service.pass_correlation: per server, its passes' distribution (sorted samples, ms) and scale; and the rule
+    pass_tables: tuple[tuple[tuple[float, ...], float], ...] | None = None
+    pass_correlation: Any = None
     tasks: TaskTimes | None = None  # per-task draws (sim.draws = "task"): task times and delays drawn per task,
     # in place of service_ms, pass_ms, out_ms, back_ms and their by-busy tables
 
@@ -117,6 +120,8 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
     finish_pass = cfg.service.cancel_in_service == "finish_pass"
     stall = cfg.service.cores is not None and cfg.stragglers.hold == "stall"
     of_pass = cfg.stragglers.extra_of == "pass"
+    corr = cfg.service.pass_correlation
+    scales = cfg.service.scale or (1.0,) * s_tot
     if spec.dispatch in RULES[spec.kind].pooled:  # an expert's servers share one queue (one station)
         stations = [[s for s, h in enumerate(lay.hosts) if h == i] for i in range(n)]
     else:
@@ -150,7 +155,8 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         affected=frozenset(range(s_tot) if st.servers is None else st.servers),
         max_batch=cfg.service.max_batch,
         batch_cost_per_extra=cfg.service.batch_cost_per_extra,
-        pass_ms=base + overhead if base is not None and (finish_pass or stall or of_pass or cfg.service.joined_share)
+        pass_ms=base + overhead if base is not None and (finish_pass or stall or of_pass or cfg.service.joined_share
+                                                                  or corr is not None)
         else None,
         out_ms=_delays(net.out, draws.net_out_u, base) if net.out_by_busy is None else None,
         out_busy_ms=None if net.out_by_busy is None or base is None else tuple(
@@ -178,6 +184,9 @@ def make_plan(cfg: SimConfig, spec: PolicySpec, draws: Draws) -> Plan:
         backups_per_group=cfg.deployment.backups == "per_group",
         cells=cfg.deployment.cells,
         tasks=tasks,
+        pass_correlation=corr,
+        pass_tables=None if corr is None else tuple((server_dist(cfg, h).samples_ms, float(scales[s]))
+                                                    for s, h in enumerate(lay.hosts)),
     )
 
 

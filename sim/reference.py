@@ -56,10 +56,10 @@ class ReferenceEngine(ServingView):
             raise NotImplementedError("the reference engine does not model server failures")
         if any(x is not None for x in (plan.out_ms, plan.out_busy_ms, plan.back_ms, plan.back_busy_ms, plan.pass_ms,
                                        plan.cores, plan.quantum, plan.wake, plan.dispatcher)) or plan.extra_of_pass \
-                or plan.after_ms:
+                or plan.after_ms or plan.pass_correlation is not None:
             raise NotImplementedError("the reference engine does not model network delays, finish_pass cancels, "
-                                      "shared cores, time slicing, wake-up costs, a server's work after its output "
-                                      "or the dispatcher's CPU work")
+                                      "shared cores, time slicing, wake-up costs, a server's work after its output, "
+                                      "passes moving together or the dispatcher's CPU work")
         self.plan, self.draws = plan, draws
         self.env = simpy.Environment()
         self.N = plan.n_experts
