@@ -72,6 +72,7 @@ from calibration.passes import (
     ServedLevel,
     ServedPasses,
     computing_at,
+    consecutive_pairs,
     delays_by_busy,
     idle_before,
     isotonic,
@@ -79,6 +80,7 @@ from calibration.passes import (
     joined_share,
     next_start,
     others_busy_before,
+    pass_correlation,
     wake_extra,
     wake_two,
 )
@@ -655,7 +657,12 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     before = tasks["held_ms"].to_numpy(float, copy=True)
                     after = next_start(tasks["server"].to_numpy(), recv, start, end) - end
                     before[: min(10, n)] = after[: min(10, n)] = np.nan
+                    steady = np.arange(n) >= min(10, n)  # past the stream's warm-up
                     for j in group:
+                        # a server's consecutive passes: their scores and its idle time between them
+                        pairs = consecutive_pairs(tasks["server"].to_numpy()[steady & (ran == j)],
+                                                  start[steady & (ran == j)], end[steady & (ran == j)],
+                                                  compute[steady & (ran == j)])
                         mine = compute[alone & (ran == j)]
                         if len(mine) < 20:
                             raise CalibrationError(f"served profile of {names[j]} at {share:.0%} of the cores: only "
@@ -668,7 +675,8 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                                               "lone_ms": compute[lone & (ran == j)],
                                               "joined_ms": compute[joined & (ran == j)],
                                               "joiner_ms": compute[joiner[joined & (ran == j)]],
-                                              "before_ms": before[ran == j], "after_ms": after[ran == j]})
+                                              "before_ms": before[ran == j], "after_ms": after[ran == j],
+                                              "pairs": pairs})
                     bar.update(1)
     finally:
         bar.close()
@@ -728,9 +736,13 @@ def served_passes(levels: list[dict[str, Any]]) -> ServedPasses:
                                samples_ms=tuple(quantiles(warm, SERVED_QUANTILES).round(5)),
                                served_mean_ms=round(float(np.mean(mine)), 5),
                                out_ms=tuple(level["out_ms"]), back_ms=tuple(level["back_ms"])))
+    corr: dict[str, tuple[float, ...]] = {}
+    if all("pairs" in level for level in levels):
+        first, second, gap = (np.concatenate([level["pairs"][k] for level in levels]) for k in range(3))
+        corr = dict(zip(("pass_corr_idle_ms", "pass_corr_rho"), pass_correlation(first, second, gap), strict=True))
     return ServedPasses(levels=tuple(out), wake_idle_ms=idle[0], wake_idle_extra_ms=idle[1], wake_busy_ms=busy[0],
                         wake_busy_extra_ms=busy[1], **by_busy, joined_share=joined_chance(levels),
-                        **work_beside(levels))
+                        **work_beside(levels), **corr)
 
 
 def work_beside(levels: list[dict[str, Any]], least: int = BESIDE_LEAST) -> dict[str, float]:

@@ -64,6 +64,10 @@ BUSY_PREFIXES = {"out_by_busy_ms": "out_ms_busy_", "back_by_busy_ms": "back_ms_b
 JOINED_COLUMN = "joined_share"  # served_profile.csv: ServedPasses.joined_share, in a network's first row
 BESIDE_COLUMNS = ("before_output_ms", "after_output_ms")  # served_profile.csv: ServedPasses' work beside the pass,
 # in a network's first row
+PASS_CORR_COLUMNS = ("pass_corr_idle_ms", "pass_corr_rho")  # served_profile.csv: ServedPasses.pass_correlation,
+# in a network's first rows
+PASS_CORR_IDLE_MS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # idle-time ranges the pairs of consecutive passes fall in
+PASS_CORR_LEAST = 100  # pairs a range needs for its correlation (fewer: 0, independent draws)
 BESIDE_LEAST = 20  # tasks a server went straight on from that the work after an output needs
 BUSY_LEAST = 100  # deliveries a count of busy others needs for a table of its own (the last one holds beyond)
 
@@ -118,6 +122,50 @@ def next_start(server: np.ndarray, recv: np.ndarray, start: np.ndarray, end: np.
         went_on = recv[rows[1:]] <= end[rows[:-1]]
         out[rows[:-1][went_on]] = start[rows[1:]][went_on]
     return out
+
+
+def consecutive_pairs(server: np.ndarray, start: np.ndarray, end: np.ndarray, ms: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair of one server's consecutive passes of one clock (`start`; `end`: when the server sent the output;
+    `ms`: the pass): (the first's normal score, the second's, the server's idle time between them — from the
+    first's output to the second's start). A pass's score is the normal quantile of its rank among all the passes
+    given (their own network's: pass one network's tasks at a time), mid-ranks for ties."""
+    from scipy.stats import norm, rankdata
+
+    server, start, end, ms = (np.asarray(a) for a in (server, start, end, ms))
+    ok = np.isfinite(start) & np.isfinite(end) & np.isfinite(ms)
+    score = np.full(len(ms), np.nan)
+    score[ok] = norm.ppf((rankdata(ms[ok]) - 0.5) / int(ok.sum()))
+    first, second, idle = [], [], []
+    for s in np.unique(server[ok]):
+        rows = np.flatnonzero(ok & (server == s))
+        rows = rows[np.argsort(start[rows], kind="stable")]
+        first.append(score[rows[:-1]])
+        second.append(score[rows[1:]])
+        idle.append(start[rows[1:]] - end[rows[:-1]])
+    if not first:
+        return np.empty(0), np.empty(0), np.empty(0)
+    return np.concatenate(first), np.concatenate(second), np.concatenate(idle)
+
+
+def pass_correlation(first: np.ndarray, second: np.ndarray, idle_ms: np.ndarray,
+                     edges_ms: tuple[float, ...] = PASS_CORR_IDLE_MS, least: int = PASS_CORR_LEAST
+                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`service.pass_correlation` from pairs of consecutive passes (`consecutive_pairs`): per idle-time range (up to
+    each edge, above the one before), the correlation of the pairs' scores, 0 where fewer than `least` pairs fall
+    (or where it comes out negative: a server does not take turns being fast and slow), clipped below 0.95."""
+    first, second, idle_ms = (np.asarray(a, float) for a in (first, second, idle_ms))
+    rho = []
+    lower = -np.inf
+    for edge in edges_ms:
+        pick = (idle_ms > lower) & (idle_ms <= edge)
+        lower = edge
+        if pick.sum() < least:
+            rho.append(0.0)
+            continue
+        r = float(np.corrcoef(first[pick], second[pick])[0, 1])
+        rho.append(round(min(max(r, 0.0), 0.95), 4) if np.isfinite(r) else 0.0)
+    return tuple(float(e) for e in edges_ms), tuple(rho)
 
 
 def joined_passes(server: np.ndarray, start: np.ndarray, end: np.ndarray
@@ -324,6 +372,10 @@ class ServedPasses(BaseModel):
     # where the server went straight on); None: not measured (the calibration's busy-server cycle stands in)
     before_output_ms: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     after_output_ms: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
+    # how a server's consecutive passes move together in this traffic (`service.pass_correlation`), levels pooled:
+    # the correlation of their scores per idle-time range (up to each edge); empty: not measured
+    pass_corr_idle_ms: tuple[float, ...] = ()
+    pass_corr_rho: tuple[float, ...] = ()
 
     @field_validator("out_by_busy_ms", "back_by_busy_ms")
     @classmethod
@@ -351,7 +403,20 @@ class ServedPasses(BaseModel):
             raise ValueError("a delay table by busy servers holds as many quantiles as a level")
         if (self.before_output_ms is None) != (self.after_output_ms is None):
             raise ValueError("the work beside the pass comes in both parts (before and after the output left) or none")
+        edges, rho = np.asarray(self.pass_corr_idle_ms, float), np.asarray(self.pass_corr_rho, float)
+        if len(edges) != len(rho):
+            raise ValueError("the passes' correlation holds one value per idle-time edge")
+        if not (np.all(np.isfinite(edges) & (edges > 0)) and np.all(np.diff(edges) > 0)
+                and np.all(np.isfinite(rho) & (np.abs(rho) < 1))):
+            raise ValueError("the passes' correlation: idle-time edges increase from above 0 ms, values within (-1, 1)")
         return self
+
+    @property
+    def pass_correlation(self) -> dict[str, list[float]] | None:
+        """The simulator's `service.pass_correlation` table, or None when not measured."""
+        if not self.pass_corr_idle_ms:
+            return None
+        return {"idle_ms": list(self.pass_corr_idle_ms), "rho": list(self.pass_corr_rho)}
 
     @property
     def wake(self) -> dict[str, Any] | None:
@@ -430,6 +495,9 @@ def to_frame(profile: dict[str, ServedPasses]) -> pd.DataFrame:
             if passes.before_output_ms is not None:
                 for column in BESIDE_COLUMNS:
                     frame[column] = [getattr(passes, column)] + blank[1:] if first else blank
+            if passes.pass_corr_idle_ms:
+                for column in PASS_CORR_COLUMNS:
+                    frame[column] = (list(getattr(passes, column)) + blank)[: len(frame)] if first else blank
             frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(COLUMNS))
 
@@ -466,7 +534,11 @@ def from_frame(table: pd.DataFrame) -> dict[str, ServedPasses]:
         for column in BESIDE_COLUMNS:
             value = pd.to_numeric(rows[column], errors="coerce").dropna() if column in rows.columns else ()
             beside[column] = float(value.iloc[0]) if len(value) else None
-        out[str(name)] = ServedPasses(levels=tuple(levels), **wake, **busy, **beside,
+        corr: dict[str, tuple[float, ...]] = {}
+        if all(c in rows.columns for c in PASS_CORR_COLUMNS):
+            points = rows[list(PASS_CORR_COLUMNS)].apply(pd.to_numeric, errors="coerce").dropna(how="all")
+            corr = {c: tuple(points[c].astype(float)) for c in PASS_CORR_COLUMNS}
+        out[str(name)] = ServedPasses(levels=tuple(levels), **wake, **busy, **beside, **corr,
                                       joined_share=float(joined.iloc[0]) if len(joined) else None,
                                       isolated_p50_ms=None if pd.isna(isolated) else float(isolated))
     return out

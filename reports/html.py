@@ -649,6 +649,7 @@ def latency_model_line(s: Mapping[str, Any]) -> Markup | None:
             text += _served_passes_text(served)
             text += _wake_text(model.get("served_wake"))
             text += _beside_text(model.get("served_beside"))
+            text += _pass_correlation_text(model.get("served_pass_correlation"))
             if where := served_profile_text(model.get("served_profile")):
                 text += Markup(" The served profile: {}.").format(where)
         elif levels:
@@ -686,6 +687,26 @@ def _beside_text(beside: Any) -> Markup:
     return Markup(" Each server's own work per task, measured in the same traffic: {} ms before its output leaves "
                   "(in the answer) and {} ms after it (the server's next task waits it out).").format(
         span("before_output_ms"), span("after_output_ms"))
+
+
+def _pass_correlation_text(tables: Any) -> Markup:
+    """How a server's consecutive passes moved together in the networks' traffic (summary.json
+    latency_model.served_pass_correlation, per network): the correlation after the shortest idle time and after
+    the longest measured one, as ranges over the networks; or nothing."""
+    if not isinstance(tables, Mapping):
+        return Markup("")
+    parts = [t for t in tables.values() if isinstance(t, Mapping) and t.get("idle_ms") and t.get("rho")
+             and len(t["idle_ms"]) == len(t["rho"]) and all(finite(x) for x in (*t["idle_ms"], *t["rho"]))]
+    if not parts:
+        return Markup("")
+
+    def span(index: int) -> str:
+        values = sorted(float(t["rho"][index]) for t in parts)
+        return _num(values[0]) if values[0] == values[-1] else f"{_num(values[0])}–{_num(values[-1])}"
+
+    return Markup(" A server's consecutive passes move together (their ranks correlate {} when it went straight on, "
+                  "within {} ms, and {} after up to {} ms idle; drawn so).").format(
+        span(0), _num(float(parts[0]["idle_ms"][0])), span(-1), _num(float(parts[0]["idle_ms"][-1])))
 
 
 def _wake_text(wake: Any) -> Markup:

@@ -82,7 +82,7 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
     `service.overhead_ms`); and with
     `delays`, the one-way delays measured in the experts' own traffic at that utilization (their quantiles
     averaged over the experts) where the profile has them."""
-    from sim.config import Network
+    from sim.config import Network, PassCorrelation
 
     cores = 1.0 if facts.device.startswith("cuda") else float(calibration.machine.cpu_count)
     u = core_utilization(config, served_mean_ms, cores)
@@ -114,6 +114,11 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
     joined = experts_joined(experts)
     if joined is not None and service.quantum_ms is not None:
         update["joined_share"] = joined
+    corr = experts_pass_correlation(experts)
+    if corr is not None and service.max_batch == 1 and all(
+            getattr(d, "kind", None) == "empirical"
+            for d in service.model_copy(update={k: v for k, v in update.items() if k != "wake"}).used_dists()):
+        update["pass_correlation"] = PassCorrelation(**corr)
     return config.model_copy(update={"service": service.model_copy(update=update)})
 
 
@@ -124,6 +129,17 @@ def experts_joined(experts: list[Any]) -> float | None:
     if not shares or any(h is None for h in shares):
         return None
     return float(np.mean(shares))
+
+
+def experts_pass_correlation(experts: list[Any]) -> dict[str, list[float]] | None:
+    """How a server's consecutive passes move together as the experts' served profiles measured it
+    (`ServedPasses.pass_correlation`), the correlation per idle-time range averaged over the experts; None when any
+    expert has none or their ranges differ."""
+    tables = [p.pass_correlation if p is not None else None for p in experts]
+    if not tables or any(t is None for t in tables) or len({tuple(t["idle_ms"]) for t in tables}) != 1:
+        return None
+    return {"idle_ms": list(tables[0]["idle_ms"]),
+            "rho": [round(float(x), 4) for x in np.mean([t["rho"] for t in tables], axis=0)]}
 
 
 def experts_beside(experts: list[Any]) -> dict[str, float] | None:
@@ -370,7 +386,8 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
         meaning = ("predicted served latency: the networks' own passes and one-way delays served under traffic, "
                    "the delays by how many servers compute when a message leaves, the chance that a server waking "
                    "on a free core holds a computing one off its core, each server's own work per task before and "
-                   "after its output leaves (served_profile.csv) + this "
+                   "after its output leaves, how a server's consecutive passes move together (served_profile.csv) "
+                   "+ this "
                    "machine's serving calibration (per-task serving cost, the dispatcher's CPU per task run on the "
                    "cores ahead of the servers, time slicing, co-running slowdown)")
     else:
@@ -393,6 +410,8 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
         out["served_beside"] = {name: {"before_output_ms": passes.before_output_ms,
                                        "after_output_ms": passes.after_output_ms}
                                 for name, passes in served_passes.items() if passes.before_output_ms is not None}
+        out["served_pass_correlation"] = {name: passes.pass_correlation for name, passes in served_passes.items()
+                                          if passes.pass_correlation is not None}
         if served_source:
             out["served_profile"] = dict(served_source)
     return out

@@ -354,8 +354,7 @@ class Service(_Model):
             if self.max_batch > 1:
                 raise ValueError("pass_correlation (a server's passes moving together) is not modelled with "
                                  "max_batch > 1")
-            dists = [self.expert, *(self.experts or ()), self.coded, self.backup]
-            if any(d is not None and d.kind != "empirical" for d in dists):
+            if any(d.kind != "empirical" for d in self.used_dists()):
                 raise ValueError("pass_correlation needs empirical service distributions (measured passes)")
         return self
 
@@ -382,6 +381,11 @@ class Service(_Model):
 
     def expert_dist(self, i: int) -> Any:
         return self.experts[i] if self.experts is not None else self.expert
+
+    def used_dists(self) -> list[Any]:
+        """The service distributions servers draw from: the experts' (per expert or the one), the coded and backup
+        servers' (theirs or what they default to)."""
+        return [*(self.experts or (self.expert,)), self.coded_dist(), self.backup_dist()]
 
     def coded_dist(self) -> Any:
         return self.coded if self.coded is not None else self.expert_dist(0)

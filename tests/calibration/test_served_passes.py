@@ -385,3 +385,61 @@ def test_the_work_beside_reads_back_per_network(tmp_path: Path) -> None:
         ServedPasses(levels=one.levels, before_output_ms=0.1)  # one part without the other
     with pytest.raises(ValueError):
         ServedPasses(levels=one.levels, before_output_ms=0.1, after_output_ms=-0.2)
+
+
+def test_consecutive_pairs_recover_a_known_correlation_by_idle_time() -> None:
+    # two servers, each a sequence of passes whose scores follow AR(1) with rho 0.6 when the server went straight on
+    # (idle 0.1 ms) and independent draws after 3 ms idle (rho 0): the table reads 0.6 in the first range, 0 in the
+    # one holding 3 ms, and 0 (too few pairs) where none fall; ranks are per call, so a monotone map of the scores
+    # to passes (here 0.3 x exp(0.4 z) ms) changes nothing
+    from scipy.stats import norm
+
+    from calibration.passes import consecutive_pairs, pass_correlation
+
+    rng = np.random.default_rng(3)
+    server, start, end, ms, truth = [], [], [], [], []
+    for s in range(2):
+        t, z = 0.0, rng.normal()
+        for _ in range(8000):
+            idle = 0.1 if rng.random() < 0.5 else 3.0
+            rho = 0.6 if idle < 1.0 else 0.0
+            z = rho * z + np.sqrt(1 - rho**2) * rng.normal()
+            t += idle
+            p = 0.3 * np.exp(0.4 * z)
+            server.append(s), start.append(t), ms.append(p), end.append(t + p), truth.append(z)
+            t += p
+    first, second, gap = consecutive_pairs(np.array(server), np.array(start), np.array(end), np.array(ms))
+    assert len(first) == 2 * 7999
+    # the scores are the ranks' normal quantiles: as correlated with the true scores as a rank map allows
+    assert np.corrcoef(np.r_[first[:7999], second[-1]], norm.cdf(np.array(truth[:8000])))[0, 1] > 0.97
+    edges, rho = pass_correlation(first, second, gap, edges_ms=(0.25, 4.0, 16.0))
+    assert edges == (0.25, 4.0, 16.0)
+    n = int((gap <= 0.25).sum())
+    assert rho[0] == pytest.approx(0.6, abs=5 * (1 - 0.36) / np.sqrt(n))
+    assert rho[1] == pytest.approx(0.0, abs=5 / np.sqrt(len(gap) - n))
+    assert rho[2] == 0.0
+
+
+def test_a_negative_or_thin_range_reads_as_independent() -> None:
+    from calibration.passes import pass_correlation
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=4000)
+    b = -0.5 * a + np.sqrt(0.75) * rng.normal(size=4000)
+    _, rho = pass_correlation(a, b, np.full(4000, 0.1), edges_ms=(0.25,))
+    assert rho == (0.0,)
+    _, rho = pass_correlation(a[:50], a[:50], np.full(50, 0.1), edges_ms=(0.25,), least=100)
+    assert rho == (0.0,)
+
+
+def test_the_pass_correlation_reads_back_per_network(tmp_path: Path) -> None:
+    one = _profile()
+    with_corr = ServedPasses(levels=one.levels, pass_corr_idle_ms=(0.25, 1.0, 4.0), pass_corr_rho=(0.5, 0.2, 0.1))
+    path = tmp_path / "served_profile.csv"
+    to_frame({"a": with_corr, "b": one}).to_csv(path, index=False)
+    back = read_served_profile(path)
+    assert back["a"].pass_correlation == {"idle_ms": [0.25, 1.0, 4.0], "rho": pytest.approx([0.5, 0.2, 0.1])}
+    assert back["b"].pass_correlation is None
+    for edges, rho in (((0.25, 1.0), (0.5,)), ((1.0, 0.25), (0.5, 0.2)), ((0.25,), (1.0,)), ((0.0,), (0.5,))):
+        with pytest.raises(ValueError):
+            ServedPasses(levels=one.levels, pass_corr_idle_ms=edges, pass_corr_rho=rho)

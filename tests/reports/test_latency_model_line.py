@@ -110,3 +110,16 @@ def test_served_line_gives_the_work_before_and_after_the_output_as_ranges() -> N
     plain = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
                                                       "served_passes": served}}))
     assert "after it" not in plain
+
+
+def test_served_line_gives_how_consecutive_passes_move_together_as_ranges() -> None:
+    cal = {"machine": {"cpu_model": "Intel Xeon", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"}}
+    served = {"a": [{"utilization": 0.1, "mean_ms": 0.4}]}
+    corr = {"a": {"idle_ms": [0.25, 4.0], "rho": [0.5, 0.1]}, "b": {"idle_ms": [0.25, 4.0], "rho": [0.4, 0.15]},
+            "c": {"idle_ms": [0.25], "rho": [float("nan")]}}  # not finite: ignored
+    text = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
+                                                     "served_passes": served, "served_pass_correlation": corr}}))
+    assert "correlate 0.400–0.500 when it went straight on, within 0.250 ms, and 0.100–0.150 after up to 4" in text
+    plain = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
+                                                      "served_passes": served, "served_pass_correlation": {}}}))
+    assert "move together" not in plain

@@ -426,3 +426,24 @@ def test_the_cores_busy_share_counts_a_straggler_held_by_computing(hold, p, expe
                         "traffic": {"rate_per_ms": 0.5}, "stragglers": {"p": p, "slowdown": 10.0, "hold": hold},
                         "service": {"overhead_ms": 0.2, "after_ms": 0.3}})
     assert served.core_utilization(cfg, 2.5, 2.0) == pytest.approx(expected)
+
+
+def test_the_experts_pass_correlation_goes_to_the_simulator_averaged() -> None:
+    from calibration.passes import ServedLevel, ServedPasses
+    from scenarios.runner import build_point_configs
+
+    cal, scenario, facts, names = _two_core_point()
+
+    def passes(rho: tuple[float, ...] | None) -> ServedPasses:
+        level = ServedLevel(utilization=1.0, rate_per_ms=1.0, n_lone=50, samples_ms=(2.0,) * 4, served_mean_ms=2.4)
+        if rho is None:
+            return ServedPasses(levels=(level,))
+        return ServedPasses(levels=(level,), pass_corr_idle_ms=(0.25, 2.0), pass_corr_rho=rho)
+
+    facts.served_passes = {names[0]: passes((0.5, 0.1)), names[1]: passes((0.3, 0.0)), "coded": passes(None)}
+    (_, config), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    corr = config.service.pass_correlation
+    assert corr is not None and corr.idle_ms == (0.25, 2.0) and corr.rho == pytest.approx((0.4, 0.05))
+    facts.served_passes[names[1]] = passes(None)  # an expert without it: independent draws, as before
+    (_, older), = build_point_configs(scenario, facts, calibration=cal)  # type: ignore[arg-type]
+    assert older.service.pass_correlation is None
