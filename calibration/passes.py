@@ -124,25 +124,36 @@ def next_start(server: np.ndarray, recv: np.ndarray, start: np.ndarray, end: np.
     return out
 
 
-def consecutive_pairs(server: np.ndarray, start: np.ndarray, end: np.ndarray, ms: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def consecutive_pairs(server: np.ndarray, start: np.ndarray, end: np.ndarray, ms: np.ndarray,
+                      edges_ms: tuple[float, ...] = PASS_CORR_IDLE_MS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per pair of one server's consecutive passes of one clock (`start`; `end`: when the server sent the output;
     `ms`: the pass): (the first's normal score, the second's, the server's idle time between them — from the
-    first's output to the second's start). A pass's score is the normal quantile of its rank among all the passes
-    given (their own network's: pass one network's tasks at a time), mid-ranks for ties."""
+    first's output to the second's start). A pass's score is the normal quantile of its rank among the passes
+    given (their own network's: pass one network's tasks at a time) that followed an idle time in the same range
+    of `edges_ms` (mid-ranks for ties): a pass after a long idle time is slower for it (the wake, which the
+    simulator adds by the idle time), and ranked among all passes two such passes would look alike for that
+    reason alone."""
     from scipy.stats import norm, rankdata
 
     server, start, end, ms = (np.asarray(a) for a in (server, start, end, ms))
     ok = np.isfinite(start) & np.isfinite(end) & np.isfinite(ms)
-    score = np.full(len(ms), np.nan)
-    score[ok] = norm.ppf((rankdata(ms[ok]) - 0.5) / int(ok.sum()))
-    first, second, idle = [], [], []
+    before = np.full(len(ms), np.inf)  # each pass's idle time before it (a server's first pass: the last range)
+    order = []
     for s in np.unique(server[ok]):
         rows = np.flatnonzero(ok & (server == s))
         rows = rows[np.argsort(start[rows], kind="stable")]
+        order.append(rows)
+        before[rows[1:]] = start[rows[1:]] - end[rows[:-1]]
+    stratum = np.searchsorted(np.asarray(edges_ms, float), before, side="left")
+    score = np.full(len(ms), np.nan)
+    for k in np.unique(stratum[ok]):
+        rows = np.flatnonzero(ok & (stratum == k))
+        score[rows] = norm.ppf((rankdata(ms[rows]) - 0.5) / len(rows))
+    first, second, idle = [], [], []
+    for rows in order:
         first.append(score[rows[:-1]])
         second.append(score[rows[1:]])
-        idle.append(start[rows[1:]] - end[rows[:-1]])
+        idle.append(before[rows[1:]])
     if not first:
         return np.empty(0), np.empty(0), np.empty(0)
     return np.concatenate(first), np.concatenate(second), np.concatenate(idle)

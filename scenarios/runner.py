@@ -265,13 +265,14 @@ def prepare_networks(scenario: Scenario, quiet: bool = False) -> NetworkFacts:
 
 
 BUSY_CORES_LIMIT = 0.25  # other processes' cores beyond which a measured served profile is not cached
-SERVED_PROFILE_FORMAT = 13  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
+SERVED_PROFILE_FORMAT = 14  # 2: with the traffic's one-way delays; 3: about 400 lone passes per network and level;
 # 4: levels indexed by a utilization that counts the work beside the pass as the simulator does; 5: the wake curve
 # by idle gap; 6: by the other servers' busy time, each server the rarely used one a third of the stream;
 # 7: both parts (idle time and the others' busy time), fitted together; 8: 1,500 lone passes, 1,000 quantiles;
 # 9: each level's mean pass as it ran; 10: the one-way delays by how many other servers compute; 11: the chance
 # that a server waking on a free core holds a computing one off its core (joined_share); 12: the server's own work
-# per task before and after its output leaves; 13: how a server's consecutive passes move together
+# per task before and after its output leaves; 13: how a server's consecutive passes move together; 14: the same,
+# each pass ranked among those after alike idle times
 
 
 def served_profile_cache(facts: NetworkFacts, calibration: Any) -> Path:

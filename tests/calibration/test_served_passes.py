@@ -443,3 +443,21 @@ def test_the_pass_correlation_reads_back_per_network(tmp_path: Path) -> None:
     for edges, rho in (((0.25, 1.0), (0.5,)), ((1.0, 0.25), (0.5, 0.2)), ((0.25,), (1.0,)), ((0.0,), (0.5,))):
         with pytest.raises(ValueError):
             ServedPasses(levels=one.levels, pass_corr_idle_ms=edges, pass_corr_rho=rho)
+
+
+def test_a_pass_is_ranked_among_passes_after_alike_idle_times() -> None:
+    # passes after 3 ms idle run 1 ms longer (a wake): ranked among all passes they would all score high; ranked
+    # among the passes after an idle time in the same range, their scores centre on 0 as the others' do
+    from calibration.passes import consecutive_pairs
+
+    rng = np.random.default_rng(5)
+    t, server, start, end, ms = 0.0, [], [], [], []
+    for _ in range(4000):
+        idle = 0.1 if rng.random() < 0.5 else 3.0
+        t += idle
+        p = rng.uniform(0.2, 0.4) + (1.0 if idle > 1.0 else 0.0)
+        server.append(0), start.append(t), end.append(t + p), ms.append(p)
+        t += p
+    _, second, gap = consecutive_pairs(np.array(server), np.array(start), np.array(end), np.array(ms),
+                                       edges_ms=(0.25, 4.0))
+    assert abs(float(np.mean(second[gap > 1.0]))) < 0.1 and abs(float(np.mean(second[gap < 1.0]))) < 0.1
