@@ -660,9 +660,9 @@ def measure_served_passes(folders: list[Path], inputs: Path, names: list[str], i
                     steady = np.arange(n) >= min(10, n)  # past the stream's warm-up
                     for j in group:
                         # a server's consecutive passes: their scores and its idle time between them
-                        pairs = consecutive_pairs(tasks["server"].to_numpy()[steady & (ran == j)],
-                                                  start[steady & (ran == j)], end[steady & (ran == j)],
-                                                  compute[steady & (ran == j)])
+                        on_j = steady & (ran == j)
+                        pairs = consecutive_pairs(tasks["server"].to_numpy()[on_j], start[on_j], end[on_j],
+                                                  compute[on_j])
                         mine = compute[alone & (ran == j)]
                         if len(mine) < 20:
                             raise CalibrationError(f"served profile of {names[j]} at {share:.0%} of the cores: only "

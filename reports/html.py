@@ -680,13 +680,9 @@ def _beside_text(beside: Any) -> Markup:
     if not parts:
         return Markup("")
 
-    def span(key: str) -> str:
-        values = sorted(float(v[key]) for v in parts)
-        return _num(values[0]) if values[0] == values[-1] else f"{_num(values[0])}–{_num(values[-1])}"
-
     return Markup(" Each server's own work per task, measured in the same traffic: {} ms before its output leaves "
                   "(in the answer) and {} ms after it (the server's next task waits it out).").format(
-        span("before_output_ms"), span("after_output_ms"))
+        _span(v["before_output_ms"] for v in parts), _span(v["after_output_ms"] for v in parts))
 
 
 def _pass_correlation_text(tables: Any) -> Markup:
@@ -700,13 +696,16 @@ def _pass_correlation_text(tables: Any) -> Markup:
     if not parts:
         return Markup("")
 
-    def span(index: int) -> str:
-        values = sorted(float(t["rho"][index]) for t in parts)
-        return _num(values[0]) if values[0] == values[-1] else f"{_num(values[0])}–{_num(values[-1])}"
-
     return Markup(" A server's consecutive passes move together (their ranks correlate {} when it went straight on, "
                   "within {} ms, and {} after up to {} ms idle; drawn so).").format(
-        span(0), _num(float(parts[0]["idle_ms"][0])), span(-1), _num(float(parts[0]["idle_ms"][-1])))
+        _span(t["rho"][0] for t in parts), _num(float(parts[0]["idle_ms"][0])), _span(t["rho"][-1] for t in parts),
+        _num(float(parts[0]["idle_ms"][-1])))
+
+
+def _span(values: Any) -> str:
+    """The range of some numbers as the report writes it ("a–b", or one number when they are all alike)."""
+    ordered = sorted(float(v) for v in values)
+    return _num(ordered[0]) if ordered[0] == ordered[-1] else f"{_num(ordered[0])}–{_num(ordered[-1])}"
 
 
 def _wake_text(wake: Any) -> Markup:

@@ -114,12 +114,11 @@ def with_measured_passes(config: SimConfig, calibration: Any, facts: Any, served
     joined = experts_joined(experts)
     if joined is not None and service.quantum_ms is not None:
         update["joined_share"] = joined
+    service = service.model_copy(update=update)
     corr = experts_pass_correlation(experts)
-    if corr is not None and service.max_batch == 1 and all(
-            getattr(d, "kind", None) == "empirical"
-            for d in service.model_copy(update={k: v for k, v in update.items() if k != "wake"}).used_dists()):
-        update["pass_correlation"] = PassCorrelation(**corr)
-    return config.model_copy(update={"service": service.model_copy(update=update)})
+    if corr is not None and service.max_batch == 1 and all(d.kind == "empirical" for d in service.used_dists()):
+        service = service.model_copy(update={"pass_correlation": PassCorrelation(**corr)})
+    return config.model_copy(update={"service": service})
 
 
 def experts_joined(experts: list[Any]) -> float | None:

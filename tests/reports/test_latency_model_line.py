@@ -95,31 +95,29 @@ def test_the_line_says_where_the_served_profile_came_from() -> None:
     assert served_profile_text({"no": "source"}) is None and served_profile_text("measured") is None
 
 
-def test_served_line_gives_the_work_before_and_after_the_output_as_ranges() -> None:
+def _served_line(**parts: object) -> str:
+    """The latency-model line of a served summary whose latency model holds `parts` beside its calibration and
+    served passes."""
     cal = {"machine": {"cpu_model": "AMD EPYC", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"}}
-    served = {"a": [{"utilization": 0.1, "mean_ms": 0.4}]}
+    model = {"name": "served", "meaning": "m", "calibration": cal, "served_passes": {"a": [{"utilization": 0.1,
+                                                                                            "mean_ms": 0.4}]}}
+    return str(latency_model_line({"latency_model": model | parts}))
+
+
+def test_served_line_gives_the_work_before_and_after_the_output_as_ranges() -> None:
     beside = {"a": {"before_output_ms": 0.06, "after_output_ms": 0.16},
               "b": {"before_output_ms": 0.08, "after_output_ms": 0.13},
               "c": {"before_output_ms": float("nan"), "after_output_ms": 9.0}}  # not finite: ignored
-    text = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
-                                                     "served_passes": served, "served_beside": beside}}))
+    text = _served_line(served_beside=beside)
     assert "0.060–0.080 ms before its output leaves" in text and "0.130–0.160 ms after it" in text
-    one = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
-                                                    "served_passes": served, "served_beside": {"a": beside["a"]}}}))
+    one = _served_line(served_beside={"a": beside["a"]})
     assert "0.060 ms before its output leaves" in one and "0.160 ms after it" in one
-    plain = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
-                                                      "served_passes": served}}))
-    assert "after it" not in plain
+    assert "after it" not in _served_line()
 
 
 def test_served_line_gives_how_consecutive_passes_move_together_as_ranges() -> None:
-    cal = {"machine": {"cpu_model": "Intel Xeon", "cpu_count": 2, "device": "cpu", "torch": "2.14.1"}}
-    served = {"a": [{"utilization": 0.1, "mean_ms": 0.4}]}
     corr = {"a": {"idle_ms": [0.25, 4.0], "rho": [0.5, 0.1]}, "b": {"idle_ms": [0.25, 4.0], "rho": [0.4, 0.15]},
             "c": {"idle_ms": [0.25], "rho": [float("nan")]}}  # not finite: ignored
-    text = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
-                                                     "served_passes": served, "served_pass_correlation": corr}}))
+    text = _served_line(served_pass_correlation=corr)
     assert "correlate 0.400–0.500 when it went straight on, within 0.250 ms, and 0.100–0.150 after up to 4" in text
-    plain = str(latency_model_line({"latency_model": {"name": "served", "meaning": "m", "calibration": cal,
-                                                      "served_passes": served, "served_pass_correlation": {}}}))
-    assert "move together" not in plain
+    assert "move together" not in _served_line(served_pass_correlation={})
