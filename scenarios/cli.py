@@ -572,14 +572,33 @@ def calibrate_command(ctx: click.Context, device: str, out: Path | None, force: 
               help="Serve nothing: simulate a finished testbed run FOLDER again with this coinsim (its own "
                    "profiles, calibration and hedge delays) and judge it against its measured queries; writes "
                    "FOLDER/resimulated-<timestamp>/fidelity.csv.")
+@click.option("--compare", type=click.Path(path_type=Path, file_okay=False), nargs=2, default=None,
+              metavar="FOLDER OTHER",
+              help="Serve nothing: judge finished testbed run OTHER's measured latencies as a prediction of run "
+                   "FOLDER's, by the simulator's limits, intervals and ranking — how closely this machine "
+                   "reproduces itself; writes FOLDER/compared-<timestamp>/fidelity.csv.")
 @_threads_option
 @click.pass_context
 def testbed_command(ctx: click.Context, scenario: str, out_root: Path, seed: int | None, sets: tuple[str, ...],
-                    repeats: int | None, device: str | None, no_report: bool, resimulate: Path | None) -> None:
+                    repeats: int | None, device: str | None, no_report: bool, resimulate: Path | None,
+                    compare: tuple[Path, Path] | None) -> None:
     """Serve SCENARIO's points for real (one process per server) and measure the simulator against it."""
     from scenarios.schema import load_scenario
     from scenarios.testbed_run import check_testbed, fidelity_folder_text, run_testbed
 
+    if compare and resimulate is not None:
+        raise click.UsageError("--compare and --resimulate: one at a time")
+    if compare:
+        from scenarios.testbed_compare import compare_runs, comparison_text
+
+        for given in compare:
+            if not given.is_dir():
+                raise click.BadParameter(f"{given} is not a folder", param_hint="--compare")
+        folder = compare_runs(*compare)
+        click.echo(fidelity_folder_text(folder))
+        click.echo(comparison_text(folder))
+        click.echo(f"\nresults: {folder}")
+        return
     if resimulate is not None:
         from scenarios.testbed_run import resimulate as again
 

@@ -322,6 +322,8 @@ VERDICTS = ("within the limit", "inside the measured interval", "off")
 VERDICT_MARKS = {"within the limit": "✓", "inside the measured interval": "~", "off": "✗"}
 IN_SAMPLE_SERVICES = ("in_situ", "in_situ+network", "model")
 """Variants whose parameters come from the very run they are compared with: diagnostics, not predictions."""
+OTHER_RUN = "other run"
+"""The `service` of `coinsim testbed --compare`: another served run standing where the simulator stands."""
 FIDELITY_VALUE_COLUMNS = frozenset({
     "service", "policy", "metric", "simulated_ms", "measured_ms", "measured_pooled_ms", "measured_lo_ms",
     "measured_hi_ms", "half_width_pct", "n_measured", "measured_median_of_repeats_ms", "rel_error_pct", "limit_pct",
@@ -331,9 +333,9 @@ FIDELITY_VALUE_COLUMNS = frozenset({
 
 def headline_service(services: Iterable[str]) -> str | None:
     """The variant fidelity is judged on: 'predicted' (calibration + isolated profile only) when it was run,
-    else the in-sample 'model'; None when neither is there."""
+    else the in-sample 'model', else another run of a comparison (`OTHER_RUN`); None when none is there."""
     present = set(services)
-    return next((s for s in ("predicted", "model") if s in present), None)
+    return next((s for s in ("predicted", "model", OTHER_RUN) if s in present), None)
 
 
 def _metric_rows(samples: np.ndarray) -> np.ndarray:
@@ -593,11 +595,13 @@ def fidelity_table_text(fidelity_table: pd.DataFrame, ranking: pd.DataFrame) -> 
     wide = table.pivot_table(index=["service", "point", "policy"], columns="metric", values="cell",
                              aggfunc="first", sort=False)
     wide = wide[[m for m in METRICS if m in wide.columns]]
-    lines = [f"relative error of the simulator, % (simulated − measured pooled) / measured pooled; headline "
+    in_sample = [s for s in IN_SAMPLE_SERVICES if s in services]
+    subject, made = ("the other run", "other") if head == OTHER_RUN else ("the simulator", "simulated")
+    lines = [f"relative error of {subject}, % ({made} − measured pooled) / measured pooled; headline "
              f"variant: {head or 'none'}",
              "✓ within the limit (" + ", ".join(f"{m} {v:g} %" for m, v in LIMITS_PCT.items())
-             + f"), ~ inside the measured 95 % interval (half width ≤ {MAX_HALF_WIDTH_PCT:g} %), ✗ off; "
-             + ", ".join(IN_SAMPLE_SERVICES) + " are in-sample diagnostics",
+             + f"), ~ inside the measured 95 % interval (half width ≤ {MAX_HALF_WIDTH_PCT:g} %), ✗ off"
+             + (f"; {', '.join(in_sample)} are in-sample diagnostics" if in_sample else ""),
              wide.to_string()]
     summary = ranking_summary(ranking) if len(ranking) else {}
     if summary:
