@@ -388,6 +388,9 @@ def load_result(result_dir: Path | str) -> ResultData:
         raise _fail(str(spath), f"not valid JSON ({msg})") from exc
     except RecursionError:  # json recurses once per level of nesting
         raise _fail(str(spath), "not valid JSON (nested too deeply to read)") from None
+    if isinstance(raw, dict) and raw.get("kind") in ("testbed-compare",):
+        raise ReportError(f"reports: {path}: a comparison of two testbed runs (its tables: fidelity.csv, "
+                          f"ranking.csv); render the runs themselves, {raw.get('reference')} and {raw.get('other')}")
     legacy = isinstance(raw, dict) and "schema_version" not in raw
     data = ResultData(path=path, summary=check_summary(raw, str(spath)))
     toml = path / SCENARIO

@@ -172,3 +172,11 @@ def test_cli_compares_and_refuses_bad_folders(tmp_path):
         assert bad.exit_code == 2 and bad.output.startswith("error:"), (args, bad.output)
         assert len(bad.output.strip().splitlines()) == 1
     assert len(list(ref.glob("compared-*"))) == 1
+
+
+def test_report_of_a_comparison_names_the_runs_to_render(tmp_path):
+    records = _records()
+    out = compare_runs(_folder(tmp_path / "a", records), _folder(tmp_path / "b", _other(records)))
+    result = CliRunner().invoke(cli, ["report", str(out)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "a comparison of two testbed runs" in result.output and str(tmp_path / "b") in result.output
