@@ -32,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from resultschema import ANSWER_KINDS, NDA, QUERIES, SCENARIO, SCHEMA_VERSION, SUMMARY, SWEEP
+from resultschema import ANSWER_KINDS, COMPARE_KIND, NDA, QUERIES, SCENARIO, SCHEMA_VERSION, SUMMARY, SWEEP
 
 
 class ReportError(ValueError):
@@ -388,7 +388,7 @@ def load_result(result_dir: Path | str) -> ResultData:
         raise _fail(str(spath), f"not valid JSON ({msg})") from exc
     except RecursionError:  # json recurses once per level of nesting
         raise _fail(str(spath), "not valid JSON (nested too deeply to read)") from None
-    if isinstance(raw, dict) and raw.get("kind") in ("testbed-compare",):
+    if isinstance(raw, dict) and raw.get("kind") == COMPARE_KIND:
         raise ReportError(f"reports: {path}: a comparison of two testbed runs (its tables: fidelity.csv, "
                           f"ranking.csv); render the runs themselves, {raw.get('reference')} and {raw.get('other')}")
     legacy = isinstance(raw, dict) and "schema_version" not in raw

@@ -24,7 +24,7 @@ import atomic
 from reports.html import CSS
 from reports.load import ReportError
 from reports.render import png_bytes
-from resultschema import SUMMARY
+from resultschema import COMPARE_KIND, COMPARED_PREFIX, OTHER_RUN, SUMMARY
 
 SERVICE_STYLE: dict[str, tuple[str, Any]] = {
     "isolated": ("sim: isolated profile", "--"), "in_situ": ("sim: in-situ service", ":"),
@@ -70,6 +70,18 @@ against the median over repeats.</p>{% endif %}
 (non-overlapping measured intervals) the way the testbed does.</p>
 {% if head.ranking.disagree %}<ul>{% for d in head.ranking.disagree %}<li>point {{ d.point }}: {{ d.text }}</li>
 {% endfor %}</ul>{% endif %}{% endif %}
+{% if comparisons %}<p>Against the machine itself (<code>coinsim testbed --compare</code>): another served run of
+the same points, its measured latencies judged as the headline variant is — what a model that reproduced the machine
+exactly, but at another time, would score. Cells not off:</p>
+<div class="tablewrap"><table><thead><tr><th>judged against this run</th>
+{% for m in comparisons[0].metrics %}<th>{{ m }}</th>{% endfor %}<th>ranking</th></tr></thead><tbody>
+{% if head.not_off %}<tr><td>{{ head.service }} (this run's headline)</td>{% for m in comparisons[0].metrics %}
+<td>{{ head.not_off.get(m, "—") }}</td>{% endfor %}<td>{% if head.ranking %}{{ head.ranking.agree }} of
+{{ head.ranking.distinguishable }}{% else %}—{% endif %}</td></tr>{% endif %}
+{% for c in comparisons %}<tr><td>run {{ c.other }} (served at {{ c.rate }} this run's rate)</td>
+{% for m in c.metrics %}<td>{{ c.not_off[m] }} of {{ c.cells }}</td>{% endfor %}<td>{% if c.ranking %}
+{{ c.ranking.agree }} of {{ c.ranking.distinguishable }}{% else %}—{% endif %}</td></tr>{% endfor %}
+</tbody></table></div>{% endif %}
 </div>
 <p class="lead">Every point was served for real: one OS process per server doing real forward passes, a frontend
 replaying the simulator's own arrivals and straggler draws in wall-clock time over ZeroMQ. The simulator then ran
@@ -250,6 +262,30 @@ def _pace(path: Path, summary: dict[str, Any], fig_dir: Path) -> dict[str, Any] 
             "slow": int((pace["pace_pct"] > limit).sum()), "limit": f"{limit:g}"}
 
 
+def _comparisons(path: Path) -> list[dict[str, Any]]:
+    """Other served runs judged against this one (`coinsim testbed --compare`, its compared-*/ folders): per
+    comparison, the other run's folder name, its arrival rate against this run's, cells not off per metric and its
+    p99 ranking. Folders that cannot be read, or are not comparisons, are left out."""
+    out = []
+    for folder in sorted(path.glob(COMPARED_PREFIX + "*")):
+        try:
+            summary = json.loads((folder / SUMMARY).read_text())
+        except (OSError, ValueError):
+            continue
+        verdicts = (summary.get("fidelity_summary") or {}).get(OTHER_RUN, {}).get("verdicts") \
+            if isinstance(summary, dict) and summary.get("kind") == COMPARE_KIND else None
+        if not verdicts:
+            continue
+        diffs = [float(p["rate_diff_pct"]) for p in summary.get("points", []) if p.get("rate_diff_pct") is not None]
+        rate = "—" if not diffs else (f"{diffs[0]:+.1f} % of" if max(diffs) - min(diffs) < 0.05
+                                      else f"{min(diffs):+.1f} to {max(diffs):+.1f} % of")
+        out.append({"other": Path(str(summary.get("other", ""))).name, "rate": rate, "metrics": list(verdicts),
+                    "not_off": {m: v[VERDICTS[0]] + v[VERDICTS[1]] for m, v in verdicts.items()},
+                    "cells": sum(next(iter(verdicts.values())).values()),
+                    "ranking": (summary.get("ranking") or {}).get(OTHER_RUN)})
+    return out
+
+
 def _headline_counts(fidelity: pd.DataFrame, head: str | None, metrics: list[str]) -> list[dict[str, Any]]:
     mine = fidelity[(fidelity["service"] == head) & fidelity["verdict"].notna()]
     rows = []
@@ -321,6 +357,8 @@ def render_testbed(result_dir: Path | str) -> Path:
     headline = {"service": head, "label": SERVICE_STYLE.get(head, (head, "-"))[0] if head else None,
                 "in_sample": head in IN_SAMPLE, "counts": _headline_counts(fidelity, head, metrics),
                 "ranking": _ranking(path, summary, head)}
+    headline["not_off"] = {row["metric"]: f"{row['counts'][0] + row['counts'][1]} of {sum(row['counts'])}"
+                           for row in headline["counts"]}
     pace = _pace(path, summary, fig_dir)
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     env.filters["num"] = _number
@@ -328,6 +366,7 @@ def render_testbed(result_dir: Path | str) -> Path:
     html = env.from_string(TEMPLATE).render(
         s={"worst_abs_rel_error_pct": {}, **summary}, css=CSS, points=blocks, metrics=metrics, head=headline,
         verdicts=VERDICTS, services=services, in_sample=IN_SAMPLE, pooled=pooled, pace=pace,
+        comparisons=_comparisons(path),
         max_half_width=f"{summary.get('max_half_width_pct', 20.0):g}",
         load=", ".join(f"{v:.2f}" for v in load) if load else "n/a")
     out = path / "report.html"

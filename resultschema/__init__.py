@@ -20,3 +20,9 @@ PROFILE = "profile.csv"
 SERVED_PROFILE = "served_profile.csv"
 CALIBRATION = "calibration.json"
 OUTPUTS = "outputs.npz"
+
+# `coinsim testbed --compare FOLDER OTHER`: its folder inside FOLDER, its summary's kind, and the `service` its
+# fidelity.csv gives the other run (which stands where the simulator stands)
+COMPARED_PREFIX = "compared-"
+COMPARE_KIND = "testbed-compare"
+OTHER_RUN = "other run"

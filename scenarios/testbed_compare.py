@@ -23,11 +23,10 @@ import numpy as np
 import pandas as pd
 
 import atomic
-from resultschema import SUMMARY
+from resultschema import COMPARE_KIND, COMPARED_PREFIX, OTHER_RUN, SUMMARY
 from scenarios.schema import ScenarioError
 from scenarios.testbed_run import (
     METRICS,
-    OTHER_RUN,
     VERDICTS,
     fidelity_rows,
     fidelity_summary,
@@ -132,7 +131,7 @@ def compare_runs(folder: Path, other_folder: Path) -> Path:
                        "rate_diff_pct": 100.0 * (other_rate - rate) / rate, "same_draws": same_draws(mine, theirs)})
     table = pd.DataFrame(rows)
     ranking = ranking_frame(table)
-    out = {"kind": "testbed-compare", "reference": str(folder), "other": str(other_folder),
+    out = {"kind": COMPARE_KIND, "reference": str(folder), "other": str(other_folder),
            "reference_scenario": summary.get("scenario"), "other_scenario": other_summary.get("scenario"),
            "points": points, "fidelity_summary": fidelity_summary(table), "ranking": ranking_summary(ranking),
            "reference_headline": headline_beside(folder, summary)}
@@ -142,7 +141,7 @@ def compare_runs(folder: Path, other_folder: Path) -> Path:
         ranking.to_csv(tmp / "ranking.csv", index=False, float_format="%.6g")
         atomic.write_text(tmp / SUMMARY, json.dumps(out, indent=1, default=float) + "\n")
 
-    return atomic.publish_folder(folder / ("compared-" + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)
+    return atomic.publish_folder(folder / (COMPARED_PREFIX + datetime.now().strftime("%Y%m%d-%H%M%S-%f")), write)
 
 
 def headline_beside(folder: Path, summary: dict[str, Any]) -> dict[str, Any]:
@@ -181,4 +180,5 @@ def comparison_text(compared: Path) -> str:
     if head := summary.get("reference_headline"):
         lines.append(f"  this run's {head['service']} variant {not_off_text(head['verdicts'], head['ranking'])} "
                      "(every point and policy it served)")
+    lines.append(f"(`coinsim report {compared.parent}` sets it beside that run's headline in its report)")
     return "\n".join(lines)

@@ -37,7 +37,7 @@ import atomic
 from models.progress import say
 from policies.codes import BACKUP, CODED, PARITY, host_name, mask_servers
 from policies.rules import coded_rows
-from resultschema import CALIBRATION, PROFILE, SCENARIO, SERVED_PROFILE, SUMMARY
+from resultschema import CALIBRATION, OTHER_RUN, PROFILE, SCENARIO, SERVED_PROFILE, SUMMARY
 from scenarios import served as served_model
 from scenarios.networks import backup_network, parity_network_index, save_networks, served_networks
 from scenarios.parity_join import judge_decoded
@@ -322,8 +322,6 @@ VERDICTS = ("within the limit", "inside the measured interval", "off")
 VERDICT_MARKS = {"within the limit": "✓", "inside the measured interval": "~", "off": "✗"}
 IN_SAMPLE_SERVICES = ("in_situ", "in_situ+network", "model")
 """Variants whose parameters come from the very run they are compared with: diagnostics, not predictions."""
-OTHER_RUN = "other run"
-"""The `service` of `coinsim testbed --compare`: another served run standing where the simulator stands."""
 FIDELITY_VALUE_COLUMNS = frozenset({
     "service", "policy", "metric", "simulated_ms", "measured_ms", "measured_pooled_ms", "measured_lo_ms",
     "measured_hi_ms", "half_width_pct", "n_measured", "measured_median_of_repeats_ms", "rel_error_pct", "limit_pct",

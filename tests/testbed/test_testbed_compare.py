@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from resultschema import OTHER_RUN
 from scenarios.cli import cli
 from scenarios.schema import ScenarioError
 from scenarios.testbed_compare import arrival_rate_per_ms, compare_runs, comparison_text
-from scenarios.testbed_run import LIMITS_PCT, OTHER_RUN
+from scenarios.testbed_run import LIMITS_PCT
 
 N, REPEATS = 3000, 2
 SCALE = {"uncoded": 1.0, "replication": 2.0, "coded-hedged": 4.0}  # p99s far apart: every pair distinguishable
@@ -180,3 +181,39 @@ def test_report_of_a_comparison_names_the_runs_to_render(tmp_path):
     result = CliRunner().invoke(cli, ["report", str(out)])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "a comparison of two testbed runs" in result.output and str(tmp_path / "b") in result.output
+
+
+def test_the_run_report_sets_each_comparison_beside_its_headline(tmp_path):
+    """A testbed folder compared with another run: its report's first screen has the other run's cells not off per
+    metric and ranking (counted here from the comparison's fidelity.csv) beside the headline's own."""
+    from reports.testbed import render_testbed
+    from tests.testbed.test_fidelity_stats import _testbed_folder
+
+    folder = _testbed_folder(tmp_path / "bed", {"isolated": 0.5, "predicted": 1.05})
+    measured = pd.read_parquet(folder / "testbed.parquet")
+    measured["model"] = measured["query_id"] % 2  # what a served run's records also hold
+    measured["arrival_ms"] = measured["query_id"].astype(float)
+    measured.to_parquet(folder / "testbed.parquet")
+    other = measured.copy()
+    other["latency_ms"] *= np.where(other["policy"] == "hedged", 1.6, 1.02)  # hedged far off in the other run
+    twin = _folder(tmp_path / "twin", other)
+    compared = compare_runs(folder, twin)
+    html = " ".join(render_testbed(folder).read_text().split())
+    first = html[: html.index("<h2>")]
+    assert "Against the machine itself" in first and "run twin (served at +0.0 % of this run's rate)" in first
+    table = pd.read_csv(compared / "fidelity.csv")
+    cells = table[table["metric"] == "mean"]
+    not_off = int((cells["verdict"] != "off").sum())
+    assert 0 < not_off < len(cells)  # the hedged cells are off, the others not
+    ranking = pd.read_csv(compared / "ranking.csv")
+    row = first[first.index("run twin"):]
+    assert f"<td>{not_off} of {len(cells)}</td>" in row
+    assert f"{ranking['n_agree'].sum()} of {ranking['n_pairs_distinguishable'].sum()}" in row
+    mine = pd.read_csv(folder / "fidelity.csv")
+    head = mine[(mine["service"] == "predicted") & (mine["metric"] == "mean")]
+    assert f"<td>predicted (this run's headline)</td> <td>{int((head['verdict'] != 'off').sum())} of {len(head)}" \
+        in first
+    # a folder of another kind beside it is left out, not fatal
+    (folder / "compared-junk").mkdir()
+    (folder / "compared-junk" / "summary.json").write_text("{not json")
+    assert "run twin" in render_testbed(folder).read_text()
