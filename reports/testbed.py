@@ -78,7 +78,7 @@ exactly, but at another time, would score. Cells not off:</p>
 {% if head.not_off %}<tr><td>{{ head.service }} (this run's headline)</td>{% for m in comparisons[0].metrics %}
 <td>{{ head.not_off.get(m, "—") }}</td>{% endfor %}<td>{% if head.ranking %}{{ head.ranking.agree }} of
 {{ head.ranking.distinguishable }}{% else %}—{% endif %}</td></tr>{% endif %}
-{% for c in comparisons %}<tr><td>run {{ c.other }} (served at {{ c.rate }} this run's rate)</td>
+{% for c in comparisons %}<tr><td>run {{ c.other }} (its arrival rate {{ c.rate }} this run's)</td>
 {% for m in c.metrics %}<td>{{ c.not_off[m] }} of {{ c.cells }}</td>{% endfor %}<td>{% if c.ranking %}
 {{ c.ranking.agree }} of {{ c.ranking.distinguishable }}{% else %}—{% endif %}</td></tr>{% endfor %}
 </tbody></table></div>{% endif %}
@@ -277,8 +277,8 @@ def _comparisons(path: Path) -> list[dict[str, Any]]:
         if not verdicts:
             continue
         diffs = [float(p["rate_diff_pct"]) for p in summary.get("points", []) if p.get("rate_diff_pct") is not None]
-        rate = "—" if not diffs else (f"{diffs[0]:+.1f} % of" if max(diffs) - min(diffs) < 0.05
-                                      else f"{min(diffs):+.1f} to {max(diffs):+.1f} % of")
+        rate = "—" if not diffs else (f"{diffs[0]:+.1f} % against" if max(diffs) - min(diffs) < 0.05
+                                      else f"{min(diffs):+.1f} to {max(diffs):+.1f} % against")
         out.append({"other": Path(str(summary.get("other", ""))).name, "rate": rate, "metrics": list(verdicts),
                     "not_off": {m: v[VERDICTS[0]] + v[VERDICTS[1]] for m, v in verdicts.items()},
                     "cells": sum(next(iter(verdicts.values())).values()),

@@ -200,7 +200,7 @@ def test_the_run_report_sets_each_comparison_beside_its_headline(tmp_path):
     compared = compare_runs(folder, twin)
     html = " ".join(render_testbed(folder).read_text().split())
     first = html[: html.index("<h2>")]
-    assert "Against the machine itself" in first and "run twin (served at +0.0 % of this run's rate)" in first
+    assert "Against the machine itself" in first and "run twin (its arrival rate +0.0 % against this run's)" in first
     table = pd.read_csv(compared / "fidelity.csv")
     cells = table[table["metric"] == "mean"]
     not_off = int((cells["verdict"] != "off").sum())
