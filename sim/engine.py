@@ -1037,6 +1037,12 @@ class FastEngine(ServingView):
         srv = t.server
         if srv is not None and srv.cur is t:
             srv.preempt()
+        if self.disp is not None:  # the server says it dropped the task; the dispatcher takes that in as an output
+            if self.has_back:
+                self._later(self._back_ms(t, t.station.servers[0]),
+                            lambda _ev: self._dispatcher_work(self.disp[1]))  # type: ignore[index]
+            else:
+                self._dispatcher_work(self.disp[1])
         if self.live == 0 and self.n_done == self.n and not self.finishing:
             self.stop = True
 
@@ -1056,6 +1062,13 @@ class FastEngine(ServingView):
         q.tasks = []
 
     def _cancel(self, t: _Task) -> None:
+        self._cancel_task(t)
+        if self.disp is not None:  # the dispatcher sends the cancel as it sends a task (its CPU after the decision)
+            self._dispatcher_work(self.disp[0])
+            if not self.net:  # ... and takes in the server's word that it dropped it (at once without delays)
+                self._dispatcher_work(self.disp[1])
+
+    def _cancel_task(self, t: _Task) -> None:
         if self.net:  # the dispatcher stops counting it now; the server hears of it a network delay later
             if not t.uncounted:
                 t.uncounted = True

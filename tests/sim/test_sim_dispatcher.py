@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from policies.codes import HOW_DIRECT
 from sim import SimConfigError, parse_config, simulate
 from sim.api import run_plan
 from sim.draws import Draws
@@ -129,3 +130,24 @@ def test_the_placement_is_a_dispatcher_setting_checked_by_name() -> None:
                          "dispatcher": {"send_ms": 0.1, "return_ms": 0.1, "placement": "any_core"}}}
     with pytest.raises(SimConfigError, match="placement"):
         parse_config(table)
+
+
+def test_a_cancel_costs_the_dispatcher_a_send_and_a_reply() -> None:
+    # one expert + one replica on one core, 1 ms a pass, a hedge after 1 ms; 0.5 ms per send, 0.25 per message taken
+    # back. q0 (t = 0): the dispatcher holds the core 0-0.5, the pass runs 0.5-1.0, q0's hedge send preempts it
+    # 1.0-1.5 (the replica's copy waits for the core), the pass ends 2.0: q0 answered directly. Its output taken
+    # back (0.25), the cancel of the replica's copy sent (0.5) and the replica's word that it dropped it taken back
+    # (0.25) hold the core 2.0-3.0; q1's send (t = 2.1) 3.0-3.5; q1's hedge send (t = 3.1) 3.5-4.0; q1's pass
+    # 4.0-5.0. A cancel that cost the dispatcher nothing gives 4.25 (q1's pass from 2.75, preempted 3.1-3.6);
+    # without a dispatcher no hedge is sent (each pass ends as its hedge is due, and goes first).
+    service = {"expert": ONE_MS, "cores": 1.0, "quantum_ms": 100.0,
+               "dispatcher": {"send_ms": 0.5, "return_ms": 0.25}}
+    table = {"n_experts": 1, "r": 1, "policies": [{"kind": "hedged", "delay_ms": 1.0}], "service": service}
+    out = _trace(table, [0.0, 2.1], [0, 0], np.ones((2, 2)))
+    np.testing.assert_allclose(out.finish_ms, [2.0, 5.0], atol=1e-9)
+    assert list(out.how) == [HOW_DIRECT, HOW_DIRECT]
+    # the replica's copies held it (waiting for the core) 1.0-2.0 and 3.1-5.0, then were cancelled
+    np.testing.assert_allclose(out.cancelled_ms, [0.0, 1.0 + 1.9], atol=1e-9)
+    free = _trace(table | {"service": service | {"dispatcher": {"send_ms": 0.0, "return_ms": 0.0}}},
+                  [0.0, 2.1], [0, 0], np.ones((2, 2)))
+    np.testing.assert_allclose(free.finish_ms, [1.0, 3.1], atol=1e-9)
