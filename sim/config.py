@@ -230,7 +230,9 @@ class PassCorrelation(_Model):
 
 class Dispatcher(_Model):
     """The dispatcher's (frontend's) own CPU work on the cores the servers share, per task: `send_ms` when it sends
-    a task to a server, `return_ms` when it takes an output back (at the moment the output reaches it). It runs
+    a task to a server, `return_ms` when it takes an output back (at the moment the output reaches it); a cancel
+    is a message sent like a task (`send_ms`), and the server's reply that it dropped the copy, when the cancel
+    found it live, one taken back (`return_ms`, a network delay after the cancel reached the server). It runs
     with priority over the servers, as a frontend at real-time priority does: while it has work it holds one CPU
     slot, taking a free one or preempting the server that took its slot last (that server waits at the head of the
     run queue, its quantum lost), and does its work in arrival order at full speed. Its work does not delay the
