@@ -68,11 +68,15 @@ def point_coordinates(records: pd.DataFrame, columns: list[str]) -> dict[int, tu
     return {int(row["point"]): tuple(np.asarray(row[columns]).tolist()) for _, row in first.iterrows()}
 
 
+def first_run(records: pd.DataFrame) -> pd.DataFrame:
+    """A point's first served run: its first policy's first repeat (every run of a point replays the same draws)."""
+    return records[(records["policy"] == records["policy"].iloc[0]) & (records["repeat"] == records["repeat"].min())]
+
+
 def arrival_rate_per_ms(records: pd.DataFrame) -> float:
     """The arrival rate a point was served at (queries per ms): over its first run's queries, warm-up included,
     (n − 1) / (last arrival − first)."""
-    first = records[(records["policy"] == records["policy"].iloc[0]) & (records["repeat"] == records["repeat"].min())]
-    arrival = np.sort(first["arrival_ms"].to_numpy(float))
+    arrival = np.sort(first_run(records)["arrival_ms"].to_numpy(float))
     span = float(arrival[-1] - arrival[0]) if len(arrival) > 1 else 0.0
     return (len(arrival) - 1) / span if span > 0 else float("nan")
 
@@ -81,9 +85,7 @@ def same_draws(a: pd.DataFrame, b: pd.DataFrame) -> bool:
     """Whether two runs of a point replayed the same draws: their first runs asked the same models in the same
     order (the arrival times scale with the served rate, which each run sets from its own profile)."""
     def models(records: pd.DataFrame) -> np.ndarray:
-        first = records[(records["policy"] == records["policy"].iloc[0])
-                        & (records["repeat"] == records["repeat"].min())]
-        return first.sort_values("query_id")["model"].to_numpy()
+        return first_run(records).sort_values("query_id")["model"].to_numpy()
 
     return bool(np.array_equal(models(a), models(b)))
 
@@ -119,12 +121,13 @@ def compare_runs(folder: Path, other_folder: Path) -> Path:
     other, other_summary = read_run(other_folder)
     matched = match_points(folder, reference, other_folder, other)
     columns = coordinate_columns(reference)
+    coordinates = point_coordinates(reference, columns)
     seed = int(summary.get("seed", 0))
     rows: list[dict[str, Any]] = []
     points = []
     for k, j in matched.items():
         mine, theirs = reference[reference["point"] == k], other[other["point"] == j]
-        coords = dict(zip(columns, point_coordinates(mine, columns)[k], strict=True))
+        coords = dict(zip(columns, coordinates[k], strict=True))
         rows += fidelity_rows(k, coords, OTHER_RUN, theirs, mine, seed=seed)
         rate, other_rate = arrival_rate_per_ms(mine), arrival_rate_per_ms(theirs)
         points.append({"point": k, **coords, "other_point": j, "rate_per_ms": rate, "other_rate_per_ms": other_rate,

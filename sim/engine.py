@@ -1059,16 +1059,13 @@ class FastEngine(ServingView):
             for t in q.tasks:
                 if t.active:
                     self._cancel(t)
+                    if self.disp is not None:  # the dispatcher sends the cancel as it sends a task
+                        self._dispatcher_work(self.disp[0])
+                        if not self.net:  # ... and takes in the server's word that it dropped it (at once)
+                            self._dispatcher_work(self.disp[1])
         q.tasks = []
 
     def _cancel(self, t: _Task) -> None:
-        self._cancel_task(t)
-        if self.disp is not None:  # the dispatcher sends the cancel as it sends a task (its CPU after the decision)
-            self._dispatcher_work(self.disp[0])
-            if not self.net:  # ... and takes in the server's word that it dropped it (at once without delays)
-                self._dispatcher_work(self.disp[1])
-
-    def _cancel_task(self, t: _Task) -> None:
         if self.net:  # the dispatcher stops counting it now; the server hears of it a network delay later
             if not t.uncounted:
                 t.uncounted = True

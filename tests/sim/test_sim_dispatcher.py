@@ -151,3 +151,26 @@ def test_a_cancel_costs_the_dispatcher_a_send_and_a_reply() -> None:
     free = _trace(table | {"service": service | {"dispatcher": {"send_ms": 0.0, "return_ms": 0.0}}},
                   [0.0, 2.1], [0, 0], np.ones((2, 2)))
     np.testing.assert_allclose(free.finish_ms, [1.0, 3.1], atol=1e-9)
+
+
+def test_with_network_delays_the_drop_reply_costs_the_dispatcher_when_it_comes_back() -> None:
+    # as above, every message 0.1 ms each way. q0: send 0-0.5, pass 0.5-1.0, its hedge's send 1.0-1.5, the pass ends
+    # 2.0, its output is back at 2.1 (answer). The replica (its copy there since 1.1) took the core at 2.0; taking
+    # q0's output in (0.25) and sending the cancel (0.5) hold it 2.1-2.85; the cancel reaches the replica at 2.2 and
+    # drops its copy; its reply is back at 2.3: 0.25 more, to 3.1. q1 (t = 2.4): its send 3.1-3.6, its hedge's send
+    # (t = 3.4) 3.6-4.1, its pass 4.1-5.1, its output back at 5.2. Without the reply's cost q1's pass starts at
+    # 3.35, is preempted 3.4-3.9 by the hedge's send and its output is back at 4.95.
+    out_back = {"kind": "deterministic", "value_ms": 0.1}
+    service = {"expert": ONE_MS, "cores": 1.0, "quantum_ms": 100.0,
+               "dispatcher": {"send_ms": 0.5, "return_ms": 0.25}}
+    table = {"n_experts": 1, "r": 1, "policies": [{"kind": "hedged", "delay_ms": 1.0}], "service": service,
+             "network": {"out": out_back, "back": out_back},
+             "traffic": {"kind": "trace", "trace_times_ms": [0.0, 2.4], "trace_models": [0, 0]}}
+    cfg = parse_config(table)
+    half = np.full((2, 2), 0.5)  # deterministic delays and passes: any uniform gives the same value
+    draws = Draws(0, np.array([0.0, 2.4]), np.zeros(2, np.int64), np.zeros(2, np.int64), half, np.ones((2, 2)),
+                  half, half)
+    out = run_plan(make_plan(cfg, cfg.policies[0], draws), draws)
+    np.testing.assert_allclose(out.finish_ms, [2.1, 5.2], atol=1e-9)
+    # the replica's copies: 1.1 until the cancel reached it (2.2), and 3.5 until q1's cancel did (5.3)
+    np.testing.assert_allclose(out.cancelled_ms, [0.0, 1.1 + 1.8], atol=1e-9)
