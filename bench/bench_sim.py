@@ -13,7 +13,9 @@
 3. A fleet point (`--fleet-instances` per expert of 8 experts behind JSQ, two code groups, one coded server per
    four base servers, coded-hedged, 5% stragglers, per-task draws): the fast engine vs the idiomatic SimPy version
    on the same plan (query for query); then the target point itself, 1,000 servers (8 x 111 instances + 2 x 56
-   coded) and `--n-target` queries (10^6), drawn, planned and run whole (target <= 10 s per point).
+   coded) and `--n-target` queries (10^6), drawn, planned and run whole (target <= 10 s per point); with the
+   compiled engine (accel/), the same point again on the pure-Python modules in a process of their own (records
+   checked identical; `--no-pure` skips it).
 4. A fleet's per-server random streams (`--n-streams` servers, one purpose): made in bulk (sim.seeds) against one
    SeedSequence at a time (sim.draws.stream), their first numbers checked equal.
 
@@ -25,13 +27,19 @@ coded >= 5x its idiomatic version.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 import simpy
 
+import accel
 from sim.config import SimConfig
 from sim.draws import draw
 from sim.engine import FastEngine
@@ -104,7 +112,13 @@ def main() -> None:
     ap.add_argument("--n-streams", type=int, default=20_000, help="servers whose streams are made")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--no-pure", action="store_true", help="skip the target point on the pure-Python modules")
+    ap.add_argument("--point-only", action="store_true", help="run only the target point; print it as JSON")
     a = ap.parse_args()
+    if a.point_only:
+        print(json.dumps(target_point(a.n_target, a.seed)))
+        return
+    print(f"engine: {accel.status()}")
 
     # ---- M/M/1
     cfg = parse_config(
@@ -188,20 +202,37 @@ def fleet(a: argparse.Namespace) -> None:
     ratio = race(cfg, a, f"fleet: 8 experts x {k} instances (JSQ), 2 code groups, {cfg.n_servers} servers, "
                          f"coded-hedged, per-task draws (best of {a.repeat})")
     print(f"  ratio fast/idiomatic          {ratio:6.2f}x")
-    # 8 x 111 instances + 56 coded servers per group = 1,000 servers
-    cfg = fleet_config(111, 56, a.n_target)
+    point = target_point(a.n_target, a.seed)
+    total = point["total_s"]
+    print(f"the target point: {point['servers']:,} servers, {a.n_target:,} queries, engine {accel.status()}: "
+          f"draw {point['draw_s']:.2f} s, plan {point['plan_s']:.2f} s, run {point['run_s']:.2f} s, "
+          f"total {total:.1f} s (target <= 10 s) {'OK' if total <= 10 else 'MISSED'}; "
+          f"{a.n_target / total:,.0f} queries/s; peak memory of the process {point['peak_mb']:,.0f} MB")
+    if accel.status() == "compiled" and not a.no_pure:  # the same point on the pure-Python modules, in a process
+        env = os.environ | {accel.PURE_ENV: "1"}  # of its own (the choice is made at import)
+        got = subprocess.run([sys.executable, __file__, "--point-only", "--n-target", str(a.n_target),
+                              "--seed", str(a.seed)], capture_output=True, text=True, env=env, check=True)
+        pure = json.loads(got.stdout)
+        assert pure["records"] == point["records"], "the compiled and pure-Python engines disagree"
+        print(f"  the same point, pure-Python modules: run {pure['run_s']:.2f} s, total {pure['total_s']:.1f} s "
+              f"(records identical); ratio compiled/pure {pure['total_s'] / total:6.2f}x")
+
+
+def target_point(n: int, seed: int) -> dict[str, float | str]:
+    """The issue-17 point, 8 x 111 instances + 56 coded servers per group = 1,000 servers and n queries, drawn,
+    planned and run whole; its timings, the process's peak memory and a digest of its records."""
+    cfg = fleet_config(111, 56, n)
     started = time.perf_counter()
-    d = draw(cfg, a.seed)
+    d = draw(cfg, seed)
     drawn = time.perf_counter()
     plan = make_plan(cfg, cfg.policies[0], d)
     planned = time.perf_counter()
-    FastEngine(plan, d).run()
+    out = FastEngine(plan, d).run()
     ran = time.perf_counter()
-    total = ran - started
-    print(f"the target point: {cfg.n_servers:,} servers, {a.n_target:,} queries: draw {drawn - started:.2f} s, "
-          f"plan {planned - drawn:.2f} s, run {ran - planned:.2f} s, total {total:.1f} s "
-          f"(target <= 10 s) {'OK' if total <= 10 else 'MISSED'}; {a.n_target / total:,.0f} queries/s; "
-          f"peak memory of the process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:,.0f} MB")
+    digest = hashlib.sha256(out.finish_ms.tobytes() + out.how.tobytes() + out.n_tasks.tobytes()).hexdigest()
+    return {"servers": cfg.n_servers, "draw_s": drawn - started, "plan_s": planned - drawn, "run_s": ran - planned,
+            "total_s": ran - started, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "records": digest}
 
 
 def streams_race(a: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import accel  # noqa: F401  (first: whether the compiled rules run is decided before they load)
 from policies.backup import Backup
 from policies.coded import Coded
 from policies.hedged import Hedged

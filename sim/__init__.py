@@ -88,6 +88,7 @@ Minimal scenario (TOML, a [sim] table)::
     slowdown = 5.0
 """
 
+import accel  # noqa: F401  (first: whether the compiled engine runs is decided before its modules load)
 from sim.api import PolicyRun, SimResult, compare_loads, replicate, simulate, simulate_each
 from sim.config import (
     Deterministic,

@@ -9,6 +9,7 @@ pending completion (identity check on the event) and pull the next task at once.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import math
 from bisect import bisect_left, bisect_right
@@ -82,6 +83,7 @@ class _Task:
 
 
 _NORMAL = NormalDist()  # service.pass_correlation: scores of ranks and back
+_YOUNG = 100_000  # allocations between the cyclic collector's young collections while a run goes (FastEngine.run)
 _INDEXED = 8  # lists of this many stations or more get a least-loaded index (a shorter one is scanned faster)
 
 
@@ -160,6 +162,7 @@ class _Station:
 class _Server:
     __slots__ = (
         "idx",
+        "bit",
         "env",
         "eng",
         "station",
@@ -196,6 +199,7 @@ class _Server:
         self, idx: int, env: Clock, eng: FastEngine, station: _Station, host: int, draw: list[float]
     ) -> None:
         self.idx = idx
+        self.bit = 1 << idx  # its bit in an answer's mask (a Python int: past 63 servers wider than 64 bits)
         self.env = env
         self.eng = eng
         self.station = station
@@ -365,7 +369,7 @@ class _Server:
             q.done = True
             eng.finish_ms[qid] = self.env.now
             eng.how[qid] = HOW_DIRECT if self.idx < eng.n_base else HOW_REPLICA
-            eng.mask[qid] = 1 << self.idx
+            eng.mask[qid] = self.bit
             eng.n_done += 1
             self.station.n_live -= 1
         else:
@@ -1185,12 +1189,20 @@ class FastEngine(ServingView):
             return self._output()
         heap, run_due = env.heap, env.run_due
         arrive = self._arrive
-        for k, t in enumerate(self.arr):
-            run_due(t)  # events due at or before the arrival first, then the clock moves to it
-            arrive(k)
-        step = env.step
-        while heap and not self.stop:
-            step()
+        # the run allocates a few objects per event and frees nearly all of them by reference counting (the
+        # queries' cycles are cut as they are answered): the cyclic collector's young generation is looked through
+        # every 100,000 allocations instead of every 700 (6 % of a fleet point's time), and as before afterwards
+        young = gc.get_threshold()
+        gc.set_threshold(max(young[0], _YOUNG), *young[1:])
+        try:
+            for k, t in enumerate(self.arr):
+                run_due(t)  # events due at or before the arrival first, then the clock moves to it
+                arrive(k)
+            step = env.step
+            while heap and not self.stop:
+                step()
+        finally:
+            gc.set_threshold(*young)
         return self._output()
 
     def _recursion(self) -> None:

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ROOMS = ("atomic", "calibration", "coin", "models", "policies", "reports", "resultschema", "scenarios", "sim",
+ROOMS = ("accel", "atomic", "calibration", "coin", "models", "policies", "reports", "resultschema", "scenarios", "sim",
          "testbed")
 
 
