@@ -7,9 +7,10 @@ N experts, then the coded servers) and is done once any N are back."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from policies.codes import CODED, HOW_DECODED, HOW_DIRECT, ROLE_DIRECT, ROLE_GROUP
-from policies.rules import Offered, Query, Rules
+from policies.rules import Offered, Query, Rules, Serving
 
 
 class Coded(Rules):
@@ -48,7 +49,7 @@ class Coded(Rules):
             s.hedge_after(q, self.hedge_delay(i))
         else:  # sed: only the path with the shorter expected delay (each expert's instance as the balancer picks)
             own, group = self.expert(q, i), self.decode_group(q)
-            if max((s.expected_ms(t) for t in group), default=0.0) < s.expected_ms(own):
+            if _slowest_ms(s, group) < s.expected_ms(own):
                 for t in group:
                     s.send(q, t, ROLE_GROUP)
             else:
@@ -92,6 +93,16 @@ class Coded(Rules):
             return
         if host == CODED:
             q.how = HOW_DECODED
-        if q.got >= s.n_experts and all(bin(q.mask & m).count("1") >= len(s.members[g])  # every group decodable
-                                        for g, m in enumerate(s.group_masks)):
+        if q.got >= s.n_experts and _decodable(s, q.mask):
             s.answer(q, q.how, q.mask)
+
+
+def _slowest_ms(s: Serving, group: list[Any]) -> float:
+    """The longest expected delay among a decode group's targets (0 for none)."""
+    return max((s.expected_ms(t) for t in group), default=0.0)
+
+
+def _decodable(s: Serving, mask: int) -> bool:
+    """Whether the outputs in `mask` decode every code group (as many of each group's servers as it has experts).
+    This and `_slowest_ms` are functions of their own: a generator inside a rule would cost every call a closure."""
+    return all(bin(mask & m).count("1") >= len(s.members[g]) for g, m in enumerate(s.group_masks))

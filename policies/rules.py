@@ -484,4 +484,10 @@ def coded_pick(s: Serving, group: int = 0) -> Sequence[Any]:
         return coded
     if s.fanout == 1:  # the least loaded, ties to the lowest index: the coded targets are in index order
         return [least_loaded(s, coded)]
-    return sorted(coded, key=lambda t: (s.load(t), s.index(t)))[: s.fanout]
+    return _least_first(s, coded)[: s.fanout]
+
+
+def _least_first(s: Serving, targets: Sequence[Any]) -> list[Any]:
+    """Targets by load, ties by index (apart from `coded_pick`: a key function inside it would cost every call a
+    closure, the fanout-1 path included)."""
+    return sorted(targets, key=lambda t: (s.load(t), s.index(t)))

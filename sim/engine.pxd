@@ -22,6 +22,9 @@ cdef class _Task:
     cdef public bint active, uncounted
     cdef public _Server server
 
+cdef class _Timer(Due):
+    cdef public _Query q
+
 cdef class _Least:
     cdef public list heap, members
     cdef public Py_ssize_t k
@@ -47,7 +50,7 @@ cdef class _Server:
     cdef public Due ev, qev, hold
     cdef public bint up
     cdef public int rr
-    cdef public object bit, slow, draw, pass_draw, cur_pass, table
+    cdef public object bit, on_finish, slow, draw, pass_draw, cur_pass, table
     cdef public double t0, slowdown, work, mark, total, extra, q0, free_at, seen, woke, factor, share, lone
     cdef public double left_at, score
     cpdef start(self, _Task task)

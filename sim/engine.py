@@ -82,6 +82,16 @@ class _Task:
         self.uncounted = False  # with network delays: the dispatcher no longer counts it as live
 
 
+class _Timer(Due):
+    """A hedge timer's event, carrying its query (no closure made per query)."""
+
+    __slots__ = ("q",)
+
+    def __init__(self, callback: Callable[[Any], None], q: _Query) -> None:
+        self.callbacks = [callback]
+        self.q = q
+
+
 _NORMAL = NormalDist()  # service.pass_correlation: scores of ranks and back
 _YOUNG = 100_000  # allocations between the cyclic collector's young collections while a run goes (FastEngine.run)
 _INDEXED = 8  # lists of this many stations or more get a least-loaded index (a shorter one is scanned faster)
@@ -163,6 +173,7 @@ class _Server:
     __slots__ = (
         "idx",
         "bit",
+        "on_finish",
         "env",
         "eng",
         "station",
@@ -200,6 +211,7 @@ class _Server:
     ) -> None:
         self.idx = idx
         self.bit = 1 << idx  # its bit in an answer's mask (a Python int: past 63 servers wider than 64 bits)
+        self.on_finish = self.finish  # bound once: a task's completion event calls it (no bound method per task)
         self.env = env
         self.eng = eng
         self.station = station
@@ -264,7 +276,7 @@ class _Server:
                 self.eng.busy_n += 1  # this server's service period is under way from now
                 self.eng.busy_t0 += now
         self.woke = woke + lead  # before the pass ends: its wake-up, and the previous task's work after its output
-        ev = self.ev = Due(self.finish)
+        ev = self.ev = Due(self.on_finish)
         if self.eng.joined is not None:  # its work without a straggle's: how long its start may hold another server
             self.lone = (d if p0 is None else d * p0 / d0) + woke + lead
         if self.eng.of_pass:  # the straggle stretches the pass as it really runs, wake-up included, and not the
@@ -645,6 +657,7 @@ class FastEngine(ServingView):
         self.experts = [self.stations[plan.station_of[i]] for i in range(self.N)]
         self.rules = rules_for(plan.kind)(self)  # what to send where, and which output answers (policies/)
         self.observe = self.rules.answered if self.rules.running_delay is not None else None  # hot path: bound once
+        self.on_hedge = self._hedge  # a hedge timer's callback, bound once
         inline = not self.batching and not self.net and self.disp is None  # sends and answers need no hooks
         # the uncoded rules, inlined on the hot path (one instance per expert: nothing to balance)
         self.uncoded = plan.kind == "uncoded" and inline and plan.base == plan.n_experts
@@ -1157,12 +1170,14 @@ class FastEngine(ServingView):
         return self.balance[q.qid]  # type: ignore[index]
 
     def hedge_after(self, q: _Query, delay_ms: float) -> None:
-        self.env.later(delay_ms, lambda _ev: self._hedge(q))
+        env = self.env
+        env.at(env.now + delay_ms, _Timer(self.on_hedge, q))
 
     def carrier(self, q: _Query) -> _Query:
         return _Query(q.qid, q.model)  # never answered: its tasks outlive q's answer
 
-    def _hedge(self, q: _Query) -> None:
+    def _hedge(self, ev: _Timer) -> None:
+        q = ev.q
         if not q.done:
             self.rules.hedge(q)
 
@@ -1273,7 +1288,7 @@ class FastEngine(ServingView):
         # later: at 1,000 servers a dead engine is several MB, which the memory preflight's short runs read as
         # per-query memory
         for srv in self.servers:
-            srv.eng = srv.env = srv.station = srv.cur = srv.ev = srv.qev = srv.hold = None  # type: ignore[assignment]
+            srv.eng = srv.env = srv.station = srv.cur = srv.ev = srv.qev = srv.hold = srv.on_finish = None  # type: ignore[assignment]
             if isinstance(srv, _BatchServer):
                 srv.batch = []
         for st in self.stations:
@@ -1284,4 +1299,4 @@ class FastEngine(ServingView):
         self.servers, self.stations, self.experts, self.cell_views, self.running = [], [], [], [], []
         self._least = {}
         self.rules.release()
-        self.rules = self.observe = None  # type: ignore[assignment]
+        self.rules = self.observe = self.on_hedge = None  # type: ignore[assignment]

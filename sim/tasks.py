@@ -36,20 +36,23 @@ def _put(cache: dict, key: Any, value: Any, held: int) -> Any:
 class TaskTimes:
     """The task times and network delays of a policy's servers under per-task draws.
 
-    `kind_of[s]` groups servers that map a draw alike (same model, scale and straggling), so a block is mapped
-    once per kind of server, not once per server."""
+    `kind_of[s]` groups servers that map a draw alike (the same service distribution, scale and straggling, whatever
+    they host), so a block is mapped once per kind of server, not once per server or per model."""
 
     def __init__(self, cfg: SimConfig, hosts: tuple[int, ...], seed: int) -> None:
         st = cfg.stragglers
         scale = cfg.service.scale or (1.0,) * len(hosts)
-        kinds: dict[tuple[int, float, bool], int] = {}
+        dist_of: dict[int, Any] = {}  # per host (distributions are frozen models: equal settings, equal keys)
+        kinds: dict[tuple[Any, float, bool], int] = {}
         self.kinds: list[tuple[Any, float, bool]] = []
         self.kind_of: list[int] = []
         for s, h in enumerate(hosts):
-            key = (h, float(scale[s]), st.p > 0 and (st.servers is None or s in st.servers))
+            if h not in dist_of:
+                dist_of[h] = server_dist(cfg, h)
+            key = (dist_of[h], float(scale[s]), st.p > 0 and (st.servers is None or s in st.servers))
             if key not in kinds:
                 kinds[key] = len(self.kinds)
-                self.kinds.append((server_dist(cfg, h), key[1], key[2]))
+                self.kinds.append(key)
             self.kind_of.append(kinds[key])
         self.seed, self.p, self.slowdown = seed, st.p, st.slowdown
         self.overhead = cfg.service.overhead_ms
