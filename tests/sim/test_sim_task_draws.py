@@ -205,3 +205,31 @@ def test_the_least_loaded_heap_agrees_with_a_scan_through_any_load_changes():
         loads = [m.n_live for m in members]
         assert ix.least() is members[loads.index(min(loads))]
     assert rebuilt > 10
+
+
+def test_servers_map_a_draw_by_their_distribution_not_by_their_model():
+    """Experts with the same service distribution share a kind (one mapping of a block serves them all); another
+    distribution, scale or straggling makes another kind. Each kind's times are its distribution's quantiles of the
+    slot's and block's own uniforms, computed here from the stream directly."""
+    from policies.codes import CODED
+    from sim.draws import TASKS, stream
+    from sim.tasks import BLOCK, TaskTimes
+
+    cfg = parse_config({"n_experts": 4, "r": 1, "n_queries": 10, "draws": "task", "policies": ["coded"],
+                        "traffic": {"rate_per_ms": 0.1},
+                        "service": {"experts": [EXP1, EXP1, {"kind": "exponential", "mean_ms": 2.0}, EXP1],
+                                    "coded": EXP1, "scale": [1.0, 1.0, 1.0, 1.5, 1.0]},
+                        "stragglers": {"p": 0.1, "slowdown": 4.0, "servers": [0, 1, 2, 3]}})
+    tt = TaskTimes(cfg, (0, 1, 2, 3, CODED), seed=5)
+    kinds = tt.kind_of
+    assert kinds[0] == kinds[1]  # two models, one distribution
+    assert len({kinds[0], kinds[2], kinds[3], kinds[4]}) == 4  # mean, scale, straggling: each another kind
+    u = stream(5, TASKS, 2, 1).random((5, BLOCK))
+    i = int(np.argmax(u[1] < 0.1))  # the block's first query whose slot-2 task straggles
+    assert u[1, i] < 0.1
+    base = -np.log1p(-u[0, i])
+    for server, mean, scale, straggles in ((0, 1.0, 1.0, True), (1, 1.0, 1.0, True), (2, 2.0, 1.0, True),
+                                           (3, 1.0, 1.5, True), (4, 1.0, 1.0, False)):
+        task, lone = tt.task_ms(2, BLOCK + i, server)
+        assert lone == pytest.approx(base * mean * scale, rel=1e-12)
+        assert task == pytest.approx(lone * (4.0 if straggles else 1.0), rel=1e-12)
