@@ -23,10 +23,10 @@ query travels as it would through a real dispatcher:
   pass cannot be interrupted;
 - the servers share the cores, time-sliced in the quantum the calibration measured the OS to give competing
   processes; the dispatcher's CPU work per task (the calibration's, half at the send and half when the output
-  comes back) runs on them with priority, preempting a server, as a real-time frontend does — so a burst of
-  arrivals takes a core from the servers exactly when their queues grow; and servers computing side by side on
-  different cores slow each other by the calibration's co-running stretch (shared caches, memory bandwidth, SMT
-  siblings);
+  comes back; a cancel costs it a send, and a reply when it finds the task live) runs on them with priority,
+  preempting a server, as a real-time frontend does — so a burst of arrivals takes a core from the servers exactly
+  when their queues grow; and servers computing side by side on different cores slow each other by the
+  calibration's co-running stretch (shared caches, memory bandwidth, SMT siblings);
 - `traffic.load` is a fraction of the *served* capacity: the largest rate both the expert servers (at their
   served cost) and the cores the dispatcher leaves can sustain (`routed_capacity`),
   and a hedge or backup delay given as a percentile ('p95') is that percentile of the primary's served
@@ -387,12 +387,13 @@ def describe(calibration: Any, path: Path | None, latency_model: str, pass_ms: f
                    "on a free core holds a computing one off its core, each server's own work per task before and "
                    "after its output leaves, how a server's consecutive passes move together (served_profile.csv) "
                    "+ this "
-                   "machine's serving calibration (per-task serving cost, the dispatcher's CPU per task run on the "
-                   "cores ahead of the servers, time slicing, co-running slowdown)")
+                   "machine's serving calibration (per-task serving cost, the dispatcher's CPU per task and per cancel "
+                   "run on the cores ahead of the servers, time slicing, co-running slowdown)")
     else:
         meaning = ("predicted served latency: isolated profile + this machine's serving calibration (per-task "
-                   "serving cost, one-way delays under traffic, the dispatcher's CPU per task run on the cores ahead "
-                   "of the servers, time slicing, co-running slowdown, what serving traffic adds to a pass)")
+                   "serving cost, one-way delays under traffic, the dispatcher's CPU per task and per cancel run on "
+                   "the cores ahead of the servers, time slicing, co-running slowdown, what serving traffic adds to a "
+                   "pass)")
     out = {"name": "served", "meaning": meaning,
            "calibration": {"path": str(path) if path is not None else None, **brief(calibration, pass_ms)}}
     if served_passes:

@@ -335,8 +335,9 @@ class Service(_Model):
                     "is done, its slot free meanwhile (measured in the served profile); None = never")
     dispatcher: Dispatcher | None = Field(
         default=None,
-        description="with cores and quantum_ms: the dispatcher's CPU work per task sent and per output returned, "
-                    "preempting a server on the cores (a real-time frontend); None = it takes no share of them "
+        description="with cores and quantum_ms: the dispatcher's CPU work per task sent and per output returned "
+                    "(a cancel: a send, and a return when it finds the task live), preempting a server on the cores "
+                    "(a real-time frontend); None = it takes no share of them "
                     "(or a steady one, by giving fewer cores)")
 
     @model_validator(mode="after")
