@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import tomli_w
 
+import accel
 import atomic
 from calibration.passes import read_served_profile, to_frame
 from models.progress import say
@@ -850,7 +851,9 @@ def check_point_capacity(scenario: Scenario, config: SimConfig, values: dict[str
 
 
 def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
+    """Versions of what computed the numbers, and `engine`: 'compiled' or why the simulator ran as Python
+    (accel.status(); the same numbers either way)."""
+    out = {"python": platform.python_version(), "engine": accel.status()}
     for pkg in ("coinsim", "torch", "simpy", "numpy", "pandas"):
         try:
             out[pkg] = version(pkg)

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+import accel
 import coin
 from scenarios.runner import build_point_configs, prepare_networks, run_scenario
 from scenarios.schema import ScenarioError, scenario_from_dict
@@ -56,6 +57,7 @@ def test_the_default_generalist_is_the_coded_model_and_answers_undecoded(tmp_pat
     labels, offsets, generalist = saved["labels"], saved["offsets"], saved["backup_outputs"]
     np.testing.assert_array_equal(generalist, saved["coded_outputs"][0])
     assert summary["backup"]["method"] == "coin" and summary["backup"]["network"] == "coded"
+    assert summary["versions"]["engine"] == accel.status()  # which engine computed the numbers
     stats = summary["policies"]["backup"]
     backup = queries[(queries["policy"] == "backup") & (queries["answered_by"] == "backup")]
     assert len(backup) > 50 and stats["backup_pct"] > 0
