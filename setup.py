@@ -13,13 +13,17 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from accel import DIRECTIVES, MODULES, STAMP, digest, source  # noqa: E402  (standard library only)
+from accel import DIRECTIVES, MODULES, STAMP, builds, digest, source  # noqa: E402  (standard library only)
 
 
 class BuildCompiled(build_ext):
     """build_ext that writes accel/built.json — each built module's source digest — where the builds land."""
 
     def run(self) -> None:
+        if self.inplace:  # an earlier build of a module that fails to build now must not pass for this one's
+            for m in MODULES:
+                for old in builds(m):
+                    old.unlink()
         super().run()
         out = ROOT if self.inplace else Path(self.build_lib)
         done = {m: digest(m) for m in MODULES if Path(self.get_ext_fullpath(m)).exists()
@@ -34,8 +38,11 @@ def extensions() -> list[Extension]:
     except ImportError:
         print("coinsim: Cython is not installed; the engine runs as pure Python", file=sys.stderr)
         return []
-    exts = [Extension(m, [str(source(m).relative_to(ROOT))], optional=True) for m in MODULES]
-    return cythonize(exts, compiler_directives=DIRECTIVES, build_dir="build/cython", quiet=True)
+    exts = cythonize([Extension(m, [str(source(m).relative_to(ROOT))]) for m in MODULES],
+                     compiler_directives=DIRECTIVES, build_dir="build/cython", quiet=True)
+    for ext in exts:
+        ext.optional = True  # no C compiler: the module stays Python (cythonize does not carry this flag over)
+    return exts
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": BuildCompiled}, options={"build_ext": {"parallel": 2}})

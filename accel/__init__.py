@@ -49,10 +49,16 @@ def digest(module: str, root: Path = ROOT) -> str:
     return h.hexdigest()
 
 
+def builds(module: str, root: Path = ROOT) -> list[Path]:
+    """The compiled builds of the module that sit beside its source."""
+    py = source(module, root)
+    return [py.with_suffix(suffix) for suffix in importlib.machinery.EXTENSION_SUFFIXES
+            if py.with_suffix(suffix).exists()]
+
+
 def built(module: str, root: Path = ROOT) -> bool:
     """Whether a compiled build of the module sits beside its source."""
-    py = source(module, root)
-    return any(py.with_suffix(suffix).exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES)
+    return bool(builds(module, root))
 
 
 def check(root: Path = ROOT) -> str:
