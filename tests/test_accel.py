@@ -4,6 +4,7 @@ longer matches its sources is never run."""
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import json
 import shutil
 import subprocess
@@ -150,3 +151,27 @@ def test_accel_needs_nothing_but_the_standard_library() -> None:
     names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert names <= set(sys.stdlib_module_names) | {"__future__"}
+
+
+def test_without_a_compiler_the_install_keeps_python_and_drops_old_builds(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup.py with a C compiler that always fails: the build still succeeds (the extensions are optional), the
+    builds of an earlier install beside the sources are gone rather than left to pass for this one, and nothing is
+    stamped — so the packages run as Python ('not built')."""
+    pytest.importorskip("Cython")
+    for room in ("accel", "sim", "policies"):
+        shutil.copytree(ROOT / room, tmp_path / room, ignore=shutil.ignore_patterns("__pycache__", "built.json"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    old = (tmp_path / "sim" / "clock.py").with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0])
+    old.write_bytes(b"an earlier build")
+    monkeypatch.delenv(accel.PURE_ENV, raising=False)
+    import os
+
+    env = dict(os.environ, CC="/bin/false", PYTHONPATH=str(tmp_path))
+    got = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=600)
+    assert got.returncode == 0, got.stderr[-2000:]
+    assert not old.exists() and not any(accel.built(m, tmp_path) for m in accel.MODULES)
+    assert json.loads((tmp_path / "accel" / accel.STAMP).read_text()) == {}
+    assert accel.check(tmp_path) == "not built"
