@@ -13,7 +13,7 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from accel import DIRECTIVES, MODULES, STAMP, builds, digest, source  # noqa: E402  (standard library only)
+from accel import DIRECTIVES, MODULES, STAMP, builds, built, digest, source  # noqa: E402  (standard library only)
 
 
 class BuildCompiled(build_ext):
@@ -26,8 +26,7 @@ class BuildCompiled(build_ext):
                     old.unlink()
         super().run()
         out = ROOT if self.inplace else Path(self.build_lib)
-        done = {m: digest(m) for m in MODULES if Path(self.get_ext_fullpath(m)).exists()
-                or (ROOT / Path(self.get_ext_filename(m))).exists()}
+        done = {m: digest(m) for m in MODULES if built(m, out)}
         (out / "accel").mkdir(parents=True, exist_ok=True)
         (out / "accel" / STAMP).write_text(json.dumps(done, indent=1) + "\n")
 

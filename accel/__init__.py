@@ -108,7 +108,7 @@ def guard(root: Path = ROOT) -> str:
 
 def status() -> str:
     """'compiled', or why the pure-Python engine runs (see `check`)."""
-    return _state.get("status") or guard()
+    return guard()
 
 
 guard()  # on import: `sim` and `policies` import this package before any module it lists

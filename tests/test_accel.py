@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.machinery
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -67,8 +68,6 @@ print(json.dumps(out))
 
 
 def _run(env_extra: dict[str, str], cwd: Path = ROOT) -> tuple[dict[str, str], str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != accel.PURE_ENV} | env_extra
     got = subprocess.run([sys.executable, "-c", RUN, json.dumps(CONFIGS)], capture_output=True, text=True, env=env,
                          cwd=cwd, timeout=600)
@@ -166,8 +165,6 @@ def test_without_a_compiler_the_install_keeps_python_and_drops_old_builds(tmp_pa
     old = (tmp_path / "sim" / "clock.py").with_suffix(importlib.machinery.EXTENSION_SUFFIXES[0])
     old.write_bytes(b"an earlier build")
     monkeypatch.delenv(accel.PURE_ENV, raising=False)
-    import os
-
     env = dict(os.environ, CC="/bin/false", PYTHONPATH=str(tmp_path))
     got = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], capture_output=True, text=True,
                          cwd=tmp_path, env=env, timeout=600)
